@@ -1,0 +1,58 @@
+# lazybuild tasks. Every recipe installs what it needs and can be run again safely.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := justfile_directory() / ".venv"
+py := venv / "bin/python"
+
+# Debian packages the tool, its tests and its benchmarks run against.
+debs := "docker-registry runc containerd stargz-snapshotter golang-github-containerd-stargz-snapshotter-dev golang-go debootstrap fuse3 libfuse3-dev pkg-config docker.io buildah iproute2 ca-certificates"
+
+default:
+    @just --list
+
+# Install Debian packages that are missing (needs root) and the project's virtualenv.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    for p in {{debs}}; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if (( ${#missing[@]} )); then
+        echo "installing Debian packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    if [ ! -x "{{py}}" ]; then python3 -m venv "{{venv}}"; fi
+    stamp="{{venv}}/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+    if [ ! -f "$stamp" ]; then
+        "{{py}}" -m pip install -q --upgrade pip
+        "{{py}}" -m pip install -q -e '.[dev]'
+        rm -f "{{venv}}"/.installed-*
+        touch "$stamp"
+    fi
+
+# ruff and mypy --strict on the package.
+check: setup
+    {{venv}}/bin/ruff check lazybuild frontends tests bench
+    {{venv}}/bin/ruff format --check lazybuild
+    {{venv}}/bin/mypy --strict lazybuild
+
+# Format the code.
+fmt: setup
+    {{venv}}/bin/ruff format lazybuild tests bench frontends
+    {{venv}}/bin/ruff check --fix lazybuild tests bench frontends
+
+# Static checks, then unit, integration and end-to-end tests against real parts.
+test *ARGS: check
+    {{py}} -m pytest -q -ra {{ARGS}}
+
+# The main job on a built-in example (see README).
+demo: setup
+    {{py}} -m examples.demo
+
+# Benchmarks against peers in the same run; results go to docs/benchmarks.md.
+bench *ARGS: setup
+    {{py}} -m bench {{ARGS}}

@@ -1,0 +1,1 @@
+"""OCI and Docker image models: media types, descriptors, manifests, indexes, layouts."""
