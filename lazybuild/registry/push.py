@@ -1,0 +1,253 @@
+"""Pushing blobs and manifests (the Distribution upload protocol).
+
+A blob is pushed in the cheapest way the registry allows: not at all when it is
+already there, by cross-repository mount when a candidate repository on the same
+registry has it, and otherwise by upload: one PUT for small blobs, a series of
+PATCH requests with ``Content-Range`` for large ones (so memory stays bounded and a
+failure costs one chunk, not the whole blob).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import httpx
+import trio
+
+from lazybuild.errors import DigestMismatchError, RegistryError
+from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.digest import new_hasher, sha256_digest, verify_digest
+from lazybuild.registry.auth import pull_scope, push_scope
+from lazybuild.registry.reference import Reference
+from lazybuild.registry.session import RegistrySession
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MONOLITHIC_LIMIT = 32 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
+_OCTET_STREAM = {"Content-Type": "application/octet-stream"}
+
+
+async def has_blob(session: RegistrySession, ref: Reference, digest: str) -> bool:
+    response = await session.request(
+        "HEAD",
+        ref,
+        f"/v2/{ref.repository}/blobs/{digest}",
+        scopes=[pull_scope(ref.repository)],
+        # A redirect means the registry has it and serves it from elsewhere.
+        expect={200, 404, 301, 302, 303, 307, 308},
+        what=f"HEAD blob {digest}",
+    )
+    await response.aclose()
+    return response.status_code != 404
+
+
+class BlobPusher:
+    def __init__(
+        self,
+        session: RegistrySession,
+        monolithic_limit: int = DEFAULT_MONOLITHIC_LIMIT,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        self.session = session
+        self.monolithic_limit = monolithic_limit
+        self.chunk_size = chunk_size
+
+    async def push(
+        self,
+        ref: Reference,
+        descriptor: Descriptor,
+        source: Path | bytes,
+        mount_from: Sequence[Reference] = (),
+    ) -> str:
+        """Make ``descriptor``'s blob exist in ``ref``'s repository.
+
+        Returns "exists", "mounted" or "uploaded".
+        """
+        source_size = len(source) if isinstance(source, bytes) else source.stat().st_size
+        if source_size != descriptor.size:
+            raise DigestMismatchError(
+                f"blob {descriptor.digest}: the source has {source_size} bytes, "
+                f"the descriptor says {descriptor.size}"
+            )
+        if await has_blob(self.session, ref, descriptor.digest):
+            return "exists"
+        whole: bytes | None = None
+        if descriptor.size <= self.monolithic_limit:
+            whole = source if isinstance(source, bytes) else await trio.Path(source).read_bytes()
+            # Checked before any upload starts: a wrong blob must fail here, not at the
+            # registry, and must not leave an upload session behind.
+            verify_digest(whole, descriptor.digest, f"blob to push {descriptor.digest}")
+        upload_url: httpx.URL | None = None
+        for candidate in mount_from:
+            if candidate.registry != ref.registry or candidate.repository == ref.repository:
+                continue
+            mounted, upload_url = await self._try_mount(ref, descriptor.digest, candidate)
+            if mounted:
+                return "mounted"
+        if upload_url is None:
+            upload_url = await self._start_upload(ref)
+        if whole is not None:
+            await self._finish(ref, descriptor, upload_url, whole)
+        else:
+            await self._upload_chunked(ref, descriptor, source, upload_url)
+        return "uploaded"
+
+    async def _try_mount(
+        self, ref: Reference, digest: str, candidate: Reference
+    ) -> tuple[bool, httpx.URL | None]:
+        """Ask for a cross-repository mount; a 202 instead opens an upload we can use."""
+        url = self.session.url(ref, f"/v2/{ref.repository}/blobs/uploads/").copy_merge_params(
+            {"mount": digest, "from": candidate.repository}
+        )
+        response = await self.session.request(
+            "POST",
+            ref,
+            url,
+            scopes=[push_scope(ref.repository), pull_scope(candidate.repository)],
+            expect={201, 202},
+            what=f"mount blob {digest} from {candidate.repository}",
+        )
+        await response.aclose()
+        if response.status_code == 201:
+            _check_registry_digest(response, digest, f"mounted blob {digest}")
+            return True, None
+        log.debug("registry %s did not mount %s from %s", ref.registry, digest, candidate.name)
+        return False, self._location(ref, response)
+
+    async def _start_upload(self, ref: Reference) -> httpx.URL:
+        response = await self.session.request(
+            "POST",
+            ref,
+            f"/v2/{ref.repository}/blobs/uploads/",
+            scopes=[push_scope(ref.repository)],
+            expect={202},
+            what="start blob upload",
+        )
+        await response.aclose()
+        return self._location(ref, response)
+
+    async def _upload_chunked(
+        self, ref: Reference, descriptor: Descriptor, source: Path | bytes, url: httpx.URL
+    ) -> None:
+        hasher = new_hasher(descriptor.digest)
+        offset = 0
+        async for chunk in _chunks(source, self.chunk_size):
+            hasher.update(chunk)
+            end = offset + len(chunk) - 1
+            response = await self.session.request(
+                "PATCH",
+                ref,
+                url,
+                scopes=[push_scope(ref.repository)],
+                expect={202},
+                what=f"upload blob {descriptor.digest} bytes {offset}-{end}",
+                # Distribution's Content-Range for uploads has no "bytes " unit.
+                headers={**_OCTET_STREAM, "Content-Range": f"{offset}-{end}"},
+                content=chunk,
+            )
+            await response.aclose()
+            _check_upload_progress(response, end, descriptor.digest)
+            url = self._location(ref, response)
+            offset = end + 1
+        actual = f"{descriptor.digest.split(':', 1)[0]}:{hasher.hexdigest()}"
+        if actual != descriptor.digest:
+            await self._cancel(ref, url)
+            raise DigestMismatchError(f"blob to push {descriptor.digest}: content is {actual}")
+        await self._finish(ref, descriptor, url, b"")
+
+    async def _finish(
+        self, ref: Reference, descriptor: Descriptor, url: httpx.URL, data: bytes
+    ) -> None:
+        response = await self.session.request(
+            "PUT",
+            ref,
+            url.copy_merge_params({"digest": descriptor.digest}),
+            scopes=[push_scope(ref.repository)],
+            expect={201},
+            what=f"upload blob {descriptor.digest}",
+            headers=_OCTET_STREAM,
+            content=data,
+        )
+        await response.aclose()
+        _check_registry_digest(response, descriptor.digest, f"uploaded blob {descriptor.digest}")
+
+    async def _cancel(self, ref: Reference, url: httpx.URL) -> None:
+        try:
+            response = await self.session.request(
+                "DELETE",
+                ref,
+                url,
+                scopes=[push_scope(ref.repository)],
+                expect={200, 202, 204, 404},
+                what="cancel upload",
+            )
+            await response.aclose()
+        except RegistryError as exc:  # best effort: the registry purges stale uploads itself
+            log.debug("could not cancel upload %s: %s", url, exc)
+
+    def _location(self, ref: Reference, response: httpx.Response) -> httpx.URL:
+        location = response.headers.get("location")
+        if not location:
+            raise RegistryError(f"registry {ref.registry}: upload answer without a Location")
+        # Relative locations are relative to the request; absolute ones keep their state query.
+        return response.url.join(location)
+
+
+async def push_manifest(
+    session: RegistrySession, ref: Reference, data: bytes, media_type: str
+) -> str:
+    """PUT a manifest by tag (or by digest when there is no tag); returns its digest."""
+    digest = sha256_digest(data)
+    if ref.digest is not None:
+        verify_digest(data, ref.digest, f"manifest to push as {ref}")
+        digest = ref.digest
+    key = ref.tag if ref.tag is not None else digest
+    response = await session.request(
+        "PUT",
+        ref,
+        f"/v2/{ref.repository}/manifests/{key}",
+        scopes=[push_scope(ref.repository)],
+        expect={201},
+        what=f"PUT manifest {ref}",
+        headers={"Content-Type": media_type},
+        content=data,
+    )
+    await response.aclose()
+    _check_registry_digest(response, digest, f"pushed manifest {ref}")
+    return digest
+
+
+def _check_registry_digest(response: httpx.Response, digest: str, what: str) -> None:
+    announced = response.headers.get("docker-content-digest")
+    # Only comparable when the registry hashed with the same algorithm.
+    same_algorithm = announced is not None and _algorithm(announced) == _algorithm(digest)
+    if announced and same_algorithm and announced != digest:
+        raise DigestMismatchError(f"{what}: the registry stored it as {announced}, not {digest}")
+
+
+def _algorithm(digest: str) -> str:
+    return digest.partition(":")[0]
+
+
+def _check_upload_progress(response: httpx.Response, end: int, digest: str) -> None:
+    # Range: 0-<last byte received>; anything else means bytes were lost or duplicated.
+    received = response.headers.get("range")
+    if received and received.strip().removeprefix("bytes=") != f"0-{end}":
+        raise RegistryError(
+            f"upload of blob {digest}: the registry has bytes {received}, expected 0-{end}"
+        )
+
+
+async def _chunks(source: Path | bytes, chunk_size: int) -> AsyncIterator[bytes]:
+    if isinstance(source, bytes):
+        for start in range(0, len(source), chunk_size):
+            yield source[start : start + chunk_size]
+        return
+    async with await trio.open_file(source, "rb") as file:
+        while chunk := await file.read(chunk_size):
+            yield chunk
