@@ -5,7 +5,7 @@ layer) is a ``LazybuildError``: the CLI prints ``str(error)`` as one line and ex
 non-zero. Anything else reaching the CLI is a bug and keeps its traceback.
 
     LazybuildError
-    ├── ReferenceError_      an image reference that does not parse
+    ├── InvalidReferenceError      an image reference that does not parse
     ├── RegistryError        HTTP-level failure talking to a registry
     │   ├── AuthError        credentials missing or refused
     │   └── NotFoundError    manifest, blob or repository does not exist
@@ -21,7 +21,7 @@ class LazybuildError(Exception):
     """Base for every error caused by input rather than by a bug in lazybuild."""
 
 
-class ReferenceError_(LazybuildError):  # noqa: N801 - avoid shadowing the builtin
+class InvalidReferenceError(LazybuildError):
     """An image reference that does not parse."""
 
 

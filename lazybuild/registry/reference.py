@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from lazybuild.errors import FormatError, ReferenceError_
+from lazybuild.errors import FormatError, InvalidReferenceError
 from lazybuild.oci.digest import validate_digest
 
 DOCKER_HUB = "docker.io"
@@ -44,14 +44,14 @@ class Reference:
         and no digest means ``latest``."""
         original = text
         if not text or text != text.strip():
-            raise ReferenceError_(f"invalid image reference {original!r}: empty or padded")
+            raise InvalidReferenceError(f"invalid image reference {original!r}: empty or padded")
         digest: str | None = None
         name_part, at, digest_text = text.partition("@")
         if at:
             try:
                 digest = validate_digest(digest_text)
             except FormatError:
-                raise ReferenceError_(
+                raise InvalidReferenceError(
                     f"invalid image reference {original!r}: bad digest {digest_text!r}"
                 ) from None
         tag: str | None = None
@@ -61,7 +61,9 @@ class Reference:
             tag = name_part[colon + 1 :]
             name_part = name_part[:colon]
             if not _TAG.match(tag):
-                raise ReferenceError_(f"invalid image reference {original!r}: bad tag {tag!r}")
+                raise InvalidReferenceError(
+                    f"invalid image reference {original!r}: bad tag {tag!r}"
+                )
         registry, repository = _split_registry(name_part, original)
         if tag is None and digest is None:
             tag = DEFAULT_TAG
@@ -71,11 +73,11 @@ class Reference:
         try:
             return replace(self, digest=validate_digest(digest))
         except FormatError as exc:
-            raise ReferenceError_(str(exc)) from None
+            raise InvalidReferenceError(str(exc)) from None
 
     def with_tag(self, tag: str) -> Reference:
         if not _TAG.match(tag):
-            raise ReferenceError_(f"invalid tag {tag!r}")
+            raise InvalidReferenceError(f"invalid tag {tag!r}")
         return replace(self, tag=tag)
 
     @property
@@ -108,7 +110,9 @@ def _split_registry(name: str, original: str) -> tuple[str, str]:
     looks_like_host = "." in first or ":" in first or first == "localhost" or first != first.lower()
     if slash and looks_like_host:
         if not _HOST.match(first):
-            raise ReferenceError_(f"invalid image reference {original!r}: bad registry {first!r}")
+            raise InvalidReferenceError(
+                f"invalid image reference {original!r}: bad registry {first!r}"
+            )
         registry, repository = first, rest
     else:
         registry, repository = DOCKER_HUB, name
@@ -117,16 +121,16 @@ def _split_registry(name: str, original: str) -> tuple[str, str]:
     if registry == DOCKER_HUB and "/" not in repository:
         repository = f"library/{repository}"
     if not repository:
-        raise ReferenceError_(f"invalid image reference {original!r}: no repository name")
+        raise InvalidReferenceError(f"invalid image reference {original!r}: no repository name")
     if repository != repository.lower():
-        raise ReferenceError_(
+        raise InvalidReferenceError(
             f"invalid image reference {original!r}: repository name must be lowercase"
         )
     for component in repository.split("/"):
         if not _PATH_COMPONENT.match(component):
-            raise ReferenceError_(
+            raise InvalidReferenceError(
                 f"invalid image reference {original!r}: bad path component {component!r}"
             )
     if len(repository) > _MAX_NAME_LENGTH:
-        raise ReferenceError_(f"invalid image reference {original!r}: name is too long")
+        raise InvalidReferenceError(f"invalid image reference {original!r}: name is too long")
     return registry, repository

@@ -156,3 +156,37 @@ def run(
             completed.returncode, completed.args, completed.stdout, completed.stderr
         )
     return completed
+
+
+def mounts_under(path: Path) -> list[Path]:
+    """Mount points at or below `path`, deepest first (the order to unmount them in)."""
+    root = os.path.realpath(path)
+    found: list[Path] = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            # Field 5 is the mount point, with spaces etc. escaped as octal.
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == root or point.startswith(root + "/"):
+                found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_all_under(path: Path) -> None:
+    """Lazily unmount everything below `path` so that it can be removed."""
+    for point in mounts_under(path):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)
+
+
+def kill_processes_mentioning(needle: str) -> None:
+    """SIGKILL processes whose command line contains `needle`, which must be unique to
+    the caller (a temp path), e.g. to catch helpers that left the daemon's process group."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if needle.encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)

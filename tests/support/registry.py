@@ -125,3 +125,43 @@ def write_docker_config(path: Path, host: str, user: str, password: str) -> Path
     path.write_text(json.dumps(existing, indent=2) + "\n")
     path.chmod(0o600)
     return path
+
+
+class TokenRegistry(Registry):
+    """A Registry behind `auth: token`, with its own TokenServer as the realm.
+
+    `.username` / `.password` are the credentials the token server accepts;
+    `.token_server` exposes the issued tokens for tests that count them.
+    """
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        super().__init__(workdir)
+        from tests.support.tokenserver import TokenServer
+
+        self.token_server = TokenServer(self.workdir / "token-server")
+        self.username = self.token_server.username
+        self.password = self.token_server.password
+
+    def start(self, timeout: float = 30.0) -> TokenRegistry:
+        self.token_server.start()
+        self.token_auth = TokenAuth(
+            realm=self.token_server.realm,
+            service=self.token_server.service,
+            issuer=self.token_server.issuer,
+            root_cert_bundle=self.token_server.cert_path,
+        )
+        try:
+            super().start(timeout)
+        except BaseException:
+            self.token_server.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            self.token_server.stop()
+
+    def __enter__(self) -> TokenRegistry:
+        return self.start()

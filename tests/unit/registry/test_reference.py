@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from lazybuild.errors import ReferenceError_
+from lazybuild.errors import InvalidReferenceError
 from lazybuild.registry.reference import Reference
 
 DIGEST = "sha256:" + "a" * 64
@@ -64,7 +64,7 @@ def test_parse(
     ],
 )
 def test_parse_rejects_junk(text: str, complaint: str) -> None:
-    with pytest.raises(ReferenceError_, match=complaint):
+    with pytest.raises(InvalidReferenceError, match=complaint):
         Reference.parse(text)
 
 
@@ -84,7 +84,7 @@ def test_with_digest_and_tag() -> None:
     assert pinned.manifest_key == DIGEST
     assert ref.manifest_key == "v1"
     assert str(pinned.with_tag("v2")) == f"a.b/c:v2@{DIGEST}"
-    with pytest.raises(ReferenceError_):
+    with pytest.raises(InvalidReferenceError):
         ref.with_digest("sha256:zz")
-    with pytest.raises(ReferenceError_):
+    with pytest.raises(InvalidReferenceError):
         ref.with_tag("bad tag")
