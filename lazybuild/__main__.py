@@ -1,0 +1,3 @@
+from lazybuild.cli.main import run
+
+run()

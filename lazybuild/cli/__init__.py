@@ -1,0 +1,1 @@
+"""The ``lazybuild`` command line."""

@@ -1,0 +1,75 @@
+"""Find out what a layer blob is (eStargz, legacy stargz, gzip, zstd, tar) from its ends.
+
+Only the head and the tail of the blob are read (plus the TOC for stargz layers), so
+probing a remote layer costs two or three small range requests, never the blob.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lazybuild.errors import FormatError
+from lazybuild.estargz.layerformat import LayerFormat, detect_format
+from lazybuild.estargz.reader import OpenedLayer, parse_layer, tail_read_range
+from lazybuild.imagestore import ImageSource
+from lazybuild.oci import mediatypes
+from lazybuild.oci.descriptor import Descriptor
+
+_HEAD_SIZE = 512
+
+
+@dataclass(frozen=True)
+class LayerProbe:
+    descriptor: Descriptor
+    format: LayerFormat
+    opened: OpenedLayer | None  # the verified TOC of an eStargz or legacy stargz layer
+
+
+async def probe_layer(source: ImageSource, descriptor: Descriptor, where: str) -> LayerProbe:
+    if not mediatypes.is_layer(descriptor.media_type):
+        raise FormatError(f"{where}: unknown layer media type {descriptor.media_type!r}")
+    if descriptor.size == 0:
+        raise FormatError(f"{where}: layer {descriptor.digest} is empty (size 0)")
+    head = await source.read_range(descriptor, 0, min(_HEAD_SIZE, descriptor.size))
+    tail_start, tail_length = tail_read_range(descriptor.size)
+    tail = await source.read_range(descriptor, tail_start, tail_length)
+    layer_format = detect_format(descriptor.media_type, head, tail)
+    if layer_format not in (LayerFormat.ESTARGZ, LayerFormat.LEGACY_STARGZ):
+        return LayerProbe(descriptor, layer_format, None)
+    expected = descriptor.annotations.get(mediatypes.TOC_DIGEST_ANNOTATION)
+    opened = await _open_toc(
+        source,
+        descriptor,
+        tail=tail,
+        tail_start=tail_start,
+        expected_toc_digest=expected,
+        where=where,
+    )
+    return LayerProbe(descriptor, layer_format, opened)
+
+
+async def _open_toc(
+    source: ImageSource,
+    descriptor: Descriptor,
+    *,
+    tail: bytes,
+    tail_start: int,
+    expected_toc_digest: str | None,
+    where: str,
+) -> OpenedLayer:
+    from lazybuild.estargz.footer import parse_footer
+
+    footer = parse_footer(tail)
+    if footer.toc_offset < tail_start:
+        # The TOC starts before what the first read covered: one more read brings it all.
+        if footer.toc_offset < 0 or footer.toc_offset >= descriptor.size:
+            raise FormatError(
+                f"{where}: TOC offset {footer.toc_offset} outside the blob "
+                f"({descriptor.size} bytes)"
+            )
+        tail_start = footer.toc_offset
+        tail = await source.read_range(descriptor, tail_start, descriptor.size - tail_start)
+    try:
+        return parse_layer(tail, tail_start, descriptor.size, expected_toc_digest)
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None

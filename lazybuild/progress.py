@@ -1,0 +1,37 @@
+"""Human-readable progress lines for long-running commands.
+
+Lines go to stderr so that stdout stays clean for machine output (``--json``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def short_digest(digest: str) -> str:
+    return digest.split(":", 1)[-1][:12]
+
+
+class Progress:
+    def __init__(self, stream: TextIO = sys.stderr, *, quiet: bool = False) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        self.started = time.monotonic()
+
+    def line(self, message: str) -> None:
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.started
+        self.stream.write(f"[{elapsed:6.1f}s] {message}\n")
+        self.stream.flush()
