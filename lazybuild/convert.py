@@ -51,6 +51,7 @@ class LayerOutcome:
     result: Descriptor
     diff_id: str
     converted: bool
+    transfer: str  # what the target did with the blob: "exists", "mounted" or "uploaded"
     seconds: float
 
 
@@ -175,8 +176,8 @@ class _Converter:
         started = time.monotonic()
         probe = await probe_layer(self.source, layer, where)
         if probe.format is LayerFormat.ESTARGZ:
-            result = await self._keep_estargz(probe, where)
-            outcome = LayerOutcome(layer, probe.format, result, diff_id, False, 0.0)
+            result, transfer = await self._keep_estargz(probe, where)
+            outcome = LayerOutcome(layer, probe.format, result, diff_id, False, transfer, 0.0)
             self.progress.line(
                 f"{where}: {short_digest(layer.digest)} is eStargz already, kept "
                 f"({human_size(layer.size)})"
@@ -199,7 +200,7 @@ class _Converter:
         )
         out = self._output_path(written.digest)
         async with self.transfers:
-            await self.target.put_blob(result, out)
+            transfer = await self.target.put_blob(result, out)
         out.unlink()
         seconds = time.monotonic() - started
         self.progress.line(
@@ -207,7 +208,7 @@ class _Converter:
             f"{human_size(layer.size)} -> eStargz {short_digest(written.digest)} "
             f"{human_size(written.size)} in {seconds:.1f}s"
         )
-        return LayerOutcome(layer, probe.format, result, written.diff_id, True, seconds)
+        return LayerOutcome(layer, probe.format, result, written.diff_id, True, transfer, seconds)
 
     def _write_estargz(self, raw: Path, probe: LayerProbe) -> WrittenLayer:
         options: dict[str, Any] = {"chunk_size": self.options.chunk_size}
@@ -223,7 +224,7 @@ class _Converter:
     def _output_path(self, digest: str) -> Path:
         return self.workdir / f"estargz-{digest.split(':', 1)[1]}"
 
-    async def _keep_estargz(self, probe: LayerProbe, where: str) -> Descriptor:
+    async def _keep_estargz(self, probe: LayerProbe, where: str) -> tuple[Descriptor, str]:
         layer = probe.descriptor
         assert probe.opened is not None
         annotations = dict(layer.annotations)
@@ -233,13 +234,16 @@ class _Converter:
                 await self._uncompressed_size(layer, where)
             )
         result = Descriptor(mediatypes.OCI_LAYER_GZIP, layer.digest, layer.size, annotations)
-        if not await self.target.has_blob(result):
-            copy = self.workdir / f"keep-{short_digest(layer.digest)}-{id(probe)}"
-            async with self.transfers:
-                await self.source.download(layer, copy)
-                await self.target.put_blob(result, copy)
-            copy.unlink()
-        return result
+        if await self.target.has_blob(result):
+            return result, "exists"
+        if await self.target.mount_blob(result):
+            return result, "mounted"
+        copy = self.workdir / f"keep-{short_digest(layer.digest)}-{id(probe)}"
+        async with self.transfers:
+            await self.source.download(layer, copy)
+            transfer = await self.target.put_blob(result, copy)
+        copy.unlink()
+        return result, transfer
 
     async def _uncompressed_size(self, layer: Descriptor, where: str) -> int:
         raw = self.workdir / f"size-{short_digest(layer.digest)}"

@@ -56,6 +56,8 @@ class ImageTarget(Protocol):
 
     async def put_blob(self, descriptor: Descriptor, source: Path | bytes) -> str: ...
 
+    async def mount_blob(self, descriptor: Descriptor) -> bool: ...
+
     async def put_manifest(self, descriptor: Descriptor, data: bytes, *, root: bool) -> None: ...
 
 
@@ -113,6 +115,9 @@ class RegistryTarget:
 
     async def put_blob(self, descriptor: Descriptor, source: Path | bytes) -> str:
         return await self.client.push_blob(self.ref, descriptor, source, self.mount_from)
+
+    async def mount_blob(self, descriptor: Descriptor) -> bool:
+        return await self.client.mount_blob(self.ref, descriptor.digest, self.mount_from)
 
     async def put_manifest(self, descriptor: Descriptor, data: bytes, *, root: bool) -> None:
         # Index children are pushed by digest; the root goes to the tag that was asked for.
@@ -183,6 +188,9 @@ class LayoutTarget:
         else:
             await trio.to_thread.run_sync(self._copy_in, source, descriptor)
         return "uploaded"
+
+    async def mount_blob(self, descriptor: Descriptor) -> bool:
+        return False  # a layout has no other repositories to mount from
 
     def _copy_in(self, source: Path, descriptor: Descriptor) -> None:
         hasher = hashlib.sha256()

@@ -200,6 +200,12 @@ class RegistryClient:
         """Make the blob exist in ``ref``'s repository: "exists", "mounted" or "uploaded"."""
         return await self._pusher.push(ref, descriptor, source, mount_from)
 
+    async def mount_blob(
+        self, ref: Reference, digest: str, mount_from: Sequence[Reference]
+    ) -> bool:
+        """Cross-repository mount only (no upload); True when the registry mounted it."""
+        return await self._pusher.mount(ref, validate_digest(digest), mount_from)
+
     async def push_manifest(self, ref: Reference, data: bytes, media_type: str) -> str:
         """PUT a manifest by ``ref``'s tag (or digest); returns the manifest digest."""
         return await push_manifest(self._session, ref, data, media_type)

@@ -97,6 +97,21 @@ class BlobPusher:
             await self._upload_chunked(ref, descriptor, source, upload_url)
         return "uploaded"
 
+    async def mount(self, ref: Reference, digest: str, mount_from: Sequence[Reference]) -> bool:
+        """Try only cross-repository mounts, never an upload: True when one worked.
+
+        For callers that would have to download the blob first to upload it.
+        """
+        for candidate in mount_from:
+            if candidate.registry != ref.registry or candidate.repository == ref.repository:
+                continue
+            mounted, upload_url = await self._try_mount(ref, digest, candidate)
+            if mounted:
+                return True
+            if upload_url is not None:
+                await self._cancel(ref, upload_url)
+        return False
+
     async def _try_mount(
         self, ref: Reference, digest: str, candidate: Reference
     ) -> tuple[bool, httpx.URL | None]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-import random
 import shutil
 from pathlib import Path
 
@@ -22,50 +20,13 @@ from lazybuild.cli.main import main
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.layout import OciLayout
-
 from tests.support.imagebuild import (
-    Layer,
     copy_layout,
-    whiteout_layer_dir,
-    write_image,
-    write_layer,
 )
-from tests.support.images import read_layout_image
+from tests.support.images import BIG_FILE_SIZE, read_layout_image
 from tests.support.trees import layer_tree
 
 pytestmark = pytest.mark.root
-
-BIG_FILE_SIZE = 9 * (1 << 20) + 123  # three chunks at the default 4 MiB
-
-
-@pytest.fixture(scope="module")
-def rich_layout(debian_image_layout: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Debian image plus an upper layer with whiteouts, an opaque directory, a
-    multi-chunk file, a hardlink, a symlink, a fifo and xattrs."""
-    root = copy_layout(debian_image_layout, tmp_path_factory.mktemp("rich") / "layout")
-    image = read_layout_image(root)
-    layout = OciLayout.open(root)
-    layers = [
-        Layer(d["digest"], diff_id, d["size"], comment="base")
-        for d, diff_id in zip(image.layers, image.config["rootfs"]["diff_ids"], strict=True)
-    ]
-    upper = whiteout_layer_dir(
-        tmp_path_factory.mktemp("upper") / "tree",
-        delete=["etc/motd", "usr/bin/apt-get"],
-        opaque={"usr/share/doc": {"README": b"docs were replaced\n"}},
-        add={"srv/hello.txt": b"hello\n"},
-    )
-    big = upper / "srv" / "big.bin"
-    big.write_bytes(random.Random(7).randbytes(BIG_FILE_SIZE))
-    os.link(big, upper / "srv" / "big-hardlink.bin")
-    os.symlink("big.bin", upper / "srv" / "big-symlink")
-    os.mkfifo(upper / "srv" / "pipe")
-    os.setxattr(upper / "srv" / "hello.txt", "user.lazybuild.note", b"\x00binary\xff")
-    os.chown(upper / "srv" / "hello.txt", 1234, 5678)
-    os.chmod(upper / "srv" / "hello.txt", 0o4755)
-    layers.append(write_layer(layout, upper, comment="upper"))
-    write_image(layout, layers, tag="latest")
-    return root
 
 
 def _convert(source: str, destination: str, capsys: pytest.CaptureFixture[str]) -> str:
@@ -74,10 +35,10 @@ def _convert(source: str, destination: str, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_converted_layers_hold_what_the_originals_held(
-    rich_layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    rich_image_layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    digest = _convert(f"oci:{rich_layout}", f"oci:{tmp_path / 'out'}:esgz", capsys)
-    source = read_layout_image(rich_layout)
+    digest = _convert(f"oci:{rich_image_layout}", f"oci:{tmp_path / 'out'}:esgz", capsys)
+    source = read_layout_image(rich_image_layout)
     result = read_layout_image(tmp_path / "out", "esgz")
     assert result.manifest_digest == digest
     assert result.manifest["mediaType"] == mediatypes.OCI_MANIFEST
@@ -109,12 +70,12 @@ def test_converted_layers_hold_what_the_originals_held(
 
 
 def test_reference_go_reader_verifies_every_layer(
-    rich_layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    rich_image_layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tests.support.gochecker import build_go_checker, run_go_checker
 
     checker = build_go_checker(tmp_path / "go")
-    _convert(f"oci:{rich_layout}", f"oci:{tmp_path / 'out'}", capsys)
+    _convert(f"oci:{rich_image_layout}", f"oci:{tmp_path / 'out'}", capsys)
     result = read_layout_image(tmp_path / "out")
     for layer in result.layers:
         toc_digest = layer["annotations"][mediatypes.TOC_DIGEST_ANNOTATION]
@@ -127,10 +88,10 @@ def test_reference_go_reader_verifies_every_layer(
 
 
 def test_conversion_is_deterministic_and_idempotent(
-    rich_layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    rich_image_layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    first = _convert(f"oci:{rich_layout}", f"oci:{tmp_path / 'a'}", capsys)
-    second = _convert(f"oci:{rich_layout}", f"oci:{tmp_path / 'b'}", capsys)
+    first = _convert(f"oci:{rich_image_layout}", f"oci:{tmp_path / 'a'}", capsys)
+    second = _convert(f"oci:{rich_image_layout}", f"oci:{tmp_path / 'b'}", capsys)
     assert first == second
     # Converting an eStargz image keeps every layer as it is: the same image comes out.
     again = _convert(f"oci:{tmp_path / 'a'}", f"oci:{tmp_path / 'c'}", capsys)
@@ -139,10 +100,10 @@ def test_conversion_is_deterministic_and_idempotent(
 
 
 def test_index_is_converted_per_platform(
-    rich_layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    rich_image_layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    source = read_layout_image(rich_layout)
-    layout = OciLayout.open(rich_layout)
+    source = read_layout_image(rich_image_layout)
+    layout = OciLayout.open(rich_image_layout)
     platform = {"architecture": source.config["architecture"], "os": "linux"}
     index = {
         "schemaVersion": 2,
@@ -156,7 +117,7 @@ def test_index_is_converted_per_platform(
             }
         ],
     }
-    multi = copy_layout(rich_layout, tmp_path / "multi")
+    multi = copy_layout(rich_image_layout, tmp_path / "multi")
     multi_layout = OciLayout.open(multi)
     data = json.dumps(index).encode()
     multi_layout.add_ref(
