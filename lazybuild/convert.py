@@ -187,7 +187,10 @@ class _Converter:
         async with self.transfers:
             await self.source.download(layer, raw)
         async with self.compressor:
-            written = await trio.to_thread.run_sync(self._write_estargz, raw, probe)
+            try:
+                written = await trio.to_thread.run_sync(self._write_estargz, raw, probe)
+            except FormatError as exc:
+                raise FormatError(f"{where}: {exc}") from None
         raw.unlink()
         result = Descriptor(
             mediatypes.OCI_LAYER_GZIP,
@@ -216,8 +219,13 @@ class _Converter:
             options["compression_level"] = self.options.compression_level
         options["workers"] = self.options.workers
         staged = self.workdir / f"out-{id(probe)}"
-        with raw.open("rb") as compressed, staged.open("wb") as out:
-            written = write_estargz(decompressed_stream(compressed), out, WriterOptions(**options))
+        try:
+            with raw.open("rb") as compressed, staged.open("wb") as out:
+                stream = decompressed_stream(compressed)
+                written = write_estargz(stream, out, WriterOptions(**options))
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
         staged.rename(self._output_path(written.digest))
         return written
 

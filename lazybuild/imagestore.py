@@ -173,8 +173,9 @@ class LayoutSource:
 class LayoutTarget:
     def __init__(self, layout: OciLayout, tag: str | None) -> None:
         self.layout = layout
-        self.tag = tag
-        self.description = f"oci:{layout.root}" + (f":{tag}" if tag else "")
+        # As with registries, an image written without a tag is tagged "latest".
+        self.tag = tag or "latest"
+        self.description = f"oci:{layout.root}:{self.tag}"
 
     async def has_blob(self, descriptor: Descriptor) -> bool:
         return self.layout.has_blob(descriptor.digest)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lazybuild.errors import FormatError
+from lazybuild.estargz.footer import parse_footer
 from lazybuild.estargz.layerformat import LayerFormat, detect_format
 from lazybuild.estargz.reader import OpenedLayer, parse_layer, tail_read_range
 from lazybuild.imagestore import ImageSource
@@ -33,10 +34,19 @@ async def probe_layer(source: ImageSource, descriptor: Descriptor, where: str) -
     head = await source.read_range(descriptor, 0, min(_HEAD_SIZE, descriptor.size))
     tail_start, tail_length = tail_read_range(descriptor.size)
     tail = await source.read_range(descriptor, tail_start, tail_length)
-    layer_format = detect_format(descriptor.media_type, head, tail)
-    if layer_format not in (LayerFormat.ESTARGZ, LayerFormat.LEGACY_STARGZ):
-        return LayerProbe(descriptor, layer_format, None)
+    try:
+        layer_format = detect_format(descriptor.media_type, head, tail)
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None
     expected = descriptor.annotations.get(mediatypes.TOC_DIGEST_ANNOTATION)
+    if layer_format not in (LayerFormat.ESTARGZ, LayerFormat.LEGACY_STARGZ):
+        if expected is not None and layer_format is not LayerFormat.ZSTD_CHUNKED:
+            # The annotation promises eStargz; a blob without its footer is damaged,
+            # and treating it as plain gzip would hide that.
+            raise FormatError(
+                f"{where}: annotated with a TOC digest but has no valid eStargz footer"
+            )
+        return LayerProbe(descriptor, layer_format, None)
     opened = await _open_toc(
         source,
         descriptor,
@@ -57,9 +67,10 @@ async def _open_toc(
     expected_toc_digest: str | None,
     where: str,
 ) -> OpenedLayer:
-    from lazybuild.estargz.footer import parse_footer
-
-    footer = parse_footer(tail)
+    try:
+        footer = parse_footer(tail)
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None
     if footer.toc_offset < tail_start:
         # The TOC starts before what the first read covered: one more read brings it all.
         if footer.toc_offset < 0 or footer.toc_offset >= descriptor.size:
@@ -69,7 +80,4 @@ async def _open_toc(
             )
         tail_start = footer.toc_offset
         tail = await source.read_range(descriptor, tail_start, descriptor.size - tail_start)
-    try:
-        return parse_layer(tail, tail_start, descriptor.size, expected_toc_digest)
-    except FormatError as exc:
-        raise FormatError(f"{where}: {exc}") from None
+    return parse_layer(tail, tail_start, descriptor.size, expected_toc_digest, where=where)

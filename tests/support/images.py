@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.layout import OciLayout
 from tests.support.imagebuild import (
     Layer,
@@ -72,3 +73,19 @@ def make_rich_image(base_layout: Path, workdir: Path) -> Path:
     layers.append(write_layer(image.layout, upper, comment="upper"))
     write_image(image.layout, layers, tag="latest")
     return root
+
+
+def replace_layer(root: Path, position: int, blob: bytes | None = None, **descriptor: Any) -> None:
+    """Point layer ``position`` of the layout's image at ``blob`` (stored under its own
+    digest) and/or override descriptor fields such as ``mediaType`` or ``annotations``."""
+    image = read_layout_image(root)
+    manifest = json.loads(json.dumps(image.manifest))
+    layer = manifest["layers"][position]
+    if blob is not None:
+        layer["digest"] = image.layout.write_blob(blob)
+        layer["size"] = len(blob)
+    layer.update(descriptor)
+    data = json.dumps(manifest).encode()
+    digest = image.layout.write_blob(data)
+    tag = image.layout.resolve(None).annotations.get("org.opencontainers.image.ref.name")
+    image.layout.add_ref(Descriptor(manifest["mediaType"], digest, len(data)), tag)
