@@ -1,0 +1,181 @@
+"""The eStargz table of contents (``stargz.index.json``): data model, encoder, decoder.
+
+The encoder reproduces ``json.MarshalIndent(toc, "", "\\t")`` of the reference Go
+structs byte for byte (keys in struct order, ``omitempty`` on everything except
+``name`` and ``type``), because the TOC digest is taken over these bytes.
+The decoder is tolerant in the way Go's decoder is: missing keys are zero values,
+unknown keys (such as legacy ``NumLink``) are ignored, and keys match case-insensitively.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from lazybuild.errors import FormatError
+from lazybuild.estargz.gojson import quote
+
+TOC_TAR_NAME = "stargz.index.json"
+PREFETCH_LANDMARK = ".prefetch.landmark"
+NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
+LANDMARK_CONTENTS = b"\x0f"
+
+ENTRY_TYPES = frozenset({"dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"})
+
+
+@dataclass
+class TOCEntry:
+    """One TOC entry. Attribute order is the Go struct order, which fixes the JSON key order."""
+
+    name: str
+    type: str
+    size: int = 0
+    modtime: str = ""  # RFC 3339, second precision, as written (kept verbatim for re-encoding)
+    link_name: str = ""
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    user_name: str = ""
+    group_name: str = ""
+    offset: int = 0
+    inner_offset: int = 0
+    dev_major: int = 0
+    dev_minor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    digest: str = ""
+    chunk_offset: int = 0
+    chunk_size: int = 0
+    chunk_digest: str = ""
+
+
+@dataclass
+class TOC:
+    version: int
+    entries: list[TOCEntry]
+
+
+def _json_key(attr: str) -> str:
+    head, *rest = attr.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+# (attribute, JSON key) in struct order; "modtime" is the one key that is not camelCase of its attr.
+_KEYS: tuple[tuple[str, str], ...] = tuple(
+    (f.name, "modtime" if f.name == "modtime" else _json_key(f.name)) for f in fields(TOCEntry)
+)
+_ALWAYS_PRESENT = frozenset({"name", "type"})
+_INT_ATTRS = frozenset(f.name for f in fields(TOCEntry) if f.type == "int")
+_STR_ATTRS = frozenset(f.name for f in fields(TOCEntry) if f.type == "str")
+_ATTR_BY_FOLDED_KEY = {key.lower(): attr for attr, key in _KEYS}
+
+
+_ENTRY_INDENT = "\t\t\t"
+# (attribute, the text that precedes its value, whether it is written even when empty)
+_FIELD_PREFIXES = tuple(
+    (attr, f'{_ENTRY_INDENT}"{key}": ', attr in _ALWAYS_PRESENT) for attr, key in _KEYS
+)
+
+
+def _encode_xattrs(xattrs: dict[str, bytes]) -> str:
+    # Go sorts map keys by their UTF-8 bytes; []byte values are standard base64.
+    inner = _ENTRY_INDENT + "\t"
+    items = sorted(xattrs.items(), key=lambda kv: kv[0].encode("utf-8", "surrogatepass"))
+    body = ",\n".join(
+        f"{inner}{quote(k)}: {quote(base64.b64encode(v).decode('ascii'))}" for k, v in items
+    )
+    return "{\n" + body + "\n" + _ENTRY_INDENT + "}"
+
+
+def _encode_entry(entry: TOCEntry) -> str:
+    values = vars(entry)
+    lines = []
+    for attr, prefix, always in _FIELD_PREFIXES:
+        value = values[attr]
+        if not value and not always:
+            continue  # omitempty: 0, "" and empty maps are left out
+        if isinstance(value, str):
+            lines.append(prefix + quote(value))
+        elif isinstance(value, int):
+            lines.append(prefix + str(value))
+        else:
+            lines.append(prefix + _encode_xattrs(value))
+    return "\t\t{\n" + ",\n".join(lines) + "\n\t\t}"
+
+
+def encode_toc_json(toc: TOC) -> bytes:
+    """The TOC as Go's ``json.MarshalIndent(toc, "", "\\t")`` writes it (no trailing newline)."""
+    if toc.entries:
+        entries = "[\n" + ",\n".join(_encode_entry(e) for e in toc.entries) + "\n\t]"
+    else:
+        entries = "null"  # Go marshals the writer's nil slice as null
+    text = f'{{\n\t"version": {toc.version},\n\t"entries": {entries}\n}}'
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _decode_entry(raw: object, index: int) -> TOCEntry:
+    if not isinstance(raw, dict):
+        raise FormatError(f"TOC entry #{index} is {type(raw).__name__}, not an object")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        attr = _ATTR_BY_FOLDED_KEY.get(key.lower())
+        if attr is None or value is None:
+            continue  # unknown keys (e.g. legacy "NumLink") are ignored; null means zero
+        values[attr] = _check_value(attr, value, index)
+    name = values.pop("name", "")
+    entry_type = values.pop("type", "")
+    if entry_type not in ENTRY_TYPES:
+        raise FormatError(f"TOC entry #{index} ({name!r}) has unknown type {entry_type!r}")
+    return TOCEntry(name=name, type=entry_type, **values)
+
+
+def _check_value(attr: str, value: object, index: int) -> object:
+    if attr in _INT_ATTRS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FormatError(f"TOC entry #{index}: {attr} must be an integer, got {value!r}")
+        if value < 0:
+            raise FormatError(f"TOC entry #{index}: {attr} must not be negative, got {value}")
+        return value
+    if attr in _STR_ATTRS:
+        if not isinstance(value, str):
+            raise FormatError(f"TOC entry #{index}: {attr} must be a string, got {value!r}")
+        return value
+    # xattrs: an object of base64 strings
+    if not isinstance(value, dict):
+        raise FormatError(f"TOC entry #{index}: xattrs must be an object")
+    decoded: dict[str, bytes] = {}
+    for name, encoded in value.items():
+        if encoded is None:
+            decoded[name] = b""
+            continue
+        if not isinstance(encoded, str):
+            raise FormatError(f"TOC entry #{index}: xattr {name!r} is not a base64 string")
+        try:
+            decoded[name] = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise FormatError(
+                f"TOC entry #{index}: xattr {name!r} is not base64: {error}"
+            ) from None
+    return decoded
+
+
+def decode_toc_json(data: bytes) -> TOC:
+    """Parse TOC JSON bytes; raises ``FormatError`` for anything that is not a TOC."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise FormatError(f"TOC is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise FormatError(f"TOC JSON is {type(document).__name__}, not an object")
+    folded = {key.lower(): value for key, value in document.items()}
+    version = folded.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise FormatError(f"TOC version must be an integer, got {version!r}")
+    raw_entries = folded.get("entries")
+    if raw_entries is None:
+        raw_entries = []
+    if not isinstance(raw_entries, list):
+        raise FormatError("TOC entries must be an array")
+    return TOC(version=version, entries=[_decode_entry(e, i) for i, e in enumerate(raw_entries)])
