@@ -36,7 +36,7 @@ setup:
 
 # ruff and mypy --strict on the package.
 check: setup
-    {{venv}}/bin/ruff check lazybuild frontends tests bench
+    {{venv}}/bin/ruff check lazybuild frontends tests bench examples
     {{venv}}/bin/ruff format --check lazybuild
     {{venv}}/bin/mypy --strict lazybuild
 

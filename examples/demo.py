@@ -15,13 +15,13 @@ import tempfile
 from pathlib import Path
 
 import trio
-from lazybuild.estargz.reader import decompress_chunk
-from lazybuild.registry.client import RegistryClient
 
+from lazybuild.estargz.reader import decompress_chunk
 from lazybuild.imagestore import RegistrySource
 from lazybuild.layerprobe import probe_layer
 from lazybuild.oci.platform import host_platform
 from lazybuild.progress import human_size
+from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 from tests.support.imagebuild import cached_rootfs_image, push_oci_layout
 from tests.support.registry import Registry

@@ -112,5 +112,5 @@ def test_descriptor_requires_fields() -> None:
 
 
 def test_config_needs_diff_ids() -> None:
-    with pytest.raises(FormatError, match="rootfs.diff_ids"):
+    with pytest.raises(FormatError, match=r"rootfs\.diff_ids"):
         load_config(b'{"rootfs": {}}', "config")
