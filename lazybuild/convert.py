@@ -94,6 +94,9 @@ class _Converter:
         self.outcomes: list[LayerOutcome] = []
         self.transfers = trio.CapacityLimiter(_TRANSFER_CONCURRENCY)
         self.compressor = trio.CapacityLimiter(1)
+        # A layer listed twice (in one manifest or across platforms) is converted once.
+        self._layer_locks: dict[str, trio.Lock] = {}
+        self._converted_layers: dict[str, LayerOutcome] = {}
 
     async def convert_index(self, root: RootDocument, index: Index) -> Descriptor:
         entries: list[Descriptor] = []
@@ -146,7 +149,7 @@ class _Converter:
         outcomes: list[LayerOutcome | None] = [None] * len(manifest.layers)
 
         async def convert_one(position: int) -> None:
-            outcomes[position] = await self._convert_layer(
+            outcomes[position] = await self._convert_layer_once(
                 manifest.layers[position], diff_ids[position], f"{where} layer {position + 1}"
             )
 
@@ -154,7 +157,7 @@ class _Converter:
             for position in range(len(manifest.layers)):
                 nursery.start_soon(convert_one, position)
         done = [o for o in outcomes if o is not None]
-        self.outcomes.extend(done)
+        self.outcomes.extend(o for o in done if o not in self.outcomes)
 
         new_config = _rewrite_config(config, [o.diff_id for o in done])
         new_config_bytes = encode_json(new_config)
@@ -171,6 +174,16 @@ class _Converter:
         descriptor = _descriptor_for(mediatypes.OCI_MANIFEST, data)
         await self.target.put_manifest(descriptor, data, root=is_root)
         return descriptor
+
+    async def _convert_layer_once(
+        self, layer: Descriptor, diff_id: str, where: str
+    ) -> LayerOutcome:
+        lock = self._layer_locks.setdefault(layer.digest, trio.Lock())
+        async with lock:
+            if layer.digest not in self._converted_layers:
+                outcome = await self._convert_layer(layer, diff_id, where)
+                self._converted_layers[layer.digest] = outcome
+            return self._converted_layers[layer.digest]
 
     async def _convert_layer(self, layer: Descriptor, diff_id: str, where: str) -> LayerOutcome:
         started = time.monotonic()

@@ -20,9 +20,7 @@ from lazybuild.cli.main import main
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.layout import OciLayout
-from tests.support.imagebuild import (
-    copy_layout,
-)
+from tests.support.imagebuild import Layer, copy_layout, write_image
 from tests.support.images import BIG_FILE_SIZE, read_layout_image
 from tests.support.trees import layer_tree
 
@@ -134,3 +132,40 @@ def test_index_is_converted_per_platform(
     assert all(
         mediatypes.TOC_DIGEST_ANNOTATION in layer["annotations"] for layer in manifest["layers"]
     )
+
+
+def test_repeated_layer_is_converted_once(
+    tiny_image_layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = read_layout_image(tiny_image_layout)
+    layout = copy_layout(tiny_image_layout, tmp_path / "repeated")
+    layers = [
+        Layer(d["digest"], diff_id, d["size"])
+        for d, diff_id in zip(source.layers, source.config["rootfs"]["diff_ids"], strict=True)
+    ]
+    write_image(OciLayout.open(layout), [*layers, layers[-1]], tag="latest")
+    assert main(["convert", f"oci:{layout}", f"oci:{tmp_path / 'out'}"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("-> eStargz") == len(layers)
+    result = read_layout_image(tmp_path / "out")
+    assert result.layers[-1] == result.layers[-2]
+    diff_ids = result.config["rootfs"]["diff_ids"]
+    assert diff_ids[-1] == diff_ids[-2]
+
+
+def test_chunk_size_and_level_options(
+    tiny_image_layout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_default = tmp_path / "default"
+    out_small = tmp_path / "small"
+    _convert(f"oci:{tiny_image_layout}", f"oci:{out_default}", capsys)
+    options = ["--chunk-size", "64KiB", "--compression-level", "1"]
+    assert main(["-q", "convert", *options, f"oci:{tiny_image_layout}", f"oci:{out_small}"]) == 0
+    capsys.readouterr()
+
+    def chunk_counts(root: Path) -> list[int]:
+        assert main(["inspect", "--json", f"oci:{root}"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        return [layer["toc"]["chunks"] for layer in report["manifests"][0]["layers"]]
+
+    assert sum(chunk_counts(out_small)) > sum(chunk_counts(out_default))
