@@ -47,6 +47,7 @@ class Daemon:
     log_path: Path
     process: subprocess.Popen[bytes]
     _log_file: IO[bytes] | None = field(repr=False, default=None)
+    _stopped: bool = field(repr=False, default=False)
 
     @property
     def pid(self) -> int:
@@ -83,6 +84,9 @@ class Daemon:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the process group, wait `grace` seconds, then SIGKILL; always reap."""
+        if self._stopped:  # signalling a long-gone group id again could hit a stranger
+            return
+        self._stopped = True
         if self.process.poll() is None:
             self._signal(signal.SIGTERM)
             try:

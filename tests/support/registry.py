@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -86,11 +87,15 @@ class Registry:
         )
         # 200 when open, 401 with a Bearer challenge when token auth is on: both mean "serving".
         expected = 401 if self.token_auth else 200
-        self._daemon.wait_ready(
-            lambda: httpx.get(f"{self.url}/v2/", timeout=2).status_code == expected,
-            timeout=timeout,
-            what=f"answering GET /v2/ with {expected}",
-        )
+        try:
+            self._daemon.wait_ready(
+                lambda: httpx.get(f"{self.url}/v2/", timeout=2).status_code == expected,
+                timeout=timeout,
+                what=f"answering GET /v2/ with {expected}",
+            )
+        except BaseException:
+            self.stop()  # the error message already carries the log tail
+            raise
         return self
 
     def stop(self) -> None:
@@ -116,10 +121,8 @@ def write_docker_config(path: Path, host: str, user: str, password: str) -> Path
         path = path / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    existing: dict[str, object] = {}
-    if path.exists():
-        existing = json.loads(path.read_text())
-    auths = dict(existing.get("auths", {}) or {})  # type: ignore[call-overload]
+    existing: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    auths: dict[str, Any] = dict(existing.get("auths") or {})
     auths[host] = {"auth": auth}
     existing["auths"] = auths
     path.write_text(json.dumps(existing, indent=2) + "\n")
@@ -133,6 +136,9 @@ class TokenRegistry(Registry):
     `.username` / `.password` are the credentials the token server accepts;
     `.token_server` exposes the issued tokens for tests that count them.
     """
+
+    username: str
+    password: str
 
     def __init__(self, workdir: Path | None = None) -> None:
         super().__init__(workdir)
