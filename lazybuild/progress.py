@@ -24,8 +24,9 @@ def short_digest(digest: str) -> str:
 
 
 class Progress:
-    def __init__(self, stream: TextIO = sys.stderr, *, quiet: bool = False) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
+        # Looked up per line, not bound once, so redirections made later are honoured.
+        self._stream = stream
         self.quiet = quiet
         self.started = time.monotonic()
 
@@ -33,5 +34,6 @@ class Progress:
         if self.quiet:
             return
         elapsed = time.monotonic() - self.started
-        self.stream.write(f"[{elapsed:6.1f}s] {message}\n")
-        self.stream.flush()
+        stream = self._stream or sys.stderr
+        stream.write(f"[{elapsed:6.1f}s] {message}\n")
+        stream.flush()

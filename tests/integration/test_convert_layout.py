@@ -80,7 +80,10 @@ def test_reference_go_reader_verifies_every_layer(
         report = run_go_checker(checker, result.blob(layer["digest"]), toc_digest)
         tree = layer_tree(result.blob(layer["digest"]))
         regular = {p: f for p, f in tree.entries.items() if f.type == "reg"}
-        hashes = {p.lstrip("./"): h.removeprefix("sha256:") for p, h in report["files"].items()}
+        hashes = {
+            p.removeprefix("./"): h.removeprefix("sha256:")
+            for p, h in report["file_sha256"].items()
+        }
         for path, facts in regular.items():
             assert hashes[path] == facts.sha256, path
 
