@@ -1,0 +1,1 @@
+"""On-disk caches shared by all mounts and runs (content-addressed chunks)."""

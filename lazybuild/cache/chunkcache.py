@@ -1,0 +1,224 @@
+"""A content-addressed on-disk cache of decompressed, verified eStargz chunks.
+
+Layout: ``<root>/chunks/sha256/ab/<hex>`` holds the chunk whose sha256 is ``ab<hex...>``;
+``<root>/staging/`` holds files being written. An entry only ever appears by
+``rename`` from staging, so a reader sees a whole entry or none.
+
+Durability without fsync: each entry starts with a header carrying the payload's
+length and CRC-32, and ``get`` checks both (zlib-ng's CRC runs at ~10 GB/s, against
+~0.7 GB/s for re-hashing with sha256). After a power loss the rename may survive
+while the data blocks do not; such a torn entry fails its check, is deleted and
+reads as a miss. An fsync per put would instead cost one disk flush per chunk,
+thousands for a layer of small files. The cache directory itself is trusted (it is
+created 0700); the CRC guards against accidents, not against an attacker.
+
+Recency for LRU eviction is the entry's mtime, refreshed on a hit at most once per
+``TOUCH_INTERVAL`` so hot reads do not turn into metadata writes; atime is not used
+because most file systems are mounted relatime or noatime.
+
+Several processes may share one cache. Each keeps its own running estimate of the
+cache's size; eviction rescans the directory, so estimates only decide *when* to
+evict, never *what*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from zlib_ng import zlib_ng
+
+DEFAULT_MAX_BYTES = 10 << 30
+TOUCH_INTERVAL = 60.0
+# Eviction goes below the limit by this fraction so that it runs once per many puts.
+EVICTION_HEADROOM = 0.1
+
+_HEADER = struct.Struct(">4sIQ")  # magic, crc32 of the payload, payload length
+_MAGIC = b"LBC1"
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_STAGING_NAME = re.compile(r"(\d+)-[0-9a-f]+\.tmp")
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    entries: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: Path
+    size: int
+    mtime: float
+
+
+def _hex_of(digest: str) -> str:
+    match = _DIGEST.fullmatch(digest)
+    if match is None:
+        raise ValueError(f"not a sha256 chunk digest: {digest!r}")
+    return match.group(1)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ChunkCache:
+    """Thread-safe; every method does blocking disk I/O (call it from a worker thread)."""
+
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._chunks = root / "chunks" / "sha256"
+        self._staging = root / "staging"
+        self._chunks.mkdir(parents=True, exist_ok=True)
+        self._staging.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            root.chmod(0o700)
+        self._remove_dead_staging_files()
+        self._lock = threading.Lock()  # guards _estimated_bytes
+        self._evicting = threading.Lock()
+        self._estimated_bytes = sum(entry.size for entry in self._entries())
+
+    # -- public API ------------------------------------------------------------
+
+    def get(self, digest: str) -> bytes | None:
+        """The chunk named ``digest``, or None when it is absent or damaged (then removed)."""
+        path = self._path(digest)
+        try:
+            with path.open("rb") as entry:
+                header = entry.read(_HEADER.size)
+                payload = self._payload(entry, header)
+                if payload is None:
+                    self._discard(path)
+                    return None
+                self._touch(entry.fileno())
+                return payload
+        except FileNotFoundError:
+            return None
+
+    def contains(self, digest: str) -> bool:
+        return self._path(digest).exists()
+
+    def put(self, digest: str, data: bytes) -> None:
+        """Store ``data`` (already verified by the caller) under ``digest``."""
+        path = self._path(digest)
+        if path.exists():
+            return
+        header = _HEADER.pack(_MAGIC, zlib_ng.crc32(data), len(data))
+        staging = self._staging / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
+        try:
+            with staging.open("wb") as out:
+                out.write(header)
+                out.write(data)
+            path.parent.mkdir(exist_ok=True)
+            staging.rename(path)
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+        with self._lock:
+            self._estimated_bytes += len(header) + len(data)
+            over = self._estimated_bytes > self.max_bytes
+        if over:
+            self._evict_if_idle(int(self.max_bytes * (1 - EVICTION_HEADROOM)))
+
+    def usage(self) -> CacheUsage:
+        entries = list(self._entries())
+        total = sum(entry.size for entry in entries)
+        with self._lock:
+            self._estimated_bytes = total
+        return CacheUsage(len(entries), total)
+
+    def prune(self, keep_bytes: int = 0) -> CacheUsage:
+        """Evict least recently used entries until at most ``keep_bytes`` remain; returns
+        what was freed."""
+        with self._evicting:
+            return self._evict_to(keep_bytes)
+
+    # -- internals -------------------------------------------------------------
+
+    def _path(self, digest: str) -> Path:
+        hex_digest = _hex_of(digest)
+        return self._chunks / hex_digest[:2] / hex_digest
+
+    @staticmethod
+    def _payload(entry: BinaryIO, header: bytes) -> bytes | None:
+        if len(header) != _HEADER.size:
+            return None
+        magic, crc, length = _HEADER.unpack(header)
+        if magic != _MAGIC:
+            return None
+        payload = entry.read(length + 1)
+        if len(payload) != length or zlib_ng.crc32(payload) != crc:
+            return None
+        return payload
+
+    def _touch(self, fd: int) -> None:
+        now = time.time()
+        with contextlib.suppress(OSError):
+            if now - os.fstat(fd).st_mtime >= TOUCH_INTERVAL:
+                os.utime(fd, (now, now))
+
+    def _discard(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            size = path.stat().st_size
+            path.unlink()
+            with self._lock:
+                self._estimated_bytes -= size
+
+    def _entries(self) -> Iterator[_Entry]:
+        for shard in self._chunks.iterdir():
+            if not shard.is_dir():
+                continue
+            with os.scandir(shard) as listing:
+                for item in listing:
+                    with contextlib.suppress(FileNotFoundError):
+                        stat = item.stat(follow_symlinks=False)
+                        yield _Entry(Path(item.path), stat.st_size, stat.st_mtime)
+
+    def _evict_if_idle(self, target: int) -> None:
+        # One evicting thread is enough; the others carry on storing.
+        if self._evicting.acquire(blocking=False):
+            try:
+                self._evict_to(target)
+            finally:
+                self._evicting.release()
+
+    def _evict_to(self, target: int) -> CacheUsage:
+        entries = sorted(self._entries(), key=lambda entry: entry.mtime)
+        remaining = sum(entry.size for entry in entries)
+        freed_entries = freed_bytes = 0
+        for entry in entries:
+            if remaining <= target:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                entry.path.unlink()
+                freed_entries += 1
+                freed_bytes += entry.size
+            remaining -= entry.size
+        with self._lock:
+            self._estimated_bytes = remaining
+        return CacheUsage(freed_entries, freed_bytes)
+
+    def _remove_dead_staging_files(self) -> None:
+        """Leftovers of crashed writers; a live process's temp file is left alone."""
+        for item in self._staging.iterdir():
+            match = _STAGING_NAME.fullmatch(item.name)
+            if match is None or not _process_alive(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    item.unlink()

@@ -1,0 +1,1 @@
+"""The lazy filesystem: eStargz layers served on demand, and plain layers unpacked."""

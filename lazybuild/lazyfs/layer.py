@@ -1,0 +1,380 @@
+"""One eStargz layer served lazily: verified TOC, on-demand chunks, prefetch, background fetch.
+
+Every byte handed out has been checked: the TOC against the descriptor's
+``toc.digest`` annotation before ``open`` returns, each chunk against its
+``chunkDigest`` before it is cached or returned. Chunks come from a small memory
+LRU, else the shared disk cache (``ChunkCache``), else the registry, in one range
+request for all the chunks a read is missing. Decompression, hashing and disk I/O
+run in worker threads; the trio thread only books and slices.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from lazybuild.cache.chunkcache import ChunkCache
+from lazybuild.errors import DigestMismatchError, FormatError, LazybuildError, RegistryError
+from lazybuild.estargz.index import ChunkRef, LayerIndex, Node
+from lazybuild.estargz.reader import decompress_chunk
+from lazybuild.lazyfs.chunk_flight import Flight, Flights
+from lazybuild.lazyfs.chunk_memory import ChunkMemory
+from lazybuild.lazyfs.layer_stats import LayerStats
+from lazybuild.lazyfs.layer_toc import TocStore, open_index
+from lazybuild.lazyfs.priority import ForegroundGate
+from lazybuild.oci.descriptor import Descriptor
+from lazybuild.registry.blob import RemoteBlob
+from lazybuild.statedir import default_state_dir
+
+__all__ = ["LayerStats", "LazyLayer"]
+
+log = logging.getLogger(__name__)
+
+# Compressed bytes per background request: large enough that request overhead is
+# small, small enough that a batch cancelled by a foreground read wastes little.
+BACKGROUND_BATCH_BYTES = 16 << 20
+_VERIFY_THREADS = trio.CapacityLimiter(max(2, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class _Site:
+    """A chunk and the file it belongs to (for error messages)."""
+
+    chunk: ChunkRef
+    file: str
+
+    @property
+    def digest(self) -> str:
+        return self.chunk.digest
+
+
+class LazyLayer:
+    def __init__(
+        self,
+        blob: RemoteBlob,
+        descriptor: Descriptor,
+        index: LayerIndex,
+        cache: ChunkCache,
+        memory: ChunkMemory,
+    ) -> None:
+        self.digest = descriptor.digest
+        self.descriptor = descriptor
+        self.index = index
+        self.stats = LayerStats(descriptor.digest, descriptor.size)
+        self._blob = blob
+        self._cache = cache
+        self._memory = memory
+        self._flights = Flights()
+        self._where = f"layer {descriptor.digest}"
+        self._sites: list[_Site] | None = None
+        self._not_on_disk: set[str] = set()  # read-ahead misses, until fetched
+
+    @classmethod
+    async def open(
+        cls,
+        blob: RemoteBlob,
+        descriptor: Descriptor,
+        cache: ChunkCache,
+        *,
+        state_dir: Path | None = None,
+        memory: ChunkMemory | None = None,
+    ) -> LazyLayer:
+        """Fetch and verify the TOC (FormatError without a toc.digest annotation,
+        DigestMismatchError when it does not match). ``memory`` may be shared by layers."""
+        where = f"layer {descriptor.digest}"
+        tocs = TocStore(state_dir if state_dir is not None else default_state_dir())
+        started = time.perf_counter()
+        requests_before = blob.stats.requests
+        index, toc_bytes = await open_index(blob, descriptor, tocs, where)
+        layer = cls(blob, descriptor, index, cache, memory or ChunkMemory())
+        layer.stats.requests += max(1, blob.stats.requests - requests_before)
+        layer.stats.bytes_fetched += toc_bytes
+        layer.stats.fetch_seconds += time.perf_counter() - started
+        return layer
+
+    # -- foreground reads ------------------------------------------------------
+
+    async def read(self, node: Node, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of regular file ``node``, short at its end."""
+        if node.type != "reg":
+            raise ValueError(f"{node.name!r} is a {node.type}, not a regular file")
+        if offset < 0 or size < 0:
+            raise ValueError(f"bad read ({offset}, {size}) of {node.name!r}")
+        end = min(node.size, offset + size)
+        if offset >= end:
+            return b""
+        chunks = node.chunks
+        first = bisect.bisect_right(chunks, offset, key=lambda c: c.chunk_offset) - 1
+        last = bisect.bisect_left(chunks, end, key=lambda c: c.chunk_offset)
+        covering = chunks[first:last]
+        contents = self._from_memory(covering)
+        if contents is None:
+            contents = await self._load([_Site(c, node.name) for c in covering])
+        if last < len(chunks):
+            self._read_ahead(chunks[last])
+        if (
+            len(covering) == 1
+            and offset == covering[0].chunk_offset
+            and end - offset == len(whole := contents[covering[0].digest])
+        ):
+            return whole  # a read of exactly one chunk: no copy
+        pieces = [
+            memoryview(contents[chunk.digest])[
+                max(0, offset - chunk.chunk_offset) : min(chunk.size, end - chunk.chunk_offset)
+            ]
+            for chunk in covering
+        ]
+        return bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+
+    def _from_memory(self, chunks: Sequence[ChunkRef]) -> dict[str, bytes] | None:
+        """All of ``chunks`` from the memory LRU, or None (the hot path: no thread, no await)."""
+        found = {}
+        for chunk in chunks:
+            data = self._memory.get(chunk.digest)
+            if data is None:
+                return None
+            found[chunk.digest] = data
+        self.stats.cache_hits += len(chunks)
+        return found
+
+    def _read_ahead(self, chunk: ChunkRef) -> None:
+        """Start loading the chunk after a read from the disk cache into memory, so that a
+        sequential reader overlaps the next chunk's disk read and integrity check with
+        slicing this one. The flight is registered now, so the reader waits for it
+        instead of loading the chunk a second time."""
+        digest = chunk.digest
+        if digest in self._memory or digest in self._not_on_disk or self._flights.get(digest):
+            return
+        claimed = self._flights.register([digest])
+        trio.lowlevel.spawn_system_task(self._load_ahead, digest, claimed)
+
+    async def _load_ahead(self, digest: str, claimed: dict[str, Flight]) -> None:
+        try:
+            with self._flights.flying(claimed) as flights:
+                data = await trio.to_thread.run_sync(self._cache.get, digest)
+                if data is None:
+                    self._not_on_disk.add(digest)  # a miss: the reader fetches it itself
+                    return
+                self.stats.cache_hits += 1
+                self._memory.put(digest, data)
+                flights[digest].content = data
+        except Exception:  # only an optimisation: the reader will load the chunk itself
+            log.debug("%s: read-ahead of chunk %s failed", self._where, digest, exc_info=True)
+
+    # -- prefetch and background fetch -----------------------------------------
+
+    async def prefetch(self) -> int:
+        """Fetch the prioritized region [0, landmark) in one request and cache every chunk
+        in it; returns the bytes fetched (0 without a prefetch landmark or when cached)."""
+        landmark = self.index.prefetch_landmark_offset
+        if landmark is None or self.index.no_prefetch or landmark <= 0:
+            return 0
+        region = [site for site in self._all_sites() if site.chunk.end <= landmark]
+        cached = await trio.to_thread.run_sync(self._cached_digests, region)
+        missing = [s for s in region if s.digest not in cached and not self._flights.get(s.digest)]
+        if not missing:
+            return 0
+        await self._fetch(missing, region=(0, landmark), remember=False)
+        self.stats.prefetch_bytes += landmark
+        return landmark
+
+    async def fetch_all(self, gate: ForegroundGate) -> None:
+        """Fetch, verify and cache every chunk not cached yet, in large batches, only
+        while the gate is quiet; a batch interrupted by a foreground read is retried."""
+        sites = sorted(self._all_sites(), key=lambda site: site.chunk.offset)
+        cached = await trio.to_thread.run_sync(self._cached_digests, sites)
+        pending = [site for site in sites if site.digest not in cached]
+        for batch in _batches(pending, BACKGROUND_BATCH_BYTES):
+            remaining = batch
+            while remaining:
+                await gate.wait_quiet()
+                with gate.background() as scope:
+                    await self._load(remaining, remember=False)
+                if not scope.cancelled_caught:
+                    break
+                done = await trio.to_thread.run_sync(self._cached_digests, remaining)
+                remaining = [site for site in remaining if site.digest not in done]
+
+    # -- loading chunks --------------------------------------------------------
+
+    async def _load(self, sites: Sequence[_Site], *, remember: bool = True) -> dict[str, bytes]:
+        """Verified contents of ``sites`` by digest: disk cache, else a shared or own fetch."""
+        found: dict[str, bytes] = {}
+        unique = list({site.digest: site for site in sites}.values())
+        while unique:
+            # Chunks someone is already loading are waited for, not read or fetched again.
+            theirs = self._in_flight(unique)
+            rest = [site for site in unique if self._flights.get(site.digest) is None]
+            if rest:
+                from_disk = await trio.to_thread.run_sync(self._read_cached, rest)
+                self.stats.cache_hits += len(from_disk)
+                if remember:
+                    for digest, data in from_disk.items():
+                        self._memory.put(digest, data)
+                found.update(from_disk)
+                missing = [site for site in rest if site.digest not in found]
+                theirs += self._in_flight(missing)  # claimed while we read the disk
+                mine = [site for site in missing if self._flights.get(site.digest) is None]
+                if mine:
+                    found.update(await self._fetch(mine, remember=remember))
+            unique = []
+            for site, flight in theirs:
+                content = await _outcome(flight)
+                if content is None:
+                    unique.append(site)  # its loader was cancelled or missed: try ourselves
+                else:
+                    found[site.digest] = content
+        return found
+
+    def _in_flight(self, sites: Sequence[_Site]) -> list[tuple[_Site, Flight]]:
+        return [
+            (site, flight)
+            for site in sites
+            if (flight := self._flights.get(site.digest)) is not None
+        ]
+
+    async def _fetch(
+        self,
+        sites: Sequence[_Site],
+        *,
+        region: tuple[int, int] | None = None,
+        remember: bool = True,
+    ) -> dict[str, bytes]:
+        """Fetch ``sites`` in one request (all their ranges, or ``region`` when given),
+        verify each chunk, cache it, and resolve its flight."""
+        with self._flights.claim(site.digest for site in sites) as flights:
+            compressed = await self._request(sites, region)
+            contents = await self._verify_all(sites, compressed)
+            for site in sites:
+                content = contents[site.digest]
+                flights[site.digest].content = content
+                if remember:
+                    self._memory.put(site.digest, content)
+            self.stats.chunks_fetched += len(sites)
+            self._not_on_disk.difference_update(contents)
+            return contents
+
+    async def _request(self, sites: Sequence[_Site], region: tuple[int, int] | None) -> list[bytes]:
+        ranges = [(s.chunk.offset, s.chunk.end - s.chunk.offset) for s in sites]
+        started = time.perf_counter()
+        try:
+            if region is None:
+                compressed = await self._blob.read_ranges(ranges)
+                received = sum(len(piece) for piece in compressed)
+            else:
+                start, stop = region
+                whole = await self._blob.read_at(start, stop - start)
+                received = len(whole)
+                compressed = [whole[o - start : o - start + n] for o, n in ranges]
+        except Exception as exc:
+            files = sorted({site.file for site in sites})
+            message = (
+                f"{self._where}: fetching {len(sites)} chunk(s) of {', '.join(map(repr, files))} "
+                f"failed: {exc}"
+            )
+            log.error("%s", message)
+            if isinstance(exc, LazybuildError):
+                raise
+            raise RegistryError(message) from exc
+        finally:
+            self.stats.fetch_seconds += time.perf_counter() - started
+        self.stats.requests += 1
+        self.stats.bytes_fetched += received
+        return compressed
+
+    async def _verify_all(
+        self, sites: Sequence[_Site], compressed: Sequence[bytes]
+    ) -> dict[str, bytes]:
+        """Decompress, verify and store every chunk, in parallel worker threads."""
+        contents: dict[str, bytes] = {}
+        errors: list[LazybuildError] = []
+
+        async def one(site: _Site, raw: bytes) -> None:
+            try:
+                contents[site.digest] = await trio.to_thread.run_sync(
+                    self._verify_and_store, site, raw, limiter=_VERIFY_THREADS
+                )
+            except LazybuildError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for site, raw in zip(sites, compressed, strict=True):
+                nursery.start_soon(one, site, raw)
+        if errors:
+            raise errors[0]
+        return contents
+
+    def _verify_and_store(self, site: _Site, compressed: bytes) -> bytes:
+        """(worker thread) The verified chunk, stored in the disk cache."""
+        where = f"{self._where}: file {site.file!r}"
+        if not site.digest:
+            raise FormatError(f"{where}: chunk {site.chunk.chunk_offset} has no chunkDigest")
+        try:
+            content = decompress_chunk(compressed, site.chunk, where=where)
+        except LazybuildError as exc:
+            # The TOC is verified, so bytes that do not inflate to the chunk it describes
+            # (bad gzip, wrong length, wrong digest) are all the same failure: wrong bytes.
+            failure = DigestMismatchError(
+                f"{exc} (file range {site.chunk.chunk_offset}+{site.chunk.size})"
+            )
+            log.error("%s", failure)
+            raise failure from exc
+        try:
+            self._cache.put(site.digest, content)
+        except OSError as exc:  # a full or read-only cache must not fail the read
+            log.warning("%s: cannot cache chunk %s: %s", self._where, site.digest, exc)
+        return content
+
+    def _read_cached(self, sites: Sequence[_Site]) -> dict[str, bytes]:
+        """(worker thread)"""
+        found = {}
+        for site in sites:
+            data = self._cache.get(site.digest)
+            if data is not None:
+                found[site.digest] = data
+        return found
+
+    def _cached_digests(self, sites: Sequence[_Site]) -> set[str]:
+        """(worker thread)"""
+        return {site.digest for site in sites if self._cache.contains(site.digest)}
+
+    def _all_sites(self) -> list[_Site]:
+        """Every chunk of the layer once (identical chunks share one digest, one fetch)."""
+        if self._sites is None:
+            by_digest: dict[str, _Site] = {}
+            for node in self.index.walk():
+                if node.type == "reg":
+                    for chunk in node.chunks:
+                        by_digest.setdefault(chunk.digest, _Site(chunk, node.name))
+            self._sites = list(by_digest.values())
+        return self._sites
+
+
+async def _outcome(flight: Flight) -> bytes | None:
+    await flight.done.wait()
+    if flight.error is not None:
+        raise type(flight.error)(str(flight.error))
+    return flight.content
+
+
+def _batches(sites: Sequence[_Site], max_bytes: int) -> list[list[_Site]]:
+    batches: list[list[_Site]] = []
+    current: list[_Site] = []
+    current_bytes = 0
+    for site in sites:
+        size = site.chunk.end - site.chunk.offset
+        if current and current_bytes + size > max_bytes:
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(site)
+        current_bytes += size
+    if current:
+        batches.append(current)
+    return batches

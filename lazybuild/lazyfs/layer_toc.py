@@ -1,0 +1,112 @@
+"""Opening a remote eStargz layer's TOC, verified, with a local copy of verified TOCs.
+
+A layer is only served lazily when its descriptor carries the ``toc.digest``
+annotation: the TOC is checked against it before anything else happens, and
+every chunk is later checked against the TOC. The verified TOC JSON is kept in
+``<state>/tocs/sha256/<hex>.json``, so opening the layer again costs one 51-byte
+footer read (which yields the TOC offset and proves the blob is reachable) and
+no TOC bytes. A stored TOC is re-hashed when loaded, so a damaged copy is
+ignored and fetched again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import trio
+
+from lazybuild.errors import FormatError
+from lazybuild.estargz.footer import FOOTER_SIZE, parse_footer
+from lazybuild.estargz.index import LayerIndex
+from lazybuild.estargz.reader import parse_layer, sha256_digest, tail_read_range
+from lazybuild.estargz.toc import decode_toc_json
+from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.mediatypes import TOC_DIGEST_ANNOTATION
+from lazybuild.registry.blob import RemoteBlob
+
+log = logging.getLogger(__name__)
+
+
+class TocStore:
+    """Verified TOC JSON by TOC digest. Blocking I/O: call from a worker thread."""
+
+    def __init__(self, root: Path) -> None:
+        self._dir = root / "tocs" / "sha256"
+
+    def _path(self, toc_digest: str) -> Path:
+        algorithm, _, hex_digest = toc_digest.partition(":")
+        if algorithm != "sha256" or len(hex_digest) != 64:
+            raise FormatError(f"unsupported TOC digest {toc_digest!r}")
+        return self._dir / f"{hex_digest}.json"
+
+    def load(self, toc_digest: str) -> bytes | None:
+        try:
+            data = self._path(toc_digest).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data if sha256_digest(data) == toc_digest else None
+
+    def save(self, toc_digest: str, toc_json: bytes) -> None:
+        path = self._path(toc_digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            temp.write_bytes(toc_json)
+            temp.rename(path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+
+
+def expected_toc_digest(descriptor: Descriptor, where: str) -> str:
+    expected = descriptor.annotations.get(TOC_DIGEST_ANNOTATION)
+    if not expected:
+        raise FormatError(
+            f"{where}: no {TOC_DIGEST_ANNOTATION} annotation, so its TOC cannot be verified "
+            "(unpack the layer instead)"
+        )
+    return expected
+
+
+async def open_index(
+    blob: RemoteBlob, descriptor: Descriptor, tocs: TocStore | None, where: str
+) -> tuple[LayerIndex, int]:
+    """The verified index of the layer and the number of bytes fetched for it."""
+    expected = expected_toc_digest(descriptor, where)
+    if blob.size < FOOTER_SIZE:
+        raise FormatError(f"{where}: {blob.size} bytes is too small for an eStargz footer")
+    stored = await trio.to_thread.run_sync(tocs.load, expected) if tocs else None
+    if stored is not None:
+        footer = parse_footer(await blob.read_at(blob.size - FOOTER_SIZE, FOOTER_SIZE))
+        if not 0 <= footer.toc_offset < blob.size - FOOTER_SIZE:
+            raise FormatError(f"{where}: TOC offset {footer.toc_offset} outside the blob")
+
+        def index_from_stored() -> LayerIndex:
+            return LayerIndex(decode_toc_json(stored), data_end=footer.toc_offset, where=where)
+
+        return await trio.to_thread.run_sync(index_from_stored), FOOTER_SIZE
+    tail_start, tail_length = tail_read_range(blob.size)
+    tail = await blob.read_at(tail_start, tail_length)
+    footer = parse_footer(tail)
+    if footer.toc_offset < tail_start:
+        # A TOC bigger than the first read: one more read brings the rest of it.
+        if footer.toc_offset < 0:
+            raise FormatError(f"{where}: TOC offset {footer.toc_offset} outside the blob")
+        tail = await blob.read_at(footer.toc_offset, tail_start - footer.toc_offset) + tail
+        tail_start = footer.toc_offset
+
+    def parse() -> LayerIndex:
+        opened = parse_layer(tail, tail_start, blob.size, expected, where=where)
+        if tocs is not None:
+            try:
+                tocs.save(opened.toc_digest, opened.toc_json)
+            except OSError as exc:  # only the next open gets slower
+                log.warning("%s: cannot keep its TOC: %s", where, exc)
+        return opened.index
+
+    index = await trio.to_thread.run_sync(parse)
+    return index, len(tail)

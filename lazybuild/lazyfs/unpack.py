@@ -1,0 +1,185 @@
+"""Layers that cannot be served lazily (gzip, zstd, plain tar, eStargz without a TOC
+digest) are downloaded whole and unpacked into an overlayfs lower directory.
+
+``unpack_layer`` streams the blob (hashed on the way, see ``stream_blob``) through
+decompression into a tar extractor running in a worker thread, inside a
+``.partial-*`` directory; only a complete, digest-verified unpack is renamed to
+``<dest_root>/<digest-hex>``. So a directory under its final name is always
+complete, and is reused as is. Concurrent calls for one digest in a process
+wait on one lock; across processes the first rename wins and the loser discards
+its copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import re
+import secrets
+import shutil
+import tarfile
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import trio
+import zstandard
+
+from lazybuild.errors import FormatError
+from lazybuild.estargz.layerformat import decompressed_stream
+from lazybuild.lazyfs.layer_extract import extract_layer_tar
+from lazybuild.oci.descriptor import Descriptor
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
+
+_PARTIAL_PREFIX = ".partial-"
+_PIPE_DEPTH = 16  # downloaded pieces buffered ahead of the extractor
+_DRAIN_BLOCK = 1 << 20
+_locks: dict[Path, trio.Lock] = {}
+
+
+@dataclass(frozen=True)
+class UnpackedLayer:
+    path: Path
+    digest: str
+    size: int  # the blob's (compressed) size
+    seconds: float
+    reused: bool
+
+
+async def unpack_layer(
+    client: RegistryClient, ref: Reference, descriptor: Descriptor, dest_root: Path
+) -> UnpackedLayer:
+    started = time.perf_counter()
+    algorithm, _, hex_digest = descriptor.digest.partition(":")
+    if not re.fullmatch(r"[a-z0-9]+", algorithm) or not re.fullmatch(r"[0-9a-f]+", hex_digest):
+        raise FormatError(f"layer digest {descriptor.digest!r} is not usable as a directory name")
+    final = dest_root / hex_digest
+    lock = _locks.setdefault(final, trio.Lock())
+    async with lock:
+        if not await trio.to_thread.run_sync(final.is_dir):
+            partial = await trio.to_thread.run_sync(_new_partial_dir, dest_root, hex_digest)
+            try:
+                await _download_and_extract(client, ref, descriptor, partial)
+                await trio.to_thread.run_sync(_publish, partial, final)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(_remove_tree, partial)
+                raise
+            reused = False
+        else:
+            reused = True
+    return UnpackedLayer(
+        final, descriptor.digest, descriptor.size, time.perf_counter() - started, reused
+    )
+
+
+async def _download_and_extract(
+    client: RegistryClient, ref: Reference, descriptor: Descriptor, partial: Path
+) -> None:
+    where = f"layer {descriptor.digest}"
+    send, receive = trio.open_memory_channel[bytes](_PIPE_DEPTH)
+    download_error: list[Exception] = []
+
+    async def download() -> None:
+        async with send:
+            try:
+                # stream_blob is an async generator: close it so the connection is released.
+                stream = cast(AsyncGenerator[bytes, None], client.stream_blob(ref, descriptor))
+                async with aclosing(stream) as pieces:
+                    async for piece in pieces:
+                        await send.send(piece)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the extractor gave up; its error is the one to report
+            except Exception as exc:
+                download_error.append(exc)
+
+    extract_error: list[Exception] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(download)
+        try:
+            await trio.to_thread.run_sync(_extract_from_channel, receive, partial, where)
+        except Exception as exc:
+            extract_error.append(exc)
+        finally:
+            await receive.aclose()
+    # A digest or transfer failure explains any extraction error that came with it.
+    for error in (*download_error, *extract_error):
+        raise error
+
+
+def _extract_from_channel(
+    receive: trio.MemoryReceiveChannel[bytes], partial: Path, where: str
+) -> None:
+    """(worker thread)"""
+    stream = decompressed_stream(io.BufferedReader(_ChannelReader(receive), _DRAIN_BLOCK))
+    try:
+        extract_layer_tar(stream, partial, where)
+    except (OSError, EOFError, tarfile.TarError, zstandard.ZstdError) as exc:
+        raise FormatError(f"{where}: cannot unpack: {exc}") from exc
+    # Read to the end so the whole blob passes through the digest check.
+    while stream.read(_DRAIN_BLOCK):
+        pass
+
+
+class _ChannelReader(io.RawIOBase):
+    """The pieces of a trio channel as a blocking byte stream (for a worker thread)."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        self._receive = receive
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._pending:
+            try:
+                self._pending = memoryview(trio.from_thread.run(self._receive.receive))
+            except trio.EndOfChannel:
+                return 0
+        count = min(len(target), len(self._pending))
+        target[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+
+def _new_partial_dir(dest_root: Path, hex_digest: str) -> Path:
+    dest_root.mkdir(parents=True, exist_ok=True)
+    prefix = f"{_PARTIAL_PREFIX}{hex_digest}-"
+    for leftover in dest_root.glob(prefix + "*"):
+        pid = leftover.name[len(prefix) :].split("-", 1)[0]
+        if not pid.isdigit() or not _process_alive(int(pid)):
+            _remove_tree(leftover)  # a crashed unpack
+    partial = dest_root / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+    partial.mkdir(mode=0o755)
+    return partial
+
+
+def _publish(partial: Path, final: Path) -> None:
+    try:
+        partial.rename(final)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not final.is_dir():
+            raise
+        _remove_tree(partial)  # another process finished the same layer first
+
+
+def _remove_tree(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,128 @@
+"""LazyLayer.prefetch and fetch_all: request shapes, caching, yielding to foreground reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from lazybuild.lazyfs import layer as layer_module
+from lazybuild.lazyfs.priority import ForegroundGate
+from tests.unit.lazyfs.test_layer_fakes import CHUNK, MemoryBlob, build_layer, open_layer
+
+
+def test_prefetch_is_one_request_for_the_prioritized_region(tmp_path: Path) -> None:
+    built = build_layer(prioritized=["dir/one.bin", "multi.bin", "small.txt"])
+    blob = MemoryBlob(built.blob)
+
+    async def main() -> None:
+        layer = await open_layer(built, blob, tmp_path)
+        landmark = layer.index.prefetch_landmark_offset
+        assert landmark is not None
+        blob.reset()
+        assert await layer.prefetch() == landmark
+        assert blob.requested == [[(0, landmark)]]
+        assert layer.stats.prefetch_bytes == landmark
+        blob.reset()
+        for path in ("dir/one.bin", "multi.bin", "small.txt"):
+            node = layer.index.lookup(path)
+            assert node is not None
+            assert await layer.read(node, 0, node.size) == built.files[path]
+        assert blob.requests == 0
+        other = layer.index.lookup("dir/big.bin")
+        assert other is not None
+        await layer.read(other, 0, 10)
+        assert blob.requests == 1
+        blob.reset()
+        assert await layer.prefetch() == 0  # all cached now
+        assert blob.requests == 0
+
+    trio.run(main)
+
+
+def test_no_prefetch_landmark_fetches_nothing(tmp_path: Path) -> None:
+    built = build_layer()
+    blob = MemoryBlob(built.blob)
+
+    async def main() -> None:
+        layer = await open_layer(built, blob, tmp_path)
+        assert layer.index.no_prefetch
+        blob.reset()
+        assert await layer.prefetch() == 0
+        assert blob.requests == 0
+
+    trio.run(main)
+
+
+def test_fetch_all_caches_every_chunk_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(layer_module, "BACKGROUND_BATCH_BYTES", 4 * CHUNK)
+    built = build_layer()
+    blob = MemoryBlob(built.blob)
+
+    async def main() -> None:
+        layer = await open_layer(built, blob, tmp_path)
+        blob.reset()
+        await layer.fetch_all(ForegroundGate(quiet_period=0))
+        assert 1 < blob.requests < 10
+        batch_sizes = [sum(n for _, n in spans) for spans in blob.requested]
+        assert max(batch_sizes) <= 4 * CHUNK + 4096
+        blob.reset()
+        for path, data in built.files.items():
+            node = layer.index.lookup(path)
+            assert node is not None
+            assert await layer.read(node, 0, len(data)) == data
+        assert blob.requests == 0
+        await layer.fetch_all(ForegroundGate(quiet_period=0))
+        assert blob.requests == 0
+
+    trio.run(main)
+
+
+def test_fetch_all_waits_for_quiet_and_yields_to_foreground(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(layer_module, "BACKGROUND_BATCH_BYTES", 2 * CHUNK)
+    built = build_layer()
+    blob = MemoryBlob(built.blob)
+    quiet = 0.3
+
+    async def main() -> None:
+        layer = await open_layer(built, blob, tmp_path)
+        gate = ForegroundGate(quiet_period=quiet)
+        small = layer.index.lookup("small.txt")
+        assert small is not None
+        blob.reset()
+        async with trio.open_nursery() as nursery:
+            async with gate.foreground():
+                nursery.start_soon(layer.fetch_all, gate)
+                await trio.sleep(0.1)
+                assert blob.requests == 0  # foreground active: background waits
+            started = trio.current_time()
+            await trio.sleep(quiet / 2)
+            assert blob.requests == 0  # not quiet long enough yet
+            while blob.requests == 0:
+                await trio.sleep(0.01)
+            assert trio.current_time() - started >= quiet * 0.9
+            # A background request in flight is cancelled by a foreground read.
+            blob.hold = trio.Event()
+            while not blob.hold.statistics().tasks_waiting:
+                await trio.sleep(0.005)
+            held = blob.requests
+            async with gate.foreground():
+                blob.hold.set()
+                blob.hold = None
+                await trio.sleep(0.05)
+                assert blob.requests == held  # nothing new while the foreground runs
+                assert await layer.read(small, 0, 100) == built.files["small.txt"]
+        for path, data in built.files.items():
+            node = layer.index.lookup(path)
+            assert node is not None
+            before = blob.requests
+            assert await layer.read(node, 0, len(data)) == data
+            assert blob.requests == before
+
+    trio.run(main)
