@@ -1,0 +1,312 @@
+"""The lazybuild side of the filesystem process: start it, add layers, read stats, stop it.
+
+async with LazyMountService(state_dir) as service:
+    mounts = await service.add_image(ref, manifest.layers)   # bottom layer first
+    ...stack [m.path for m in mounts] with overlayfs, run things...
+    report = await service.stats()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import trio
+
+from lazybuild.errors import LazybuildError
+from lazybuild.lazyfs import control
+from lazybuild.lazyfs.control import LayerMode
+from lazybuild.lazyfs.stale import (
+    MountRecord,
+    is_mounted,
+    lazy_unmount,
+    register_overlay,
+    remove_record,
+    unregister_overlay,
+    write_record,
+)
+from lazybuild.oci.descriptor import Descriptor
+from lazybuild.registry.reference import Reference
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+_STDERR_TAIL = 2000
+# sun_path is 108 bytes; longer socket paths go to a private temporary directory.
+_MAX_SOCKET_PATH = 100
+
+
+class FilesystemServiceError(LazybuildError):
+    """The filesystem process failed to start, or answered a request with an error."""
+
+
+@dataclass(frozen=True)
+class LayerMount:
+    path: Path  # a directory to use as an overlayfs lower layer
+    mode: LayerMode
+    digest: str
+
+
+@dataclass(frozen=True)
+class LayerFetch:
+    digest: str
+    mode: LayerMode
+    size: int  # compressed layer size
+    bytes_fetched: int
+    requests: int
+    cache_hits: int
+    seconds: float
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LayerFetch:
+        """From a ``stats`` reply entry (``LayerStats.to_json()`` keys plus ``mode``)."""
+        mode: LayerMode = "unpacked" if data.get("mode") == "unpacked" else "lazy"
+        return cls(
+            digest=str(data.get("digest", "")),
+            mode=mode,
+            size=int(data.get("size", 0)),
+            bytes_fetched=int(data.get("bytes_fetched", 0)),
+            requests=int(data.get("requests", 0)),
+            cache_hits=int(data.get("cache_hits", 0)),
+            seconds=float(data.get("fetch_seconds", 0.0)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "mode": self.mode,
+            "size": self.size,
+            "bytes_fetched": self.bytes_fetched,
+            "requests": self.requests,
+            "cache_hits": self.cache_hits,
+            "seconds": round(self.seconds, 6),
+        }
+
+
+@dataclass(frozen=True)
+class FetchReport:
+    layers: tuple[LayerFetch, ...]
+
+    @property
+    def bytes_fetched(self) -> int:
+        return sum(layer.bytes_fetched for layer in self.layers)
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layers": [layer.to_json() for layer in self.layers],
+            "bytes_fetched": self.bytes_fetched,
+            "size": self.size,
+        }
+
+
+class LazyMountService:
+    """Owns one filesystem process and its mount under ``state_dir/mnt/<id>``."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        insecure_registries: Iterable[str] = (),
+        docker_config: Path | None = None,
+        background_fetch: bool = True,
+        cache_max_bytes: int | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.id = secrets.token_hex(6)
+        self.mountpoint = state_dir / "mnt" / self.id
+        self._insecure_registries = tuple(insecure_registries)
+        self._docker_config = docker_config
+        self._background_fetch = background_fetch
+        self._cache_max_bytes = cache_max_bytes
+        self._log_path = state_dir / "mounts" / f"{self.id}.log"
+        self._socket_dir: Path | None = None
+        self.control_path = state_dir / "mounts" / f"{self.id}.sock"
+        self._process: trio.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The filesystem process, once started."""
+        return None if self._process is None else self._process.pid
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> LazyMountService:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        if len(os.fsencode(self.control_path)) > _MAX_SOCKET_PATH:
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="lazybuild-"))
+            self.control_path = self._socket_dir / "control.sock"
+        try:
+            await self._start()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        with trio.CancelScope(shield=True):
+            await self._stop()
+
+    async def _start(self) -> None:
+        with self._log_path.open("wb") as log_file:
+            self._process = await trio.lowlevel.open_process(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                # Our own session: the user's Ctrl-C reaches lazybuild, which then stops
+                # the mount in order, instead of pulling it out from under a container.
+                start_new_session=True,
+            )
+        write_record(
+            self.state_dir,
+            MountRecord(
+                id=self.id,
+                pid=self._process.pid,
+                mountpoint=str(self.mountpoint),
+                control=str(self.control_path),
+                owner_pid=os.getpid(),
+            ),
+        )
+        with trio.move_on_after(START_TIMEOUT):
+            while self._process.poll() is None:
+                with contextlib.suppress(OSError, LazybuildError):
+                    await self._request(control.Stats())
+                    return
+                await trio.sleep(0.05)
+        raise FilesystemServiceError(
+            f"the lazy filesystem did not start at {self.mountpoint}"
+            f" ({self._exit_status()}): {self._stderr_tail()}"
+        )
+
+    def _command(self) -> list[str]:
+        command = [
+            sys.executable,
+            "-m",
+            "lazybuild.lazyfs.service",
+            "--mountpoint",
+            str(self.mountpoint),
+            "--control",
+            str(self.control_path),
+            "--state-dir",
+            str(self.state_dir),
+            "--owner-pid",
+            str(os.getpid()),
+            "--background-fetch" if self._background_fetch else "--no-background-fetch",
+        ]
+        for host in self._insecure_registries:
+            command += ["--insecure-registry", host]
+        if self._docker_config is not None:
+            command += ["--docker-config", str(self._docker_config)]
+        if self._cache_max_bytes is not None:
+            command += ["--cache-max-bytes", str(self._cache_max_bytes)]
+        return command
+
+    async def _stop(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(OSError, LazybuildError):
+                with trio.move_on_after(STOP_TIMEOUT):
+                    await self._request(control.Shutdown())
+            with trio.move_on_after(STOP_TIMEOUT):
+                await process.wait()
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGKILL)
+                await process.wait()
+        if is_mounted(self.mountpoint):
+            lazy_unmount(self.mountpoint, fuse=True)
+        remove_record(self.state_dir, self.id)
+        self.control_path.unlink(missing_ok=True)
+        if self._socket_dir is not None:
+            with contextlib.suppress(OSError):
+                self._socket_dir.rmdir()
+        with contextlib.suppress(OSError):
+            self.mountpoint.rmdir()
+        if process is not None and process.returncode == 0:
+            self._log_path.unlink(missing_ok=True)
+
+    # -- requests ----------------------------------------------------------------
+
+    async def add_layer(self, ref: Reference, descriptor: Descriptor) -> LayerMount:
+        reply = await self._request(control.AddLayer(str(ref), descriptor.to_json()))
+        added = control.layer_added(reply)
+        return LayerMount(path=Path(added.path), mode=added.mode, digest=added.digest)
+
+    async def add_image(self, ref: Reference, layers: Sequence[Descriptor]) -> list[LayerMount]:
+        """All layers at once (unpacks run in parallel); results in the given order."""
+        results: list[LayerMount | None] = [None] * len(layers)
+        failures: list[LazybuildError] = []
+
+        async def add(position: int, descriptor: Descriptor, cancel: trio.CancelScope) -> None:
+            try:
+                results[position] = await self.add_layer(ref, descriptor)
+            except LazybuildError as exc:
+                # The first failure is the answer (one line for the CLI, no exception group).
+                failures.append(exc)
+                cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for position, descriptor in enumerate(layers):
+                nursery.start_soon(add, position, descriptor, nursery.cancel_scope)
+        if failures:
+            raise failures[0]
+        return [mount for mount in results if mount is not None]
+
+    async def stats(self) -> FetchReport:
+        reply = await self._request(control.Stats())
+        layers = reply.get("layers", [])
+        return FetchReport(tuple(LayerFetch.from_json(entry) for entry in layers))
+
+    def register_overlay(self, path: Path) -> None:
+        """Record an overlay stacked on this mount, so a crash cleanup unmounts it first."""
+        register_overlay(self.state_dir, self.id, path)
+
+    def unregister_overlay(self, path: Path) -> None:
+        unregister_overlay(self.state_dir, self.id, path)
+
+    async def _request(self, request: control.Request) -> dict[str, Any]:
+        stream = await trio.open_unix_socket(str(self.control_path))
+        async with stream:
+            await stream.send_all(control.encode_request(request))
+            line = await control.LineReader(stream).next_line()
+        if line is None:
+            raise FilesystemServiceError(
+                f"the lazy filesystem closed the connection: {self._stderr_tail()}"
+            )
+        reply = control.decode_object(line, "control reply")
+        if not reply.get("ok"):
+            raise FilesystemServiceError(str(reply.get("error", "unknown error")))
+        return reply
+
+    # -- diagnostics -------------------------------------------------------------
+
+    def _exit_status(self) -> str:
+        code = None if self._process is None else self._process.poll()
+        return "still running" if code is None else f"exit status {code}"
+
+    def _stderr_tail(self) -> str:
+        try:
+            text = self._log_path.read_bytes()[-_STDERR_TAIL:].decode(errors="replace")
+        except OSError:
+            return "no log"
+        return " | ".join(line for line in text.splitlines() if line.strip()) or "no output"

@@ -1,0 +1,122 @@
+"""The control protocol between lazybuild and its filesystem process: JSON lines on a unix socket.
+
+Each request is one JSON object on one line, ``{"op": ..., ...}``; the answer is one
+line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``. A connection may
+carry several requests in turn; clients open one connection per request so that
+requests run concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import trio
+
+from lazybuild.errors import FormatError
+
+MAX_LINE = 1 << 20
+LayerMode = Literal["lazy", "unpacked"]
+
+
+@dataclass(frozen=True)
+class AddLayer:
+    ref: str
+    descriptor: dict[str, Any]  # OCI descriptor JSON
+    op: Literal["add_layer"] = "add_layer"
+
+
+@dataclass(frozen=True)
+class Stats:
+    op: Literal["stats"] = "stats"
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    op: Literal["shutdown"] = "shutdown"
+
+
+Request = AddLayer | Stats | Shutdown
+
+
+@dataclass(frozen=True)
+class LayerAdded:
+    path: str
+    mode: LayerMode
+    digest: str
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def encode_request(request: Request) -> bytes:
+    if isinstance(request, AddLayer):
+        return encode({"op": request.op, "ref": request.ref, "descriptor": request.descriptor})
+    return encode({"op": request.op})
+
+
+def decode_object(line: bytes, what: str) -> dict[str, Any]:
+    try:
+        message = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{what}: not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise FormatError(f"{what}: not a JSON object")
+    return message
+
+
+def decode_request(line: bytes) -> Request:
+    message = decode_object(line, "control request")
+    op = message.get("op")
+    if op == "add_layer":
+        ref, descriptor = message.get("ref"), message.get("descriptor")
+        if not isinstance(ref, str) or not isinstance(descriptor, dict):
+            raise FormatError("add_layer needs a string 'ref' and an object 'descriptor'")
+        return AddLayer(ref=ref, descriptor=descriptor)
+    if op == "stats":
+        return Stats()
+    if op == "shutdown":
+        return Shutdown()
+    raise FormatError(f"unknown control operation {op!r}")
+
+
+def ok(**fields: Any) -> dict[str, Any]:
+    return {"ok": True, **fields}
+
+
+def failure(error: str) -> dict[str, Any]:
+    return {"ok": False, "error": " ".join(error.split())}
+
+
+def layer_added(reply: dict[str, Any]) -> LayerAdded:
+    path, mode, digest = reply.get("path"), reply.get("mode"), reply.get("digest")
+    if not isinstance(path, str) or mode not in ("lazy", "unpacked") or not isinstance(digest, str):
+        raise FormatError(f"malformed add_layer reply {reply!r}")
+    return LayerAdded(path=path, mode=mode, digest=digest)
+
+
+class LineReader:
+    """Lines from a trio stream, each at most MAX_LINE bytes."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+
+    async def next_line(self) -> bytes | None:
+        """The next line without its newline; None at a clean end of stream."""
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]
+                return line
+            if len(self._buffer) > MAX_LINE:
+                raise FormatError(f"control line longer than {MAX_LINE} bytes")
+            data = await self._stream.receive_some(65536)
+            if not data:
+                if self._buffer:
+                    raise FormatError("control stream ended inside a line")
+                return None
+            self._buffer += data

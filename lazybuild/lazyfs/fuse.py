@@ -1,0 +1,345 @@
+"""One read-only FUSE filesystem serving many layers: ``/<name>/`` is a layer's root.
+
+The tree logic lives in ``inodes``; this module translates FUSE requests into it and
+into ``LayerContent.read``. Handlers do no blocking work themselves: content reads
+are awaited (the layer decompresses and touches the disk in worker threads), the
+rest is dictionary lookups.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Protocol
+
+import pyfuse3
+
+from lazybuild.errors import LazybuildError
+from lazybuild.estargz.index import LayerIndex, Node
+from lazybuild.lazyfs.inodes import ROOT_INODE, InodeTable, LayerTree
+
+log = logging.getLogger(__name__)
+
+# Layer content never changes while mounted, so the kernel may cache it for long.
+CONTENT_TIMEOUT = 24 * 3600.0
+# The root lists layers, which come and go.
+ROOT_TIMEOUT = 1.0
+BLOCK_SIZE = 4096
+DIRECTORY_SIZE = 4096
+OPAQUE_XATTRS = (b"trusted.overlay.opaque",)
+_FILE_TYPES = {
+    "dir": stat.S_IFDIR,
+    "reg": stat.S_IFREG,
+    "symlink": stat.S_IFLNK,
+    "char": stat.S_IFCHR,
+    "block": stat.S_IFBLK,
+    "fifo": stat.S_IFIFO,
+}
+_NANOS = 1_000_000_000
+
+AccessLog = Callable[[str, str], None]
+"""Called with (layer name, path inside the layer) on every open and read."""
+
+
+class LayerContent(Protocol):
+    index: LayerIndex
+
+    async def read(self, node: Node, offset: int, size: int) -> bytes: ...
+
+
+class _OpenFile:
+    __slots__ = ("content", "node", "tree")
+
+    def __init__(self, tree: LayerTree, node: Node, content: LayerContent) -> None:
+        self.tree = tree
+        self.node = node
+        self.content = content
+
+
+def _erofs() -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(errno.EROFS)
+
+
+class LazyFilesystem(pyfuse3.Operations):
+    """``add_layer``/``remove_layer`` may be called while mounted (from the same trio loop)."""
+
+    def __init__(
+        self,
+        *,
+        access_log: AccessLog | None = None,
+        foreground: Callable[[], AbstractAsyncContextManager[object]] | None = None,
+        opaque_xattrs: Sequence[bytes] = OPAQUE_XATTRS,
+    ) -> None:
+        super().__init__()
+        self.access_log = access_log
+        # Brackets each content read, so background fetching yields to it.
+        self._foreground = foreground
+        self._opaque_xattrs = tuple(opaque_xattrs)
+        self._table = InodeTable()
+        self._contents: dict[str, LayerContent] = {}
+        self._open_files: dict[int, _OpenFile] = {}
+        self._next_handle = 1
+        self._root_mtime_ns = time.time_ns()
+        self._session_running = False
+
+    # -- layers ----------------------------------------------------------------
+
+    def add_layer(self, name: str, layer: LayerContent) -> None:
+        self._table.add(name, layer.index)
+        self._contents[name] = layer
+        self._root_mtime_ns = time.time_ns()
+
+    def remove_layer(self, name: str) -> None:
+        self._table.remove(name)
+        self._contents.pop(name, None)
+        self._root_mtime_ns = time.time_ns()
+        if self._session_running:
+            # The kernel caches the name for CONTENT_TIMEOUT; make it look again.
+            pyfuse3.invalidate_entry_async(
+                pyfuse3.ROOT_INODE, os.fsencode(name), ignore_enoent=True
+            )
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [tree.name for tree in self._table.layers()]
+
+    # -- metadata --------------------------------------------------------------
+
+    def init(self) -> None:
+        self._session_running = True
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if parent_inode == ROOT_INODE:
+            tree = self._table.by_name(os.fsdecode(name))
+            if tree is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            node = tree.index.root
+        else:
+            tree, directory = self._resolve(parent_inode)
+            if directory.type != "dir":
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            found = tree.lookup(directory, name)
+            if found is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            node = found
+        self._table.remember(tree)
+        return self._attributes(tree, node)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if inode == ROOT_INODE:
+            return self._root_attributes()
+        return self._attributes(*self._resolve(inode))
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        _, node = self._resolve(inode)
+        if node.type != "symlink":
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.link_name)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            if inode != ROOT_INODE:
+                self._table.forget(inode, count)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        # overlayfs refuses a lower directory whose filesystem has no statfs.
+        layers = self._table.layers()
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = BLOCK_SIZE
+        data.f_frsize = BLOCK_SIZE
+        data.f_blocks = sum(-(-tree.content_bytes // BLOCK_SIZE) for tree in layers)
+        data.f_bfree = data.f_bavail = 0
+        data.f_files = 1 + sum(tree.inode_count for tree in layers)
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    # -- extended attributes ---------------------------------------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        for xattr_name, value in self._xattrs(inode):
+            if xattr_name == name:
+                return value
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return [name for name, _ in self._xattrs(inode)]
+
+    def _xattrs(self, inode: int) -> list[tuple[bytes, bytes]]:
+        if inode == ROOT_INODE:
+            return []
+        tree, node = self._resolve(inode)
+        found = [(os.fsencode(name), value) for name, value in node.xattrs.items()]
+        if node.type == "dir" and tree.listing(node).opaque:
+            found += [(name, b"y") for name in self._opaque_xattrs]
+        return found
+
+    # -- directories -----------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode != ROOT_INODE and self._resolve(inode)[1].type != "dir":
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode  # listings are derived from the inode; no per-open state
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if fh == ROOT_INODE:
+            # Offsets are layer slots, which never move: concurrent add/remove is safe.
+            for tree in list(self._table.layers_after(start_id)):
+                attributes = self._attributes(tree, tree.index.root)
+                if not pyfuse3.readdir_reply(token, os.fsencode(tree.name), attributes, tree.slot):
+                    return
+                self._table.remember(tree)
+            return
+        tree, directory = self._resolve(fh)
+        entries = tree.listing(directory).entries
+        for position in range(start_id, len(entries)):
+            name, node = entries[position]
+            if not pyfuse3.readdir_reply(token, name, self._attributes(tree, node), position + 1):
+                return
+            self._table.remember(tree)
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    # -- files -----------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise _erofs()
+        tree, node = self._resolve(inode)
+        if node.type == "dir":
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        content = self._contents.get(tree.name)
+        if node.type != "reg" or content is None:
+            raise pyfuse3.FUSEError(errno.EACCES if content is not None else errno.ENOENT)
+        handle = self._next_handle
+        self._next_handle += 1
+        self._open_files[handle] = _OpenFile(tree, node, content)
+        self._record_access(tree, node)
+        # Immutable content: let the page cache keep it across opens.
+        return pyfuse3.FileInfo(fh=handle, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        opened = self._open_files.get(fh)
+        if opened is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        node = opened.node
+        size = min(size, node.size - off)
+        if size <= 0:
+            return b""
+        self._record_access(opened.tree, node)
+        try:
+            async with self._foreground() if self._foreground else nullcontext():
+                return await opened.content.read(node, off, size)
+        except (LazybuildError, OSError) as exc:
+            log.error("layer %s: /%s: read failed: %s", opened.tree.name, node.name, exc)
+        except Exception:
+            # A bug must not take the whole mount (and every container on it) down.
+            log.exception("layer %s: /%s: read failed", opened.tree.name, node.name)
+        raise pyfuse3.FUSEError(errno.EIO)
+
+    async def release(self, fh: int) -> None:
+        self._open_files.pop(fh, None)
+
+    # -- writes: a read-only filesystem ------------------------------------------
+
+    async def setattr(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def mknod(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def mkdir(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def unlink(self, *args: object) -> None:
+        raise _erofs()
+
+    async def rmdir(self, *args: object) -> None:
+        raise _erofs()
+
+    async def symlink(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def rename(self, *args: object) -> None:
+        raise _erofs()
+
+    async def link(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def write(self, *args: object) -> int:
+        raise _erofs()
+
+    async def create(self, *args: object) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise _erofs()
+
+    async def setxattr(self, *args: object) -> None:
+        raise _erofs()
+
+    async def removexattr(self, *args: object) -> None:
+        raise _erofs()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _resolve(self, inode: int) -> tuple[LayerTree, Node]:
+        found = self._table.resolve(inode)
+        if found is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return found
+
+    def _record_access(self, tree: LayerTree, node: Node) -> None:
+        if self.access_log is not None:
+            self.access_log(tree.name, node.name)
+
+    def _attributes(self, tree: LayerTree, node: Node) -> pyfuse3.EntryAttributes:
+        return node_attributes(tree.inode_of(node), node)
+
+    def _root_attributes(self) -> pyfuse3.EntryAttributes:
+        attributes = pyfuse3.EntryAttributes()
+        attributes.st_ino = ROOT_INODE
+        attributes.st_mode = stat.S_IFDIR | 0o755
+        attributes.st_nlink = 2 + len(self._table.layers())
+        attributes.st_size = DIRECTORY_SIZE
+        attributes.st_blksize = BLOCK_SIZE
+        attributes.st_blocks = DIRECTORY_SIZE // 512
+        attributes.st_atime_ns = attributes.st_mtime_ns = self._root_mtime_ns
+        attributes.st_ctime_ns = self._root_mtime_ns
+        attributes.entry_timeout = attributes.attr_timeout = ROOT_TIMEOUT
+        return attributes
+
+
+def node_attributes(inode: int, node: Node) -> pyfuse3.EntryAttributes:
+    """``stat`` of a layer node: type bits from ``node.type``, ctime = atime = mtime."""
+    attributes = pyfuse3.EntryAttributes()
+    attributes.st_ino = inode
+    attributes.st_mode = _FILE_TYPES[node.type] | node.mode
+    attributes.st_nlink = node.nlink
+    attributes.st_uid = node.uid
+    attributes.st_gid = node.gid
+    if node.type in ("char", "block"):
+        attributes.st_rdev = os.makedev(node.dev_major, node.dev_minor)
+    size = node_size(node)
+    attributes.st_size = size
+    attributes.st_blksize = BLOCK_SIZE
+    attributes.st_blocks = -(-size // 512)
+    mtime_ns = (node.mtime or 0) * _NANOS
+    attributes.st_atime_ns = attributes.st_mtime_ns = attributes.st_ctime_ns = mtime_ns
+    attributes.entry_timeout = attributes.attr_timeout = CONTENT_TIMEOUT
+    return attributes
+
+
+def node_size(node: Node) -> int:
+    if node.type == "reg":
+        return node.size
+    if node.type == "symlink":
+        return len(os.fsencode(node.link_name))
+    if node.type == "dir":
+        return DIRECTORY_SIZE
+    return 0

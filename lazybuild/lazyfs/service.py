@@ -1,0 +1,347 @@
+"""The filesystem process: one FUSE mount for all layers, driven over a unix control socket.
+
+pyfuse3 allows one FUSE session per process, and a mount that outlives a crashed
+builder is better than one torn down under a running container, so the mount lives
+in this process of its own (``python -m lazybuild.lazyfs.service``; see ``client``
+for the side that starts it and ``control`` for the protocol).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyfuse3
+import trio
+
+from lazybuild.cache.chunkcache import DEFAULT_MAX_BYTES, ChunkCache
+from lazybuild.errors import LazybuildError
+from lazybuild.lazyfs import control
+from lazybuild.lazyfs.fuse import LazyFilesystem
+from lazybuild.lazyfs.layer import LazyLayer
+from lazybuild.lazyfs.priority import ForegroundGate
+from lazybuild.lazyfs.unpack import UnpackedLayer, unpack_layer
+from lazybuild.oci import mediatypes
+from lazybuild.oci.descriptor import Descriptor
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
+
+log = logging.getLogger("lazybuild.lazyfs.service")
+
+MOUNT_OPTIONS = frozenset({"fsname=lazybuild", "allow_other", "default_permissions", "ro"})
+OWNER_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    mountpoint: Path
+    control: Path
+    state_dir: Path
+    insecure_registries: tuple[str, ...] = ()
+    docker_config: Path | None = None
+    cache_max_bytes: int = DEFAULT_MAX_BYTES
+    background_fetch: bool = True
+    owner_pid: int | None = None  # exit when this process is gone
+
+
+def parse_args(argv: Sequence[str]) -> ServiceOptions:
+    parser = argparse.ArgumentParser(prog="python -m lazybuild.lazyfs.service")
+    parser.add_argument("--mountpoint", type=Path, required=True)
+    parser.add_argument("--control", type=Path, required=True)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--insecure-registry", action="append", default=[])
+    parser.add_argument("--docker-config", type=Path)
+    parser.add_argument("--cache-max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    parser.add_argument("--background-fetch", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--owner-pid", type=int)
+    args = parser.parse_args(argv)
+    return ServiceOptions(
+        mountpoint=args.mountpoint,
+        control=args.control,
+        state_dir=args.state_dir,
+        insecure_registries=tuple(args.insecure_registry),
+        docker_config=args.docker_config,
+        cache_max_bytes=args.cache_max_bytes,
+        background_fetch=args.background_fetch,
+        owner_pid=args.owner_pid,
+    )
+
+
+@dataclass(frozen=True)
+class _Mounted:
+    added: control.LayerAdded
+    layer: LazyLayer | None
+    unpacked: UnpackedLayer | None
+
+
+class LayerSource:
+    """Opens layers for add_layer requests: eStargz lazily into the mount, others unpacked.
+
+    Concurrent requests for one digest share the work; a layer is added once.
+    """
+
+    def __init__(
+        self,
+        *,
+        filesystem: LazyFilesystem,
+        mountpoint: Path,
+        state_dir: Path,
+        client: RegistryClient,
+        cache: ChunkCache,
+        gate: ForegroundGate,
+        background: trio.Nursery | None,
+    ) -> None:
+        self._filesystem = filesystem
+        self._mountpoint = mountpoint
+        self._state_dir = state_dir
+        self._client = client
+        self._cache = cache
+        self._gate = gate
+        self._background = background
+        self._mounted: dict[str, _Mounted] = {}
+        self._pending: dict[str, trio.Event] = {}
+
+    async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
+        ref = Reference.parse(ref_text)
+        descriptor = Descriptor.from_json(descriptor_json, "add_layer descriptor")
+        digest = descriptor.digest
+        while digest not in self._mounted:
+            pending = self._pending.get(digest)
+            if pending is None:
+                done = self._pending[digest] = trio.Event()
+                try:
+                    self._mounted[digest] = await self._open(ref, descriptor)
+                finally:
+                    del self._pending[digest]
+                    done.set()
+            else:
+                await pending.wait()  # then retry: the other request may have failed
+        return self._mounted[digest].added
+
+    def stats(self) -> list[dict[str, Any]]:
+        report = []
+        for mounted in self._mounted.values():
+            if mounted.layer is not None:
+                report.append({"mode": "lazy", **mounted.layer.stats.to_json()})
+            elif mounted.unpacked is not None:
+                report.append(_unpacked_stats(mounted.unpacked))
+        return report
+
+    async def _open(self, ref: Reference, descriptor: Descriptor) -> _Mounted:
+        digest_hex = descriptor.digest.partition(":")[2]
+        if not is_lazy_layer(descriptor):
+            return await self._unpack(ref, descriptor)
+        blob = self._client.open_blob(ref, descriptor)
+        async with self._gate.foreground():
+            layer = await LazyLayer.open(blob, descriptor, self._cache, state_dir=self._state_dir)
+        self._filesystem.add_layer(digest_hex, layer)
+        try:
+            async with self._gate.foreground():
+                await layer.prefetch()
+        except LazybuildError as exc:
+            # Not fatal: the files are fetched on demand instead.
+            log.warning("layer %s: prefetch failed: %s", descriptor.digest, exc)
+        except BaseException:
+            self._filesystem.remove_layer(digest_hex)  # so that a retry can add it again
+            raise
+        if self._background is not None:
+            self._background.start_soon(self._fetch_in_background, layer)
+        path = str(self._mountpoint / digest_hex)
+        added = control.LayerAdded(path=path, mode="lazy", digest=descriptor.digest)
+        return _Mounted(added, layer, None)
+
+    async def _unpack(self, ref: Reference, descriptor: Descriptor) -> _Mounted:
+        log.info(
+            "layer %s (%s) is not eStargz with a TOC digest: downloading and unpacking it",
+            descriptor.digest,
+            descriptor.media_type,
+        )
+        unpacked = await unpack_layer(self._client, ref, descriptor, self._state_dir / "unpacked")
+        added = control.LayerAdded(
+            path=str(unpacked.path), mode="unpacked", digest=descriptor.digest
+        )
+        return _Mounted(added, None, unpacked)
+
+    async def _fetch_in_background(self, layer: LazyLayer) -> None:
+        try:
+            await layer.fetch_all(self._gate)
+        except LazybuildError as exc:
+            log.warning("layer %s: background fetch stopped: %s", layer.digest, exc)
+
+
+def _unpacked_stats(unpacked: UnpackedLayer) -> dict[str, Any]:
+    """The same keys as ``LayerStats.to_json()``: the whole blob, in one request."""
+    fetched = 0 if unpacked.reused else unpacked.size
+    return {
+        "mode": "unpacked",
+        "digest": unpacked.digest,
+        "size": unpacked.size,
+        "bytes_fetched": fetched,
+        "requests": 0 if unpacked.reused else 1,
+        "cache_hits": 1 if unpacked.reused else 0,
+        "fetch_seconds": unpacked.seconds,
+        "reused": unpacked.reused,
+    }
+
+
+def is_lazy_layer(descriptor: Descriptor) -> bool:
+    """eStargz served lazily needs gzip and a TOC digest to verify the TOC against."""
+    return (
+        descriptor.media_type in mediatypes.GZIP_LAYERS
+        and mediatypes.TOC_DIGEST_ANNOTATION in descriptor.annotations
+    )
+
+
+class Layers(Protocol):
+    async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded: ...
+
+    def stats(self) -> list[dict[str, Any]]: ...
+
+
+class ControlServer:
+    """Answers control requests; a ``shutdown`` request cancels ``stop``."""
+
+    def __init__(self, layers: Layers, stop: trio.CancelScope) -> None:
+        self._layers = layers
+        self._stop = stop
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection. Never raises: an error here would end the whole service."""
+        try:
+            async with stream:
+                await self._converse(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away (e.g. it was cancelled); the work it asked for stays
+        except LazybuildError as exc:
+            log.warning("control connection dropped: %s", exc)
+        except Exception:
+            log.exception("control connection failed")
+
+    async def _converse(self, stream: trio.abc.Stream) -> None:
+        lines = control.LineReader(stream)
+        while (line := await lines.next_line()) is not None:
+            reply = await self._answer(line)
+            await stream.send_all(control.encode(reply))
+            if reply.get("shutdown"):
+                self._stop.cancel()
+                return
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = control.decode_request(line)
+            if isinstance(request, control.AddLayer):
+                added = await self._layers.add(request.ref, request.descriptor)
+                return control.ok(path=added.path, mode=added.mode, digest=added.digest)
+            if isinstance(request, control.Stats):
+                return control.ok(layers=self._layers.stats())
+            return control.ok(shutdown=True)
+        except LazybuildError as exc:
+            log.error("control request failed: %s", exc)
+            return control.failure(str(exc))
+        except Exception as exc:
+            log.exception("control request failed")
+            return control.failure(f"internal error: {type(exc).__name__}: {exc}")
+
+
+async def serve_control(path: Path, server: ControlServer) -> None:
+    path.unlink(missing_ok=True)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    old_umask = os.umask(0o077)  # only the owner (root) may drive the mount
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(64)
+    await trio.serve_listeners(server.handle, [trio.SocketListener(sock)])
+
+
+async def stop_on_signals(stop: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            stop.cancel()
+            return
+
+
+async def stop_without_owner(owner_pid: int, stop: trio.CancelScope) -> None:
+    """The parent started us in a session of our own (so its Ctrl-C does not unmount under
+    it); when it dies without shutting us down, we are reparented and go too."""
+    while os.getppid() == owner_pid:
+        await trio.sleep(OWNER_POLL_SECONDS)
+    log.warning("owner process %d is gone: unmounting", owner_pid)
+    stop.cancel()
+
+
+async def run_fuse(stop: trio.CancelScope) -> None:
+    await pyfuse3.main()
+    # main() returns when the mount went away under us (umount, fusermount -u).
+    log.warning("filesystem was unmounted from outside")
+    stop.cancel()
+
+
+async def serve(options: ServiceOptions) -> None:
+    options.mountpoint.mkdir(parents=True, exist_ok=True)
+    cache = await trio.to_thread.run_sync(
+        ChunkCache, options.state_dir / "cache", options.cache_max_bytes
+    )
+    gate = ForegroundGate()
+    filesystem = LazyFilesystem(foreground=gate.foreground)
+    pyfuse3.init(filesystem, str(options.mountpoint), set(MOUNT_OPTIONS))
+    unmounted = False
+    try:
+        async with (
+            RegistryClient(
+                insecure_registries=options.insecure_registries,
+                docker_config=options.docker_config,
+            ) as client,
+            trio.open_nursery() as nursery,
+        ):
+            stop = nursery.cancel_scope
+            layers = LayerSource(
+                filesystem=filesystem,
+                mountpoint=options.mountpoint,
+                state_dir=options.state_dir,
+                client=client,
+                cache=cache,
+                gate=gate,
+                background=nursery if options.background_fetch else None,
+            )
+            nursery.start_soon(run_fuse, stop)
+            nursery.start_soon(serve_control, options.control, ControlServer(layers, stop))
+            nursery.start_soon(stop_on_signals, stop)
+            if options.owner_pid is not None:
+                nursery.start_soon(stop_without_owner, options.owner_pid, stop)
+            log.info("mounted at %s, control socket %s", options.mountpoint, options.control)
+        unmounted = True
+    finally:
+        options.control.unlink(missing_ok=True)
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s%s", options.mountpoint, "" if unmounted else " after an error")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="lazyfs[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    # One line per range request would drown what matters in the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        trio.run(serve, options)
+    except LazybuildError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
