@@ -179,37 +179,41 @@ def flatten(layers: Iterable[Tree]) -> dict[str, Facts]:
     return merged
 
 
-def directory_tree(root: Path) -> dict[str, Facts]:
-    """Facts of a directory on disk (a mount, an export), for comparing with ``flatten``."""
+def directory_tree(root: Path) -> Tree:
+    """Facts of a directory on disk (a mount, an export), for comparing with ``flatten``;
+    hardlinks are the names that share an inode."""
     entries: dict[str, Facts] = {}
+    inodes: dict[tuple[int, int], list[str]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames]:
             path = Path(dirpath) / name
             info = path.lstat()
             rel = str(path.relative_to(root))
             kind = _stat_type(info.st_mode)
-            content = path.read_bytes() if kind == "reg" else b""
-            xattrs = tuple(
-                sorted(
-                    (k, os.getxattr(path, k, follow_symlinks=False))
-                    for k in os.listxattr(path, follow_symlinks=False)
-                )
-            )
-            entries[rel] = Facts(
-                type=kind,
-                mode=stat.S_IMODE(info.st_mode),
-                uid=info.st_uid,
-                gid=info.st_gid,
-                size=len(content),
-                sha256=hashlib.sha256(content).hexdigest(),
-                link=os.readlink(path) if kind == "symlink" else "",
-                device=(os.major(info.st_rdev), os.minor(info.st_rdev))
-                if kind in ("char", "block")
-                else (0, 0),
-                xattrs=xattrs,
-                mtime=int(info.st_mtime),
-            )
-    return entries
+            if kind == "reg":
+                inodes.setdefault((info.st_dev, info.st_ino), []).append(rel)
+            entries[rel] = _path_facts(path, info, kind)
+    hardlinks = frozenset(frozenset(names) for names in inodes.values() if len(names) > 1)
+    return Tree(entries, hardlinks)
+
+
+def _path_facts(path: Path, info: os.stat_result, kind: str) -> Facts:
+    content = path.read_bytes() if kind == "reg" else b""
+    names = os.listxattr(path, follow_symlinks=False)
+    xattrs = tuple(sorted((k, os.getxattr(path, k, follow_symlinks=False)) for k in names))
+    is_device = kind in ("char", "block")
+    return Facts(
+        type=kind,
+        mode=stat.S_IMODE(info.st_mode),
+        uid=info.st_uid,
+        gid=info.st_gid,
+        size=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        link=os.readlink(path) if kind == "symlink" else "",
+        device=(os.major(info.st_rdev), os.minor(info.st_rdev)) if is_device else (0, 0),
+        xattrs=xattrs,
+        mtime=int(info.st_mtime),
+    )
 
 
 def _stat_type(mode: int) -> str:

@@ -1,0 +1,86 @@
+"""``du`` and ``prune``: the local state that outlives commands."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import trio
+
+from lazybuild.cli.options import size, state_dir
+from lazybuild.progress import human_size
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    du = commands.add_parser("du", help="show the disk space lazybuild's caches use")
+    du.set_defaults(run=run_du)
+    prune = commands.add_parser("prune", help="free cache space")
+    prune.add_argument(
+        "--keep-storage",
+        type=size,
+        default=0,
+        metavar="SIZE",
+        help="keep the most recently used chunks up to SIZE (default: remove all)",
+    )
+    prune.set_defaults(run=run_prune)
+
+
+def _tree_size(root: Path) -> tuple[int, int]:
+    """(files, bytes) below ``root``, counting each hardlinked inode once."""
+    seen: set[tuple[int, int]] = set()
+    files = total = 0
+    if not root.is_dir():
+        return 0, 0
+    for path in root.rglob("*"):
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        files += 1
+        total += info.st_blocks * 512
+    return files, total
+
+
+def _mounts_alive(root: Path) -> bool:
+    """Whether any lazybuild mount is in use (after forgetting those of killed runs)."""
+    from lazybuild.lazyfs.stale import cleanup_stale_mounts, records_dir
+
+    cleanup_stale_mounts(root)
+    return any(records_dir(root).glob("*.json"))
+
+
+async def run_du(args: argparse.Namespace) -> int:
+    from lazybuild.cache.chunkcache import ChunkCache
+
+    root = state_dir(args)
+    cache = await trio.to_thread.run_sync(ChunkCache, root / "cache")
+    usage = await trio.to_thread.run_sync(cache.usage)
+    print(f"state directory  {root}")
+    print(f"chunk cache      {usage.entries:>8} chunks  {human_size(usage.bytes):>10}")
+    for name, label in (("unpacked", "unpacked layers"), ("tocs", "layer TOCs")):
+        files, total = await trio.to_thread.run_sync(_tree_size, root / name)
+        print(f"{label:<16} {files:>8} files   {human_size(total):>10}")
+    return 0
+
+
+async def run_prune(args: argparse.Namespace) -> int:
+    from lazybuild.cache.chunkcache import ChunkCache
+
+    root = state_dir(args)
+    cache = await trio.to_thread.run_sync(ChunkCache, root / "cache")
+    freed = await trio.to_thread.run_sync(cache.prune, args.keep_storage)
+    print(f"freed {freed.entries} chunks, {human_size(freed.bytes)}")
+    unpacked = root / "unpacked"
+    if args.keep_storage == 0 and unpacked.is_dir():
+        # Unpacked layers may be lower dirs of live overlays: only remove them when idle.
+        if await trio.to_thread.run_sync(_mounts_alive, root):
+            print("unpacked layers kept: lazybuild mounts are in use")
+        else:
+            files, total = await trio.to_thread.run_sync(_tree_size, unpacked)
+            await trio.to_thread.run_sync(shutil.rmtree, unpacked)
+            print(f"freed {files} files of unpacked layers, {human_size(total)}")
+    return 0

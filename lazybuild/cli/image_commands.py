@@ -1,0 +1,76 @@
+"""``inspect`` and ``convert``: images as they are stored."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lazybuild.cli.options import compression_level, positive_size, registry_options
+from lazybuild.oci.platform import Platform
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    inspect = commands.add_parser("inspect", help="show an image's manifests and layer formats")
+    inspect.add_argument("image", help="registry reference or oci:DIR[:tag]")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(run=run_inspect)
+
+    convert = commands.add_parser("convert", help="convert an image's layers to eStargz")
+    convert.add_argument("source", help="registry reference or oci:DIR[:tag]")
+    convert.add_argument("destination", help="registry reference or oci:DIR[:tag]")
+    convert.add_argument(
+        "--chunk-size", type=positive_size, default=4 << 20, help="eStargz chunk size (4MiB)"
+    )
+    convert.add_argument(
+        "--compression-level", type=compression_level, help="gzip level 1-9 (default 6)"
+    )
+    convert.add_argument("--platform", help="convert only this platform of an index (os/arch)")
+    convert.add_argument("--tmpdir", type=Path, help="directory for temporary layer files")
+    convert.set_defaults(run=run_convert)
+
+
+async def run_inspect(args: argparse.Namespace) -> int:
+    from lazybuild.imagestore import open_source
+    from lazybuild.inspect import inspect_image
+    from lazybuild.registry.client import RegistryClient
+
+    registry = registry_options(args)
+    async with RegistryClient(
+        insecure_registries=registry.insecure_registries, docker_config=registry.docker_config
+    ) as client:
+        report = await inspect_image(open_source(args.image, client))
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())
+    return 0
+
+
+async def run_convert(args: argparse.Namespace) -> int:
+    from lazybuild.convert import ConvertOptions, convert_image
+    from lazybuild.imagestore import open_source, open_target
+    from lazybuild.progress import Progress, human_size
+    from lazybuild.registry.client import RegistryClient
+
+    progress = Progress(quiet=args.quiet)
+    options = ConvertOptions(
+        chunk_size=args.chunk_size,
+        compression_level=args.compression_level,
+        platform=Platform.parse(args.platform) if args.platform else None,
+        tmpdir=args.tmpdir,
+    )
+    registry = registry_options(args)
+    async with RegistryClient(
+        insecure_registries=registry.insecure_registries, docker_config=registry.docker_config
+    ) as client:
+        source = open_source(args.source, client)
+        target = open_target(args.destination, client, source)
+        progress.line(f"converting {source.description} -> {target.description}")
+        result = await convert_image(source, target, options, progress)
+    converted = [o for o in result.layers if o.converted]
+    before = sum(o.source.size for o in converted)
+    after = sum(o.result.size for o in converted)
+    progress.line(
+        f"done: {len(converted)} layer(s) converted ({human_size(before)} -> {human_size(after)}),"
+        f" {len(result.layers) - len(converted)} kept"
+    )
+    print(result.root.digest)
+    return 0

@@ -1,0 +1,111 @@
+"""`lazybuild run`: an image's process in runc, over a lazily mounted root filesystem.
+
+Like ``docker run --rm``: the image config gives entrypoint, cmd, env, user and
+working directory; the command line overrides them; the writable layer is thrown
+away afterwards and the process's exit code is returned.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from lazybuild.executor.etcfiles import prepare_etc_files
+from lazybuild.executor.runc import run_container
+from lazybuild.executor.spec import Network, ProcessSpec, generate_spec
+from lazybuild.executor.users import resolve_user
+from lazybuild.imageconfig import run_settings
+from lazybuild.imagemount import RegistryOptions, mounted_image
+from lazybuild.lazyfs.client import FetchReport
+from lazybuild.progress import Progress
+from lazybuild.snapshot.overlay import is_mounted
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    image: str
+    command: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    entrypoint: tuple[str, ...] | None = None
+    network: Network = "none"
+    hostname: str | None = None
+    background_fetch: bool = False
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    exit_code: int
+    report: FetchReport
+
+
+async def run_image(
+    request: RunRequest,
+    *,
+    state_dir: Path,
+    registry: RegistryOptions,
+    progress: Progress,
+    stdio: Sequence[int | None] = (None, None, None),
+) -> RunOutcome:
+    container_id = "lazybuild-" + secrets.token_hex(6)
+    workspace = state_dir / "containers" / container_id
+    rootfs, upper, work, bundle = (workspace / name for name in ("rootfs", "upper", "work", "b"))
+    for directory in (rootfs, upper, work):
+        directory.mkdir(parents=True)
+    try:
+        async with mounted_image(
+            request.image,
+            rootfs,
+            state_dir=state_dir,
+            registry=registry,
+            progress=progress,
+            upper=upper,
+            work=work,
+            background_fetch=request.background_fetch,
+        ) as image:
+            settings = run_settings(
+                image.config,
+                command=request.command,
+                env=request.env,
+                workdir=request.workdir,
+                user=request.user,
+                entrypoint=request.entrypoint,
+            )
+            user = await trio.to_thread.run_sync(resolve_user, rootfs, settings.user)
+            hostname = request.hostname or container_id[-12:]
+            extra_mounts = prepare_etc_files(workspace, hostname, request.network)
+            spec = generate_spec(
+                rootfs=rootfs,
+                process=ProcessSpec(settings.args, settings.env, settings.cwd, user),
+                hostname=hostname,
+                network=request.network,
+                extra_mounts=extra_mounts,
+            )
+            progress.line(f"running {list(settings.args)} as {user.name or user.uid}")
+            result = await run_container(
+                container_id=container_id,
+                bundle_dir=bundle,
+                spec=spec,
+                stdin=stdio[0],
+                stdout=stdio[1],
+                stderr=stdio[2],
+            )
+            report = await image.fetch_report()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_remove_workspace, workspace)
+    return RunOutcome(result.exit_code, report)
+
+
+def _remove_workspace(workspace: Path) -> None:
+    # Deleting through a mount would write whiteouts into a live overlay; if the root
+    # filesystem is somehow still mounted, leave the directory for stale-mount cleanup.
+    if is_mounted(workspace / "rootfs"):
+        return
+    shutil.rmtree(workspace, ignore_errors=True)

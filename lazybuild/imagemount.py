@@ -1,0 +1,117 @@
+"""An image's root filesystem, assembled from lazily mounted layers.
+
+The layers come from one filesystem process (``lazyfs.client.LazyMountService``):
+eStargz layers are served lazily through FUSE, others are unpacked locally. Kernel
+overlayfs stacks them, read-only or with an upper directory. Everything is undone on
+the way out, including after errors and interrupts; a crash is cleaned up by the next
+command (``lazyfs.stale``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from lazybuild.lazyfs.client import FetchReport, LayerMount, LazyMountService
+from lazybuild.lazyfs.stale import cleanup_stale_mounts
+from lazybuild.oci.platform import host_platform
+from lazybuild.progress import Progress, human_size, short_digest
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
+from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    insecure_registries: tuple[str, ...] = ()
+    docker_config: Path | None = None
+
+
+@dataclass
+class MountedImage:
+    reference: Reference  # pinned to the manifest digest
+    config: dict[str, Any]
+    layers: list[LayerMount]
+    rootfs: Path
+    service: LazyMountService
+
+    async def fetch_report(self) -> FetchReport:
+        return await self.service.stats()
+
+
+@asynccontextmanager
+async def mounted_image(
+    image: str,
+    target: Path,
+    *,
+    state_dir: Path,
+    registry: RegistryOptions,
+    progress: Progress,
+    upper: Path | None = None,
+    work: Path | None = None,
+    background_fetch: bool = True,
+) -> AsyncIterator[MountedImage]:
+    cleaned = await trio.to_thread.run_sync(cleanup_stale_mounts, state_dir)
+    for mountpoint in cleaned:
+        progress.line(f"cleaned up a stale mount left by a killed run: {mountpoint}")
+    reference = Reference.parse(image)
+    async with RegistryClient(
+        insecure_registries=registry.insecure_registries, docker_config=registry.docker_config
+    ) as client:
+        resolved = await client.resolve_image(reference, host_platform())
+    progress.line(
+        f"resolved {reference} to {short_digest(resolved.manifest_digest)}: "
+        f"{len(resolved.manifest.layers)} layer(s), "
+        f"{human_size(sum(layer.size for layer in resolved.manifest.layers))}"
+    )
+    async with LazyMountService(
+        state_dir,
+        insecure_registries=registry.insecure_registries,
+        docker_config=registry.docker_config,
+        background_fetch=background_fetch,
+    ) as service:
+        layers = await service.add_image(resolved.ref, list(resolved.manifest.layers))
+        _report_layers(layers, progress)
+        target.mkdir(parents=True, exist_ok=True)
+        service.register_overlay(target)
+        # overlayfs wants the top-most lower first; manifests list the base first.
+        lowers = [layer.path for layer in reversed(layers)]
+        await trio.to_thread.run_sync(mount_overlay, target, lowers, upper, work)
+        try:
+            yield MountedImage(resolved.ref, resolved.config, layers, target, service)
+        finally:
+            with trio.CancelScope(shield=True):
+                if is_mounted(target):
+                    await trio.to_thread.run_sync(lambda: unmount(target, lazy=True))
+                service.unregister_overlay(target)
+
+
+def _report_layers(layers: Iterable[LayerMount], progress: Progress) -> None:
+    unpacked = [layer for layer in layers if layer.mode == "unpacked"]
+    if unpacked:
+        # Never silent: these layers were downloaded whole, not lazily.
+        digests = ", ".join(short_digest(layer.digest) for layer in unpacked)
+        progress.line(f"{len(unpacked)} layer(s) are not eStargz, downloaded whole: {digests}")
+
+
+def render_fetch_report(report: FetchReport) -> str:
+    lines = ["fetch report:"]
+    for layer in report.layers:
+        share = layer.bytes_fetched / layer.size * 100 if layer.size else 0.0
+        lines.append(
+            f"  {short_digest(layer.digest)}  {layer.mode:<8}  fetched "
+            f"{human_size(layer.bytes_fetched):>9} of {human_size(layer.size):>9} "
+            f"({share:5.1f}%)  requests={layer.requests} cache_hits={layer.cache_hits} "
+            f"time={layer.seconds:.2f}s"
+        )
+    total = report.size
+    share = report.bytes_fetched / total * 100 if total else 0.0
+    lines.append(
+        f"  total: {human_size(report.bytes_fetched)} of {human_size(total)} ({share:.1f}%)"
+    )
+    return "\n".join(lines)
