@@ -59,7 +59,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     _add_fetch_report(run)
     run.add_argument("image", help="registry reference")
-    run.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
+    run.add_argument(
+        "process_args", nargs=argparse.REMAINDER, metavar="COMMAND", help="command and arguments"
+    )
     run.set_defaults(run=run_run)
 
 
@@ -153,7 +155,7 @@ async def run_run(args: argparse.Namespace) -> int:
 
     request = RunRequest(
         image=args.image,
-        command=tuple(args.command),
+        command=tuple(args.process_args),
         env=tuple(args.env),
         workdir=args.workdir,
         user=args.user,
