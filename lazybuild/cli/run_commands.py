@@ -82,6 +82,7 @@ def _finish_report(args: argparse.Namespace, report: FetchReport) -> None:
 
 async def run_mount(args: argparse.Namespace) -> int:
     from lazybuild.imagemount import mounted_image
+    from lazybuild.lazyfs.client import FilesystemServiceError
     from lazybuild.progress import Progress
     from lazybuild.snapshot.overlay import is_mounted
 
@@ -116,6 +117,11 @@ async def run_mount(args: argparse.Namespace) -> int:
 
                 async def until_unmounted() -> None:
                     while is_mounted(target):
+                        if not image.service.running:
+                            raise FilesystemServiceError(
+                                f"the filesystem behind {target} stopped "
+                                f"({image.service.failure_reason()}); unmounting"
+                            )
                         await trio.sleep(_UNMOUNT_POLL_SECONDS)
                     nursery.cancel_scope.cancel()
 

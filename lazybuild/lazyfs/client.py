@@ -141,6 +141,16 @@ class LazyMountService:
         """The filesystem process, once started."""
         return None if self._process is None else self._process.pid
 
+    @property
+    def running(self) -> bool:
+        """Whether the filesystem process is still alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def failure_reason(self) -> str:
+        """Why the filesystem process stopped, with the tail of its log, for error messages."""
+        last_lines = " | ".join(line for line in self._stderr_tail().splitlines()[-3:] if line)
+        return f"{self._exit_status()}: {last_lines or 'no log'}"
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def __aenter__(self) -> LazyMountService:

@@ -248,3 +248,20 @@ def test_killed_filesystem_process_is_cleaned_up_by_the_next_command(
         assert mounts_under(state) == []
         assert not mounted(target)
         assert list((state / "mounts").glob("*.json")) == []
+
+
+def test_mount_stops_cleanly_when_its_filesystem_process_dies(
+    python_image: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    target = tmp_path / "mnt"
+    with lazybuild_mount(state, python_image, target) as mount_command:
+        (record,) = (state / "mounts").glob("*.json")
+        os.kill(json.loads(record.read_text())["pid"], signal.SIGKILL)
+        _, stderr = mount_command.communicate(timeout=60)
+    assert mount_command.returncode == 1
+    errors = [line for line in stderr.splitlines() if line.startswith("lazybuild: error:")]
+    assert len(errors) == 1 and "stopped" in errors[0], stderr
+    assert "Traceback" not in stderr
+    assert not mounted(target)
+    assert mounts_under(state) == []
