@@ -8,6 +8,7 @@ killed filesystem process leaves nothing behind once the next command has run.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -55,10 +56,12 @@ def mounts_under(path: Path) -> list[str]:
 
 
 @contextmanager
-def lazybuild_mount(state_dir: Path, image: str, target: Path) -> Iterator[subprocess.Popen[str]]:
+def lazybuild_mount(
+    state_dir: Path, image: str, target: Path, *options: str
+) -> Iterator[subprocess.Popen[str]]:
     target.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        lazybuild_argv(state_dir, "mount", image, str(target)),
+        lazybuild_argv(state_dir, "mount", *options, image, str(target)),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -265,3 +268,26 @@ def test_mount_stops_cleanly_when_its_filesystem_process_dies(
     assert "Traceback" not in stderr
     assert not mounted(target)
     assert mounts_under(state) == []
+
+
+def test_writable_mount_keeps_changes_in_the_upper_dir(
+    python_image: str, state_dir: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "mnt"
+    upper = tmp_path / "upper"
+    with lazybuild_mount(state_dir, python_image, target, "--upper", str(upper)):
+        (target / "etc" / "written-by-test").write_text("kept\n")
+        (target / "etc" / "debian_version").unlink()
+        assert not os.access(target / "etc" / "debian_version", os.F_OK)
+    assert (upper / "etc" / "written-by-test").read_text() == "kept\n"
+    whiteout = os.lstat(upper / "etc" / "debian_version")
+    assert (os.major(whiteout.st_rdev), os.minor(whiteout.st_rdev)) == (0, 0)
+    assert not mounted(target)
+
+
+def test_read_only_mount_refuses_writes(python_image: str, state_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "mnt"
+    with lazybuild_mount(state_dir, python_image, target):
+        with pytest.raises(OSError) as refused:
+            (target / "etc" / "new-file").write_text("x")
+        assert refused.value.errno == errno.EROFS
