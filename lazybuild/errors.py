@@ -20,6 +20,9 @@ from __future__ import annotations
 class LazybuildError(Exception):
     """Base for every error caused by input rather than by a bug in lazybuild."""
 
+    # The command's exit status when this error ends it.
+    exit_code = 1
+
 
 class InvalidReferenceError(LazybuildError):
     """An image reference that does not parse."""

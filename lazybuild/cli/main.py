@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = str(error) if isinstance(error, LazybuildError) else _os_error_text(error)
         print(f"lazybuild: error: {message}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return error.exit_code if isinstance(error, LazybuildError) else EXIT_USER_ERROR
 
 
 def run() -> None:

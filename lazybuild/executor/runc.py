@@ -19,7 +19,11 @@ from typing import Any
 import trio
 
 from lazybuild.executor.bundle import remove_bundle, write_config
-from lazybuild.executor.errors import ContainerError
+from lazybuild.executor.errors import (
+    CommandNotExecutableError,
+    CommandNotFoundError,
+    ContainerError,
+)
 from lazybuild.executor.etcfiles import prepare_etc_files
 from lazybuild.executor.limits import fit_rlimits
 from lazybuild.executor.mountstubs import missing_mount_points, remove_mount_stubs
@@ -101,7 +105,7 @@ async def run_container(
         )
         failure = _runc_error(log_path)
         if failure:
-            raise ContainerError(f"container {container_id} failed to start: {failure}")
+            raise _start_failure(f"container {container_id} failed to start: {failure}")
         return _result(returncode)
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT_SECONDS):
@@ -225,3 +229,12 @@ def _result(returncode: int) -> RunResult:
     if 128 < returncode <= 128 + signal.SIGRTMAX:
         return RunResult(returncode, returncode - 128)
     return RunResult(returncode, None)
+
+
+def _start_failure(message: str) -> ContainerError:
+    """The error for a container whose process never started, classed as Docker does."""
+    if "executable file not found" in message or "no such file or directory" in message:
+        return CommandNotFoundError(message)
+    if "permission denied" in message:
+        return CommandNotExecutableError(message)
+    return ContainerError(message)

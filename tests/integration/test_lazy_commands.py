@@ -214,6 +214,9 @@ def test_run_passes_exit_codes_and_options_through(python_image: str, state_dir:
         )
 
     assert run(python_image, "sh", "-c", "exit 7").returncode == 7
+    missing = run(python_image, "no-such-program")
+    assert missing.returncode == 127  # as a shell and `docker run` report it
+    assert "lazybuild: error: " in missing.stderr and "no-such-program" in missing.stderr
     shown = run(
         "--env",
         "GREETING=hi",
