@@ -15,6 +15,7 @@ import httpx
 
 from tests.support import imagebuild, rootfs
 from tests.support.containerd import Containerd
+from tests.support.dockerd import Dockerd
 from tests.support.registry import Registry
 from tests.support.wanproxy import WanProxy
 
@@ -52,6 +53,7 @@ class BenchInfra(contextlib.AbstractContextManager["BenchInfra"]):
         self._registry: Registry | None = None
         self._wan: WanProxy | None = None
         self._containerd: Containerd | None = None
+        self._dockerd: Dockerd | None = None
         self._pushed: dict[str, str] = {}
 
     def __exit__(
@@ -85,6 +87,13 @@ class BenchInfra(contextlib.AbstractContextManager["BenchInfra"]):
             daemon = Containerd(self.workdir / "containerd")
             self._containerd = self._stack.enter_context(daemon)
         return self._containerd
+
+    @property
+    def dockerd(self) -> Dockerd:
+        """A private dockerd (own data root, no bridge, no iptables) for docker peers."""
+        if self._dockerd is None:
+            self._dockerd = self._stack.enter_context(Dockerd(self.workdir / "dockerd"))
+        return self._dockerd
 
     def base_image(self, name: str) -> str:
         """Push base image `name` (see BASE_IMAGES, plain gzip layers) once; its reference
