@@ -10,7 +10,7 @@ command (``lazyfs.stale``).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from lazybuild.lazyfs.client import FetchReport, LayerMount, LazyMountService
 from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.oci.platform import host_platform
 from lazybuild.progress import Progress, human_size, short_digest
-from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.client import RegistryClient, ResolvedImage
 from lazybuild.registry.reference import Reference
 from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
 
@@ -60,21 +60,33 @@ async def mounted_image(
     for mountpoint in cleaned:
         progress.line(f"cleaned up a stale mount left by a killed run: {mountpoint}")
     reference = Reference.parse(image)
-    async with RegistryClient(
-        insecure_registries=registry.insecure_registries, docker_config=registry.docker_config
-    ) as client:
-        resolved = await client.resolve_image(reference, host_platform())
-    progress.line(
-        f"resolved {reference} to {short_digest(resolved.manifest_digest)}: "
-        f"{len(resolved.manifest.layers)} layer(s), "
-        f"{human_size(sum(layer.size for layer in resolved.manifest.layers))}"
-    )
-    async with LazyMountService(
+    service = LazyMountService(
         state_dir,
         insecure_registries=registry.insecure_registries,
         docker_config=registry.docker_config,
         background_fetch=background_fetch,
-    ) as service:
+    )
+    async with AsyncExitStack() as stack:
+        # Starting the filesystem process (an interpreter, a mount) and resolving the
+        # image (round trips to the registry) do not depend on each other.
+        resolved_images: list[ResolvedImage] = []
+
+        async def resolve() -> None:
+            async with RegistryClient(
+                insecure_registries=registry.insecure_registries,
+                docker_config=registry.docker_config,
+            ) as client:
+                resolved_images.append(await client.resolve_image(reference, host_platform()))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(resolve)
+            await stack.enter_async_context(service)
+        (resolved,) = resolved_images
+        progress.line(
+            f"resolved {reference} to {short_digest(resolved.manifest_digest)}: "
+            f"{len(resolved.manifest.layers)} layer(s), "
+            f"{human_size(sum(layer.size for layer in resolved.manifest.layers))}"
+        )
         layers = await service.add_image(resolved.ref, list(resolved.manifest.layers))
         _report_layers(layers, progress)
         target.mkdir(parents=True, exist_ok=True)

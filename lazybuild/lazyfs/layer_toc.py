@@ -32,10 +32,26 @@ log = logging.getLogger(__name__)
 
 
 class TocStore:
-    """Verified TOC JSON by TOC digest. Blocking I/O: call from a worker thread."""
+    """Verified TOC JSON by TOC digest, and each blob's TOC offset by blob digest.
+    Blocking I/O: call from a worker thread."""
 
     def __init__(self, root: Path) -> None:
         self._dir = root / "tocs" / "sha256"
+        self._offsets = root / "tocs" / "offsets"
+
+    def load_offset(self, blob_digest: str) -> int | None:
+        """The TOC offset seen in this blob's footer before, if any. A wrong value can
+        only make chunk verification fail (EIO), never serve wrong bytes."""
+        try:
+            return int(self._offset_path(blob_digest).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def save_offset(self, blob_digest: str, toc_offset: int) -> None:
+        _write_atomic(self._offset_path(blob_digest), str(toc_offset).encode())
+
+    def _offset_path(self, blob_digest: str) -> Path:
+        return self._offsets / blob_digest.replace(":", "-")
 
     def _path(self, toc_digest: str) -> Path:
         algorithm, _, hex_digest = toc_digest.partition(":")
@@ -51,15 +67,18 @@ class TocStore:
         return data if sha256_digest(data) == toc_digest else None
 
     def save(self, toc_digest: str, toc_json: bytes) -> None:
-        path = self._path(toc_digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        try:
-            temp.write_bytes(toc_json)
-            temp.rename(path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+        _write_atomic(self._path(toc_digest), toc_json)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        temp.write_bytes(data)
+        temp.rename(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
 
 
 def expected_toc_digest(descriptor: Descriptor, where: str) -> str:
@@ -80,15 +99,21 @@ async def open_index(
     if blob.size < FOOTER_SIZE:
         raise FormatError(f"{where}: {blob.size} bytes is too small for an eStargz footer")
     stored = await trio.to_thread.run_sync(tocs.load, expected) if tocs else None
-    if stored is not None:
-        footer = parse_footer(await blob.read_at(blob.size - FOOTER_SIZE, FOOTER_SIZE))
-        if not 0 <= footer.toc_offset < blob.size - FOOTER_SIZE:
-            raise FormatError(f"{where}: TOC offset {footer.toc_offset} outside the blob")
+    if stored is not None and tocs is not None:
+        fetched = 0
+        toc_offset = await trio.to_thread.run_sync(tocs.load_offset, descriptor.digest)
+        if toc_offset is None:
+            footer = parse_footer(await blob.read_at(blob.size - FOOTER_SIZE, FOOTER_SIZE))
+            toc_offset, fetched = footer.toc_offset, FOOTER_SIZE
+        if not 0 <= toc_offset < blob.size - FOOTER_SIZE:
+            raise FormatError(f"{where}: TOC offset {toc_offset} outside the blob")
+        if fetched:
+            await trio.to_thread.run_sync(_keep_offset, tocs, descriptor.digest, toc_offset, where)
 
         def index_from_stored() -> LayerIndex:
-            return LayerIndex(decode_toc_json(stored), data_end=footer.toc_offset, where=where)
+            return LayerIndex(decode_toc_json(stored), data_end=toc_offset, where=where)
 
-        return await trio.to_thread.run_sync(index_from_stored), FOOTER_SIZE
+        return await trio.to_thread.run_sync(index_from_stored), fetched
     tail_start, tail_length = tail_read_range(blob.size)
     tail = await blob.read_at(tail_start, tail_length)
     footer = parse_footer(tail)
@@ -106,7 +131,15 @@ async def open_index(
                 tocs.save(opened.toc_digest, opened.toc_json)
             except OSError as exc:  # only the next open gets slower
                 log.warning("%s: cannot keep its TOC: %s", where, exc)
+            _keep_offset(tocs, descriptor.digest, opened.toc_offset, where)
         return opened.index
 
     index = await trio.to_thread.run_sync(parse)
     return index, len(tail)
+
+
+def _keep_offset(tocs: TocStore, blob_digest: str, toc_offset: int, where: str) -> None:
+    try:
+        tocs.save_offset(blob_digest, toc_offset)
+    except OSError as exc:  # only the next open gets slower
+        log.warning("%s: cannot keep its TOC offset: %s", where, exc)

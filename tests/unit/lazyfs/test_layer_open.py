@@ -47,7 +47,7 @@ def test_missing_annotation_is_a_format_error(tmp_path: Path) -> None:
     trio.run(main)
 
 
-def test_second_open_costs_no_toc_bytes(tmp_path: Path) -> None:
+def test_second_open_costs_nothing_on_the_network(tmp_path: Path) -> None:
     built = build_layer()
 
     async def main() -> None:
@@ -57,9 +57,15 @@ def test_second_open_costs_no_toc_bytes(tmp_path: Path) -> None:
         assert first.stats.bytes_fetched == first_blob.bytes_sent
         blob = MemoryBlob(built.blob)
         second = await open_layer(built, blob, tmp_path)
-        assert blob.requests == 1
-        assert blob.bytes_sent == FOOTER_SIZE
+        # The verified TOC and the blob's TOC offset are both kept in the state dir.
+        assert blob.requests == 0
         assert [n.name for n in second.index.walk()] == [n.name for n in first.index.walk()]
+        for offsets in (tmp_path / "state" / "tocs" / "offsets").iterdir():
+            offsets.unlink()
+        third_blob = MemoryBlob(built.blob)
+        await open_layer(built, third_blob, tmp_path)
+        assert third_blob.requests == 1  # without the offset: only the footer
+        assert third_blob.bytes_sent == FOOTER_SIZE
 
     trio.run(main)
 
