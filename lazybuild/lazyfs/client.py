@@ -26,6 +26,7 @@ import trio
 from lazybuild.errors import LazybuildError
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.control import LayerMode
+from lazybuild.lazyfs.readahead import widen_readahead
 from lazybuild.lazyfs.stale import (
     MountRecord,
     is_mounted,
@@ -201,6 +202,9 @@ class LazyMountService:
             while self._process.poll() is None:
                 with contextlib.suppress(OSError, LazybuildError):
                     await self._request(control.Stats())
+                    # Serving, so the kernel's INIT has been answered: the stat in
+                    # widen_readahead gets a reply, and the setting is not overwritten.
+                    await trio.to_thread.run_sync(widen_readahead, self.mountpoint)
                     return
                 await trio.sleep(0.05)
         raise FilesystemServiceError(
