@@ -37,6 +37,8 @@ from typing import BinaryIO
 
 from zlib_ng import zlib_ng
 
+from lazybuild.processes import process_alive
+
 DEFAULT_MAX_BYTES = 10 << 30
 TOUCH_INTERVAL = 60.0
 # Eviction goes below the limit by this fraction so that it runs once per many puts.
@@ -66,16 +68,6 @@ def _hex_of(digest: str) -> str:
     if match is None:
         raise ValueError(f"not a sha256 chunk digest: {digest!r}")
     return match.group(1)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ChunkCache:
@@ -219,6 +211,6 @@ class ChunkCache:
         """Leftovers of crashed writers; a live process's temp file is left alone."""
         for item in self._staging.iterdir():
             match = _STAGING_NAME.fullmatch(item.name)
-            if match is None or not _process_alive(int(match.group(1))):
+            if match is None or not process_alive(int(match.group(1))):
                 with contextlib.suppress(OSError):
                     item.unlink()

@@ -34,6 +34,7 @@ from lazybuild.errors import FormatError
 from lazybuild.estargz.layerformat import decompressed_stream
 from lazybuild.lazyfs.layer_extract import extract_layer_tar
 from lazybuild.oci.descriptor import Descriptor
+from lazybuild.processes import process_alive
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 
@@ -154,7 +155,7 @@ def _new_partial_dir(dest_root: Path, hex_digest: str) -> Path:
     prefix = f"{_PARTIAL_PREFIX}{hex_digest}-"
     for leftover in dest_root.glob(prefix + "*"):
         pid = leftover.name[len(prefix) :].split("-", 1)[0]
-        if not pid.isdigit() or not _process_alive(int(pid)):
+        if not pid.isdigit() or not process_alive(int(pid)):
             _remove_tree(leftover)  # a crashed unpack
     partial = dest_root / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
     partial.mkdir(mode=0o755)
@@ -173,13 +174,3 @@ def _publish(partial: Path, final: Path) -> None:
 def _remove_tree(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(path)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
