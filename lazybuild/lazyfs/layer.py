@@ -40,11 +40,6 @@ log = logging.getLogger(__name__)
 # Compressed bytes per background request: large enough that request overhead is
 # small, small enough that a batch cancelled by a foreground read wastes little.
 BACKGROUND_BATCH_BYTES = 16 << 20
-# An on-demand fetch also takes the uncached chunks that follow it in the blob, up to
-# this many compressed bytes. Neighbours in a tar are usually read together (a
-# program's modules, a package's files): at 100 Mbit/s and 40 ms RTT, 512 KiB costs
-# about one round trip and saves one per neighbouring file read later.
-READ_AHEAD_BYTES = 512 << 10
 _VERIFY_THREADS = trio.CapacityLimiter(max(2, os.cpu_count() or 1))
 
 
@@ -79,7 +74,6 @@ class LazyLayer:
         self._flights = Flights()
         self._where = f"layer {descriptor.digest}"
         self._sites: list[_Site] | None = None
-        self._sorted_sites: list[_Site] | None = None
         self._not_on_disk: set[str] = set()  # read-ahead misses, until fetched
 
     @classmethod
@@ -219,12 +213,7 @@ class LazyLayer:
             theirs = self._in_flight(unique)
             rest = [site for site in unique if self._flights.get(site.digest) is None]
             if rest:
-                # Neighbours are probed on disk in the same pass (a stat, not a read), so
-                # that nothing is awaited between deciding what to fetch and claiming it.
-                extra = self._neighbours(rest) if remember else []
-                from_disk, extra = await trio.to_thread.run_sync(
-                    self._read_cached_and_probe, rest, extra
-                )
+                from_disk = await trio.to_thread.run_sync(self._read_cached, rest)
                 self.stats.cache_hits += len(from_disk)
                 if remember:
                     for digest, data in from_disk.items():
@@ -234,8 +223,7 @@ class LazyLayer:
                 theirs += self._in_flight(missing)  # claimed while we read the disk
                 mine = [site for site in missing if self._flights.get(site.digest) is None]
                 if mine:
-                    along = [site for site in extra if self._flights.get(site.digest) is None]
-                    found.update(await self._fetch(mine + along, remember=remember, required=mine))
+                    found.update(await self._fetch(mine, remember=remember))
             unique = []
             for site, flight in theirs:
                 content = await _outcome(flight)
@@ -258,11 +246,11 @@ class LazyLayer:
         *,
         region: tuple[int, int] | None = None,
         remember: bool = True,
-        required: Sequence[_Site] | None = None,
     ) -> dict[str, bytes]:
         """Fetch ``sites`` in one request (all their ranges, or ``region`` when given),
         verify each chunk, cache it, and resolve its flight. A chunk that fails only fails
-        its own flight; the call raises when one of ``required`` (default: all) failed."""
+        its own flight (the others land, so their waiters need not fetch again); the call
+        raises when any failed."""
         with self._flights.claim(site.digest for site in sites) as flights:
             compressed = await self._request(sites, region)
             contents, failures = await self._verify_all(sites, compressed)
@@ -274,7 +262,7 @@ class LazyLayer:
                 flights[digest].error = failure
             self.stats.chunks_fetched += len(contents)
             self._not_on_disk.difference_update(contents)
-            for site in sites if required is None else required:
+            for site in sites:
                 if site.digest in failures:
                     raise failures[site.digest]
             return contents
@@ -358,41 +346,9 @@ class LazyLayer:
                 found[site.digest] = data
         return found
 
-    def _read_cached_and_probe(
-        self, sites: Sequence[_Site], candidates: Sequence[_Site]
-    ) -> tuple[dict[str, bytes], list[_Site]]:
-        """(worker thread) ``sites`` found on disk, and the ``candidates`` not on disk."""
-        cached = self._cached_digests(candidates)
-        return self._read_cached(sites), [c for c in candidates if c.digest not in cached]
-
     def _cached_digests(self, sites: Sequence[_Site]) -> set[str]:
         """(worker thread)"""
         return {site.digest for site in sites if self._cache.contains(site.digest)}
-
-    def _neighbours(self, sites: Sequence[_Site]) -> list[_Site]:
-        """Chunks right after ``sites`` in the blob, within READ_AHEAD_BYTES, that are
-        neither in memory nor being fetched: candidates to take along in one request."""
-        by_offset = self._sites_by_offset()
-        last_end = max(site.chunk.end for site in sites)
-        position = bisect.bisect_left(by_offset, last_end, key=lambda site: site.chunk.offset)
-        wanted = {site.digest for site in sites}
-        candidates = []
-        for site in by_offset[position:]:
-            if site.chunk.end > last_end + READ_AHEAD_BYTES:
-                break
-            digest = site.digest
-            if (
-                digest not in wanted
-                and digest not in self._memory
-                and not self._flights.get(digest)
-            ):
-                candidates.append(site)
-        return candidates
-
-    def _sites_by_offset(self) -> list[_Site]:
-        if self._sorted_sites is None:
-            self._sorted_sites = sorted(self._all_sites(), key=lambda site: site.chunk.offset)
-        return self._sorted_sites
 
     def _all_sites(self) -> list[_Site]:
         """Every chunk of the layer once (identical chunks share one digest, one fetch)."""

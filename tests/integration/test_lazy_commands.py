@@ -294,3 +294,64 @@ def test_read_only_mount_refuses_writes(python_image: str, state_dir: Path, tmp_
         with pytest.raises(OSError) as refused:
             (target / "etc" / "new-file").write_text("x")
         assert refused.value.errno == errno.EROFS
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_mount_unmounts_everything(
+    python_image: str, tmp_path: Path, signal_number: int
+) -> None:
+    state = tmp_path / "state"
+    target = tmp_path / "mnt"
+    with lazybuild_mount(state, python_image, target) as mount_command:
+        mount_command.send_signal(signal_number)
+        _, stderr = mount_command.communicate(timeout=60)
+    assert mount_command.returncode == 0, stderr
+    assert "fetch report" in stderr
+    assert not mounted(target)
+    assert mounts_under(state) == []
+    assert list((state / "mounts").glob("*.json")) == []
+
+
+def test_interrupted_run_stops_the_container_and_unmounts(
+    python_image: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    process = subprocess.Popen(
+        lazybuild_argv(state, "run", python_image, "sleep", "600"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while not any(Path(m).name == "rootfs" for m in mounts_under(state)):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr
+        time.sleep(0.1)
+    time.sleep(1.0)  # let runc start the process
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode in (130, 128 + signal.SIGINT), stderr
+    assert "Traceback" not in stderr
+    assert mounts_under(state) == []
+    assert subprocess.run(["pgrep", "-f", "sleep 600"], check=False).returncode == 1
+
+
+def test_du_and_prune(python_image: str, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    ran = subprocess.run(
+        lazybuild_argv(state, "-q", "run", python_image, "true"), check=False, timeout=300
+    )
+    assert ran.returncode == 0
+
+    def du() -> str:
+        shown = subprocess.run(
+            lazybuild_argv(state, "du"), capture_output=True, text=True, check=True
+        )
+        return shown.stdout
+
+    before = du()
+    chunks_before = int(before.split("chunk cache")[1].split()[0])
+    assert chunks_before > 0
+    pruned = subprocess.run(
+        lazybuild_argv(state, "prune"), capture_output=True, text=True, check=True
+    )
+    assert f"freed {chunks_before} chunks" in pruned.stdout
+    assert int(du().split("chunk cache")[1].split()[0]) == 0
