@@ -51,6 +51,8 @@ _KILL_GRACE_SECONDS = 10.0
 _CLEANUP_TIMEOUT_SECONDS = 30.0
 # Like `docker run`: a container whose init ignores SIGINT can still be stopped.
 _INTERRUPTS_BEFORE_KILL = 3
+# How long a container may take to exit after a forwarded SIGINT/SIGTERM (docker stop's).
+STOP_GRACE_SECONDS = 10.0
 
 
 @dataclass
@@ -175,16 +177,26 @@ async def _forward_signals(
     container_id: str,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    # runc passes signals it receives on to the container's init process.
+    # runc passes signals it receives on to the container's init process. An init that
+    # ignores them (a PID 1 without handlers does) is killed after a grace period, as
+    # `docker stop` does, so an interrupted lazybuild always ends and cleans up.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         interrupts = 0
-        async for signum in signals:
-            interrupts += signum == signal.SIGINT
-            if interrupts >= _INTERRUPTS_BEFORE_KILL:
-                await runtime.kill(container_id, "KILL")
-            elif process.returncode is None:
-                process.send_signal(signum)
+        async with trio.open_nursery() as nursery:
+            async for signum in signals:
+                interrupts += signum == signal.SIGINT
+                if interrupts >= _INTERRUPTS_BEFORE_KILL:
+                    await runtime.kill(container_id, "KILL")
+                elif process.returncode is None:
+                    process.send_signal(signum)
+                    if interrupts + (signum == signal.SIGTERM) == 1:
+                        nursery.start_soon(_kill_after_grace, runtime, container_id)
+
+
+async def _kill_after_grace(runtime: _Runc, container_id: str) -> None:
+    await trio.sleep(STOP_GRACE_SECONDS)
+    await runtime.kill(container_id, "KILL")
 
 
 async def _kill_and_reap(process: trio.Process, runtime: _Runc, container_id: str) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from lazybuild.cli.main import main
+from lazybuild.executor.runc import STOP_GRACE_SECONDS
 from tests.support.containerd import Containerd
 from tests.support.imagebuild import (
     cached_rootfs_image,
@@ -316,22 +317,30 @@ def test_interrupted_run_stops_the_container_and_unmounts(
     python_image: str, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
+    marker = f"sleep {600 + os.getpid() % 1000}"  # names this test's container process
     process = subprocess.Popen(
-        lazybuild_argv(state, "run", python_image, "sleep", "600"),
+        lazybuild_argv(state, "run", python_image, *marker.split()),
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + MOUNT_TIMEOUT
-    while not any(Path(m).name == "rootfs" for m in mounts_under(state)):
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr
-        time.sleep(0.1)
-    time.sleep(1.0)  # let runc start the process
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode in (130, 128 + signal.SIGINT), stderr
+    try:
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while subprocess.run(["pgrep", "-x", "-f", marker], check=False).returncode != 0:
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr
+            time.sleep(0.1)
+        interrupted = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # `sleep` as PID 1 ignores SIGINT, so it is killed after the grace period.
+    assert process.returncode == 128 + signal.SIGKILL, stderr
+    assert time.monotonic() - interrupted < STOP_GRACE_SECONDS + 10
     assert "Traceback" not in stderr
     assert mounts_under(state) == []
-    assert subprocess.run(["pgrep", "-f", "sleep 600"], check=False).returncode == 1
+    assert subprocess.run(["pgrep", "-x", "-f", marker], check=False).returncode == 1
 
 
 def test_du_and_prune(python_image: str, tmp_path: Path) -> None:

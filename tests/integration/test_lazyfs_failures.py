@@ -130,7 +130,8 @@ def test_corrupted_chunk_fails_that_read_with_eio_only(
             assert (tools / "etc/motd").read_text() == "motd from the tools layer\n"
             log = (state_dir / "mounts" / f"{service.id}.log").read_text()
             failures = [line for line in log.splitlines() if "read failed" in line]
-            assert failures and all("/usr/bin/cat" in line for line in failures), "\n".join(failures)
+            assert failures
+            assert all("/usr/bin/cat" in line for line in failures), failures
 
     trio.run(body)
 
