@@ -192,6 +192,9 @@ class LazyLayer:
     async def fetch_all(self, gate: ForegroundGate) -> None:
         """Fetch, verify and cache every chunk not cached yet, in large batches, only
         while the gate is quiet; a batch interrupted by a foreground read is retried."""
+        # Even the scan of what is cached waits: it is thousands of stats, and a fresh
+        # mount is when foreground work (a directory walk, a program start) is busiest.
+        await gate.wait_quiet()
         sites = sorted(self._all_sites(), key=lambda site: site.chunk.offset)
         cached = await trio.to_thread.run_sync(self._cached_digests, sites)
         pending = [site for site in sites if site.digest not in cached]

@@ -17,11 +17,20 @@ import trio
 DEFAULT_QUIET_PERIOD = 5.0
 
 
+def _now_if_in_trio() -> float:
+    try:
+        return trio.current_time()
+    except RuntimeError:  # made outside a trio run (tests): no grace period
+        return -float("inf")
+
+
 class ForegroundGate:
     def __init__(self, quiet_period: float = DEFAULT_QUIET_PERIOD) -> None:
         self.quiet_period = quiet_period
         self._active = 0
-        self._last_foreground = -float("inf")
+        # A gate is made with a mount, the busiest moment for foreground work (a walk, a
+        # program start): background work first waits a quiet period from then.
+        self._last_foreground = _now_if_in_trio()
         self._changed = trio.Event()
         self._background_scopes: set[trio.CancelScope] = set()
 
