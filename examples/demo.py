@@ -3,8 +3,9 @@
 It starts a local registry, makes a Debian image with debootstrap (cached after the
 first run), pushes it as an ordinary gzip image, then shows `lazybuild inspect`,
 `lazybuild convert` to eStargz, and what the converted image looks like. Finally it reads
-one file straight out of the converted layer with HTTP Range requests, the way the lazy
-filesystem does, and prints how few bytes that took.
+one file straight out of the converted layer with HTTP Range requests, and finally runs a
+command in the converted image with `lazybuild run` (lazy FUSE mount, overlayfs, runc),
+whose fetch report shows how little of the image that took.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def main() -> None:
         lazybuild("convert", plain, converted)
         lazybuild("inspect", converted)
         trio.run(read_one_file, converted)
+        # The same image as a container's root filesystem, mounted lazily through FUSE.
+        lazybuild("--state-dir", f"{tmp}/state", "run", converted, "cat", "/etc/debian_version")
 
 
 if __name__ == "__main__":

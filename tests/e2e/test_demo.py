@@ -30,3 +30,5 @@ def test_demo_converts_inspects_and_reads_lazily() -> None:
     assert converted.count("  estargz  ") == 3
     assert 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"' in out
     assert "1 range request(s)" in out
+    assert "$ lazybuild --state-dir" in out and "fetch report:" in result.stderr
+    assert out.rstrip().splitlines()[-1].startswith("12.")  # /etc/debian_version
