@@ -1,0 +1,342 @@
+"""``plan_to_graph``: every shared Dockerfile converts, and the ops are BuildKit's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lazybuild.frontend.dockerfile import ParseError, plan_build
+from lazybuild.frontend.dockerfile.imageconfig import ImageConfigState
+from lazybuild.frontend.dockerfile.tograph import GraphResult, plan_to_graph
+from lazybuild.graph import (
+    Copy,
+    Definition,
+    Exec,
+    File,
+    HttpSource,
+    ImageSource,
+    LocalSource,
+    Merge,
+    Mkdir,
+    Mkfile,
+    Operation,
+    decode_op,
+)
+from lazybuild.oci.platform import Platform
+
+DOCKERFILES = Path(__file__).resolve().parents[2] / "dockerfiles"
+CASES = sorted(p.name for p in DOCKERFILES.iterdir() if (p / "Dockerfile").is_file())
+PLATFORM = Platform("linux", "amd64")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEBIAN: dict[str, Any] = {
+    "architecture": "amd64",
+    "os": "linux",
+    "config": {"Env": [f"PATH={DEFAULT_PATH}"], "Cmd": ["bash"]},
+    "history": [{"created_by": "# debian.sh", "comment": "debuerreotype"}],
+}
+
+
+def _base_config(ref: str, platform: str) -> dict[str, Any]:
+    return DEBIAN
+
+
+def _convert(text: str, **options: Any) -> GraphResult:
+    plan = plan_build(
+        text,
+        build_args=options.pop("build_args", None),
+        target=options.pop("target", None),
+        target_platform=PLATFORM,
+        build_platform=PLATFORM,
+        image_env=lambda ref, platform: [("PATH", DEFAULT_PATH)],
+    )
+    return plan_to_graph(
+        plan, base_config=options.pop("base_config", _base_config), target_platform="linux/amd64"
+    )
+
+
+def _ops(definition: Definition) -> list[Operation]:
+    return [decode_op(data) for data in definition.ops]
+
+
+def _of(definition: Definition, kind: type[Any]) -> list[Any]:
+    return [op for op in _ops(definition) if isinstance(op, kind)]
+
+
+def _copies(definition: Definition) -> list[Copy]:
+    return [a for op in _of(definition, File) for a in op.actions if isinstance(a, Copy)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_shared_dockerfiles_convert(case: str) -> None:
+    options_path = DOCKERFILES / case / "build.json"
+    options = json.loads(options_path.read_text()) if options_path.is_file() else {}
+    result = _convert(
+        (DOCKERFILES / case / "Dockerfile").read_text(),
+        build_args=options.get("build_args", {}),
+        target=options.get("target"),
+    )
+    data = result.definition.to_bytes()
+    assert Definition.from_bytes(data).to_bytes() == data
+    assert result.config.to_oci_config()["config"]
+
+
+def test_digest_is_stable_across_conversions() -> None:
+    text = (DOCKERFILES / "multistage-by-name" / "Dockerfile").read_text()
+    first, second = _convert(text), _convert(text)
+    assert first.definition.to_bytes() == second.definition.to_bytes()
+    assert first.definition.root_digest == second.definition.root_digest
+
+
+def test_run_env_cwd_user_and_shell() -> None:
+    result = _convert(
+        "FROM debian\nARG V=1\nENV A=b\nWORKDIR /app\nUSER nobody\nRUN echo $A\n"
+        'SHELL ["/bin/bash", "-eu", "-c"]\nRUN ["ls", "-l"]\nRUN true\n'
+    )
+    runs = _of(result.definition, Exec)
+    assert [r.args for r in runs] == [
+        ("/bin/sh", "-c", "echo $A"),
+        ("ls", "-l"),
+        ("/bin/bash", "-eu", "-c", "true"),
+    ]
+    first = runs[0]
+    assert first.env == (f"PATH={DEFAULT_PATH}", "A=b", "V=1")
+    assert first.cwd == "/app"
+    assert first.user == "nobody"
+    mkdir = _of(result.definition, File)[0].actions[0]
+    assert mkdir == Mkdir(path="/app", mode=0o755, make_parents=True)
+    history = result.config.history
+    assert history[0].created_by == "# debian.sh"
+    assert history[-1].created_by == "RUN |1 V=1 /bin/bash -eu -c true # buildkit"
+    assert [h.empty_layer for h in history[1:]] == [
+        True,
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_proxy_args_are_proxy_env_only() -> None:
+    result = _convert(
+        "FROM debian\nRUN true\n", build_args={"HTTP_PROXY": "http://p:3128", "X": "1"}
+    )
+    (run,) = _of(result.definition, Exec)
+    assert run.proxy_env == ("HTTP_PROXY=http://p:3128",)
+    assert not any(item.startswith("HTTP_PROXY") for item in run.env)
+    assert "HTTP_PROXY" not in json.dumps(result.config.to_oci_config())
+
+
+def test_run_mounts() -> None:
+    result = _convert(
+        "FROM debian AS tools\nFROM debian\nWORKDIR /src\n"
+        "RUN --mount=type=bind,source=a,target=ctx "
+        "--mount=type=bind,from=tools,source=/usr,target=/t,rw "
+        "--mount=type=cache,target=/root/.cache,sharing=locked,uid=1 "
+        "--mount=type=tmpfs,target=/tmp,size=1m "
+        "--mount=type=secret,id=tok,required=true "
+        "--mount=type=ssh --network=none true\n"
+    )
+    (run,) = _of(result.definition, Exec)
+    assert run.network == "none"
+    root, ctx, tools, cache, tmpfs, secret, ssh = run.mounts
+    assert root.dest == "/" and root.output == 0
+    assert (ctx.dest, ctx.source_path, ctx.readonly, ctx.kind) == ("/src/ctx", "/a", True, "bind")
+    assert ctx.input is not None and ctx.output is None
+    assert (tools.dest, tools.readonly, tools.output) == ("/t", False, 1)
+    assert (cache.kind, cache.cache_id, cache.sharing, cache.uid) == (
+        "cache",
+        "/root/.cache",
+        "locked",
+        1,
+    )
+    assert (tmpfs.kind, tmpfs.size) == ("tmpfs", 1024 * 1024)
+    assert (secret.kind, secret.dest, secret.secret_id, secret.required, secret.mode) == (
+        "secret",
+        "/run/secrets/tok",
+        "tok",
+        True,
+        0o400,
+    )
+    assert (ssh.kind, ssh.secret_id, ssh.mode) == ("ssh", "default", 0o600)
+    assert f"SSH_AUTH_SOCK={ssh.dest}" in run.env
+    inputs = _ops(result.definition)
+    assert isinstance(inputs[0], ImageSource)
+
+
+def test_copy_destination_rules() -> None:
+    result = _convert(
+        "FROM debian\nWORKDIR /app\nCOPY a b/\nCOPY a b\nCOPY a .\nCOPY x y /abs/\n"
+        "COPY --chown=app:staff --chmod=640 a /o\n"
+    )
+    copies = _copies(result.definition)
+    assert [(c.src, c.dest) for c in copies] == [
+        ("/a", "/app/b/"),
+        ("/a", "/app/b"),
+        ("/a", "/app/"),
+        ("/x", "/abs/"),
+        ("/y", "/abs/"),
+        ("/a", "/o"),
+    ]
+    assert all(c.allow_wildcard and c.create_dest_path and c.dir_copy_contents for c in copies)
+    assert copies[-1].chown is not None and copies[-1].chown.group == "staff"
+    assert copies[-1].chmod == "640"
+    (local,) = _of(result.definition, LocalSource)
+    assert local.name == "context"
+    assert result.config.history[-1].created_by == "COPY a /o # buildkit"
+
+
+def test_copy_several_sources_need_a_directory() -> None:
+    with pytest.raises(ParseError) as caught:
+        _convert("FROM debian\nRUN true\nCOPY a b /dest\n")
+    assert caught.value.line == 3
+    assert "Dockerfile:3:" in str(caught.value)
+    assert "must be a directory" in str(caught.value)
+
+
+def test_copy_link_merges() -> None:
+    result = _convert("FROM debian\nCOPY --link a /a\n")
+    ops = _ops(result.definition)
+    assert isinstance(ops[-1], Merge)
+    assert len(ops[-1].inputs) == 2
+    (file_op,) = _of(result.definition, File)
+    assert file_op.base_input is None
+
+
+def test_copy_from_stage_and_image() -> None:
+    result = _convert(
+        "FROM debian AS build\nWORKDIR /w\nRUN make\n"
+        "FROM scratch\nCOPY --from=build /w/out /bin/out\nCOPY --from=alpine:3 /etc/os-release /\n"
+    )
+    assert len(_of(result.definition, Exec)) == 1
+    files = _of(result.definition, File)
+    last = files[-1]
+    assert [type(a) for a in last.actions] == [Copy]
+    images = [op.ref for op in _of(result.definition, ImageSource)]
+    assert images == ["debian", "alpine:3"]
+    assert set(result.stage_states) == {0, 1}
+    assert result.config.env == ()
+
+
+def test_add_url_and_archive() -> None:
+    result = _convert(
+        "FROM debian\nADD --checksum=sha256:" + "0" * 64 + " https://example.com/f/x.txt /d/\n"
+        "ADD a.tar.gz /x/\n"
+    )
+    (http,) = _of(result.definition, HttpSource)
+    assert http.url == "https://example.com/f/x.txt"
+    assert http.checksum == "sha256:" + "0" * 64
+    copies = _copies(result.definition)
+    assert (copies[0].src, copies[0].dest) == ("/x.txt", "/d/x.txt")
+    assert copies[1].attempt_unpack_docker_compatibility
+
+
+def test_copy_heredoc_mkfile() -> None:
+    result = _convert("FROM debian\nCOPY <<EOF /etc/greeting\nhello\nEOF\n")
+    mkfiles = [
+        a for op in _of(result.definition, File) for a in op.actions if isinstance(a, Mkfile)
+    ]
+    assert mkfiles == [Mkfile(path="/EOF", data=b"hello\n", mode=0o644)]
+    assert _copies(result.definition)[0].dest == "/etc/greeting"
+
+
+def test_config_fields() -> None:
+    result = _convert(
+        'FROM debian\nCMD ["keep"]\nENTRYPOINT ["/e"]\nLABEL a=1 b=2\nLABEL a=3\n'
+        "EXPOSE 80 53/udp 8000-8001\nVOLUME /data\nSTOPSIGNAL SIGINT\n"
+        "HEALTHCHECK --interval=5s --retries=2 CMD curl -f localhost\nUSER app\n"
+    )
+    config = result.config.to_oci_config()["config"]
+    assert config["Entrypoint"] == ["/e"]
+    assert config["Cmd"] == ["keep"]
+    assert config["Labels"] == {"a": "3", "b": "2"}
+    assert list(config["ExposedPorts"]) == ["80/tcp", "53/udp", "8000/tcp", "8001/tcp"]
+    assert config["Volumes"] == {"/data": {}}
+    assert config["StopSignal"] == "SIGINT"
+    assert config["Healthcheck"] == {
+        "Test": ["CMD-SHELL", "curl -f localhost"],
+        "Interval": 5_000_000_000,
+        "Retries": 2,
+    }
+    assert config["User"] == "app"
+    assert config["Env"] == [f"PATH={DEFAULT_PATH}"]
+
+
+def test_entrypoint_resets_inherited_cmd() -> None:
+    result = _convert("FROM debian\nENTRYPOINT echo hi\n")
+    assert result.config.cmd is None
+    assert result.config.entrypoint == ("/bin/sh", "-c", "echo hi")
+    after = _convert('FROM debian\nENTRYPOINT ["/e"]\nCMD ["x"]\n')
+    assert after.config.cmd == ("x",)
+
+
+def test_stage_inherits_config_from_stage() -> None:
+    result = _convert("FROM debian AS a\nENV X=1\nWORKDIR /w\nFROM a\nRUN pwd\n")
+    (run,) = [op for op in _of(result.definition, Exec)]
+    assert run.cwd == "/w"
+    assert "X=1" in run.env
+    assert result.config.workdir == "/w"
+
+
+def test_base_config_as_state_and_onbuild() -> None:
+    base = ImageConfigState(env=("A=1",), workdir="/srv", user="u")
+    result = _convert("FROM img\nRUN true\nONBUILD RUN x\n", base_config=lambda r, p: base)
+    (run,) = _of(result.definition, Exec)
+    assert (run.env, run.cwd, run.user) == (("A=1",), "/srv", "u")
+    assert result.config.onbuild == ("RUN x",)
+    round_trip = ImageConfigState.from_oci_config(result.config.to_oci_config())
+    assert round_trip == result.config
+
+
+def test_descriptions_and_locations() -> None:
+    result = _convert("FROM debian AS b\n\nRUN echo \\\n  hi\n")
+    metadata = list(result.definition.metadata.values())
+    run_meta = next(m for m in metadata if "RUN" in m.description)
+    assert run_meta.description == "[b 2/2] RUN echo hi"
+    assert run_meta.source_locations[0].start_line == 3
+    assert run_meta.source_locations[0].end_line == 4
+
+
+def test_entrypoint_in_child_stage_drops_parent_cmd() -> None:
+    result = _convert((DOCKERFILES / "entrypoint-cmd" / "Dockerfile").read_text())
+    assert result.config.entrypoint == ("/bin/echo",)
+    assert result.config.cmd is None
+    shell_form = _convert(
+        (DOCKERFILES / "entrypoint-cmd" / "Dockerfile").read_text(), target="shell-form"
+    )
+    assert shell_form.config.entrypoint == ("/bin/sh", "-c", "echo shell entry")
+    assert shell_form.config.cmd == ("/bin/sh", "-c", "echo shell cmd")
+
+
+def test_insecure_run_is_refused_with_its_line() -> None:
+    with pytest.raises(ParseError) as caught:
+        _convert("FROM debian\n\nRUN --security=insecure true\n")
+    assert caught.value.line == 3
+
+
+def test_workdir_mkdir_is_owned_by_user_and_relative() -> None:
+    result = _convert("FROM scratch\nUSER app:grp\nWORKDIR a\nWORKDIR b\n")
+    mkdirs = [a for op in _of(result.definition, File) for a in op.actions]
+    assert [m.path for m in mkdirs] == ["/a", "/a/b"]
+    assert all(m.make_parents and m.chown is not None and m.chown.user == "app" for m in mkdirs)
+    assert result.config.workdir == "/a/b"
+    assert _of(result.definition, File)[0].base_input is None
+
+
+def test_base_image_onbuild_triggers_are_refused() -> None:
+    base = ImageConfigState(onbuild=("RUN echo hi",))
+    with pytest.raises(ParseError) as caught:
+        _convert("FROM img\nRUN true\n", base_config=lambda r, p: base)
+    assert caught.value.line == 1
+    assert "ONBUILD" in str(caught.value)
+
+
+def test_copy_from_image_uses_stage_platform() -> None:
+    result = _convert("FROM --platform=linux/arm64 scratch\nCOPY --from=busybox /bin/sh /sh\n")
+    (image,) = _of(result.definition, ImageSource)
+    assert (image.ref, image.platform) == ("busybox", "linux/arm64")
