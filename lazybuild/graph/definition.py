@@ -184,6 +184,9 @@ class _OpChecker:
             outputs.append(mount.output)
         if sorted(outputs) != list(range(len(outputs))):
             raise self.fail(f"exec outputs must be numbered 0..n-1, got {outputs}")
+        names = [secret.name for secret in op.secret_env]
+        if any(not name or "=" in name for name in names) or len(set(names)) != len(names):
+            raise self.fail(f"secret env names must be distinct and well-formed, got {names}")
 
 
 def _check_acyclic(ops: Mapping[str, Operation]) -> None:

@@ -100,6 +100,17 @@ class ExecMount:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SecretEnv:
+    """Secret ``secret_id`` exposed to the process as environment variable ``name``
+    (``RUN --mount=type=secret,env=NAME``); kept out of ``env`` so it never reaches the
+    cache key, the history or a layer. ``required`` makes a missing secret an error."""
+
+    name: str
+    secret_id: str
+    required: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class Exec:
     """Run ``args`` in a container. ``env`` is ``KEY=value`` strings in order; ``user`` is
     as Docker's USER (``name``, ``uid``, ``name:group``...), resolved in the root filesystem,
@@ -107,6 +118,7 @@ class Exec:
 
     ``proxy_env`` (``KEY=value``) is set like ``env`` but left out of the cache key, as
     Docker does for its predefined proxy args: a build behind another proxy still hits.
+    ``secret_env``: secrets given to the process as environment variables.
     """
 
     json_tag: ClassVar[str] = "exec"
@@ -118,6 +130,7 @@ class Exec:
     network: Network = "default"
     hostname: str = ""
     mounts: tuple[ExecMount, ...]
+    secret_env: tuple[SecretEnv, ...] = ()
     inputs: tuple[Input, ...] = ()
 
 

@@ -33,6 +33,7 @@ from lazybuild.graph.ops import (
     Operation,
     OpMetadata,
     Rm,
+    SecretEnv,
     encode_op,
 )
 
@@ -230,6 +231,7 @@ class State:
         mounts: Sequence[RunMount] = (),
         network: Network | None = None,
         proxy_env: Sequence[str] = (),
+        secret_env: Sequence[SecretEnv] = (),
         metadata: OpMetadata | None = None,
     ) -> ExecState:
         """Run ``args`` on this state with its env, dir, user, hostname and network
@@ -257,6 +259,7 @@ class State:
             network=network or self.network,
             hostname=self.hostname,
             mounts=tuple(exec_mounts),
+            secret_env=tuple(secret_env),
         )
         node = _Node(op, tuple(inputs.outputs), metadata or OpMetadata())
         return ExecState(

@@ -60,6 +60,7 @@ from lazybuild.graph import (
     Mkfile,
     OpMetadata,
     RunMount,
+    SecretEnv,
     SourceLocation,
     State,
     copy,
@@ -421,7 +422,14 @@ class _Converter:
         else:
             args = (*shell, ins.command.text)
         workdir = config.workdir or "/"
+        secret_env: list[SecretEnv] = []
         for index, mount in enumerate(ins.mounts):
+            if mount.type == "secret" and mount.env:
+                secret_env.append(
+                    SecretEnv(name=mount.env, secret_id=mount.id or "", required=mount.required)
+                )
+                if mount.target is None:
+                    continue  # env= alone: the secret is not a file as well
             source_ref = step.mount_from[index] if index < len(step.mount_from) else None
             mounts.append(self.run_mount(ins, mount, source_ref, workdir, index))
         if ins.security != "sandbox":
@@ -437,6 +445,7 @@ class _Converter:
             mounts=mounts,
             network=ins.network if ins.network != "default" else None,
             proxy_env=self.proxy_env,
+            secret_env=secret_env,
             metadata=meta,
         )
         prefix = ""
@@ -484,8 +493,6 @@ class _Converter:
         if mount.type == "tmpfs":
             return RunMount(dest=dest("/"), kind="tmpfs", size=mount.size)
         if mount.type == "secret":
-            # ``env=`` without a target: the graph has no secret-as-env yet, so the
-            # secret is mounted at its default path.
             return RunMount(
                 dest=dest(f"/run/secrets/{mount.id}"),
                 kind="secret",

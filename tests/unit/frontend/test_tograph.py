@@ -23,6 +23,7 @@ from lazybuild.graph import (
     Mkdir,
     Mkfile,
     Operation,
+    SecretEnv,
     decode_op,
 )
 from lazybuild.oci.platform import Platform
@@ -340,3 +341,17 @@ def test_copy_from_image_uses_stage_platform() -> None:
     result = _convert("FROM --platform=linux/arm64 scratch\nCOPY --from=busybox /bin/sh /sh\n")
     (image,) = _of(result.definition, ImageSource)
     assert (image.ref, image.platform) == ("busybox", "linux/arm64")
+
+
+def test_secret_as_env_stays_out_of_env_and_mounts() -> None:
+    result = _convert(
+        "FROM debian\n"
+        'RUN --mount=type=secret,id=token,env=TOKEN,required=true test -n "$TOKEN"\n'
+        "RUN --mount=type=secret,id=key,env=KEY,target=/key.pem cat /key.pem\n"
+    )
+    first, second = _of(result.definition, Exec)
+    assert first.secret_env == (SecretEnv(name="TOKEN", secret_id="token", required=True),)
+    assert [m.kind for m in first.mounts] == ["bind"]  # env= alone: no secret file
+    assert not any("TOKEN" in item for item in first.env)
+    assert second.secret_env == (SecretEnv(name="KEY", secret_id="key"),)
+    assert [(m.kind, m.dest) for m in second.mounts][1:] == [("secret", "/key.pem")]
