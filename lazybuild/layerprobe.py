@@ -9,9 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lazybuild.errors import FormatError
-from lazybuild.estargz.footer import parse_footer
 from lazybuild.estargz.layerformat import LayerFormat, detect_format
-from lazybuild.estargz.reader import OpenedLayer, parse_layer, tail_read_range
+from lazybuild.estargz.reader import (
+    OpenedLayer,
+    parse_layer,
+    read_toc_region,
+    tail_read_range,
+)
 from lazybuild.imagestore import ImageSource
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
@@ -47,37 +51,10 @@ async def probe_layer(source: ImageSource, descriptor: Descriptor, where: str) -
                 f"{where}: annotated with a TOC digest but has no valid eStargz footer"
             )
         return LayerProbe(descriptor, layer_format, None)
-    opened = await _open_toc(
-        source,
-        descriptor,
-        tail=tail,
-        tail_start=tail_start,
-        expected_toc_digest=expected,
-        where=where,
-    )
+
+    async def read_at(offset: int, length: int) -> bytes:
+        return await source.read_range(descriptor, offset, length)
+
+    region, region_start = await read_toc_region(read_at, descriptor.size, tail=tail, where=where)
+    opened = parse_layer(region, region_start, descriptor.size, expected, where=where)
     return LayerProbe(descriptor, layer_format, opened)
-
-
-async def _open_toc(
-    source: ImageSource,
-    descriptor: Descriptor,
-    *,
-    tail: bytes,
-    tail_start: int,
-    expected_toc_digest: str | None,
-    where: str,
-) -> OpenedLayer:
-    try:
-        footer = parse_footer(tail)
-    except FormatError as exc:
-        raise FormatError(f"{where}: {exc}") from None
-    if footer.toc_offset < tail_start:
-        # The TOC starts before what the first read covered: one more read brings it all.
-        if footer.toc_offset < 0 or footer.toc_offset >= descriptor.size:
-            raise FormatError(
-                f"{where}: TOC offset {footer.toc_offset} outside the blob "
-                f"({descriptor.size} bytes)"
-            )
-        tail_start = footer.toc_offset
-        tail = await source.read_range(descriptor, tail_start, descriptor.size - tail_start)
-    return parse_layer(tail, tail_start, descriptor.size, expected_toc_digest, where=where)

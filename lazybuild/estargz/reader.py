@@ -9,7 +9,7 @@ into an index, and chunk content against its ``chunkDigest`` before it is return
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from lazybuild.errors import DigestMismatchError, FormatError
@@ -39,6 +39,34 @@ def tail_read_range(blob_size: int) -> tuple[int, int]:
         raise ValueError(f"negative blob size {blob_size}")
     length = min(blob_size, max(TAIL_READ_SIZE, FOOTER_SIZE))
     return blob_size - length, length
+
+
+async def read_toc_region(
+    read_at: Callable[[int, int], Awaitable[bytes]],
+    blob_size: int,
+    *,
+    tail: bytes | None = None,
+    where: str = "layer",
+) -> tuple[bytes, int]:
+    """The end of a blob from its TOC on, and where that starts: the input of ``parse_layer``.
+
+    ``read_at(offset, length)`` is the caller's async reader (a registry, a file);
+    ``tail`` is the ``tail_read_range`` read when the caller already made it. One read
+    usually covers footer and TOC; a bigger TOC costs exactly one more.
+    """
+    tail_start, tail_length = tail_read_range(blob_size)
+    if tail is None:
+        tail = await read_at(tail_start, tail_length)
+    try:
+        footer = parse_footer(tail[-FOOTER_SIZE:] if len(tail) > FOOTER_SIZE else tail)
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None
+    if footer.toc_offset < tail_start:
+        if footer.toc_offset < 0:
+            raise FormatError(f"{where}: TOC offset {footer.toc_offset} outside the blob")
+        tail = await read_at(footer.toc_offset, tail_start - footer.toc_offset) + tail
+        tail_start = footer.toc_offset
+    return tail, tail_start
 
 
 def sha256_digest(data: bytes | bytearray | memoryview) -> str:

@@ -22,7 +22,7 @@ import trio
 from lazybuild.errors import FormatError
 from lazybuild.estargz.footer import FOOTER_SIZE, parse_footer
 from lazybuild.estargz.index import LayerIndex
-from lazybuild.estargz.reader import parse_layer, sha256_digest, tail_read_range
+from lazybuild.estargz.reader import parse_layer, read_toc_region, sha256_digest
 from lazybuild.estargz.toc import decode_toc_json
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.mediatypes import TOC_DIGEST_ANNOTATION
@@ -114,15 +114,7 @@ async def open_index(
             return LayerIndex(decode_toc_json(stored), data_end=toc_offset, where=where)
 
         return await trio.to_thread.run_sync(index_from_stored), fetched
-    tail_start, tail_length = tail_read_range(blob.size)
-    tail = await blob.read_at(tail_start, tail_length)
-    footer = parse_footer(tail)
-    if footer.toc_offset < tail_start:
-        # A TOC bigger than the first read: one more read brings the rest of it.
-        if footer.toc_offset < 0:
-            raise FormatError(f"{where}: TOC offset {footer.toc_offset} outside the blob")
-        tail = await blob.read_at(footer.toc_offset, tail_start - footer.toc_offset) + tail
-        tail_start = footer.toc_offset
+    tail, tail_start = await read_toc_region(blob.read_at, blob.size, where=where)
 
     def parse() -> LayerIndex:
         opened = parse_layer(tail, tail_start, blob.size, expected, where=where)
