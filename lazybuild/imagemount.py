@@ -31,6 +31,11 @@ class RegistryOptions:
     insecure_registries: tuple[str, ...] = ()
     docker_config: Path | None = None
 
+    def client(self) -> RegistryClient:
+        return RegistryClient(
+            insecure_registries=self.insecure_registries, docker_config=self.docker_config
+        )
+
 
 @dataclass
 class MountedImage:
@@ -72,10 +77,7 @@ async def mounted_image(
         resolved_images: list[ResolvedImage] = []
 
         async def resolve() -> None:
-            async with RegistryClient(
-                insecure_registries=registry.insecure_registries,
-                docker_config=registry.docker_config,
-            ) as client:
+            async with registry.client() as client:
                 resolved_images.append(await client.resolve_image(reference, host_platform()))
 
         async with trio.open_nursery() as nursery:

@@ -33,12 +33,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 async def run_inspect(args: argparse.Namespace) -> int:
     from lazybuild.imagestore import open_source
     from lazybuild.inspect import inspect_image
-    from lazybuild.registry.client import RegistryClient
 
     registry = registry_options(args)
-    async with RegistryClient(
-        insecure_registries=registry.insecure_registries, docker_config=registry.docker_config
-    ) as client:
+    async with registry.client() as client:
         report = await inspect_image(open_source(args.image, client))
     print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())
     return 0
@@ -48,7 +45,6 @@ async def run_convert(args: argparse.Namespace) -> int:
     from lazybuild.convert import ConvertOptions, convert_image
     from lazybuild.imagestore import open_source, open_target
     from lazybuild.progress import Progress, human_size
-    from lazybuild.registry.client import RegistryClient
 
     progress = Progress(quiet=args.quiet)
     options = ConvertOptions(
@@ -58,9 +54,7 @@ async def run_convert(args: argparse.Namespace) -> int:
         tmpdir=args.tmpdir,
     )
     registry = registry_options(args)
-    async with RegistryClient(
-        insecure_registries=registry.insecure_registries, docker_config=registry.docker_config
-    ) as client:
+    async with registry.client() as client:
         source = open_source(args.source, client)
         target = open_target(args.destination, client, source)
         progress.line(f"converting {source.description} -> {target.description}")
