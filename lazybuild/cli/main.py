@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 import trio
@@ -16,6 +18,28 @@ from lazybuild.errors import LazybuildError
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
+
+
+async def _run_command(args: argparse.Namespace) -> int:
+    """Run the command; SIGTERM interrupts it the way Ctrl-C does, so cleanup runs.
+
+    Commands that want signals for themselves (``mount``, ``run``) open their own
+    receivers, which take precedence while they are open.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        exit_code: int = await args.run(args)
+        return exit_code
+    with trio.open_signal_receiver(signal.SIGTERM) as terminations:
+        async with trio.open_nursery() as nursery:
+
+            async def until_terminated() -> None:
+                async for _ in terminations:
+                    raise KeyboardInterrupt
+
+            nursery.start_soon(until_terminated)
+            exit_code = await args.run(args)
+            nursery.cancel_scope.cancel()
+    return exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +95,15 @@ def _os_error_text(error: OSError) -> str:
     return f"{error.strerror or error}{where}"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        # Until trio takes signals over, SIGTERM interrupts like Ctrl-C (stale-mount
+        # cleanup runs before it).
+        signal.signal(signal.SIGTERM, _interrupt)
     args = build_parser().parse_args(argv)
     # Library warnings (e.g. a layer that fails verification) are one line each.
     logging.basicConfig(
@@ -81,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in _COMMANDS_USING_STATE:
             _clean_up_after_killed_runs(args)
-        exit_code: int = trio.run(args.run, args)
+        exit_code: int = trio.run(_run_command, args)
         return exit_code
     except BaseException as exc:
         if _is_interrupt(exc):

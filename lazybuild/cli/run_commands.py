@@ -93,41 +93,57 @@ async def run_mount(args: argparse.Namespace) -> int:
     for directory in (upper, work):
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-    async with mounted_image(
-        args.image,
-        target,
-        state_dir=state_dir(args),
-        registry=registry_options(args),
-        progress=progress,
-        upper=upper,
-        work=work,
-        background_fetch=args.background_fetch,
-    ) as image:
-        mode = "writable" if upper else "read-only"
-        progress.line(
-            f"mounted {image.reference} at {target} ({mode}); "
-            f"stop with Ctrl-C or `lazybuild umount {target}`"
-        )
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
+    # Signals are taken from the start: one that arrives while the mount is coming up
+    # cancels it (and everything is unmounted); once it is up, one ends it cleanly.
+    is_up = False
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
 
-                async def until_signal() -> None:
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
+            async def until_signal() -> None:
+                async for _ in signals:
+                    if is_up:
+                        stop.set()
+                    else:
+                        raise KeyboardInterrupt
 
-                async def until_unmounted() -> None:
-                    while is_mounted(target):
-                        if not image.service.running:
-                            raise FilesystemServiceError(
-                                f"the filesystem behind {target} stopped "
-                                f"({image.service.failure_reason()}); unmounting"
-                            )
-                        await trio.sleep(_UNMOUNT_POLL_SECONDS)
-                    nursery.cancel_scope.cancel()
+            nursery.start_soon(until_signal)
+            async with mounted_image(
+                args.image,
+                target,
+                state_dir=state_dir(args),
+                registry=registry_options(args),
+                progress=progress,
+                upper=upper,
+                work=work,
+                background_fetch=args.background_fetch,
+            ) as image:
+                is_up = True
+                mode = "writable" if upper else "read-only"
+                progress.line(
+                    f"mounted {image.reference} at {target} ({mode}); "
+                    f"stop with Ctrl-C or `lazybuild umount {target}`"
+                )
+                async with trio.open_nursery() as waiters:
 
-                nursery.start_soon(until_signal)
-                nursery.start_soon(until_unmounted)
-        report = await image.fetch_report()
+                    async def until_stopped() -> None:
+                        await stop.wait()
+                        waiters.cancel_scope.cancel()
+
+                    async def until_unmounted() -> None:
+                        while is_mounted(target):
+                            if not image.service.running:
+                                raise FilesystemServiceError(
+                                    f"the filesystem behind {target} stopped "
+                                    f"({image.service.failure_reason()}); unmounting"
+                                )
+                            await trio.sleep(_UNMOUNT_POLL_SECONDS)
+                        waiters.cancel_scope.cancel()
+
+                    waiters.start_soon(until_stopped)
+                    waiters.start_soon(until_unmounted)
+                report = await image.fetch_report()
+            nursery.cancel_scope.cancel()
     _finish_report(args, report)
     return 0
 
