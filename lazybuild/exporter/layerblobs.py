@@ -1,0 +1,212 @@
+"""A build step's layer directory as an eStargz blob, compressed once and kept.
+
+A ``LocalLayer`` never changes after it is committed, so its blob depends only on the
+layer id and on what shapes the bytes: the writer's chunk size, gzip level and
+prioritized files, and SOURCE_DATE_EPOCH (which clamps mtimes). Those make the cache
+key; the worker count does not (the writer's output does not depend on it).
+
+Cache files, in ``LayerStore.blobs_dir``:
+
+``<layer id>-<fingerprint>.esgz``   the blob
+``<layer id>-<fingerprint>.json``   its descriptor and diff_id (the sidecar)
+
+The blob is written under the store's staging directory and renamed into place, then
+the sidecar is written the same way. A blob counts only when its sidecar exists and its
+size matches, so a crash at any point leaves either nothing that is read, or a blob
+that is simply written again. Leftover temp files are in staging, which the next build
+clears (``LayerStore.clean_staging``). Consumers verify the digest while copying or
+uploading a blob, so a blob damaged on disk later fails there rather than being
+published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from lazybuild.errors import LazybuildError
+from lazybuild.estargz.writer import WriterOptions, WrittenLayer, write_estargz
+from lazybuild.oci import mediatypes
+from lazybuild.oci.descriptor import Descriptor
+from lazybuild.snapshot.diff import write_upper_as_tar
+from lazybuild.worker.layers import LocalLayer
+from lazybuild.worker.layerstore import LayerStore
+
+__all__ = ["LayerBlob", "local_layer_blob", "local_layer_blobs", "writer_fingerprint"]
+
+# Bump when the bytes made from the same layer and options change (diff or writer), so
+# blobs cached by an older lazybuild are not reused.
+BLOB_FORMAT_VERSION = 1
+_SIDECAR_VERSION = 1
+# Compression already uses every core inside the writer; two layers at once keep the
+# cores busy while the other one walks its tree or writes its tar.
+DEFAULT_COMPRESSION_CONCURRENCY = 2
+
+
+class LayerBlobError(LazybuildError):
+    """A local layer that cannot be turned into a blob (gone, unreadable)."""
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    """An eStargz blob of a local layer: ``descriptor`` carries the TOC digest and
+    uncompressed size annotations; ``path`` is the cached file (do not modify it)."""
+
+    descriptor: Descriptor
+    diff_id: str
+    path: Path
+
+
+def writer_fingerprint(options: WriterOptions, source_date_epoch: int | None) -> str:
+    """What of the writer options and epoch shapes a blob's bytes, as a short hash."""
+    shaping = {
+        "format": BLOB_FORMAT_VERSION,
+        "chunk_size": options.chunk_size,
+        "compression_level": options.compression_level,
+        "prioritized_files": list(options.prioritized_files or ()),
+        "source_date_epoch": source_date_epoch,
+    }
+    encoded = json.dumps(shaping, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+async def local_layer_blob(
+    layer: LocalLayer,
+    store: LayerStore,
+    options: WriterOptions,
+    *,
+    source_date_epoch: int | None,
+) -> LayerBlob:
+    """The layer as an eStargz blob, from the cache or compressed now (in a thread)."""
+    return await trio.to_thread.run_sync(
+        _cached_or_written, layer, store, options, source_date_epoch
+    )
+
+
+async def local_layer_blobs(
+    layers: Sequence[LocalLayer],
+    store: LayerStore,
+    options: WriterOptions,
+    *,
+    source_date_epoch: int | None,
+    concurrency: int = DEFAULT_COMPRESSION_CONCURRENCY,
+    on_done: Callable[[LocalLayer, LayerBlob], None] | None = None,
+) -> dict[str, LayerBlob]:
+    """Blobs of ``layers`` by layer id, at most ``concurrency`` compressed at once; a layer
+    listed twice is compressed once."""
+    limiter = trio.CapacityLimiter(max(1, concurrency))
+    unique = {layer.id: layer for layer in layers}
+    blobs: dict[str, LayerBlob] = {}
+
+    async def one(layer: LocalLayer) -> None:
+        async with limiter:
+            blob = await local_layer_blob(
+                layer, store, options, source_date_epoch=source_date_epoch
+            )
+        blobs[layer.id] = blob
+        if on_done is not None:
+            on_done(layer, blob)
+
+    async with trio.open_nursery() as nursery:
+        for layer in unique.values():
+            nursery.start_soon(one, layer)
+    return blobs
+
+
+def _cached_or_written(
+    layer: LocalLayer, store: LayerStore, options: WriterOptions, epoch: int | None
+) -> LayerBlob:
+    name = f"{layer.id}-{writer_fingerprint(options, epoch)}"
+    blob_path = store.blobs_dir / f"{name}.esgz"
+    sidecar_path = store.blobs_dir / f"{name}.json"
+    cached = _read_sidecar(sidecar_path, blob_path)
+    if cached is not None:
+        return cached
+    if not layer.path.is_dir():
+        raise LayerBlobError(
+            f"layer {layer.id} is gone from {layer.path} (pruned?); rebuild without cache"
+        )
+    written = _write_blob(layer.path, store, blob_path, options, epoch)
+    blob = LayerBlob(_descriptor(written), written.diff_id, blob_path)
+    _write_atomic(store, sidecar_path, _encode_sidecar(blob))
+    return blob
+
+
+def _descriptor(written: WrittenLayer) -> Descriptor:
+    # The same media type and annotations as layers made by `lazybuild convert`.
+    return Descriptor(
+        mediatypes.OCI_LAYER_GZIP,
+        written.digest,
+        written.size,
+        {
+            mediatypes.TOC_DIGEST_ANNOTATION: written.toc_digest,
+            mediatypes.UNCOMPRESSED_SIZE_ANNOTATION: str(written.uncompressed_size),
+        },
+    )
+
+
+def _write_blob(
+    upper: Path, store: LayerStore, blob_path: Path, options: WriterOptions, epoch: int | None
+) -> WrittenLayer:
+    token = secrets.token_hex(8)
+    tar_path = store.staging_dir / f"export-{token}.tar"
+    staged = store.staging_dir / f"export-{token}.esgz"
+    try:
+        # The writer needs a seekable tar (it reorders entries), so the diff goes to a file.
+        with tar_path.open("w+b") as tar:
+            write_upper_as_tar(upper, tar, source_date_epoch=epoch)
+            tar.seek(0)
+            with staged.open("wb") as out:
+                written = write_estargz(tar, out, options)
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(staged, blob_path)
+    finally:
+        tar_path.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
+    return written
+
+
+def _encode_sidecar(blob: LayerBlob) -> bytes:
+    document = {
+        "version": _SIDECAR_VERSION,
+        "descriptor": blob.descriptor.to_json(),
+        "diff_id": blob.diff_id,
+    }
+    return json.dumps(document, sort_keys=True).encode()
+
+
+def _read_sidecar(sidecar_path: Path, blob_path: Path) -> LayerBlob | None:
+    """The cached blob, or None when there is none or it is incomplete or unreadable."""
+    try:
+        document: Any = json.loads(sidecar_path.read_bytes())
+        if document.get("version") != _SIDECAR_VERSION:
+            return None
+        descriptor = Descriptor.from_json(document["descriptor"], str(sidecar_path))
+        diff_id = str(document["diff_id"])
+        size = blob_path.stat().st_size
+    except (OSError, ValueError, KeyError, AttributeError, LazybuildError):
+        return None
+    if size != descriptor.size:
+        return None
+    return LayerBlob(descriptor, diff_id, blob_path)
+
+
+def _write_atomic(store: LayerStore, path: Path, data: bytes) -> None:
+    staged = store.staging_dir / f"export-{secrets.token_hex(8)}.json"
+    try:
+        with staged.open("wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)

@@ -1,0 +1,145 @@
+"""Pushing the exported image to a registry, moving as few bytes as possible.
+
+Per layer: nothing when the target repository has the blob already. A base image's
+layer on the same registry is mounted from the repository it came from (its bytes
+never pass through this machine); from another registry it has to be streamed through
+(downloaded, verified, uploaded), which is said. A build step's layer is uploaded from
+its cached blob. Then the config, and last the manifest by tag, so the tag never names
+an image with missing blobs.
+
+Pushing to several names, a later repository on the same registry mounts local layers
+from an earlier one instead of uploading them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from lazybuild.exporter.content import BlobFiles, PreparedLayer
+from lazybuild.exporter.image import AssembledImage
+from lazybuild.progress import human_size, short_digest
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
+
+__all__ = ["PushReport", "push_image"]
+
+# Uploads overlap; the registry and the link, not the CPU, are the limit.
+_PUSH_CONCURRENCY = 4
+
+
+@dataclass
+class PushReport:
+    """What happened to each layer blob pushed to ``name``: by outcome, the digests."""
+
+    name: str
+    manifest_digest: str = ""
+    exists: list[str] = field(default_factory=list)
+    mounted: list[str] = field(default_factory=list)
+    uploaded: list[str] = field(default_factory=list)
+    # Base layers from another registry (or one that refused to mount), copied through.
+    copied: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [
+            f"{len(items)} {word}"
+            for word, items in (
+                ("already there", self.exists),
+                ("mounted", self.mounted),
+                ("uploaded", self.uploaded),
+                ("copied from another registry", self.copied),
+            )
+            if items
+        ]
+        return f"layers: {', '.join(parts) or 'none'}"
+
+
+async def push_image(
+    image: AssembledImage,
+    layers: Sequence[PreparedLayer],
+    names: Sequence[str],
+    *,
+    registry: RegistryClient,
+    blobs: BlobFiles,
+    progress: Callable[[str], None],
+) -> list[PushReport]:
+    """Push ``image`` to every name in turn; one report per name."""
+    reports = []
+    pushed: list[Reference] = []
+    for name in names:
+        ref = Reference.parse(name)
+        progress(f"pushing {ref}")
+        earlier = tuple(r for r in pushed if r.registry == ref.registry)
+        report = await _push_one(
+            image, layers, ref, earlier=earlier, registry=registry, blobs=blobs, progress=progress
+        )
+        progress(f"pushed {ref}@{report.manifest_digest} ({report.summary()})")
+        reports.append(report)
+        pushed.append(ref)
+    return reports
+
+
+async def _push_one(
+    image: AssembledImage,
+    layers: Sequence[PreparedLayer],
+    ref: Reference,
+    *,
+    earlier: tuple[Reference, ...],
+    registry: RegistryClient,
+    blobs: BlobFiles,
+    progress: Callable[[str], None],
+) -> PushReport:
+    report = PushReport(str(ref))
+    limiter = trio.CapacityLimiter(_PUSH_CONCURRENCY)
+    unique = {layer.descriptor.digest: layer for layer in layers}
+
+    async def push_layer(layer: PreparedLayer) -> None:
+        async with limiter:
+            outcome = await _push_layer(
+                layer, ref, earlier=earlier, registry=registry, blobs=blobs, progress=progress
+            )
+        getattr(report, outcome).append(layer.descriptor.digest)
+
+    async with trio.open_nursery() as nursery:
+        for layer in unique.values():
+            nursery.start_soon(push_layer, layer)
+    await registry.push_blob(ref, image.config_descriptor, image.config_bytes)
+    # A name given by digest (repo@sha256:...) is pushed by that digest, which
+    # push_manifest checks against the bytes.
+    report.manifest_digest = await registry.push_manifest(
+        ref, image.manifest_bytes, image.manifest_descriptor.media_type
+    )
+    return report
+
+
+async def _push_layer(
+    layer: PreparedLayer,
+    ref: Reference,
+    *,
+    earlier: tuple[Reference, ...],
+    registry: RegistryClient,
+    blobs: BlobFiles,
+    progress: Callable[[str], None],
+) -> str:
+    """Make the layer's blob exist in ``ref``'s repository; the outcome's report field."""
+    descriptor = layer.descriptor
+    if layer.remote is None:
+        assert layer.local_blob is not None
+        return await registry.push_blob(ref, descriptor, layer.local_blob, earlier)
+    if await registry.has_blob(ref, descriptor.digest):
+        return "exists"
+    source = Reference.parse(layer.remote.source)
+    what = f"base layer {short_digest(descriptor.digest)} ({human_size(descriptor.size)})"
+    if source.registry == ref.registry:
+        if await registry.mount_blob(ref, descriptor.digest, (source, *earlier)):
+            return "mounted"
+        # The registry can refuse (mounting disabled, no pull access to the source):
+        # copying through is then the only way, as BuildKit does; say what it costs.
+        progress(f"{ref.registry} refused to mount {what} from {source.repository}; copying it")
+    else:
+        progress(f"{what} is on {source.registry}, not {ref.registry}: copying it through")
+    path = await blobs.path(descriptor.digest)
+    await registry.push_blob(ref, descriptor, path, earlier)
+    return "copied"
