@@ -286,6 +286,10 @@ class LazyMountService:
             raise failures[0]
         return [mount for mount in results if mount is not None]
 
+    async def fetch_all(self, digests: Sequence[str]) -> None:
+        """Fetch these added layers whole now, in large requests (before reading all)."""
+        await self._request(control.FetchAll(tuple(digests)))
+
     async def stats(self) -> FetchReport:
         reply = await self._request(control.Stats())
         layers = reply.get("layers", [])

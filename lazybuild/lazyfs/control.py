@@ -33,11 +33,20 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class FetchAll:
+    """Fetch every chunk of these (added) layers now, in large requests: for a reader
+    that is about to read everything (an export of the whole root filesystem)."""
+
+    digests: tuple[str, ...]
+    op: Literal["fetch_all"] = "fetch_all"
+
+
+@dataclass(frozen=True)
 class Shutdown:
     op: Literal["shutdown"] = "shutdown"
 
 
-Request = AddLayer | Stats | Shutdown
+Request = AddLayer | Stats | FetchAll | Shutdown
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ def encode(message: dict[str, Any]) -> bytes:
 def encode_request(request: Request) -> bytes:
     if isinstance(request, AddLayer):
         return encode({"op": request.op, "ref": request.ref, "descriptor": request.descriptor})
+    if isinstance(request, FetchAll):
+        return encode({"op": request.op, "digests": list(request.digests)})
     return encode({"op": request.op})
 
 
@@ -77,6 +88,11 @@ def decode_request(line: bytes) -> Request:
         return AddLayer(ref=ref, descriptor=descriptor)
     if op == "stats":
         return Stats()
+    if op == "fetch_all":
+        digests = message.get("digests")
+        if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+            raise FormatError("fetch_all needs a list of layer digests")
+        return FetchAll(digests=tuple(digests))
     if op == "shutdown":
         return Shutdown()
     raise FormatError(f"unknown control operation {op!r}")

@@ -209,6 +209,14 @@ class LazyLayer:
                 done = await trio.to_thread.run_sync(self._cached_digests, remaining)
                 remaining = [site for site in remaining if site.digest not in done]
 
+    async def fetch_everything(self) -> None:
+        """Fetch, verify and cache every chunk not cached yet, now, in large batches."""
+        sites = sorted(self._all_sites(), key=lambda site: site.chunk.offset)
+        cached = await trio.to_thread.run_sync(self._cached_digests, sites)
+        pending = [site for site in sites if site.digest not in cached]
+        for batch in _batches(pending, BACKGROUND_BATCH_BYTES):
+            await self._load(batch, remember=False)
+
     # -- loading chunks --------------------------------------------------------
 
     async def _load(self, sites: Sequence[_Site], *, remember: bool = True) -> dict[str, bytes]:

@@ -125,6 +125,16 @@ class LayerSource:
                 await pending.wait()  # then retry: the other request may have failed
         return self._mounted[digest].added
 
+    async def fetch_all(self, digests: Sequence[str]) -> None:
+        """Fetch the named lazy layers whole (unpacked layers are local already)."""
+        async with trio.open_nursery() as nursery:
+            for digest in digests:
+                mounted = self._mounted.get(digest)
+                if mounted is None:
+                    raise LazybuildError(f"fetch_all: layer {digest} was not added")
+                if mounted.layer is not None:
+                    nursery.start_soon(mounted.layer.fetch_everything)
+
     def stats(self) -> list[dict[str, Any]]:
         report = []
         for mounted in self._mounted.values():
@@ -202,6 +212,8 @@ def is_lazy_layer(descriptor: Descriptor) -> bool:
 class Layers(Protocol):
     async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded: ...
 
+    async def fetch_all(self, digests: Sequence[str]) -> None: ...
+
     def stats(self) -> list[dict[str, Any]]: ...
 
 
@@ -241,6 +253,9 @@ class ControlServer:
                 return control.ok(path=added.path, mode=added.mode, digest=added.digest)
             if isinstance(request, control.Stats):
                 return control.ok(layers=self._layers.stats())
+            if isinstance(request, control.FetchAll):
+                await self._layers.fetch_all(request.digests)
+                return control.ok()
             return control.ok(shutdown=True)
         except LazybuildError as exc:
             log.error("control request failed: %s", exc)

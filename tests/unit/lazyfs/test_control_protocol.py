@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -22,12 +23,16 @@ DIGEST = "sha256:" + "ab" * 32
 class FakeLayers:
     def __init__(self) -> None:
         self.added: list[str] = []
+        self.fetched: list[str] = []
 
     async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
         if ref_text == "missing":
             raise NotFoundError("blob unknown to registry\nsecond line")
         self.added.append(ref_text)
         return control.LayerAdded(path=f"/mnt/{DIGEST[7:]}", mode="lazy", digest=DIGEST)
+
+    async def fetch_all(self, digests: Sequence[str]) -> None:
+        self.fetched.extend(digests)
 
     def stats(self) -> list[dict[str, Any]]:
         return [{"mode": "lazy", "digest": DIGEST, "size": 10, "bytes_fetched": 4}]
@@ -37,6 +42,7 @@ def test_requests_round_trip() -> None:
     requests: list[control.Request] = [
         control.AddLayer(ref="r/x:1", descriptor={"digest": DIGEST}),
         control.Stats(),
+        control.FetchAll(digests=(DIGEST,)),
         control.Shutdown(),
     ]
     for request in requests:
