@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import trio
 
 from lazybuild import __version__
-from lazybuild.cli import cache_commands, image_commands, run_commands
+from lazybuild.cli import build_commands, cache_commands, image_commands, run_commands
 from lazybuild.cli.options import add_global_options
 from lazybuild.errors import LazybuildError
 
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lazybuild {__version__}")
     add_global_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    build_commands.add_parsers(commands)
     image_commands.add_parsers(commands)
     run_commands.add_parsers(commands)
     cache_commands.add_parsers(commands)
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that touch mounts or caches first undo what killed runs left behind.
-_COMMANDS_USING_STATE = frozenset({"mount", "umount", "run", "du", "prune"})
+_COMMANDS_USING_STATE = frozenset({"build", "mount", "umount", "run", "du", "prune"})
 
 
 def _clean_up_after_killed_runs(args: argparse.Namespace) -> None:

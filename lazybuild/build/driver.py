@@ -1,0 +1,162 @@
+"""One build, start to end: graph, solve, hand the result over, clean up.
+
+Everything the build mounts (the lazy filesystem process, overlays of steps) lives in
+one ``AsyncExitStack`` and is gone when ``run_build`` returns or raises, whatever
+happened; staging directories a killed build left are removed before a new one starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from lazybuild.build.graphing import BuildGraph, build_graph
+from lazybuild.build.request import BuildRequest
+from lazybuild.context import BuildContext
+from lazybuild.errors import LazybuildError, UsageError
+from lazybuild.frontend.dockerfile.tograph import ImageConfigState
+from lazybuild.frontend.dockerignore import DockerIgnore
+from lazybuild.imagemount import RegistryOptions
+from lazybuild.lazyfs.client import FetchReport, LazyMountService
+from lazybuild.lazyfs.stale import cleanup_stale_mounts
+from lazybuild.oci.platform import Platform, host_platform
+from lazybuild.solver import ProgressWriter, Solver, SQLiteCacheStore, VertexFailedError
+from lazybuild.worker.execop import ExecError
+from lazybuild.worker.layers import Snapshot
+from lazybuild.worker.layerstore import LayerStore
+from lazybuild.worker.resources import ImageResolver, WorkerResources
+from lazybuild.worker.rootfs import LayerMounter
+from lazybuild.worker.worker import Worker
+
+
+class BuildFailedError(LazybuildError):
+    """A step failed; the message names the Dockerfile line and the step.
+
+    ``tail`` is the end of a failed RUN step's output, shown above the error line.
+    """
+
+    def __init__(self, message: str, tail: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.tail = tail
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The built filesystem and its image config, and the tools to look at it while the
+    build's mounts are still up (``mounter`` mounts ``snapshot`` for a local export)."""
+
+    snapshot: Snapshot
+    config: ImageConfigState
+    graph: BuildGraph
+    mounter: LayerMounter
+    store: LayerStore
+
+
+Finish = Callable[[BuildResult], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    config: ImageConfigState
+    snapshot: Snapshot
+    fetch_report: FetchReport | None
+
+
+def _platform(request: BuildRequest) -> Platform:
+    host = host_platform()
+    if request.platform is None:
+        return host
+    wanted = Platform.parse(request.platform)
+    if wanted != host:
+        raise UsageError(
+            f"--platform {request.platform}: lazybuild builds for this machine's "
+            f"platform ({host}) only"
+        )
+    return wanted
+
+
+async def run_build(
+    request: BuildRequest,
+    *,
+    state_dir: Path,
+    registry: RegistryOptions,
+    progress: ProgressWriter | None,
+    finish: Finish,
+    on_line: Callable[[str], None] = lambda text: None,
+) -> BuildOutcome:
+    """Build ``request``; ``finish`` exports the result before the mounts come down."""
+    platform = _platform(request)
+    context = BuildContext(request.context_dir, None)
+    await trio.to_thread.run_sync(cleanup_stale_mounts, state_dir)
+    store = LayerStore(state_dir)
+    await trio.to_thread.run_sync(store.clean_staging)
+    async with registry.client() as client, AsyncExitStack() as stack:
+        resolver = ImageResolver(client, platform)
+        graph = await build_graph(
+            context_dir=request.context_dir,
+            dockerfile=request.dockerfile_path,
+            build_args=dict(request.build_args),
+            target=request.target,
+            platform=platform,
+            labels=dict(request.labels),
+            resolver=resolver,
+        )
+        context = BuildContext(request.context_dir, DockerIgnore(graph.excludes))
+        mounter = LayerMounter(
+            store,
+            lambda: LazyMountService(
+                state_dir,
+                insecure_registries=registry.insecure_registries,
+                docker_config=registry.docker_config,
+                # A build reads what its steps read; fetching whole base images in the
+                # background would spend the bandwidth laziness saves.
+                background_fetch=False,
+            ),
+            stack,
+            on_unpacked=on_line,
+        )
+        cache_mounts = state_dir / "build" / "cache-mounts"
+        resources = WorkerResources(
+            store=store,
+            mounter=mounter,
+            images=resolver,
+            contexts={"context": context},
+            secrets=dict(request.secrets),
+            cache_mounts=cache_mounts,
+            platform=platform,
+            default_network="none" if request.network == "none" else "host",
+        )
+        worker = Worker(resources)
+        cache = SQLiteCacheStore(store.root / "cache.db")
+        try:
+            solver = Solver(worker.resolve_op, cache, load_result=worker.load_result)
+            try:
+                result = await solver.solve(
+                    graph.graph.definition, no_cache=request.no_cache, progress=progress
+                )
+            except VertexFailedError as failure:
+                raise _build_failure(failure, graph) from None
+        finally:
+            cache.close()
+        snapshot = result if isinstance(result, Snapshot) else Snapshot()
+        await finish(BuildResult(snapshot, graph.graph.config, graph, mounter, store))
+        report = await mounter.fetch_report()
+    return BuildOutcome(graph.graph.config, snapshot, report)
+
+
+def _build_failure(failure: VertexFailedError, graph: BuildGraph) -> BuildFailedError:
+    metadata = graph.graph.definition.metadata.get(failure.digest)
+    where = ""
+    if metadata is not None and metadata.source_locations:
+        location = metadata.source_locations[0]
+        where = f"{location.filename}:{location.start_line}: "
+    cause = failure.cause
+    tail = cause.tail if isinstance(cause, ExecError) else ()
+    name = failure.description or failure.digest
+    if failure.action == "exec":
+        return BuildFailedError(f"{where}{name}: {cause}", tail)
+    return BuildFailedError(f"{where}{name}: {failure.action} failed: {cause}", tail)

@@ -1,0 +1,32 @@
+"""What one build is asked to do (the CLI's flags, parsed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """``dockerfile`` None means ``<context>/Dockerfile``; ``secrets`` are values by id;
+    ``source_date_epoch`` pins timestamps of new layers and of the config; ``network``
+    is what RUN steps without ``--network`` get ("default" is the host's: there is no
+    bridge network)."""
+
+    context_dir: Path
+    dockerfile: Path | None = None
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    platform: str | None = None
+    no_cache: bool = False
+    pull: bool = False
+    secrets: Mapping[str, bytes] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    source_date_epoch: int | None = None
+    network: Literal["default", "host", "none"] = "default"
+
+    @property
+    def dockerfile_path(self) -> Path:
+        return self.dockerfile if self.dockerfile is not None else self.context_dir / "Dockerfile"

@@ -1,0 +1,160 @@
+"""``lazybuild build``: the flags of ``docker buildx build``, one build, its outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from lazybuild.cli import build_flags
+from lazybuild.cli.options import registry_options, state_dir
+
+_FETCH_POLL_SECONDS = 1.0
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from lazybuild.buildprogress import MODES
+
+    build = commands.add_parser(
+        "build", help="build an image from a Dockerfile, base images mounted lazily"
+    )
+    build.add_argument("context", type=Path, help="the build context directory")
+    build.add_argument("-f", "--file", type=Path, metavar="FILE", help="the Dockerfile")
+    build.add_argument("-t", "--tag", action="append", default=[], metavar="NAME")
+    build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
+    build.add_argument("--target", metavar="STAGE", help="the stage to build")
+    build.add_argument("--platform", metavar="OS/ARCH", help="only the host's platform")
+    build.add_argument("--no-cache", action="store_true", help="run every step")
+    build.add_argument("--pull", action="store_true", help="check base images for newer versions")
+    build.add_argument("--push", action="store_true", help="push to the registry (-t names)")
+    build.add_argument("--load", action="store_true", help="load into the local Docker engine")
+    build.add_argument(
+        "-o",
+        "--output",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="type=registry|oci|docker|local,dest=...,name=...",
+    )
+    build.add_argument("--progress", choices=MODES, default="auto")
+    build.add_argument("--iidfile", type=Path, metavar="FILE", help="write the image id")
+    build.add_argument("--metadata-file", type=Path, metavar="FILE")
+    build.add_argument("--secret", action="append", default=[], metavar="id=ID[,src=FILE|,env=VAR]")
+    build.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    build.add_argument(
+        "--network",
+        choices=("default", "host", "none"),
+        default="default",
+        help="network of RUN steps (default: the host's; there is no bridge)",
+    )
+    build.add_argument(
+        "--fetch-report", type=Path, metavar="FILE", help="write the fetch report as JSON"
+    )
+    build.set_defaults(run=run_build_command)
+
+
+async def run_build_command(args: argparse.Namespace) -> int:
+    from lazybuild.build.driver import BuildFailedError, BuildResult, run_build
+    from lazybuild.build.request import BuildRequest
+    from lazybuild.buildprogress import BuildProgress, Mode
+    from lazybuild.estargz.writer import WriterOptions
+    from lazybuild.exporter import BuiltImage, export_image
+    from lazybuild.exporter.outputs import outputs_from_flags
+    from lazybuild.imagemount import render_fetch_report
+
+    environ = dict(os.environ)
+    build_args = build_flags.key_values(args.build_arg, "--build-arg", environ)
+    request = BuildRequest(
+        context_dir=args.context,
+        dockerfile=args.file,
+        build_args=build_args,
+        target=args.target,
+        platform=args.platform,
+        no_cache=args.no_cache,
+        pull=args.pull,
+        secrets=build_flags.secrets(args.secret, environ),
+        labels=build_flags.labels(args.label),
+        source_date_epoch=build_flags.source_date_epoch(build_args, environ),
+        network=args.network,
+    )
+    if not request.context_dir.is_dir():
+        from lazybuild.errors import UsageError
+
+        raise UsageError(f"build context {request.context_dir} is not a directory")
+    outputs = outputs_from_flags(args.output, args.tag, args.push, args.load)
+    registry = registry_options(args)
+    mode: Mode = "quiet" if args.quiet else args.progress
+    export_result: list[Any] = []
+    with BuildProgress(mode) as progress:
+        if not outputs:
+            progress.line(
+                "no output specified: the result stays in the build cache "
+                "(use -o, --push or --load)"
+            )
+
+        async def finish(result: BuildResult) -> None:
+            @asynccontextmanager
+            async def rootfs() -> AsyncIterator[Path]:
+                await result.mounter.fetch_whole(result.snapshot)
+                with result.store.staging() as area:
+                    async with result.mounter.mounted(result.snapshot, area.merged) as path:
+                        yield path
+
+            async with registry.client() as client:
+                export_result.append(
+                    await export_image(
+                        BuiltImage(
+                            result.snapshot.layers,
+                            result.config,
+                            source_date_epoch=request.source_date_epoch,
+                        ),
+                        outputs,
+                        store=result.store,
+                        registry=client,
+                        rootfs=rootfs,
+                        writer_options=WriterOptions(),
+                        progress=progress.line,
+                    )
+                )
+
+        try:
+            outcome = await run_build(
+                request,
+                state_dir=state_dir(args),
+                registry=registry,
+                progress=progress,
+                finish=finish,
+                on_line=progress.line,
+            )
+        except BuildFailedError as failure:
+            if failure.tail and mode != "quiet":
+                progress.close()
+                _print_tail(failure.tail)
+            raise
+    if outcome.fetch_report is not None:
+        if mode != "quiet":
+            print(render_fetch_report(outcome.fetch_report), file=sys.stderr)
+        if args.fetch_report is not None:
+            text = json.dumps(outcome.fetch_report.to_json(), indent=2) + "\n"
+            args.fetch_report.write_text(text)
+    elif args.fetch_report is not None:
+        args.fetch_report.write_text(json.dumps({"layers": []}, indent=2) + "\n")
+    if export_result:
+        exported = export_result[0]
+        if args.iidfile is not None and exported.config_digest:
+            args.iidfile.write_text(exported.config_digest)
+        if args.metadata_file is not None:
+            args.metadata_file.write_text(json.dumps(exported.metadata(), indent=2) + "\n")
+    return 0
+
+
+def _print_tail(tail: tuple[str, ...]) -> None:
+    print("------", file=sys.stderr)
+    for line in tail:
+        print(f" > {line}", file=sys.stderr)
+    print("------", file=sys.stderr)

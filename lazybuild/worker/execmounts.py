@@ -1,0 +1,187 @@
+"""The extra mounts of a RUN step: other snapshots, cache directories, tmpfs, secrets.
+
+Everything a mount needs on the host is set up inside the step's staging area or the
+persistent cache-mount directory, and torn down by the ``AsyncExitStack`` the caller
+passes in, so a failed or cancelled step leaves nothing mounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from lazybuild.errors import LazybuildError
+from lazybuild.executor.mounts import MountSpec
+from lazybuild.executor.rootpath import resolve_in_root
+from lazybuild.graph.ops import ExecMount
+from lazybuild.worker.layers import Snapshot
+from lazybuild.worker.layerstore import StagingArea
+from lazybuild.worker.resources import WorkerResources
+
+_LOCK_POLL_SECONDS = 0.2
+_MAX_PRIVATE_COPIES = 64
+
+
+class MountSetupError(LazybuildError):
+    """A RUN mount cannot be provided (missing secret, unsupported kind, bad path)."""
+
+
+@dataclass(frozen=True)
+class WritableMount:
+    """A writable snapshot mount whose changes become an output of the step."""
+
+    mount: ExecMount
+    base: Snapshot
+    area: StagingArea
+
+
+async def setup_mount(
+    mount: ExecMount,
+    snapshot: Snapshot | None,
+    *,
+    position: int,
+    area: StagingArea,
+    resources: WorkerResources,
+    stack: AsyncExitStack,
+    areas: contextlib.ExitStack,
+) -> tuple[MountSpec | None, WritableMount | None]:
+    """The runc mount for ``mount`` (None: nothing to mount, e.g. an optional secret
+    that is absent) and, for a writable bind mount, where its changes land.
+
+    Mounts are undone by ``stack``; staging areas of writable mounts are removed by
+    ``areas``, which the caller closes after it has committed their upper directories.
+    """
+    if mount.kind == "bind":
+        target = area.scratch / f"mount{position}"
+        return await _bind(
+            mount, snapshot or Snapshot(), target, resources=resources, stack=stack, areas=areas
+        )
+    if mount.kind == "cache":
+        directory = await stack.enter_async_context(_cache_directory(mount, resources))
+        return MountSpec(mount.dest, str(directory)), None
+    if mount.kind == "tmpfs":
+        options = ["nosuid", "nodev"]
+        if mount.size:
+            options.append(f"size={mount.size}")
+        return MountSpec(mount.dest, "tmpfs", "tmpfs", tuple(options)), None
+    if mount.kind == "secret":
+        return _secret_file(mount, position, area, resources), None
+    if mount.required:
+        raise MountSetupError(f"RUN --mount=type={mount.kind} is not supported")
+    return None, None
+
+
+async def _bind(
+    mount: ExecMount,
+    snapshot: Snapshot,
+    target: Path,
+    *,
+    resources: WorkerResources,
+    stack: AsyncExitStack,
+    areas: contextlib.ExitStack,
+) -> tuple[MountSpec, WritableMount | None]:
+    writable: WritableMount | None = None
+    if mount.readonly:
+        root = await stack.enter_async_context(resources.mounter.mounted(snapshot, target))
+    else:
+        # Writes to a non-read-only bind mount go to an upper directory of their own:
+        # kept when the mount has an output, thrown away otherwise (as in BuildKit).
+        mount_area = areas.enter_context(resources.store.staging())
+        root = await stack.enter_async_context(
+            resources.mounter.mounted(
+                snapshot, mount_area.merged, upper=mount_area.upper, work=mount_area.work
+            )
+        )
+        if mount.output is not None:
+            writable = WritableMount(mount, snapshot, mount_area)
+    source = resolve_in_root(root, mount.source_path)
+    if not source.exists():
+        raise MountSetupError(f"RUN --mount source {mount.source_path!r} does not exist")
+    options = ("rbind", "rprivate", "ro") if mount.readonly else ("rbind", "rprivate")
+    return MountSpec(mount.dest, str(source), "bind", options), writable
+
+
+def _secret_file(
+    mount: ExecMount, position: int, area: StagingArea, resources: WorkerResources
+) -> MountSpec | None:
+    secret_id = mount.secret_id or ""
+    value = resources.secrets.get(secret_id)
+    if value is None:
+        if mount.required:
+            raise MountSetupError(f"secret {secret_id!r} is required but was not given")
+        return None
+    secrets_dir = area.scratch / "secrets"
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    path = secrets_dir / f"{position}"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(value)
+    os.chown(path, mount.uid or 0, mount.gid or 0)
+    os.chmod(path, mount.mode if mount.mode is not None else 0o400)
+    return MountSpec(mount.dest, str(path), "bind", ("rbind", "rprivate", "ro"))
+
+
+@asynccontextmanager
+async def _cache_directory(mount: ExecMount, resources: WorkerResources) -> AsyncIterator[Path]:
+    """The persistent directory of a cache mount, locked while used when asked to.
+
+    ``shared``: used by everyone at once; ``locked``: one step at a time, others wait;
+    ``private``: a step that finds it in use gets a directory of its own.
+    """
+    name = hashlib.sha256((mount.cache_id or mount.dest).encode()).hexdigest()[:32]
+    base = resources.cache_mounts / name
+    if mount.sharing == "shared":
+        yield _prepared(base, mount)
+        return
+    if mount.sharing == "locked":
+        while True:
+            with _locked(base) as held:
+                if held:
+                    yield _prepared(base, mount)
+                    return
+            await trio.sleep(_LOCK_POLL_SECONDS)
+    for suffix in range(_MAX_PRIVATE_COPIES):
+        candidate = base if suffix == 0 else base.with_name(f"{name}-{suffix}")
+        with _locked(candidate) as held:
+            if held:
+                yield _prepared(candidate, mount)
+                return
+    raise MountSetupError(f"too many concurrent users of private cache {mount.cache_id!r}")
+
+
+def _prepared(directory: Path, mount: ExecMount) -> Path:
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chown(directory, mount.uid or 0, mount.gid or 0)
+        os.chmod(directory, mount.mode if mount.mode is not None else 0o755)
+    return directory
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[bool]:
+    """Try to take ``directory``'s lock (a file lock: other builds may share the cache)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = directory.with_name(directory.name + ".lock")
+    with open(lock_path, "a+b") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def ordered_specs(specs: Sequence[MountSpec]) -> list[MountSpec]:
+    """Mounts parents first, so ``/a`` is in place before ``/a/b`` is mounted on it."""
+    return sorted(specs, key=lambda spec: spec.destination.rstrip("/").count("/"))

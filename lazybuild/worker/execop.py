@@ -1,0 +1,196 @@
+"""RUN: a process in runc on an overlay of the step's input, its changes a new layer.
+
+The root filesystem is the input snapshot (lazy base layers and local layers) under a
+fresh upper directory; after the process exits the overlay comes down and the upper
+directory, whiteouts and all, is committed as the step's layer. The process's output
+goes to the build's progress as it comes; a non-zero exit fails the step with the
+command, the exit code and the last lines it printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections import deque
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import replace
+from typing import Literal
+
+import trio
+
+from lazybuild.errors import LazybuildError
+from lazybuild.executor.etcfiles import prepare_etc_files
+from lazybuild.executor.mounts import MountSpec
+from lazybuild.executor.runc import run_container
+from lazybuild.executor.spec import Network, ProcessSpec, generate_spec
+from lazybuild.executor.users import resolve_user
+from lazybuild.graph.ops import Exec
+from lazybuild.solver import CacheMap, Job, Result
+from lazybuild.worker.execmounts import (
+    MountSetupError,
+    WritableMount,
+    ordered_specs,
+    setup_mount,
+)
+from lazybuild.worker.layers import Snapshot
+from lazybuild.worker.layerstore import StagingArea
+from lazybuild.worker.opbase import op_digest, slot
+from lazybuild.worker.resources import WorkerResources
+
+# BuildKit's default; what `hostname` prints in a RUN step.
+DEFAULT_HOSTNAME = "buildkitsandbox"
+TAIL_LINES = 10
+
+
+class ExecError(LazybuildError):
+    """The step's process failed; ``tail`` is the end of what it printed."""
+
+    def __init__(self, message: str, exit_code: int, tail: Sequence[str]) -> None:
+        super().__init__(message)
+        self.process_exit_code = exit_code
+        self.tail = tuple(tail)
+
+
+class ExecOp:
+    def __init__(self, op: Exec, resources: WorkerResources) -> None:
+        self._op = op
+        self._resources = resources
+
+    async def cache_map(self, job: Job, index: int) -> CacheMap:
+        # Proxy settings do not change what a step makes (Docker's rule); secret values
+        # are never part of the op at all, only their ids.
+        return CacheMap(digest=op_digest(replace(self._op, proxy_env=())))
+
+    def acquire(self) -> AbstractAsyncContextManager[None]:
+        return slot(self._resources.exec_slots)
+
+    def _snapshot(self, inputs: Sequence[Result], index: int | None) -> Snapshot | None:
+        if index is None:
+            return None
+        snapshot = inputs[index]
+        assert isinstance(snapshot, Snapshot)
+        return snapshot
+
+    async def exec(self, job: Job, inputs: Sequence[Result]) -> list[Result]:
+        op = self._op
+        resources = self._resources
+        root_mount = op.mounts[0]
+        root_snapshot = self._snapshot(inputs, root_mount.input) or Snapshot()
+        outputs: dict[int, Snapshot] = {}
+        with resources.store.staging() as area, contextlib.ExitStack() as areas:
+            writable: list[WritableMount] = []
+            async with AsyncExitStack() as stack:
+                await stack.enter_async_context(
+                    resources.mounter.mounted(
+                        root_snapshot, area.merged, upper=area.upper, work=area.work
+                    )
+                )
+                specs: list[MountSpec] = []
+                for position, mount in enumerate(op.mounts[1:], start=1):
+                    spec, changes = await setup_mount(
+                        mount,
+                        self._snapshot(inputs, mount.input),
+                        position=position,
+                        area=area,
+                        resources=resources,
+                        stack=stack,
+                        areas=areas,
+                    )
+                    if spec is not None:
+                        specs.append(spec)
+                    if changes is not None:
+                        writable.append(changes)
+                await self._run(job, area, specs)
+            if root_mount.output is not None:
+                outputs[root_mount.output] = root_snapshot.on_top([resources.store.commit(area)])
+            for changes in writable:
+                assert changes.mount.output is not None
+                layer = resources.store.commit(changes.area)
+                outputs[changes.mount.output] = changes.base.on_top([layer])
+        return [outputs[index] for index in sorted(outputs)]
+
+    async def _run(self, job: Job, area: StagingArea, mounts: Sequence[MountSpec]) -> None:
+        op = self._op
+        rootfs = area.merged
+        network: Network = (
+            self._resources.default_network if op.network == "default" else op.network
+        )
+        hostname = op.hostname or DEFAULT_HOSTNAME
+        user = await trio.to_thread.run_sync(resolve_user, rootfs, op.user)
+        etc_mounts = prepare_etc_files(area.scratch, hostname, network)
+        env = [*op.env, *op.proxy_env, *self._secret_env()]
+        spec = generate_spec(
+            rootfs=rootfs,
+            process=ProcessSpec(op.args, env, op.cwd, user),
+            hostname=hostname,
+            network=network,
+            extra_mounts=[*etc_mounts, *ordered_specs(mounts)],
+        )
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        stdout_read, stdout_write = os.pipe()
+        stderr_read, stderr_write = os.pipe()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pump, job, "stdout", stdout_read, tail)
+                nursery.start_soon(_pump, job, "stderr", stderr_read, tail)
+                stdout_read = stderr_read = -1  # the pumps own and close them now
+                with open(os.devnull, "rb") as stdin:
+                    try:
+                        result = await run_container(
+                            container_id="lazybuild-" + secrets.token_hex(6),
+                            bundle_dir=area.scratch / "bundle",
+                            spec=spec,
+                            stdin=stdin.fileno(),
+                            stdout=stdout_write,
+                            stderr=stderr_write,
+                            forward_signals=False,
+                        )
+                    finally:
+                        os.close(stdout_write)
+                        os.close(stderr_write)
+                        stdout_write = stderr_write = -1
+        finally:
+            for descriptor in (stdout_read, stdout_write, stderr_read, stderr_write):
+                if descriptor >= 0:
+                    os.close(descriptor)
+        if result.exit_code != 0:
+            raise ExecError(
+                f"process {_quoted_command(op.args)} did not complete successfully: "
+                f"exit code: {result.exit_code}",
+                result.exit_code,
+                list(tail),
+            )
+
+    def _secret_env(self) -> list[str]:
+        env = []
+        for secret in self._op.secret_env:
+            value = self._resources.secrets.get(secret.secret_id)
+            if value is None:
+                if secret.required:
+                    raise MountSetupError(
+                        f"secret {secret.secret_id!r} is required but was not given"
+                    )
+                continue
+            env.append(f"{secret.name}={value.decode(errors='replace')}")
+        return env
+
+
+async def _pump(
+    job: Job, stream: Literal["stdout", "stderr"], descriptor: int, tail: deque[str]
+) -> None:
+    """Forward a process's output to the build's progress, keeping its last lines."""
+    partial = b""
+    async with trio.lowlevel.FdStream(descriptor) as pipe:
+        while data := await pipe.receive_some(65536):
+            await job.log(stream, data)
+            lines = (partial + data).split(b"\n")
+            partial = lines.pop()
+            tail.extend(line.decode(errors="replace") for line in lines)
+    if partial:
+        tail.append(partial.decode(errors="replace"))
+
+
+def _quoted_command(args: Sequence[str]) -> str:
+    return '"' + " ".join(args).replace('"', '\\"') + '"'

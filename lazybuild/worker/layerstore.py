@@ -1,0 +1,120 @@
+"""Where the layers a build makes are kept, under ``<state>/build``.
+
+``layers/<id>``    a committed layer's tree (overlayfs form); never changed afterwards
+``staging/<id>``   a step's upper/work/merged directories while it runs
+``blobs/``         eStargz blobs of exported layers (the exporter's)
+
+A step works in staging and commits by renaming its upper directory into ``layers``, so
+a layer directory either is complete or does not exist; a crash leaves only staging
+directories, which the next build removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lazybuild.snapshot.mountinfo import mounts_under
+from lazybuild.snapshot.overlay import unmount
+from lazybuild.worker.layers import LocalLayer
+
+
+@dataclass(frozen=True)
+class StagingArea:
+    """Directories for one step: ``upper`` becomes the layer; ``work`` is overlayfs's;
+    ``merged`` is where the step's root filesystem is mounted; ``scratch`` is for files
+    the step needs besides (its bundle, /etc files, secrets)."""
+
+    root: Path
+
+    @property
+    def upper(self) -> Path:
+        return self.root / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def scratch(self) -> Path:
+        return self.root / "scratch"
+
+
+class LayerStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "build"
+        self.layers_dir = self.root / "layers"
+        self.staging_dir = self.root / "staging"
+        self.blobs_dir = self.root / "blobs"
+        for directory in (self.layers_dir, self.staging_dir, self.blobs_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def layer(self, layer_id: str) -> LocalLayer | None:
+        """The committed layer ``layer_id``, or ``None`` when it is gone (pruned)."""
+        path = self.layers_dir / layer_id
+        return LocalLayer(layer_id, path) if path.is_dir() else None
+
+    def has(self, layer: LocalLayer) -> bool:
+        return layer.path == self.layers_dir / layer.id and layer.path.is_dir()
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[StagingArea]:
+        """A fresh staging area, removed on the way out (after ``commit`` took its upper)."""
+        # Named by our pid, so cleanup can tell a killed build's areas from a live one's.
+        area = StagingArea(self.staging_dir / f"{os.getpid()}-{secrets.token_hex(8)}")
+        for directory in (area.upper, area.work, area.merged, area.scratch):
+            directory.mkdir(parents=True)
+        try:
+            yield area
+        finally:
+            _remove_tree(area.root)
+
+    def commit(self, area: StagingArea) -> LocalLayer:
+        """Make ``area``'s upper directory a layer (the area must be unmounted)."""
+        layer_id = secrets.token_hex(16)
+        target = self.layers_dir / layer_id
+        area.upper.rename(target)
+        return LocalLayer(layer_id, target)
+
+    def empty_directory(self) -> Path:
+        """A directory that stays empty: the lower layer of a filesystem built on scratch."""
+        path = self.root / "empty"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def clean_staging(self) -> None:
+        """Remove staging areas that builds which are no longer running left behind."""
+        for area in self.staging_dir.iterdir():
+            owner = area.name.partition("-")[0]
+            if not (owner.isdigit() and _alive(int(owner))):
+                _remove_tree(area)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_tree(path: Path) -> None:
+    # Never delete through a mount: anything still mounted below is unmounted first.
+    for mountpoint in sorted(mounts_under(path), reverse=True):
+        with contextlib.suppress(OSError):
+            unmount(mountpoint, lazy=True)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

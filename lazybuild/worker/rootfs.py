@@ -1,0 +1,138 @@
+"""Snapshots mounted as root filesystems: overlayfs over local and lazily served layers.
+
+Base image layers come from one lazy filesystem process per build
+(``LazyMountService``), started the first time a snapshot with a remote layer is
+mounted and added to once per layer; local layers are used where they lie. Every mount
+is undone on the way out, including on errors and cancellation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from lazybuild.lazyfs.client import FetchReport, LayerMount, LazyMountService
+from lazybuild.progress import short_digest
+from lazybuild.registry.reference import Reference
+from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
+from lazybuild.worker.layers import LocalLayer, RemoteLayer, Snapshot
+from lazybuild.worker.layerstore import LayerStore
+
+
+class LayerMounter:
+    """Lower directories for snapshots, and overlay mounts of them.
+
+    ``service_factory`` makes the (not yet started) lazy filesystem service; ``stack``
+    owns it, so it lives until the build ends. ``on_unpacked`` hears of base layers that
+    are not eStargz and were downloaded whole (never silent).
+    """
+
+    def __init__(
+        self,
+        store: LayerStore,
+        service_factory: Callable[[], LazyMountService],
+        stack: AsyncExitStack,
+        on_unpacked: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self._store = store
+        self._service_factory = service_factory
+        self._stack = stack
+        self._on_unpacked = on_unpacked
+        self._service: LazyMountService | None = None
+        self._service_lock = trio.Lock()
+        self._layers: dict[str, LayerMount] = {}
+        self._adding: dict[str, trio.Event] = {}
+
+    @property
+    def service(self) -> LazyMountService | None:
+        return self._service
+
+    async def fetch_report(self) -> FetchReport | None:
+        """What the lazy filesystem fetched so far (``None``: no base layer was mounted)."""
+        if self._service is None or not self._service.running:
+            return None
+        return await self._service.stats()
+
+    async def _started_service(self) -> LazyMountService:
+        async with self._service_lock:
+            if self._service is None:
+                service = self._service_factory()
+                await self._stack.enter_async_context(service)
+                self._service = service
+            return self._service
+
+    async def _remote_dir(self, layer: RemoteLayer) -> Path:
+        digest = layer.descriptor.digest
+        while digest not in self._layers:
+            adding = self._adding.get(digest)
+            if adding is not None:
+                await adding.wait()
+                continue
+            self._adding[digest] = trio.Event()
+            try:
+                service = await self._started_service()
+                mount = await service.add_layer(Reference.parse(layer.source), layer.descriptor)
+                self._layers[digest] = mount
+                if mount.mode == "unpacked":
+                    self._on_unpacked(
+                        f"layer {short_digest(digest)} of {layer.source} is not eStargz: "
+                        "downloaded whole"
+                    )
+            finally:
+                self._adding.pop(digest).set()
+        return self._layers[digest].path
+
+    async def lower_dirs(self, snapshot: Snapshot) -> list[Path]:
+        """The snapshot's layer directories, top-most first (overlayfs's order)."""
+        directories: list[Path | None] = [None] * len(snapshot.layers)
+
+        async def resolve(position: int) -> None:
+            layer = snapshot.layers[position]
+            if isinstance(layer, LocalLayer):
+                directories[position] = layer.path
+            else:
+                directories[position] = await self._remote_dir(layer)
+
+        async with trio.open_nursery() as nursery:
+            for position in range(len(snapshot.layers)):
+                nursery.start_soon(resolve, position)
+        lowers = [directory for directory in reversed(directories) if directory is not None]
+        return lowers or [self._store.empty_directory()]
+
+    async def fetch_whole(self, snapshot: Snapshot) -> None:
+        """Fetch the snapshot's lazy layers completely, in large requests: for readers
+        of everything (a ``type=local`` export), where file-by-file fetching would cost
+        a round trip per file."""
+        await self.lower_dirs(snapshot)
+        remote = [layer.key for layer in snapshot.layers if isinstance(layer, RemoteLayer)]
+        if remote and self._service is not None:
+            await self._service.fetch_all(remote)
+
+    @asynccontextmanager
+    async def mounted(
+        self,
+        snapshot: Snapshot,
+        target: Path,
+        *,
+        upper: Path | None = None,
+        work: Path | None = None,
+    ) -> AsyncIterator[Path]:
+        """``snapshot`` mounted at ``target`` (writable into ``upper`` when given)."""
+        lowers = await self.lower_dirs(snapshot)
+        target.mkdir(parents=True, exist_ok=True)
+        service = self._service
+        if service is not None:
+            # A crash cleanup must take this overlay down before the FUSE mount under it.
+            service.register_overlay(target)
+        try:
+            await trio.to_thread.run_sync(mount_overlay, target, lowers, upper, work)
+            yield target
+        finally:
+            with trio.CancelScope(shield=True):
+                if is_mounted(target):
+                    await trio.to_thread.run_sync(lambda: unmount(target, lazy=True))
+                if service is not None:
+                    service.unregister_overlay(target)

@@ -1,0 +1,62 @@
+"""The worker as the solver sees it: an ``Op`` per vertex, and cached results reloaded."""
+
+from __future__ import annotations
+
+from lazybuild.context import BuildContext
+from lazybuild.errors import FormatError, LazybuildError
+from lazybuild.graph.ops import Diff, Exec, File, HttpSource, ImageSource, LocalSource, Merge
+from lazybuild.solver import CacheRecord, Op, Vertex
+from lazybuild.worker.execop import ExecOp
+from lazybuild.worker.fileop import FileOp
+from lazybuild.worker.httpop import HttpSourceOp
+from lazybuild.worker.imageop import ImageSourceOp
+from lazybuild.worker.layers import LocalLayer, Snapshot
+from lazybuild.worker.localop import LocalSourceOp
+from lazybuild.worker.resources import WorkerResources
+from lazybuild.worker.stackops import DiffOp, MergeOp
+
+
+class Worker:
+    def __init__(self, resources: WorkerResources) -> None:
+        self.resources = resources
+
+    def resolve_op(self, vertex: Vertex) -> Op:
+        operation = vertex.operation
+        resources = self.resources
+        if isinstance(operation, ImageSource):
+            return ImageSourceOp(operation, resources)
+        if isinstance(operation, LocalSource):
+            return LocalSourceOp(operation, resources)
+        if isinstance(operation, HttpSource):
+            return HttpSourceOp(operation, resources)
+        if isinstance(operation, Exec):
+            return ExecOp(operation, resources)
+        if isinstance(operation, File):
+            return FileOp(operation, resources, self._input_contexts(vertex))
+        if isinstance(operation, Merge):
+            return MergeOp(operation)
+        if isinstance(operation, Diff):
+            return DiffOp(operation)
+        raise LazybuildError(f"the worker cannot run {type(operation).__name__} operations")
+
+    def _input_contexts(self, vertex: Vertex) -> list[BuildContext | None]:
+        contexts: list[BuildContext | None] = []
+        for edge in vertex.inputs:
+            source = edge.vertex.operation
+            contexts.append(
+                self.resources.contexts.get(source.name)
+                if isinstance(source, LocalSource)
+                else None
+            )
+        return contexts
+
+    async def load_result(self, record: CacheRecord) -> Snapshot | None:
+        """The cached snapshot, or ``None`` when one of its local layers was pruned."""
+        try:
+            snapshot = Snapshot.from_id(record.result_id)
+        except (FormatError, KeyError):
+            return None
+        for layer in snapshot.layers:
+            if isinstance(layer, LocalLayer) and not self.resources.store.has(layer):
+                return None
+        return snapshot
