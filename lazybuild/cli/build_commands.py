@@ -42,6 +42,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="type=registry|oci|docker|local,dest=...,name=...",
     )
     build.add_argument("--progress", choices=MODES, default="auto")
+    build.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,  # the global -q stays in force when this one is absent
+        help="no progress output; print the image id",
+    )
     build.add_argument("--iidfile", type=Path, metavar="FILE", help="write the image id")
     build.add_argument("--metadata-file", type=Path, metavar="FILE")
     build.add_argument("--secret", action="append", default=[], metavar="id=ID[,src=FILE|,env=VAR]")
@@ -150,6 +157,8 @@ async def run_build_command(args: argparse.Namespace) -> int:
             args.iidfile.write_text(exported.config_digest)
         if args.metadata_file is not None:
             args.metadata_file.write_text(json.dumps(exported.metadata(), indent=2) + "\n")
+        if args.quiet and exported.config_digest:
+            print(exported.config_digest)
     return 0
 
 

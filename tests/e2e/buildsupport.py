@@ -1,0 +1,84 @@
+"""Running ``lazybuild build`` as a user would, and checking what it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support.procs import mounts_under
+
+RUNC_STATE = Path("/run/lazybuild/runc")
+
+
+def lazybuild(
+    state: Path,
+    *args: str,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "lazybuild", "--state-dir", str(state), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"lazybuild {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def write_context(directory: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "Dockerfile").write_text(dockerfile)
+    for name, content in (files or {}).items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return directory
+
+
+def rawjson_events(stderr: str) -> list[dict[str, Any]]:
+    events = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+def runc_containers() -> list[str]:
+    if not RUNC_STATE.exists():
+        return []
+    listing = subprocess.run(
+        ["runc", "--root", str(RUNC_STATE), "list", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [line for line in listing.stdout.split() if line]
+
+
+def filesystem_processes(state: Path) -> list[str]:
+    found = subprocess.run(
+        ["pgrep", "-a", "-f", f"lazybuild.lazyfs.service.*{state}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [line for line in found.stdout.splitlines() if line]
+
+
+def assert_nothing_left(state: Path) -> None:
+    assert mounts_under(state) == []
+    assert runc_containers() == []
+    assert filesystem_processes(state) == []
+    staging = state / "build" / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
