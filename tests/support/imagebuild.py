@@ -370,6 +370,24 @@ def tiny_image(layout_dir: Path, rootfs: Path, tag: str = "latest") -> Descripto
     return write_image(layout, layers, tag=tag, cmd=("/usr/bin/cat", "/hello.txt"))
 
 
+def runtime_image(layout_dir: Path, rootfs: Path, tag: str = "latest") -> Descriptor:
+    """A slim one-layer runtime image: the C library, its loader and the usrmerge links."""
+    layout = OciLayout.create(layout_dir)
+    runtime = sorted(
+        str(path.relative_to(rootfs))
+        for pattern in TINY_RUNTIME_GLOBS
+        for path in rootfs.glob(pattern)
+    )
+    layers = [write_layer(layout, rootfs, include=runtime, comment="C runtime")]
+    return write_image(layout, layers, tag=tag, cmd=("/bin/sh",))
+
+
+def cached_runtime_image(rootfs: Path) -> Path:
+    """runtime_image() built once into the test cache (tag "latest"; read-only)."""
+    key = f"oci-v{IMAGE_FORMAT_VERSION}-runtime-{rootfs.name}"
+    return cached_dir(key, lambda scratch: _finish(scratch, runtime_image(scratch, rootfs)))
+
+
 # Bump when the layer or config format above changes, so cached layouts are rebuilt.
 IMAGE_FORMAT_VERSION = 2
 
