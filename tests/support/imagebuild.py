@@ -321,6 +321,31 @@ def cached_builder_image(base_rootfs: Path, rootfs: Path) -> Path:
     )
 
 
+def toolchain_image(
+    layout_dir: Path, base_rootfs: Path, toolchains: Sequence[Path], tag: str = "latest"
+) -> Descriptor:
+    """A big builder image: the layers of `base_rootfs`, then for each rootfs in
+    `toolchains` (base + some packages) one layer with what it adds, in order. Files
+    the toolchains share (dpkg's database, say) come from the last one; every
+    toolchain's own programs and libraries are intact."""
+    layout = OciLayout.create(layout_dir)
+    layers = rootfs_layers(layout, base_rootfs)
+    for rootfs in toolchains:
+        delta = delta_paths(base_rootfs, rootfs)
+        layers.append(write_layer(layout, rootfs, only=delta, comment=rootfs.name))
+    return write_image(layout, layers, tag=tag)
+
+
+def cached_toolchain_image(base_rootfs: Path, toolchains: Sequence[Path]) -> Path:
+    """toolchain_image() built once into the test cache (tag "latest"; read-only)."""
+    names = "-".join(rootfs.name.split("-")[-1] for rootfs in toolchains)
+    key = f"oci-v{IMAGE_FORMAT_VERSION}-toolchains-{base_rootfs.name}-{names}"
+    return cached_dir(
+        key,
+        lambda scratch: _finish(scratch, toolchain_image(scratch, base_rootfs, toolchains)),
+    )
+
+
 def _finish(layout_dir: Path, _: Descriptor) -> None:
     shutil.rmtree(layout_dir / "blobs" / ".staging", ignore_errors=True)
 
