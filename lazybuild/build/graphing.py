@@ -90,6 +90,11 @@ async def build_graph(
     def image_env(ref: str, stage_platform: str | None) -> list[tuple[str, str]]:
         return _env_pairs(images[ref].config) if ref in images else []
 
+    def image_triggers(ref: str, stage_platform: str | None) -> list[str]:
+        if ref not in images:
+            return []
+        return [str(t) for t in (images[ref].config.get("config") or {}).get("OnBuild") or []]
+
     def base_config(ref: str, stage_platform: str) -> dict[str, Any]:
         if ref not in images:
             raise UsageError(f"{filename}: image {ref} was not resolved")
@@ -101,6 +106,7 @@ async def build_graph(
         target=target,
         target_platform=platform,
         image_env=image_env,
+        image_triggers=image_triggers,
         filename=filename,
     )
     ignore_file = find_dockerignore(context_dir, dockerfile)

@@ -23,7 +23,7 @@ from=``) are expanded, so a broken unused stage does not fail the build.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -37,6 +37,7 @@ from lazybuild.frontend.dockerfile.instructions import (
     KeyValue,
     Location,
     Run,
+    parse_instruction,
     parse_stages,
 )
 from lazybuild.frontend.dockerfile.parser import Directives, Dockerfile, ParseError, parse
@@ -82,6 +83,8 @@ PLATFORM_ARGS = (
 
 # (image reference, platform or None) -> the image config's Env as (name, value) pairs.
 ImageEnvResolver = Callable[[str, str | None], Iterable[tuple[str, str]]]
+# (image reference, platform) -> that image's ONBUILD triggers, as written.
+ImageTriggersResolver = Callable[[str, str | None], Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -202,8 +205,10 @@ class _Planner:
         build_args: Mapping[str, str],
         predefined: Mapping[str, str],
         image_env: ImageEnvResolver | None,
+        image_triggers: ImageTriggersResolver | None = None,
     ) -> None:
         self.dockerfile = dockerfile
+        self.image_triggers = image_triggers
         self.filename = dockerfile.filename
         self.lexer = Lexer(dockerfile.escape)
         self.build_args = dict(build_args)
@@ -293,7 +298,11 @@ class _Planner:
         dependencies: set[int] = set()
         if base.stage_index is not None:
             dependencies.add(base.stage_index)
-        for instruction in stage.commands:
+        commands = list(stage.commands)
+        if base.kind == "image" and self.image_triggers is not None:
+            # A base image's ONBUILD triggers run first, as if written after FROM.
+            commands[:0] = self._triggers(self.image_triggers(base.ref, platform), line)
+        for instruction in commands:
             step = self._step(instruction, index, args, env)
             steps.append(step)
             for ref in (step.copy_from, *step.mount_from):
@@ -311,6 +320,30 @@ class _Planner:
         )
         self.resolved[index] = resolved
         return resolved
+
+    def _triggers(self, triggers: Sequence[str], line: int) -> list[Instruction]:
+        """Parse a base image's triggers; errors point at the FROM line."""
+        instructions = []
+        for trigger in triggers:
+            try:
+                parsed = parse(trigger, filename=self.filename)
+            except ParseError as error:
+                raise ParseError(
+                    f"ONBUILD trigger {trigger!r} of the base image: {error.message}",
+                    line,
+                    self.filename,
+                ) from None
+            for node in parsed.nodes:
+                located = replace(node, start_line=line, end_line=line)
+                try:
+                    instructions.append(parse_instruction(located, self.dockerfile.escape))
+                except ParseError as error:
+                    raise ParseError(
+                        f"ONBUILD trigger {trigger!r} of the base image: {error.message}",
+                        line,
+                        self.filename,
+                    ) from None
+        return instructions
 
     def _step(
         self, instruction: Instruction, index: int, args: dict[str, str], env: dict[str, str]
@@ -418,6 +451,7 @@ def plan_build(
     target_platform: Platform | None = None,
     build_platform: Platform | None = None,
     image_env: ImageEnvResolver | None = None,
+    image_triggers: ImageTriggersResolver | None = None,
     filename: str = "Dockerfile",
 ) -> BuildPlan:
     """Parse (if needed), scope ARGs, expand words and pick the stages ``target`` needs.
@@ -430,5 +464,5 @@ def plan_build(
         dockerfile = parse(dockerfile, filename=filename)
     build = build_platform or host_platform()
     predefined = platform_args(target_platform or build, build)
-    planner = _Planner(dockerfile, build_args or {}, predefined, image_env)
+    planner = _Planner(dockerfile, build_args or {}, predefined, image_env, image_triggers)
     return planner.plan(target)

@@ -248,12 +248,9 @@ class _Converter:
             state = State.local(base.ref, metadata=from_meta)
             config, cmd_set = ImageConfigState(), False
         else:
-            config = self.image_config(base.ref, platform)
-            if config.onbuild:
-                raise self.error(
-                    stage,
-                    f"base image {base.ref} has ONBUILD triggers, which are not supported yet",
-                )
+            # The base's ONBUILD triggers ran as this stage's first steps (the planner put
+            # them there); they are not passed on.
+            config = replace(self.image_config(base.ref, platform), onbuild=())
             state, cmd_set = State.image(base.ref, platform, metadata=from_meta), False
         for position, step in enumerate(stage.steps, start=2):
             meta = self.metadata(

@@ -329,12 +329,33 @@ def test_workdir_mkdir_is_owned_by_user_and_relative() -> None:
     assert _of(result.definition, File)[0].base_input is None
 
 
-def test_base_image_onbuild_triggers_are_refused() -> None:
-    base = ImageConfigState(onbuild=("RUN echo hi",))
+def test_base_image_onbuild_triggers_run_first_and_are_not_inherited() -> None:
+    triggers = ("RUN echo triggered", "ENV FROM_TRIGGER=yes")
+    base = ImageConfigState(onbuild=triggers)
+    plan = plan_build(
+        "FROM img\nRUN echo mine\nONBUILD RUN echo for-my-children\n",
+        target_platform=PLATFORM,
+        build_platform=PLATFORM,
+        image_triggers=lambda ref, platform: triggers if ref == "img" else (),
+    )
+    result = plan_to_graph(plan, base_config=lambda r, p: base, target_platform="linux/amd64")
+    first, second = _of(result.definition, Exec)
+    assert first.args[-1] == "echo triggered"
+    assert second.args[-1] == "echo mine"
+    assert "FROM_TRIGGER=yes" in second.env
+    assert result.config.onbuild == ("RUN echo for-my-children",)
+
+
+def test_broken_onbuild_trigger_points_at_the_from_line() -> None:
     with pytest.raises(ParseError) as caught:
-        _convert("FROM img\nRUN true\n", base_config=lambda r, p: base)
-    assert caught.value.line == 1
-    assert "ONBUILD" in str(caught.value)
+        plan_build(
+            "ARG X\nFROM img\n",
+            target_platform=PLATFORM,
+            build_platform=PLATFORM,
+            image_triggers=lambda ref, platform: ["FROBNICATE now"],
+        )
+    assert caught.value.line == 2
+    assert "ONBUILD trigger" in str(caught.value)
 
 
 def test_copy_from_image_uses_stage_platform() -> None:
