@@ -29,6 +29,7 @@ from lazybuild.lazyfs.chunk_memory import ChunkMemory
 from lazybuild.lazyfs.layer_stats import LayerStats
 from lazybuild.lazyfs.layer_toc import TocStore, open_index
 from lazybuild.lazyfs.priority import ForegroundGate
+from lazybuild.lazyfs.readwindow import NeighbourWindow
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.registry.blob import RemoteBlob
 from lazybuild.statedir import default_state_dir
@@ -78,7 +79,9 @@ class LazyLayer:
         self._flights = Flights()
         self._where = f"layer {descriptor.digest}"
         self._sites: list[_Site] | None = None
+        self._by_offset: list[_Site] | None = None
         self._not_on_disk: set[str] = set()  # read-ahead misses, until fetched
+        self._window = NeighbourWindow()
 
     @classmethod
     async def open(
@@ -238,7 +241,9 @@ class LazyLayer:
                 theirs += self._in_flight(missing)  # claimed while we read the disk
                 mine = [site for site in missing if self._flights.get(site.digest) is None]
                 if mine:
-                    found.update(await self._fetch(mine, remember=remember))
+                    neighbours = await self._neighbours(mine) if remember else []
+                    fetched = await self._fetch(mine, remember=remember, optional=neighbours)
+                    found.update((site.digest, fetched[site.digest]) for site in mine)
             unique = []
             for site, flight in theirs:
                 content = await _outcome(flight)
@@ -247,6 +252,37 @@ class LazyLayer:
                 else:
                     found[site.digest] = content
         return found
+
+    async def _neighbours(self, missing: Sequence[_Site]) -> list[_Site]:
+        """The chunks after ``missing`` in the blob that a sequential reader will want
+        next (``readwindow``): not cached, not being fetched, within the window."""
+        start = min(site.chunk.offset for site in missing)
+        end = max(site.chunk.end for site in missing)
+        extent = self._window.extent(start)
+        candidates: list[_Site] = []
+        if extent:
+            ordered = self._sites_by_offset()
+            position = bisect.bisect_left(ordered, end, key=lambda site: site.chunk.offset)
+            taken = {site.digest for site in missing}
+            for site in ordered[position:]:
+                if site.chunk.end > end + extent or self._flights.get(site.digest):
+                    break
+                if site.digest not in taken and site.digest not in self._memory:
+                    candidates.append(site)
+                    taken.add(site.digest)
+        if candidates:
+            cached = await trio.to_thread.run_sync(self._cached_digests, candidates)
+            candidates = [site for site in candidates if site.digest not in cached]
+            # Claimed by another reader while we looked at the disk: not ours to fetch.
+            candidates = [site for site in candidates if not self._flights.get(site.digest)]
+        last = max([end, *(site.chunk.end for site in candidates)])
+        self._window.fetched(start, last)
+        return candidates
+
+    def _sites_by_offset(self) -> list[_Site]:
+        if self._by_offset is None:
+            self._by_offset = sorted(self._all_sites(), key=lambda site: site.chunk.offset)
+        return self._by_offset
 
     def _in_flight(self, sites: Sequence[_Site]) -> list[tuple[_Site, Flight]]:
         return [
@@ -261,14 +297,17 @@ class LazyLayer:
         *,
         region: tuple[int, int] | None = None,
         remember: bool = True,
+        optional: Sequence[_Site] = (),
     ) -> dict[str, bytes]:
         """Fetch ``sites`` in one request (all their ranges, or ``region`` when given),
         verify each chunk, cache it, and resolve its flight. A chunk that fails only fails
         its own flight (the others land, so their waiters need not fetch again); the call
-        raises when any failed."""
-        with self._flights.claim(site.digest for site in sites) as flights:
-            compressed = await self._request(sites, region)
-            contents, failures = await self._verify_all(sites, compressed)
+        raises when any failed. ``optional`` chunks ride along in the same request (read
+        ahead); their failures fail only their own flights, never this call."""
+        wanted = [*sites, *optional]
+        with self._flights.claim(site.digest for site in wanted) as flights:
+            compressed = await self._request(wanted, region)
+            contents, failures = await self._verify_all(wanted, compressed)
             for digest, content in contents.items():
                 flights[digest].content = content
                 if remember:
