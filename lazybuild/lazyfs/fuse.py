@@ -61,6 +61,16 @@ class _OpenFile:
         self.content = content
 
 
+def _absent() -> pyfuse3.EntryAttributes:
+    """A negative entry the kernel may cache: a layer never gains a name while mounted,
+    and overlayfs looks every name up in every lower layer, so "not here" is most of what
+    a build's lookups return."""
+    attributes = pyfuse3.EntryAttributes()
+    attributes.st_ino = 0
+    attributes.entry_timeout = CONTENT_TIMEOUT
+    return attributes
+
+
 def _erofs() -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EROFS)
 
@@ -127,7 +137,7 @@ class LazyFilesystem(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             found = tree.lookup(directory, name)
             if found is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
+                return _absent()
             node = found
         self._table.remember(tree)
         return self._attributes(tree, node)
