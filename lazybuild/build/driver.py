@@ -26,6 +26,7 @@ from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.oci.platform import Platform, host_platform
 from lazybuild.solver import ProgressWriter, Solver, SQLiteCacheStore, VertexFailedError
 from lazybuild.worker.execop import ExecError
+from lazybuild.worker.imagerecords import ImageRecords
 from lazybuild.worker.layers import Snapshot
 from lazybuild.worker.layerstore import LayerStore
 from lazybuild.worker.resources import ImageResolver, WorkerResources
@@ -95,7 +96,12 @@ async def run_build(
     store = LayerStore(state_dir)
     await trio.to_thread.run_sync(store.clean_staging)
     async with registry.client() as client, AsyncExitStack() as stack:
-        resolver = ImageResolver(client, platform)
+        resolver = ImageResolver(
+            client,
+            platform,
+            records=ImageRecords(store.root / "images"),
+            pull=request.pull,
+        )
         graph = await build_graph(
             context_dir=request.context_dir,
             dockerfile=request.dockerfile_path,

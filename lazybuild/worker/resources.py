@@ -14,6 +14,7 @@ from lazybuild.errors import LazybuildError
 from lazybuild.oci.platform import Platform
 from lazybuild.registry.client import RegistryClient, ResolvedImage
 from lazybuild.registry.reference import Reference
+from lazybuild.worker.imagerecords import ImageRecords
 from lazybuild.worker.layerstore import LayerStore
 from lazybuild.worker.rootfs import LayerMounter
 
@@ -23,22 +24,44 @@ class ImageResolveError(LazybuildError):
 
 
 class ImageResolver:
-    """Resolves each image reference once per build (tag to manifest digest, config)."""
+    """Resolves each image reference once per build (tag to manifest digest, config).
 
-    def __init__(self, client: RegistryClient, platform: Platform) -> None:
+    With ``records``, an image resolved by an earlier build is used as it was, the way
+    Docker uses a local image, unless ``pull`` asks to check the registry again.
+    """
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        platform: Platform,
+        *,
+        records: ImageRecords | None = None,
+        pull: bool = True,
+    ) -> None:
         self.client = client
         self.platform = platform
+        self._records = records
+        self._pull = pull
         self._resolved: dict[str, ResolvedImage] = {}
-        self._lock = trio.Lock()
+        self._locks: dict[str, trio.Lock] = {}
 
     async def resolve(self, ref: str) -> ResolvedImage:
-        async with self._lock:
-            # One at a time keeps it single-flight; base images are few and this is
-            # mostly a cache lookup after the driver's first pass.
+        lock = self._locks.setdefault(ref, trio.Lock())
+        async with lock:  # single flight per reference; different ones in parallel
             if ref not in self._resolved:
-                reference = Reference.parse(ref)
-                self._resolved[ref] = await self.client.resolve_image(reference, self.platform)
+                self._resolved[ref] = await self._resolve(ref)
             return self._resolved[ref]
+
+    async def _resolve(self, ref: str) -> ResolvedImage:
+        records = self._records
+        if records is not None and not self._pull:
+            recorded = await trio.to_thread.run_sync(records.load, ref, self.platform)
+            if recorded is not None:
+                return recorded
+        image = await self.client.resolve_image(Reference.parse(ref), self.platform)
+        if records is not None:
+            await trio.to_thread.run_sync(records.save, ref, self.platform, image)
+        return image
 
     def resolved(self, ref: str) -> ResolvedImage | None:
         return self._resolved.get(ref)

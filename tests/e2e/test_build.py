@@ -272,3 +272,26 @@ def test_failing_build_says_why_and_leaves_nothing(
         assert text in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert_nothing_left(state)
+
+
+def test_pull_decides_whether_a_moved_tag_is_seen(
+    base_image: str, tiny_image: str, registry: Registry, tmp_path: Path
+) -> None:
+    """Without --pull a base image resolved before is used as it was (Docker's local
+    image); --pull asks the registry and sees where the tag points now."""
+    state = tmp_path / "state"
+    moving = f"{registry.host}/e2e-build/moving:latest"
+    assert main(["-q", "convert", base_image, moving]) == 0
+    context = write_context(
+        tmp_path / "ctx", "ARG BASE\nFROM ${BASE}\nRUN ls /usr/bin | wc -l > /count\n"
+    )
+    args = ["build", "--progress=rawjson", "--build-arg", f"BASE={moving}"]
+    lazybuild(state, *args, str(context))
+    assert main(["-q", "convert", tiny_image, moving]) == 0  # the tag moves
+    again = rawjson_events(lazybuild(state, *args, str(context)).stderr)
+    assert all(e["cached"] for e in again if e["type"] == "completed")
+    pulled = lazybuild(state, *args, "--pull", str(context), check=False)
+    # The tiny image has no shell: the RUN step now runs, on the new image, and fails.
+    assert pulled.returncode != 0
+    assert "RUN ls /usr/bin" in pulled.stderr
+    assert_nothing_left(state)
