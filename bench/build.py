@@ -1,0 +1,765 @@
+"""`build`: cold build + push of multi-stage examples, lazybuild against docker and buildah.
+
+Two examples, each compiling in a builder image and shipping only the result:
+`examples/hello-c` (gcc builder; binary copied onto the slim C runtime image) and
+`examples/hello-go` (golang builder; static binary copied onto scratch). Each tool
+builds each example from nothing and pushes the result to a new repository, all
+through the emulated WAN link in front of the registry:
+
+- lazybuild: `lazybuild build --push` on the eStargz versions of the base images (made
+  by `lazybuild convert`, outside the timing), a new state dir per repetition;
+- docker: `DOCKER_BUILDKIT=0 docker build` (the legacy builder) + `docker push` on the
+  plain gzip base images, with images and build cache removed between repetitions;
+- buildah: `buildah bud` + `buildah push` on the gzip base images, new --root and
+  --runroot per repetition.
+
+Besides the time and the bytes on the wire, the section checks how close lazybuild's
+fetching comes to the bytes the build needs: the compressed size of the files the
+build step reads (traced with strace, running the same RUN command in a chroot of the
+builder's root filesystem) and of the chunks lazybuild ended up caching.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bench.convert import TOC_ANNOTATION, lazybuild_argv
+from bench.infra import WAN_DESCRIPTION, BenchInfra
+from bench.machine import describe, load_line
+from bench.report import Section, mebibytes, ratio, seconds
+from bench.timing import Timed, median, timed_run
+from lazybuild.estargz.index import ChunkRef, LayerIndex
+from lazybuild.estargz.reader import parse_layer, tail_read_range
+from tests.support import imagebuild, procs, rootfs
+from tests.support.dockerd import DOCKER_CLI
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+TIME_GOAL = 0.4  # lazybuild / the faster peer, at most
+FETCH_GOAL = 1.5  # bytes fetched / compressed size of what the build reads, at most
+BUILDAH = "/usr/bin/buildah"
+RUNC = "/usr/sbin/runc"
+STEP_TIMEOUT = 1800.0
+
+
+@dataclass(frozen=True)
+class Example:
+    name: str  # directory under examples/
+    builder: str  # BenchInfra.BASE_IMAGES key
+    runtime: bool  # the Dockerfile takes a RUNTIME build arg (the slim C runtime image)
+    expected: str  # what the built image prints
+    # The Dockerfile's build step, replayed under strace to see which files it reads.
+    workdir: str
+    run: str
+    env: dict[str, str] = field(default_factory=dict)
+    copy_to: str = "/src"
+
+
+EXAMPLES = [
+    Example(
+        name="hello-c",
+        builder="gcc",
+        runtime=True,
+        expected="hello from a C program built by lazybuild (x86_64)",
+        workdir="/src",
+        run="gcc -O2 -Wall -o hello hello.c",
+    ),
+    Example(
+        name="hello-go",
+        builder="golang",
+        runtime=False,
+        expected="hello from a Go program built by lazybuild (amd64)",
+        workdir="/src",
+        run="go build -o /out/hello .",
+        env={
+            "GOCACHE": "/tmp/gocache",
+            "GOPATH": "/tmp/gopath",
+            "GOPROXY": "off",
+            "GOFLAGS": "-mod=mod",
+            "CGO_ENABLED": "0",
+        },
+    ),
+]
+
+
+# --- measurements ---------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """Repetitions of one tool on one example; the report uses medians."""
+
+    label: str
+    wall: list[float] = field(default_factory=list)  # build + push
+    build: list[float] = field(default_factory=list)
+    push: list[float] = field(default_factory=list)
+    down: list[int] = field(default_factory=list)  # bytes the proxy delivered to the client
+    up: list[int] = field(default_factory=list)  # bytes the proxy delivered to the registry
+    fetched: list[int] = field(default_factory=list)  # lazybuild's fetch report
+    requests: list[int] = field(default_factory=list)  # lazybuild's fetch report
+    cached: list[int] = field(default_factory=list)  # compressed size of the cached chunks
+    reports: list[dict[str, object]] = field(default_factory=list)
+    progress: list[str] = field(default_factory=list)  # lazybuild's plain progress output
+    check: str | None = None
+    warm: float | None = None  # lazybuild: --no-cache rebuild with the chunks cached
+    warm_progress: str = ""
+    failure: str | None = None
+
+    def fail(self, message: str) -> None:
+        self.failure = self.failure or message
+
+    @property
+    def wall_median(self) -> float | None:
+        return median(self.wall) if self.failure is None and self.wall else None
+
+    def int_median(self, values: list[int]) -> int | None:
+        value = median(values)
+        return None if value is None or self.failure is not None else int(value)
+
+
+@dataclass
+class Images:
+    """The base images of one example on the registry's direct host."""
+
+    builder_gzip: str
+    builder_estargz: str
+    runtime_gzip: str | None
+    runtime_estargz: str | None
+
+
+# --- base images ----------------------------------------------------------------------
+
+
+def _convert(infra: BenchInfra, src: str, dst: str) -> None:
+    with tempfile.TemporaryDirectory(dir=infra.workdir) as scratch:
+        env = {"XDG_CACHE_HOME": f"{scratch}/cache", "DOCKER_CONFIG": f"{scratch}/docker"}
+        done = timed_run(lazybuild_argv("convert", "--tmpdir", scratch, src, dst), env=env)
+    if not done.ok:
+        raise RuntimeError(f"converting {src} failed: {done.failure()}")
+
+
+_converted: dict[str, str] = {}
+
+
+def _estargz_of(infra: BenchInfra, gzip_ref: str) -> str:
+    if gzip_ref not in _converted:
+        estargz_ref = gzip_ref.rsplit(":", 1)[0] + ":estargz"
+        _convert(infra, gzip_ref, estargz_ref)
+        _converted[gzip_ref] = estargz_ref
+    return _converted[gzip_ref]
+
+
+def _runtime_image(infra: BenchInfra) -> str:
+    host = infra.registry.host
+    layout = imagebuild.cached_runtime_image(rootfs.debootstrap_rootfs("minbase", []))
+    imagebuild.push_oci_layout(layout, host, "bench/runtime", "gzip")
+    return f"{host}/bench/runtime:gzip"
+
+
+def _images(infra: BenchInfra, example: Example) -> Images:
+    builder = infra.base_image(example.builder)
+    runtime = _runtime_image(infra) if example.runtime else None
+    return Images(
+        builder_gzip=builder,
+        builder_estargz=_estargz_of(infra, builder),
+        runtime_gzip=runtime,
+        runtime_estargz=_estargz_of(infra, runtime) if runtime else None,
+    )
+
+
+def _build_args(images: Images, estargz: bool, host: str, direct: str) -> list[str]:
+    builder = images.builder_estargz if estargz else images.builder_gzip
+    args = ["--build-arg", f"BUILDER={builder.replace(direct, host, 1)}"]
+    runtime = images.runtime_estargz if estargz else images.runtime_gzip
+    if runtime is not None:
+        args += ["--build-arg", f"RUNTIME={runtime.replace(direct, host, 1)}"]
+    return args
+
+
+# --- eStargz indexes: what the builder's files cost compressed ------------------------
+
+
+def _layer_indexes(infra: BenchInfra, ref: str) -> list[tuple[str, LayerIndex]]:
+    """(layer digest, index) of every eStargz layer of `ref`, bottom layer first."""
+    host, _, rest = ref.partition("/")
+    repo = rest.rpartition(":")[0]
+    indexes = []
+    with httpx.Client(timeout=120) as client:
+        for layer in infra.manifest(ref)["layers"]:
+            digest, size = layer["digest"], int(layer["size"])
+            expected = (layer.get("annotations") or {}).get(TOC_ANNOTATION)
+            if not expected:
+                continue
+            url = f"http://{host}/v2/{repo}/blobs/{digest}"
+
+            def read_at(offset: int, length: int, url: str = url) -> bytes:
+                headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+                response = client.get(url, headers=headers, follow_redirects=True)
+                response.raise_for_status()
+                return response.content
+
+            start, length = tail_read_range(size)
+            opened = parse_layer(
+                read_at(start, length), start, size, expected, read_at, where=digest
+            )
+            indexes.append((digest, opened.index))
+    return indexes
+
+
+def _chunk_size(chunk: ChunkRef) -> int:
+    return chunk.end - chunk.offset
+
+
+def _files_compressed(indexes: list[tuple[str, LayerIndex]], paths: set[str]) -> tuple[int, int]:
+    """(number of regular files, their compressed size): each path from the topmost layer
+    that has it; chunks shared by several files counted once."""
+    chunks: dict[tuple[str, int], int] = {}
+    files = 0
+    for path in paths:
+        for digest, index in reversed(indexes):
+            node = index.lookup(path)
+            if node is None:
+                continue
+            if node.type == "reg":
+                files += 1
+                for chunk in node.chunks:
+                    chunks[(digest, chunk.offset)] = _chunk_size(chunk)
+            break
+    return files, sum(chunks.values())
+
+
+def _cached_compressed(indexes: list[tuple[str, LayerIndex]], state: Path) -> int:
+    """Compressed size of the chunks of `indexes` that are in the state dir's chunk cache."""
+    root = state / "cache" / "chunks" / "sha256"
+    total = 0
+    seen: set[str] = set()
+    for _, index in indexes:
+        for node in index.walk():
+            if node.type != "reg":
+                continue
+            for chunk in node.chunks:
+                if chunk.digest in seen or not chunk.digest.startswith("sha256:"):
+                    continue
+                hex_digest = chunk.digest.removeprefix("sha256:")
+                if (root / hex_digest[:2] / hex_digest).exists():
+                    seen.add(chunk.digest)
+                    total += _chunk_size(chunk)
+    return total
+
+
+# --- which files the build step reads: strace in a chroot ------------------------------
+
+
+_OPEN = re.compile(r"^\d+\s+(?:open|openat|openat2)\(.*\)\s+=\s+\d+<(.+)>$")
+_EXEC = re.compile(r'^\d+\s+execve\("([^"]+)",.*\)\s+=\s+0$')
+
+
+def _resolve_in(root: Path, path: str, depth: int = 0) -> str | None:
+    """`path` with symlinks resolved inside `root` (absolute links stay in it), relative."""
+    if depth > 40:
+        return None
+    parts = [p for p in path.split("/") if p and p != "."]
+    resolved: list[str] = []
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            target = os.readlink(candidate)
+            base = [] if target.startswith("/") else resolved
+            rest = _resolve_in(root, "/".join([*base, target]), depth + 1)
+            if rest is None:
+                return None
+            resolved = rest.split("/") if rest else []
+        else:
+            resolved.append(part)
+    return "/".join(resolved)
+
+
+def _in_chroot(example: Example, workdir: Path, trace: bool) -> tuple[set[str], float]:
+    """Run the example's build step in a chroot on an overlay of the builder's root
+    filesystem (no lazy filesystem, no container): how long it took, and with `trace`
+    the paths (relative to /) of the files it opened or executed, seen by strace."""
+    packages = {"gcc": rootfs.GCC_PACKAGES, "golang": rootfs.GOLANG_PACKAGES}[example.builder]
+    lower = rootfs.debootstrap_rootfs("minbase", packages)
+    scratch = Path(tempfile.mkdtemp(prefix=f"trace-{example.name}-", dir=workdir))
+    upper, work, merged = scratch / "upper", scratch / "work", scratch / "merged"
+    for directory in (upper, work, merged):
+        directory.mkdir()
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)], check=True)
+    try:
+        target = merged / example.copy_to.lstrip("/")
+        shutil.copytree(EXAMPLES_DIR / example.name, target, dirs_exist_ok=True)
+        (target / "Dockerfile").unlink()
+        log = scratch / "strace.log"
+        env = [f"{k}={v}" for k, v in example.env.items()]
+        strace = (
+            ["strace", "-f", "-qq", "-y", "-o", str(log), "-e", "trace=open,openat,openat2,execve"]
+            if trace
+            else []
+        )
+        argv = [
+            *strace, "chroot", str(merged), "/usr/bin/env", "-i",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME=/root", *env,
+            "/bin/sh", "-c", f"cd {example.workdir} && {example.run}",
+        ]  # fmt: skip
+        done = timed_run(argv, timeout=STEP_TIMEOUT)
+        if not done.ok:
+            raise RuntimeError(f"tracing the {example.name} build step failed: {done.failure()}")
+        paths: set[str] = set()
+        if not trace:
+            return paths, done.wall_s
+        prefix = str(merged) + "/"
+        lines = log.read_text(errors="replace").splitlines()
+        # The first exec is the host's chroot, which is not part of the build.
+        first_exec = next((i for i, line in enumerate(lines) if _EXEC.match(line)), -1)
+        for number, line in enumerate(lines):
+            if number == first_exec:
+                continue
+            if (match := _OPEN.match(line)) is not None:
+                opened = match.group(1)
+                if opened.startswith(prefix):
+                    paths.add(opened.removeprefix(prefix))
+            elif (match := _EXEC.match(line)) is not None:
+                resolved = _resolve_in(merged, match.group(1))
+                if resolved:
+                    paths.add(resolved)
+        return paths, done.wall_s
+    finally:
+        subprocess.run(["umount", "-l", str(merged)], check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# --- the tools --------------------------------------------------------------------------
+
+
+def _release_state(state: Path) -> None:
+    subprocess.run(
+        lazybuild_argv("--state-dir", str(state), "prune"), capture_output=True, check=False
+    )
+    procs.unmount_all_under(state)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def _check_output(infra: BenchInfra, ref: str, expected: str) -> str:
+    """Run the pushed image `ref` (direct host) with `lazybuild run`; a problem or ""."""
+    state = Path(tempfile.mkdtemp(prefix="check-", dir=infra.workdir))
+    try:
+        done = timed_run(
+            lazybuild_argv("--state-dir", str(state), "run", "--network", "none", ref),
+            env={"XDG_CACHE_HOME": str(state / "xdg-cache")},
+            timeout=600,
+        )
+    finally:
+        _release_state(state)
+    if not done.ok:
+        return done.failure()
+    if done.stdout.strip() != expected:
+        return f"`lazybuild run {ref}` printed {done.stdout.strip()!r}, not {expected!r}"
+    return ""
+
+
+@dataclass
+class Run:
+    """What one repetition of one tool needs."""
+
+    infra: BenchInfra
+    example: Example
+    images: Images
+    host: str  # registry host the tools use (WAN proxy or direct)
+    n: int
+    indexes: list[tuple[str, LayerIndex]]
+
+    @property
+    def context(self) -> Path:
+        return EXAMPLES_DIR / self.example.name
+
+    def dest(self, tool: str) -> str:
+        return f"{self.host}/bench/build-{self.example.name}-{tool}-{self.n}:latest"
+
+    def direct(self, ref: str) -> str:
+        return ref.replace(self.host, self.infra.registry.host, 1)
+
+    def build_args(self, estargz: bool) -> list[str]:
+        return _build_args(self.images, estargz, self.host, self.infra.registry.host)
+
+
+def _record(run: Run, into: Measured, build: Timed, push: Timed | None) -> bool:
+    for step in (build, push):
+        if step is not None and not step.ok:
+            into.fail(step.failure())
+            return False
+    wan = run.infra.wan
+    into.build.append(build.wall_s)
+    into.push.append(push.wall_s if push is not None else 0.0)
+    into.wall.append(build.wall_s + (push.wall_s if push is not None else 0.0))
+    into.down.append(wan.bytes_to_client)
+    into.up.append(wan.bytes_to_upstream)
+    return True
+
+
+def _lazybuild(run: Run, into: Measured) -> None:
+    state = Path(tempfile.mkdtemp(prefix=f"build-{run.n}-", dir=run.infra.workdir))
+    report = state / "fetch-report.json"
+    ref = run.dest("lazybuild")
+    env = {"XDG_CACHE_HOME": str(state / "xdg-cache")}
+
+    def build(tag: str, *options: str) -> Timed:
+        argv = [
+            sys.executable, "-m", "lazybuild", "--state-dir", str(state),
+            "build", "--progress=plain", "--network", "none", *run.build_args(estargz=True),
+            "-t", tag, "--push", *options, str(run.context),
+        ]  # fmt: skip
+        return timed_run(argv, env=env, timeout=STEP_TIMEOUT)
+
+    try:
+        run.infra.wan.reset_counters()
+        cold = build(ref, "--fetch-report", str(report))
+        into.progress.append(cold.stderr + cold.stdout)
+        if not _record(run, into, cold, None):
+            return
+        data = json.loads(report.read_text())
+        into.reports.append(data)
+        into.fetched.append(int(data["bytes_fetched"]))
+        into.requests.append(sum(int(layer["requests"]) for layer in data["layers"]))
+        into.cached.append(_cached_compressed(run.indexes, state))
+        if run.n == 0:
+            # Not compared with anything: the same build again with every chunk it reads
+            # in the cache already, to tell fetching from the rest of the build's time.
+            warm = build(f"{ref}-warm", "--no-cache")
+            if warm.ok:
+                into.warm = warm.wall_s
+                into.warm_progress = warm.stderr + warm.stdout
+    finally:
+        _release_state(state)
+    if run.n == 0:
+        into.check = _check_output(run.infra, run.direct(ref), run.example.expected)
+
+
+def _docker(run: Run, into: Measured) -> None:
+    dockerd = run.infra.dockerd
+    env = {"DOCKER_HOST": dockerd.host, "DOCKER_CONFIG": str(dockerd.config_dir)}
+    ref = run.dest("docker")
+    run.infra.wan.reset_counters()
+    build = timed_run(
+        [DOCKER_CLI, "build", "-q", "--network", "none", *run.build_args(estargz=False),
+         "-t", ref, str(run.context)],
+        env={**env, "DOCKER_BUILDKIT": "0"},
+        timeout=STEP_TIMEOUT,
+    )  # fmt: skip
+    push = None
+    if build.ok:
+        push = timed_run([DOCKER_CLI, "push", "-q", ref], env=env, timeout=STEP_TIMEOUT)
+    recorded = _record(run, into, build, push)
+    # Everything goes, so the next repetition pulls and builds from nothing.
+    dockerd.docker("rmi", "-f", ref, check=False)
+    dockerd.docker("container", "prune", "-f", check=False)
+    dockerd.docker("image", "prune", "-a", "-f", check=False)
+    dockerd.docker("builder", "prune", "-a", "-f", check=False)
+    if recorded and run.n == 0:
+        into.check = _check_output(run.infra, run.direct(ref), run.example.expected)
+
+
+def _buildah(run: Run, into: Measured) -> None:
+    root = Path(tempfile.mkdtemp(prefix=f"buildah-{run.n}-", dir=run.infra.workdir))
+    storage = [
+        "--root", str(root / "root"), "--runroot", str(root / "runroot"),
+        "--storage-driver", "overlay",
+    ]  # fmt: skip
+    ref = run.dest("buildah")
+    try:
+        run.infra.wan.reset_counters()
+        build = timed_run(
+            [BUILDAH, *storage, "bud", "--quiet", "--tls-verify=false", "--isolation", "oci",
+             "--runtime", RUNC, "--network", "none", *run.build_args(estargz=False),
+             "-t", ref, str(run.context)],
+            timeout=STEP_TIMEOUT,
+        )  # fmt: skip
+        push = (
+            timed_run(
+                [BUILDAH, *storage, "push", "--quiet", "--tls-verify=false", ref],
+                timeout=STEP_TIMEOUT,
+            )
+            if build.ok
+            else None
+        )
+        recorded = _record(run, into, build, push)
+    finally:
+        for cleanup in (["rm", "--all"], ["rmi", "--all", "--force"]):
+            subprocess.run([BUILDAH, *storage, *cleanup], capture_output=True, check=False)
+        procs.unmount_all_under(root)
+        shutil.rmtree(root, ignore_errors=True)
+    if recorded and run.n == 0:
+        into.check = _check_output(run.infra, run.direct(ref), run.example.expected)
+
+
+TOOLS: list[tuple[str, str, Callable[[Run, Measured], None]]] = [
+    ("lazybuild", "lazybuild build --push (eStargz bases, lazy)", _lazybuild),
+    ("docker", "docker build (legacy builder) + docker push", _docker),
+    ("buildah", "buildah bud + buildah push", _buildah),
+]
+
+
+# --- lazybuild's progress: where the time goes -------------------------------------------
+
+
+_STEP_DONE = re.compile(r"^#(\d+) DONE ([\d.]+)s")
+_STEP_NAME = re.compile(r"^#(\d+) (\[.*|[A-Za-z].*)$")
+
+
+def _step_times(progress: str) -> list[tuple[str, float]]:
+    """(step name, seconds) from plain progress output, longest first."""
+    names: dict[str, str] = {}
+    times: list[tuple[str, float]] = []
+    for line in progress.splitlines():
+        if (done := _STEP_DONE.match(line)) is not None:
+            step = done.group(1)
+            times.append((names.get(step, f"#{step}"), float(done.group(2))))
+        elif (named := _STEP_NAME.match(line)) is not None and named.group(1) not in names:
+            names.setdefault(named.group(1), named.group(2).strip())
+    return sorted(times, key=lambda item: -item[1])
+
+
+# --- the section ---------------------------------------------------------------------------
+
+
+def _size(value: int | None) -> str:
+    if value is not None and value < 1024 * 1024:
+        return f"{value / 1024:.1f} KiB"
+    return mebibytes(value)
+
+
+def _list(values: list[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values) + " s" if values else "none"
+
+
+def _layers(count: int) -> str:
+    return f"{count} layer" if count == 1 else f"{count} layers"
+
+
+def _verdict(what: str, value: float | None, goal: float) -> str:
+    if value is None:
+        return f"{what}: not measured, see failures."
+    met = "**met**" if value <= goal else "**not met**"
+    return f"{what}: {met} ({value:.2f})."
+
+
+def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
+    load_before = os.getloadavg()[0]
+    direct = infra.registry.host
+    host = infra.wan.host if wan else direct
+    infra.dockerd  # noqa: B018 - started before the clock runs, not inside a repetition
+
+    prepared = []
+    for example in EXAMPLES:
+        images = _images(infra, example)
+        indexes = _layer_indexes(infra, images.builder_estargz)
+        _, native_s = _in_chroot(example, infra.workdir, trace=False)
+        read_paths, _ = _in_chroot(example, infra.workdir, trace=True)
+        read_files, read_bytes = _files_compressed(indexes, read_paths)
+        prepared.append((example, images, indexes, read_files, read_bytes, native_s))
+
+    results: dict[str, dict[str, Measured]] = {}
+    for example, images, indexes, *_ in prepared:
+        measured = {name: Measured(label) for name, label, _ in TOOLS}
+        results[example.name] = measured
+        for n in range(repeat):
+            # Interleaved so that drift in the machine's speed affects the tools alike.
+            job = Run(infra, example, images, host, n, indexes)
+            for name, _, measure in TOOLS:
+                print(f"bench build: {example.name} {name} #{n}", file=sys.stderr, flush=True)
+                measure(job, measured[name])
+
+    notes: list[str] = []
+    image_lines: list[str] = []
+    tables: list[list[str]] = [
+        [
+            "example",
+            "tool",
+            f"build + push (median of {repeat})",
+            "build",
+            "push",
+            "down (proxy → client)",
+            "up (proxy → registry)",
+            "time ratio to the faster peer",
+        ]
+    ]
+    verdicts: list[str] = []
+    for example, images, _, read_files, read_bytes, native_s in prepared:
+        measured = results[example.name]
+        lazy = measured["lazybuild"]
+        peers = [m for name, m in measured.items() if name != "lazybuild"]
+        peer_walls = [m.wall_median for m in peers if m.wall_median is not None]
+        fastest = min(peer_walls) if peer_walls else None
+        for name, m in measured.items():
+            push_text = seconds(median(m.push)) if m.failure is None else "n/a"
+            if name == "lazybuild":
+                push_text = "(in build)"
+            tables.append(
+                [
+                    example.name,
+                    m.label,
+                    seconds(m.wall_median),
+                    seconds(median(m.build)) if m.failure is None else "n/a",
+                    push_text,
+                    _size(m.int_median(m.down)),
+                    _size(m.int_median(m.up)),
+                    ratio(m.wall_median, fastest),
+                ]
+            )
+            if m.failure:
+                notes.append(f"**{example.name}, {m.label} failed**: {m.failure}")
+        time_ratio = lazy.wall_median / fastest if lazy.wall_median and fastest else None
+        verdicts.append(
+            _verdict(
+                f"{example.name}, time (lazybuild ≤ {TIME_GOAL} x the faster peer)",
+                time_ratio,
+                TIME_GOAL,
+            )
+        )
+        fetched = lazy.int_median(lazy.fetched)
+        cached = lazy.int_median(lazy.cached)
+        fetch_ratio = fetched / read_bytes if fetched is not None and read_bytes else None
+        verdicts.append(
+            _verdict(
+                f"{example.name}, fetching (bytes fetched ≤ {FETCH_GOAL} x compressed size of "
+                "the files the build step reads)",
+                fetch_ratio,
+                FETCH_GOAL,
+            )
+        )
+        builder_size = infra.compressed_size(images.builder_estargz)
+        requests = lazy.int_median(lazy.requests)
+        notes.append(
+            f"{example.name}: lazybuild fetched {_size(fetched)} of the eStargz builder's "
+            f"{mebibytes(builder_size)} in {requests} range requests (fetch report, median); "
+            f"the build step reads {read_files} files of the builder, {_size(read_bytes)} "
+            f"compressed (strace of `{example.run}` in a chroot of the builder's root "
+            f"filesystem); fetched / that = "
+            f"{ratio(fetched, read_bytes)}. The chunks in lazybuild's cache after the build "
+            f"are {_size(cached)} compressed (fetched / cached chunks = "
+            f"{ratio(fetched, cached)}): more than the files read, because lazybuild also "
+            "reads ahead across files that lie next to each other in the layer; the rest of "
+            "the difference is TOCs, footers and gaps between coalesced ranges."
+        )
+        if lazy.reports:
+            layers = lazy.reports[0]["layers"]
+            assert isinstance(layers, list)
+            per_layer = "; ".join(
+                f"{layer['digest'][7:19]} ({layer['mode']}, {_size(int(layer['size']))}): "
+                f"{_size(int(layer['bytes_fetched']))} in {layer['requests']} requests, "
+                f"{float(layer['seconds']):.1f} s"
+                for layer in layers
+            )
+            notes.append(
+                f"{example.name}: lazybuild fetch report of the first repetition: {per_layer}."
+            )
+        if lazy.progress:
+            steps = _step_times(lazy.progress[0])[:3]
+            text = (
+                f"{example.name}, where lazybuild's time goes (first repetition): longest "
+                "steps (plain progress) "
+                + "; ".join(f"`{name}` {secs:.1f} s" for name, secs in steps)
+            )
+            if lazy.warm is not None:
+                warm_steps = _step_times(lazy.warm_progress)[:1]
+                text += (
+                    f". The same build again with `--no-cache` in the same state dir (every "
+                    f"chunk it reads already cached, only TOC checks and the push on the "
+                    f"link) took {lazy.warm:.1f} s"
+                    + "".join(f", `{name}` {secs:.1f} s" for name, secs in warm_steps)
+                )
+            text += (
+                f". The build step alone, run directly in a chroot of the builder's root "
+                f"filesystem on local disk: {native_s:.1f} s."
+            )
+            notes.append(text)
+        notes.append(
+            f"{example.name}: times per repetition: "
+            + "; ".join(f"{m.label.split(' ')[0]} {_list(m.wall)}" for m in measured.values())
+            + "."
+        )
+        checks = []
+        for m in measured.values():
+            tool = m.label.split(" ")[0]
+            if m.check is None:
+                checks.append(f"{tool}: not checked")
+            elif m.check:
+                checks.append(f"{tool}: **failed**: {m.check}")
+            else:
+                checks.append(f"{tool}: ok")
+        notes.append(
+            f"{example.name}: output check (`lazybuild run` of each tool's first pushed image "
+            f"prints `{example.expected}`): " + "; ".join(checks) + "."
+        )
+        refs = [("builder", images.builder_gzip, images.builder_estargz)]
+        if images.runtime_gzip and images.runtime_estargz:
+            refs.append(("runtime", images.runtime_gzip, images.runtime_estargz))
+        for role, gzip_ref, estargz_ref in refs:
+            image_lines.append(
+                f"- {example.name} {role} `{gzip_ref.split('/', 1)[1].split(':')[0]}`: "
+                f"{_layers(len(infra.manifest(gzip_ref)['layers']))}, gzip "
+                f"{mebibytes(infra.compressed_size(gzip_ref))} (docker, buildah), eStargz "
+                f"{mebibytes(infra.compressed_size(estargz_ref))} (lazybuild)"
+            )
+
+    setup = describe(
+        {
+            "lazybuild": lazybuild_argv("--version"),
+            "dockerd": ["/usr/sbin/dockerd", "--version"],
+            "buildah": [BUILDAH, "--version"],
+            "runc": [RUNC, "--version"],
+            "registry": ["docker-registry", "--version"],
+        }
+    )
+    setup += [
+        load_line(load_before),
+        f"- Link: {WAN_DESCRIPTION}" if wan else "- Link: loopback (--no-wan)",
+        "- Base images: Debian bookworm minbase, then one layer with the packages "
+        "(gcc + libc6-dev; golang-go, Go 1.19), made with debootstrap; the C runtime is "
+        "libc + loader only. Pushed as plain gzip, converted by `lazybuild convert` to "
+        "eStargz outside the timing; in docker-registry on 127.0.0.1:",
+        *[f"  {line}" for line in image_lines],
+        "- Examples: `examples/hello-c` (`gcc -O2` in the gcc builder, binary copied onto "
+        "the C runtime image, `RUNTIME` build arg) and `examples/hello-go` (`go build` of a "
+        "program using net/http, net/http/httptest and encoding/json, CGO_ENABLED=0, in "
+        "the golang builder, static binary copied onto scratch); each result is pushed "
+        "to a new repository through the link",
+        "- lazybuild: `lazybuild --state-dir NEW build --progress=plain --network none "
+        "--build-arg BUILDER=<eStargz> [--build-arg RUNTIME=<eStargz>] -t REF --push "
+        "--fetch-report F CTX`, one command timed (build and push)",
+        "- docker: private dockerd (own data root, overlay2, no bridge); "
+        "`DOCKER_BUILDKIT=0 docker build -q --network none --build-arg ... -t REF CTX` then "
+        "`docker push REF`, timed together; after each repetition `docker rmi -f`, "
+        "`docker container prune -f`, `docker image prune -af`, `docker builder prune -af`",
+        "- buildah: `buildah --root NEW --runroot NEW --storage-driver overlay bud --quiet "
+        "--tls-verify=false --isolation oci --runtime /usr/sbin/runc --network none "
+        "--build-arg ... -t REF CTX` then `buildah push --quiet --tls-verify=false REF`, "
+        "timed together; storage dirs removed after each repetition",
+        "- Wire bytes are what the WAN proxy delivered (down: registry → tool, pulls and "
+        "lazy reads; up: tool → registry, pushes), HTTP overhead included.",
+        "- Repetitions interleave the three tools; figures are medians.",
+    ]
+    notes[:0] = verdicts
+    return Section(
+        name="build",
+        title="build: cold multi-stage build + push over the WAN, lazybuild vs docker and buildah",
+        setup=setup,
+        table=tables,
+        notes=notes,
+    )
