@@ -26,6 +26,7 @@ from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.oci.platform import Platform, host_platform
 from lazybuild.solver import ProgressWriter, Solver, SQLiteCacheStore, VertexFailedError
 from lazybuild.worker.execop import ExecError
+from lazybuild.worker.imageop import image_layers
 from lazybuild.worker.imagerecords import ImageRecords
 from lazybuild.worker.layers import Snapshot
 from lazybuild.worker.layerstore import LayerStore
@@ -95,7 +96,28 @@ async def run_build(
     await trio.to_thread.run_sync(cleanup_stale_mounts, state_dir)
     store = LayerStore(state_dir)
     await trio.to_thread.run_sync(store.clean_staging)
-    async with registry.client() as client, AsyncExitStack() as stack:
+    async with (
+        registry.client() as client,
+        AsyncExitStack() as stack,
+        trio.open_nursery() as warm_ups,
+    ):
+        mounter = LayerMounter(
+            store,
+            lambda: LazyMountService(
+                state_dir,
+                insecure_registries=registry.insecure_registries,
+                docker_config=registry.docker_config,
+                # A build reads what its steps read; fetching whole base images in the
+                # background would spend the bandwidth laziness saves.
+                background_fetch=False,
+            ),
+            stack,
+            on_unpacked=on_line,
+        )
+        # The filesystem process starts while the Dockerfile is read and base images are
+        # resolved, and their layers are opened while the first steps are keyed: the
+        # first RUN then finds its mounts ready.
+        warm_ups.start_soon(mounter.warm_up, ())
         resolver = ImageResolver(
             client,
             platform,
@@ -111,20 +133,11 @@ async def run_build(
             labels=dict(request.labels),
             resolver=resolver,
         )
-        context = BuildContext(request.context_dir, DockerIgnore(graph.excludes))
-        mounter = LayerMounter(
-            store,
-            lambda: LazyMountService(
-                state_dir,
-                insecure_registries=registry.insecure_registries,
-                docker_config=registry.docker_config,
-                # A build reads what its steps read; fetching whole base images in the
-                # background would spend the bandwidth laziness saves.
-                background_fetch=False,
-            ),
-            stack,
-            on_unpacked=on_line,
+        warm_ups.start_soon(
+            mounter.warm_up,
+            [layer for image in graph.images.values() for layer in image_layers(image)],
         )
+        context = BuildContext(request.context_dir, DockerIgnore(graph.excludes))
         cache_mounts = state_dir / "build" / "cache-mounts"
         resources = WorkerResources(
             store=store,
@@ -151,6 +164,7 @@ async def run_build(
         snapshot = result if isinstance(result, Snapshot) else Snapshot()
         await finish(BuildResult(snapshot, graph.graph.config, graph, mounter, store))
         report = await mounter.fetch_report()
+        warm_ups.cancel_scope.cancel()
     return BuildOutcome(graph.graph.config, snapshot, report)
 
 

@@ -8,7 +8,8 @@ is undone on the way out, including on errors and cancellation.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from lazybuild.registry.reference import Reference
 from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
 from lazybuild.worker.layers import LocalLayer, RemoteLayer, Snapshot
 from lazybuild.worker.layerstore import LayerStore
+
+log = logging.getLogger(__name__)
 
 
 class LayerMounter:
@@ -55,6 +58,18 @@ class LayerMounter:
         if self._service is None or not self._service.running:
             return None
         return await self._service.stats()
+
+    async def warm_up(self, layers: Sequence[RemoteLayer]) -> None:
+        """Start the filesystem and open ``layers`` (fetch and verify their TOCs) ahead
+        of the first step that mounts them. Best effort: a failure here is met again,
+        and reported, by the step that needs the layer."""
+        try:
+            await self._started_service()
+            async with trio.open_nursery() as nursery:
+                for layer in layers:
+                    nursery.start_soon(self._remote_dir, layer)
+        except Exception as exc:
+            log.debug("warming up the lazy filesystem failed: %s", exc)
 
     async def _started_service(self) -> LazyMountService:
         async with self._service_lock:

@@ -54,16 +54,19 @@ def rawjson_events(stderr: str) -> list[dict[str, Any]]:
     return events
 
 
-def runc_containers() -> list[str]:
+def runc_containers(state: Path) -> list[str]:
+    """Containers runc still knows whose bundle lives under ``state``."""
     if not RUNC_STATE.exists():
         return []
     listing = subprocess.run(
-        ["runc", "--root", str(RUNC_STATE), "list", "-q"],
+        ["runc", "--root", str(RUNC_STATE), "list", "--format", "json"],
         capture_output=True,
         text=True,
         check=False,
     )
-    return [line for line in listing.stdout.split() if line]
+    containers = json.loads(listing.stdout or "null") or []
+    root = str(state.resolve())
+    return [c["id"] for c in containers if str(c.get("bundle", "")).startswith(root)]
 
 
 def filesystem_processes(state: Path) -> list[str]:
@@ -78,7 +81,7 @@ def filesystem_processes(state: Path) -> list[str]:
 
 def assert_nothing_left(state: Path) -> None:
     assert mounts_under(state) == []
-    assert runc_containers() == []
+    assert runc_containers(state) == []
     assert filesystem_processes(state) == []
     staging = state / "build" / "staging"
     assert not staging.exists() or list(staging.iterdir()) == []
