@@ -671,10 +671,13 @@ class _CopyRun:
         return _resolve(self._dest_root, path, follow_last=True)
 
     def _make_dirs(self, path: Path) -> None:
+        # Directories the copy creates take --chmod too (BuildKit since fsutil 183e7fb).
+        chmod = self._settings.chmod
+        mode = chmod(_DEFAULT_DIR_MODE, True) if chmod else _DEFAULT_DIR_MODE
         self._made += _make_dirs(
             self._dest_root,
             path,
-            mode=_DEFAULT_DIR_MODE,
+            mode=mode,
             owner=self._settings.owner,
             mtime_ns=self._settings.mtime_ns,
         )

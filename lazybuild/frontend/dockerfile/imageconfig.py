@@ -15,6 +15,8 @@ from typing import Any
 __all__ = ["HealthConfig", "HistoryEntry", "ImageConfigState"]
 
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
+# What an image built from scratch starts with (BuildKit's and Docker's default PATH).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -24,9 +26,12 @@ class HistoryEntry:
     created_by: str
     empty_layer: bool = False
     comment: str = ""
+    created: str = ""  # a base image's entries keep theirs; new ones get the image's
 
     def to_json(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"created_by": self.created_by}
+        if self.created:
+            entry["created"] = self.created
         if self.comment:
             entry["comment"] = self.comment
         if self.empty_layer:
@@ -183,6 +188,7 @@ class ImageConfigState:
                 created_by=str(entry.get("created_by", "")),
                 empty_layer=bool(entry.get("empty_layer", False)),
                 comment=str(entry.get("comment", "")),
+                created=str(entry.get("created", "")),
             )
             for entry in history_json
         )

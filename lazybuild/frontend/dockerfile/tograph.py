@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lazybuild.frontend.dockerfile.imageconfig import (
+    DEFAULT_PATH,
     HISTORY_COMMENT,
     HealthConfig,
     HistoryEntry,
@@ -243,7 +244,9 @@ class _Converter:
             # CMD-set-in-this-stage does not carry over: a child's ENTRYPOINT drops it.
             state, config, cmd_set = parent.state, parent.config, False
         elif base.kind == "scratch":
-            state, config, cmd_set = State.scratch(), ImageConfigState(), False
+            # BuildKit's empty image has the default PATH, and images built on it keep it.
+            config = ImageConfigState(env=(f"PATH={DEFAULT_PATH}",))
+            state, cmd_set = State.scratch(), False
         elif base.kind == "context":
             state = State.local(base.ref, metadata=from_meta)
             config, cmd_set = ImageConfigState(), False

@@ -221,7 +221,7 @@ def test_copy_from_stage_and_image() -> None:
     images = [op.ref for op in _of(result.definition, ImageSource)]
     assert images == ["debian", "alpine:3"]
     assert set(result.stage_states) == {0, 1}
-    assert result.config.env == ()
+    assert result.config.env == (f"PATH={DEFAULT_PATH}",)
 
 
 def test_add_url_and_archive() -> None:
