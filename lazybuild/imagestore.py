@@ -17,6 +17,7 @@ from typing import Protocol
 import trio
 
 from lazybuild.errors import DigestMismatchError, UsageError
+from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.digest import new_hasher, verify_digest
 from lazybuild.oci.layout import OciLayout
@@ -86,6 +87,13 @@ class RegistrySource:
         return RootDocument(descriptor, fetched.data, fetched.document)
 
     async def fetch(self, descriptor: Descriptor) -> bytes:
+        if mediatypes.is_manifest(descriptor.media_type) or mediatypes.is_index(
+            descriptor.media_type
+        ):
+            # An index's children are manifests: the registry serves them as such, not
+            # as blobs.
+            fetched = await self.client.get_manifest(self.ref.with_digest(descriptor.digest))
+            return fetched.data
         return await self.client.get_blob(self.ref, descriptor)
 
     async def download(self, descriptor: Descriptor, dest: Path) -> None:
