@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import trio
 
 from lazybuild import __version__
-from lazybuild.cli import build_commands, cache_commands, image_commands, run_commands
+from lazybuild.cli import (
+    build_commands,
+    cache_commands,
+    image_commands,
+    optimize_commands,
+    run_commands,
+)
 from lazybuild.cli.options import add_global_options
 from lazybuild.errors import LazybuildError
 
@@ -51,13 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     build_commands.add_parsers(commands)
     image_commands.add_parsers(commands)
+    optimize_commands.add_parsers(commands)
     run_commands.add_parsers(commands)
     cache_commands.add_parsers(commands)
     return parser
 
 
 # Commands that touch mounts or caches first undo what killed runs left behind.
-_COMMANDS_USING_STATE = frozenset({"build", "mount", "umount", "run", "du", "prune"})
+_COMMANDS_USING_STATE = frozenset({"build", "optimize", "mount", "umount", "run", "du", "prune"})
 
 
 def _clean_up_after_killed_runs(args: argparse.Namespace) -> None:
