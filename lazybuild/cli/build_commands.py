@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lazybuild.cli import build_flags
+from lazybuild.cli.optimize_commands import add_workload_arguments
 from lazybuild.cli.options import registry_options, state_dir
 
 _FETCH_POLL_SECONDS = 1.0
@@ -62,16 +63,31 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     build.add_argument(
         "--fetch-report", type=Path, metavar="FILE", help="write the fetch report as JSON"
     )
+    build.add_argument(
+        "--no-optimize",
+        dest="optimize",
+        action="store_false",
+        help="do not profile the image's workload to order its new layers",
+    )
+    add_workload_arguments(build)
+    build.add_argument(
+        "--record-out", type=Path, metavar="FILE", help="write the workload's file record"
+    )
+    build.add_argument(
+        "--record-in", type=Path, metavar="FILE", help="order layers by this record instead"
+    )
     build.set_defaults(run=run_build_command)
 
 
 async def run_build_command(args: argparse.Namespace) -> int:
     from lazybuild.build.driver import BuildFailedError, BuildResult, run_build
+    from lazybuild.build.profiling import ProfileRequest, prioritized_files
     from lazybuild.build.request import BuildRequest
     from lazybuild.buildprogress import BuildProgress, Mode
+    from lazybuild.errors import UsageError
     from lazybuild.estargz.writer import WriterOptions
     from lazybuild.exporter import BuiltImage, export_image
-    from lazybuild.exporter.outputs import outputs_from_flags
+    from lazybuild.exporter.outputs import LocalOutput, outputs_from_flags
     from lazybuild.imagemount import render_fetch_report
 
     environ = dict(os.environ)
@@ -90,10 +106,19 @@ async def run_build_command(args: argparse.Namespace) -> int:
         network=args.network,
     )
     if not request.context_dir.is_dir():
-        from lazybuild.errors import UsageError
-
         raise UsageError(f"build context {request.context_dir} is not a directory")
     outputs = outputs_from_flags(args.output, args.tag, args.push, args.load)
+    if args.record_in is not None and args.workload_cmd is not None:
+        raise UsageError("--record-in and --workload-cmd exclude each other")
+    profile = ProfileRequest(
+        command=args.workload_cmd,
+        env=tuple(args.workload_env),
+        timeout=args.workload_timeout,
+        ready=args.workload_ready,
+        network=args.workload_network,
+        record_in=args.record_in,
+        record_out=args.record_out,
+    )
     registry = registry_options(args)
     mode: Mode = "quiet" if args.quiet else args.progress
     export_result: list[Any] = []
@@ -105,6 +130,10 @@ async def run_build_command(args: argparse.Namespace) -> int:
             )
 
         async def finish(result: BuildResult) -> None:
+            prioritized: dict[str, tuple[str, ...]] = {}
+            if args.optimize and any(not isinstance(o, LocalOutput) for o in outputs):
+                prioritized = await prioritized_files(result, profile, progress.line)
+
             @asynccontextmanager
             async def rootfs() -> AsyncIterator[Path]:
                 await result.mounter.fetch_whole(result.snapshot)
@@ -119,6 +148,7 @@ async def run_build_command(args: argparse.Namespace) -> int:
                             result.snapshot.layers,
                             result.config,
                             source_date_epoch=request.source_date_epoch,
+                            prioritized=prioritized,
                         ),
                         outputs,
                         store=result.store,

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -67,6 +67,8 @@ class BuiltImage:
     config: ImageConfigState | Mapping[str, Any]
     source_date_epoch: int | None = None
     platform: Platform | None = None
+    # Local layer id -> the files to write first (a workload profile); others: none.
+    prioritized: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     def oci_config(self) -> Mapping[str, Any]:
         if isinstance(self.config, ImageConfigState):
@@ -197,6 +199,7 @@ class _Exporter:
             source_date_epoch=self.image.source_date_epoch,
             concurrency=concurrency,
             on_done=done,
+            prioritized=self.image.prioritized,
         )
         self.layers = prepare_layers(self.image.layers, blobs)
         self.assembled = assemble_image(

@@ -25,8 +25,8 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,18 +99,20 @@ async def local_layer_blobs(
     source_date_epoch: int | None,
     concurrency: int = DEFAULT_COMPRESSION_CONCURRENCY,
     on_done: Callable[[LocalLayer, LayerBlob], None] | None = None,
+    prioritized: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, LayerBlob]:
     """Blobs of ``layers`` by layer id, at most ``concurrency`` compressed at once; a layer
-    listed twice is compressed once."""
+    listed twice is compressed once. ``prioritized`` gives, by layer id, the files a
+    layer puts first (before ``.prefetch.landmark``)."""
     limiter = trio.CapacityLimiter(max(1, concurrency))
     unique = {layer.id: layer for layer in layers}
     blobs: dict[str, LayerBlob] = {}
 
     async def one(layer: LocalLayer) -> None:
         async with limiter:
-            blob = await local_layer_blob(
-                layer, store, options, source_date_epoch=source_date_epoch
-            )
+            first = (prioritized or {}).get(layer.id)
+            chosen = options if first is None else replace(options, prioritized_files=list(first))
+            blob = await local_layer_blob(layer, store, chosen, source_date_epoch=source_date_epoch)
         blobs[layer.id] = blob
         if on_done is not None:
             on_done(layer, blob)
