@@ -34,6 +34,8 @@ from lazybuild.worker.resources import ImageResolver, WorkerResources
 from lazybuild.worker.rootfs import LayerMounter
 from lazybuild.worker.worker import Worker
 
+_FETCH_POLL_SECONDS = 1.0
+
 
 class BuildFailedError(LazybuildError):
     """A step failed; the message names the Dockerfile line and the step.
@@ -89,8 +91,12 @@ async def run_build(
     progress: ProgressWriter | None,
     finish: Finish,
     on_line: Callable[[str], None] = lambda text: None,
+    on_fetch: Callable[[str, int, int], None] | None = None,
 ) -> BuildOutcome:
-    """Build ``request``; ``finish`` exports the result before the mounts come down."""
+    """Build ``request``; ``finish`` exports the result before the mounts come down.
+
+    ``on_fetch(image, fetched, size)`` hears, about once a second, how much of each
+    lazily mounted base image has been fetched."""
     platform = _platform(request)
     context = BuildContext(request.context_dir, None)
     await trio.to_thread.run_sync(cleanup_stale_mounts, state_dir)
@@ -118,6 +124,8 @@ async def run_build(
         # resolved, and their layers are opened while the first steps are keyed: the
         # first RUN then finds its mounts ready.
         warm_ups.start_soon(mounter.warm_up, ())
+        if on_fetch is not None:
+            warm_ups.start_soon(_report_fetches, mounter, on_fetch)
         resolver = ImageResolver(
             client,
             platform,
@@ -166,6 +174,17 @@ async def run_build(
         report = await mounter.fetch_report()
         warm_ups.cancel_scope.cancel()
     return BuildOutcome(graph.graph.config, snapshot, report)
+
+
+async def _report_fetches(mounter: LayerMounter, on_fetch: Callable[[str, int, int], None]) -> None:
+    while True:
+        await trio.sleep(_FETCH_POLL_SECONDS)
+        try:
+            totals = await mounter.fetch_by_image()
+        except LazybuildError:
+            continue  # the filesystem is starting or stopping: next time
+        for image, (fetched, size) in sorted(totals.items()):
+            on_fetch(image, fetched, size)
 
 
 def _build_failure(failure: VertexFailedError, graph: BuildGraph) -> BuildFailedError:

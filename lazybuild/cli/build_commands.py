@@ -15,8 +15,6 @@ from lazybuild.cli import build_flags
 from lazybuild.cli.optimize_commands import add_workload_arguments
 from lazybuild.cli.options import registry_options, state_dir
 
-_FETCH_POLL_SECONDS = 1.0
-
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from lazybuild.buildprogress import MODES
@@ -129,6 +127,10 @@ async def run_build_command(args: argparse.Namespace) -> int:
                 "(use -o, --push or --load)"
             )
 
+        def show_fetch(image: str, fetched: int, size: int) -> None:
+            progress.fetch_status(image, fetched, size)
+            progress.tick()
+
         async def finish(result: BuildResult) -> None:
             prioritized: dict[str, tuple[str, ...]] = {}
             if args.optimize and any(not isinstance(o, LocalOutput) for o in outputs):
@@ -167,6 +169,7 @@ async def run_build_command(args: argparse.Namespace) -> int:
                 progress=progress,
                 finish=finish,
                 on_line=progress.line,
+                on_fetch=show_fetch,
             )
         except BuildFailedError as failure:
             if failure.tail and mode != "quiet":

@@ -47,11 +47,25 @@ class LayerMounter:
         self._service: LazyMountService | None = None
         self._service_lock = trio.Lock()
         self._layers: dict[str, LayerMount] = {}
+        self._sources: dict[str, str] = {}  # layer digest -> the image it came with
         self._adding: dict[str, trio.Event] = {}
 
     @property
     def service(self) -> LazyMountService | None:
         return self._service
+
+    async def fetch_by_image(self) -> dict[str, tuple[int, int]]:
+        """Bytes fetched so far and total size, per base image (by reference), over the
+        layers mounted so far."""
+        report = await self.fetch_report()
+        if report is None:
+            return {}
+        totals: dict[str, tuple[int, int]] = {}
+        for layer in report.layers:
+            image = self._sources.get(layer.digest, layer.digest)
+            fetched, size = totals.get(image, (0, 0))
+            totals[image] = (fetched + layer.bytes_fetched, size + layer.size)
+        return totals
 
     async def fetch_report(self) -> FetchReport | None:
         """What the lazy filesystem fetched so far (``None``: no base layer was mounted)."""
@@ -91,6 +105,7 @@ class LayerMounter:
                 service = await self._started_service()
                 mount = await service.add_layer(Reference.parse(layer.source), layer.descriptor)
                 self._layers[digest] = mount
+                self._sources[digest] = layer.source.split("@", 1)[0]
                 if mount.mode == "unpacked":
                     self._on_unpacked(
                         f"layer {short_digest(digest)} of {layer.source} is not eStargz: "
