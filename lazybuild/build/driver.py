@@ -98,7 +98,7 @@ async def run_build(
     ``on_fetch(image, fetched, size)`` hears, about once a second, how much of each
     lazily mounted base image has been fetched."""
     platform = _platform(request)
-    context = BuildContext(request.context_dir, None)
+    BuildContext(request.context_dir, None)  # a missing context fails here, first
     await trio.to_thread.run_sync(cleanup_stale_mounts, state_dir)
     store = LayerStore(state_dir)
     await trio.to_thread.run_sync(store.clean_staging)
@@ -107,6 +107,7 @@ async def run_build(
         AsyncExitStack() as stack,
         trio.open_nursery() as warm_ups,
     ):
+        stack.enter_context(store.in_use())
         mounter = LayerMounter(
             store,
             lambda: LazyMountService(

@@ -61,7 +61,11 @@ async def run_du(args: argparse.Namespace) -> int:
     usage = await trio.to_thread.run_sync(cache.usage)
     print(f"state directory  {root}")
     print(f"chunk cache      {usage.entries:>8} chunks  {human_size(usage.bytes):>10}")
-    for name, label in (("unpacked", "unpacked layers"), ("tocs", "layer TOCs")):
+    for name, label in (
+        ("unpacked", "unpacked layers"),
+        ("tocs", "layer TOCs"),
+        ("build", "build cache"),
+    ):
         files, total = await trio.to_thread.run_sync(_tree_size, root / name)
         print(f"{label:<16} {files:>8} files   {human_size(total):>10}")
     return 0
@@ -83,4 +87,20 @@ async def run_prune(args: argparse.Namespace) -> int:
             files, total = await trio.to_thread.run_sync(_tree_size, unpacked)
             await trio.to_thread.run_sync(shutil.rmtree, unpacked)
             print(f"freed {files} files of unpacked layers, {human_size(total)}")
+    build = root / "build"
+    if args.keep_storage == 0 and build.is_dir():
+        # Like `docker builder prune -a`: step layers, their blobs, cache records, cache
+        # mounts and remembered base images; never under a running build.
+        if await trio.to_thread.run_sync(_build_running, build):
+            print("build cache kept: a build is running")
+        else:
+            files, total = await trio.to_thread.run_sync(_tree_size, build)
+            await trio.to_thread.run_sync(shutil.rmtree, build)
+            print(f"freed {files} files of build cache, {human_size(total)}")
     return 0
+
+
+def _build_running(build: Path) -> bool:
+    from lazybuild.worker.layerstore import build_in_use
+
+    return build_in_use(build.parent)

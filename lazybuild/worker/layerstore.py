@@ -12,6 +12,7 @@ directories, which the next build removes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -19,9 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lazybuild.processes import process_alive
 from lazybuild.snapshot.mountinfo import mounts_under
 from lazybuild.snapshot.overlay import unmount
 from lazybuild.worker.layers import LocalLayer
+
+_LOCK_NAME = ".in-use"
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,16 @@ class LayerStore:
         area.upper.rename(target)
         return LocalLayer(layer_id, target)
 
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Held by a running build (a shared lock), so ``prune`` leaves the store alone."""
+        with open(self.root / _LOCK_NAME, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def empty_directory(self) -> Path:
         """A directory that stays empty: the lower layer of a filesystem built on scratch."""
         path = self.root / "empty"
@@ -95,18 +109,22 @@ class LayerStore:
         """Remove staging areas that builds which are no longer running left behind."""
         for area in self.staging_dir.iterdir():
             owner = area.name.partition("-")[0]
-            if not (owner.isdigit() and _alive(int(owner))):
+            if not (owner.isdigit() and process_alive(int(owner))):
                 _remove_tree(area)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def build_in_use(state_dir: Path) -> bool:
+    """Whether a build holds the store of ``state_dir`` (see ``LayerStore.in_use``)."""
+    lock_path = state_dir / "build" / _LOCK_NAME
+    if not lock_path.exists():
         return False
-    except PermissionError:
-        return True
-    return True
+    with open(lock_path, "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
 
 
 def _remove_tree(path: Path) -> None:

@@ -295,3 +295,18 @@ def test_pull_decides_whether_a_moved_tag_is_seen(
     assert pulled.returncode != 0
     assert "RUN ls /usr/bin" in pulled.stderr
     assert_nothing_left(state)
+
+
+def test_prune_removes_the_build_cache(base_image: str, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    context = write_context(tmp_path / "ctx", "ARG BASE\nFROM ${BASE}\nRUN echo x > /x\n")
+    args = ["build", "--progress=rawjson", "--build-arg", f"BASE={base_image}", str(context)]
+    lazybuild(state, *args)
+    assert "build cache" in lazybuild(state, "du").stdout
+    pruned = lazybuild(state, "prune").stdout
+    assert "of build cache" in pruned
+    assert not (state / "build").exists()
+    events = rawjson_events(lazybuild(state, *args).stderr)
+    run = [e for e in events if e["type"] == "completed" and "RUN echo x" in e["name"]]
+    assert run and not run[0]["cached"]
+    assert_nothing_left(state)
