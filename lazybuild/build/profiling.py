@@ -18,8 +18,11 @@ from pathlib import Path
 
 from lazybuild.build.driver import BuildResult
 from lazybuild.executor.spec import Network
+from lazybuild.exporter.registrypush import WorkloadRecordAttachment
+from lazybuild.oci.platform import host_platform
 from lazybuild.profile import DirectoryLayerContents, assign_to_layers, record_workload
-from lazybuild.profile.record import read_record, record_paths, write_record
+from lazybuild.profile.record import encode_record, read_record, record_paths, write_record
+from lazybuild.profile.workload import WorkloadRecord
 from lazybuild.worker.layers import LocalLayer
 
 
@@ -34,15 +37,23 @@ class ProfileRequest:
     record_out: Path | None = None
 
 
-async def prioritized_files(
+@dataclass(frozen=True)
+class Profile:
+    """By layer id, the files each new layer puts first, in order; and the record."""
+
+    prioritized: dict[str, tuple[str, ...]]
+    record: WorkloadRecordAttachment | None
+
+
+async def profile_image(
     result: BuildResult, request: ProfileRequest, line: Callable[[str], None]
-) -> dict[str, tuple[str, ...]]:
-    """For each layer the build made (by layer id), the files to put first, in order."""
+) -> Profile:
+    """Record the image's workload and decide each new layer's first files."""
     snapshot = result.snapshot
     made = [layer for layer in snapshot.layers if isinstance(layer, LocalLayer)]
     if not made:
-        return {}
-    files = await _recorded_files(result, request, line)
+        return Profile({}, None)
+    files, workload = await _recorded_files(result, request, line)
     lowers = await result.mounter.lower_dirs(snapshot)
     contents = [DirectoryLayerContents(directory) for directory in reversed(lowers)]
     assignment = assign_to_layers(files, contents)
@@ -54,19 +65,27 @@ async def prioritized_files(
             chosen[layer.id] = tuple(assignment.per_layer[position])
     first = sum(len(paths) for paths in chosen.values())
     line(f"workload profile: {first} file(s) go first in the {len(made)} new layer(s)")
-    return chosen
+    attachment = None
+    if assignment.files:
+        attachment = WorkloadRecordAttachment(
+            record=encode_record(assignment.entries()),
+            command=workload.args if workload else (),
+            outcome=workload.outcome.to_json() if workload else None,
+            platform=host_platform(),
+        )
+    return Profile(chosen, attachment)
 
 
 async def _recorded_files(
     result: BuildResult, request: ProfileRequest, line: Callable[[str], None]
-) -> Sequence[str]:
+) -> tuple[Sequence[str], WorkloadRecord | None]:
     if request.record_in is not None:
-        return record_paths(read_record(request.record_in))
+        return record_paths(read_record(request.record_in)), None
     config = result.config.to_oci_config()
     settings = config.get("config") or {}
     if request.command is None and not (settings.get("Entrypoint") or settings.get("Cmd")):
         line("workload profile: the image has no ENTRYPOINT or CMD; nothing to profile")
-        return ()
+        return (), None
     with result.store.staging() as area:
         async with result.mounter.mounted(
             result.snapshot, area.merged, upper=area.upper, work=area.work
@@ -86,4 +105,4 @@ async def _recorded_files(
         f"workload profile: {' '.join(record.args)} {record.outcome.describe()}; "
         f"it read {len(record.files)} file(s){verdict}"
     )
-    return record.files
+    return record.files, record

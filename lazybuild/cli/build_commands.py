@@ -79,7 +79,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 async def run_build_command(args: argparse.Namespace) -> int:
     from lazybuild.build.driver import BuildFailedError, BuildResult, run_build
-    from lazybuild.build.profiling import ProfileRequest, prioritized_files
+    from lazybuild.build.profiling import Profile, ProfileRequest, profile_image
     from lazybuild.build.request import BuildRequest
     from lazybuild.buildprogress import BuildProgress, Mode
     from lazybuild.errors import UsageError
@@ -132,9 +132,9 @@ async def run_build_command(args: argparse.Namespace) -> int:
             progress.tick()
 
         async def finish(result: BuildResult) -> None:
-            prioritized: dict[str, tuple[str, ...]] = {}
+            profiled = Profile({}, None)
             if args.optimize and any(not isinstance(o, LocalOutput) for o in outputs):
-                prioritized = await prioritized_files(result, profile, progress.line)
+                profiled = await profile_image(result, profile, progress.line)
 
             @asynccontextmanager
             async def rootfs() -> AsyncIterator[Path]:
@@ -150,7 +150,8 @@ async def run_build_command(args: argparse.Namespace) -> int:
                             result.snapshot.layers,
                             result.config,
                             source_date_epoch=request.source_date_epoch,
-                            prioritized=prioritized,
+                            prioritized=profiled.prioritized,
+                            record=profiled.record,
                         ),
                         outputs,
                         store=result.store,

@@ -39,7 +39,7 @@ from lazybuild.exporter.outputs import (
     OciOutput,
     OutputSpec,
 )
-from lazybuild.exporter.registrypush import PushReport, push_image
+from lazybuild.exporter.registrypush import PushReport, WorkloadRecordAttachment, push_image
 from lazybuild.exporter.rootfscopy import copy_rootfs
 from lazybuild.frontend.dockerfile.imageconfig import ImageConfigState
 from lazybuild.oci.platform import Platform, host_platform
@@ -69,6 +69,8 @@ class BuiltImage:
     platform: Platform | None = None
     # Local layer id -> the files to write first (a workload profile); others: none.
     prioritized: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # The workload record behind ``prioritized``, pushed with the image.
+    record: WorkloadRecordAttachment | None = None
 
     def oci_config(self) -> Mapping[str, Any]:
         if isinstance(self.config, ImageConfigState):
@@ -232,6 +234,7 @@ class _Exporter:
             registry=self.registry,
             blobs=blob_files,
             progress=self.progress,
+            record=self.image.record,
         )
         self.pushes.extend(reports)
         self._add_names(spec.names)

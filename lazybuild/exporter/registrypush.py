@@ -13,13 +13,15 @@ from an earlier one instead of uploading them again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from lazybuild.exporter.content import BlobFiles, PreparedLayer
 from lazybuild.exporter.image import AssembledImage
+from lazybuild.oci.platform import Platform
+from lazybuild.profile.artifact import index_with_record, record_artifact
 from lazybuild.progress import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
@@ -64,8 +66,10 @@ async def push_image(
     registry: RegistryClient,
     blobs: BlobFiles,
     progress: Callable[[str], None],
+    record: WorkloadRecordAttachment | None = None,
 ) -> list[PushReport]:
-    """Push ``image`` to every name in turn; one report per name."""
+    """Push ``image`` to every name in turn; one report per name. With ``record``, the
+    name gets an index of the image and its workload record artifact."""
     reports = []
     pushed: list[Reference] = []
     for name in names:
@@ -75,6 +79,8 @@ async def push_image(
         report = await _push_one(
             image, layers, ref, earlier=earlier, registry=registry, blobs=blobs, progress=progress
         )
+        if record is not None and ref.digest is None:
+            await _attach_record(image, ref, record, registry)
         progress(f"pushed {ref}@{report.manifest_digest} ({report.summary()})")
         reports.append(report)
         pushed.append(ref)
@@ -112,6 +118,41 @@ async def _push_one(
         ref, image.manifest_bytes, image.manifest_descriptor.media_type
     )
     return report
+
+
+@dataclass(frozen=True)
+class WorkloadRecordAttachment:
+    """The workload record of a built image, to travel with it (``lazybuild.profile``)."""
+
+    record: bytes
+    command: tuple[str, ...]
+    outcome: Mapping[str, object] | None
+    platform: Platform
+
+
+async def _attach_record(
+    image: AssembledImage,
+    ref: Reference,
+    attachment: WorkloadRecordAttachment,
+    registry: RegistryClient,
+) -> None:
+    """Replace the tag's manifest by an index of it and its record artifact: registries
+    keep the artifact (the index names it) and runtimes skip it (platform unknown)."""
+    artifact = record_artifact(
+        attachment.record,
+        image.manifest_descriptor,
+        command=attachment.command,
+        outcome=attachment.outcome,
+    )
+    for descriptor, data in artifact.blobs:
+        await registry.push_blob(ref, descriptor, data)
+    await registry.push_manifest(
+        ref.with_digest(artifact.manifest.digest),
+        artifact.manifest_bytes,
+        artifact.manifest.media_type,
+    )
+    index, index_bytes = index_with_record(image.manifest_descriptor, attachment.platform, artifact)
+    await registry.push_manifest(ref, index_bytes, index.media_type)
 
 
 async def _push_layer(

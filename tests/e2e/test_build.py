@@ -310,3 +310,25 @@ def test_prune_removes_the_build_cache(base_image: str, tmp_path: Path) -> None:
     run = [e for e in events if e["type"] == "completed" and "RUN echo x" in e["name"]]
     assert run and not run[0]["cached"]
     assert_nothing_left(state)
+
+
+def test_pushed_image_carries_its_workload_record(built_app: tuple[str, Path]) -> None:
+    import httpx
+
+    ref, _ = built_app
+    host, _, rest = ref.partition("/")
+    repository, _, tag = rest.rpartition(":")
+    accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
+    index = httpx.get(
+        f"http://{host}/v2/{repository}/manifests/{tag}", headers={"Accept": accept}
+    ).json()
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    kinds = [m.get("annotations", {}).get("vnd.docker.reference.type") for m in index["manifests"]]
+    assert kinds == [None, "dev.lazybuild.workload-record"]
+    artifact = httpx.get(
+        f"http://{host}/v2/{repository}/manifests/{index['manifests'][1]['digest']}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    ).json()
+    record_layer = artifact["layers"][0]
+    record = httpx.get(f"http://{host}/v2/{repository}/blobs/{record_layer['digest']}").text
+    assert '"path":"app/shout.txt"' in record.replace(" ", "")
