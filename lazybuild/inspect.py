@@ -59,6 +59,9 @@ async def inspect_image(source: ImageSource) -> ImageReport:
     else:
         manifests = []
         for entry in root.document.manifests:
+            if "vnd.docker.reference.type" in entry.annotations:
+                # An attestation or workload record about another entry, not an image.
+                continue
             data = await source.fetch(entry)
             document = parse_document(
                 data, entry.media_type, f"{source.description} {entry.digest}"
