@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import build, convert, hotreads, startup
+from bench import build, convert, hotreads, optimized, startup
 from bench.infra import BenchInfra
 from bench.report import Section, write_section
 
@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, Callable[[BenchInfra, int, bool], Section]] = {
     "startup": lambda infra, repeat, wan: startup.run(infra, repeat=repeat, wan=wan),
     "hotreads": lambda infra, repeat, wan: hotreads.run(infra, repeat=repeat, wan=wan),
     "build": lambda infra, repeat, wan: build.run(infra, repeat=repeat, wan=wan),
+    "optimized": lambda infra, repeat, wan: optimized.run(infra, repeat=repeat, wan=wan),
 }
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
