@@ -35,6 +35,20 @@ from lazybuild.progress import Progress, human_size, short_digest
 _TRANSFER_CONCURRENCY = 4
 
 
+def estargz_layer_descriptor(written: WrittenLayer) -> Descriptor:
+    """The descriptor of a layer lazybuild wrote as eStargz: OCI gzip media type, with
+    the TOC digest and uncompressed size annotations lazy pullers look for."""
+    return Descriptor(
+        mediatypes.OCI_LAYER_GZIP,
+        written.digest,
+        written.size,
+        {
+            mediatypes.TOC_DIGEST_ANNOTATION: written.toc_digest,
+            mediatypes.UNCOMPRESSED_SIZE_ANNOTATION: str(written.uncompressed_size),
+        },
+    )
+
+
 @dataclass(frozen=True)
 class ConvertOptions:
     chunk_size: int = 4 << 20
@@ -205,15 +219,7 @@ class _Converter:
             except FormatError as exc:
                 raise FormatError(f"{where}: {exc}") from None
         raw.unlink()
-        result = Descriptor(
-            mediatypes.OCI_LAYER_GZIP,
-            written.digest,
-            written.size,
-            {
-                mediatypes.TOC_DIGEST_ANNOTATION: written.toc_digest,
-                mediatypes.UNCOMPRESSED_SIZE_ANNOTATION: str(written.uncompressed_size),
-            },
-        )
+        result = estargz_layer_descriptor(written)
         out = self._output_path(written.digest)
         async with self.transfers:
             transfer = await self.target.put_blob(result, out)

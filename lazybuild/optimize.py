@@ -37,6 +37,7 @@ from typing import Any
 
 import trio
 
+from lazybuild.convert import estargz_layer_descriptor
 from lazybuild.errors import FormatError, UsageError
 from lazybuild.estargz.index import clean_name
 from lazybuild.estargz.layerformat import LayerFormat, decompressed_stream
@@ -458,15 +459,7 @@ class _Optimizer:
         layer.tar.unlink(missing_ok=True)
         if written.missing_prioritized:  # cannot happen: paths come from the layer's entries
             self.progress.line(f"{where}: {len(written.missing_prioritized)} file(s) not found")
-        result = Descriptor(
-            mediatypes.OCI_LAYER_GZIP,
-            written.digest,
-            written.size,
-            {
-                mediatypes.TOC_DIGEST_ANNOTATION: written.toc_digest,
-                mediatypes.UNCOMPRESSED_SIZE_ANNOTATION: str(written.uncompressed_size),
-            },
-        )
+        result = estargz_layer_descriptor(written)
         out = self._output_path(written.digest)
         async with self.transfers:
             transfer = await self.target.put_blob(result, out)

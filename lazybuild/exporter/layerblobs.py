@@ -32,9 +32,9 @@ from typing import Any
 
 import trio
 
+from lazybuild.convert import estargz_layer_descriptor
 from lazybuild.errors import LazybuildError
 from lazybuild.estargz.writer import WriterOptions, WrittenLayer, write_estargz
-from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.snapshot.diff import write_upper_as_tar
 from lazybuild.worker.layers import LocalLayer
@@ -137,22 +137,9 @@ def _cached_or_written(
             f"layer {layer.id} is gone from {layer.path} (pruned?); rebuild without cache"
         )
     written = _write_blob(layer.path, store, blob_path, options, epoch)
-    blob = LayerBlob(_descriptor(written), written.diff_id, blob_path)
+    blob = LayerBlob(estargz_layer_descriptor(written), written.diff_id, blob_path)
     _write_atomic(store, sidecar_path, _encode_sidecar(blob))
     return blob
-
-
-def _descriptor(written: WrittenLayer) -> Descriptor:
-    # The same media type and annotations as layers made by `lazybuild convert`.
-    return Descriptor(
-        mediatypes.OCI_LAYER_GZIP,
-        written.digest,
-        written.size,
-        {
-            mediatypes.TOC_DIGEST_ANNOTATION: written.toc_digest,
-            mediatypes.UNCOMPRESSED_SIZE_ANNOTATION: str(written.uncompressed_size),
-        },
-    )
 
 
 def _write_blob(
