@@ -112,13 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Until trio takes signals over, SIGTERM interrupts like Ctrl-C (stale-mount
         # cleanup runs before it).
         signal.signal(signal.SIGTERM, _interrupt)
-    args = build_parser().parse_args(argv)
-    # Library warnings (e.g. a layer that fails verification) are one line each.
-    logging.basicConfig(
-        level=logging.ERROR if args.quiet else logging.WARNING,
-        format="lazybuild: %(message)s",
-    )
     try:
+        # Inside the try: a SIGTERM while arguments are parsed is an interrupt too.
+        args = build_parser().parse_args(argv)
+        # Library warnings (e.g. a layer that fails verification) are one line each.
+        logging.basicConfig(
+            level=logging.ERROR if args.quiet else logging.WARNING,
+            format="lazybuild: %(message)s",
+        )
         if args.command in _COMMANDS_USING_STATE:
             _clean_up_after_killed_runs(args)
         exit_code: int = trio.run(_run_command, args)
