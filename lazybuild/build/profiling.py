@@ -5,7 +5,10 @@ on an overlay of the result, the files it reads are recorded by fanotify
 (``lazybuild.profile``), and each file is assigned to the top-most layer that has it.
 The layers the build made are then written with their files first, in access order, so
 a lazy puller's prefetch brings them in one request. Base layers are left as they are:
-rewriting them would break sharing and cross-repository mounts. A workload that fails
+rewriting them would break sharing and cross-repository mounts. ``--optimize-base``
+rewrites them too, for images whose start-up reads mostly base files (an interpreter, a
+JVM): the exporter (``exporter.baseblobs``) then writes every base layer with its share
+of the record first. A workload that fails
 or hangs is reported, never fatal: the image is written with what was recorded.
 """
 
@@ -23,7 +26,7 @@ from lazybuild.oci.platform import host_platform
 from lazybuild.profile import DirectoryLayerContents, assign_to_layers, record_workload
 from lazybuild.profile.record import encode_record, read_record, record_paths, write_record
 from lazybuild.profile.workload import WorkloadRecord
-from lazybuild.worker.layers import LocalLayer
+from lazybuild.worker.layers import LocalLayer, RemoteLayer
 
 
 @dataclass(frozen=True)
@@ -35,14 +38,18 @@ class ProfileRequest:
     network: Network = "none"
     record_in: Path | None = None
     record_out: Path | None = None
+    optimize_base: bool = False
 
 
 @dataclass(frozen=True)
 class Profile:
-    """By layer id, the files each new layer puts first, in order; and the record."""
+    """By layer id, the files each new layer puts first, in order; and the record.
+    ``base_prioritized`` (with ``optimize_base``) gives, by blob digest, the files each
+    base layer puts first; None leaves base layers as they are."""
 
     prioritized: dict[str, tuple[str, ...]]
     record: WorkloadRecordAttachment | None
+    base_prioritized: dict[str, tuple[str, ...]] | None = None
 
 
 async def profile_image(
@@ -51,7 +58,8 @@ async def profile_image(
     """Record the image's workload and decide each new layer's first files."""
     snapshot = result.snapshot
     made = [layer for layer in snapshot.layers if isinstance(layer, LocalLayer)]
-    if not made:
+    base = [layer for layer in snapshot.layers if isinstance(layer, RemoteLayer)]
+    if not made and not (request.optimize_base and base):
         return Profile({}, None)
     files, workload = await _recorded_files(result, request, line)
     lowers = await result.mounter.lower_dirs(snapshot)
@@ -59,12 +67,23 @@ async def profile_image(
     assignment = assign_to_layers(files, contents)
     if request.record_out is not None:
         write_record(request.record_out, assignment.entries())
-    chosen = {}
+    chosen: dict[str, tuple[str, ...]] = {}
+    base_chosen: dict[str, tuple[str, ...]] | None = {} if request.optimize_base else None
     for position, layer in enumerate(snapshot.layers):
+        files_here = tuple(assignment.per_layer[position])
         if isinstance(layer, LocalLayer):
-            chosen[layer.id] = tuple(assignment.per_layer[position])
+            chosen[layer.id] = files_here
+        elif base_chosen is not None:
+            # A blob listed twice serves its files from the upper copy; keep that list.
+            base_chosen[layer.descriptor.digest] = files_here or base_chosen.get(
+                layer.descriptor.digest, ()
+            )
     first = sum(len(paths) for paths in chosen.values())
-    line(f"workload profile: {first} file(s) go first in the {len(made)} new layer(s)")
+    summary = f"workload profile: {first} file(s) go first in the {len(made)} new layer(s)"
+    if base_chosen is not None:
+        in_base = sum(len(paths) for paths in base_chosen.values())
+        summary += f", {in_base} in the {len(base)} base layer(s)"
+    line(summary)
     attachment = None
     if assignment.files:
         attachment = WorkloadRecordAttachment(
@@ -73,7 +92,7 @@ async def profile_image(
             outcome=workload.outcome.to_json() if workload else None,
             platform=host_platform(),
         )
-    return Profile(chosen, attachment)
+    return Profile(chosen, attachment, base_chosen)
 
 
 async def _recorded_files(

@@ -67,6 +67,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action="store_false",
         help="do not profile the image's workload to order its new layers",
     )
+    build.add_argument(
+        "--optimize-base",
+        action="store_true",
+        help="also rewrite the base image's layers with what the workload reads first "
+        "(they are then no longer shared with the base image)",
+    )
     add_workload_arguments(build)
     build.add_argument(
         "--record-out", type=Path, metavar="FILE", help="write the workload's file record"
@@ -108,6 +114,8 @@ async def run_build_command(args: argparse.Namespace) -> int:
     outputs = outputs_from_flags(args.output, args.tag, args.push, args.load)
     if args.record_in is not None and args.workload_cmd is not None:
         raise UsageError("--record-in and --workload-cmd exclude each other")
+    if args.optimize_base and not args.optimize:
+        raise UsageError("--optimize-base and --no-optimize exclude each other")
     profile = ProfileRequest(
         command=args.workload_cmd,
         env=tuple(args.workload_env),
@@ -116,6 +124,7 @@ async def run_build_command(args: argparse.Namespace) -> int:
         network=args.workload_network,
         record_in=args.record_in,
         record_out=args.record_out,
+        optimize_base=args.optimize_base,
     )
     registry = registry_options(args)
     mode: Mode = "quiet" if args.quiet else args.progress
@@ -152,6 +161,7 @@ async def run_build_command(args: argparse.Namespace) -> int:
                             source_date_epoch=request.source_date_epoch,
                             prioritized=profiled.prioritized,
                             record=profiled.record,
+                            base_prioritized=profiled.base_prioritized,
                         ),
                         outputs,
                         store=result.store,

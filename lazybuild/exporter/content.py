@@ -1,7 +1,8 @@
 """The layers of the image being exported, and files of their bytes when an output
 needs them.
 
-A local layer's bytes are its cached eStargz blob. A remote layer's bytes stay in its
+A local layer's bytes are its cached eStargz blob, and so are those of a base layer
+rewritten by ``--optimize-base``. A remote layer's bytes stay in its
 registry until an output cannot do without them (a tarball, a push to another
 registry); then they are downloaded once per export, verified while streaming, into
 the export's scratch directory.
@@ -43,15 +44,22 @@ class PreparedLayer:
 
 
 def prepare_layers(
-    layers: Sequence[Layer], local_blobs: dict[str, LayerBlob]
+    layers: Sequence[Layer],
+    local_blobs: dict[str, LayerBlob],
+    base_blobs: dict[str, LayerBlob] | None = None,
 ) -> list[PreparedLayer]:
-    """``layers`` in order, local ones with the blobs made for them (by layer id)."""
+    """``layers`` in order, local ones with the blobs made for them (by layer id), remote
+    ones with their rewritten blob where ``base_blobs`` has one (by source digest)."""
     prepared = []
     for layer in layers:
-        if isinstance(layer, LocalLayer):
-            blob = local_blobs[layer.id]
+        blob = (
+            local_blobs[layer.id]
+            if isinstance(layer, LocalLayer)
+            else (base_blobs or {}).get(layer.descriptor.digest)
+        )
+        if blob is not None:
             prepared.append(PreparedLayer(blob.descriptor, blob.diff_id, local_blob=blob.path))
-        else:
+        elif isinstance(layer, RemoteLayer):
             descriptor = oci_layer_descriptor(layer.descriptor)
             prepared.append(PreparedLayer(descriptor, layer.diff_id, remote=layer))
     return prepared

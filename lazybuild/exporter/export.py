@@ -3,7 +3,8 @@
 Layers are turned into blobs only when an output needs an image (not for
 ``type=local`` alone), each local layer once (cached across builds, see
 ``layerblobs``); base image layers stay in their registry unless an output needs their
-bytes. Outputs are written one after the other, in the order given.
+bytes, or the build optimizes them too (``baseblobs``). Outputs are written one after
+the other, in the order given.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import trio
 
 from lazybuild.errors import UsageError
 from lazybuild.estargz.writer import WriterOptions
+from lazybuild.exporter.baseblobs import rewritten_base_blobs
 from lazybuild.exporter.content import BlobFiles, PreparedLayer, prepare_layers
 from lazybuild.exporter.dockerload import docker_from_env, load_into_docker
 from lazybuild.exporter.image import AssembledImage, assemble_image
@@ -71,6 +73,9 @@ class BuiltImage:
     prioritized: Mapping[str, Sequence[str]] = field(default_factory=dict)
     # The workload record behind ``prioritized``, pushed with the image.
     record: WorkloadRecordAttachment | None = None
+    # None: base layers are kept byte for byte. Otherwise every base layer is rewritten
+    # with the files listed under its blob digest first (``--optimize-base``).
+    base_prioritized: Mapping[str, Sequence[str]] | None = None
 
     def oci_config(self) -> Mapping[str, Any]:
         if isinstance(self.config, ImageConfigState):
@@ -203,7 +208,18 @@ class _Exporter:
             on_done=done,
             prioritized=self.image.prioritized,
         )
-        self.layers = prepare_layers(self.image.layers, blobs)
+        base_blobs: dict[str, LayerBlob] = {}
+        if self.image.base_prioritized is not None:
+            base_blobs = await rewritten_base_blobs(
+                [layer for layer in self.image.layers if isinstance(layer, RemoteLayer)],
+                self.image.base_prioritized,
+                store=self.store,
+                registry=self.registry,
+                options=self.writer_options,
+                progress=self.progress,
+                concurrency=concurrency,
+            )
+        self.layers = prepare_layers(self.image.layers, blobs, base_blobs)
         self.assembled = assemble_image(
             self.image.oci_config(),
             [layer.exported for layer in self.layers],

@@ -10,6 +10,9 @@ Cache files, in ``LayerStore.blobs_dir``:
 ``<layer id>-<fingerprint>.esgz``   the blob
 ``<layer id>-<fingerprint>.json``   its descriptor and diff_id (the sidecar)
 
+Base layers rewritten by ``--optimize-base`` (``baseblobs``) are kept the same way, as
+``base-<blob digest hex>-<fingerprint>``: a base blob never changes either.
+
 The blob is written under the store's staging directory and renamed into place, then
 the sidecar is written the same way. A blob counts only when its sidecar exists and its
 size matches, so a crash at any point leaves either nothing that is read, or a blob
@@ -28,7 +31,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import trio
 
@@ -40,7 +43,14 @@ from lazybuild.snapshot.diff import write_upper_as_tar
 from lazybuild.worker.layers import LocalLayer
 from lazybuild.worker.layerstore import LayerStore
 
-__all__ = ["LayerBlob", "local_layer_blob", "local_layer_blobs", "writer_fingerprint"]
+__all__ = [
+    "LayerBlob",
+    "cached_blob",
+    "cached_blob_or_none",
+    "local_layer_blob",
+    "local_layer_blobs",
+    "writer_fingerprint",
+]
 
 # Bump when the bytes made from the same layer and options change (diff or writer), so
 # blobs cached by an older lazybuild are not reused.
@@ -127,23 +137,43 @@ def _cached_or_written(
     layer: LocalLayer, store: LayerStore, options: WriterOptions, epoch: int | None
 ) -> LayerBlob:
     name = f"{layer.id}-{writer_fingerprint(options, epoch)}"
+
+    def fill_tar(tar: BinaryIO) -> None:
+        if not layer.path.is_dir():
+            raise LayerBlobError(
+                f"layer {layer.id} is gone from {layer.path} (pruned?); rebuild without cache"
+            )
+        write_upper_as_tar(layer.path, tar, source_date_epoch=epoch)
+
+    return cached_blob(store, name, fill_tar, options)
+
+
+def cached_blob(
+    store: LayerStore, name: str, fill_tar: Callable[[BinaryIO], None], options: WriterOptions
+) -> LayerBlob:
+    """The blob cached as ``name``, or the one written now from the tar ``fill_tar``
+    writes (called only on a miss) and kept under that name. Blocking."""
     blob_path = store.blobs_dir / f"{name}.esgz"
     sidecar_path = store.blobs_dir / f"{name}.json"
     cached = _read_sidecar(sidecar_path, blob_path)
     if cached is not None:
         return cached
-    if not layer.path.is_dir():
-        raise LayerBlobError(
-            f"layer {layer.id} is gone from {layer.path} (pruned?); rebuild without cache"
-        )
-    written = _write_blob(layer.path, store, blob_path, options, epoch)
+    written = _write_blob(fill_tar, store, blob_path, options)
     blob = LayerBlob(estargz_layer_descriptor(written), written.diff_id, blob_path)
     _write_atomic(store, sidecar_path, _encode_sidecar(blob))
     return blob
 
 
+def cached_blob_or_none(store: LayerStore, name: str) -> LayerBlob | None:
+    """The blob cached as ``name``, if there is a complete one."""
+    return _read_sidecar(store.blobs_dir / f"{name}.json", store.blobs_dir / f"{name}.esgz")
+
+
 def _write_blob(
-    upper: Path, store: LayerStore, blob_path: Path, options: WriterOptions, epoch: int | None
+    fill_tar: Callable[[BinaryIO], None],
+    store: LayerStore,
+    blob_path: Path,
+    options: WriterOptions,
 ) -> WrittenLayer:
     token = secrets.token_hex(8)
     tar_path = store.staging_dir / f"export-{token}.tar"
@@ -151,7 +181,7 @@ def _write_blob(
     try:
         # The writer needs a seekable tar (it reorders entries), so the diff goes to a file.
         with tar_path.open("w+b") as tar:
-            write_upper_as_tar(upper, tar, source_date_epoch=epoch)
+            fill_tar(tar)
             tar.seek(0)
             with staged.open("wb") as out:
                 written = write_estargz(tar, out, options)

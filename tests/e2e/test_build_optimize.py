@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 import time
 from pathlib import Path
@@ -9,8 +10,12 @@ from pathlib import Path
 import pytest
 
 from lazybuild.cli.main import main
+from lazybuild.estargz.layerformat import decompressed_stream
+from lazybuild.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
+from lazybuild.oci import mediatypes
 from lazybuild.profile.record import read_record
 from tests.e2e.buildsupport import assert_nothing_left, lazybuild, write_context
+from tests.support.gochecker import build_go_checker, go_available, run_go_checker
 from tests.support.images import read_layout_image
 from tests.support.registry import Registry
 
@@ -106,3 +111,93 @@ def test_no_optimize_writes_no_prefetch_landmark(base_image: str, tmp_path: Path
     assert "workload profile" not in stderr
     image = read_layout_image(tmp_path / "oci")
     assert _entries_before_landmark(image.blob(image.layers[-1]["digest"])) is None
+
+
+def _files_before_landmark(blob: Path) -> list[str] | None:
+    """The non-directory entries before ``.prefetch.landmark`` (parent directories move
+    along with their files); None for a layer marked ``.no.prefetch.landmark``."""
+    names: list[str] = []
+    with blob.open("rb") as raw, tarfile.open(fileobj=decompressed_stream(raw), mode="r|") as tar:
+        for member in tar:
+            if member.name == PREFETCH_LANDMARK:
+                return names
+            if member.name in (NO_PREFETCH_LANDMARK, TOC_TAR_NAME):
+                return None
+            if not member.isdir():
+                names.append(member.name)
+    raise AssertionError(f"{blob} has no landmark")
+
+
+def test_optimize_base_puts_the_recorded_files_first_in_every_layer(
+    base_image: str, registry: Registry, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    context = write_context(tmp_path / "ctx", APP, FILES)
+    out = tmp_path / "oci"
+    record_path = tmp_path / "record.json"
+    stderr = _build(base_image, context, out, "--optimize-base", "--record-out", str(record_path))
+    assert "in the 1 new layer(s)" in stderr and "base layer(s)" in stderr
+    assert "downloading base layer" in stderr
+    image = read_layout_image(out)
+    record = read_record(record_path)
+    base_digests = [
+        layer["digest"] for layer in read_layout_image(_pulled(base_image, tmp_path)).layers
+    ]
+    assert len(image.layers) == len(base_digests) + 1
+    # Start-up reads the shell and its libraries from the base image, the app's files
+    # from the new layer; each layer lists exactly its share of the record, in order.
+    assert {entry.layer_index for entry in record} >= {0, len(base_digests)}
+    for index, layer in enumerate(image.layers):
+        wanted = [entry.path for entry in record if entry.layer_index == index]
+        assert _files_before_landmark(image.blob(layer["digest"])) == (wanted or None), index
+    # Base layers the workload read from were rewritten (new digests); one it read
+    # nothing from comes out as the same bytes (the base is eStargz from the same
+    # deterministic writer), so it stays shared. diff_ids follow the tars.
+    for index, (layer, original) in enumerate(zip(image.layers, base_digests, strict=False)):
+        if any(entry.layer_index == index for entry in record):
+            assert layer["digest"] != original
+        else:
+            assert layer["digest"] == original
+    for layer, diff_id in zip(image.layers, image.config["rootfs"]["diff_ids"], strict=True):
+        with image.blob(layer["digest"]).open("rb") as raw:
+            stream = decompressed_stream(raw)
+            digest = hashlib.sha256()
+            while piece := stream.read(1 << 20):
+                digest.update(piece)
+        assert f"sha256:{digest.hexdigest()}" == diff_id
+    if go_available():
+        cache = getattr(request.config, "cache", None)
+        where = Path(cache.mkdir("estargz-gochecker")) if cache is not None else tmp_path
+        checker = build_go_checker(where)
+        for layer in image.layers:
+            toc_digest = layer["annotations"][mediatypes.TOC_DIGEST_ANNOTATION]
+            assert run_go_checker(checker, image.blob(layer["digest"]), toc_digest)["files"] > 0
+    # A rebuild with the same profile takes the rewritten base layers from the cache.
+    again = _build(
+        base_image,
+        context,
+        tmp_path / "oci-again",
+        "--optimize-base",
+        "--record-in",
+        str(record_path),
+    )
+    assert "downloading base layer" not in again
+    assert read_layout_image(tmp_path / "oci-again").layers == image.layers
+    assert_nothing_left(tmp_path / "state")
+
+
+def test_optimize_base_and_no_optimize_exclude_each_other(
+    base_image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = write_context(tmp_path / "ctx", APP, FILES)
+    state = tmp_path / "state"
+    code = main(
+        ["--state-dir", str(state), "build", "--no-optimize", "--optimize-base", str(context)]
+    )
+    assert code != 0
+    assert "--optimize-base and --no-optimize exclude each other" in capsys.readouterr().err
+
+
+def _pulled(reference: str, tmp_path: Path) -> Path:
+    layout = tmp_path / "base-layout"
+    assert main(["-q", "convert", reference, f"oci:{layout}"]) == 0
+    return layout

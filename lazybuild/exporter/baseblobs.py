@@ -1,0 +1,116 @@
+"""Base image layers rewritten as eStargz with a workload's files first (``--optimize-base``).
+
+By default a build leaves its base image's layers byte for byte, so they stay shared
+with every other image on that base and a push mounts them across repositories. When
+the user asks for the base layers to be optimized too, each is downloaded whole
+(verified against its digest), decompressed, and written again with the files the
+workload read from it first and ``.prefetch.landmark`` after them
+(``.no.prefetch.landmark`` when it read none). The result is cached like a step's
+blob (``layerblobs.cached_blob``), keyed by the source blob's digest and what shapes
+the bytes, so a rebuild with the same profile downloads and compresses nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO
+
+import trio
+
+from lazybuild.estargz.layerformat import decompressed_stream
+from lazybuild.estargz.writer import WriterOptions
+from lazybuild.exporter.layerblobs import (
+    LayerBlob,
+    cached_blob,
+    cached_blob_or_none,
+    writer_fingerprint,
+)
+from lazybuild.progress import human_size, short_digest
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
+from lazybuild.worker.layers import RemoteLayer
+from lazybuild.worker.layerstore import LayerStore
+
+__all__ = ["rewritten_base_blobs"]
+
+_DOWNLOAD_CONCURRENCY = 4
+
+
+async def rewritten_base_blobs(
+    layers: Sequence[RemoteLayer],
+    prioritized: Mapping[str, Sequence[str]],
+    *,
+    store: LayerStore,
+    registry: RegistryClient,
+    options: WriterOptions,
+    progress: Callable[[str], None],
+    concurrency: int,
+) -> dict[str, LayerBlob]:
+    """By source blob digest, each of ``layers`` rewritten with ``prioritized[digest]``
+    (the files to put first, in order; none: no prefetch) first."""
+    downloads = trio.CapacityLimiter(_DOWNLOAD_CONCURRENCY)
+    compressions = trio.CapacityLimiter(max(1, concurrency))
+    unique = {layer.descriptor.digest: layer for layer in layers}
+    blobs: dict[str, LayerBlob] = {}
+
+    async def one(layer: RemoteLayer) -> None:
+        digest = layer.descriptor.digest
+        first = list(prioritized.get(digest, ()))
+        chosen = replace(options, prioritized_files=first or None)
+        name = _cache_name(digest, chosen)
+        blob = await trio.to_thread.run_sync(cached_blob_or_none, store, name)
+        if blob is None:
+            staged = store.staging_dir / f"base-{secrets.token_hex(8)}.blob"
+            try:
+                async with downloads:
+                    await _download(registry, layer, staged, progress)
+                async with compressions:
+                    blob = await trio.to_thread.run_sync(
+                        cached_blob, store, name, _decompressing_into(staged), chosen
+                    )
+            finally:
+                staged.unlink(missing_ok=True)
+        blobs[digest] = blob
+        what = f"{len(first)} file(s) first" if first else "nothing read: no prefetch"
+        progress(
+            f"base layer {short_digest(digest)}: eStargz {short_digest(blob.descriptor.digest)} "
+            f"({human_size(blob.descriptor.size)}), {what}"
+        )
+
+    async with trio.open_nursery() as nursery:
+        for layer in unique.values():
+            nursery.start_soon(one, layer)
+    return blobs
+
+
+def _cache_name(digest: str, options: WriterOptions) -> str:
+    # Base layers keep their own mtimes: SOURCE_DATE_EPOCH applies to new layers only.
+    return f"base-{digest.split(':', 1)[1]}-{writer_fingerprint(options, None)}"
+
+
+def _decompressing_into(blob: Path) -> Callable[[BinaryIO], None]:
+    def fill(tar: BinaryIO) -> None:
+        with blob.open("rb") as raw:
+            shutil.copyfileobj(decompressed_stream(raw), tar, 1 << 20)
+
+    return fill
+
+
+async def _download(
+    registry: RegistryClient, layer: RemoteLayer, dest: Path, progress: Callable[[str], None]
+) -> None:
+    descriptor = layer.descriptor
+    source = Reference.parse(layer.source)
+    progress(
+        f"downloading base layer {short_digest(descriptor.digest)} "
+        f"({human_size(descriptor.size)}) from {source.name} to optimize it"
+    )
+    async with await trio.open_file(dest, "wb") as out:
+        # stream_blob checks the digest after the last piece and raises on a mismatch;
+        # the caller then removes the file, so unverified bytes are never compressed.
+        async for piece in registry.stream_blob(source, descriptor):
+            await out.write(piece)
