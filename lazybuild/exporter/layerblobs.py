@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 
 import trio
 
+from lazybuild.atomicfile import write_atomic
 from lazybuild.convert import estargz_layer_descriptor
 from lazybuild.errors import LazybuildError
 from lazybuild.estargz.writer import WriterOptions, WrittenLayer, write_estargz
@@ -160,7 +161,7 @@ def cached_blob(
         return cached
     written = _write_blob(fill_tar, store, blob_path, options)
     blob = LayerBlob(estargz_layer_descriptor(written), written.diff_id, blob_path)
-    _write_atomic(store, sidecar_path, _encode_sidecar(blob))
+    write_atomic(sidecar_path, _encode_sidecar(blob), durable=True, staging_dir=store.staging_dir)
     return blob
 
 
@@ -217,15 +218,3 @@ def _read_sidecar(sidecar_path: Path, blob_path: Path) -> LayerBlob | None:
     if size != descriptor.size:
         return None
     return LayerBlob(descriptor, diff_id, blob_path)
-
-
-def _write_atomic(store: LayerStore, path: Path, data: bytes) -> None:
-    staged = store.staging_dir / f"export-{secrets.token_hex(8)}.json"
-    try:
-        with staged.open("wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(staged, path)
-    finally:
-        staged.unlink(missing_ok=True)

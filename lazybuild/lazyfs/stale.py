@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lazybuild.atomicfile import write_atomic
+
 log = logging.getLogger(__name__)
 
 SERVICE_MODULE = "lazybuild.lazyfs.service"
@@ -65,10 +67,7 @@ def write_record(state_dir: Path, record: MountRecord) -> None:
 
 
 def _write(state_dir: Path, record: MountRecord) -> None:
-    path = record_path(state_dir, record.id)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(asdict(record)))
-    os.replace(temporary, path)
+    write_atomic(record_path(state_dir, record.id), json.dumps(asdict(record)).encode())
 
 
 def read_record(path: Path) -> MountRecord | None:

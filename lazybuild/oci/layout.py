@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from lazybuild.atomicfile import write_atomic
 from lazybuild.errors import FormatError, NotFoundError
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
@@ -134,12 +135,4 @@ class OciLayout:
 
     @staticmethod
     def _write_atomic(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, data)

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lazybuild.atomicfile import write_atomic
 from lazybuild.errors import FormatError
 from lazybuild.estargz.gojson import quote
 from lazybuild.estargz.index import clean_name
@@ -96,10 +97,7 @@ def read_record(path: Path) -> list[RecordEntry]:
 
 def write_record(path: Path, entries: Iterable[RecordEntry]) -> None:
     """Write the record next to ``path`` first, then rename: a reader never sees half of it."""
-    data = encode_record(entries)
-    staged = path.with_name(f".{path.name}.partial")
-    staged.write_bytes(data)
-    staged.replace(path)
+    write_atomic(path, encode_record(entries))
 
 
 def record_paths(entries: Sequence[RecordEntry]) -> list[str]:

@@ -9,13 +9,11 @@ image. ``--pull`` resolves again and replaces the record.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from lazybuild.atomicfile import write_atomic
 from lazybuild.errors import LazybuildError
 from lazybuild.oci.manifest import Manifest, load_config, parse_document
 from lazybuild.oci.platform import Platform
@@ -71,13 +69,4 @@ class ImageRecords:
             "manifest": image.manifest_bytes.hex(),
             "config": image.config_bytes.hex(),
         }
-        self.directory.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "w") as file:
-                json.dump(record, file)
-            os.replace(temporary, self._path(ref, platform))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        write_atomic(self._path(ref, platform), json.dumps(record).encode())
