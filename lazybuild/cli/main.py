@@ -69,8 +69,14 @@ _COMMANDS_USING_STATE = frozenset({"build", "optimize", "mount", "umount", "run"
 
 def _clean_up_after_killed_runs(args: argparse.Namespace) -> None:
     from lazybuild.cli.options import state_dir
+    from lazybuild.executor.orphans import reap_orphaned_containers
+    from lazybuild.executor.runc import DEFAULT_RUNC, DEFAULT_STATE_ROOT
     from lazybuild.lazyfs.stale import cleanup_stale_mounts
 
+    # Containers first: an orphan keeps its overlay, and the mounts under it, busy.
+    for container_id in reap_orphaned_containers(DEFAULT_RUNC, DEFAULT_STATE_ROOT):
+        if not args.quiet:
+            print(f"lazybuild: removed container {container_id} of a killed run", file=sys.stderr)
     for mountpoint in cleanup_stale_mounts(state_dir(args)):
         if not args.quiet:
             print(
@@ -126,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code
     except BaseException as exc:
         if _is_interrupt(exc):
+            _ignore_further_interrupts()
             print("lazybuild: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         error = _user_error(exc)
@@ -136,5 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code if isinstance(error, LazybuildError) else EXIT_USER_ERROR
 
 
+def _ignore_further_interrupts() -> None:
+    """The command is over: a signal trio re-delivers on the way out (one that arrived
+    while a receiver was closing) must not turn the exit status into death by signal."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    _ignore_further_interrupts()
+    sys.exit(code)
