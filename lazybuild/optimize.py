@@ -55,6 +55,7 @@ from lazybuild.imagestore import (
 )
 from lazybuild.layerprobe import LayerProbe, probe_layer
 from lazybuild.lazyfs.layer_extract import extract_layer_tar
+from lazybuild.lazyfs.stale import local_overlays_recorded, register_overlay
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.manifest import (
@@ -406,13 +407,15 @@ class _Optimizer:
             await trio.to_thread.run_sync(_extract, layer.tar, lower, self._where(layer))
             lowers.append(lower)
         self.progress.line(f"unpacked {len(lowers)} layer(s) to run the workload")
-        await trio.to_thread.run_sync(mount_overlay, rootfs, lowers[::-1], upper, work)
-        try:
-            yield image.config
-        finally:
-            with trio.CancelScope(shield=True):
-                if is_mounted(rootfs):
-                    await trio.to_thread.run_sync(lambda: unmount(rootfs, lazy=True))
+        with local_overlays_recorded(state_dir, workspace.name):
+            register_overlay(state_dir, workspace.name, rootfs)
+            await trio.to_thread.run_sync(mount_overlay, rootfs, lowers[::-1], upper, work)
+            try:
+                yield image.config
+            finally:
+                with trio.CancelScope(shield=True):
+                    if is_mounted(rootfs):
+                        await trio.to_thread.run_sync(lambda: unmount(rootfs, lazy=True))
 
     def _report_workload(self, record: WorkloadRecord) -> None:
         outcome = record.outcome

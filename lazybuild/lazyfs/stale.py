@@ -4,6 +4,8 @@ Every running filesystem process has a record ``<state>/mounts/<id>.json``:
 ``{"pid", "owner_pid", "mountpoint", "control", "overlays": [paths]}``. Overlays
 stacked on its layer directories are registered there, so that after a SIGKILL the
 next lazybuild command can take them down before the dead FUSE mount under them.
+A command that stacks overlays of local directories only (``optimize`` of an OCI
+layout) keeps a record with ``pid`` 0, which is stale once its ``owner_pid`` is gone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lazybuild.atomicfile import write_atomic
+from lazybuild.processes import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,7 @@ def cleanup_stale_mounts(state_dir: Path) -> list[Path]:
     directory = records_dir(state_dir)
     if not directory.is_dir():
         return []
-    cleaned = []
+    cleaned: list[Path] = []
     for path in sorted(directory.glob("*.json")):
         record = read_record(path)
         if record is None:
@@ -127,8 +130,24 @@ def cleanup_stale_mounts(state_dir: Path) -> list[Path]:
         if _is_stale(record):
             tear_down(record)
             remove_record(state_dir, record.id)
-            cleaned.append(Path(record.mountpoint))
+            if record.pid == 0:
+                cleaned.extend(Path(overlay) for overlay in record.overlays)
+            else:
+                cleaned.append(Path(record.mountpoint))
     return cleaned
+
+
+@contextlib.contextmanager
+def local_overlays_recorded(state_dir: Path, record_id: str) -> Iterator[None]:
+    """A record for overlays of local directories (no filesystem process) that this
+    process mounts and registers under ``record_id`` while inside; a later cleanup
+    unmounts them once this process is gone (SIGKILL skips every ``finally``)."""
+    record = MountRecord(id=record_id, pid=0, mountpoint="", control="", owner_pid=os.getpid())
+    write_record(state_dir, record)
+    try:
+        yield
+    finally:
+        remove_record(state_dir, record_id)
 
 
 def tear_down(record: MountRecord) -> None:
@@ -136,6 +155,8 @@ def tear_down(record: MountRecord) -> None:
     for overlay in reversed(record.overlays):
         if is_mounted(Path(overlay)):
             lazy_unmount(Path(overlay))
+    if record.pid == 0:
+        return  # local overlays only: no filesystem process, no FUSE mount
     mountpoint = Path(record.mountpoint)
     if _is_our_service(record.pid):
         with contextlib.suppress(ProcessLookupError):
@@ -148,6 +169,8 @@ def tear_down(record: MountRecord) -> None:
 
 
 def _is_stale(record: MountRecord) -> bool:
+    if record.pid == 0:
+        return not process_alive(record.owner_pid)
     if not _is_our_service(record.pid):
         return True
     return _fuse_connection_dead(Path(record.mountpoint))

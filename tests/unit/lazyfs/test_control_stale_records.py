@@ -59,3 +59,23 @@ def test_no_state_no_work(tmp_path: Path) -> None:
 def test_mountinfo_unescaping() -> None:
     assert "/" in stale.mounted_paths()
     assert stale._unescape("/a\\040b\\134c") == "/a b\\c"
+
+
+def test_local_overlay_records_live_as_long_as_their_owner(tmp_path: Path) -> None:
+    overlay = tmp_path / "work" / "rootfs"
+    with stale.local_overlays_recorded(tmp_path, "optimize-1"):
+        stale.register_overlay(tmp_path, "optimize-1", overlay)
+        # Its owner (this process) is alive: another command's cleanup leaves it alone.
+        assert stale.cleanup_stale_mounts(tmp_path) == []
+        assert stale.record_path(tmp_path, "optimize-1").exists()
+    assert not stale.record_path(tmp_path, "optimize-1").exists()
+
+    # The owner was killed inside: the next cleanup takes the record (and would unmount
+    # the overlay if it were still mounted).
+    orphan = MountRecord(
+        id="optimize-2", pid=0, mountpoint="", control="", owner_pid=dead_pid(),
+        overlays=[str(overlay)],
+    )  # fmt: skip
+    stale.write_record(tmp_path, orphan)
+    assert stale.cleanup_stale_mounts(tmp_path) == [overlay]
+    assert not stale.record_path(tmp_path, "optimize-2").exists()
