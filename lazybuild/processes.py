@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def process_alive(pid: int) -> bool:
@@ -14,3 +15,25 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_identity(pid: int) -> str | None:
+    """``pid:start-time``: names one process for as long as the machine runs, unlike a
+    pid, which the kernel reuses. None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count from its end.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return f"{pid}:{fields[19]}"  # field 22, the start time in clock ticks since boot
+
+
+def identity_alive(identity: str) -> bool:
+    """Whether the process named by ``process_identity`` still runs."""
+    pid_text, _, _ = identity.partition(":")
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    return process_identity(pid) == identity

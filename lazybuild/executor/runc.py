@@ -8,6 +8,7 @@ exit, an error, or a trio cancellation (which SIGKILLs the container first).
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -27,7 +28,9 @@ from lazybuild.executor.errors import (
 from lazybuild.executor.etcfiles import prepare_etc_files
 from lazybuild.executor.limits import fit_rlimits
 from lazybuild.executor.mountstubs import missing_mount_points, remove_mount_stubs
+from lazybuild.executor.orphans import OWNER_ANNOTATION
 from lazybuild.executor.rootpath import ensure_working_dir
+from lazybuild.processes import process_identity
 
 __all__ = [
     "CGROUP_PARENT",
@@ -90,7 +93,7 @@ async def run_container(
     runtime = _Runc(runc, state_root)
     stubs: list[Path] = []
     try:
-        spec = fit_rlimits(_with_cgroup_path(spec, container_id))
+        spec = fit_rlimits(_with_owner(_with_cgroup_path(spec, container_id)))
         bundle_dir.mkdir(parents=True, exist_ok=True)
         rootfs = bundle_dir / spec["root"]["path"]  # OCI allows bundle-relative
         ensure_working_dir(rootfs, spec["process"]["cwd"])
@@ -216,6 +219,15 @@ def _with_cgroup_path(spec: dict[str, Any], container_id: str) -> dict[str, Any]
     linux = dict(spec.get("linux", {}))
     linux.setdefault("cgroupsPath", f"{CGROUP_PARENT}/{container_id}")
     return {**spec, "linux": linux}
+
+
+def _with_owner(spec: dict[str, Any]) -> dict[str, Any]:
+    """Name this process as the container's owner, so that if it is killed (SIGKILL
+    skips every cleanup) the next lazybuild command can reap the container."""
+    identity = process_identity(os.getpid())
+    if identity is None:
+        return spec
+    return {**spec, "annotations": {**spec.get("annotations", {}), OWNER_ANNOTATION: identity}}
 
 
 def _runc_error(log_path: Path) -> str | None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 import trio
@@ -37,6 +39,8 @@ from lazybuild.estargz.toc import (
     TOC_TAR_NAME,
     decode_toc_json,
 )
+from lazybuild.executor.orphans import OWNER_ANNOTATION
+from lazybuild.executor.runc import DEFAULT_STATE_ROOT
 from lazybuild.oci import mediatypes
 from lazybuild.oci.layout import OciLayout
 from lazybuild.oci.manifest import Index
@@ -46,6 +50,7 @@ from lazybuild.profile.record import RecordEntry, decode_record, read_record
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 from tests.integration.test_profile import python_estargz_image
+from tests.support import procs
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
 from tests.support.gochecker import build_go_checker, go_available, run_go_checker
@@ -561,3 +566,52 @@ def test_the_record_is_ctr_remotes_both_ways(
         for i in range(3)
     ]
     assert _prioritized(read_optimized(tmp_path / "from-theirs")) == wanted
+
+
+def _our_containers() -> list[dict[str, Any]]:
+    listed = subprocess.run(
+        ["runc", "--root", str(DEFAULT_STATE_ROOT), "list", "--format", "json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [c for c in json.loads(listed or "null") or [] if OWNER_ANNOTATION in c["annotations"]]
+
+
+def test_a_killed_optimize_leaves_nothing_once_the_next_command_runs(
+    shell_layout: Path, tmp_path: Path
+) -> None:
+    """SIGKILL runs no cleanup: the workload's container and the overlay of the unpacked
+    layout stay until the next lazybuild command reaps them."""
+    state = tmp_path / "state"
+    argv = [
+        sys.executable, "-m", "lazybuild", "--state-dir", str(state), "optimize",
+        "--workload-cmd", "sh -c 'exec sleep 600'", "--workload-timeout", "300",
+        f"oci:{shell_layout}", f"oci:{tmp_path / 'out'}",
+    ]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not [c for c in _our_containers() if c["status"] == "running"]:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the workload never started"
+            time.sleep(0.2)
+        mine = [
+            c for c in _our_containers()
+            if c["annotations"][OWNER_ANNOTATION].startswith(f"{process.pid}:")
+        ]  # fmt: skip
+        assert len(mine) == 1
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert procs.mounts_under(state), "the killed run left no overlay to clean up"
+    du = subprocess.run(
+        [sys.executable, "-m", "lazybuild", "--state-dir", str(state), "du"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert du.returncode == 0, du.stderr
+    assert f"removed container {mine[0]['id']} of a killed run" in du.stderr
+    assert "removed a stale mount of a killed run" in du.stderr
+    assert mine[0]["id"] not in [c["id"] for c in _our_containers()]
+    assert procs.mounts_under(state) == []
