@@ -33,6 +33,10 @@ setup:
         rm -f "{{venv}}"/.installed-*
         touch "$stamp"
     fi
+    # Bytecode for the editable install, as pip writes it for a wheel: every lazybuild
+    # process (the CLI, each filesystem process) would otherwise compile every module on
+    # start where the environment sets PYTHONDONTWRITEBYTECODE. Only changed files are redone.
+    "{{py}}" -m compileall -q -j 0 lazybuild frontends >/dev/null
 
 # ruff and mypy --strict on the package.
 check: setup

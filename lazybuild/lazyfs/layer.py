@@ -26,6 +26,7 @@ from lazybuild.estargz.index import ChunkRef, LayerIndex, Node
 from lazybuild.estargz.reader import decompress_chunk
 from lazybuild.lazyfs.chunk_flight import Flight, Flights
 from lazybuild.lazyfs.chunk_memory import ChunkMemory
+from lazybuild.lazyfs.fetchtrace import trace_fetch
 from lazybuild.lazyfs.layer_stats import LayerStats
 from lazybuild.lazyfs.layer_toc import TocStore, open_index
 from lazybuild.lazyfs.priority import ForegroundGate
@@ -241,8 +242,14 @@ class LazyLayer:
                 theirs += self._in_flight(missing)  # claimed while we read the disk
                 mine = [site for site in missing if self._flights.get(site.digest) is None]
                 if mine:
-                    neighbours = await self._neighbours(mine) if remember else []
-                    fetched = await self._fetch(mine, remember=remember, optional=neighbours)
+                    if remember:
+                        neighbours = await self._neighbours(mine)
+                        # Claimed by another reader while we looked at the disk: wait for it.
+                        theirs += self._in_flight(mine)
+                        mine = [s for s in mine if self._flights.get(s.digest) is None]
+                        if neighbours:
+                            self._fetch_alongside(neighbours)
+                    fetched = await self._fetch(mine, remember=remember)
                     found.update((site.digest, fetched[site.digest]) for site in mine)
             unique = []
             for site, flight in theirs:
@@ -291,35 +298,57 @@ class LazyLayer:
             if (flight := self._flights.get(site.digest)) is not None
         ]
 
+    def _fetch_alongside(self, sites: Sequence[_Site]) -> None:
+        """Fetch read-ahead chunks in a request of their own, next to the reader's: the
+        reader waits for its own chunks only, not for the window's transfer, and keeps
+        computing while the window arrives. The flights are registered now, so a reader
+        of one of these chunks waits for this request instead of fetching it again."""
+        claimed = self._flights.register(site.digest for site in sites)
+        trio.lowlevel.spawn_system_task(self._fetch_optional, sites, claimed)
+
+    async def _fetch_optional(self, sites: Sequence[_Site], claimed: dict[str, Flight]) -> None:
+        try:
+            with self._flights.flying(claimed) as flights:
+                await self._fetch_into(flights, sites, remember=True)
+        except Exception:  # only read-ahead: a reader that needs a chunk fetches it itself
+            log.debug("%s: read-ahead fetch failed", self._where, exc_info=True)
+
     async def _fetch(
         self,
         sites: Sequence[_Site],
         *,
         region: tuple[int, int] | None = None,
         remember: bool = True,
-        optional: Sequence[_Site] = (),
     ) -> dict[str, bytes]:
         """Fetch ``sites`` in one request (all their ranges, or ``region`` when given),
         verify each chunk, cache it, and resolve its flight. A chunk that fails only fails
         its own flight (the others land, so their waiters need not fetch again); the call
-        raises when any failed. ``optional`` chunks ride along in the same request (read
-        ahead); their failures fail only their own flights, never this call."""
-        wanted = [*sites, *optional]
-        with self._flights.claim(site.digest for site in wanted) as flights:
-            compressed = await self._request(wanted, region)
-            contents, failures = await self._verify_all(wanted, compressed)
-            for digest, content in contents.items():
-                flights[digest].content = content
-                if remember:
-                    self._memory.put(digest, content)
-            for digest, failure in failures.items():
-                flights[digest].error = failure
-            self.stats.chunks_fetched += len(contents)
-            self._not_on_disk.difference_update(contents)
-            for site in sites:
-                if site.digest in failures:
-                    raise failures[site.digest]
-            return contents
+        raises when any failed."""
+        with self._flights.claim(site.digest for site in sites) as flights:
+            return await self._fetch_into(flights, sites, region=region, remember=remember)
+
+    async def _fetch_into(
+        self,
+        flights: dict[str, Flight],
+        sites: Sequence[_Site],
+        *,
+        region: tuple[int, int] | None = None,
+        remember: bool,
+    ) -> dict[str, bytes]:
+        compressed = await self._request(sites, region)
+        contents, failures = await self._verify_all(sites, compressed)
+        for digest, content in contents.items():
+            flights[digest].content = content
+            if remember:
+                self._memory.put(digest, content)
+        for digest, failure in failures.items():
+            flights[digest].error = failure
+        self.stats.chunks_fetched += len(contents)
+        self._not_on_disk.difference_update(contents)
+        for site in sites:
+            if site.digest in failures:
+                raise failures[site.digest]
+        return contents
 
     async def _request(self, sites: Sequence[_Site], region: tuple[int, int] | None) -> list[bytes]:
         ranges = [(s.chunk.offset, s.chunk.end - s.chunk.offset) for s in sites]
@@ -347,6 +376,7 @@ class LazyLayer:
             self.stats.fetch_seconds += time.perf_counter() - started
         self.stats.requests += 1
         self.stats.bytes_fetched += received
+        trace_fetch(self._where, started, sorted({site.file for site in sites}), received)
         return compressed
 
     async def _verify_all(

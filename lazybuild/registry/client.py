@@ -34,6 +34,7 @@ from lazybuild.registry.push import (
 from lazybuild.registry.reference import Reference
 from lazybuild.registry.retry import RetryPolicy
 from lazybuild.registry.session import RegistrySession
+from lazybuild.registry.tlscontext import shared_ssl_context
 
 # Content types that say nothing about which manifest schema a body is.
 _GENERIC_CONTENT_TYPES = frozenset({"", "application/json", "text/plain"})
@@ -77,6 +78,7 @@ class RegistryClient:
     ) -> None:
         self._http = httpx.AsyncClient(
             transport=transport,
+            verify=shared_ssl_context(),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             # Redirects are followed by hand: credentials must not follow them.
             follow_redirects=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -278,5 +279,78 @@ def test_sequential_reads_load_each_cached_chunk_once(
         assert data == built.files["dir/big.bin"]
         assert sorted(disk_gets) == sorted(c.digest for c in node.chunks)  # read-ahead included
         assert blob.requests == 0
+
+    trio.run(main)
+
+
+class _WindowHoldingBlob(MemoryBlob):
+    """Holds every request that does not fetch ``wanted_offset`` until ``release``."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.wanted_offset = -1
+        self.release = trio.Event()
+        self.held = 0
+
+    async def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:  # type: ignore[override]
+        if self.wanted_offset >= 0 and all(offset != self.wanted_offset for offset, _ in ranges):
+            self.held += 1
+            await self.release.wait()
+        return await super().read_ranges(ranges)
+
+
+def test_the_read_ahead_window_does_not_hold_up_the_read_that_opened_it(tmp_path: Path) -> None:
+    """A miss right after the last fetch opens a window of neighbouring files; the
+    reader's own chunk comes in its own request, and readers of the window's chunks
+    wait for the window's request instead of fetching again."""
+    rng = random.Random(3)
+    files = {f"pkg/f{n:02}.bin": rng.randbytes(3000) for n in range(30)}
+    built = build_layer(files)
+    blob = _WindowHoldingBlob(built.blob)
+
+    async def main() -> None:
+        layer = await open_layer(built, blob, tmp_path)
+        first, second, third = (node_of(layer, f"pkg/f{n:02}.bin") for n in range(3))
+        assert await layer.read(first, 0, 4096) == files["pkg/f00.bin"]
+        blob.reset()
+        blob.wanted_offset = second.chunks[0].offset
+        with trio.fail_after(5):
+            assert await layer.read(second, 0, 4096) == files["pkg/f01.bin"]
+        assert blob.requests == 1 and blob.requested[0] == [
+            (second.chunks[0].offset, second.chunks[0].end - second.chunks[0].offset)
+        ]
+        await trio.testing.wait_all_tasks_blocked()
+        assert blob.held == 1  # the window's request, waiting
+        async with trio.open_nursery() as nursery:
+            got: list[bytes] = []
+
+            async def read_third() -> None:
+                got.append(await layer.read(third, 0, 4096))
+
+            nursery.start_soon(read_third)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not got  # waiting for the window, not fetching on its own
+            blob.release.set()
+        assert got == [files["pkg/f02.bin"]]
+        assert blob.requests == 2  # the reader's and the window's
+        assert third.chunks[0].offset >= blob.requested[1][0][0]
+
+    trio.run(main)
+
+
+def test_fetch_trace_logs_each_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("LAZYBUILD_FETCH_TRACE", str(trace))
+    built = build_layer()
+    blob = MemoryBlob(built.blob)
+
+    async def main() -> None:
+        layer = await open_layer(built, blob, tmp_path)
+        assert not trace.exists()  # the TOC is read by the opener, not traced
+        await layer.read(node_of(layer, "dir/big.bin"), 0, 2 * CHUNK)
+        lines = [json.loads(line) for line in trace.read_text().splitlines()]
+        assert len(lines) == 1
+        assert lines[0]["some_files"] == ["dir/big.bin"] and lines[0]["files"] == 1
+        assert lines[0]["bytes"] > 0 and lines[0]["end"] >= lines[0]["start"]
 
     trio.run(main)

@@ -1,0 +1,39 @@
+"""A log of every range request the lazy filesystem makes, for finding slow builds.
+
+With ``LAZYBUILD_FETCH_TRACE=FILE`` in the environment, each request appends one JSON
+line to FILE: when it started and ended (monotonic seconds, comparable across the
+processes of one machine), the layer, the bytes received and the files whose chunks it
+carried. A build that spends its time waiting shows up as a chain of small requests,
+one after the other; that is what read-ahead and prefetching are tuned against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+
+ENVIRONMENT_VARIABLE = "LAZYBUILD_FETCH_TRACE"
+_FILES_SHOWN = 8
+
+
+def trace_fetch(layer: str, started: float, files: Sequence[str], received: int) -> None:
+    """Append one request to the trace file, if tracing is on."""
+    path = os.environ.get(ENVIRONMENT_VARIABLE)
+    if not path:
+        return
+    line = {
+        "start": round(started, 4),
+        "end": round(time.perf_counter(), 4),
+        "layer": layer,
+        "bytes": received,
+        "files": len(files),
+        "some_files": list(files[:_FILES_SHOWN]),
+    }
+    try:
+        # One write of one line in append mode: lines of concurrent writers do not mix.
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(line) + "\n")
+    except OSError:
+        pass  # a diagnostic must never fail a read
