@@ -30,6 +30,7 @@ from lazybuild.worker.imageop import image_layers
 from lazybuild.worker.imagerecords import ImageRecords
 from lazybuild.worker.layers import Snapshot
 from lazybuild.worker.layerstore import LayerStore
+from lazybuild.worker.learnedreads import LearnedReads
 from lazybuild.worker.resources import ImageResolver, WorkerResources
 from lazybuild.worker.rootfs import LayerMounter
 from lazybuild.worker.worker import Worker
@@ -157,6 +158,7 @@ async def run_build(
             cache_mounts=cache_mounts,
             platform=platform,
             default_network="none" if request.network == "none" else "host",
+            learned=LearnedReads(store.root / "learned"),
         )
         worker = Worker(resources)
         cache = SQLiteCacheStore(store.root / "cache.db")

@@ -290,6 +290,22 @@ class LazyMountService:
         """Fetch these added layers whole now, in large requests (before reading all)."""
         await self._request(control.FetchAll(tuple(digests)))
 
+    async def mark_reads(self) -> int:
+        """A mark in the filesystem's record of reads, for ``reads_since``."""
+        reply = await self._request(control.MarkReads())
+        return int(reply.get("mark", 0))
+
+    async def reads_since(self, mark: int) -> dict[str, list[str]]:
+        """By layer digest, the files read since ``mark``, in first-read order."""
+        reply = await self._request(control.ReadsSince(mark))
+        return control.layer_files(reply.get("layers"), "reads_since reply")
+
+    async def prefetch_files(self, files: dict[str, list[str]]) -> tuple[int, int]:
+        """Start fetching these files of added layers; the chunks and compressed bytes
+        scheduled (what was neither cached nor being fetched)."""
+        reply = await self._request(control.PrefetchFiles(files))
+        return int(reply.get("chunks", 0)), int(reply.get("bytes", 0))
+
     async def stats(self) -> FetchReport:
         reply = await self._request(control.Stats())
         layers = reply.get("layers", [])

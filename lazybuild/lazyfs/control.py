@@ -42,11 +42,35 @@ class FetchAll:
 
 
 @dataclass(frozen=True)
+class MarkReads:
+    """A point in the filesystem's record of reads; the answer is ``{"mark": n}``."""
+
+    op: Literal["mark_reads"] = "mark_reads"
+
+
+@dataclass(frozen=True)
+class ReadsSince:
+    """The files read since ``mark``: ``{"layers": {layer digest: [paths]}}``."""
+
+    mark: int
+    op: Literal["reads_since"] = "reads_since"
+
+
+@dataclass(frozen=True)
+class PrefetchFiles:
+    """Start fetching these files of these (added) layers, in the order given; the answer
+    is ``{"chunks": n, "bytes": n}``, what was scheduled (nothing cached or in flight)."""
+
+    files: dict[str, list[str]]  # layer digest -> paths
+    op: Literal["prefetch_files"] = "prefetch_files"
+
+
+@dataclass(frozen=True)
 class Shutdown:
     op: Literal["shutdown"] = "shutdown"
 
 
-Request = AddLayer | Stats | FetchAll | Shutdown
+Request = AddLayer | Stats | FetchAll | MarkReads | ReadsSince | PrefetchFiles | Shutdown
 
 
 @dataclass(frozen=True)
@@ -65,6 +89,10 @@ def encode_request(request: Request) -> bytes:
         return encode({"op": request.op, "ref": request.ref, "descriptor": request.descriptor})
     if isinstance(request, FetchAll):
         return encode({"op": request.op, "digests": list(request.digests)})
+    if isinstance(request, ReadsSince):
+        return encode({"op": request.op, "mark": request.mark})
+    if isinstance(request, PrefetchFiles):
+        return encode({"op": request.op, "files": request.files})
     return encode({"op": request.op})
 
 
@@ -93,9 +121,30 @@ def decode_request(line: bytes) -> Request:
         if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
             raise FormatError("fetch_all needs a list of layer digests")
         return FetchAll(digests=tuple(digests))
+    if op == "mark_reads":
+        return MarkReads()
+    if op == "reads_since":
+        mark = message.get("mark")
+        if not isinstance(mark, int) or isinstance(mark, bool) or mark < 0:
+            raise FormatError("reads_since needs a non-negative integer 'mark'")
+        return ReadsSince(mark=mark)
+    if op == "prefetch_files":
+        return PrefetchFiles(files=layer_files(message.get("files"), "prefetch_files"))
     if op == "shutdown":
         return Shutdown()
     raise FormatError(f"unknown control operation {op!r}")
+
+
+def layer_files(value: Any, what: str) -> dict[str, list[str]]:
+    """``{layer digest: [paths]}`` checked for shape."""
+    if not isinstance(value, dict) or not all(
+        isinstance(digest, str)
+        and isinstance(paths, list)
+        and all(isinstance(path, str) for path in paths)
+        for digest, paths in value.items()
+    ):
+        raise FormatError(f"{what} needs an object of layer digests to lists of paths")
+    return {digest: list(paths) for digest, paths in value.items()}
 
 
 def ok(**fields: Any) -> dict[str, Any]:

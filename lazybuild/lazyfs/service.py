@@ -27,6 +27,7 @@ from lazybuild.lazyfs import control
 from lazybuild.lazyfs.fuse import LazyFilesystem
 from lazybuild.lazyfs.layer import LazyLayer
 from lazybuild.lazyfs.priority import ForegroundGate
+from lazybuild.lazyfs.readrecorder import ReadRecorder
 from lazybuild.lazyfs.unpack import UnpackedLayer, unpack_layer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
@@ -135,6 +136,17 @@ class LayerSource:
                 if mounted.layer is not None:
                     nursery.start_soon(mounted.layer.fetch_everything)
 
+    async def prefetch_files(self, files: dict[str, list[str]]) -> tuple[int, int]:
+        """Start fetching these files of added lazy layers (others are skipped: unknown
+        or unpacked layers have nothing to fetch); the chunks and bytes scheduled."""
+        chunks = size = 0
+        for digest, paths in files.items():
+            mounted = self._mounted.get(digest)
+            if mounted is not None and mounted.layer is not None:
+                scheduled, scheduled_bytes = await mounted.layer.prefetch_files(paths)
+                chunks, size = chunks + scheduled, size + scheduled_bytes
+        return chunks, size
+
     def stats(self) -> list[dict[str, Any]]:
         report = []
         for mounted in self._mounted.values():
@@ -214,15 +226,20 @@ class Layers(Protocol):
 
     async def fetch_all(self, digests: Sequence[str]) -> None: ...
 
+    async def prefetch_files(self, files: dict[str, list[str]]) -> tuple[int, int]: ...
+
     def stats(self) -> list[dict[str, Any]]: ...
 
 
 class ControlServer:
     """Answers control requests; a ``shutdown`` request cancels ``stop``."""
 
-    def __init__(self, layers: Layers, stop: trio.CancelScope) -> None:
+    def __init__(
+        self, layers: Layers, stop: trio.CancelScope, reads: ReadRecorder | None = None
+    ) -> None:
         self._layers = layers
         self._stop = stop
+        self._reads = reads or ReadRecorder()
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection. Never raises: an error here would end the whole service."""
@@ -256,6 +273,15 @@ class ControlServer:
             if isinstance(request, control.FetchAll):
                 await self._layers.fetch_all(request.digests)
                 return control.ok()
+            if isinstance(request, control.MarkReads):
+                return control.ok(mark=self._reads.mark())
+            if isinstance(request, control.ReadsSince):
+                # The filesystem names layers by digest hex; clients know digests.
+                since = self._reads.since(request.mark)
+                return control.ok(layers={f"sha256:{name}": paths for name, paths in since.items()})
+            if isinstance(request, control.PrefetchFiles):
+                chunks, size = await self._layers.prefetch_files(request.files)
+                return control.ok(chunks=chunks, bytes=size)
             return control.ok(shutdown=True)
         except LazybuildError as exc:
             log.error("control request failed: %s", exc)
@@ -307,7 +333,8 @@ async def serve(options: ServiceOptions) -> None:
         ChunkCache, options.state_dir / "cache", options.cache_max_bytes
     )
     gate = ForegroundGate()
-    filesystem = LazyFilesystem(foreground=gate.foreground)
+    reads = ReadRecorder()
+    filesystem = LazyFilesystem(foreground=gate.foreground, access_log=reads)
     pyfuse3.init(filesystem, str(options.mountpoint), set(MOUNT_OPTIONS))
     unmounted = False
     try:
@@ -329,7 +356,7 @@ async def serve(options: ServiceOptions) -> None:
                 background=nursery if options.background_fetch else None,
             )
             nursery.start_soon(run_fuse, stop)
-            nursery.start_soon(serve_control, options.control, ControlServer(layers, stop))
+            nursery.start_soon(serve_control, options.control, ControlServer(layers, stop, reads))
             nursery.start_soon(stop_on_signals, stop)
             if options.owner_pid is not None:
                 nursery.start_soon(stop_without_owner, options.owner_pid, stop)

@@ -10,6 +10,7 @@ command, the exit code and the last lines it printed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 from collections import deque
@@ -27,6 +28,7 @@ from lazybuild.executor.runc import run_container
 from lazybuild.executor.spec import Network, ProcessSpec, generate_spec
 from lazybuild.executor.users import resolve_user
 from lazybuild.graph.ops import Exec
+from lazybuild.progress import human_size
 from lazybuild.solver import CacheMap, Job, Result
 from lazybuild.worker.execmounts import (
     MountSetupError,
@@ -36,8 +38,11 @@ from lazybuild.worker.execmounts import (
 )
 from lazybuild.worker.layers import Snapshot
 from lazybuild.worker.layerstore import StagingArea
+from lazybuild.worker.learnedreads import step_key
 from lazybuild.worker.opbase import op_digest, slot
 from lazybuild.worker.resources import WorkerResources
+
+log = logging.getLogger(__name__)
 
 # BuildKit's default; what `hostname` prints in a RUN step.
 DEFAULT_HOSTNAME = "buildkitsandbox"
@@ -102,7 +107,9 @@ class ExecOp:
                         specs.append(spec)
                     if changes is not None:
                         writable.append(changes)
+                learning = await self._prefetch_learned(job, root_snapshot)
                 await self._run(job, area, specs)
+                await self._learn(root_snapshot, learning)
             if root_mount.output is not None:
                 outputs[root_mount.output] = root_snapshot.on_top([resources.store.commit(area)])
             for changes in writable:
@@ -162,6 +169,46 @@ class ExecOp:
                 result.exit_code,
                 list(tail),
             )
+
+    async def _prefetch_learned(self, job: Job, snapshot: Snapshot) -> tuple[str, int] | None:
+        """Start fetching what this step read from its base image last time; the record's
+        key and a mark to learn from this run (None: nothing to learn here)."""
+        learned = self._resources.learned
+        key = step_key(self._op.args, self._op.cwd, snapshot)
+        if learned is None or key is None:
+            return None
+        try:
+            mark = await self._resources.mounter.mark_reads()
+            if mark is None:
+                return None
+            wanted = await trio.to_thread.run_sync(learned.load, key)
+            if wanted:
+                _, size = await self._resources.mounter.prefetch_files(snapshot, wanted)
+                files = sum(len(paths) for paths in wanted)
+                await job.status(
+                    "learned-prefetch",
+                    f"prefetching {files} files read last time: {human_size(size)} not cached yet",
+                    size,
+                    size,
+                    completed=True,
+                )
+        except LazybuildError as exc:  # a hint: the step fetches on demand instead
+            log.warning("learned prefetch failed: %s", exc)
+            return None
+        return key, mark
+
+    async def _learn(self, snapshot: Snapshot, learning: tuple[str, int] | None) -> None:
+        learned = self._resources.learned
+        if learning is None or learned is None:
+            return
+        key, mark = learning
+        try:
+            read = await self._resources.mounter.reads_since(snapshot, mark)
+        except LazybuildError as exc:
+            log.warning("cannot learn what the step read: %s", exc)
+            return
+        if read is not None and any(read):
+            await trio.to_thread.run_sync(learned.save, key, read)
 
     def _secret_env(self) -> list[str]:
         env = []

@@ -16,6 +16,7 @@ from lazybuild.registry.client import RegistryClient, ResolvedImage
 from lazybuild.registry.reference import Reference
 from lazybuild.worker.imagerecords import ImageRecords
 from lazybuild.worker.layerstore import LayerStore
+from lazybuild.worker.learnedreads import LearnedReads
 from lazybuild.worker.rootfs import LayerMounter
 
 
@@ -81,5 +82,7 @@ class WorkerResources:
     cache_mounts: Path
     platform: Platform
     default_network: Literal["host", "none"] = "host"
+    # What RUN steps read from their base images, for learned prefetching (None: off).
+    learned: LearnedReads | None = None
     exec_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
     file_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(4))

@@ -132,6 +132,37 @@ class LayerMounter:
         lowers = [directory for directory in reversed(directories) if directory is not None]
         return lowers or [self._store.empty_directory()]
 
+    async def prefetch_files(
+        self, snapshot: Snapshot, files_by_base_layer: Sequence[Sequence[str]]
+    ) -> tuple[int, int]:
+        """Start fetching, for each base layer of ``snapshot`` (bottom first), the files
+        listed for its position; the chunks and compressed bytes scheduled."""
+        remote = [layer for layer in snapshot.layers if isinstance(layer, RemoteLayer)]
+        if self._service is None or len(remote) != len(files_by_base_layer):
+            return 0, 0
+        await self.lower_dirs(snapshot)
+        files = {
+            layer.descriptor.digest: list(paths)
+            for layer, paths in zip(remote, files_by_base_layer, strict=True)
+            if paths
+        }
+        return await self._service.prefetch_files(files)
+
+    async def mark_reads(self) -> int | None:
+        """A mark for ``reads_since`` (None: no lazy filesystem, nothing to learn)."""
+        if self._service is None or not self._service.running:
+            return None
+        return await self._service.mark_reads()
+
+    async def reads_since(self, snapshot: Snapshot, mark: int) -> list[list[str]] | None:
+        """For each base layer of ``snapshot`` (bottom first), the files read since
+        ``mark``."""
+        if self._service is None or not self._service.running:
+            return None
+        read = await self._service.reads_since(mark)
+        remote = [layer for layer in snapshot.layers if isinstance(layer, RemoteLayer)]
+        return [read.get(layer.descriptor.digest, []) for layer in remote]
+
     async def fetch_whole(self, snapshot: Snapshot) -> None:
         """Fetch the snapshot's lazy layers completely, in large requests: for readers
         of everything (a ``type=local`` export), where file-by-file fetching would cost

@@ -13,6 +13,7 @@ import trio.testing
 from lazybuild.errors import FormatError, NotFoundError
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.client import FetchReport, LayerFetch
+from lazybuild.lazyfs.readrecorder import ReadRecorder
 from lazybuild.lazyfs.service import ControlServer, is_lazy_layer, parse_args
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
@@ -34,6 +35,9 @@ class FakeLayers:
     async def fetch_all(self, digests: Sequence[str]) -> None:
         self.fetched.extend(digests)
 
+    async def prefetch_files(self, files: dict[str, list[str]]) -> tuple[int, int]:
+        return sum(len(paths) for paths in files.values()), 1000
+
     def stats(self) -> list[dict[str, Any]]:
         return [{"mode": "lazy", "digest": DIGEST, "size": 10, "bytes_fetched": 4}]
 
@@ -43,6 +47,9 @@ def test_requests_round_trip() -> None:
         control.AddLayer(ref="r/x:1", descriptor={"digest": DIGEST}),
         control.Stats(),
         control.FetchAll(digests=(DIGEST,)),
+        control.MarkReads(),
+        control.ReadsSince(mark=7),
+        control.PrefetchFiles(files={DIGEST: ["usr/bin/cc1", "etc/passwd"]}),
         control.Shutdown(),
     ]
     for request in requests:
@@ -58,6 +65,8 @@ def test_requests_round_trip() -> None:
         (b"[]", "not a JSON object"),
         (b'{"op":"dance"}', "unknown control operation"),
         (b'{"op":"add_layer","ref":1}', "needs a string 'ref'"),
+        (b'{"op":"reads_since","mark":-1}', "non-negative integer"),
+        (b'{"op":"prefetch_files","files":{"d":"p"}}', "lists of paths"),
     ],
 )
 def test_bad_requests_are_format_errors(line: bytes, message: str) -> None:
@@ -171,3 +180,32 @@ def test_a_client_that_goes_away_does_not_stop_the_server() -> None:
         assert not stop.cancel_called
 
     trio.run(main)
+
+
+def test_server_reports_the_reads_since_a_mark_and_schedules_prefetches() -> None:
+    async def main() -> list[dict[str, Any]]:
+        server_side, client_side = trio.testing.memory_stream_pair()
+        reads = ReadRecorder()
+        server = ControlServer(FakeLayers(), trio.CancelScope(), reads)
+        replies = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle, server_side)
+            reader = control.LineReader(client_side)
+            for request in (
+                control.MarkReads(),
+                control.ReadsSince(mark=0),
+                control.PrefetchFiles(files={DIGEST: ["a", "b"]}),
+            ):
+                if isinstance(request, control.ReadsSince):
+                    reads(DIGEST[7:], "usr/bin/cc1")  # the filesystem names layers by hex
+                await client_side.send_all(control.encode_request(request))
+                line = await reader.next_line()
+                assert line is not None
+                replies.append(json.loads(line))
+            await client_side.send_eof()
+        return replies
+
+    mark, since, prefetch = trio.run(main)
+    assert mark == {"ok": True, "mark": 0}
+    assert since == {"ok": True, "layers": {DIGEST: ["usr/bin/cc1"]}}
+    assert prefetch == {"ok": True, "chunks": 2, "bytes": 1000}

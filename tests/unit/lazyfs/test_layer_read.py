@@ -354,3 +354,39 @@ def test_fetch_trace_logs_each_request(tmp_path: Path, monkeypatch: pytest.Monke
         assert lines[0]["bytes"] > 0 and lines[0]["end"] >= lines[0]["start"]
 
     trio.run(main)
+
+
+def test_learned_prefetch_fetches_the_files_once_and_readers_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    built = build_layer()
+    blob = MemoryBlob(built.blob)
+
+    async def main() -> None:
+        layer = await open_layer(built, blob, tmp_path)
+        blob.reset()
+        blob.hold = trio.Event()
+        paths = ["dir/big.bin", "small.txt", "not/there", "dir"]
+        chunks, size = await layer.prefetch_files(paths)
+        big, small = node_of(layer, "dir/big.bin"), node_of(layer, "small.txt")
+        assert chunks == len(big.chunks) + len(small.chunks)
+        assert size == sum(c.end - c.offset for c in [*big.chunks, *small.chunks])
+        # Scheduled, not yet answered: a reader waits for the prefetch, no request of its own.
+        async with trio.open_nursery() as nursery:
+            got: list[bytes] = []
+
+            async def read_small() -> None:
+                got.append(await layer.read(small, 0, 100))
+
+            nursery.start_soon(read_small)
+            await trio.testing.wait_all_tasks_blocked()
+            requests_while_held = blob.requests
+            blob.hold.set()
+        assert got == [built.files["small.txt"]]
+        assert requests_while_held == blob.requests  # the reader added none
+        assert await layer.read(big, 0, 3 * CHUNK) == built.files["dir/big.bin"][: 3 * CHUNK]
+        before = blob.requests
+        assert await layer.prefetch_files(paths) == (0, 0)  # all cached now
+        assert blob.requests == before
+
+    trio.run(main)

@@ -1,0 +1,83 @@
+"""Learned prefetch: what a RUN step read from its base image, remembered for next time.
+
+A step such as ``RUN go build`` reads thousands of files of its builder image, one
+after the other; cold, each is a round trip. After a step ran, the files it read from
+the lazily served base layers are kept here, by the layer's position in the base image.
+The next time a step with the same command and working directory runs on that base
+image, even a newer version of it (the key names the repository, not the digest) or
+with an empty chunk cache, those files are fetched in a few large requests, in the
+order they were read, as the step starts; paths the new layers lack are skipped.
+
+A record is a hint: a wrong or stale one costs bytes, never correctness (every chunk is
+still verified against the TOC of the layer actually mounted).
+
+Records: ``<state>/build/learned/<key>.json``, ``{"version": 1, "layers": [[paths]]}``
+with one list per base layer, bottom first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lazybuild.atomicfile import write_atomic
+from lazybuild.registry.reference import Reference
+from lazybuild.worker.layers import RemoteLayer, Snapshot
+
+log = logging.getLogger(__name__)
+
+_VERSION = 1
+# A record beyond this many files is cut (a step that reads a whole image learns nothing
+# a prefetch could use better than the background fetch).
+MAX_FILES = 50_000
+
+
+def base_layers(snapshot: Snapshot) -> list[RemoteLayer]:
+    return [layer for layer in snapshot.layers if isinstance(layer, RemoteLayer)]
+
+
+def step_key(args: Sequence[str], cwd: str, snapshot: Snapshot) -> str | None:
+    """The record's name for a step running ``args`` in ``cwd`` on ``snapshot``; None
+    when the snapshot has no lazily served base layer to learn about."""
+    layers = base_layers(snapshot)
+    if not layers:
+        return None
+    # Repositories, not digests: a rebuilt base image is read the same way.
+    images = sorted({Reference.parse(layer.source).name for layer in layers})
+    shape = {"version": _VERSION, "images": images, "layers": len(layers)}
+    payload = json.dumps({**shape, "args": list(args), "cwd": cwd}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class LearnedReads:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def load(self, key: str) -> list[list[str]] | None:
+        """The files read last time, per base layer (bottom first); None if unknown."""
+        try:
+            document: Any = json.loads((self.directory / f"{key}.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        layers = document.get("layers") if isinstance(document, dict) else None
+        if document.get("version") != _VERSION or not isinstance(layers, list):
+            return None
+        if not all(isinstance(paths, list) for paths in layers):
+            return None
+        return [[path for path in paths if isinstance(path, str)] for paths in layers]
+
+    def save(self, key: str, layers: Sequence[Sequence[str]]) -> None:
+        kept: list[list[str]] = []
+        budget = MAX_FILES
+        for paths in layers:
+            kept.append(list(paths[: max(0, budget)]))
+            budget -= len(kept[-1])
+        data = json.dumps({"version": _VERSION, "layers": kept}).encode()
+        try:
+            write_atomic(self.directory / f"{key}.json", data)
+        except OSError as exc:  # only the next build gets slower
+            log.warning("cannot keep what the step read: %s", exc)
