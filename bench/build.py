@@ -7,7 +7,10 @@ builds each example from nothing and pushes the result to a new repository, all
 through the emulated WAN link in front of the registry:
 
 - lazybuild: `lazybuild build --push` on the eStargz versions of the base images (made
-  by `lazybuild convert`, outside the timing), a new state dir per repetition;
+  by `lazybuild convert`, outside the timing), a new state dir per repetition; then,
+  as a second row, the same build again in that state dir with its chunk cache
+  deleted and `--no-cache` (learned prefetch: each RUN step fetches what it read the
+  first time in large requests as it starts);
 - docker: `DOCKER_BUILDKIT=0 docker build` (the legacy builder) + `docker push` on the
   plain gzip base images, with images and build cache removed between repetitions;
 - buildah: `buildah bud` + `buildah push` on the gzip base images, new --root and
@@ -384,6 +387,8 @@ class Run:
     host: str  # registry host the tools use (WAN proxy or direct)
     n: int
     indexes: list[tuple[str, LayerIndex]]
+    # lazybuild's state dir after its cold build, kept for the learned rebuild.
+    lazybuild_state: Path | None = None
 
     @property
     def context(self) -> Path:
@@ -413,23 +418,24 @@ def _record(run: Run, into: Measured, build: Timed, push: Timed | None) -> bool:
     return True
 
 
+def _lazybuild_command(run: Run, state: Path, tag: str, *options: str) -> Timed:
+    argv = [
+        sys.executable, "-m", "lazybuild", "--state-dir", str(state),
+        "build", "--progress=plain", "--network", "none", *run.build_args(estargz=True),
+        "-t", tag, "--push", *options, str(run.context),
+    ]  # fmt: skip
+    env = {"XDG_CACHE_HOME": str(state / "xdg-cache")}
+    return timed_run(argv, env=env, timeout=STEP_TIMEOUT)
+
+
 def _lazybuild(run: Run, into: Measured) -> None:
     state = Path(tempfile.mkdtemp(prefix=f"build-{run.n}-", dir=run.infra.workdir))
     report = state / "fetch-report.json"
     ref = run.dest("lazybuild")
-    env = {"XDG_CACHE_HOME": str(state / "xdg-cache")}
-
-    def build(tag: str, *options: str) -> Timed:
-        argv = [
-            sys.executable, "-m", "lazybuild", "--state-dir", str(state),
-            "build", "--progress=plain", "--network", "none", *run.build_args(estargz=True),
-            "-t", tag, "--push", *options, str(run.context),
-        ]  # fmt: skip
-        return timed_run(argv, env=env, timeout=STEP_TIMEOUT)
-
+    kept = False
     try:
         run.infra.wan.reset_counters()
-        cold = build(ref, "--fetch-report", str(report))
+        cold = _lazybuild_command(run, state, ref, "--fetch-report", str(report))
         into.progress.append(cold.stderr + cold.stdout)
         if not _record(run, into, cold, None):
             return
@@ -441,14 +447,43 @@ def _lazybuild(run: Run, into: Measured) -> None:
         if run.n == 0:
             # Not compared with anything: the same build again with every chunk it reads
             # in the cache already, to tell fetching from the rest of the build's time.
-            warm = build(f"{ref}-warm", "--no-cache")
+            warm = _lazybuild_command(run, state, f"{ref}-warm", "--no-cache")
             if warm.ok:
                 into.warm = warm.wall_s
                 into.warm_progress = warm.stderr + warm.stdout
+        run.lazybuild_state, kept = state, True
     finally:
-        _release_state(state)
+        if not kept:
+            _release_state(state)
     if run.n == 0:
         into.check = _check_output(run.infra, run.direct(ref), run.example.expected)
+
+
+def _lazybuild_learned(run: Run, into: Measured) -> None:
+    """The build again in the cold build's state dir with its chunk cache emptied (as
+    after a base image update or a prune) and `--no-cache`: every step runs, nothing is
+    cached, but each RUN step prefetches what it read last time."""
+    state = run.lazybuild_state
+    if state is None:
+        into.fail("the cold lazybuild build before it failed")
+        return
+    try:
+        shutil.rmtree(state / "cache", ignore_errors=True)
+        report = state / "fetch-report-learned.json"
+        run.infra.wan.reset_counters()
+        done = _lazybuild_command(
+            run, state, run.dest("lazybuild-learned"), "--no-cache", "--fetch-report", str(report)
+        )
+        into.progress.append(done.stderr + done.stdout)
+        if not _record(run, into, done, None):
+            return
+        data = json.loads(report.read_text())
+        into.reports.append(data)
+        into.fetched.append(int(data["bytes_fetched"]))
+        into.requests.append(sum(int(layer["requests"]) for layer in data["layers"]))
+    finally:
+        run.lazybuild_state = None
+        _release_state(state)
 
 
 def _docker(run: Run, into: Measured) -> None:
@@ -510,6 +545,11 @@ def _buildah(run: Run, into: Measured) -> None:
 
 TOOLS: list[tuple[str, str, Callable[[Run, Measured], None]]] = [
     ("lazybuild", "lazybuild build --push (eStargz bases, lazy)", _lazybuild),
+    (
+        "lazybuild-learned",
+        "lazybuild build --no-cache --push again, chunk cache emptied (learned prefetch)",
+        _lazybuild_learned,
+    ),
     ("docker", "docker build (legacy builder) + docker push", _docker),
     ("buildah", "buildah bud + buildah push", _buildah),
 ]
@@ -603,12 +643,12 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
     for example, images, _, read_files, read_bytes, native_s in prepared:
         measured = results[example.name]
         lazy = measured["lazybuild"]
-        peers = [m for name, m in measured.items() if name != "lazybuild"]
+        peers = [m for name, m in measured.items() if not name.startswith("lazybuild")]
         peer_walls = [m.wall_median for m in peers if m.wall_median is not None]
         fastest = min(peer_walls) if peer_walls else None
         for name, m in measured.items():
             push_text = seconds(median(m.push)) if m.failure is None else "n/a"
-            if name == "lazybuild":
+            if name.startswith("lazybuild"):
                 push_text = "(in build)"
             tables.append(
                 [
@@ -689,13 +729,27 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
                 f"filesystem on local disk: {native_s:.1f} s."
             )
             notes.append(text)
+        learned = measured["lazybuild-learned"]
+        if learned.wall_median is not None:
+            notes.append(
+                f"{example.name}: learned prefetch: the same build again in the cold build's "
+                "state dir with its chunk cache deleted and `--no-cache` (as after a base "
+                "image update or a prune: every step runs, no chunk is cached) took "
+                f"{learned.wall_median:.1f} s ({ratio(learned.wall_median, fastest)} x the "
+                f"faster peer), with {learned.int_median(learned.requests)} range requests "
+                f"for {_size(learned.int_median(learned.fetched))} (cold: "
+                f"{lazy.int_median(lazy.requests)} for {_size(fetched)}): each RUN step "
+                "fetched what it read last time in 2 MiB requests as it started."
+            )
         notes.append(
             f"{example.name}: times per repetition: "
-            + "; ".join(f"{m.label.split(' ')[0]} {_list(m.wall)}" for m in measured.values())
+            + "; ".join(f"{name} {_list(m.wall)}" for name, m in measured.items())
             + "."
         )
         checks = []
-        for m in measured.values():
+        for name, m in measured.items():
+            if name == "lazybuild-learned":
+                continue
             tool = m.label.split(" ")[0]
             if m.check is None:
                 checks.append(f"{tool}: not checked")
