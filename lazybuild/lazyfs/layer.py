@@ -46,6 +46,8 @@ BACKGROUND_BATCH_BYTES = 16 << 20
 # the order the files were read last time, so the first files arrive first.
 LEARNED_BATCH_BYTES = 2 << 20
 LEARNED_CONCURRENCY = 3
+# A file missed twice is fetched whole up to this size (uncompressed): see _rest_of_files.
+WHOLE_FILE_MAX_BYTES = 64 << 20
 # Chunks of a file loaded from the disk cache ahead of a sequential reader, so disk
 # reads and integrity checks overlap with serving the current chunk (measured on a
 # 500 MB file: 1 ahead ~530 MB/s, 2 ~720 MB/s, 3 ~780 MB/s).
@@ -87,6 +89,7 @@ class LazyLayer:
         self._by_offset: list[_Site] | None = None
         self._not_on_disk: set[str] = set()  # read-ahead misses, until fetched
         self._window = NeighbourWindow()
+        self._file_misses: dict[str, set[str]] = {}  # chunks a read had to fetch, per file
 
     @classmethod
     async def open(
@@ -222,9 +225,7 @@ class LazyLayer:
         ]
         if not missing:
             return 0, 0
-        batches = [(batch, self._flights.register(s.digest for s in batch)) for batch in
-                   _batches(missing, LEARNED_BATCH_BYTES)]  # fmt: skip
-        trio.lowlevel.spawn_system_task(self._fetch_batches, batches)
+        self._fetch_in_batches(missing)
         return len(missing), sum(site.chunk.end - site.chunk.offset for site in missing)
 
     async def _fetch_batches(self, batches: list[tuple[list[_Site], dict[str, Flight]]]) -> None:
@@ -295,11 +296,14 @@ class LazyLayer:
                 if mine:
                     if remember:
                         neighbours = await self._neighbours(mine)
+                        rest_of_files = await self._rest_of_files(mine, neighbours)
                         # Claimed by another reader while we looked at the disk: wait for it.
                         theirs += self._in_flight(mine)
                         mine = [s for s in mine if self._flights.get(s.digest) is None]
                         if neighbours:
                             self._fetch_alongside(neighbours)
+                        if rest_of_files:
+                            self._fetch_in_batches(rest_of_files)
                     fetched = await self._fetch(mine, remember=remember)
                     found.update((site.digest, fetched[site.digest]) for site in mine)
             unique = []
@@ -336,6 +340,50 @@ class LazyLayer:
         last = max([end, *(site.chunk.end for site in candidates)])
         self._window.fetched(start, last)
         return candidates
+
+    async def _rest_of_files(self, missing: Sequence[_Site], taken: Sequence[_Site]) -> list[_Site]:
+        """The other chunks of files missed in a second chunk: a program mapping a
+        large file (a compiler, a shared library) faults its chunks in, one after the
+        other in no order that read-ahead can follow; after the second miss the rest of
+        the file comes in large requests instead. Files above ``WHOLE_FILE_MAX_BYTES``
+        are left to on-demand reads (a random reader of a big file fetches little)."""
+        wanted: list[_Site] = []
+        skip = {site.digest for site in [*missing, *taken]}
+        newly_twice = []
+        first_per_file: dict[str, _Site] = {}
+        for site in missing:  # one miss per file and read, however many chunks it spans
+            if (
+                site.file not in first_per_file
+                or site.chunk.offset < first_per_file[site.file].chunk.offset
+            ):
+                first_per_file[site.file] = site
+        for site in first_per_file.values():
+            missed = self._file_misses.setdefault(site.file, set())
+            if site.digest not in missed:
+                missed.add(site.digest)
+                if len(missed) == 2:
+                    newly_twice.append(site.file)
+        for file in newly_twice:
+            node = self.index.lookup(file)
+            if node is None or node.size > WHOLE_FILE_MAX_BYTES:
+                continue
+            for chunk in node.chunks:
+                if chunk.digest not in skip and chunk.digest not in self._memory:
+                    skip.add(chunk.digest)
+                    wanted.append(_Site(chunk, node.name))
+        if not wanted:
+            return []
+        cached = await trio.to_thread.run_sync(self._cached_digests, wanted)
+        return [s for s in wanted if s.digest not in cached and not self._flights.get(s.digest)]
+
+    def _fetch_in_batches(self, sites: Sequence[_Site]) -> None:
+        """Fetch read-ahead chunks in batches next to the reader's request; their flights
+        are registered now (see ``_fetch_alongside``)."""
+        batches = [
+            (batch, self._flights.register(site.digest for site in batch))
+            for batch in _batches(sites, LEARNED_BATCH_BYTES)
+        ]
+        trio.lowlevel.spawn_system_task(self._fetch_batches, batches)
 
     def _sites_by_offset(self) -> list[_Site]:
         if self._by_offset is None:

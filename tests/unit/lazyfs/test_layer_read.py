@@ -14,6 +14,7 @@ import trio.testing
 from lazybuild.cache.chunkcache import ChunkCache
 from lazybuild.errors import DigestMismatchError
 from lazybuild.estargz.index import Node
+from lazybuild.lazyfs import layer as layer_module
 from lazybuild.lazyfs.layer import LazyLayer
 from tests.unit.lazyfs.test_layer_fakes import CHUNK, MemoryBlob, build_layer, open_layer
 
@@ -388,5 +389,39 @@ def test_learned_prefetch_fetches_the_files_once_and_readers_wait_for_it(
         before = blob.requests
         assert await layer.prefetch_files(paths) == (0, 0)  # all cached now
         assert blob.requests == before
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("whole_file_max", [1 << 30, 4 * CHUNK])
+def test_a_file_missed_in_a_second_chunk_is_fetched_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole_file_max: int
+) -> None:
+    """A program faulting a mapped file in, chunk by chunk out of order, gets the rest
+    of the file after its second miss; a file above the limit stays on demand."""
+    monkeypatch.setattr(layer_module, "WHOLE_FILE_MAX_BYTES", whole_file_max)
+    built = build_layer()
+    blob = MemoryBlob(built.blob)
+    data = built.files["dir/big.bin"]
+
+    async def main() -> None:
+        layer = await open_layer(built, blob, tmp_path)
+        node = node_of(layer, "dir/big.bin")
+        blob.reset()
+        for chunk_number in (6, 2):  # two misses, out of order
+            offset = chunk_number * CHUNK
+            assert await layer.read(node, offset, 100) == data[offset : offset + 100]
+        await trio.testing.wait_all_tasks_blocked()
+        after_two_misses = blob.requests
+        for chunk_number in (8, 0, 4, 1):
+            offset = chunk_number * CHUNK
+            assert await layer.read(node, offset, 100) == data[offset : offset + 100]
+        if whole_file_max > node.size:
+            # The reader's two requests, then the rest in batches; no request afterwards.
+            assert after_two_misses >= 3
+            assert blob.requests == after_two_misses
+        else:
+            assert after_two_misses == 2
+            assert blob.requests >= 6  # on demand (and read-ahead), as before
 
     trio.run(main)
