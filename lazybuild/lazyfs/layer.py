@@ -297,15 +297,21 @@ class LazyLayer:
                     if remember:
                         neighbours = await self._neighbours(mine)
                         rest_of_files = await self._rest_of_files(mine, neighbours)
-                        # Claimed by another reader while we looked at the disk: wait for it.
+                        # Claimed by another reader while we looked at the disk: wait for
+                        # ours, leave the read-ahead to whoever took it.
                         theirs += self._in_flight(mine)
                         mine = [s for s in mine if self._flights.get(s.digest) is None]
+                        neighbours = [s for s in neighbours if not self._flights.get(s.digest)]
+                        rest_of_files = [
+                            s for s in rest_of_files if not self._flights.get(s.digest)
+                        ]
                         if neighbours:
                             self._fetch_alongside(neighbours)
                         if rest_of_files:
                             self._fetch_in_batches(rest_of_files)
-                    fetched = await self._fetch(mine, remember=remember)
-                    found.update((site.digest, fetched[site.digest]) for site in mine)
+                    if mine:
+                        fetched = await self._fetch(mine, remember=remember)
+                        found.update((site.digest, fetched[site.digest]) for site in mine)
             unique = []
             for site, flight in theirs:
                 content = await _outcome(flight)
