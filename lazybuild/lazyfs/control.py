@@ -16,7 +16,8 @@ import trio
 
 from lazybuild.errors import FormatError
 
-MAX_LINE = 1 << 20
+# Lists of read files travel in one line (reads_since, prefetch_files).
+MAX_LINE = 16 << 20
 LayerMode = Literal["lazy", "unpacked"]
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 # Beyond this many first reads the oldest are forgotten (a mark that old reads as 0).
 MAX_EVENTS = 1_000_000
+# A step that reads more than this (a whole image) is a poor prefetch hint past it anyway.
+MAX_FILES_SINCE = 20_000
 
 
 class ReadRecorder:
@@ -37,12 +39,15 @@ class ReadRecorder:
         self._epoch += 1
         return self._dropped + len(self._events)
 
-    def since(self, mark: int) -> dict[str, list[str]]:
-        """By layer, the files read since ``mark``, each once, in first-read order."""
+    def since(self, mark: int, limit: int = MAX_FILES_SINCE) -> dict[str, list[str]]:
+        """By layer, the first ``limit`` files read since ``mark``, each once, in
+        first-read order."""
         start = max(0, mark - self._dropped)
         seen: set[tuple[str, str]] = set()
         files: dict[str, list[str]] = {}
         for key in self._events[start:]:
+            if len(seen) >= limit:
+                break
             if key not in seen:
                 seen.add(key)
                 files.setdefault(key[0], []).append(key[1])

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 _VERSION = 1
 # A record beyond this many files is cut (a step that reads a whole image learns nothing
 # a prefetch could use better than the background fetch).
-MAX_FILES = 50_000
+MAX_FILES = 20_000
 
 
 def base_layers(snapshot: Snapshot) -> list[RemoteLayer]:

@@ -39,3 +39,11 @@ def test_old_events_are_forgotten_beyond_the_bound() -> None:
     late = recorder.mark()
     recorder("x", "late")
     assert recorder.since(late) == {"x": ["late"]}
+
+
+def test_since_stops_at_its_limit() -> None:
+    recorder = ReadRecorder()
+    mark = recorder.mark()
+    for n in range(10):
+        recorder("x", f"f{n}")
+    assert recorder.since(mark, limit=4) == {"x": ["f0", "f1", "f2", "f3"]}
