@@ -4,8 +4,8 @@ Per layer: nothing when the target repository has the blob already. A base image
 layer on the same registry is mounted from the repository it came from (its bytes
 never pass through this machine); from another registry it has to be streamed through
 (downloaded, verified, uploaded), which is said. A build step's layer is uploaded from
-its cached blob. Then the config, and last the manifest by tag, so the tag never names
-an image with missing blobs.
+its cached blob. The config goes up alongside them, and the manifest by tag only after
+all of them, so the tag never names an image with missing blobs.
 
 Pushing to several names, a later repository on the same registry mounts local layers
 from an earlier one instead of uploading them again.
@@ -109,9 +109,10 @@ async def _push_one(
         getattr(report, outcome).append(layer.descriptor.digest)
 
     async with trio.open_nursery() as nursery:
+        # The config goes up with the layers: each is a few round trips of its own.
+        nursery.start_soon(registry.push_blob, ref, image.config_descriptor, image.config_bytes)
         for layer in unique.values():
             nursery.start_soon(push_layer, layer)
-    await registry.push_blob(ref, image.config_descriptor, image.config_bytes)
     # A name given by digest (repo@sha256:...) is pushed by that digest, which
     # push_manifest checks against the bytes.
     report.manifest_digest = await registry.push_manifest(
@@ -144,8 +145,9 @@ async def _attach_record(
         command=attachment.command,
         outcome=attachment.outcome,
     )
-    for descriptor, data in artifact.blobs:
-        await registry.push_blob(ref, descriptor, data)
+    async with trio.open_nursery() as nursery:
+        for descriptor, data in artifact.blobs:
+            nursery.start_soon(registry.push_blob, ref, descriptor, data)
     await registry.push_manifest(
         ref.with_digest(artifact.manifest.digest),
         artifact.manifest_bytes,
