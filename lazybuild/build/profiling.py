@@ -30,7 +30,7 @@ from lazybuild.profile import DirectoryLayerContents, assign_to_layers, record_w
 from lazybuild.profile.record import encode_record, read_record, record_paths, write_record
 from lazybuild.profile.workload import WorkloadRecord
 from lazybuild.progress import human_size
-from lazybuild.worker.layers import LocalLayer, RemoteLayer
+from lazybuild.worker.layers import LocalLayer
 
 # Files larger than this stay out of prefetch regions (see _prefetchable).
 PREFETCH_FILE_MAX_BYTES = 32 << 20
@@ -65,7 +65,7 @@ async def profile_image(
     """Record the image's workload and decide each new layer's first files."""
     snapshot = result.snapshot
     made = [layer for layer in snapshot.layers if isinstance(layer, LocalLayer)]
-    base = [layer for layer in snapshot.layers if isinstance(layer, RemoteLayer)]
+    base = snapshot.remote_layers
     if not made and not (request.optimize_base and base):
         return Profile({}, None)
     files, workload = await _recorded_files(result, request, line)

@@ -93,6 +93,11 @@ class Snapshot:
     def id(self) -> str:
         return json.dumps([layer.to_json() for layer in self.layers], sort_keys=True)
 
+    @property
+    def remote_layers(self) -> list[RemoteLayer]:
+        """The layers served from a registry (a base image's), bottom first."""
+        return [layer for layer in self.layers if isinstance(layer, RemoteLayer)]
+
     @classmethod
     def from_id(cls, text: str) -> Snapshot:
         try:

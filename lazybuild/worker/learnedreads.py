@@ -26,7 +26,7 @@ from typing import Any
 
 from lazybuild.atomicfile import write_atomic
 from lazybuild.registry.reference import Reference
-from lazybuild.worker.layers import RemoteLayer, Snapshot
+from lazybuild.worker.layers import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,10 @@ _VERSION = 1
 MAX_FILES = 20_000
 
 
-def base_layers(snapshot: Snapshot) -> list[RemoteLayer]:
-    return [layer for layer in snapshot.layers if isinstance(layer, RemoteLayer)]
-
-
 def step_key(args: Sequence[str], cwd: str, snapshot: Snapshot) -> str | None:
     """The record's name for a step running ``args`` in ``cwd`` on ``snapshot``; None
     when the snapshot has no lazily served base layer to learn about."""
-    layers = base_layers(snapshot)
+    layers = snapshot.remote_layers
     if not layers:
         return None
     # Repositories, not digests: a rebuilt base image is read the same way.

@@ -137,7 +137,7 @@ class LayerMounter:
     ) -> tuple[int, int]:
         """Start fetching, for each base layer of ``snapshot`` (bottom first), the files
         listed for its position; the chunks and compressed bytes scheduled."""
-        remote = [layer for layer in snapshot.layers if isinstance(layer, RemoteLayer)]
+        remote = snapshot.remote_layers
         if self._service is None or len(remote) != len(files_by_base_layer):
             return 0, 0
         await self.lower_dirs(snapshot)
@@ -160,15 +160,14 @@ class LayerMounter:
         if self._service is None or not self._service.running:
             return None
         read = await self._service.reads_since(mark)
-        remote = [layer for layer in snapshot.layers if isinstance(layer, RemoteLayer)]
-        return [read.get(layer.descriptor.digest, []) for layer in remote]
+        return [read.get(layer.descriptor.digest, []) for layer in snapshot.remote_layers]
 
     async def fetch_whole(self, snapshot: Snapshot) -> None:
         """Fetch the snapshot's lazy layers completely, in large requests: for readers
         of everything (a ``type=local`` export), where file-by-file fetching would cost
         a round trip per file."""
         await self.lower_dirs(snapshot)
-        remote = [layer.key for layer in snapshot.layers if isinstance(layer, RemoteLayer)]
+        remote = [layer.key for layer in snapshot.remote_layers]
         if remote and self._service is not None:
             await self._service.fetch_all(remote)
 
