@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,20 +231,9 @@ class LazyLayer:
 
     async def _fetch_batches(self, batches: list[tuple[list[_Site], dict[str, Flight]]]) -> None:
         limiter = trio.CapacityLimiter(LEARNED_CONCURRENCY)
-
-        async def one(sites: list[_Site], claimed: dict[str, Flight]) -> None:
-            # In flight from the start (queued behind the limiter), so that however
-            # this ends, even cancelled before its turn, the flights land.
-            try:
-                with self._flights.flying(claimed) as flights:
-                    async with limiter:
-                        await self._fetch_into(flights, sites, remember=False)
-            except Exception:  # a hint only: readers fetch what did not arrive
-                log.debug("%s: learned prefetch failed", self._where, exc_info=True)
-
         async with trio.open_nursery() as nursery:
             for sites, claimed in batches:
-                nursery.start_soon(one, sites, claimed)
+                nursery.start_soon(self._fetch_optional, sites, claimed, False, limiter)
 
     async def fetch_all(self, gate: ForegroundGate) -> None:
         """Fetch, verify and cache every chunk not cached yet, in large batches, only
@@ -409,13 +399,23 @@ class LazyLayer:
         computing while the window arrives. The flights are registered now, so a reader
         of one of these chunks waits for this request instead of fetching it again."""
         claimed = self._flights.register(site.digest for site in sites)
-        trio.lowlevel.spawn_system_task(self._fetch_optional, sites, claimed)
+        trio.lowlevel.spawn_system_task(self._fetch_optional, sites, claimed, True)
 
-    async def _fetch_optional(self, sites: Sequence[_Site], claimed: dict[str, Flight]) -> None:
+    async def _fetch_optional(
+        self,
+        sites: Sequence[_Site],
+        claimed: dict[str, Flight],
+        remember: bool,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        """Fetch chunks nobody waits on yet (read-ahead, prefetch). The flights are in
+        flight from the start, even while queued behind ``limiter``, so that however
+        this ends, cancelled before its turn included, they land."""
         try:
             with self._flights.flying(claimed) as flights:
-                await self._fetch_into(flights, sites, remember=True)
-        except Exception:  # only read-ahead: a reader that needs a chunk fetches it itself
+                async with limiter if limiter is not None else nullcontext():
+                    await self._fetch_into(flights, sites, remember=remember)
+        except Exception:  # only a hint: a reader that needs a chunk fetches it itself
             log.debug("%s: read-ahead fetch failed", self._where, exc_info=True)
 
     async def _fetch(
