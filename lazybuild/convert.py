@@ -23,7 +23,7 @@ import trio
 from lazybuild.errors import FormatError
 from lazybuild.estargz.layerformat import LayerFormat, decompressed_stream
 from lazybuild.estargz.writer import WriterOptions, WrittenLayer, write_estargz
-from lazybuild.imagestore import ImageSource, ImageTarget, RootDocument
+from lazybuild.imagestore import ImageSource, ImageTarget, RootDocument, copy_blob
 from lazybuild.layerprobe import LayerProbe, probe_layer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
@@ -261,15 +261,14 @@ class _Converter:
                 await self._uncompressed_size(layer, where)
             )
         result = Descriptor(mediatypes.OCI_LAYER_GZIP, layer.digest, layer.size, annotations)
-        if await self.target.has_blob(result):
-            return result, "exists"
-        if await self.target.mount_blob(result):
-            return result, "mounted"
-        copy = self.workdir / f"keep-{short_digest(layer.digest)}-{id(probe)}"
-        async with self.transfers:
-            await self.source.download(layer, copy)
-            transfer = await self.target.put_blob(result, copy)
-        copy.unlink()
+        transfer = await copy_blob(
+            self.source,
+            self.target,
+            layer,
+            listed_as=result,
+            scratch=self.workdir / f"keep-{short_digest(layer.digest)}-{id(probe)}",
+            transfers=self.transfers,
+        )
         return result, transfer
 
     async def _uncompressed_size(self, layer: Descriptor, where: str) -> int:

@@ -62,6 +62,30 @@ class ImageTarget(Protocol):
     async def put_manifest(self, descriptor: Descriptor, data: bytes, *, root: bool) -> None: ...
 
 
+async def copy_blob(
+    source: ImageSource,
+    target: ImageTarget,
+    blob: Descriptor,
+    *,
+    listed_as: Descriptor,
+    scratch: Path,
+    transfers: trio.CapacityLimiter,
+) -> str:
+    """Make ``blob`` of ``source`` exist at ``target``, where a manifest lists it as
+    ``listed_as`` (the same bytes, other media type or annotations): nothing when the
+    target has it, a cross-repository mount when it can, else a download to ``scratch``
+    and an upload (under ``transfers``). Returns exists, mounted or uploaded."""
+    if await target.has_blob(listed_as):
+        return "exists"
+    if await target.mount_blob(listed_as):
+        return "mounted"
+    async with transfers:
+        await source.download(blob, scratch)
+        transfer = await target.put_blob(listed_as, scratch)
+    scratch.unlink()
+    return transfer
+
+
 def parse_location(text: str) -> tuple[str, str | None] | Reference:
     """``oci:DIR[:tag]`` → (dir, tag); anything else is a registry reference."""
     if not text.startswith("oci:"):

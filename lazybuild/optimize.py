@@ -50,6 +50,7 @@ from lazybuild.imagestore import (
     ImageTarget,
     LayoutSource,
     RegistrySource,
+    copy_blob,
     open_source,
     open_target,
 )
@@ -512,15 +513,14 @@ class _Optimizer:
         result = Descriptor(
             mediatypes.OCI_LAYER_GZIP, descriptor.digest, descriptor.size, annotations
         )
-        if await self.target.has_blob(result):
-            return result, "exists"
-        if await self.target.mount_blob(result):
-            return result, "mounted"
-        copy = self.workdir / f"keep-{layer.position}"
-        async with self.transfers:
-            await self.source.download(descriptor, copy)
-            transfer = await self.target.put_blob(result, copy)
-        copy.unlink()
+        transfer = await copy_blob(
+            self.source,
+            self.target,
+            descriptor,
+            listed_as=result,
+            scratch=self.workdir / f"keep-{layer.position}",
+            transfers=self.transfers,
+        )
         return result, transfer
 
     # -- the image ------------------------------------------------------------------
