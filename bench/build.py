@@ -428,6 +428,18 @@ def _lazybuild_command(run: Run, state: Path, tag: str, *options: str) -> Timed:
     return timed_run(argv, env=env, timeout=STEP_TIMEOUT)
 
 
+def _record_lazybuild(run: Run, into: Measured, build: Timed, report: Path) -> bool:
+    """A lazybuild build's time, output and fetch report; False if it failed."""
+    into.progress.append(build.stderr + build.stdout)
+    if not _record(run, into, build, None):
+        return False
+    data = json.loads(report.read_text())
+    into.reports.append(data)
+    into.fetched.append(int(data["bytes_fetched"]))
+    into.requests.append(sum(int(layer["requests"]) for layer in data["layers"]))
+    return True
+
+
 def _lazybuild(run: Run, into: Measured) -> None:
     state = Path(tempfile.mkdtemp(prefix=f"build-{run.n}-", dir=run.infra.workdir))
     report = state / "fetch-report.json"
@@ -436,13 +448,8 @@ def _lazybuild(run: Run, into: Measured) -> None:
     try:
         run.infra.wan.reset_counters()
         cold = _lazybuild_command(run, state, ref, "--fetch-report", str(report))
-        into.progress.append(cold.stderr + cold.stdout)
-        if not _record(run, into, cold, None):
+        if not _record_lazybuild(run, into, cold, report):
             return
-        data = json.loads(report.read_text())
-        into.reports.append(data)
-        into.fetched.append(int(data["bytes_fetched"]))
-        into.requests.append(sum(int(layer["requests"]) for layer in data["layers"]))
         into.cached.append(_cached_compressed(run.indexes, state))
         if run.n == 0:
             # Not compared with anything: the same build again with every chunk it reads
@@ -474,13 +481,7 @@ def _lazybuild_learned(run: Run, into: Measured) -> None:
         done = _lazybuild_command(
             run, state, run.dest("lazybuild-learned"), "--no-cache", "--fetch-report", str(report)
         )
-        into.progress.append(done.stderr + done.stdout)
-        if not _record(run, into, done, None):
-            return
-        data = json.loads(report.read_text())
-        into.reports.append(data)
-        into.fetched.append(int(data["bytes_fetched"]))
-        into.requests.append(sum(int(layer["requests"]) for layer in data["layers"]))
+        _record_lazybuild(run, into, done, report)
     finally:
         run.lazybuild_state = None
         _release_state(state)
