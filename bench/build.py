@@ -40,7 +40,7 @@ import httpx
 from bench.convert import TOC_ANNOTATION, lazybuild_argv
 from bench.infra import WAN_DESCRIPTION, BenchInfra
 from bench.machine import describe, load_line
-from bench.report import Section, mebibytes, ratio, seconds
+from bench.report import Section, data_size, mebibytes, ratio, seconds, seconds_list, verdict
 from bench.timing import Timed, median, timed_run
 from lazybuild.estargz.index import ChunkRef, LayerIndex
 from lazybuild.estargz.reader import parse_layer, tail_read_range
@@ -579,25 +579,8 @@ def _step_times(progress: str) -> list[tuple[str, float]]:
 # --- the section ---------------------------------------------------------------------------
 
 
-def _size(value: int | None) -> str:
-    if value is not None and value < 1024 * 1024:
-        return f"{value / 1024:.1f} KiB"
-    return mebibytes(value)
-
-
-def _list(values: list[float]) -> str:
-    return ", ".join(f"{v:.1f}" for v in values) + " s" if values else "none"
-
-
 def _layers(count: int) -> str:
     return f"{count} layer" if count == 1 else f"{count} layers"
-
-
-def _verdict(what: str, value: float | None, goal: float) -> str:
-    if value is None:
-        return f"{what}: not measured, see failures."
-    met = "**met**" if value <= goal else "**not met**"
-    return f"{what}: {met} ({value:.2f})."
 
 
 def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
@@ -658,8 +641,8 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
                     seconds(m.wall_median),
                     seconds(median(m.build)) if m.failure is None else "n/a",
                     push_text,
-                    _size(m.int_median(m.down)),
-                    _size(m.int_median(m.up)),
+                    data_size(m.int_median(m.down)),
+                    data_size(m.int_median(m.up)),
                     ratio(m.wall_median, fastest),
                 ]
             )
@@ -667,7 +650,7 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
                 notes.append(f"**{example.name}, {m.label} failed**: {m.failure}")
         time_ratio = lazy.wall_median / fastest if lazy.wall_median and fastest else None
         verdicts.append(
-            _verdict(
+            verdict(
                 f"{example.name}, time (lazybuild ≤ {TIME_GOAL} x the faster peer)",
                 time_ratio,
                 TIME_GOAL,
@@ -677,7 +660,7 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
         cached = lazy.int_median(lazy.cached)
         fetch_ratio = fetched / read_bytes if fetched is not None and read_bytes else None
         verdicts.append(
-            _verdict(
+            verdict(
                 f"{example.name}, fetching (bytes fetched ≤ {FETCH_GOAL} x compressed size of "
                 "the files the build step reads)",
                 fetch_ratio,
@@ -687,13 +670,13 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
         builder_size = infra.compressed_size(images.builder_estargz)
         requests = lazy.int_median(lazy.requests)
         notes.append(
-            f"{example.name}: lazybuild fetched {_size(fetched)} of the eStargz builder's "
+            f"{example.name}: lazybuild fetched {data_size(fetched)} of the eStargz builder's "
             f"{mebibytes(builder_size)} in {requests} range requests (fetch report, median); "
-            f"the build step reads {read_files} files of the builder, {_size(read_bytes)} "
+            f"the build step reads {read_files} files of the builder, {data_size(read_bytes)} "
             f"compressed (strace of `{example.run}` in a chroot of the builder's root "
             f"filesystem); fetched / that = "
             f"{ratio(fetched, read_bytes)}. The chunks in lazybuild's cache after the build "
-            f"are {_size(cached)} compressed (fetched / cached chunks = "
+            f"are {data_size(cached)} compressed (fetched / cached chunks = "
             f"{ratio(fetched, cached)}): more than the files read, because lazybuild also "
             "reads ahead across files that lie next to each other in the layer; the rest of "
             "the difference is TOCs, footers and gaps between coalesced ranges."
@@ -702,8 +685,8 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
             layers = lazy.reports[0]["layers"]
             assert isinstance(layers, list)
             per_layer = "; ".join(
-                f"{layer['digest'][7:19]} ({layer['mode']}, {_size(int(layer['size']))}): "
-                f"{_size(int(layer['bytes_fetched']))} in {layer['requests']} requests, "
+                f"{layer['digest'][7:19]} ({layer['mode']}, {data_size(int(layer['size']))}): "
+                f"{data_size(int(layer['bytes_fetched']))} in {layer['requests']} requests, "
                 f"{float(layer['seconds']):.1f} s"
                 for layer in layers
             )
@@ -738,13 +721,13 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
                 "image update or a prune: every step runs, no chunk is cached) took "
                 f"{learned.wall_median:.1f} s ({ratio(learned.wall_median, fastest)} x the "
                 f"faster peer), with {learned.int_median(learned.requests)} range requests "
-                f"for {_size(learned.int_median(learned.fetched))} (cold: "
-                f"{lazy.int_median(lazy.requests)} for {_size(fetched)}): each RUN step "
+                f"for {data_size(learned.int_median(learned.fetched))} (cold: "
+                f"{lazy.int_median(lazy.requests)} for {data_size(fetched)}): each RUN step "
                 "fetched what it read last time in 2 MiB requests as it started."
             )
         notes.append(
             f"{example.name}: times per repetition: "
-            + "; ".join(f"{name} {_list(m.wall)}" for name, m in measured.items())
+            + "; ".join(f"{name} {seconds_list(m.wall, 1)}" for name, m in measured.items())
             + "."
         )
         checks = []

@@ -51,7 +51,7 @@ import httpx
 from bench.chart import Bar, Panel, matplotlib_missing, stacked_bars
 from bench.infra import MANIFEST_ACCEPT, WAN_DESCRIPTION, BenchInfra
 from bench.machine import describe, load_line
-from bench.report import Section, mebibytes, ratio, seconds
+from bench.report import Section, data_size, mebibytes, ratio, seconds, seconds_list, verdict
 from bench.timing import median, timed_run
 from tests.support import imagebuild, procs, rootfs
 from tests.support.dockerd import DOCKER_CLI
@@ -555,23 +555,6 @@ def _docker_run(infra: BenchInfra, example: Example, ref: str, into: Measured) -
 # --- the section ---------------------------------------------------------------------------
 
 
-def _size(value: int | None) -> str:
-    if value is not None and value < 1024 * 1024:
-        return f"{value / 1024:.1f} KiB"
-    return mebibytes(value)
-
-
-def _list(values: list[float]) -> str:
-    return ", ".join(f"{v:.2f}" for v in values) + " s" if values else "none"
-
-
-def _verdict(what: str, value: float | None, goal: float) -> str:
-    if value is None:
-        return f"{what}: not measured, see failures."
-    met = "**met**" if value <= goal else "**not met**"
-    return f"{what}: {met} ({value:.2f})."
-
-
 def _quotient(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -586,10 +569,10 @@ def _per_layer(report: dict[str, Any], facts: ImageFacts) -> str:
         digest = str(layer["digest"])
         prefetch = facts.prefetch_by_layer.get(digest)
         parts.append(
-            f"{position.get(digest, -1) + 1}. {digest[7:19]} ({_size(int(layer['size']))}"
-            + (f", prefetch region {_size(prefetch)}" if prefetch else "")
+            f"{position.get(digest, -1) + 1}. {digest[7:19]} ({data_size(int(layer['size']))}"
+            + (f", prefetch region {data_size(prefetch)}" if prefetch else "")
             + f"): {layer['requests']} request{'' if int(layer['requests']) == 1 else 's'}, "
-            + _size(int(layer["bytes_fetched"]))
+            + data_size(int(layer["bytes_fetched"]))
         )
     return "; ".join(parts)
 
@@ -613,7 +596,7 @@ def _image_line(example: Example, facts: dict[str, ImageFacts]) -> str:
         if not mode.docker:
             text += f" ({image.estargz} eStargz layers, {image.prefetch} with a prefetch region"
             if image.prefetch:
-                text += f", {_size(image.prefetch_bytes)} in all"
+                text += f", {data_size(image.prefetch_bytes)} in all"
             text += ")"
         parts.append(text)
     return f"- {example.name}: {facts['gzip'].layers} layers; compressed: " + "; ".join(parts)
@@ -706,8 +689,8 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
                     seconds(phases.get("create")) if docker else "(in run)",
                     seconds(phases.get("run")),
                     "" if docker else str(m.int_median(m.requests) or "n/a"),
-                    "" if docker else _size(m.int_median(m.fetched)),
-                    _size(m.int_median(m.wire)),
+                    "" if docker else data_size(m.int_median(m.fetched)),
+                    data_size(m.int_median(m.wire)),
                     "" if key == "gzip" else ratio(total, gzip_total),
                     "" if key in ("gzip", "estargz") else ratio(total, estargz_total),
                 ]
@@ -729,7 +712,7 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
         for key in OPTIMIZED_MODES:
             optimized_total = measured[key].total_median
             verdicts.append(
-                _verdict(
+                verdict(
                     f"{example.name}, {key} ≤ {OPTIMIZED_VS_ESTARGZ_GOAL} x unoptimized "
                     f"eStargz{goal_note}",
                     _quotient(optimized_total, estargz_total),
@@ -737,7 +720,7 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
                 )
             )
             verdicts.append(
-                _verdict(
+                verdict(
                     f"{example.name}, {key} ≤ {OPTIMIZED_VS_GZIP_GOAL} x plain gzip{goal_note}",
                     _quotient(optimized_total, gzip_total),
                     OPTIMIZED_VS_GZIP_GOAL,
@@ -761,7 +744,7 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
         keys = [mode.key for mode in MODES] + [WARM]
         notes.append(
             f"{example.name}: to exit / ready per repetition: "
-            + "; ".join(f"{key} {_list(measured[key].totals)}" for key in keys)
+            + "; ".join(f"{key} {seconds_list(measured[key].totals)}" for key in keys)
             + "."
         )
         for what, lines in (("optimized", info.profile), ("--optimize-base", info.profile_base)):

@@ -68,3 +68,23 @@ def seconds(value: float | None) -> str:
 
 def mebibytes(value: int | None) -> str:
     return "n/a" if value is None else f"{value / (1024 * 1024):.1f} MiB"
+
+
+def data_size(value: int | None) -> str:
+    """MiB, or KiB for small amounts (a warm run's few requests)."""
+    if value is not None and value < 1024 * 1024:
+        return f"{value / 1024:.1f} KiB"
+    return mebibytes(value)
+
+
+def seconds_list(values: list[float], digits: int = 2) -> str:
+    """Per-repetition times, e.g. ``1.20, 1.31 s``."""
+    return ", ".join(f"{v:.{digits}f}" for v in values) + " s" if values else "none"
+
+
+def verdict(what: str, value: float | None, goal: float) -> str:
+    """A goal of ``value <= goal``, said in one line."""
+    if value is None:
+        return f"{what}: not measured, see failures."
+    met = "**met**" if value <= goal else "**not met**"
+    return f"{what}: {met} ({value:.2f})."

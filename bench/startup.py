@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.convert import lazybuild_argv
 from bench.infra import WAN_DESCRIPTION, BenchInfra
 from bench.machine import describe, load_line
-from bench.report import Section, mebibytes, ratio, seconds
+from bench.report import Section, data_size, mebibytes, ratio, seconds, seconds_list
 from bench.timing import Timed, median, timed_run
 from tests.support import imagebuild, procs, rootfs
 from tests.support.dockerd import DOCKER_CLI
@@ -172,8 +172,8 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
             [
                 measured.label,
                 seconds(measured.wall_median),
-                "" if is_peer else _size(measured.bytes_median(measured.fetched)),
-                _size(wire),
+                "" if is_peer else data_size(measured.bytes_median(measured.fetched)),
+                data_size(wire),
                 "" if is_peer else ratio(measured.wall_median, docker.wall_median),
                 "" if is_peer else ratio(wire, docker.bytes_median(docker.wire)),
             ]
@@ -205,9 +205,10 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
         "the wire column also counts manifests, configs, TOCs and HTTP overhead. "
         f"docker downloads the whole gzip image ({mebibytes(gzip_size)}).",
         "Times per repetition: lazybuild cold "
-        f"{_list(cold.wall)}, warm {_list(warm.wall)}; docker {_list(docker.wall)} "
-        f"(of which pull {_list(docker.steps.get('pull', []))}, "
-        f"run {_list(docker.steps.get('run', []))}).",
+        f"{seconds_list(cold.wall)}, warm {seconds_list(warm.wall)}; "
+        f"docker {seconds_list(docker.wall)} "
+        f"(of which pull {seconds_list(docker.steps.get('pull', []))}, "
+        f"run {seconds_list(docker.steps.get('run', []))}).",
         f"Output check: every run counted above printed `{EXPECTED}` (a run that prints "
         "anything else counts as a failure).",
     ]
@@ -242,14 +243,3 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
         table=rows,
         notes=notes,
     )
-
-
-def _size(value: int | None) -> str:
-    """MiB, or KiB for small amounts (a warm run's few requests)."""
-    if value is not None and value < 1024 * 1024:
-        return f"{value / 1024:.1f} KiB"
-    return mebibytes(value)
-
-
-def _list(values: list[float]) -> str:
-    return ", ".join(f"{v:.2f}" for v in values) + " s" if values else "none"
