@@ -27,15 +27,21 @@ EXIT_INTERRUPTED = 130
 
 
 async def _run_command(args: argparse.Namespace) -> int:
-    """Run the command; SIGTERM interrupts it the way Ctrl-C does, so cleanup runs.
+    """Clean up after killed runs, then run the command; SIGTERM interrupts it the way
+    Ctrl-C does, so cleanup runs.
 
-    Commands that want signals for themselves (``mount``, ``run``) open their own
-    receivers, which take precedence while they are open.
+    The receiver is open before the clean-up starts, so a SIGTERM during it lets it
+    finish and then interrupts. Commands that want signals for themselves (``mount``,
+    ``run``) open their own receivers, which take precedence while they are open.
     """
     if threading.current_thread() is not threading.main_thread():
+        _clean_up_after_killed_runs(args)
         exit_code: int = await args.run(args)
         return exit_code
     with trio.open_signal_receiver(signal.SIGTERM) as terminations:
+        if _termination.requested:
+            raise KeyboardInterrupt
+        _clean_up_after_killed_runs(args)
         async with trio.open_nursery() as nursery:
 
             async def until_terminated() -> None:
@@ -68,6 +74,8 @@ _COMMANDS_USING_STATE = frozenset({"build", "optimize", "mount", "umount", "run"
 
 
 def _clean_up_after_killed_runs(args: argparse.Namespace) -> None:
+    if args.command not in _COMMANDS_USING_STATE:
+        return
     from lazybuild.cli.options import state_dir
     from lazybuild.executor.orphans import reap_orphaned_containers
     from lazybuild.executor.runc import DEFAULT_RUNC, DEFAULT_STATE_ROOT
@@ -109,25 +117,35 @@ def _os_error_text(error: OSError) -> str:
     return f"{error.strerror or error}{where}"
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class _TerminationFlag:
+    """SIGTERM before trio takes signals over: noted, acted on once trio runs.
+
+    The handler must not raise. A KeyboardInterrupt raised inside an ``exec`` of a
+    string (dataclasses and namedtuple make their methods that way, at import time)
+    leaves CPython's "unhandled KeyboardInterrupt" flag set even though we catch it, and
+    the interpreter then kills itself with SIGINT on exit, whatever status we return.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def note(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+
+_termination = _TerminationFlag()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
-        # Until trio takes signals over, SIGTERM interrupts like Ctrl-C (stale-mount
-        # cleanup runs before it).
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, _termination.note)
     try:
-        # Inside the try: a SIGTERM while arguments are parsed is an interrupt too.
         args = build_parser().parse_args(argv)
         # Library warnings (e.g. a layer that fails verification) are one line each.
         logging.basicConfig(
             level=logging.ERROR if args.quiet else logging.WARNING,
             format="lazybuild: %(message)s",
         )
-        if args.command in _COMMANDS_USING_STATE:
-            _clean_up_after_killed_runs(args)
         exit_code: int = trio.run(_run_command, args)
         return exit_code
     except BaseException as exc:
@@ -144,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ignore_further_interrupts() -> None:
-    """The command is over: a signal trio re-delivers on the way out (one that arrived
-    while a receiver was closing) must not turn the exit status into death by signal."""
+    """The command is over: a Ctrl-C now (or one trio re-delivers as a receiver closes)
+    must not print a traceback or turn the exit status into death by signal."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -329,7 +329,7 @@ def test_terminated_while_mounting_leaves_nothing_behind(
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     # Whether the signal came before or after the mount was up, it ends cleanly (or, while
-    # Python is still starting, before lazybuild handles signals, by the signal itself).
+    # Python is still importing, before lazybuild handles signals, by the signal itself).
     assert process.returncode in (0, 130, -signal.SIGTERM), stderr
     assert "Traceback" not in stderr
     assert not mounted(target)
