@@ -7,7 +7,6 @@ process per mount; the layer stacks of a build mount and unmount a lot.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from pathlib import Path
 
@@ -16,7 +15,8 @@ MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter's own symbols include libc's; find_library("c") would run ldconfig.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [
     ctypes.c_char_p,
     ctypes.c_char_p,
