@@ -238,9 +238,16 @@ class LazyMountService:
     async def _stop(self) -> None:
         process = self._process
         if process is not None and process.poll() is None:
+            asked = False
             with contextlib.suppress(OSError, LazybuildError):
                 with trio.move_on_after(STOP_TIMEOUT):
                     await self._request(control.Shutdown())
+                    asked = True
+            if not asked:
+                # Still starting, so not listening yet: a signal stops it in order (or,
+                # while it imports, ends it), instead of a wait for the kill timeout.
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
             with trio.move_on_after(STOP_TIMEOUT):
                 await process.wait()
             if process.poll() is None:

@@ -24,6 +24,7 @@ import pytest
 
 from lazybuild.cli.main import main
 from lazybuild.executor.runc import STOP_GRACE_SECONDS
+from lazybuild.lazyfs.client import STOP_TIMEOUT
 from tests.support.containerd import Containerd
 from tests.support.imagebuild import (
     cached_rootfs_image,
@@ -313,7 +314,7 @@ def test_interrupted_mount_unmounts_everything(
     assert list((state / "mounts").glob("*.json")) == []
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.0])
+@pytest.mark.parametrize("delay", [0.3, 0.6, 1.0])
 def test_terminated_while_mounting_leaves_nothing_behind(
     python_image: str, tmp_path: Path, delay: float
 ) -> None:
@@ -327,7 +328,10 @@ def test_terminated_while_mounting_leaves_nothing_behind(
     )
     time.sleep(delay)
     process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     _, stderr = process.communicate(timeout=60)
+    # A filesystem process that was still starting is stopped, not left to the kill timeout.
+    assert time.monotonic() - signalled < STOP_TIMEOUT, stderr
     # Whether the signal came before or after the mount was up, it ends cleanly (or, while
     # Python is still importing, before lazybuild handles signals, by the signal itself).
     assert process.returncode in (0, 130, -signal.SIGTERM), stderr
