@@ -178,16 +178,23 @@ class LazyMountService:
             await self._stop()
 
     async def _start(self) -> None:
-        with self._log_path.open("wb") as log_file:
-            self._process = await trio.lowlevel.open_process(
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                # Our own session: the user's Ctrl-C reaches lazybuild, which then stops
-                # the mount in order, instead of pulling it out from under a container.
-                start_new_session=True,
-            )
+        ready_read, ready_write = os.pipe()
+        try:
+            with self._log_path.open("wb") as log_file:
+                self._process = await trio.lowlevel.open_process(
+                    [*self._command(), "--ready-fd", str(ready_write)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    pass_fds=(ready_write,),
+                    # Our own session: the user's Ctrl-C reaches lazybuild, which then
+                    # stops the mount in order, instead of pulling it out from under a
+                    # container.
+                    start_new_session=True,
+                )
+        finally:
+            os.close(ready_write)
+        ready = trio.lowlevel.FdStream(ready_read)
         write_record(
             self.state_dir,
             MountRecord(
@@ -198,15 +205,15 @@ class LazyMountService:
                 owner_pid=os.getpid(),
             ),
         )
-        with trio.move_on_after(START_TIMEOUT):
-            while self._process.poll() is None:
-                with contextlib.suppress(OSError, LazybuildError):
-                    await self._request(control.Stats())
-                    # Serving, so the kernel's INIT has been answered: the stat in
-                    # widen_readahead gets a reply, and the setting is not overwritten.
+        async with ready:
+            with trio.move_on_after(START_TIMEOUT):
+                if await ready.receive_some() == b"ready\n":
+                    # Serving, so the kernel's INIT gets answered: the stat in
+                    # widen_readahead waits for it, and the setting is not overwritten.
                     await trio.to_thread.run_sync(widen_readahead, self.mountpoint)
                     return
-                await trio.sleep(0.05)
+                # An end of file: the process died before it served.
+                await self._process.wait()
         raise FilesystemServiceError(
             f"the lazy filesystem did not start at {self.mountpoint}"
             f" ({self._exit_status()}): {self._stderr_tail()}"

@@ -9,6 +9,7 @@ for the side that starts it and ``control`` for the protocol).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -50,6 +51,7 @@ class ServiceOptions:
     cache_max_bytes: int = DEFAULT_MAX_BYTES
     background_fetch: bool = True
     owner_pid: int | None = None  # exit when this process is gone
+    ready_fd: int | None = None  # written to, then closed, once requests are served
 
 
 def parse_args(argv: Sequence[str]) -> ServiceOptions:
@@ -62,6 +64,7 @@ def parse_args(argv: Sequence[str]) -> ServiceOptions:
     parser.add_argument("--cache-max-bytes", type=int, default=DEFAULT_MAX_BYTES)
     parser.add_argument("--background-fetch", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--owner-pid", type=int)
+    parser.add_argument("--ready-fd", type=int)
     args = parser.parse_args(argv)
     return ServiceOptions(
         mountpoint=args.mountpoint,
@@ -72,6 +75,7 @@ def parse_args(argv: Sequence[str]) -> ServiceOptions:
         cache_max_bytes=args.cache_max_bytes,
         background_fetch=args.background_fetch,
         owner_pid=args.owner_pid,
+        ready_fd=args.ready_fd,
     )
 
 
@@ -291,7 +295,12 @@ class ControlServer:
             return control.failure(f"internal error: {type(exc).__name__}: {exc}")
 
 
-async def serve_control(path: Path, server: ControlServer) -> None:
+async def serve_control(
+    path: Path,
+    server: ControlServer,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     path.unlink(missing_ok=True)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     old_umask = os.umask(0o077)  # only the owner (root) may drive the mount
@@ -300,11 +309,28 @@ async def serve_control(path: Path, server: ControlServer) -> None:
     finally:
         os.umask(old_umask)
     sock.listen(64)
+    task_status.started()
     await trio.serve_listeners(server.handle, [trio.SocketListener(sock)])
 
 
-async def stop_on_signals(stop: trio.CancelScope) -> None:
+def announce_ready(ready_fd: int | None) -> None:
+    """Tell the parent that requests are served now; it waits on the other end of the
+    pipe (an end of file without this line means we died starting)."""
+    if ready_fd is None:
+        return
+    try:
+        # A parent that is gone already is noticed by stop_without_owner.
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, b"ready\n")
+    finally:
+        os.close(ready_fd)
+
+
+async def stop_on_signals(
+    stop: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
             stop.cancel()
@@ -356,10 +382,11 @@ async def serve(options: ServiceOptions) -> None:
                 background=nursery if options.background_fetch else None,
             )
             nursery.start_soon(run_fuse, stop)
-            nursery.start_soon(serve_control, options.control, ControlServer(layers, stop, reads))
-            nursery.start_soon(stop_on_signals, stop)
+            await nursery.start(serve_control, options.control, ControlServer(layers, stop, reads))
+            await nursery.start(stop_on_signals, stop)
             if options.owner_pid is not None:
                 nursery.start_soon(stop_without_owner, options.owner_pid, stop)
+            announce_ready(options.ready_fd)
             log.info("mounted at %s, control socket %s", options.mountpoint, options.control)
         unmounted = True
     finally:
@@ -381,6 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(serve, options)
     except LazybuildError as exc:
         log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        # One line for the parent's error message (a full, unwritable state dir).
+        log.error("%s%s", exc.strerror or exc, f": {exc.filename}" if exc.filename else "")
         return 1
     return 0
 

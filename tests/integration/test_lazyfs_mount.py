@@ -16,7 +16,12 @@ import pytest
 import trio
 
 from lazybuild.cli.main import main as lazybuild_main
-from lazybuild.lazyfs.client import LayerMount, LazyMountService
+from lazybuild.lazyfs.client import (
+    START_TIMEOUT,
+    FilesystemServiceError,
+    LayerMount,
+    LazyMountService,
+)
 from lazybuild.lazyfs.stale import mounted_paths
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.platform import Platform
@@ -133,6 +138,26 @@ def describe_tree(root: Path) -> dict[str, tuple[object, ...]]:
     links = sorted(sorted(group) for group in inodes.values() if len(group) > 1)
     found["<hardlinks>"] = tuple(tuple(group) for group in links)
     return found
+
+
+def test_a_filesystem_process_that_dies_starting_fails_fast_with_its_log(state_dir: Path) -> None:
+    state_dir.mkdir(parents=True)
+    (state_dir / "cache").write_text("a file where the chunk cache's directory goes\n")
+
+    async def body() -> None:
+        started = trio.current_time()
+        with pytest.raises(FilesystemServiceError, match="did not start") as failed:
+            async with LazyMountService(state_dir):
+                pass
+        # The end of its readiness pipe says so at once; no wait for the start timeout.
+        assert trio.current_time() - started < START_TIMEOUT / 2
+        assert "exit status 1" in str(failed.value)
+        assert "Not a directory" in str(failed.value)
+        assert "Traceback" not in str(failed.value)
+
+    trio.run(body)
+    assert [p for p in mounted_paths() if p.startswith(str(state_dir))] == []
+    assert list((state_dir / "mounts").glob("*.json")) == []
 
 
 def test_mount_list_read_and_stat(state_dir: Path, registry: Registry, tiny_esgz: str) -> None:
