@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import posixpath
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -53,6 +54,9 @@ WHOLE_FILE_MAX_BYTES = 64 << 20
 # reads and integrity checks overlap with serving the current chunk (measured on a
 # 500 MB file: 1 ahead ~530 MB/s, 2 ~720 MB/s, 3 ~780 MB/s).
 READ_AHEAD_CHUNKS = 3
+# The first miss in a directory also fetches its nearest small files (see _siblings).
+SIBLING_FILE_MAX_BYTES = 256 << 10  # uncompressed size of a file that comes along
+SIBLING_BUDGET_BYTES = 256 << 10  # compressed bytes per directory
 _VERIFY_THREADS = trio.CapacityLimiter(max(2, os.cpu_count() or 1))
 
 
@@ -91,6 +95,7 @@ class LazyLayer:
         self._not_on_disk: set[str] = set()  # read-ahead misses, until fetched
         self._window = NeighbourWindow()
         self._file_misses: dict[str, set[str]] = {}  # chunks a read had to fetch, per file
+        self._directories_missed: set[str] = set()
 
     @classmethod
     async def open(
@@ -286,6 +291,7 @@ class LazyLayer:
                 if mine:
                     if remember:
                         neighbours = await self._neighbours(mine)
+                        neighbours += await self._siblings(mine, neighbours)
                         rest_of_files = await self._rest_of_files(mine, neighbours)
                         # Claimed by another reader while we looked at the disk: wait for
                         # ours, leave the read-ahead to whoever took it.
@@ -336,6 +342,49 @@ class LazyLayer:
         last = max([end, *(site.chunk.end for site in candidates)])
         self._window.fetched(start, last)
         return candidates
+
+    async def _siblings(self, missing: Sequence[_Site], taken: Sequence[_Site]) -> list[_Site]:
+        """On the first miss in a directory, its small files nearest to the missed one.
+
+        What opens one file of a directory soon opens others, and not in layer order:
+        a compiler its headers (``#include`` order), a linker its ``crt*.o``, a program
+        its ``/etc`` files; each would be a round trip. The read-ahead window only
+        follows readers that walk forward. Files up to ``SIBLING_FILE_MAX_BYTES``, up
+        to ``SIBLING_BUDGET_BYTES`` compressed, nearest in the blob first; once per
+        directory, so a reader working through a directory costs nothing more."""
+        skip = {site.digest for site in [*missing, *taken]}
+        wanted: list[_Site] = []
+        for site in missing:
+            directory = posixpath.dirname(site.file)
+            if directory in self._directories_missed:
+                continue
+            self._directories_missed.add(directory)
+            parent = self.index.lookup(directory)
+            if parent is None:
+                continue
+            near = sorted(
+                (
+                    _Site(chunk, child.name)
+                    for child in parent.children.values()
+                    if child.type == "reg" and child.size <= SIBLING_FILE_MAX_BYTES
+                    for chunk in child.chunks
+                    if chunk.digest not in skip and chunk.digest not in self._memory
+                ),
+                key=lambda near_site: abs(near_site.chunk.offset - site.chunk.offset),
+            )
+            budget = SIBLING_BUDGET_BYTES
+            for sibling in near:
+                size = sibling.chunk.end - sibling.chunk.offset
+                if size > budget:
+                    break
+                if sibling.digest not in skip:
+                    budget -= size
+                    skip.add(sibling.digest)
+                    wanted.append(sibling)
+        if not wanted:
+            return []
+        cached = await trio.to_thread.run_sync(self._cached_digests, wanted)
+        return [s for s in wanted if s.digest not in cached and not self._flights.get(s.digest)]
 
     async def _rest_of_files(self, missing: Sequence[_Site], taken: Sequence[_Site]) -> list[_Site]:
         """The other chunks of files missed in a second chunk: a program mapping a

@@ -13,6 +13,13 @@ from lazybuild.lazyfs.priority import ForegroundGate
 from tests.unit.lazyfs.test_layer_fakes import CHUNK, MemoryBlob, build_layer, open_layer
 
 
+@pytest.fixture(autouse=True)
+def no_sibling_fetches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests count the requests of one mechanism at a time; the files that come
+    along on a directory's first miss have tests of their own (test_layer_siblings)."""
+    monkeypatch.setattr(layer_module, "SIBLING_BUDGET_BYTES", 0)
+
+
 def test_prefetch_is_one_request_for_the_prioritized_region(tmp_path: Path) -> None:
     built = build_layer(prioritized=["dir/one.bin", "multi.bin", "small.txt"])
     blob = MemoryBlob(built.blob)

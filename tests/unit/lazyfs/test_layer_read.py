@@ -19,6 +19,13 @@ from lazybuild.lazyfs.layer import LazyLayer
 from tests.unit.lazyfs.test_layer_fakes import CHUNK, MemoryBlob, build_layer, open_layer
 
 
+@pytest.fixture(autouse=True)
+def no_sibling_fetches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests count the requests of one mechanism at a time; the files that come
+    along on a directory's first miss have tests of their own (test_layer_siblings)."""
+    monkeypatch.setattr(layer_module, "SIBLING_BUDGET_BYTES", 0)
+
+
 def node_of(layer: LazyLayer, path: str) -> Node:
     node = layer.index.lookup(path)
     assert node is not None, path
