@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -28,9 +29,11 @@ from lazybuild.estargz.index import ChunkRef, LayerIndex, Node
 from lazybuild.estargz.reader import decompress_chunk
 from lazybuild.lazyfs.chunk_flight import Flight, Flights
 from lazybuild.lazyfs.chunk_memory import ChunkMemory
+from lazybuild.lazyfs.elfdeps import candidate_paths, elf_dependencies, is_elf
 from lazybuild.lazyfs.fetchtrace import trace_fetch
 from lazybuild.lazyfs.layer_stats import LayerStats
 from lazybuild.lazyfs.layer_toc import TocStore, open_index
+from lazybuild.lazyfs.layerset import LayerSet
 from lazybuild.lazyfs.priority import ForegroundGate
 from lazybuild.lazyfs.readwindow import NeighbourWindow
 from lazybuild.oci.descriptor import Descriptor
@@ -80,6 +83,8 @@ class LazyLayer:
         index: LayerIndex,
         cache: ChunkCache,
         memory: ChunkMemory,
+        *,
+        layers: LayerSet | None = None,
     ) -> None:
         self.digest = descriptor.digest
         self.descriptor = descriptor
@@ -96,6 +101,9 @@ class LazyLayer:
         self._window = NeighbourWindow()
         self._file_misses: dict[str, set[str]] = {}  # chunks a read had to fetch, per file
         self._directories_missed: set[str] = set()
+        self._elf_done: set[str] = set()  # files whose libraries were looked for
+        # Where libraries are looked for: the layers of this layer's images, or just this.
+        self._layers = layers if layers is not None else LayerSet()
 
     @classmethod
     async def open(
@@ -106,15 +114,17 @@ class LazyLayer:
         *,
         state_dir: Path | None = None,
         memory: ChunkMemory | None = None,
+        layers: LayerSet | None = None,
     ) -> LazyLayer:
         """Fetch and verify the TOC (FormatError without a toc.digest annotation,
-        DigestMismatchError when it does not match). ``memory`` may be shared by layers."""
+        DigestMismatchError when it does not match). ``memory`` may be shared by layers;
+        ``layers`` is where programs read from this layer find their libraries."""
         where = f"layer {descriptor.digest}"
         tocs = TocStore(state_dir if state_dir is not None else default_state_dir())
         started = time.perf_counter()
         requests_before = blob.stats.requests
         index, toc_bytes = await open_index(blob, descriptor, tocs, where)
-        layer = cls(blob, descriptor, index, cache, memory or ChunkMemory())
+        layer = cls(blob, descriptor, index, cache, memory or ChunkMemory(), layers=layers)
         layer.stats.requests += max(1, blob.stats.requests - requests_before)
         layer.stats.bytes_fetched += toc_bytes
         layer.stats.fetch_seconds += time.perf_counter() - started
@@ -140,6 +150,8 @@ class LazyLayer:
             contents = await self._load([_Site(c, node.name) for c in covering])
         for ahead in chunks[last : last + READ_AHEAD_CHUNKS]:
             self._read_ahead(ahead)
+        if node.name not in self._elf_done:
+            self._note_libraries(node)
         if (
             len(covering) == 1
             and offset == covering[0].chunk_offset
@@ -164,6 +176,71 @@ class LazyLayer:
             found[chunk.digest] = data
         self.stats.cache_hits += len(chunks)
         return found
+
+    # -- libraries of programs ----------------------------------------------------
+
+    def _note_libraries(self, node: Node) -> None:
+        """Once an ELF file's dynamic section has arrived, fetch its loader and libraries
+        (those in this layer) in the background: the loader opens them one after the
+        other, a round trip each. Libraries read later get the same treatment, so their
+        own dependencies follow."""
+        head = self._bytes_in_memory(node, 0, 4)
+        if head is None:
+            return  # its first chunk is not at hand: maybe on a later read
+        if not is_elf(head):
+            self._elf_done.add(node.name)
+            return
+        try:
+            dependencies = elf_dependencies(partial(self._bytes_in_memory, node))
+        except ValueError:
+            self._elf_done.add(node.name)
+            return
+        if dependencies is None:
+            return  # the dynamic section is still to come (the loader reads it next)
+        self._elf_done.add(node.name)
+        wanted: dict[LazyLayer, list[_Site]] = {}
+        for paths in candidate_paths(node.name, dependencies):
+            found = next((hit for path in paths if (hit := self._layers.resolve(path, self))), None)
+            if found is None or found[1].size > WHOLE_FILE_MAX_BYTES:
+                continue
+            layer, library = found
+            wanted.setdefault(layer, []).extend(
+                _Site(chunk, library.name)
+                for chunk in library.chunks
+                if chunk.digest not in layer._memory and not layer._flights.get(chunk.digest)
+            )
+        for layer, sites in wanted.items():
+            if sites:
+                trio.lowlevel.spawn_system_task(layer._fetch_uncached, sites)
+
+    def _bytes_in_memory(self, node: Node, offset: int, size: int) -> bytes | None:
+        """Bytes of ``node`` from chunks in the memory LRU (short at the end of the file),
+        or None when one of them is not there."""
+        end = min(node.size, offset + size)
+        if offset >= end:
+            return b""
+        chunks = node.chunks
+        first = bisect.bisect_right(chunks, offset, key=lambda c: c.chunk_offset) - 1
+        last = bisect.bisect_left(chunks, end, key=lambda c: c.chunk_offset)
+        pieces = []
+        for chunk in chunks[first:last]:
+            data = self._memory.get(chunk.digest)
+            if data is None:
+                return None
+            start = max(offset, chunk.chunk_offset) - chunk.chunk_offset
+            stop = min(end, chunk.chunk_offset + chunk.size) - chunk.chunk_offset
+            pieces.append(data[start:stop])
+        return b"".join(pieces)
+
+    async def _fetch_uncached(self, sites: Sequence[_Site]) -> None:
+        try:
+            cached = await trio.to_thread.run_sync(self._cached_digests, sites)
+        except Exception:  # only a hint, like read-ahead
+            log.debug("%s: looking for cached library chunks failed", self._where, exc_info=True)
+            return
+        pending = [s for s in sites if s.digest not in cached and not self._flights.get(s.digest)]
+        if pending:
+            self._fetch_in_batches(pending)
 
     def _read_ahead(self, chunk: ChunkRef) -> None:
         """Start loading the chunk after a read from the disk cache into memory, so that a

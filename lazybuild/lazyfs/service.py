@@ -27,6 +27,7 @@ from lazybuild.errors import LazybuildError
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.fuse import LazyFilesystem
 from lazybuild.lazyfs.layer import LazyLayer
+from lazybuild.lazyfs.layerset import LayerSet
 from lazybuild.lazyfs.priority import ForegroundGate
 from lazybuild.lazyfs.readrecorder import ReadRecorder
 from lazybuild.lazyfs.unpack import UnpackedLayer, unpack_layer
@@ -112,6 +113,7 @@ class LayerSource:
         self._background = background
         self._mounted: dict[str, _Mounted] = {}
         self._pending: dict[str, trio.Event] = {}
+        self._layers = LayerSet()
 
     async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
         ref = Reference.parse(ref_text)
@@ -128,7 +130,10 @@ class LayerSource:
                     done.set()
             else:
                 await pending.wait()  # then retry: the other request may have failed
-        return self._mounted[digest].added
+        mounted = self._mounted[digest]
+        if mounted.layer is not None:
+            self._layers.add(mounted.layer, str(ref))  # one layer, used by several images
+        return mounted.added
 
     async def fetch_all(self, digests: Sequence[str]) -> None:
         """Fetch the named lazy layers whole (unpacked layers are local already)."""
@@ -166,8 +171,11 @@ class LayerSource:
             return await self._unpack(ref, descriptor)
         blob = self._client.open_blob(ref, descriptor)
         async with self._gate.foreground():
-            layer = await LazyLayer.open(blob, descriptor, self._cache, state_dir=self._state_dir)
+            layer = await LazyLayer.open(
+                blob, descriptor, self._cache, state_dir=self._state_dir, layers=self._layers
+            )
         self._filesystem.add_layer(digest_hex, layer)
+        self._layers.add(layer, str(ref))
         try:
             async with self._gate.foreground():
                 await layer.prefetch()
@@ -176,6 +184,7 @@ class LayerSource:
             log.warning("layer %s: prefetch failed: %s", descriptor.digest, exc)
         except BaseException:
             self._filesystem.remove_layer(digest_hex)  # so that a retry can add it again
+            self._layers.discard(layer)
             raise
         if self._background is not None:
             self._background.start_soon(self._fetch_in_background, layer)
