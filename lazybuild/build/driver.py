@@ -14,6 +14,7 @@ from pathlib import Path
 
 import trio
 
+from lazybuild.build.filesystem import build_filesystem
 from lazybuild.build.graphing import BuildGraph, build_graph
 from lazybuild.build.request import BuildRequest
 from lazybuild.context import BuildContext
@@ -93,11 +94,13 @@ async def run_build(
     finish: Finish,
     on_line: Callable[[str], None] = lambda text: None,
     on_fetch: Callable[[str, int, int], None] | None = None,
+    filesystem: LazyMountService | None = None,
 ) -> BuildOutcome:
     """Build ``request``; ``finish`` exports the result before the mounts come down.
 
     ``on_fetch(image, fetched, size)`` hears, about once a second, how much of each
-    lazily mounted base image has been fetched."""
+    lazily mounted base image has been fetched. ``filesystem`` is a lazy filesystem
+    the caller spawned already (``build_filesystem``); the build stops it at the end."""
     platform = _platform(request)
     BuildContext(request.context_dir, None)  # a missing context fails here, first
     await trio.to_thread.run_sync(cleanup_stale_mounts, state_dir)
@@ -111,14 +114,7 @@ async def run_build(
         stack.enter_context(store.in_use())
         mounter = LayerMounter(
             store,
-            lambda: LazyMountService(
-                state_dir,
-                insecure_registries=registry.insecure_registries,
-                docker_config=registry.docker_config,
-                # A build reads what its steps read; fetching whole base images in the
-                # background would spend the bandwidth laziness saves.
-                background_fetch=False,
-            ),
+            lambda: filesystem if filesystem is not None else build_filesystem(state_dir, registry),
             stack,
             on_unpacked=on_line,
         )

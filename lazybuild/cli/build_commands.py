@@ -9,11 +9,14 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazybuild.cli import build_flags
 from lazybuild.cli.optimize_commands import add_workload_arguments
 from lazybuild.cli.options import registry_options, state_dir
+
+if TYPE_CHECKING:
+    from lazybuild.lazyfs.client import LazyMountService
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,6 +87,19 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 async def run_build_command(args: argparse.Namespace) -> int:
+    from lazybuild.build.filesystem import build_filesystem
+
+    # Started before the build machinery is imported and the Dockerfile read: the
+    # filesystem process's own start-up (an interpreter, pyfuse3) overlaps with ours.
+    filesystem = build_filesystem(state_dir(args), registry_options(args))
+    await filesystem.spawn()
+    try:
+        return await _build(args, filesystem)
+    finally:
+        await filesystem.close()
+
+
+async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
     from lazybuild.build.driver import BuildFailedError, BuildResult, run_build
     from lazybuild.build.profiling import Profile, ProfileRequest, profile_image
     from lazybuild.build.request import BuildRequest
@@ -181,6 +197,7 @@ async def run_build_command(args: argparse.Namespace) -> int:
                 finish=finish,
                 on_line=progress.line,
                 on_fetch=show_fetch,
+                filesystem=filesystem,
             )
         except BuildFailedError as failure:
             if failure.tail and mode != "quiet":

@@ -136,6 +136,7 @@ class LazyMountService:
         self._socket_dir: Path | None = None
         self.control_path = state_dir / "mounts" / f"{self.id}.sock"
         self._process: trio.Process | None = None
+        self._ready: trio.lowlevel.FdStream | None = None  # says "ready" once it serves
 
     @property
     def pid(self) -> int | None:
@@ -154,17 +155,29 @@ class LazyMountService:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def __aenter__(self) -> LazyMountService:
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        if len(os.fsencode(self.control_path)) > _MAX_SOCKET_PATH:
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="lazybuild-"))
-            self.control_path = self._socket_dir / "control.sock"
+    async def spawn(self) -> None:
+        """Start the filesystem process without waiting for it to serve, so that its
+        start-up overlaps with the caller's; ``async with`` then waits (and stops it at
+        the end). A spawned service that is never entered must be ``close``d."""
+        if self._process is not None:
+            return
         try:
-            await self._start()
+            await self._spawn()
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._stop()
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Stop the process and take the mount down (again: a no-op)."""
+        with trio.CancelScope(shield=True):
+            await self._stop()
+
+    async def __aenter__(self) -> LazyMountService:
+        await self.spawn()
+        try:
+            await self._until_serving()
+        except BaseException:
+            await self.close()
             raise
         return self
 
@@ -174,10 +187,14 @@ class LazyMountService:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        with trio.CancelScope(shield=True):
-            await self._stop()
+        await self.close()
 
-    async def _start(self) -> None:
+    async def _spawn(self) -> None:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        if len(os.fsencode(self.control_path)) > _MAX_SOCKET_PATH:
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="lazybuild-"))
+            self.control_path = self._socket_dir / "control.sock"
         ready_read, ready_write = os.pipe()
         try:
             with self._log_path.open("wb") as log_file:
@@ -192,9 +209,12 @@ class LazyMountService:
                     # container.
                     start_new_session=True,
                 )
+        except BaseException:
+            os.close(ready_read)
+            raise
         finally:
             os.close(ready_write)
-        ready = trio.lowlevel.FdStream(ready_read)
+        self._ready = trio.lowlevel.FdStream(ready_read)
         write_record(
             self.state_dir,
             MountRecord(
@@ -205,6 +225,10 @@ class LazyMountService:
                 owner_pid=os.getpid(),
             ),
         )
+
+    async def _until_serving(self) -> None:
+        assert self._process is not None and self._ready is not None, "spawn() first"
+        ready, self._ready = self._ready, None
         async with ready:
             with trio.move_on_after(START_TIMEOUT):
                 if await ready.receive_some() == b"ready\n":
@@ -243,6 +267,9 @@ class LazyMountService:
         return command
 
     async def _stop(self) -> None:
+        if self._ready is not None:
+            ready, self._ready = self._ready, None
+            await ready.aclose()
         process = self._process
         if process is not None and process.poll() is None:
             asked = False

@@ -173,6 +173,10 @@ def _is_stale(record: MountRecord) -> bool:
         return not process_alive(record.owner_pid)
     if not _is_our_service(record.pid):
         return True
+    if record.owner_pid == os.getpid():
+        # A filesystem this process started and that still runs (perhaps still
+        # starting, when a probe would wait for its INIT): this process looks after it.
+        return False
     return _fuse_connection_dead(Path(record.mountpoint))
 
 

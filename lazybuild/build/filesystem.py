@@ -1,0 +1,25 @@
+"""The lazy filesystem process a build mounts its base images through.
+
+A module of its own, light to import: the CLI starts the process before it imports the
+build machinery, so that the two start-ups overlap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lazybuild.imagemount import RegistryOptions
+from lazybuild.lazyfs.client import LazyMountService
+
+__all__ = ["build_filesystem"]
+
+
+def build_filesystem(state_dir: Path, registry: RegistryOptions) -> LazyMountService:
+    return LazyMountService(
+        state_dir,
+        insecure_registries=registry.insecure_registries,
+        docker_config=registry.docker_config,
+        # A build reads what its steps read; fetching whole base images in the
+        # background would spend the bandwidth laziness saves.
+        background_fetch=False,
+    )
