@@ -77,10 +77,15 @@ async def push_image(
         progress(f"pushing {ref}")
         earlier = tuple(r for r in pushed if r.registry == ref.registry)
         report = await _push_one(
-            image, layers, ref, earlier=earlier, registry=registry, blobs=blobs, progress=progress
+            image,
+            layers,
+            ref,
+            earlier=earlier,
+            registry=registry,
+            blobs=blobs,
+            progress=progress,
+            record=record if ref.digest is None else None,
         )
-        if record is not None and ref.digest is None:
-            await _attach_record(image, ref, record, registry)
         progress(f"pushed {ref}@{report.manifest_digest} ({report.summary()})")
         reports.append(report)
         pushed.append(ref)
@@ -96,8 +101,18 @@ async def _push_one(
     registry: RegistryClient,
     blobs: BlobFiles,
     progress: Callable[[str], None],
+    record: WorkloadRecordAttachment | None,
 ) -> PushReport:
+    """Blobs first, all at once (layers, config and the record's), then the manifests.
+    With a record, the tag moves once, to an index of the image and its record artifact:
+    registries keep the artifact (the index names it) and runtimes skip it (platform
+    unknown); the two manifests go up by digest before it, side by side."""
     report = PushReport(str(ref))
+    artifact = None
+    if record is not None:
+        artifact = record_artifact(
+            record.record, image.manifest_descriptor, command=record.command, outcome=record.outcome
+        )
     limiter = trio.CapacityLimiter(_PUSH_CONCURRENCY)
     unique = {layer.descriptor.digest: layer for layer in layers}
 
@@ -113,11 +128,26 @@ async def _push_one(
         nursery.start_soon(registry.push_blob, ref, image.config_descriptor, image.config_bytes)
         for layer in unique.values():
             nursery.start_soon(push_layer, layer)
-    # A name given by digest (repo@sha256:...) is pushed by that digest, which
-    # push_manifest checks against the bytes.
-    report.manifest_digest = await registry.push_manifest(
-        ref, image.manifest_bytes, image.manifest_descriptor.media_type
-    )
+        for descriptor, data in artifact.blobs if artifact is not None else ():
+            nursery.start_soon(registry.push_blob, ref, descriptor, data)
+    media_type = image.manifest_descriptor.media_type
+    if artifact is None or record is None:
+        # A name given by digest (repo@sha256:...) is pushed by that digest, which
+        # push_manifest checks against the bytes.
+        report.manifest_digest = await registry.push_manifest(ref, image.manifest_bytes, media_type)
+        return report
+    image_ref = ref.by_digest(image.manifest_descriptor.digest)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(registry.push_manifest, image_ref, image.manifest_bytes, media_type)
+        nursery.start_soon(
+            registry.push_manifest,
+            ref.by_digest(artifact.manifest.digest),
+            artifact.manifest_bytes,
+            artifact.manifest.media_type,
+        )
+    index, index_bytes = index_with_record(image.manifest_descriptor, record.platform, artifact)
+    await registry.push_manifest(ref, index_bytes, index.media_type)
+    report.manifest_digest = image.manifest_descriptor.digest
     return report
 
 
@@ -129,32 +159,6 @@ class WorkloadRecordAttachment:
     command: tuple[str, ...]
     outcome: Mapping[str, object] | None
     platform: Platform
-
-
-async def _attach_record(
-    image: AssembledImage,
-    ref: Reference,
-    attachment: WorkloadRecordAttachment,
-    registry: RegistryClient,
-) -> None:
-    """Replace the tag's manifest by an index of it and its record artifact: registries
-    keep the artifact (the index names it) and runtimes skip it (platform unknown)."""
-    artifact = record_artifact(
-        attachment.record,
-        image.manifest_descriptor,
-        command=attachment.command,
-        outcome=attachment.outcome,
-    )
-    async with trio.open_nursery() as nursery:
-        for descriptor, data in artifact.blobs:
-            nursery.start_soon(registry.push_blob, ref, descriptor, data)
-    await registry.push_manifest(
-        ref.with_digest(artifact.manifest.digest),
-        artifact.manifest_bytes,
-        artifact.manifest.media_type,
-    )
-    index, index_bytes = index_with_record(image.manifest_descriptor, attachment.platform, artifact)
-    await registry.push_manifest(ref, index_bytes, index.media_type)
 
 
 async def _push_layer(

@@ -75,6 +75,10 @@ class Reference:
         except FormatError as exc:
             raise InvalidReferenceError(str(exc)) from None
 
+    def by_digest(self, digest: str) -> Reference:
+        """This repository's manifest ``digest``, without the tag (a push by digest)."""
+        return replace(self.with_digest(digest), tag=None)
+
     def with_tag(self, tag: str) -> Reference:
         if not _TAG.match(tag):
             raise InvalidReferenceError(f"invalid tag {tag!r}")

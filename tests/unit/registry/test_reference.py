@@ -88,3 +88,15 @@ def test_with_digest_and_tag() -> None:
         ref.with_digest("sha256:zz")
     with pytest.raises(InvalidReferenceError):
         ref.with_tag("bad tag")
+
+
+def test_by_digest_drops_the_tag() -> None:
+    digest = "sha256:" + "a" * 64
+    ref = Reference.parse("registry.example:5000/team/app:v1").by_digest(digest)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (
+        "registry.example:5000",
+        "team/app",
+        None,
+        digest,
+    )
+    assert str(ref) == f"registry.example:5000/team/app@{digest}"
