@@ -144,8 +144,7 @@ class LazyLayer:
         if offset >= end:
             return b""
         chunks = node.chunks
-        first = bisect.bisect_right(chunks, offset, key=lambda c: c.chunk_offset) - 1
-        last = bisect.bisect_left(chunks, end, key=lambda c: c.chunk_offset)
+        first, last = _covering(chunks, offset, end)
         covering = chunks[first:last]
         contents = self._from_memory(covering)
         if contents is None:
@@ -183,8 +182,8 @@ class LazyLayer:
 
     def _note_libraries(self, node: Node) -> None:
         """Once an ELF file's dynamic section has arrived, fetch its loader and libraries
-        (those in this layer) in the background: the loader opens them one after the
-        other, a round trip each. Libraries read later get the same treatment, so their
+        (found in the layers of its image) in the background: the loader opens them one
+        after the other, a round trip each. Libraries read later get the same treatment, so their
         own dependencies follow."""
         head = self._bytes_in_memory(node, 0, 4)
         if head is None:
@@ -206,14 +205,9 @@ class LazyLayer:
             if found is None or found[1].size > WHOLE_FILE_MAX_BYTES:
                 continue
             layer, library = found
-            wanted.setdefault(layer, []).extend(
-                _Site(chunk, library.name)
-                for chunk in library.chunks
-                if chunk.digest not in layer._memory and not layer._flights.get(chunk.digest)
-            )
+            wanted.setdefault(layer, []).extend(_Site(c, library.name) for c in library.chunks)
         for layer, sites in wanted.items():
-            if sites:
-                trio.lowlevel.spawn_system_task(layer._fetch_uncached, sites)
+            trio.lowlevel.spawn_system_task(layer._fetch_uncached, sites)
 
     def _bytes_in_memory(self, node: Node, offset: int, size: int) -> bytes | None:
         """Bytes of ``node`` from chunks in the memory LRU (short at the end of the file),
@@ -221,11 +215,9 @@ class LazyLayer:
         end = min(node.size, offset + size)
         if offset >= end:
             return b""
-        chunks = node.chunks
-        first = bisect.bisect_right(chunks, offset, key=lambda c: c.chunk_offset) - 1
-        last = bisect.bisect_left(chunks, end, key=lambda c: c.chunk_offset)
+        first, last = _covering(node.chunks, offset, end)
         pieces = []
-        for chunk in chunks[first:last]:
+        for chunk in node.chunks[first:last]:
             data = self._memory.get(chunk.digest)
             if data is None:
                 return None
@@ -236,11 +228,10 @@ class LazyLayer:
 
     async def _fetch_uncached(self, sites: Sequence[_Site]) -> None:
         try:
-            cached = await trio.to_thread.run_sync(self._cached_digests, sites)
+            pending = await self._to_fetch(sites)
         except Exception:  # only a hint, like read-ahead
             log.debug("%s: looking for cached library chunks failed", self._where, exc_info=True)
             return
-        pending = [s for s in sites if s.digest not in cached and not self._flights.get(s.digest)]
         if pending:
             self._fetch_in_batches(pending)
 
@@ -300,14 +291,7 @@ class LazyLayer:
                 if chunk.digest not in seen:
                     seen.add(chunk.digest)
                     sites.append(_Site(chunk, node.name))
-        cached = await trio.to_thread.run_sync(self._cached_digests, sites)
-        missing = [
-            site
-            for site in sites
-            if site.digest not in cached
-            and site.digest not in self._memory
-            and self._flights.get(site.digest) is None
-        ]
+        missing = await self._to_fetch(sites)
         if not missing:
             return 0, 0
         self._fetch_in_batches(missing)
@@ -414,10 +398,7 @@ class LazyLayer:
                     candidates.append(site)
                     taken.add(site.digest)
         if candidates:
-            cached = await trio.to_thread.run_sync(self._cached_digests, candidates)
-            candidates = [site for site in candidates if site.digest not in cached]
-            # Claimed by another reader while we looked at the disk: not ours to fetch.
-            candidates = [site for site in candidates if not self._flights.get(site.digest)]
+            candidates = await self._to_fetch(candidates)
         last = max([end, *(site.chunk.end for site in candidates)])
         self._window.fetched(start, last)
         return candidates
@@ -460,10 +441,7 @@ class LazyLayer:
                     budget -= size
                     skip.add(sibling.digest)
                     wanted.append(sibling)
-        if not wanted:
-            return []
-        cached = await trio.to_thread.run_sync(self._cached_digests, wanted)
-        return [s for s in wanted if s.digest not in cached and not self._flights.get(s.digest)]
+        return await self._to_fetch(wanted) if wanted else []
 
     async def _rest_of_files(self, missing: Sequence[_Site], taken: Sequence[_Site]) -> list[_Site]:
         """The other chunks of files missed in a second chunk: a program mapping a
@@ -495,10 +473,7 @@ class LazyLayer:
                 if chunk.digest not in skip and chunk.digest not in self._memory:
                     skip.add(chunk.digest)
                     wanted.append(_Site(chunk, node.name))
-        if not wanted:
-            return []
-        cached = await trio.to_thread.run_sync(self._cached_digests, wanted)
-        return [s for s in wanted if s.digest not in cached and not self._flights.get(s.digest)]
+        return await self._to_fetch(wanted) if wanted else []
 
     def _fetch_in_batches(self, sites: Sequence[_Site]) -> None:
         """Fetch read-ahead chunks in batches next to the reader's request; their flights
@@ -663,6 +638,18 @@ class LazyLayer:
             return self._read_cached(sites)
         return await trio.to_thread.run_sync(self._read_cached, sites)
 
+    async def _to_fetch(self, sites: Sequence[_Site]) -> list[_Site]:
+        """Those of ``sites`` in neither memory nor the disk cache, nor in flight. The
+        flights are looked at after the disk: a claim made meanwhile counts."""
+        cached = await trio.to_thread.run_sync(self._cached_digests, sites)
+        return [
+            site
+            for site in sites
+            if site.digest not in cached
+            and site.digest not in self._memory
+            and self._flights.get(site.digest) is None
+        ]
+
     def _read_cached(self, sites: Sequence[_Site]) -> dict[str, bytes]:
         """(worker thread, or the event loop for a few small chunks)"""
         found = {}
@@ -686,6 +673,13 @@ class LazyLayer:
                         by_digest.setdefault(chunk.digest, _Site(chunk, node.name))
             self._sites = list(by_digest.values())
         return self._sites
+
+
+def _covering(chunks: Sequence[ChunkRef], offset: int, end: int) -> tuple[int, int]:
+    """The slice of a file's ``chunks`` that holds bytes [offset, end) of it."""
+    first = bisect.bisect_right(chunks, offset, key=lambda c: c.chunk_offset) - 1
+    last = bisect.bisect_left(chunks, end, key=lambda c: c.chunk_offset)
+    return first, last
 
 
 async def _outcome(flight: Flight) -> bytes | None:
