@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,13 @@ import trio
 from lazybuild.errors import FormatError
 from lazybuild.estargz.layerformat import LayerFormat, decompressed_stream
 from lazybuild.estargz.writer import WriterOptions, WrittenLayer, write_estargz
-from lazybuild.imagestore import ImageSource, ImageTarget, RootDocument, copy_blob
+from lazybuild.imagestore import (
+    ImageSource,
+    ImageTarget,
+    RootDocument,
+    copy_blob,
+    listed_as_estargz,
+)
 from lazybuild.layerprobe import LayerProbe, probe_layer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
@@ -254,13 +261,9 @@ class _Converter:
     async def _keep_estargz(self, probe: LayerProbe, where: str) -> tuple[Descriptor, str]:
         layer = probe.descriptor
         assert probe.opened is not None
-        annotations = dict(layer.annotations)
-        annotations[mediatypes.TOC_DIGEST_ANNOTATION] = probe.opened.toc_digest
-        if mediatypes.UNCOMPRESSED_SIZE_ANNOTATION not in annotations:
-            annotations[mediatypes.UNCOMPRESSED_SIZE_ANNOTATION] = str(
-                await self._uncompressed_size(layer, where)
-            )
-        result = Descriptor(mediatypes.OCI_LAYER_GZIP, layer.digest, layer.size, annotations)
+        result = await listed_as_estargz(
+            layer, probe.opened.toc_digest, partial(self._uncompressed_size, layer, where)
+        )
         transfer = await copy_blob(
             self.source,
             self.target,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,6 +61,18 @@ class ImageTarget(Protocol):
     async def mount_blob(self, descriptor: Descriptor) -> bool: ...
 
     async def put_manifest(self, descriptor: Descriptor, data: bytes, *, root: bool) -> None: ...
+
+
+async def listed_as_estargz(
+    blob: Descriptor, toc_digest: str, uncompressed_size: Callable[[], Awaitable[int]]
+) -> Descriptor:
+    """How a manifest lists an eStargz ``blob`` kept as it is: an OCI gzip layer with its
+    TOC digest and uncompressed size (the blob's own annotation, else measured)."""
+    annotations = dict(blob.annotations)
+    annotations[mediatypes.TOC_DIGEST_ANNOTATION] = toc_digest
+    if mediatypes.UNCOMPRESSED_SIZE_ANNOTATION not in annotations:
+        annotations[mediatypes.UNCOMPRESSED_SIZE_ANNOTATION] = str(await uncompressed_size())
+    return Descriptor(mediatypes.OCI_LAYER_GZIP, blob.digest, blob.size, annotations)
 
 
 async def copy_blob(

@@ -51,6 +51,7 @@ from lazybuild.imagestore import (
     LayoutSource,
     RegistrySource,
     copy_blob,
+    listed_as_estargz,
     open_source,
     open_target,
 )
@@ -503,16 +504,14 @@ class _Optimizer:
     async def _keep(self, layer: _Layer) -> tuple[Descriptor, str]:
         probe = layer.probe
         assert probe is not None and probe.opened is not None
-        annotations = dict(layer.descriptor.annotations)
-        annotations[mediatypes.TOC_DIGEST_ANNOTATION] = probe.opened.toc_digest
-        if mediatypes.UNCOMPRESSED_SIZE_ANNOTATION not in annotations:
+
+        async def tar_size() -> int:
             await self._prepare_tar(layer)
             assert layer.tar is not None
-            annotations[mediatypes.UNCOMPRESSED_SIZE_ANNOTATION] = str(layer.tar.stat().st_size)
+            return layer.tar.stat().st_size
+
         descriptor = layer.descriptor
-        result = Descriptor(
-            mediatypes.OCI_LAYER_GZIP, descriptor.digest, descriptor.size, annotations
-        )
+        result = await listed_as_estargz(descriptor, probe.opened.toc_digest, tar_size)
         transfer = await copy_blob(
             self.source,
             self.target,
