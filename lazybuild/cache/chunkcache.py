@@ -24,13 +24,14 @@ evict, never *what*.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -78,6 +79,11 @@ class ChunkCache:
         self.max_bytes = max_bytes
         self._chunks = root / "chunks" / "sha256"
         self._staging = root / "staging"
+        self._chunks_str = str(self._chunks)
+        self._staging_str = str(self._staging)
+        # Verified chunks not written yet (``hold``), by digest; dict operations are
+        # atomic, so the event loop and writer threads share it without a lock.
+        self._held: dict[str, bytes] = {}
         self._chunks.mkdir(parents=True, exist_ok=True)
         self._staging.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
@@ -91,6 +97,9 @@ class ChunkCache:
 
     def get(self, digest: str) -> bytes | None:
         """The chunk named ``digest``, or None when it is absent or damaged (then removed)."""
+        held = self._held.get(digest)
+        if held is not None:
+            return held
         path = self._path(digest)
         try:
             with path.open("rb") as entry:
@@ -105,23 +114,54 @@ class ChunkCache:
             return None
 
     def contains(self, digest: str) -> bool:
-        return self._path(digest).exists()
+        return digest in self._held or self._path(digest).exists()
+
+    def hold(self, chunks: Mapping[str, bytes]) -> None:
+        """Make verified ``chunks`` readable at once, from memory, and owe their write
+        (``write_held``). Cheap enough for the event loop: whoever fetched a chunk wakes
+        its readers without waiting for the disk, and nobody misses it meanwhile."""
+        self._held.update(chunks)
+
+    def write_held(self, digests: Iterable[str]) -> None:
+        """Write the held chunks among ``digests`` to disk and let go of them. An
+        OSError (a full or read-only disk) drops the rest: they are only a cache."""
+        try:
+            for digest in digests:
+                data = self._held.get(digest)
+                if data is not None:
+                    self.put(digest, data)
+                    del self._held[digest]
+        finally:
+            for digest in digests:
+                self._held.pop(digest, None)
 
     def put(self, digest: str, data: bytes) -> None:
         """Store ``data`` (already verified by the caller) under ``digest``."""
-        path = self._path(digest)
-        if path.exists():
+        # os calls rather than pathlib: a layer of small files puts thousands of chunks,
+        # and pathlib's objects cost more than the syscalls themselves.
+        hex_digest = _hex_of(digest)
+        shard = os.path.join(self._chunks_str, hex_digest[:2])
+        path = os.path.join(shard, hex_digest)
+        if os.path.exists(path):
             return
         header = _HEADER.pack(_MAGIC, zlib_ng.crc32(data), len(data))
-        staging = self._staging / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
+        staging = os.path.join(self._staging_str, f"{os.getpid()}-{secrets.token_hex(8)}.tmp")
         try:
-            with staging.open("wb") as out:
-                out.write(header)
-                out.write(data)
-            path.parent.mkdir(exist_ok=True)
-            staging.rename(path)
+            descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                written = os.writev(descriptor, [header, data])
+                if written != len(header) + len(data):  # a short write: disk (nearly) full
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), staging)
+            finally:
+                os.close(descriptor)
+            try:
+                os.rename(staging, path)
+            except FileNotFoundError:  # the shard's first entry
+                os.makedirs(shard, exist_ok=True)
+                os.rename(staging, path)
         except BaseException:
-            staging.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
             raise
         with self._lock:
             self._estimated_bytes += len(header) + len(data)

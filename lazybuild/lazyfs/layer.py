@@ -16,7 +16,6 @@ import os
 import posixpath
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,6 +28,7 @@ from lazybuild.estargz.index import ChunkRef, LayerIndex, Node
 from lazybuild.estargz.reader import decompress_chunk
 from lazybuild.lazyfs.chunk_flight import Flight, Flights
 from lazybuild.lazyfs.chunk_memory import ChunkMemory
+from lazybuild.lazyfs.concurrency import in_order
 from lazybuild.lazyfs.elfdeps import candidate_paths, elf_dependencies, is_elf
 from lazybuild.lazyfs.fetchtrace import trace_fetch
 from lazybuild.lazyfs.layer_stats import LayerStats
@@ -63,6 +63,14 @@ INLINE_DISK_READ_BYTES = 256 << 10
 SIBLING_FILE_MAX_BYTES = 256 << 10  # uncompressed size of a file that comes along
 SIBLING_BUDGET_BYTES = 256 << 10  # compressed bytes per directory
 _VERIFY_THREADS = trio.CapacityLimiter(max(2, os.cpu_count() or 1))
+_STORE_THREADS = trio.CapacityLimiter(2)
+# Fetched chunks are verified in groups of about this many compressed bytes or chunks,
+# one worker-thread job each: per-chunk jobs cost more in thread hand-offs than in
+# inflating and hashing a small file, and a whole request as one job would make its
+# first reader wait for the last chunk.
+VERIFY_GROUP_BYTES = 512 << 10
+VERIFY_GROUP_CHUNKS = 64
+VERIFY_JOBS_PER_REQUEST = 2
 
 
 @dataclass(frozen=True)
@@ -298,10 +306,19 @@ class LazyLayer:
         return len(missing), sum(site.chunk.end - site.chunk.offset for site in missing)
 
     async def _fetch_batches(self, batches: list[tuple[list[_Site], dict[str, Flight]]]) -> None:
-        limiter = trio.CapacityLimiter(LEARNED_CONCURRENCY)
-        async with trio.open_nursery() as nursery:
-            for sites, claimed in batches:
-                nursery.start_soon(self._fetch_optional, sites, claimed, False, limiter)
+        """Fetch ``batches`` a few at a time, in their order (the order files will be
+        read in). Batches never started still land, so nobody waits on them forever."""
+        pending = iter(batches)
+
+        async def fetch(batch: tuple[list[_Site], dict[str, Flight]]) -> None:
+            await self._fetch_optional(*batch, False)
+
+        try:
+            await in_order(pending, LEARNED_CONCURRENCY, fetch)
+        finally:
+            for _, claimed in pending:
+                with self._flights.flying(claimed):
+                    pass
 
     async def fetch_all(self, gate: ForegroundGate) -> None:
         """Fetch, verify and cache every chunk not cached yet, in large batches, only
@@ -505,19 +522,13 @@ class LazyLayer:
         trio.lowlevel.spawn_system_task(self._fetch_optional, sites, claimed, True)
 
     async def _fetch_optional(
-        self,
-        sites: Sequence[_Site],
-        claimed: dict[str, Flight],
-        remember: bool,
-        limiter: trio.CapacityLimiter | None = None,
+        self, sites: Sequence[_Site], claimed: dict[str, Flight], remember: bool
     ) -> None:
-        """Fetch chunks nobody waits on yet (read-ahead, prefetch). The flights are in
-        flight from the start, even while queued behind ``limiter``, so that however
-        this ends, cancelled before its turn included, they land."""
+        """Fetch chunks nobody waits on yet (read-ahead, prefetch); however this ends,
+        their flights land."""
         try:
             with self._flights.flying(claimed) as flights:
-                async with limiter if limiter is not None else nullcontext():
-                    await self._fetch_into(flights, sites, remember=remember)
+                await self._fetch_into(flights, sites, remember=remember)
         except Exception:  # only a hint: a reader that needs a chunk fetches it itself
             log.debug("%s: read-ahead fetch failed", self._where, exc_info=True)
 
@@ -544,19 +555,53 @@ class LazyLayer:
         remember: bool,
     ) -> dict[str, bytes]:
         compressed = await self._request(sites, region)
-        contents, failures = await self._verify_all(sites, compressed)
-        for digest, content in contents.items():
-            flights[digest].content = content
-            if remember:
-                self._memory.put(digest, content)
-        for digest, failure in failures.items():
-            flights[digest].error = failure
+        contents: dict[str, bytes] = {}
+        failures: dict[str, LazybuildError] = {}
+
+        async def land(group: list[tuple[_Site, bytes]]) -> None:
+            verified, failed = await self._land(group, flights, remember)
+            contents.update(verified)
+            failures.update(failed)
+
+        groups = _verify_groups(list(zip(sites, compressed, strict=True)))
+        await in_order(groups, VERIFY_JOBS_PER_REQUEST, land)
         self.stats.chunks_fetched += len(contents)
-        self._not_on_disk.difference_update(contents)
         for site in sites:
             if site.digest in failures:
                 raise failures[site.digest]
         return contents
+
+    async def _land(
+        self, group: Sequence[tuple[_Site, bytes]], flights: dict[str, Flight], remember: bool
+    ) -> tuple[dict[str, bytes], dict[str, LazybuildError]]:
+        """Verify one group of fetched chunks in a worker thread and wake their waiters
+        at once: a reader waits for its own chunks, not for the rest of a prefetch of
+        thousands, nor for the disk (the cache holds them in memory until written)."""
+        verified, failed = await trio.to_thread.run_sync(
+            self._verify_group, group, limiter=_VERIFY_THREADS
+        )
+        self._cache.hold(verified)
+        self._not_on_disk.difference_update(verified)
+        trio.lowlevel.spawn_system_task(self._store, list(verified))
+        for digest, content in verified.items():
+            flights[digest].content = content
+            flights[digest].done.set()
+            if remember:
+                self._memory.put(digest, content)
+        for digest, failure in failed.items():
+            flights[digest].error = failure
+            flights[digest].done.set()
+        return verified, failed
+
+    async def _store(self, digests: list[str]) -> None:
+        # Shielded: a filesystem shutting down still writes what it fetched.
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(
+                    self._cache.write_held, digests, limiter=_STORE_THREADS
+                )
+            except OSError as exc:  # a full or read-only cache must not fail the read
+                log.warning("%s: cannot cache %d chunk(s): %s", self._where, len(digests), exc)
 
     async def _request(self, sites: Sequence[_Site], region: tuple[int, int] | None) -> list[bytes]:
         ranges = [(s.chunk.offset, s.chunk.end - s.chunk.offset) for s in sites]
@@ -587,34 +632,25 @@ class LazyLayer:
         trace_fetch(self._where, started, sorted({site.file for site in sites}), received)
         return compressed
 
-    async def _verify_all(
-        self, sites: Sequence[_Site], compressed: Sequence[bytes]
+    def _verify_group(
+        self, group: Sequence[tuple[_Site, bytes]]
     ) -> tuple[dict[str, bytes], dict[str, LazybuildError]]:
-        """Decompress, verify and store every chunk, in parallel worker threads: the
-        verified contents and the failures, by digest."""
-        contents: dict[str, bytes] = {}
-        failures: dict[str, LazybuildError] = {}
-
-        async def one(site: _Site, raw: bytes) -> None:
+        """(worker thread) The verified contents of ``group`` and its failures, by digest."""
+        verified: dict[str, bytes] = {}
+        failed: dict[str, LazybuildError] = {}
+        for site, compressed in group:
             try:
-                contents[site.digest] = await trio.to_thread.run_sync(
-                    self._verify_and_store, site, raw, limiter=_VERIFY_THREADS
-                )
+                verified[site.digest] = self._verify(site, compressed)
             except LazybuildError as exc:
-                failures[site.digest] = exc
+                failed[site.digest] = exc
+        return verified, failed
 
-        async with trio.open_nursery() as nursery:
-            for site, raw in zip(sites, compressed, strict=True):
-                nursery.start_soon(one, site, raw)
-        return contents, failures
-
-    def _verify_and_store(self, site: _Site, compressed: bytes) -> bytes:
-        """(worker thread) The verified chunk, stored in the disk cache."""
+    def _verify(self, site: _Site, compressed: bytes) -> bytes:
         where = f"{self._where}: file {site.file!r}"
         if not site.digest:
             raise FormatError(f"{where}: chunk {site.chunk.chunk_offset} has no chunkDigest")
         try:
-            content = decompress_chunk(compressed, site.chunk, where=where)
+            return decompress_chunk(compressed, site.chunk, where=where)
         except LazybuildError as exc:
             # The TOC is verified, so bytes that do not inflate to the chunk it describes
             # (bad gzip, wrong length, wrong digest) are all the same failure: wrong bytes.
@@ -623,11 +659,6 @@ class LazyLayer:
             )
             log.error("%s", failure)
             raise failure from exc
-        try:
-            self._cache.put(site.digest, content)
-        except OSError as exc:  # a full or read-only cache must not fail the read
-            log.warning("%s: cannot cache chunk %s: %s", self._where, site.digest, exc)
-        return content
 
     async def _from_disk(self, sites: Sequence[_Site]) -> dict[str, bytes]:
         """Contents of ``sites`` in the disk cache. A few small chunks are read right here:
@@ -687,6 +718,26 @@ async def _outcome(flight: Flight) -> bytes | None:
     if flight.error is not None:
         raise type(flight.error)(str(flight.error))
     return flight.content
+
+
+def _verify_groups(
+    fetched: Sequence[tuple[_Site, bytes]],
+) -> list[list[tuple[_Site, bytes]]]:
+    groups: list[list[tuple[_Site, bytes]]] = []
+    current: list[tuple[_Site, bytes]] = []
+    current_bytes = 0
+    for site, compressed in fetched:
+        if current and (
+            current_bytes + len(compressed) > VERIFY_GROUP_BYTES
+            or len(current) >= VERIFY_GROUP_CHUNKS
+        ):
+            groups.append(current)
+            current, current_bytes = [], 0
+        current.append((site, compressed))
+        current_bytes += len(compressed)
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _batches(sites: Sequence[_Site], max_bytes: int) -> list[list[_Site]]:

@@ -94,10 +94,10 @@ def test_failed_write_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.Monkey
     data = b"x" * 100
     digest = digest_of(data)
 
-    def fail(self: Path, target: Path) -> None:
+    def fail(source: str, target: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(Path, "rename", fail)
+    monkeypatch.setattr(os, "rename", fail)
     with pytest.raises(OSError):
         cache.put(digest, data)
     monkeypatch.undo()
@@ -187,4 +187,37 @@ def test_concurrent_puts_and_gets_from_threads(tmp_path: Path) -> None:
         thread.join()
     assert errors == []
     assert cache.usage().bytes <= 200_000
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+def test_held_chunks_read_at_once_and_reach_the_disk_when_written(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path)
+    chunks = {digest_of(data): data for data in (b"one" * 50, b"two" * 70)}
+    cache.hold(chunks)
+    for digest, data in chunks.items():
+        assert cache.contains(digest) and cache.get(digest) == data
+    assert cache.usage() == CacheUsage(0, 0)  # nothing on disk yet
+    cache.write_held(chunks)
+    fresh = ChunkCache(tmp_path)  # another process sees what was written
+    for digest, data in chunks.items():
+        assert fresh.get(digest) == data
+    assert fresh.usage().entries == 2
+
+
+def test_held_chunks_that_cannot_be_written_are_let_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = ChunkCache(tmp_path)
+    data = b"x" * 100
+    digest = digest_of(data)
+    cache.hold({digest: data})
+
+    def fail(source: str, target: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "rename", fail)
+    with pytest.raises(OSError):
+        cache.write_held([digest])
+    monkeypatch.undo()
+    assert not cache.contains(digest)  # a miss, not a chunk held forever
     assert list((tmp_path / "staging").iterdir()) == []

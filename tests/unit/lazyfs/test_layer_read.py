@@ -16,7 +16,13 @@ from lazybuild.errors import DigestMismatchError
 from lazybuild.estargz.index import Node
 from lazybuild.lazyfs import layer as layer_module
 from lazybuild.lazyfs.layer import LazyLayer
-from tests.unit.lazyfs.test_layer_fakes import CHUNK, MemoryBlob, build_layer, open_layer
+from tests.unit.lazyfs.test_layer_fakes import (
+    CHUNK,
+    MemoryBlob,
+    build_layer,
+    open_layer,
+    pseudo_random,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -104,6 +110,7 @@ def test_second_layer_reads_from_cache_without_requests(tmp_path: Path) -> None:
         first = await open_layer(built, MemoryBlob(built.blob), tmp_path, cache)
         for path, data in built.files.items():
             assert await first.read(node_of(first, path), 0, len(data)) == data
+        await settle()  # read-ahead lands in the disk cache after its readers woke
         blob = MemoryBlob(built.blob)
         second = await open_layer(built, blob, tmp_path, cache)
         blob.reset()
@@ -435,3 +442,29 @@ def test_a_file_missed_in_a_second_chunk_is_fetched_whole(
             assert blob.requests >= 6  # on demand (and read-ahead), as before
 
     trio.run(main)
+
+
+def test_learned_prefetch_requests_follow_the_listed_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files are listed in the order the step read them; the batches go out in that
+    order, whatever order trio starts tasks in (it varies on purpose)."""
+    monkeypatch.setattr(layer_module, "LEARNED_BATCH_BYTES", 1)  # one chunk per request
+    monkeypatch.setattr(layer_module, "LEARNED_CONCURRENCY", 1)
+    files = {f"f{number:02}.txt": pseudo_random(CHUNK // 2, number) for number in range(12)}
+    built = build_layer(files)
+    listed = sorted(files, reverse=True)  # against the layer's order
+
+    async def main(attempt: int) -> None:
+        blob = MemoryBlob(built.blob)
+        layer = await open_layer(built, blob, tmp_path / str(attempt))
+        blob.reset()
+        await layer.prefetch_files(listed)
+        for name in listed:
+            assert await layer.read(node_of(layer, name), 0, CHUNK) == files[name]
+        offsets = [ranges[0][0] for ranges in blob.requested]
+        expected = [node_of(layer, name).chunks[0].offset for name in listed]
+        assert offsets == expected
+
+    for attempt in range(6):
+        trio.run(main, attempt)
