@@ -68,6 +68,7 @@ async def run_image(
             upper=upper,
             work=work,
             background_fetch=request.background_fetch,
+            prefetch_record=True,
         ) as image:
             settings = run_settings(
                 image.config,

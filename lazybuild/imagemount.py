@@ -17,9 +17,12 @@ from typing import Any
 
 import trio
 
+from lazybuild.errors import LazybuildError
 from lazybuild.lazyfs.client import FetchReport, LayerMount, LazyMountService
 from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.oci.platform import host_platform
+from lazybuild.profile.published import files_by_layer, published_record
+from lazybuild.profile.record import RecordEntry
 from lazybuild.progress import Progress, human_size, short_digest
 from lazybuild.registry.client import RegistryClient, ResolvedImage
 from lazybuild.registry.reference import Reference
@@ -60,7 +63,11 @@ async def mounted_image(
     upper: Path | None = None,
     work: Path | None = None,
     background_fetch: bool = True,
+    prefetch_record: bool = False,
 ) -> AsyncIterator[MountedImage]:
+    """``image`` mounted at ``target``; with ``prefetch_record``, the files its published
+    workload record lists start coming as soon as the layers are open (not waited for:
+    the workload starts meanwhile, and a read of a file on its way waits for it)."""
     cleaned = await trio.to_thread.run_sync(cleanup_stale_mounts, state_dir)
     for mountpoint in cleaned:
         progress.line(f"cleaned up a stale mount left by a killed run: {mountpoint}")
@@ -72,13 +79,13 @@ async def mounted_image(
         background_fetch=background_fetch,
     )
     async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(registry.client())
         # Starting the filesystem process (an interpreter, a mount) and resolving the
         # image (round trips to the registry) do not depend on each other.
         resolved_images: list[ResolvedImage] = []
 
         async def resolve() -> None:
-            async with registry.client() as client:
-                resolved_images.append(await client.resolve_image(reference, host_platform()))
+            resolved_images.append(await client.resolve_image(reference, host_platform()))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(resolve)
@@ -89,7 +96,25 @@ async def mounted_image(
             f"{len(resolved.manifest.layers)} layer(s), "
             f"{human_size(sum(layer.size for layer in resolved.manifest.layers))}"
         )
-        layers = await service.add_image(resolved.ref, list(resolved.manifest.layers))
+        records: list[list[RecordEntry]] = []
+
+        async def fetch_record() -> None:
+            try:
+                records.append(await published_record(client, resolved))
+            except LazybuildError as exc:  # only a hint: the workload fetches on demand
+                progress.line(f"the image's workload record is not used: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            if prefetch_record:
+                nursery.start_soon(fetch_record)
+            layers = await service.add_image(resolved.ref, list(resolved.manifest.layers))
+        if records and records[0]:
+            files = files_by_layer(records[0], resolved)
+            _, size = await service.prefetch_files(files)
+            progress.line(
+                f"prefetching {sum(map(len, files.values()))} file(s) the image's workload "
+                f"read when it was built: {human_size(size)} not cached yet"
+            )
         _report_layers(layers, progress)
         target.mkdir(parents=True, exist_ok=True)
         service.register_overlay(target)

@@ -51,6 +51,9 @@ BACKGROUND_BATCH_BYTES = 16 << 20
 # the order the files were read last time, so the first files arrive first.
 LEARNED_BATCH_BYTES = 2 << 20
 LEARNED_CONCURRENCY = 3
+# Files above this size (uncompressed) are left out of prefetches by file list, as they
+# are from a layer's prioritized region (a JVM's 130 MB module image is read in places).
+PREFETCH_FILE_MAX_BYTES = 32 << 20
 # A file missed twice is fetched whole up to this size (uncompressed): see _rest_of_files.
 WHOLE_FILE_MAX_BYTES = 64 << 20
 # Chunks of a file loaded from the disk cache ahead of a sequential reader, so disk
@@ -285,8 +288,9 @@ class LazyLayer:
         return landmark
 
     async def prefetch_files(self, paths: Sequence[str]) -> tuple[int, int]:
-        """Start fetching the chunks of ``paths`` (files a step read last time) that are
-        neither cached nor being fetched, in batches in the given order; returns the
+        """Start fetching the chunks of ``paths`` (files a step read last time, or that an
+        image's workload record lists) that are neither cached nor being fetched, files
+        over ``PREFETCH_FILE_MAX_BYTES`` aside, in batches in the given order; returns the
         chunks and compressed bytes scheduled. Their flights are registered before this
         returns, so the step's reads wait for them instead of fetching again."""
         sites: list[_Site] = []
@@ -295,6 +299,8 @@ class LazyLayer:
             node = self.index.lookup(path)
             if node is None or node.type != "reg":
                 continue  # gone from this version of the layer: nothing to fetch
+            if node.size > PREFETCH_FILE_MAX_BYTES:
+                continue  # a big file is mostly read in places: those come on demand
             for chunk in node.chunks:
                 if chunk.digest not in seen:
                     seen.add(chunk.digest)

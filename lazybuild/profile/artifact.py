@@ -114,9 +114,12 @@ def index_with_record(
     return descriptor_for(mediatypes.OCI_INDEX, data), data
 
 
-def find_record(index: Index) -> Descriptor | None:
-    """The record artifact manifest listed in ``index``, if any."""
+def find_record(index: Index, subject: str | None = None) -> Descriptor | None:
+    """The record artifact manifest listed in ``index`` (about the image manifest
+    ``subject``, when given), if any."""
     for entry in index.manifests:
-        if entry.annotations.get(REFERENCE_TYPE_ANNOTATION) == REFERENCE_TYPE:
+        if entry.annotations.get(REFERENCE_TYPE_ANNOTATION) != REFERENCE_TYPE:
+            continue
+        if subject is None or entry.annotations.get(REFERENCE_DIGEST_ANNOTATION) == subject:
             return entry
     return None

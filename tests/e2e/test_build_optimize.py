@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from lazybuild.cli.main import main
 from lazybuild.estargz.layerformat import decompressed_stream
 from lazybuild.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
 from lazybuild.oci import mediatypes
+from lazybuild.oci.platform import host_platform
 from lazybuild.profile.record import read_record
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
 from tests.e2e.buildsupport import assert_nothing_left, lazybuild, write_context
 from tests.support.gochecker import build_go_checker, go_available, run_go_checker
 from tests.support.images import read_layout_image
@@ -201,3 +206,67 @@ def _pulled(reference: str, tmp_path: Path) -> Path:
     layout = tmp_path / "base-layout"
     assert main(["-q", "convert", reference, f"oci:{layout}"]) == 0
     return layout
+
+
+def test_a_run_prefetches_the_base_files_the_published_record_lists(
+    base_image: str, registry: Registry, tmp_path: Path
+) -> None:
+    """Base layers stay as they are (shared), yet the record published with the image
+    covers them: a cold run fetches the listed files of every layer in a few large
+    requests as it starts, where without a record each comes when it is read."""
+    context = write_context(tmp_path / "ctx", APP, FILES)
+    record_path = tmp_path / "record.json"
+    runs = {}
+    for name, options in {
+        "recorded": ("--record-out", str(record_path)),
+        "plain": ("--no-optimize",),
+    }.items():
+        reference = f"{registry.host}/e2e-optimize/published:{name}"
+        lazybuild(
+            tmp_path / "state",
+            "build",
+            "--progress=plain",
+            "--build-arg",
+            f"BASE={base_image}",
+            "-t",
+            reference,
+            "--push",
+            *options,
+            str(context),
+        )
+        report = tmp_path / f"{name}.json"
+        run = lazybuild(
+            tmp_path / f"run-{name}",
+            "run",
+            "--network",
+            "none",
+            "--fetch-report",
+            str(report),
+            reference,
+        )
+        assert run.stdout == "c\na\n"
+        by_digest = {layer["digest"]: layer for layer in json.loads(report.read_text())["layers"]}
+        runs[name] = (run.stderr, [by_digest[digest] for digest in _layer_digests(reference)])
+    record = read_record(record_path)
+    top = max(entry.layer_index or 0 for entry in record)
+    in_base = {entry.layer_index for entry in record if (entry.layer_index or 0) < top}
+    assert in_base, "the shell and its libraries come from the base image"
+    stderr, layers = runs["recorded"]
+    assert f"prefetching {len(record)} file(s) the image's workload read" in stderr
+    assert "prefetching" not in runs["plain"][0]
+    for index in in_base:
+        # The TOC (one or two reads) and one prefetch request; nothing on demand.
+        assert layers[index]["requests"] <= 3, (index, layers[index])
+    assert sum(layer["requests"] for layer in layers) <= sum(
+        layer["requests"] for layer in runs["plain"][1]
+    )
+    assert_nothing_left(tmp_path / "state")
+
+
+def _layer_digests(reference: str) -> list[str]:
+    async def resolve() -> list[str]:
+        async with RegistryClient() as client:
+            resolved = await client.resolve_image(Reference.parse(reference), host_platform())
+            return [layer.digest for layer in resolved.manifest.layers]
+
+    return trio.run(resolve)

@@ -468,3 +468,19 @@ def test_learned_prefetch_requests_follow_the_listed_order(
 
     for attempt in range(6):
         trio.run(main, attempt)
+
+
+def test_prefetch_by_file_list_leaves_big_files_to_on_demand_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(layer_module, "PREFETCH_FILE_MAX_BYTES", 4 * CHUNK)
+    built = build_layer()
+    blob = MemoryBlob(built.blob)
+
+    async def main() -> None:
+        layer = await open_layer(built, blob, tmp_path)
+        small, one = node_of(layer, "small.txt"), node_of(layer, "dir/one.bin")
+        chunks, _ = await layer.prefetch_files(["dir/big.bin", "small.txt", "dir/one.bin"])
+        assert chunks == len(small.chunks) + len(one.chunks)  # not big.bin's nine
+
+    trio.run(main)
