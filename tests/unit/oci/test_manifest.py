@@ -61,8 +61,9 @@ def test_media_type_from_transport_when_body_has_none() -> None:
             "unsupported media type 'application/x-weird'",
         ),
         (
-            json.dumps(_manifest_doc(layers=[{"mediaType": "x", "digest": "sha256:zz", "size": 1}]))
-            .encode(),
+            json.dumps(
+                _manifest_doc(layers=[{"mediaType": "x", "digest": "sha256:zz", "size": 1}])
+            ).encode(),
             "malformed digest",
         ),
     ],
