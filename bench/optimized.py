@@ -21,7 +21,8 @@ Four versions of each, all run from the registry through the link:
 - eStargz: `lazybuild build --no-optimize --push` on the eStargz base image;
 - eStargz optimized: `lazybuild build --push` (the default: the image's workload is
   profiled and the layers the build made are written with what it read first; the
-  servers with `--workload-ready ready`);
+  record is published with the image, and `lazybuild run` prefetches the files it
+  lists in the base layers too; the servers with `--workload-ready ready`);
 - eStargz optimized with `--optimize-base`: the same, with the base image's layers
   rewritten too.
 
@@ -799,7 +800,9 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
         "overlay2, no bridge), every container and image removed after each repetition",
         "- eStargz: `lazybuild build --no-optimize --push` on the eStargz base; eStargz "
         "optimized: `lazybuild build --push` (the default: profiles the image's CMD and "
-        "writes the layers the build made with what it read first; the server with "
+        "writes the layers the build made with what it read first, and publishes the "
+        "record with the image, from which `lazybuild run` prefetches the listed files of "
+        "the base layers as it starts, without waiting for them; the server with "
         "`--workload-ready ready`). Both measured as `lazybuild --state-dir NEW run "
         "--network none --fetch-report F IMAGE` until exit or the ready line: pull = until "
         "its `running [...]` progress line (CLI start, image resolved, layers' TOCs read "
