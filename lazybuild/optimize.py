@@ -41,7 +41,7 @@ from lazybuild.convert import estargz_layer_descriptor
 from lazybuild.errors import FormatError, UsageError
 from lazybuild.estargz.index import clean_name
 from lazybuild.estargz.layerformat import LayerFormat, decompressed_stream
-from lazybuild.estargz.toc import PREFETCH_LANDMARK, decode_toc_json
+from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES, PREFETCH_LANDMARK, decode_toc_json
 from lazybuild.estargz.writer import DEFAULT_CHUNK_SIZE, WriterOptions, WrittenLayer, write_estargz
 from lazybuild.executor.spec import Network
 from lazybuild.imagemount import RegistryOptions, mounted_image
@@ -224,6 +224,17 @@ class _Optimizer:
             layer.contents = self._contents(layer)
         assignment = assign_to_layers(paths, [la.contents for la in layers if la.contents])
         self._report_assignment(assignment, len(paths))
+        left_out: list[str] = []
+        prioritized = [
+            _prefetchable(assignment.per_layer[layer.position], layer.contents, left_out)
+            for layer in layers
+        ]
+        if left_out:
+            more = ", ..." if len(left_out) > 3 else ""
+            self.progress.line(
+                f"{len(left_out)} file(s) over {human_size(PREFETCH_FILE_MAX_BYTES)} left to "
+                f"on-demand reads: {', '.join(left_out[:3])}{more}"
+            )
         entries = tuple(assignment.entries(image.descriptor.digest))
         record = encode_record(entries)
         if self.request.record_out is not None:
@@ -233,7 +244,7 @@ class _Optimizer:
 
         async def optimize_one(layer: _Layer) -> None:
             outcomes[layer.position] = await self._optimize_layer(
-                layer, assignment.per_layer[layer.position], len(layers)
+                layer, prioritized[layer.position], len(layers)
             )
 
         await self._each(layers, optimize_one)
@@ -582,6 +593,20 @@ class _Optimizer:
         async with trio.open_nursery() as nursery:
             for layer in layers:
                 nursery.start_soon(work, layer)
+
+
+def _prefetchable(
+    paths: Sequence[str], contents: TarLayerContents | None, left_out: list[str]
+) -> list[str]:
+    """``paths`` without files over ``PREFETCH_FILE_MAX_BYTES`` (added to ``left_out``):
+    a prefetch region holds whole files."""
+    kept = []
+    for path in paths:
+        if contents is not None and contents.size(path) > PREFETCH_FILE_MAX_BYTES:
+            left_out.append(path)
+        else:
+            kept.append(path)
+    return kept
 
 
 def _laid_out_as(layer: _Layer, wanted: Sequence[str]) -> bool:

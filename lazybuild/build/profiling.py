@@ -23,6 +23,7 @@ from pathlib import Path
 import trio
 
 from lazybuild.build.driver import BuildResult
+from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.executor.spec import Network
 from lazybuild.exporter.registrypush import WorkloadRecordAttachment
 from lazybuild.oci.platform import host_platform
@@ -31,9 +32,6 @@ from lazybuild.profile.record import encode_record, read_record, record_paths, w
 from lazybuild.profile.workload import WorkloadRecord
 from lazybuild.progress import human_size
 from lazybuild.worker.layers import LocalLayer
-
-# Files larger than this stay out of prefetch regions (see _prefetchable).
-PREFETCH_FILE_MAX_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -112,12 +110,8 @@ async def profile_image(
 
 
 def _prefetchable(directory: Path, paths: Sequence[str], left_out: list[str]) -> tuple[str, ...]:
-    """``paths`` without files over ``PREFETCH_FILE_MAX_BYTES`` (added to ``left_out``).
-
-    A prefetch region holds whole files, and a file that large is mostly read in parts
-    (a JVM's module image, a database): prefetching all of it before the workload starts
-    cost more than it saved (a JVM server started 1.3x slower). Left out, it is read on
-    demand, with read-ahead."""
+    """``paths`` without files over ``PREFETCH_FILE_MAX_BYTES`` (added to ``left_out``):
+    a prefetch region holds whole files."""
     kept = []
     for path in paths:
         try:

@@ -26,6 +26,7 @@ from lazybuild.cache.chunkcache import ChunkCache
 from lazybuild.errors import DigestMismatchError, FormatError, LazybuildError, RegistryError
 from lazybuild.estargz.index import ChunkRef, LayerIndex, Node
 from lazybuild.estargz.reader import decompress_chunk
+from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs.chunk_flight import Flight, Flights
 from lazybuild.lazyfs.chunk_memory import ChunkMemory
 from lazybuild.lazyfs.concurrency import in_order
@@ -51,9 +52,6 @@ BACKGROUND_BATCH_BYTES = 16 << 20
 # the order the files were read last time, so the first files arrive first.
 LEARNED_BATCH_BYTES = 2 << 20
 LEARNED_CONCURRENCY = 3
-# Files above this size (uncompressed) are left out of prefetches by file list, as they
-# are from a layer's prioritized region (a JVM's 130 MB module image is read in places).
-PREFETCH_FILE_MAX_BYTES = 32 << 20
 # A file missed twice is fetched whole up to this size (uncompressed): see _rest_of_files.
 WHOLE_FILE_MAX_BYTES = 64 << 20
 # Chunks of a file loaded from the disk cache ahead of a sequential reader, so disk

@@ -58,9 +58,11 @@ def _whiteout_name(path: str) -> str:
 
 
 class TarLayerContents:
-    """A layer given as its tar entries: name -> whether the entry is a directory."""
+    """A layer given as its tar entries: name -> whether the entry is a directory; and
+    the sizes of its regular files, where known."""
 
-    def __init__(self, entries: Mapping[str, bool]) -> None:
+    def __init__(self, entries: Mapping[str, bool], sizes: Mapping[str, int] | None = None) -> None:
+        self._sizes = {clean_name(name): size for name, size in (sizes or {}).items()}
         self._entries: dict[str, bool] = {}
         self._whiteouts: set[str] = set()
         self._opaque: set[str] = set()
@@ -86,25 +88,33 @@ class TarLayerContents:
     def from_tar(cls, stream: BinaryIO, where: str = "layer") -> TarLayerContents:
         """From an uncompressed tar stream (read once, content skipped)."""
         entries: dict[str, bool] = {}
+        sizes: dict[str, int] = {}
         try:
             with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as archive:
                 for member in archive:
                     key = clean_name(member.name)
                     entries.pop(key, None)  # a later duplicate replaces the earlier entry
                     entries[key] = member.isdir()
+                    sizes[key] = member.size if member.isreg() else 0
         except tarfile.TarError as exc:
             raise FormatError(f"{where}: {exc}") from None
-        return cls(entries)
+        return cls(entries, sizes)
 
     @classmethod
     def from_toc(cls, toc: TOC) -> TarLayerContents:
         entries: dict[str, bool] = {}
+        sizes: dict[str, int] = {}
         for entry in toc.entries:
             if entry.type != "chunk":
                 key = clean_name(entry.name)
                 entries.pop(key, None)
                 entries[key] = entry.type == "dir"
-        return cls(entries)
+                sizes[key] = entry.size if entry.type == "reg" else 0
+        return cls(entries, sizes)
+
+    def size(self, path: str) -> int:
+        """The size of the regular file at ``path`` (0 when unknown or not a file)."""
+        return self._sizes.get(path, 0)
 
     @property
     def paths(self) -> frozenset[str]:

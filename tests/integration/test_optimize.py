@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 import pytest
 import trio
 
+from lazybuild import optimize as optimize_module
 from lazybuild.cli import main as cli_main
 from lazybuild.cli import optimize_commands
 from lazybuild.estargz.layerformat import decompressed_stream
@@ -437,6 +438,30 @@ def test_the_image_command_from_a_layout_source(
     assert runtime.index("usr/bin/cat") > runtime.index("usr/lib/x86_64-linux-gnu/libc.so.6")
     assert app == ["app/data.txt"]
     assert upper == ["app/late.txt"]
+
+
+def test_big_files_stay_out_of_the_prefetch_region(
+    shell_layout: Path,
+    state_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As in a build's profile: a file over the limit (a JVM's module image) is mostly
+    read in parts; it stays in the record but out of the region fetched whole."""
+    libc = "usr/lib/x86_64-linux-gnu/libc.so.6"  # about 2 MB; the others are smaller
+    monkeypatch.setattr(optimize_module, "PREFETCH_FILE_MAX_BYTES", 1 << 20)
+    record = tmp_path / "record.json"
+    code, _ = _optimize_shell(
+        shell_layout, tmp_path / "out", state_dir, "--record-out", str(record)
+    )
+    assert code == 0
+    runtime, app, _ = _prioritized(read_optimized(tmp_path / "out"))
+    assert libc not in runtime
+    assert "usr/bin/dash" in runtime and "usr/bin/cat" in runtime
+    assert app == ["app/data.txt"]
+    assert libc in [entry.path for entry in read_record(record)]
+    assert f"left to on-demand reads: {libc}" in capsys.readouterr().err
 
 
 def test_the_record_can_stay_out_of_the_image(

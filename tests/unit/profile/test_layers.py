@@ -94,6 +94,28 @@ def test_from_tar_and_from_toc_agree() -> None:
         assert assign_to_layers(["etc/motd"], [BASE, contents]).unassigned == ("etc/motd",)
 
 
+def test_file_sizes_from_tar_and_from_toc() -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("big.bin")
+        info.size = 5000
+        archive.addfile(info, io.BytesIO(bytes(5000)))
+        link = tarfile.TarInfo("link")
+        link.type, link.linkname = tarfile.SYMTYPE, "big.bin"
+        archive.addfile(link)
+    buffer.seek(0)
+    toc = TOC(
+        version=1,
+        entries=[
+            TOCEntry(name="big.bin", type="reg", size=5000),
+            TOCEntry(name="link", type="symlink", link_name="big.bin"),
+        ],
+    )
+    for contents in (TarLayerContents.from_tar(buffer), TarLayerContents.from_toc(toc)):
+        assert contents.size("big.bin") == 5000
+        assert contents.size("link") == 0 and contents.size("not/there") == 0
+
+
 def _directory_layer(root: Path) -> DirectoryLayerContents:
     (root / "etc").mkdir(parents=True)
     (root / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
