@@ -805,8 +805,9 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
         "the base layers as it starts, without waiting for them; the server with "
         "`--workload-ready ready`). Both measured as `lazybuild --state-dir NEW run "
         "--network none --fetch-report F IMAGE` until exit or the ready line: pull = until "
-        "its `running [...]` progress line (CLI start, image resolved, layers' TOCs read "
-        "and prefetch regions fetched, overlay mounted), run = the rest (runc create and "
+        "its `running [...]` progress line (CLI start, image resolved, layers' TOCs read, "
+        "prefetch regions and the record's files requested but not waited for, overlay "
+        "mounted), run = the rest (runc create and "
         "start included, so there is no separate create); a new state dir per repetition. "
         "The warm row runs the optimized image again in the same state dir right after",
         "- eStargz optimized with `--optimize-base`: `lazybuild build --optimize-base "

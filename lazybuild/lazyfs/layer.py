@@ -48,10 +48,11 @@ log = logging.getLogger(__name__)
 # Compressed bytes per background request: large enough that request overhead is
 # small, small enough that a batch cancelled by a foreground read wastes little.
 BACKGROUND_BATCH_BYTES = 16 << 20
-# Learned prefetch: requests of at most this many compressed bytes, this many at once, in
-# the order the files were read last time, so the first files arrive first.
-LEARNED_BATCH_BYTES = 2 << 20
-LEARNED_CONCURRENCY = 3
+# Prefetches (the prioritized region, learned reads, a published record, the rest of a
+# file): requests of at most this many compressed bytes, this many at once, in the order
+# the files will be read, so the first files arrive first.
+PREFETCH_BATCH_BYTES = 2 << 20
+PREFETCH_CONCURRENCY = 3
 # A file missed twice is fetched whole up to this size (uncompressed): see _rest_of_files.
 WHOLE_FILE_MAX_BYTES = 64 << 20
 # Chunks of a file loaded from the disk cache ahead of a sequential reader, so disk
@@ -271,19 +272,25 @@ class LazyLayer:
     # -- prefetch and background fetch -----------------------------------------
 
     async def prefetch(self) -> int:
-        """Fetch the prioritized region [0, landmark) in one request and cache every chunk
-        in it; returns the bytes fetched (0 without a prefetch landmark or when cached)."""
+        """Start fetching the prioritized region [0, landmark) and return at once with the
+        compressed bytes scheduled (0 without a prefetch landmark or when cached).
+
+        The region goes in batches, a few at a time, in its order, which is the order
+        the workload read its files in. The flights are registered before this returns,
+        so a read of a file on its way waits for its batch; the workload starts
+        meanwhile, and its first files come first, where one request for the whole
+        region made it wait for the last byte (a second for a JVM's 12 MB)."""
         landmark = self.index.prefetch_landmark_offset
         if landmark is None or self.index.no_prefetch or landmark <= 0:
             return 0
-        region = [site for site in self._all_sites() if site.chunk.end <= landmark]
-        cached = await trio.to_thread.run_sync(self._cached_digests, region)
-        missing = [s for s in region if s.digest not in cached and not self._flights.get(s.digest)]
+        region = [site for site in self._sites_by_offset() if site.chunk.end <= landmark]
+        missing = await self._to_fetch(region)
         if not missing:
             return 0
-        await self._fetch(missing, region=(0, landmark), remember=False)
-        self.stats.prefetch_bytes += landmark
-        return landmark
+        self._fetch_in_batches(missing)
+        scheduled = sum(site.chunk.end - site.chunk.offset for site in missing)
+        self.stats.prefetch_bytes += scheduled
+        return scheduled
 
     async def prefetch_files(self, paths: Sequence[str]) -> tuple[int, int]:
         """Start fetching the chunks of ``paths`` (files a step read last time, or that an
@@ -318,7 +325,7 @@ class LazyLayer:
             await self._fetch_optional(*batch, False)
 
         try:
-            await in_order(pending, LEARNED_CONCURRENCY, fetch)
+            await in_order(pending, PREFETCH_CONCURRENCY, fetch)
         finally:
             for _, claimed in pending:
                 with self._flights.flying(claimed):
@@ -501,7 +508,7 @@ class LazyLayer:
         are registered now (see ``_fetch_alongside``)."""
         batches = [
             (batch, self._flights.register(site.digest for site in batch))
-            for batch in _batches(sites, LEARNED_BATCH_BYTES)
+            for batch in _batches(sites, PREFETCH_BATCH_BYTES)
         ]
         trio.lowlevel.spawn_system_task(self._fetch_batches, batches)
 

@@ -42,6 +42,7 @@ from lazybuild.estargz.toc import (
 )
 from lazybuild.executor.orphans import OWNER_ANNOTATION
 from lazybuild.executor.runc import DEFAULT_STATE_ROOT
+from lazybuild.lazyfs.layer import PREFETCH_BATCH_BYTES
 from lazybuild.oci import mediatypes
 from lazybuild.oci.layout import OciLayout
 from lazybuild.oci.manifest import Index
@@ -310,26 +311,41 @@ def _on_demand_requests(reference: str, state: Path, tmp_path: Path) -> tuple[in
     assert result.stdout == "hi\n"
     layers = json.loads(report.read_text())["layers"]
     assert {layer["mode"] for layer in layers} == {"lazy"}
-    prefetching = _prefetching_layers(reference)
-    requests = sum(layer["requests"] for layer in layers) - prefetching
+    prefetching, prefetch_requests = _prefetch_shape(reference)
+    requests = sum(layer["requests"] for layer in layers) - prefetch_requests
     return requests - len(layers), requests - 2 * len(layers), prefetching
 
 
-def _prefetching_layers(reference: str) -> int:
-    """Layers of the image whose TOC has a prefetch landmark."""
+def _prefetch_shape(reference: str) -> tuple[int, int]:
+    """Layers of the image whose TOC has a prefetch landmark, and the requests their
+    prefetch makes: batches of up to PREFETCH_BATCH_BYTES of the region's chunks."""
 
-    async def count() -> int:
-        prefetching = 0
+    async def count() -> tuple[int, int]:
+        layers = requests = 0
         async with RegistryClient() as client:
             resolved = await client.resolve_image(Reference.parse(reference), host_platform())
             for descriptor in resolved.manifest.layers:
                 blob = client.open_blob(resolved.ref, descriptor)
                 region, start = await read_toc_region(blob.read_at, descriptor.size)
                 expected = descriptor.annotations[mediatypes.TOC_DIGEST_ANNOTATION]
-                opened = parse_layer(region, start, descriptor.size, expected)
-                if opened.index.prefetch_landmark_offset is not None:
-                    prefetching += 1
-        return prefetching
+                index = parse_layer(region, start, descriptor.size, expected).index
+                landmark = index.prefetch_landmark_offset
+                if landmark is None:
+                    continue
+                layers += 1
+                sizes = sorted(
+                    (chunk.offset, chunk.end - chunk.offset)
+                    for node in index.walk()
+                    for chunk in node.chunks
+                    if chunk.end <= landmark
+                )
+                batch = 0
+                for _, size in sizes:
+                    if batch and batch + size > PREFETCH_BATCH_BYTES:
+                        requests, batch = requests + 1, 0
+                    batch += size
+                requests += 1 if batch else 0
+        return layers, requests
 
     return trio.run(count)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -20,24 +21,41 @@ def no_sibling_fetches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(layer_module, "SIBLING_BUDGET_BYTES", 0)
 
 
-def test_prefetch_is_one_request_for_the_prioritized_region(tmp_path: Path) -> None:
-    built = build_layer(prioritized=["dir/one.bin", "multi.bin", "small.txt"])
+def test_prefetch_fetches_the_prioritized_region_in_order_without_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(layer_module, "PREFETCH_BATCH_BYTES", 2 * CHUNK)
+    monkeypatch.setattr(layer_module, "PREFETCH_CONCURRENCY", 1)
+    prioritized = ["dir/one.bin", "multi.bin", "small.txt"]
+    built = build_layer(prioritized=prioritized)
     blob = MemoryBlob(built.blob)
 
     async def main() -> None:
         layer = await open_layer(built, blob, tmp_path)
         landmark = layer.index.prefetch_landmark_offset
         assert landmark is not None
+        nodes = [layer.index.lookup(path) for path in prioritized]
+        chunks = [chunk for node in nodes if node is not None for chunk in node.chunks]
+        region = sum(chunk.end - chunk.offset for chunk in chunks)
         blob.reset()
-        assert await layer.prefetch() == landmark
-        assert blob.requested == [[(0, landmark)]]
-        assert layer.stats.prefetch_bytes == landmark
+        blob.hold = trio.Event()
+        assert await layer.prefetch() == region  # scheduled, not waited for
+        assert layer.stats.prefetch_bytes == region
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                assert node is not None
+                nursery.start_soon(lambda n=node: _append(got, layer.read(n, 0, n.size)))
+            await trio.testing.wait_all_tasks_blocked()
+            assert blob.requests == 1  # the first batch only: one at a time here
+            blob.hold.set()
+        assert sorted(got) == sorted(built.files[path] for path in prioritized)
+        # Batches in region order, within it, none from the readers.
+        starts = [spans[0][0] for spans in blob.requested]
+        assert starts == sorted(starts) and starts[0] == chunks[0].offset
+        assert all(start + size <= landmark for spans in blob.requested for start, size in spans)
+        assert 1 < blob.requests <= len(chunks)
         blob.reset()
-        for path in ("dir/one.bin", "multi.bin", "small.txt"):
-            node = layer.index.lookup(path)
-            assert node is not None
-            assert await layer.read(node, 0, node.size) == built.files[path]
-        assert blob.requests == 0
         other = layer.index.lookup("dir/big.bin")
         assert other is not None
         await layer.read(other, 0, 10)
@@ -47,6 +65,10 @@ def test_prefetch_is_one_request_for_the_prioritized_region(tmp_path: Path) -> N
         assert blob.requests == 0
 
     trio.run(main)
+
+
+async def _append(out: list[bytes], read: Awaitable[bytes]) -> None:
+    out.append(await read)
 
 
 def test_no_prefetch_landmark_fetches_nothing(tmp_path: Path) -> None:

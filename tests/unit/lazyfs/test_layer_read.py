@@ -449,8 +449,8 @@ def test_learned_prefetch_requests_follow_the_listed_order(
 ) -> None:
     """The files are listed in the order the step read them; the batches go out in that
     order, whatever order trio starts tasks in (it varies on purpose)."""
-    monkeypatch.setattr(layer_module, "LEARNED_BATCH_BYTES", 1)  # one chunk per request
-    monkeypatch.setattr(layer_module, "LEARNED_CONCURRENCY", 1)
+    monkeypatch.setattr(layer_module, "PREFETCH_BATCH_BYTES", 1)  # one chunk per request
+    monkeypatch.setattr(layer_module, "PREFETCH_CONCURRENCY", 1)
     files = {f"f{number:02}.txt": pseudo_random(CHUNK // 2, number) for number in range(12)}
     built = build_layer(files)
     listed = sorted(files, reverse=True)  # against the layer's order
