@@ -15,10 +15,11 @@ import logging
 import os
 import posixpath
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -44,6 +45,7 @@ from lazybuild.statedir import default_state_dir
 __all__ = ["LayerStats", "LazyLayer"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Compressed bytes per background request: large enough that request overhead is
 # small, small enough that a batch cancelled by a foreground read wastes little.
@@ -543,29 +545,17 @@ class LazyLayer:
         except Exception:  # only a hint: a reader that needs a chunk fetches it itself
             log.debug("%s: read-ahead fetch failed", self._where, exc_info=True)
 
-    async def _fetch(
-        self,
-        sites: Sequence[_Site],
-        *,
-        region: tuple[int, int] | None = None,
-        remember: bool = True,
-    ) -> dict[str, bytes]:
-        """Fetch ``sites`` in one request (all their ranges, or ``region`` when given),
-        verify each chunk, cache it, and resolve its flight. A chunk that fails only fails
-        its own flight (the others land, so their waiters need not fetch again); the call
-        raises when any failed."""
+    async def _fetch(self, sites: Sequence[_Site], *, remember: bool = True) -> dict[str, bytes]:
+        """Fetch ``sites`` in one request, verify each chunk, cache it, and resolve its
+        flight. A chunk that fails only fails its own flight (the others land, so their
+        waiters need not fetch again); the call raises when any failed."""
         with self._flights.claim(site.digest for site in sites) as flights:
-            return await self._fetch_into(flights, sites, region=region, remember=remember)
+            return await self._fetch_into(flights, sites, remember=remember)
 
     async def _fetch_into(
-        self,
-        flights: dict[str, Flight],
-        sites: Sequence[_Site],
-        *,
-        region: tuple[int, int] | None = None,
-        remember: bool,
+        self, flights: dict[str, Flight], sites: Sequence[_Site], *, remember: bool
     ) -> dict[str, bytes]:
-        compressed = await self._request(sites, region)
+        compressed = await self._request(sites)
         contents: dict[str, bytes] = {}
         failures: dict[str, LazybuildError] = {}
 
@@ -574,7 +564,12 @@ class LazyLayer:
             contents.update(verified)
             failures.update(failed)
 
-        groups = _verify_groups(list(zip(sites, compressed, strict=True)))
+        groups = _grouped(
+            list(zip(sites, compressed, strict=True)),
+            lambda fetched: len(fetched[1]),
+            VERIFY_GROUP_BYTES,
+            VERIFY_GROUP_CHUNKS,
+        )
         await in_order(groups, VERIFY_JOBS_PER_REQUEST, land)
         self.stats.chunks_fetched += len(contents)
         for site in sites:
@@ -614,18 +609,12 @@ class LazyLayer:
             except OSError as exc:  # a full or read-only cache must not fail the read
                 log.warning("%s: cannot cache %d chunk(s): %s", self._where, len(digests), exc)
 
-    async def _request(self, sites: Sequence[_Site], region: tuple[int, int] | None) -> list[bytes]:
+    async def _request(self, sites: Sequence[_Site]) -> list[bytes]:
         ranges = [(s.chunk.offset, s.chunk.end - s.chunk.offset) for s in sites]
         started = time.perf_counter()
         try:
-            if region is None:
-                compressed = await self._blob.read_ranges(ranges)
-                received = sum(len(piece) for piece in compressed)
-            else:
-                start, stop = region
-                whole = await self._blob.read_at(start, stop - start)
-                received = len(whole)
-                compressed = [whole[o - start : o - start + n] for o, n in ranges]
+            compressed = await self._blob.read_ranges(ranges)
+            received = sum(len(piece) for piece in compressed)
         except Exception as exc:
             files = sorted({site.file for site in sites})
             message = (
@@ -731,37 +720,28 @@ async def _outcome(flight: Flight) -> bytes | None:
     return flight.content
 
 
-def _verify_groups(
-    fetched: Sequence[tuple[_Site, bytes]],
-) -> list[list[tuple[_Site, bytes]]]:
-    groups: list[list[tuple[_Site, bytes]]] = []
-    current: list[tuple[_Site, bytes]] = []
+def _batches(sites: Sequence[_Site], max_bytes: int) -> list[list[_Site]]:
+    return _grouped(sites, lambda site: site.chunk.end - site.chunk.offset, max_bytes)
+
+
+def _grouped(
+    items: Sequence[T], size: Callable[[T], int], max_bytes: int, max_items: int | None = None
+) -> list[list[T]]:
+    """``items`` in order, cut into runs of at most ``max_bytes`` (an item larger than
+    that alone) and at most ``max_items``."""
+    groups: list[list[T]] = []
+    current: list[T] = []
     current_bytes = 0
-    for site, compressed in fetched:
+    for item in items:
+        item_bytes = size(item)
         if current and (
-            current_bytes + len(compressed) > VERIFY_GROUP_BYTES
-            or len(current) >= VERIFY_GROUP_CHUNKS
+            current_bytes + item_bytes > max_bytes
+            or (max_items is not None and len(current) >= max_items)
         ):
             groups.append(current)
             current, current_bytes = [], 0
-        current.append((site, compressed))
-        current_bytes += len(compressed)
+        current.append(item)
+        current_bytes += item_bytes
     if current:
         groups.append(current)
     return groups
-
-
-def _batches(sites: Sequence[_Site], max_bytes: int) -> list[list[_Site]]:
-    batches: list[list[_Site]] = []
-    current: list[_Site] = []
-    current_bytes = 0
-    for site in sites:
-        size = site.chunk.end - site.chunk.offset
-        if current and current_bytes + size > max_bytes:
-            batches.append(current)
-            current, current_bytes = [], 0
-        current.append(site)
-        current_bytes += size
-    if current:
-        batches.append(current)
-    return batches
