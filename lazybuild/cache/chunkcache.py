@@ -31,7 +31,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -122,7 +122,7 @@ class ChunkCache:
         its readers without waiting for the disk, and nobody misses it meanwhile."""
         self._held.update(chunks)
 
-    def write_held(self, digests: Iterable[str]) -> None:
+    def write_held(self, digests: Sequence[str]) -> None:
         """Write the held chunks among ``digests`` to disk and let go of them. An
         OSError (a full or read-only disk) drops the rest: they are only a cache."""
         try:
@@ -130,7 +130,6 @@ class ChunkCache:
                 data = self._held.get(digest)
                 if data is not None:
                     self.put(digest, data)
-                    del self._held[digest]
         finally:
             for digest in digests:
                 self._held.pop(digest, None)

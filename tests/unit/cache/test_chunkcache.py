@@ -197,7 +197,7 @@ def test_held_chunks_read_at_once_and_reach_the_disk_when_written(tmp_path: Path
     for digest, data in chunks.items():
         assert cache.contains(digest) and cache.get(digest) == data
     assert cache.usage() == CacheUsage(0, 0)  # nothing on disk yet
-    cache.write_held(chunks)
+    cache.write_held(list(chunks))
     fresh = ChunkCache(tmp_path)  # another process sees what was written
     for digest, data in chunks.items():
         assert fresh.get(digest) == data
