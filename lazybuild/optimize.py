@@ -41,7 +41,7 @@ from lazybuild.convert import estargz_layer_descriptor
 from lazybuild.errors import FormatError, UsageError
 from lazybuild.estargz.index import clean_name
 from lazybuild.estargz.layerformat import LayerFormat, decompressed_stream
-from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES, PREFETCH_LANDMARK, decode_toc_json
+from lazybuild.estargz.toc import PREFETCH_LANDMARK, decode_toc_json
 from lazybuild.estargz.writer import DEFAULT_CHUNK_SIZE, WriterOptions, WrittenLayer, write_estargz
 from lazybuild.executor.spec import Network
 from lazybuild.imagemount import RegistryOptions, mounted_image
@@ -76,7 +76,13 @@ from lazybuild.profile.artifact import (
     record_artifact,
     record_descriptor,
 )
-from lazybuild.profile.layers import LayerAssignment, TarLayerContents, assign_to_layers
+from lazybuild.profile.layers import (
+    LayerAssignment,
+    TarLayerContents,
+    assign_to_layers,
+    left_out_note,
+    prefetchable,
+)
 from lazybuild.profile.record import (
     RecordEntry,
     encode_record,
@@ -222,19 +228,16 @@ class _Optimizer:
             paths = list(workload.files)
         for layer in layers:
             layer.contents = self._contents(layer)
-        assignment = assign_to_layers(paths, [la.contents for la in layers if la.contents])
+        contents = [la.contents for la in layers if la.contents]
+        assignment = assign_to_layers(paths, contents)
         self._report_assignment(assignment, len(paths))
         left_out: list[str] = []
         prioritized = [
-            _prefetchable(assignment.per_layer[layer.position], layer.contents, left_out)
-            for layer in layers
+            prefetchable(assignment.per_layer[position], layer_contents.size, left_out)
+            for position, layer_contents in enumerate(contents)
         ]
         if left_out:
-            more = ", ..." if len(left_out) > 3 else ""
-            self.progress.line(
-                f"{len(left_out)} file(s) over {human_size(PREFETCH_FILE_MAX_BYTES)} left to "
-                f"on-demand reads: {', '.join(left_out[:3])}{more}"
-            )
+            self.progress.line(left_out_note(left_out))
         entries = tuple(assignment.entries(image.descriptor.digest))
         record = encode_record(entries)
         if self.request.record_out is not None:
@@ -593,20 +596,6 @@ class _Optimizer:
         async with trio.open_nursery() as nursery:
             for layer in layers:
                 nursery.start_soon(work, layer)
-
-
-def _prefetchable(
-    paths: Sequence[str], contents: TarLayerContents | None, left_out: list[str]
-) -> list[str]:
-    """``paths`` without files over ``PREFETCH_FILE_MAX_BYTES`` (added to ``left_out``):
-    a prefetch region holds whole files."""
-    kept = []
-    for path in paths:
-        if contents is not None and contents.size(path) > PREFETCH_FILE_MAX_BYTES:
-            left_out.append(path)
-        else:
-            kept.append(path)
-    return kept
 
 
 def _laid_out_as(layer: _Layer, wanted: Sequence[str]) -> bool:

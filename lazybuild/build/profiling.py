@@ -14,7 +14,6 @@ or hangs is reported, never fatal: the image is written with what was recorded.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,14 +22,13 @@ from pathlib import Path
 import trio
 
 from lazybuild.build.driver import BuildResult
-from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.executor.spec import Network
 from lazybuild.exporter.registrypush import WorkloadRecordAttachment
 from lazybuild.oci.platform import host_platform
 from lazybuild.profile import DirectoryLayerContents, assign_to_layers, record_workload
+from lazybuild.profile.layers import left_out_note, prefetchable
 from lazybuild.profile.record import encode_record, read_record, record_paths, write_record
 from lazybuild.profile.workload import WorkloadRecord
-from lazybuild.progress import human_size
 from lazybuild.worker.layers import LocalLayer
 
 
@@ -74,11 +72,10 @@ async def profile_image(
         write_record(request.record_out, assignment.entries())
     chosen: dict[str, tuple[str, ...]] = {}
     base_chosen: dict[str, tuple[str, ...]] | None = {} if request.optimize_base else None
-    directories = list(reversed(lowers))
     left_out: list[str] = []
     for position, layer in enumerate(snapshot.layers):
         files_here = await trio.to_thread.run_sync(
-            _prefetchable, directories[position], assignment.per_layer[position], left_out
+            prefetchable, assignment.per_layer[position], contents[position].size, left_out
         )
         if isinstance(layer, LocalLayer):
             chosen[layer.id] = files_here
@@ -93,10 +90,7 @@ async def profile_image(
         in_base = sum(len(paths) for paths in base_chosen.values())
         summary += f", {in_base} in the {len(base)} base layer(s)"
     if left_out:
-        summary += (
-            f"; {len(left_out)} file(s) over {human_size(PREFETCH_FILE_MAX_BYTES)} left to "
-            f"on-demand reads ({', '.join(left_out[:3])}{', ...' if len(left_out) > 3 else ''})"
-        )
+        summary += f"; {left_out_note(left_out)}"
     line(summary)
     attachment = None
     if assignment.files:
@@ -107,22 +101,6 @@ async def profile_image(
             platform=host_platform(),
         )
     return Profile(chosen, attachment, base_chosen)
-
-
-def _prefetchable(directory: Path, paths: Sequence[str], left_out: list[str]) -> tuple[str, ...]:
-    """``paths`` without files over ``PREFETCH_FILE_MAX_BYTES`` (added to ``left_out``):
-    a prefetch region holds whole files."""
-    kept = []
-    for path in paths:
-        try:
-            size = os.lstat(directory / path).st_size
-        except OSError:
-            size = 0
-        if size > PREFETCH_FILE_MAX_BYTES:
-            left_out.append(path)
-        else:
-            kept.append(path)
-    return tuple(kept)
 
 
 async def _recorded_files(

@@ -19,15 +19,22 @@ import os
 import posixpath
 import stat
 import tarfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
 from lazybuild.errors import FormatError
 from lazybuild.estargz.index import clean_name
-from lazybuild.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC, TOC_TAR_NAME
+from lazybuild.estargz.toc import (
+    NO_PREFETCH_LANDMARK,
+    PREFETCH_FILE_MAX_BYTES,
+    PREFETCH_LANDMARK,
+    TOC,
+    TOC_TAR_NAME,
+)
 from lazybuild.profile.record import RecordEntry
+from lazybuild.progress import human_size
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -156,6 +163,13 @@ class DirectoryLayerContents:
             return "hidden" if self._is_whiteout(path, info) else "present"
         return "hidden" if opaque_parent else "absent"
 
+    def size(self, path: str) -> int:
+        """The size of the entry at ``path`` (0 when there is none)."""
+        try:
+            return os.lstat(self.root / path).st_size
+        except OSError:
+            return 0
+
     def _lstat(self, path: str) -> os.stat_result | None:
         try:
             return os.lstat(self.root / path)
@@ -172,6 +186,29 @@ class DirectoryLayerContents:
             return os.getxattr(self.root / path, name, follow_symlinks=False)
         except OSError:
             return None
+
+
+def prefetchable(
+    paths: Sequence[str], size: Callable[[str], int], left_out: list[str]
+) -> tuple[str, ...]:
+    """``paths`` without files over ``PREFETCH_FILE_MAX_BYTES`` (added to ``left_out``):
+    a prefetch region holds whole files."""
+    kept = []
+    for path in paths:
+        if size(path) > PREFETCH_FILE_MAX_BYTES:
+            left_out.append(path)
+        else:
+            kept.append(path)
+    return tuple(kept)
+
+
+def left_out_note(left_out: Sequence[str]) -> str:
+    """What ``prefetchable`` left out, for the progress line."""
+    more = ", ..." if len(left_out) > 3 else ""
+    return (
+        f"{len(left_out)} file(s) over {human_size(PREFETCH_FILE_MAX_BYTES)} left to "
+        f"on-demand reads ({', '.join(left_out[:3])}{more})"
+    )
 
 
 @dataclass(frozen=True)
