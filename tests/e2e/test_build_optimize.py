@@ -9,20 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
-import trio
 
 from lazybuild.cli.main import main
 from lazybuild.estargz.layerformat import decompressed_stream
 from lazybuild.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
 from lazybuild.oci import mediatypes
-from lazybuild.oci.platform import host_platform
 from lazybuild.profile.record import read_record
-from lazybuild.registry.client import RegistryClient
-from lazybuild.registry.reference import Reference
 from tests.e2e.buildsupport import assert_nothing_left, lazybuild, write_context
 from tests.support.gochecker import build_go_checker, go_available, run_go_checker
 from tests.support.images import read_layout_image
-from tests.support.registry import Registry
+from tests.support.registry import Registry, resolve_pushed
 
 APP = """\
 ARG BASE
@@ -246,7 +242,7 @@ def test_a_run_prefetches_the_base_files_the_published_record_lists(
         )
         assert run.stdout == "c\na\n"
         by_digest = {layer["digest"]: layer for layer in json.loads(report.read_text())["layers"]}
-        runs[name] = (run.stderr, [by_digest[digest] for digest in _layer_digests(reference)])
+        runs[name] = (run.stderr, [by_digest[digest] for digest in resolve_pushed(reference)[1]])
     record = read_record(record_path)
     top = max(entry.layer_index or 0 for entry in record)
     in_base = {entry.layer_index for entry in record if (entry.layer_index or 0) < top}
@@ -261,12 +257,3 @@ def test_a_run_prefetches_the_base_files_the_published_record_lists(
         layer["requests"] for layer in runs["plain"][1]
     )
     assert_nothing_left(tmp_path / "state")
-
-
-def _layer_digests(reference: str) -> list[str]:
-    async def resolve() -> list[str]:
-        async with RegistryClient() as client:
-            resolved = await client.resolve_image(Reference.parse(reference), host_platform())
-            return [layer.digest for layer in resolved.manifest.layers]
-
-    return trio.run(resolve)

@@ -64,7 +64,7 @@ from tests.support.imagebuild import (
     write_layer,
 )
 from tests.support.images import LayoutImage
-from tests.support.registry import Registry
+from tests.support.registry import Registry, resolve_pushed
 
 pytestmark = pytest.mark.root
 
@@ -216,7 +216,7 @@ def test_recorded_files_come_first_in_each_layer_in_recorded_order(optimized: Op
         assert [name for name, kind in before if kind != "dir"] == wanted, f"layer {index}"
     assert {e.layer_index for e in record} == {0, 1, 2}
     # Optimizing again with the same record kept every layer byte for byte.
-    assert [layer["digest"] for layer in image.layers] == _resolve(optimized.reference)[1]
+    assert [layer["digest"] for layer in image.layers] == resolve_pushed(optimized.reference)[1]
     # diff_ids follow the rewritten tars.
     for layer, diff_id in zip(image.layers, image.config["rootfs"]["diff_ids"], strict=True):
         with image.blob(layer["digest"]).open("rb") as raw:
@@ -258,19 +258,8 @@ def test_the_record_goes_with_the_image(optimized: Optimized) -> None:
     assert manifest_annotations[RECORD_ANNOTATION] == artifact["layers"][0]["digest"]
 
 
-def _resolve(reference: str) -> tuple[str, list[str]]:
-    """The image manifest's digest and its layers' digests."""
-
-    async def resolve() -> tuple[str, list[str]]:
-        async with RegistryClient() as client:
-            resolved = await client.resolve_image(Reference.parse(reference), host_platform())
-            return resolved.manifest_digest, [d.digest for d in resolved.manifest.layers]
-
-    return trio.run(resolve)
-
-
 def _manifest_digest(reference: str) -> str:
-    return _resolve(reference)[0]
+    return resolve_pushed(reference)[0]
 
 
 def _sha256_stream(stream: BinaryIO) -> str:

@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import trio
 
+from lazybuild.oci.platform import host_platform
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
 from tests.support import procs
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
@@ -171,3 +175,15 @@ class TokenRegistry(Registry):
 
     def __enter__(self) -> TokenRegistry:
         return self.start()
+
+
+def resolve_pushed(reference: str) -> tuple[str, list[str]]:
+    """The digest of the image manifest ``reference`` names for this host, and its
+    layers' digests, as a client sees them."""
+
+    async def resolve() -> tuple[str, list[str]]:
+        async with RegistryClient() as client:
+            resolved = await client.resolve_image(Reference.parse(reference), host_platform())
+            return resolved.manifest_digest, [d.digest for d in resolved.manifest.layers]
+
+    return trio.run(resolve)
