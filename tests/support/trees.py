@@ -18,7 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import zstandard
+
+from lazybuild.estargz.footer import FOOTER_SIZE
 from lazybuild.estargz.index import Node
+from lazybuild.estargz.layerformat import ZSTD_MAGIC, LayerFormat, detect_format
 from lazybuild.estargz.reader import decompress_chunk, parse_layer
 
 # Entries an eStargz layer adds that are not part of the image's file tree.
@@ -147,14 +151,43 @@ def _node_facts(node: Node, blob: bytes) -> Facts:
     )
 
 
+def layer_format(blob_path: Path) -> LayerFormat:
+    """What a layer blob is, from its magic bytes and footer (lazybuild's own detection)."""
+    with blob_path.open("rb") as blob:
+        head = blob.read(len(ZSTD_MAGIC))
+        size = blob.seek(0, os.SEEK_END)
+        blob.seek(max(0, size - FOOTER_SIZE))
+        tail = blob.read()
+    return detect_format("", head, tail)
+
+
 def layer_tree(blob_path: Path) -> Tree:
-    """Facts of a layer blob, whatever its format (eStargz through lazybuild's reader)."""
-    data = blob_path.read_bytes()
-    try:
-        return estargz_tree(data)
-    except Exception:  # not eStargz: read it as the tar.gz it also is
+    """Facts of a layer blob, whatever its format.
+
+    eStargz and legacy stargz layers go through lazybuild's reader, and any error it
+    raises (a bad TOC, a chunk digest mismatch) propagates: only layers that are not
+    stargz at all are read with ``tarfile``.
+    """
+    kind = layer_format(blob_path)
+    if kind in (LayerFormat.ESTARGZ, LayerFormat.LEGACY_STARGZ):
+        return estargz_tree(blob_path.read_bytes())
+    if kind is LayerFormat.GZIP:
         with gzip.open(blob_path, "rb") as stream:
-            return tar_tree(stream)  # type: ignore[arg-type]
+            tree = tar_tree(stream)  # type: ignore[arg-type]
+    elif kind is LayerFormat.ZSTD:
+        with blob_path.open("rb") as raw:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            tree = tar_tree(reader)  # type: ignore[arg-type]
+    elif kind is LayerFormat.UNCOMPRESSED:
+        with blob_path.open("rb") as stream:
+            tree = tar_tree(stream)
+    else:
+        raise ValueError(f"{blob_path}: layer_tree cannot read {kind.value} layers")
+    # A layer that carries a TOC but was not detected as stargz means a broken footer
+    # (or broken detection); reading it as a plain tar would hide that.
+    if "stargz.index.json" in tree.entries:
+        raise AssertionError(f"{blob_path}: has a stargz TOC entry but no stargz footer")
+    return tree
 
 
 def flatten(layers: Iterable[Tree]) -> dict[str, Facts]:
