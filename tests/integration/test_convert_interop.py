@@ -3,7 +3,7 @@
 - Images converted by ``ctr-remote image convert --estargz --oci`` are read by
   lazybuild's reader: every entry equals the one in the original layer.
 - Images converted by lazybuild pull and run in containerd and in dockerd, and the
-  root filesystem dockerd unpacks equals the original image's.
+  root filesystems containerd and dockerd unpack equal the original image's.
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd
 from tests.support.images import read_layout_image
 from tests.support.registry import Registry
-from tests.support.trees import ESTARGZ_ARTEFACTS, Facts, flatten, layer_tree, tar_tree
+from tests.support.trees import (
+    ESTARGZ_ARTEFACTS,
+    Facts,
+    Tree,
+    directory_tree,
+    flatten,
+    layer_tree,
+    tar_tree,
+)
 
 pytestmark = pytest.mark.root
 
@@ -77,12 +85,26 @@ def _runtime_view(entries: dict[str, Facts]) -> dict[str, Facts]:
     return kept
 
 
+def _surviving_hardlinks(layers: list[Tree], merged: dict[str, Facts]) -> set[frozenset[str]]:
+    """Hardlink groups of the root filesystem ``layers`` make: a name stays in its layer's
+    group when it is in ``merged`` and no later layer puts another entry there."""
+    groups = set()
+    for number, layer in enumerate(layers):
+        later = set().union(*(upper.entries.keys() for upper in layers[number + 1 :]))
+        for group in layer.hardlinks:
+            kept = frozenset(p for p in group if p in merged and p not in later)
+            if len(kept) > 1:
+                groups.add(kept)
+    return groups
+
+
 def test_lazybuild_output_runs_in_containerd_and_dockerd(
     rich_image: str,
     rich_image_layout: Path,
     registry: Registry,
     containerd: Containerd,
     dockerd: Dockerd,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     reference = f"{registry.host}/test/rich:lazybuild"
@@ -93,6 +115,29 @@ def test_lazybuild_output_runs_in_containerd_and_dockerd(
     )
     expected_output = "hello\ndocs were replaced\n"
     assert containerd.run_image(reference, "/bin/sh", "-c", check) == expected_output
+
+    original = read_layout_image(rich_image_layout)
+    original_layers = [layer_tree(original.blob(d["digest"])) for d in original.layers]
+    merged = flatten(original_layers)
+    # containerd's unpacked tree (the snapshot its containers start from) keeps every
+    # fact: xattrs, mtimes to the second, hardlinks as shared inodes.
+    # The TOC and landmark are tar entries too, so containerd unpacks them as files.
+    with containerd.mounted_image(reference, tmp_path / "containerd-rootfs") as root:
+        in_containerd = directory_tree(root)
+    unpacked_files = {p: f for p, f in in_containerd.entries.items() if p not in ESTARGZ_ARTEFACTS}
+    expected_tree = {p: f for p, f in merged.items() if p and p not in ESTARGZ_ARTEFACTS}
+    assert sorted(unpacked_files) == sorted(expected_tree)
+    for path, facts in expected_tree.items():
+        got = unpacked_files[path]
+        # Layer facts round sub-second mtimes (as eStargz's TOC does); the unpacked file
+        # has the exact mtime, which stat facts truncate: one second less at most.
+        assert replace(got, mtime=0) == replace(facts, mtime=0), path
+        assert got.mtime in (facts.mtime, facts.mtime - 1), path
+    assert in_containerd.hardlinks == _surviving_hardlinks(original_layers, merged)
+    assert frozenset({"srv/big.bin", "srv/big-hardlink.bin"}) in in_containerd.hardlinks
+    hello = unpacked_files["srv/hello.txt"]
+    assert (hello.mode, hello.uid, hello.gid) == (0o4755, 1234, 5678)
+    assert hello.xattrs == (("user.lazybuild.note", b"\x00binary\xff"),)
 
     dockerd.docker("pull", reference)
     run = dockerd.docker("run", "--rm", "--network", "none", reference, "/bin/sh", "-c", check)
@@ -106,10 +151,7 @@ def test_lazybuild_output_runs_in_containerd_and_dockerd(
     finally:
         dockerd.docker("rm", container)
     unpacked = _runtime_view(tar_tree(io.BytesIO(exported)).entries)
-    original = read_layout_image(rich_image_layout)
-    expected = _runtime_view(
-        flatten(layer_tree(original.blob(d["digest"])) for d in original.layers)
-    )
+    expected = _runtime_view(merged)
     assert sorted(unpacked) == sorted(expected)
     # Directories the runtime wrote into (/, /etc) have new mtimes. Elsewhere mtimes agree
     # to the second: eStargz rounds sub-second mtimes, tar extraction truncates them.

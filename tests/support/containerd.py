@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support import procs
@@ -125,6 +127,17 @@ class Containerd:
         container_id = f"lazybuild-test-{uuid.uuid4().hex[:12]}"
         completed = self.ctr("run", "--rm", "--runc-binary", RUNC, ref, container_id, *cmd)
         return completed.stdout
+
+    @contextmanager
+    def mounted_image(self, ref: str, target: Path) -> Iterator[Path]:
+        """The root filesystem containerd unpacked for ``ref`` (pulled already), mounted
+        read-only at ``target`` (a view snapshot of its layers: nothing a runtime adds)."""
+        target.mkdir(parents=True, exist_ok=True)
+        self.ctr("images", "mount", ref, str(target))
+        try:
+            yield target
+        finally:
+            self.ctr("images", "unmount", "--rm", str(target))
 
     def stop(self) -> None:
         if self._daemon is not None:
