@@ -2,9 +2,10 @@
 
 With ``LAZYBUILD_FETCH_TRACE=FILE`` in the environment, each request appends one JSON
 line to FILE: when it started and ended (monotonic seconds, comparable across the
-processes of one machine), the layer, the bytes received and the files whose chunks it
-carried. A build that spends its time waiting shows up as a chain of small requests,
-one after the other; that is what read-ahead and prefetching are tuned against.
+processes of one machine), the layer, the bytes received, the files whose chunks it
+carried and where in its file each of the first chunks starts. A build that spends its
+time waiting shows up as a chain of small requests, one after the other; that is what
+read-ahead and prefetching are tuned against.
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ from collections.abc import Sequence
 
 ENVIRONMENT_VARIABLE = "LAZYBUILD_FETCH_TRACE"
 _FILES_SHOWN = 8
+_CHUNKS_SHOWN = 16
 
 
-def trace_fetch(layer: str, started: float, files: Sequence[str], received: int) -> None:
+def trace_fetch(
+    layer: str,
+    started: float,
+    files: Sequence[str],
+    received: int,
+    chunks: Sequence[tuple[str, int]] = (),
+) -> None:
     """Append one request to the trace file, if tracing is on."""
     path = os.environ.get(ENVIRONMENT_VARIABLE)
     if not path:
@@ -30,6 +38,8 @@ def trace_fetch(layer: str, started: float, files: Sequence[str], received: int)
         "bytes": received,
         "files": len(files),
         "some_files": list(files[:_FILES_SHOWN]),
+        # Where in its file each chunk starts: which parts of a big file were wanted.
+        "some_chunks": [f"{file}@{offset}" for file, offset in chunks[:_CHUNKS_SHOWN]],
     }
     try:
         # One write of one line in append mode: lines of concurrent writers do not mix.
