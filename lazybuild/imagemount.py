@@ -21,7 +21,7 @@ from lazybuild.errors import LazybuildError
 from lazybuild.lazyfs.client import FetchReport, LayerMount, LazyMountService
 from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.oci.platform import host_platform
-from lazybuild.profile.published import files_by_layer, published_record
+from lazybuild.profile.published import prefetch_plan, published_record
 from lazybuild.profile.record import RecordEntry
 from lazybuild.progress import Progress, human_size, short_digest
 from lazybuild.registry.client import RegistryClient, ResolvedImage
@@ -109,11 +109,11 @@ async def mounted_image(
                 nursery.start_soon(fetch_record)
             layers = await service.add_image(resolved.ref, list(resolved.manifest.layers))
         if records and records[0]:
-            files = files_by_layer(records[0], resolved)
-            _, size = await service.prefetch_files(files)
+            plan = prefetch_plan(records[0], resolved)
+            _, size = await service.prefetch_files(plan.files, plan.ranges)
             progress.line(
-                f"prefetching {sum(map(len, files.values()))} file(s) the image's workload "
-                f"read when it was built: {human_size(size)} not cached yet"
+                f"prefetching {sum(map(len, plan.files.values()))} file(s) the image's "
+                f"workload read when it was built: {human_size(size)} not cached yet"
             )
         _report_layers(layers, progress)
         target.mkdir(parents=True, exist_ok=True)

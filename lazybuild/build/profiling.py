@@ -27,7 +27,13 @@ from lazybuild.exporter.registrypush import WorkloadRecordAttachment
 from lazybuild.oci.platform import host_platform
 from lazybuild.profile import DirectoryLayerContents, assign_to_layers, record_workload
 from lazybuild.profile.layers import left_out_note, prefetchable
-from lazybuild.profile.record import encode_record, read_record, record_paths, write_record
+from lazybuild.profile.record import (
+    ReadRanges,
+    encode_record,
+    read_record,
+    record_paths,
+    write_record,
+)
 from lazybuild.profile.workload import WorkloadRecord
 from lazybuild.worker.layers import LocalLayer
 
@@ -64,12 +70,12 @@ async def profile_image(
     base = snapshot.remote_layers
     if not made and not (request.optimize_base and base):
         return Profile({}, None)
-    files, workload = await _recorded_files(result, request, line)
+    files, workload, read_ranges = await _recorded_files(result, request, line)
     lowers = await result.mounter.lower_dirs(snapshot)
     contents = [DirectoryLayerContents(directory) for directory in reversed(lowers)]
     assignment = assign_to_layers(files, contents)
     if request.record_out is not None:
-        write_record(request.record_out, assignment.entries())
+        write_record(request.record_out, assignment.entries(read_ranges=read_ranges))
     chosen: dict[str, tuple[str, ...]] = {}
     base_chosen: dict[str, tuple[str, ...]] | None = {} if request.optimize_base else None
     left_out: list[str] = []
@@ -95,7 +101,7 @@ async def profile_image(
     attachment = None
     if assignment.files:
         attachment = WorkloadRecordAttachment(
-            record=encode_record(assignment.entries()),
+            record=encode_record(assignment.entries(read_ranges=read_ranges)),
             command=workload.args if workload else (),
             outcome=workload.outcome.to_json() if workload else None,
             platform=host_platform(),
@@ -105,18 +111,26 @@ async def profile_image(
 
 async def _recorded_files(
     result: BuildResult, request: ProfileRequest, line: Callable[[str], None]
-) -> tuple[Sequence[str], WorkloadRecord | None]:
+) -> tuple[Sequence[str], WorkloadRecord | None, dict[str, ReadRanges]]:
+    """The files the workload read in order, its record, and by path the places it read
+    of files too big to prefetch whole."""
     if request.record_in is not None:
-        return record_paths(read_record(request.record_in)), None
+        entries = read_record(request.record_in)
+        ranges = {entry.path: entry.read_ranges for entry in entries if entry.read_ranges}
+        return record_paths(entries), None, ranges
     config = result.config.to_oci_config()
     settings = config.get("config") or {}
     if request.command is None and not (settings.get("Entrypoint") or settings.get("Cmd")):
         line("workload profile: the image has no ENTRYPOINT or CMD; nothing to profile")
-        return (), None
+        return (), None, {}
     with result.store.staging() as area:
         async with result.mounter.mounted(
             result.snapshot, area.merged, upper=area.upper, work=area.work
         ) as rootfs:
+            # fanotify names the files; where in a big file the workload read, only the
+            # lazy filesystem sees, and only for pages the kernel has not cached (the
+            # build's own steps may have read them).
+            mark = await result.mounter.mark_reads(reread_big_files=True)
             record = await record_workload(
                 rootfs,
                 config,
@@ -127,9 +141,10 @@ async def _recorded_files(
                 network=request.network,
                 scratch_dir=area.scratch,
             )
+            ranges = {} if mark is None else await result.mounter.ranges_since(mark)
     verdict = "" if record.outcome.succeeded else " (not fatal: the image keeps what it read)"
     line(
         f"workload profile: {' '.join(record.args)} {record.outcome.describe()}; "
         f"it read {len(record.files)} file(s){verdict}"
     )
-    return record.files, record
+    return record.files, record, ranges

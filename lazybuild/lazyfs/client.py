@@ -331,9 +331,11 @@ class LazyMountService:
         """Fetch these added layers whole now, in large requests (before reading all)."""
         await self._request(control.FetchAll(tuple(digests)))
 
-    async def mark_reads(self) -> int:
-        """A mark in the filesystem's record of reads, for ``reads_since``."""
-        reply = await self._request(control.MarkReads())
+    async def mark_reads(self, *, reread_big_files: bool = False) -> int:
+        """A mark in the filesystem's record of reads, for ``reads_since`` and
+        ``ranges_since``; with ``reread_big_files``, the kernel forgets the pages it has
+        cached of big files, so that every place of them read after it is recorded."""
+        reply = await self._request(control.MarkReads(reread_big_files=reread_big_files))
         return int(reply.get("mark", 0))
 
     async def reads_since(self, mark: int) -> dict[str, list[str]]:
@@ -341,10 +343,19 @@ class LazyMountService:
         reply = await self._request(control.ReadsSince(mark))
         return control.layer_files(reply.get("layers"), "reads_since reply")
 
-    async def prefetch_files(self, files: dict[str, list[str]]) -> tuple[int, int]:
-        """Start fetching these files of added layers; the chunks and compressed bytes
-        scheduled (what was neither cached nor being fetched)."""
-        reply = await self._request(control.PrefetchFiles(files))
+    async def ranges_since(self, mark: int) -> control.LayerRanges:
+        """By layer digest and path, the places read since ``mark`` in big files (over
+        ``PREFETCH_FILE_MAX_BYTES``)."""
+        reply = await self._request(control.ReadsSince(mark))
+        return control.layer_ranges(reply.get("ranges", {}), "reads_since reply")
+
+    async def prefetch_files(
+        self, files: dict[str, list[str]], ranges: control.LayerRanges | None = None
+    ) -> tuple[int, int]:
+        """Start fetching these files of added layers, big ones only in their ``ranges``;
+        the chunks and compressed bytes scheduled (what was neither cached nor being
+        fetched)."""
+        reply = await self._request(control.PrefetchFiles(files, ranges or {}))
         return int(reply.get("chunks", 0)), int(reply.get("bytes", 0))
 
     async def stats(self) -> FetchReport:

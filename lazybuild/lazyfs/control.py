@@ -9,7 +9,7 @@ requests run concurrently.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import trio
@@ -19,6 +19,8 @@ from lazybuild.errors import FormatError
 # Lists of read files travel in one line (reads_since, prefetch_files).
 MAX_LINE = 16 << 20
 LayerMode = Literal["lazy", "unpacked"]
+# By layer digest and path: (offset, length) places read in a big file.
+LayerRanges = dict[str, dict[str, list[tuple[int, int]]]]
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,18 @@ class FetchAll:
 
 @dataclass(frozen=True)
 class MarkReads:
-    """A point in the filesystem's record of reads; the answer is ``{"mark": n}``."""
+    """A point in the filesystem's record of reads; the answer is ``{"mark": n}``.
+    ``reread_big_files`` drops the kernel's cached pages of big files first, so that
+    every place read after the mark reaches the filesystem and is recorded."""
 
+    reread_big_files: bool = False
     op: Literal["mark_reads"] = "mark_reads"
 
 
 @dataclass(frozen=True)
 class ReadsSince:
-    """The files read since ``mark``: ``{"layers": {layer digest: [paths]}}``."""
+    """The files read since ``mark``: ``{"layers": {layer digest: [paths]},
+    "ranges": {layer digest: {path: [[offset, length]]}}}``, the ranges for big files."""
 
     mark: int
     op: Literal["reads_since"] = "reads_since"
@@ -63,6 +69,8 @@ class PrefetchFiles:
     is ``{"chunks": n, "bytes": n}``, what was scheduled (nothing cached or in flight)."""
 
     files: dict[str, list[str]]  # layer digest -> paths
+    # Big files are fetched only in these places (without any, not at all).
+    ranges: LayerRanges = field(default_factory=dict)
     op: Literal["prefetch_files"] = "prefetch_files"
 
 
@@ -92,8 +100,10 @@ def encode_request(request: Request) -> bytes:
         return encode({"op": request.op, "digests": list(request.digests)})
     if isinstance(request, ReadsSince):
         return encode({"op": request.op, "mark": request.mark})
+    if isinstance(request, MarkReads):
+        return encode({"op": request.op, "reread_big_files": request.reread_big_files})
     if isinstance(request, PrefetchFiles):
-        return encode({"op": request.op, "files": request.files})
+        return encode({"op": request.op, "files": request.files, "ranges": request.ranges})
     return encode({"op": request.op})
 
 
@@ -123,14 +133,17 @@ def decode_request(line: bytes) -> Request:
             raise FormatError("fetch_all needs a list of layer digests")
         return FetchAll(digests=tuple(digests))
     if op == "mark_reads":
-        return MarkReads()
+        return MarkReads(reread_big_files=message.get("reread_big_files") is True)
     if op == "reads_since":
         mark = message.get("mark")
         if not isinstance(mark, int) or isinstance(mark, bool) or mark < 0:
             raise FormatError("reads_since needs a non-negative integer 'mark'")
         return ReadsSince(mark=mark)
     if op == "prefetch_files":
-        return PrefetchFiles(files=layer_files(message.get("files"), "prefetch_files"))
+        return PrefetchFiles(
+            files=layer_files(message.get("files"), "prefetch_files"),
+            ranges=layer_ranges(message.get("ranges", {}), "prefetch_files"),
+        )
     if op == "shutdown":
         return Shutdown()
     raise FormatError(f"unknown control operation {op!r}")
@@ -146,6 +159,34 @@ def layer_files(value: Any, what: str) -> dict[str, list[str]]:
     ):
         raise FormatError(f"{what} needs an object of layer digests to lists of paths")
     return {digest: list(paths) for digest, paths in value.items()}
+
+
+def layer_ranges(value: Any, what: str) -> LayerRanges:
+    """``{layer digest: {path: [[offset, length]]}}`` checked for shape."""
+    problem = f"{what} needs an object of layer digests to objects of paths to ranges"
+    if not isinstance(value, dict):
+        raise FormatError(problem)
+    checked: LayerRanges = {}
+    for digest, by_path in value.items():
+        if not isinstance(by_path, dict):
+            raise FormatError(problem)
+        checked[digest] = {path: _ranges(ranges, problem) for path, ranges in by_path.items()}
+    return checked
+
+
+def _ranges(value: Any, problem: str) -> list[tuple[int, int]]:
+    if not isinstance(value, list):
+        raise FormatError(problem)
+    ranges = []
+    for pair in value:
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in pair)
+        ):
+            raise FormatError(problem)
+        ranges.append((pair[0], pair[1]))
+    return ranges
 
 
 def ok(**fields: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ rest is dictionary lookups.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -18,6 +19,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Protocol
 
 import pyfuse3
+import trio
 
 from lazybuild.errors import LazybuildError
 from lazybuild.estargz.index import LayerIndex, Node
@@ -42,8 +44,9 @@ _FILE_TYPES = {
 }
 _NANOS = 1_000_000_000
 
-AccessLog = Callable[[str, str], None]
-"""Called with (layer name, path inside the layer) on every open and read."""
+AccessLog = Callable[[str, str, int, int, int], None]
+"""Called on every open and read with (layer name, path inside the layer, offset, size,
+file size); an open reads nothing (offset and size 0)."""
 
 
 class LayerContent(Protocol):
@@ -113,6 +116,21 @@ class LazyFilesystem(pyfuse3.Operations):
             pyfuse3.invalidate_entry_async(
                 pyfuse3.ROOT_INODE, os.fsencode(name), ignore_enoent=True
             )
+
+    async def forget_cached_pages(self, min_size: int) -> None:
+        """Drop the kernel's cached pages of the regular files over ``min_size`` that it
+        has seen, so their next reads come here (and reach the access log) again."""
+        if not self._session_running:
+            return
+        inodes = [
+            inode
+            for tree in self._table.layers()
+            for inode, node in tree.shown()
+            if node.type == "reg" and node.size > min_size
+        ]
+        # In a thread: the kernel waits for pages locked by reads in flight, and those
+        # are answered by this loop.
+        await trio.to_thread.run_sync(_invalidate_pages, inodes)
 
     @property
     def layer_names(self) -> list[str]:
@@ -232,7 +250,7 @@ class LazyFilesystem(pyfuse3.Operations):
         handle = self._next_handle
         self._next_handle += 1
         self._open_files[handle] = _OpenFile(tree, node, content)
-        self._record_access(tree, node)
+        self._record_access(tree, node, 0, 0)
         # Immutable content: let the page cache keep it across opens.
         return pyfuse3.FileInfo(fh=handle, keep_cache=True)
 
@@ -244,7 +262,7 @@ class LazyFilesystem(pyfuse3.Operations):
         size = min(size, node.size - off)
         if size <= 0:
             return b""
-        self._record_access(opened.tree, node)
+        self._record_access(opened.tree, node, off, size)
         try:
             async with self._foreground() if self._foreground else nullcontext():
                 return await opened.content.read(node, off, size)
@@ -304,9 +322,9 @@ class LazyFilesystem(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return found
 
-    def _record_access(self, tree: LayerTree, node: Node) -> None:
+    def _record_access(self, tree: LayerTree, node: Node, offset: int, size: int) -> None:
         if self.access_log is not None:
-            self.access_log(tree.name, node.name)
+            self.access_log(tree.name, node.name, offset, size, node.size)
 
     def _attributes(self, tree: LayerTree, node: Node) -> pyfuse3.EntryAttributes:
         return node_attributes(tree.inode_of(node), node)
@@ -323,6 +341,13 @@ class LazyFilesystem(pyfuse3.Operations):
         attributes.st_ctime_ns = self._root_mtime_ns
         attributes.entry_timeout = attributes.attr_timeout = ROOT_TIMEOUT
         return attributes
+
+
+def _invalidate_pages(inodes: Sequence[int]) -> None:
+    for inode in inodes:
+        # OSError: the kernel has forgotten the inode already, so nothing is cached.
+        with contextlib.suppress(OSError):
+            pyfuse3.invalidate_inode(inode, attr_only=False)
 
 
 def node_attributes(inode: int, node: Node) -> pyfuse3.EntryAttributes:

@@ -100,6 +100,11 @@ class LayerTree:
             self._local_ids[node] = local
         return (self.slot << _LOCAL_BITS) | local
 
+    def shown(self) -> Iterator[tuple[int, Node]]:
+        """(inode, node) for every node handed out so far: all the kernel may know."""
+        for local, node in enumerate(self._nodes, start=1):
+            yield (self.slot << _LOCAL_BITS) | local, node
+
     def node(self, inode: int) -> Node | None:
         local = inode & _LOCAL_MASK
         return self._nodes[local - 1] if 0 < local <= len(self._nodes) else None

@@ -15,7 +15,7 @@ import logging
 import os
 import posixpath
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -294,21 +294,26 @@ class LazyLayer:
         self.stats.prefetch_bytes += scheduled
         return scheduled
 
-    async def prefetch_files(self, paths: Sequence[str]) -> tuple[int, int]:
+    async def prefetch_files(
+        self, paths: Sequence[str], ranges: Mapping[str, Sequence[tuple[int, int]]] | None = None
+    ) -> tuple[int, int]:
         """Start fetching the chunks of ``paths`` (files a step read last time, or that an
-        image's workload record lists) that are neither cached nor being fetched, files
-        over ``PREFETCH_FILE_MAX_BYTES`` aside, in batches in the given order; returns the
-        chunks and compressed bytes scheduled. Their flights are registered before this
-        returns, so the step's reads wait for them instead of fetching again."""
+        image's workload record lists) that are neither cached nor being fetched, in
+        batches in the given order; returns the chunks and compressed bytes scheduled.
+        A file over ``PREFETCH_FILE_MAX_BYTES`` is mostly read in places: only the
+        chunks under its ``ranges`` (offset, length) come, and none without any. The
+        flights are registered before this returns, so the step's reads wait for them
+        instead of fetching again."""
         sites: list[_Site] = []
         seen: set[str] = set()
         for path in paths:
             node = self.index.lookup(path)
             if node is None or node.type != "reg":
                 continue  # gone from this version of the layer: nothing to fetch
+            chunks = node.chunks
             if node.size > PREFETCH_FILE_MAX_BYTES:
-                continue  # a big file is mostly read in places: those come on demand
-            for chunk in node.chunks:
+                chunks = _chunks_under(node, (ranges or {}).get(path, ()))
+            for chunk in chunks:
                 if chunk.digest not in seen:
                     seen.add(chunk.digest)
                     sites.append(_Site(chunk, node.name))
@@ -629,7 +634,13 @@ class LazyLayer:
             self.stats.fetch_seconds += time.perf_counter() - started
         self.stats.requests += 1
         self.stats.bytes_fetched += received
-        trace_fetch(self._where, started, sorted({site.file for site in sites}), received)
+        trace_fetch(
+            self._where,
+            started,
+            sorted({site.file for site in sites}),
+            received,
+            [(site.file, site.chunk.chunk_offset) for site in sites],
+        )
         return compressed
 
     def _verify_group(
@@ -704,6 +715,17 @@ class LazyLayer:
                         by_digest.setdefault(chunk.digest, _Site(chunk, node.name))
             self._sites = list(by_digest.values())
         return self._sites
+
+
+def _chunks_under(node: Node, ranges: Sequence[tuple[int, int]]) -> list[ChunkRef]:
+    """The chunks of ``node`` holding bytes of ``ranges``, in the order the ranges come."""
+    picked: list[ChunkRef] = []
+    for offset, length in ranges:
+        end = min(offset + length, node.size)
+        if offset < end and node.chunks:
+            first, last = _covering(node.chunks, offset, end)
+            picked.extend(node.chunks[first:last])
+    return picked
 
 
 def _covering(chunks: Sequence[ChunkRef], offset: int, end: int) -> tuple[int, int]:

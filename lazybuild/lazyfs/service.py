@@ -24,6 +24,7 @@ import trio
 
 from lazybuild.cache.chunkcache import DEFAULT_MAX_BYTES, ChunkCache
 from lazybuild.errors import LazybuildError
+from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.fuse import LazyFilesystem
 from lazybuild.lazyfs.layer import LazyLayer
@@ -145,16 +146,26 @@ class LayerSource:
                 if mounted.layer is not None:
                     nursery.start_soon(mounted.layer.fetch_everything)
 
-    async def prefetch_files(self, files: dict[str, list[str]]) -> tuple[int, int]:
+    async def prefetch_files(
+        self, files: dict[str, list[str]], ranges: control.LayerRanges
+    ) -> tuple[int, int]:
         """Start fetching these files of added lazy layers (others are skipped: unknown
-        or unpacked layers have nothing to fetch); the chunks and bytes scheduled."""
+        or unpacked layers have nothing to fetch), big ones in the ``ranges`` given for
+        them; the chunks and bytes scheduled."""
         chunks = size = 0
         for digest, paths in files.items():
             mounted = self._mounted.get(digest)
             if mounted is not None and mounted.layer is not None:
-                scheduled, scheduled_bytes = await mounted.layer.prefetch_files(paths)
+                scheduled, scheduled_bytes = await mounted.layer.prefetch_files(
+                    paths, ranges.get(digest, {})
+                )
                 chunks, size = chunks + scheduled, size + scheduled_bytes
         return chunks, size
+
+    async def forget_big_file_pages(self) -> None:
+        """Make the kernel read big files through the filesystem again (see
+        ``LazyFilesystem.forget_cached_pages``)."""
+        await self._filesystem.forget_cached_pages(PREFETCH_FILE_MAX_BYTES)
 
     def stats(self) -> list[dict[str, Any]]:
         report = []
@@ -239,7 +250,11 @@ class Layers(Protocol):
 
     async def fetch_all(self, digests: Sequence[str]) -> None: ...
 
-    async def prefetch_files(self, files: dict[str, list[str]]) -> tuple[int, int]: ...
+    async def prefetch_files(
+        self, files: dict[str, list[str]], ranges: control.LayerRanges
+    ) -> tuple[int, int]: ...
+
+    async def forget_big_file_pages(self) -> None: ...
 
     def stats(self) -> list[dict[str, Any]]: ...
 
@@ -287,13 +302,19 @@ class ControlServer:
                 await self._layers.fetch_all(request.digests)
                 return control.ok()
             if isinstance(request, control.MarkReads):
+                if request.reread_big_files:
+                    await self._layers.forget_big_file_pages()
                 return control.ok(mark=self._reads.mark())
             if isinstance(request, control.ReadsSince):
                 # The filesystem names layers by digest hex; clients know digests.
                 since = self._reads.since(request.mark)
-                return control.ok(layers={f"sha256:{name}": paths for name, paths in since.items()})
+                ranges = self._reads.ranges_since(request.mark)
+                return control.ok(
+                    layers={f"sha256:{name}": paths for name, paths in since.items()},
+                    ranges={f"sha256:{name}": places for name, places in ranges.items()},
+                )
             if isinstance(request, control.PrefetchFiles):
-                chunks, size = await self._layers.prefetch_files(request.files)
+                chunks, size = await self._layers.prefetch_files(request.files, request.ranges)
                 return control.ok(chunks=chunks, bytes=size)
             return control.ok(shutdown=True)
         except LazybuildError as exc:

@@ -33,7 +33,7 @@ from lazybuild.estargz.toc import (
     TOC,
     TOC_TAR_NAME,
 )
-from lazybuild.profile.record import RecordEntry
+from lazybuild.profile.record import ReadRanges, RecordEntry
 from lazybuild.progress import human_size
 
 WHITEOUT_PREFIX = ".wh."
@@ -219,9 +219,18 @@ class LayerAssignment:
     per_layer: tuple[tuple[str, ...], ...]  # index 0 is the bottom layer
     unassigned: tuple[str, ...]  # in no layer (written by the workload) or hidden
 
-    def entries(self, manifest_digest: str | None = None) -> list[RecordEntry]:
-        """The record of these files (ctr-remote's form: only files found in a layer)."""
-        return [RecordEntry(path, manifest_digest, index) for path, index in self.files]
+    def entries(
+        self,
+        manifest_digest: str | None = None,
+        read_ranges: Mapping[str, ReadRanges] | None = None,
+    ) -> list[RecordEntry]:
+        """The record of these files (ctr-remote's form: only files found in a layer),
+        with the places read of big files by path."""
+        ranges = read_ranges or {}
+        return [
+            RecordEntry(path, manifest_digest, index, ranges.get(path, ()))
+            for path, index in self.files
+        ]
 
 
 def assign_to_layers(paths: Iterable[str], layers: Sequence[LayerContents]) -> LayerAssignment:

@@ -12,6 +12,7 @@ verified against its layer's TOC whatever the record says.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from lazybuild.errors import FormatError
 from lazybuild.oci.manifest import Index, Manifest
@@ -44,15 +45,28 @@ async def published_record(client: RegistryClient, image: ResolvedImage) -> list
     return decode_record(data, where)
 
 
-def files_by_layer(entries: Sequence[RecordEntry], image: ResolvedImage) -> dict[str, list[str]]:
-    """The recorded paths by the digest of the layer that serves each, in record order.
-    Entries about another manifest, or without a layer, say nothing about this one."""
+@dataclass(frozen=True)
+class PrefetchPlan:
+    """What a run fetches as it starts: by layer digest, the recorded paths in record
+    order, and the places read of big files (by layer digest and path)."""
+
+    files: dict[str, list[str]]
+    ranges: dict[str, dict[str, list[tuple[int, int]]]]
+
+
+def prefetch_plan(entries: Sequence[RecordEntry], image: ResolvedImage) -> PrefetchPlan:
+    """The recorded paths (and places) by the digest of the layer that serves each, in
+    record order. Entries about another manifest, or without a layer, say nothing about
+    this one."""
     layers = image.manifest.layers
-    files: dict[str, list[str]] = {}
+    plan = PrefetchPlan({}, {})
     for entry in entries:
         if entry.manifest_digest not in (None, image.manifest_digest):
             continue
         if entry.layer_index is None or entry.layer_index >= len(layers):
             continue
-        files.setdefault(layers[entry.layer_index].digest, []).append(entry.path)
-    return files
+        digest = layers[entry.layer_index].digest
+        plan.files.setdefault(digest, []).append(entry.path)
+        if entry.read_ranges:
+            plan.ranges.setdefault(digest, {})[entry.path] = list(entry.read_ranges)
+    return plan

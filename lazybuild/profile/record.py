@@ -10,6 +10,10 @@ manifest's layers from the bottom (0) and ``manifestDigest`` names the image man
 indexes refer to; both may be absent. Entries are in first-access order, each path once.
 A record written by ctr-remote reads here and one written here feeds
 ``ctr-remote image convert --estargz-record-in``.
+
+lazybuild adds one field, which Go's decoder skips as unknown: ``readRanges``, for a file
+too big to prefetch whole (``PREFETCH_FILE_MAX_BYTES``, a JVM's ``modules``), lists the
+places the workload read as ``[offset, length]`` pairs, so a run fetches only those.
 """
 
 from __future__ import annotations
@@ -27,11 +31,17 @@ from lazybuild.estargz.index import clean_name
 RECORD_MEDIA_TYPE = "application/vnd.lazybuild.workload-record.v1+jsonl"
 
 
+# Beyond this many places in one file, a record is not describing a start-up.
+MAX_READ_RANGES = 4096
+ReadRanges = tuple[tuple[int, int], ...]
+
+
 @dataclass(frozen=True)
 class RecordEntry:
     path: str
     manifest_digest: str | None = None
     layer_index: int | None = None
+    read_ranges: ReadRanges = ()
 
     def encode(self) -> str:
         """One line, byte for byte what Go's ``json.Encoder`` writes for ``recorder.Entry``."""
@@ -40,6 +50,9 @@ class RecordEntry:
             fields.append(f'"manifestDigest":{quote(self.manifest_digest)}')
         if self.layer_index is not None:
             fields.append(f'"layerIndex":{self.layer_index}')
+        if self.read_ranges:
+            pairs = ",".join(f"[{offset},{length}]" for offset, length in self.read_ranges)
+            fields.append(f'"readRanges":[{pairs}]')
         return "{" + ",".join(fields) + "}\n"
 
 
@@ -84,7 +97,27 @@ def _entry(value: object, where: str) -> RecordEntry:
     index = value.get("layerIndex")
     if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
         raise FormatError(f"{where}: layerIndex is not a layer number")
-    return RecordEntry(clean_name(path), digest or None, index)
+    return RecordEntry(
+        clean_name(path), digest or None, index, _read_ranges(value.get("readRanges"), where)
+    )
+
+
+def _read_ranges(value: object, where: str) -> ReadRanges:
+    if value is None:
+        return ()
+    problem = f"{where}: readRanges is not a list of [offset, length] pairs"
+    if not isinstance(value, list) or len(value) > MAX_READ_RANGES:
+        raise FormatError(problem)
+    ranges = []
+    for pair in value:
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in pair)
+        ):
+            raise FormatError(problem)
+        ranges.append((pair[0], pair[1]))
+    return tuple(ranges)
 
 
 def read_record(path: Path) -> list[RecordEntry]:

@@ -148,11 +148,21 @@ class LayerMounter:
         }
         return await self._service.prefetch_files(files)
 
-    async def mark_reads(self) -> int | None:
-        """A mark for ``reads_since`` (None: no lazy filesystem, nothing to learn)."""
+    async def mark_reads(self, *, reread_big_files: bool = False) -> int | None:
+        """A mark for ``reads_since`` and ``ranges_since`` (None: no lazy filesystem,
+        nothing to learn); see ``LazyMountService.mark_reads``."""
         if self._service is None or not self._service.running:
             return None
-        return await self._service.mark_reads()
+        return await self._service.mark_reads(reread_big_files=reread_big_files)
+
+    async def ranges_since(self, mark: int) -> dict[str, tuple[tuple[int, int], ...]]:
+        """By path, the places read since ``mark`` in big files of lazy layers."""
+        if self._service is None or not self._service.running:
+            return {}
+        by_layer = await self._service.ranges_since(mark)
+        return {
+            path: tuple(ranges) for places in by_layer.values() for path, ranges in places.items()
+        }
 
     async def reads_since(self, snapshot: Snapshot, mark: int) -> list[list[str]] | None:
         """For each base layer of ``snapshot`` (bottom first), the files read since

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from lazybuild.cli.main import main as lazybuild_main
+from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs.client import (
     START_TIMEOUT,
     FilesystemServiceError,
@@ -28,6 +29,7 @@ from lazybuild.oci.platform import Platform
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 from lazybuild.snapshot import is_mounted, mount_overlay, unmount
+from tests.support import imagebuild
 from tests.support.images import read_layout_image
 from tests.support.registry import Registry
 
@@ -296,5 +298,52 @@ def test_overlay_honours_whiteouts_and_opaque_dirs(
                 assert not (merged / "etc" / "motd").exists()
                 assert os.listdir(merged / "opt" / "data") == ["new.txt"]
                 assert (merged / "usr" / "bin" / "cat").is_file()
+
+    trio.run(body)
+
+
+@pytest.fixture(scope="session")
+def big_file_esgz(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One layer with ``data/big.bin``, a file over ``PREFETCH_FILE_MAX_BYTES`` whose every
+    4 KiB block differs (so a place read is a place fetched, nothing is deduplicated)."""
+    scratch = tmp_path_factory.mktemp("big-file-image")
+    (scratch / "root" / "data").mkdir(parents=True)
+    blocks = PREFETCH_FILE_MAX_BYTES // 4096 + 256
+    with open(scratch / "root" / "data" / "big.bin", "wb") as out:
+        for number in range(blocks):
+            out.write(number.to_bytes(8, "little") * 512)
+    imagebuild.image_from_dirs(scratch / "layout", [scratch / "root"])
+    return convert(f"oci:{scratch / 'layout'}", f"{registry.host}/test/lazyfs-big:esgz")
+
+
+def test_places_read_in_a_big_file_are_recorded_even_when_the_kernel_had_them(
+    state_dir: Path, registry: Registry, big_file_esgz: str
+) -> None:
+    """What a workload reads of a big file is known only from the filesystem's reads; a
+    mark that rereads big files drops the kernel's cached pages so none go unseen."""
+    ref, layers = layers_of(registry, big_file_esgz)
+    far = 20 << 20
+
+    def read(path: Path, offset: int) -> bytes:
+        with open(path, "rb") as big:
+            big.seek(offset)
+            return big.read(4096)
+
+    async def body() -> None:
+        async with service_for(state_dir, registry) as service:
+            (mount,) = await service.add_image(ref, layers)
+            big = mount.path / "data" / "big.bin"
+            assert read(big, 0)[:8] == (0).to_bytes(8, "little")  # now in the page cache
+            plain = await service.mark_reads()
+            await trio.to_thread.run_sync(read, big, 0)
+            assert await service.ranges_since(plain) == {}  # served by the kernel alone
+            mark = await service.mark_reads(reread_big_files=True)
+            await trio.to_thread.run_sync(read, big, 0)
+            block = await trio.to_thread.run_sync(read, big, far)
+            assert block[:8] == (far // 4096).to_bytes(8, "little")
+            places = (await service.ranges_since(mark))[layers[0].digest]["data/big.bin"]
+            assert any(offset == 0 for offset, _ in places)
+            assert any(offset <= far < offset + length for offset, length in places)
+            assert sum(length for _, length in places) < 4 << 20  # places, not the file
 
     trio.run(body)

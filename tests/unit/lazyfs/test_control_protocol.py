@@ -11,9 +11,10 @@ import trio
 import trio.testing
 
 from lazybuild.errors import FormatError, NotFoundError
+from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.client import FetchReport, LayerFetch
-from lazybuild.lazyfs.readrecorder import ReadRecorder
+from lazybuild.lazyfs.readrecorder import PIECE_BYTES, ReadRecorder
 from lazybuild.lazyfs.service import ControlServer, is_lazy_layer, parse_args
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
@@ -25,6 +26,8 @@ class FakeLayers:
     def __init__(self) -> None:
         self.added: list[str] = []
         self.fetched: list[str] = []
+        self.prefetched_ranges: list[control.LayerRanges] = []
+        self.pages_forgotten = 0
 
     async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
         if ref_text == "missing":
@@ -35,8 +38,14 @@ class FakeLayers:
     async def fetch_all(self, digests: Sequence[str]) -> None:
         self.fetched.extend(digests)
 
-    async def prefetch_files(self, files: dict[str, list[str]]) -> tuple[int, int]:
+    async def prefetch_files(
+        self, files: dict[str, list[str]], ranges: control.LayerRanges
+    ) -> tuple[int, int]:
+        self.prefetched_ranges.append(ranges)
         return sum(len(paths) for paths in files.values()), 1000
+
+    async def forget_big_file_pages(self) -> None:
+        self.pages_forgotten += 1
 
     def stats(self) -> list[dict[str, Any]]:
         return [{"mode": "lazy", "digest": DIGEST, "size": 10, "bytes_fetched": 4}]
@@ -48,8 +57,13 @@ def test_requests_round_trip() -> None:
         control.Stats(),
         control.FetchAll(digests=(DIGEST,)),
         control.MarkReads(),
+        control.MarkReads(reread_big_files=True),
         control.ReadsSince(mark=7),
         control.PrefetchFiles(files={DIGEST: ["usr/bin/cc1", "etc/passwd"]}),
+        control.PrefetchFiles(
+            files={DIGEST: ["usr/lib/modules"]},
+            ranges={DIGEST: {"usr/lib/modules": [(0, 65536), (1 << 30, 131072)]}},
+        ),
         control.Shutdown(),
     ]
     for request in requests:
@@ -67,6 +81,8 @@ def test_requests_round_trip() -> None:
         (b'{"op":"add_layer","ref":1}', "needs a string 'ref'"),
         (b'{"op":"reads_since","mark":-1}', "non-negative integer"),
         (b'{"op":"prefetch_files","files":{"d":"p"}}', "lists of paths"),
+        (b'{"op":"prefetch_files","files":{},"ranges":{"d":{"p":[[1]]}}}', "to ranges"),
+        (b'{"op":"prefetch_files","files":{},"ranges":{"d":{"p":[[0,-1]]}}}', "to ranges"),
     ],
 )
 def test_bad_requests_are_format_errors(line: bytes, message: str) -> None:
@@ -183,21 +199,27 @@ def test_a_client_that_goes_away_does_not_stop_the_server() -> None:
 
 
 def test_server_reports_the_reads_since_a_mark_and_schedules_prefetches() -> None:
+    layers = FakeLayers()
+    big = PREFETCH_FILE_MAX_BYTES + 1
+    places = {DIGEST: {"usr/lib/modules": [(0, 65536)]}}
+
     async def main() -> list[dict[str, Any]]:
         server_side, client_side = trio.testing.memory_stream_pair()
         reads = ReadRecorder()
-        server = ControlServer(FakeLayers(), trio.CancelScope(), reads)
+        server = ControlServer(layers, trio.CancelScope(), reads)
         replies = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.handle, server_side)
             reader = control.LineReader(client_side)
             for request in (
-                control.MarkReads(),
+                control.MarkReads(reread_big_files=True),
                 control.ReadsSince(mark=0),
-                control.PrefetchFiles(files={DIGEST: ["a", "b"]}),
+                control.PrefetchFiles(files={DIGEST: ["a", "b"]}, ranges=places),
             ):
                 if isinstance(request, control.ReadsSince):
-                    reads(DIGEST[7:], "usr/bin/cc1")  # the filesystem names layers by hex
+                    # The filesystem names layers by hex.
+                    reads(DIGEST[7:], "usr/bin/cc1", 0, 4096, 10_000)
+                    reads(DIGEST[7:], "usr/lib/modules", 100, 10, big)
                 await client_side.send_all(control.encode_request(request))
                 line = await reader.next_line()
                 assert line is not None
@@ -207,5 +229,11 @@ def test_server_reports_the_reads_since_a_mark_and_schedules_prefetches() -> Non
 
     mark, since, prefetch = trio.run(main)
     assert mark == {"ok": True, "mark": 0}
-    assert since == {"ok": True, "layers": {DIGEST: ["usr/bin/cc1"]}}
+    assert layers.pages_forgotten == 1
+    assert since == {
+        "ok": True,
+        "layers": {DIGEST: ["usr/bin/cc1", "usr/lib/modules"]},
+        "ranges": {DIGEST: {"usr/lib/modules": [[0, PIECE_BYTES]]}},
+    }
     assert prefetch == {"ok": True, "chunks": 2, "bytes": 1000}
+    assert layers.prefetched_ranges == [places]

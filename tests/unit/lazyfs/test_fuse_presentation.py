@@ -180,8 +180,8 @@ def test_metadata_of_every_file_type(fs: LazyFilesystem) -> None:
 def test_read_clamps_to_the_file_and_logs_accesses(
     fs: LazyFilesystem, content: BlobContent
 ) -> None:
-    accesses: list[tuple[str, str]] = []
-    fs.access_log = lambda layer, path: accesses.append((layer, path))
+    accesses: list[tuple[str, str, int, int, int]] = []
+    fs.access_log = lambda *access: accesses.append(access)
 
     async def read_tool() -> tuple[bytes, bytes]:
         tool = await walk(fs, "bin/tool")
@@ -196,7 +196,12 @@ def test_read_clamps_to_the_file_and_logs_accesses(
     data = pseudo_random(200_000, 1)
     assert middle == data[100_000:101_000] and tail == data[199_990:]
     assert content.reads[-1] == ("bin/tool", 199_990, 10)
-    assert accesses[0] == ("layer", "bin/tool") and len(accesses) == 3
+    # The open (nothing read), then each read that returned bytes, with the file's size.
+    assert accesses == [
+        ("layer", "bin/tool", 0, 0, 200_000),
+        ("layer", "bin/tool", 100_000, 1000, 200_000),
+        ("layer", "bin/tool", 199_990, 10, 200_000),
+    ]
 
 
 def test_read_error_is_eio_with_one_log_line(

@@ -366,6 +366,8 @@ def test_fetch_trace_logs_each_request(tmp_path: Path, monkeypatch: pytest.Monke
         lines = [json.loads(line) for line in trace.read_text().splitlines()]
         assert len(lines) == 1
         assert lines[0]["some_files"] == ["dir/big.bin"] and lines[0]["files"] == 1
+        # Where in the file each chunk of the request starts.
+        assert lines[0]["some_chunks"] == ["dir/big.bin@0", f"dir/big.bin@{CHUNK}"]
         assert lines[0]["bytes"] > 0 and lines[0]["end"] >= lines[0]["start"]
 
     trio.run(main)
@@ -482,5 +484,34 @@ def test_prefetch_by_file_list_leaves_big_files_to_on_demand_reads(
         small, one = node_of(layer, "small.txt"), node_of(layer, "dir/one.bin")
         chunks, _ = await layer.prefetch_files(["dir/big.bin", "small.txt", "dir/one.bin"])
         assert chunks == len(small.chunks) + len(one.chunks)  # not big.bin's nine
+
+    trio.run(main)
+
+
+def test_prefetch_by_file_list_fetches_big_files_in_the_places_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(layer_module, "PREFETCH_FILE_MAX_BYTES", 4 * CHUNK)
+    built = build_layer()
+    blob = MemoryBlob(built.blob)
+    data = built.files["dir/big.bin"]
+
+    async def main() -> None:
+        layer = await open_layer(built, blob, tmp_path)
+        big = node_of(layer, "dir/big.bin")
+        # Chunk 7, then a range across the end of chunk 2 into chunk 3, then one past
+        # the end of the file (nothing there).
+        places = {"dir/big.bin": [(7 * CHUNK + 10, 100), (3 * CHUNK - 1, 2), (1 << 40, 10)]}
+        chunks, size = await layer.prefetch_files(["dir/big.bin"], places)
+        wanted = [big.chunks[7], big.chunks[2], big.chunks[3]]
+        assert chunks == 3 and size == sum(c.end - c.offset for c in wanted)
+        await trio.testing.wait_all_tasks_blocked()
+        requests = blob.requests
+        for chunk in wanted:  # served from what the prefetch brought
+            start = chunk.chunk_offset
+            assert await layer.read(big, start, 10) == data[start : start + 10]
+        assert blob.requests == requests
+        assert await layer.read(big, 5 * CHUNK, 10) == data[5 * CHUNK : 5 * CHUNK + 10]
+        assert blob.requests == requests + 1  # a place not given comes on demand
 
     trio.run(main)

@@ -7,7 +7,7 @@ from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.manifest import Index, Manifest
 from lazybuild.oci.platform import Platform
 from lazybuild.profile.artifact import find_record, record_artifact
-from lazybuild.profile.published import files_by_layer
+from lazybuild.profile.published import prefetch_plan
 from lazybuild.profile.record import RecordEntry
 from lazybuild.registry.client import ResolvedImage
 from lazybuild.registry.reference import Reference
@@ -34,12 +34,16 @@ def test_recorded_paths_go_to_their_layers_in_record_order() -> None:
         RecordEntry("other/manifest", "sha256:" + "b" * 64, 1),  # about another image
         RecordEntry("no/layer"),  # nothing says which layer serves it
         RecordEntry("beyond/the/top", None, 3),
+        RecordEntry("lib/modules", None, 2, ((0, 65536), (9 << 20, 131072))),
     ]
     digests = [layer.digest for layer in image.manifest.layers]
-    assert files_by_layer(entries, image) == {
+    plan = prefetch_plan(entries, image)
+    assert plan.files == {
         digests[0]: ["bin/sh", "lib/libc.so.6"],
-        digests[2]: ["app/main"],
+        digests[2]: ["app/main", "lib/modules"],
     }
+    # The places read of a big file go with it, by layer and path.
+    assert plan.ranges == {digests[2]: {"lib/modules": [(0, 65536), (9 << 20, 131072)]}}
 
 
 def test_the_record_about_the_chosen_manifest_is_found() -> None:

@@ -43,6 +43,13 @@ def test_optional_fields_are_omitted_like_omitempty() -> None:
     assert encode_record([RecordEntry("a", None, 0)]) == b'{"path":"a","layerIndex":0}\n'
 
 
+def test_read_ranges_of_big_files_round_trip_after_the_go_fields() -> None:
+    entry = RecordEntry("usr/lib/jvm/lib/modules", DIGEST, 1, ((0, 65536), (9 << 20, 131072)))
+    line = encode_record([entry])
+    assert line.endswith(b',"layerIndex":1,"readRanges":[[0,65536],[9437184,131072]]}\n')
+    assert decode_record(line) == [entry]
+
+
 def test_strings_are_escaped_as_go_does() -> None:
     line = encode_record([RecordEntry('a<b>&"c\n')])
     assert line == b'{"path":"a\\u003cb\\u003e\\u0026\\"c\\n"}\n'
@@ -64,6 +71,9 @@ def test_decoder_takes_any_whitespace_between_values_and_cleans_paths() -> None:
         b'{"path":"a","layerIndex":-1}',
         b'{"path":"a","layerIndex":true}',
         b'{"path":"a","manifestDigest":3}',
+        b'{"path":"a","readRanges":[[0]]}',
+        b'{"path":"a","readRanges":[[0,-5]]}',
+        b'{"path":"a","readRanges":{"0":1}}',
         b'{"path":"a"',
         b"\xff",
     ],
