@@ -20,9 +20,10 @@ from lazybuild.executor.runc import run_container
 from lazybuild.executor.spec import Network, ProcessSpec, generate_spec
 from lazybuild.executor.users import resolve_user
 from lazybuild.imageconfig import run_settings
-from lazybuild.imagemount import RegistryOptions, mounted_image
-from lazybuild.lazyfs.client import FetchReport
+from lazybuild.imagemount import mounted_image
+from lazybuild.lazyfs.client import FetchReport, LazyMountService
 from lazybuild.progress import Progress
+from lazybuild.registryoptions import RegistryOptions
 from lazybuild.snapshot.overlay import is_mounted
 
 
@@ -36,7 +37,7 @@ class RunRequest:
     entrypoint: tuple[str, ...] | None = None
     network: Network = "none"
     hostname: str | None = None
-    background_fetch: bool = False
+    background_fetch: bool = False  # for a filesystem process run_image starts itself
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,10 @@ async def run_image(
     registry: RegistryOptions,
     progress: Progress,
     stdio: Sequence[int | None] = (None, None, None),
+    service: LazyMountService | None = None,
 ) -> RunOutcome:
+    """Run ``request``; through ``service`` when given (spawned early by the caller, so
+    its start-up overlaps the caller's; it is closed here either way)."""
     container_id = "lazybuild-" + secrets.token_hex(6)
     workspace = state_dir / "containers" / container_id
     rootfs, upper, work, bundle = (workspace / name for name in ("rootfs", "upper", "work", "b"))
@@ -69,6 +73,7 @@ async def run_image(
             work=work,
             background_fetch=request.background_fetch,
             prefetch_record=True,
+            service=service,
         ) as image:
             settings = run_settings(
                 image.config,

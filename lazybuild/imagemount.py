@@ -24,20 +24,10 @@ from lazybuild.oci.platform import host_platform
 from lazybuild.profile.published import prefetch_plan, published_record
 from lazybuild.profile.record import RecordEntry
 from lazybuild.progress import Progress, human_size, short_digest
-from lazybuild.registry.client import RegistryClient, ResolvedImage
+from lazybuild.registry.client import ResolvedImage
 from lazybuild.registry.reference import Reference
+from lazybuild.registryoptions import RegistryOptions
 from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    insecure_registries: tuple[str, ...] = ()
-    docker_config: Path | None = None
-
-    def client(self) -> RegistryClient:
-        return RegistryClient(
-            insecure_registries=self.insecure_registries, docker_config=self.docker_config
-        )
 
 
 @dataclass
@@ -64,20 +54,24 @@ async def mounted_image(
     work: Path | None = None,
     background_fetch: bool = True,
     prefetch_record: bool = False,
+    service: LazyMountService | None = None,
 ) -> AsyncIterator[MountedImage]:
     """``image`` mounted at ``target``; with ``prefetch_record``, the files its published
     workload record lists start coming as soon as the layers are open (not waited for:
-    the workload starts meanwhile, and a read of a file on its way waits for it)."""
+    the workload starts meanwhile, and a read of a file on its way waits for it).
+    ``service`` is a filesystem process the caller spawned already (``background_fetch``
+    is then its own); it is stopped on the way out like one started here."""
     cleaned = await trio.to_thread.run_sync(cleanup_stale_mounts, state_dir)
     for mountpoint in cleaned:
         progress.line(f"cleaned up a stale mount left by a killed run: {mountpoint}")
     reference = Reference.parse(image)
-    service = LazyMountService(
-        state_dir,
-        insecure_registries=registry.insecure_registries,
-        docker_config=registry.docker_config,
-        background_fetch=background_fetch,
-    )
+    if service is None:
+        service = LazyMountService(
+            state_dir,
+            insecure_registries=registry.insecure_registries,
+            docker_config=registry.docker_config,
+            background_fetch=background_fetch,
+        )
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(registry.client())
         # Starting the filesystem process (an interpreter, a mount) and resolving the

@@ -21,10 +21,10 @@ from lazybuild.context import BuildContext
 from lazybuild.errors import LazybuildError, UsageError
 from lazybuild.frontend.dockerfile.tograph import ImageConfigState
 from lazybuild.frontend.dockerignore import DockerIgnore
-from lazybuild.imagemount import RegistryOptions
 from lazybuild.lazyfs.client import FetchReport, LazyMountService
 from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.oci.platform import Platform, host_platform
+from lazybuild.registryoptions import RegistryOptions
 from lazybuild.solver import ProgressWriter, Solver, SQLiteCacheStore, VertexFailedError
 from lazybuild.worker.execop import ExecError
 from lazybuild.worker.imageop import image_layers

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lazybuild.imagemount import RegistryOptions
 from lazybuild.lazyfs.client import LazyMountService
+from lazybuild.registryoptions import RegistryOptions
 
 __all__ = ["build_filesystem"]
 

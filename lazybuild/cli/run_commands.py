@@ -7,12 +7,15 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from lazybuild.cli.options import registry_options, state_dir
 from lazybuild.errors import UsageError
-from lazybuild.lazyfs.client import FetchReport
+
+if TYPE_CHECKING:
+    from lazybuild.lazyfs.client import FetchReport, LazyMountService
 
 _UNMOUNT_POLL_SECONDS = 0.5
 _UMOUNT_WAIT_SECONDS = 30.0
@@ -172,6 +175,25 @@ async def run_umount(args: argparse.Namespace) -> int:
 
 
 async def run_run(args: argparse.Namespace) -> int:
+    from lazybuild.lazyfs.client import LazyMountService
+
+    # Started before the rest of the run machinery is imported: the filesystem
+    # process's own start-up (an interpreter, pyfuse3, a mount) overlaps with ours.
+    registry = registry_options(args)
+    service = LazyMountService(
+        state_dir(args),
+        insecure_registries=registry.insecure_registries,
+        docker_config=registry.docker_config,
+        background_fetch=args.background_fetch,
+    )
+    await service.spawn()
+    try:
+        return await _run(args, service)
+    finally:
+        await service.close()
+
+
+async def _run(args: argparse.Namespace, service: LazyMountService) -> int:
     from lazybuild.containerrun import RunRequest, run_image
     from lazybuild.progress import Progress
 
@@ -184,13 +206,13 @@ async def run_run(args: argparse.Namespace) -> int:
         entrypoint=(args.entrypoint,) if args.entrypoint is not None else None,
         network=args.network,
         hostname=args.hostname,
-        background_fetch=args.background_fetch,
     )
     outcome = await run_image(
         request,
         state_dir=state_dir(args),
         registry=registry_options(args),
         progress=Progress(quiet=args.quiet),
+        service=service,
     )
     _finish_report(args, outcome.report)
     return outcome.exit_code
