@@ -41,10 +41,10 @@ from lazybuild.convert import estargz_layer_descriptor
 from lazybuild.errors import FormatError, UsageError
 from lazybuild.estargz.index import clean_name
 from lazybuild.estargz.layerformat import LayerFormat, decompressed_stream
-from lazybuild.estargz.toc import PREFETCH_LANDMARK, decode_toc_json
+from lazybuild.estargz.toc import BIG_FILE_CHUNK_SIZE, PREFETCH_LANDMARK, decode_toc_json
 from lazybuild.estargz.writer import DEFAULT_CHUNK_SIZE, WriterOptions, WrittenLayer, write_estargz
 from lazybuild.executor.spec import Network
-from lazybuild.imagemount import RegistryOptions, mounted_image
+from lazybuild.imagemount import mounted_image
 from lazybuild.imagestore import (
     ImageSource,
     ImageTarget,
@@ -56,6 +56,7 @@ from lazybuild.imagestore import (
     open_target,
 )
 from lazybuild.layerprobe import LayerProbe, probe_layer
+from lazybuild.lazyfs.client import LazyMountService
 from lazybuild.lazyfs.layer_extract import extract_layer_tar
 from lazybuild.lazyfs.stale import local_overlays_recorded, register_overlay
 from lazybuild.oci import mediatypes
@@ -84,6 +85,7 @@ from lazybuild.profile.layers import (
     prefetchable,
 )
 from lazybuild.profile.record import (
+    ReadRanges,
     RecordEntry,
     encode_record,
     read_record,
@@ -97,6 +99,7 @@ from lazybuild.profile.workload import (
     record_workload,
 )
 from lazybuild.progress import Progress, human_size, short_digest
+from lazybuild.registryoptions import RegistryOptions
 from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
 
 _TRANSFER_CONCURRENCY = 4
@@ -222,9 +225,9 @@ class _Optimizer:
         await self._each([la for la in layers if local or not la.is_estargz], self._prepare_tar)
         workload: WorkloadRecord | None = None
         if self.request.record_in is not None:
-            paths = self._paths_from_record(self.request.record_in, image)
+            paths, read_ranges = self._paths_from_record(self.request.record_in, image)
         else:
-            workload = await self._record(image, layers, state_dir, registry, output)
+            workload, read_ranges = await self._record(image, layers, state_dir, registry, output)
             paths = list(workload.files)
         for layer in layers:
             layer.contents = self._contents(layer)
@@ -238,7 +241,7 @@ class _Optimizer:
         ]
         if left_out:
             self.progress.line(left_out_note(left_out))
-        entries = tuple(assignment.entries(image.descriptor.digest))
+        entries = tuple(assignment.entries(image.descriptor.digest, read_ranges))
         record = encode_record(entries)
         if self.request.record_out is not None:
             await trio.to_thread.run_sync(write_record, self.request.record_out, entries)
@@ -339,7 +342,9 @@ class _Optimizer:
 
     # -- the workload -------------------------------------------------------------
 
-    def _paths_from_record(self, path: Path, image: _SourceImage) -> list[str]:
+    def _paths_from_record(
+        self, path: Path, image: _SourceImage
+    ) -> tuple[list[str], dict[str, ReadRanges]]:
         entries = read_record(path)
         others = {e.manifest_digest for e in entries if e.manifest_digest} - {
             image.descriptor.digest
@@ -349,7 +354,7 @@ class _Optimizer:
             note = f" (made on {', '.join(sorted(short_digest(d) for d in others))}: paths reused)"
         paths = record_paths(entries)
         self.progress.line(f"record from {path}: {len(paths)} file(s){note}")
-        return paths
+        return paths, {entry.path: entry.read_ranges for entry in entries if entry.read_ranges}
 
     async def _record(
         self,
@@ -358,14 +363,18 @@ class _Optimizer:
         state_dir: Path,
         registry: RegistryOptions,
         output: OutputSink | None,
-    ) -> WorkloadRecord:
+    ) -> tuple[WorkloadRecord, dict[str, ReadRanges]]:
+        """The workload's record, and by path the places it read of big files (known
+        only when the image is mounted lazily)."""
         options = self.request.workload
         workspace = state_dir / "containers" / ("lazybuild-optimize-" + secrets.token_hex(6))
         rootfs, upper, work = (workspace / name for name in ("rootfs", "upper", "work"))
         for directory in (rootfs, upper, work):
             directory.mkdir(parents=True)
         try:
-            async with self._mounted(image, layers, state_dir, registry, workspace) as config:
+            mounting = self._mounted(image, layers, state_dir, registry, workspace)
+            async with mounting as (config, service):
+                mark = None if service is None else await service.mark_reads()
                 what = " ".join(options.command) if options.command else "the image's command"
                 self.progress.line(
                     f"workload: running {what} (timeout {options.timeout:g}s, "
@@ -384,11 +393,19 @@ class _Optimizer:
                     scratch_dir=workspace / "scratch",
                     output=output,
                 )
+                ranges = {}
+                if service is not None and mark is not None:
+                    by_layer = await service.ranges_since(mark)
+                    ranges = {
+                        path: tuple(places)
+                        for layer_places in by_layer.values()
+                        for path, places in layer_places.items()
+                    }
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_remove_workspace, workspace)
         self._report_workload(record)
-        return record
+        return record, ranges
 
     @asynccontextmanager
     async def _mounted(
@@ -398,8 +415,9 @@ class _Optimizer:
         state_dir: Path,
         registry: RegistryOptions,
         workspace: Path,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """The image's root filesystem at ``workspace/rootfs``, writable (into ``upper``)."""
+    ) -> AsyncIterator[tuple[dict[str, Any], LazyMountService | None]]:
+        """The image's root filesystem at ``workspace/rootfs``, writable (into ``upper``),
+        and the lazy filesystem serving it (None for a layout, unpacked locally)."""
         rootfs, upper, work = (workspace / name for name in ("rootfs", "upper", "work"))
         if isinstance(self.source, RegistrySource):
             pinned = self.source.ref.with_digest(image.descriptor.digest)
@@ -413,7 +431,7 @@ class _Optimizer:
                 work=work,
                 background_fetch=False,
             ) as mounted:
-                yield mounted.config
+                yield mounted.config, mounted.service
             return
         lowers = []
         for layer in layers:
@@ -427,7 +445,7 @@ class _Optimizer:
             register_overlay(state_dir, workspace.name, rootfs)
             await trio.to_thread.run_sync(mount_overlay, rootfs, lowers[::-1], upper, work)
             try:
-                yield image.config
+                yield image.config, None
             finally:
                 with trio.CancelScope(shield=True):
                     if is_mounted(rootfs):
@@ -499,6 +517,7 @@ class _Optimizer:
             "chunk_size": self.request.chunk_size,
             "prioritized_files": wanted or None,
             "allow_missing_prioritized": True,
+            "big_file_chunk_size": min(BIG_FILE_CHUNK_SIZE, self.request.chunk_size),
         }
         if self.request.compression_level is not None:
             options["compression_level"] = self.request.compression_level

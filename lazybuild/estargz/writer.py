@@ -35,6 +35,7 @@ from lazybuild.estargz.tarinput import (
 from lazybuild.estargz.toc import (
     LANDMARK_CONTENTS,
     NO_PREFETCH_LANDMARK,
+    PREFETCH_FILE_MAX_BYTES,
     PREFETCH_LANDMARK,
     TOC,
     TOC_TAR_NAME,
@@ -61,6 +62,8 @@ class WriterOptions:
     prioritized_files: Sequence[str] | None = None
     workers: int = field(default_factory=_default_workers)
     allow_missing_prioritized: bool = False  # else a missing path is a UsageError
+    # Files over PREFETCH_FILE_MAX_BYTES are cut into chunks of this size when set.
+    big_file_chunk_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,12 @@ class _BlobBuilder:
     been written, so entries first hold their member's index, resolved at the end.
     """
 
-    def __init__(self, members: OrderedMemberWriter, chunk_size: int) -> None:
+    def __init__(
+        self, members: OrderedMemberWriter, chunk_size: int, big_file_chunk_size: int | None
+    ) -> None:
         self._members = members
         self._chunk_size = chunk_size
+        self._big_file_chunk_size = big_file_chunk_size or chunk_size
         self._open_member: list[bytes] = []
         self._open_size = 0
         self._diff_hash = hashlib.sha256()
@@ -115,14 +121,17 @@ class _BlobBuilder:
         self.emit(header)
         self.files += 1
         size = entry.size
+        chunk_size = self._chunk_size
+        if size > PREFETCH_FILE_MAX_BYTES:
+            chunk_size = self._big_file_chunk_size
         # A one-piece file's digest is its chunk digest: hash the content only once.
-        file_hash = hashlib.sha256() if size > self._chunk_size else None
+        file_hash = hashlib.sha256() if size > chunk_size else None
         piece_entry = entry
         written = 0
         while written < size:
             remaining = size - written
-            piece_size = min(self._chunk_size, remaining)
-            if remaining >= self._chunk_size:
+            piece_size = min(chunk_size, remaining)
+            if remaining >= chunk_size:
                 piece_entry.chunk_size = piece_size  # the reference's quirk, see spec §1.3
             piece_entry.chunk_offset = written
             self._member_of_entry.append((piece_entry, self.start_member()))
@@ -234,6 +243,8 @@ def write_estargz(
     """Convert the uncompressed tar ``tar_in`` into an eStargz blob written to ``out``."""
     if options.chunk_size <= 0:
         raise ValueError(f"chunk size must be positive, got {options.chunk_size}")
+    if options.big_file_chunk_size is not None and options.big_file_chunk_size <= 0:
+        raise ValueError(f"chunk size must be positive, got {options.big_file_chunk_size}")
     if not 0 <= options.compression_level <= 9:
         raise ValueError(f"gzip level must be 0-9, got {options.compression_level}")
     with seekable_input(tar_in) as source_file:
@@ -243,7 +254,7 @@ def write_estargz(
             entries, prioritized_paths, options.allow_missing_prioritized
         )
         members = OrderedMemberWriter(out, options.compression_level, max(1, options.workers))
-        builder = _BlobBuilder(members, options.chunk_size)
+        builder = _BlobBuilder(members, options.chunk_size, options.big_file_chunk_size)
         try:
             _write_entries_in_layout_order(
                 builder, PayloadSource(source_file), first, rest, bool(prioritized_paths)

@@ -22,6 +22,7 @@ from typing import BinaryIO
 import trio
 
 from lazybuild.estargz.layerformat import decompressed_stream
+from lazybuild.estargz.toc import BIG_FILE_CHUNK_SIZE
 from lazybuild.estargz.writer import WriterOptions
 from lazybuild.exporter.layerblobs import (
     LayerBlob,
@@ -60,7 +61,9 @@ async def rewritten_base_blobs(
     async def one(layer: RemoteLayer) -> None:
         digest = layer.descriptor.digest
         first = list(prioritized.get(digest, ()))
-        chosen = replace(options, prioritized_files=first or None)
+        chosen = replace(
+            options, prioritized_files=first or None, big_file_chunk_size=BIG_FILE_CHUNK_SIZE
+        )
         name = _cache_name(digest, chosen)
         blob = await trio.to_thread.run_sync(cached_blob_or_none, store, name)
         if blob is None:

@@ -85,6 +85,8 @@ def writer_fingerprint(options: WriterOptions, source_date_epoch: int | None) ->
         "prioritized_files": list(options.prioritized_files or ()),
         "source_date_epoch": source_date_epoch,
     }
+    if options.big_file_chunk_size is not None:  # absent by default: names stay as they were
+        shaping["big_file_chunk_size"] = options.big_file_chunk_size
     encoded = json.dumps(shaping, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()[:16]
 

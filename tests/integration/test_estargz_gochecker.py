@@ -23,6 +23,7 @@ from lazybuild.estargz import (
     decode_toc_json,
     write_estargz,
 )
+from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from tests.support.gochecker import (
     build_go_checker,
     build_reference_blob,
@@ -58,6 +59,16 @@ def _big_members() -> list[Member]:
     ]
 
 
+def _over_prefetch_limit_members() -> list[Member]:
+    rng = random.Random(7)
+    return [
+        Member("opt/", tarfile.DIRTYPE, mode=0o755),
+        Member("opt/modules", data=rng.randbytes(PREFETCH_FILE_MAX_BYTES + 300_001)),
+        Member("opt/nine-mib", data=rng.randbytes(9 * MIB + 12345)),
+        Member("opt/text", data=b"compressible line\n" * 200_000),
+    ]
+
+
 def _expected_hashes(members: list[Member]) -> dict[str, str]:
     by_name = {m.name.rstrip("/").removeprefix("./"): m for m in members}
     expected = {}
@@ -78,6 +89,11 @@ SCENARIOS = {
     "big-prioritized-one-worker": (
         _big_members,
         {"workers": 1, "prioritized_files": ["opt/hard", "opt/text"], "compression_level": 1},
+    ),
+    # As written for a workload: a file over the prefetch limit in finer chunks than the rest.
+    "over-prefetch-limit-finer-chunks": (
+        _over_prefetch_limit_members,
+        {"big_file_chunk_size": 512 << 10, "prioritized_files": ["opt/text"]},
     ),
 }
 
