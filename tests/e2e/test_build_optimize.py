@@ -257,3 +257,62 @@ def test_a_run_prefetches_the_base_files_the_published_record_lists(
         layer["requests"] for layer in runs["plain"][1]
     )
     assert_nothing_left(tmp_path / "state")
+
+
+BIG_BASE = """\
+ARG BASE
+FROM ${BASE}
+RUN mkdir /data && { echo 'first line'; head -c 40000000 /dev/urandom; } > /data/big.bin
+"""
+READS_THE_FIRST_LINE = """\
+ARG BASE
+FROM ${BASE}
+RUN read -r line < /data/big.bin && test "$line" = 'first line'
+CMD ["sh", "-c", "read -r line < /data/big.bin && echo \\"$line\\""]
+"""
+
+
+def test_the_places_read_of_a_big_base_file_go_into_the_record_and_come_first_in_a_run(
+    base_image: str, registry: Registry, tmp_path: Path
+) -> None:
+    """A file over the prefetch limit (40 MB here) is read in one place; the record says
+    where, though a build step had read it before (its pages were in the kernel's cache),
+    and a cold run fetches that place with the rest of the record as it starts."""
+    big_base = f"{registry.host}/e2e-optimize/big-base:latest"
+    lazybuild(
+        tmp_path / "state",
+        "build",
+        "--no-optimize",
+        "--build-arg",
+        f"BASE={base_image}",
+        "-t",
+        big_base,
+        "--push",
+        str(write_context(tmp_path / "base-ctx", BIG_BASE)),
+    )
+    reference = f"{registry.host}/e2e-optimize/big-app:latest"
+    record_path = tmp_path / "record.json"
+    lazybuild(
+        tmp_path / "state",
+        "build",
+        "--progress=plain",
+        "--build-arg",
+        f"BASE={big_base}",
+        "-t",
+        reference,
+        "--push",
+        "--record-out",
+        str(record_path),
+        str(write_context(tmp_path / "ctx", READS_THE_FIRST_LINE)),
+    )
+    (big,) = [entry for entry in read_record(record_path) if entry.path == "data/big.bin"]
+    assert big.read_ranges and big.read_ranges[0][0] == 0
+    assert sum(length for _, length in big.read_ranges) < 16 << 20  # a place, not the file
+    run = lazybuild(tmp_path / "run", "run", "--network", "none", reference)
+    assert run.stdout == "first line\n"
+    # The first 4 MiB chunk of random bytes is in the prefetch (the record's other
+    # files are a few hundred KB): megabytes scheduled, not kilobytes.
+    scheduled = [line for line in run.stderr.splitlines() if "prefetching" in line]
+    assert len(scheduled) == 1 and scheduled[0].endswith(" MB not cached yet"), scheduled
+    assert float(scheduled[0].split(": ")[-1].split()[0]) >= 4.0
+    assert_nothing_left(tmp_path / "state")
