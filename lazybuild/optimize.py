@@ -248,9 +248,12 @@ class _Optimizer:
             self.progress.line(f"record: {len(entries)} file(s) -> {self.request.record_out}")
         outcomes: list[OptimizedLayer | None] = [None] * len(layers)
 
+        too_big = set(left_out)
+
         async def optimize_one(layer: _Layer) -> None:
+            read_in_places = [p for p in assignment.per_layer[layer.position] if p in too_big]
             outcomes[layer.position] = await self._optimize_layer(
-                layer, prioritized[layer.position], len(layers)
+                layer, prioritized[layer.position], read_in_places, len(layers)
             )
 
         await self._each(layers, optimize_one)
@@ -478,12 +481,14 @@ class _Optimizer:
     # -- the layers ---------------------------------------------------------------
 
     async def _optimize_layer(
-        self, layer: _Layer, wanted: Sequence[str], count: int
+        self, layer: _Layer, wanted: Sequence[str], read_in_places: Sequence[str], count: int
     ) -> OptimizedLayer:
+        """``layer`` with ``wanted`` first; ``read_in_places`` are its files too big to
+        prefetch whole that the workload read, which the rewrite cuts finer."""
         started = time.monotonic()
         where = f"layer {layer.position + 1}/{count} ({short_digest(layer.descriptor.digest)})"
         plan = f"{len(wanted)} prioritized file(s)" if wanted else "nothing read: no prefetch"
-        if layer.is_estargz and _laid_out_as(layer, wanted):
+        if layer.is_estargz and _laid_out_as(layer, wanted, read_in_places):
             result, transfer = await self._keep(layer)
             self.progress.line(f"{where}: eStargz already laid out so ({plan}), kept")
             return OptimizedLayer(
@@ -617,10 +622,15 @@ class _Optimizer:
                 nursery.start_soon(work, layer)
 
 
-def _laid_out_as(layer: _Layer, wanted: Sequence[str]) -> bool:
-    """Whether the eStargz layer already has exactly ``wanted`` first, then the landmark."""
+def _laid_out_as(layer: _Layer, wanted: Sequence[str], read_in_places: Sequence[str]) -> bool:
+    """Whether the eStargz layer already has exactly ``wanted`` first, then the landmark,
+    and the big files of ``read_in_places`` in chunks no larger than a rewrite's."""
     assert layer.probe is not None and layer.probe.opened is not None
     index = layer.probe.opened.index
+    for path in read_in_places:
+        node = index.lookup(path)
+        if node is not None and any(c.size > BIG_FILE_CHUNK_SIZE for c in node.chunks):
+            return False
     if not wanted:
         return index.no_prefetch
     if index.prefetch_landmark_offset is None:

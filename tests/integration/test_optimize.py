@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from lazybuild.cli import optimize_commands
 from lazybuild.estargz.layerformat import decompressed_stream
 from lazybuild.estargz.reader import parse_layer, read_toc_region
 from lazybuild.estargz.toc import (
+    BIG_FILE_CHUNK_SIZE,
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
     TOC_TAR_NAME,
@@ -41,7 +43,7 @@ from lazybuild.estargz.toc import (
 )
 from lazybuild.executor.orphans import OWNER_ANNOTATION
 from lazybuild.executor.runc import DEFAULT_STATE_ROOT
-from lazybuild.lazyfs.layer import PREFETCH_BATCH_BYTES
+from lazybuild.lazyfs.layer import PREFETCH_BATCH_BYTES, PREFETCH_FIRST_BATCH_BYTES
 from lazybuild.oci import mediatypes
 from lazybuild.oci.layout import OciLayout
 from lazybuild.oci.manifest import Index
@@ -307,7 +309,8 @@ def _on_demand_requests(reference: str, state: Path, tmp_path: Path) -> tuple[in
 
 def _prefetch_shape(reference: str) -> tuple[int, int]:
     """Layers of the image whose TOC has a prefetch landmark, and the requests their
-    prefetch makes: batches of up to PREFETCH_BATCH_BYTES of the region's chunks."""
+    prefetch makes: a first batch of up to PREFETCH_FIRST_BATCH_BYTES of the region's
+    chunks, then batches of up to PREFETCH_BATCH_BYTES."""
 
     async def count() -> tuple[int, int]:
         layers = requests = 0
@@ -328,10 +331,10 @@ def _prefetch_shape(reference: str) -> tuple[int, int]:
                     for chunk in node.chunks
                     if chunk.end <= landmark
                 )
-                batch = 0
+                batch, limit = 0, PREFETCH_FIRST_BATCH_BYTES
                 for _, size in sizes:
-                    if batch and batch + size > PREFETCH_BATCH_BYTES:
-                        requests, batch = requests + 1, 0
+                    if batch and batch + size > limit:
+                        requests, batch, limit = requests + 1, 0, PREFETCH_BATCH_BYTES
                     batch += size
                 requests += 1 if batch else 0
         return layers, requests
@@ -645,3 +648,50 @@ def test_a_killed_optimize_leaves_nothing_once_the_next_command_runs(
     assert "removed a stale mount of a killed run" in du.stderr
     assert mine[0]["id"] not in [c["id"] for c in _our_containers()]
     assert procs.mounts_under(state) == []
+
+
+@pytest.fixture(scope="module")
+def big_file_image(
+    registry: Registry, debian_rootfs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """eStargz in the registry: a shell, and ``data/big.bin`` (40 MB: a first line, then
+    random bytes) in a layer of its own, in the default 4 MiB chunks."""
+    work = tmp_path_factory.mktemp("big-file")
+    layout = OciLayout.create(work / "layout")
+    patterns = (*TINY_RUNTIME_GLOBS, "usr/bin/dash", "usr/bin/sh")
+    runtime = sorted(
+        str(path.relative_to(debian_rootfs))
+        for pattern in patterns
+        for path in debian_rootfs.glob(pattern)
+    )
+    layers = [write_layer(layout, debian_rootfs, include=runtime, comment="runtime")]
+    (work / "big" / "data").mkdir(parents=True)
+    (work / "big" / "data" / "big.bin").write_bytes(
+        b"first line\n" + random.Random(5).randbytes(40_000_000)
+    )
+    layers.append(write_layer(layout, work / "big", comment="big"))
+    write_image(layout, layers, cmd=("/bin/sh", "-c", "read -r line < /data/big.bin"))
+    reference = f"{registry.host}/test/big-file:esgz"
+    assert lazybuild("-q", "convert", f"oci:{work / 'layout'}", reference) == 0
+    return reference
+
+
+def test_a_big_file_read_in_one_place_is_recorded_there_and_cut_finer(
+    big_file_image: str, state_dir: Path, tmp_path: Path
+) -> None:
+    record = tmp_path / "record.json"
+    out = tmp_path / "out"
+    options = ("--record-out", str(record))
+    assert (
+        lazybuild("--state-dir", str(state_dir), "optimize", *options, big_file_image, f"oci:{out}")
+        == 0
+    )
+    (big,) = [entry for entry in read_record(record) if entry.path == "data/big.bin"]
+    assert big.read_ranges and big.read_ranges[0][0] == 0
+    assert sum(length for _, length in big.read_ranges) < 16 << 20  # a place, not the file
+    # Rewritten with the file in finer chunks, so a prefetch of that place is small.
+    image = read_optimized(out)
+    _, toc_json = _toc_names(image.blob(image.layers[1]["digest"]))
+    chunks = [e for e in decode_toc_json(toc_json).entries if e.name == "data/big.bin"]
+    assert {e.chunk_size for e in chunks[:-1]} == {BIG_FILE_CHUNK_SIZE}
+    assert len(chunks) == -(-(40_000_000 + 11) // BIG_FILE_CHUNK_SIZE)
