@@ -24,6 +24,7 @@ def no_sibling_fetches(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_prefetch_fetches_the_prioritized_region_in_order_without_waiting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(layer_module, "PREFETCH_FIRST_BATCH_BYTES", 2 * CHUNK)
     monkeypatch.setattr(layer_module, "PREFETCH_BATCH_BYTES", 2 * CHUNK)
     monkeypatch.setattr(layer_module, "PREFETCH_CONCURRENCY", 1)
     prioritized = ["dir/one.bin", "multi.bin", "small.txt"]

@@ -451,7 +451,8 @@ def test_learned_prefetch_requests_follow_the_listed_order(
 ) -> None:
     """The files are listed in the order the step read them; the batches go out in that
     order, whatever order trio starts tasks in (it varies on purpose)."""
-    monkeypatch.setattr(layer_module, "PREFETCH_BATCH_BYTES", 1)  # one chunk per request
+    monkeypatch.setattr(layer_module, "PREFETCH_FIRST_BATCH_BYTES", 1)  # a chunk per request
+    monkeypatch.setattr(layer_module, "PREFETCH_BATCH_BYTES", 1)
     monkeypatch.setattr(layer_module, "PREFETCH_CONCURRENCY", 1)
     files = {f"f{number:02}.txt": pseudo_random(CHUNK // 2, number) for number in range(12)}
     built = build_layer(files)
@@ -513,5 +514,31 @@ def test_prefetch_by_file_list_fetches_big_files_in_the_places_given(
         assert blob.requests == requests
         assert await layer.read(big, 5 * CHUNK, 10) == data[5 * CHUNK : 5 * CHUNK + 10]
         assert blob.requests == requests + 1  # a place not given comes on demand
+
+    trio.run(main)
+
+
+def test_a_prefetch_starts_with_a_small_batch_so_the_first_files_come_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(layer_module, "PREFETCH_CONCURRENCY", 1)
+    files = {f"f{number:02}.txt": pseudo_random(CHUNK // 2, number) for number in range(12)}
+    built = build_layer(files)
+    listed = sorted(files)
+
+    async def main() -> None:
+        blob = MemoryBlob(built.blob)
+        layer = await open_layer(built, blob, tmp_path)
+        chunks = [node_of(layer, name).chunks[0] for name in listed]
+        compressed = [chunk.end - chunk.offset for chunk in chunks]
+        monkeypatch.setattr(layer_module, "PREFETCH_FIRST_BATCH_BYTES", sum(compressed[:2]))
+        monkeypatch.setattr(layer_module, "PREFETCH_BATCH_BYTES", sum(compressed[:5]))
+        blob.reset()
+        await layer.prefetch_files(listed)
+        for name in listed:
+            assert await layer.read(node_of(layer, name), 0, CHUNK) == files[name]
+        # Two files, then batches of up to five, in the listed order.
+        assert sum(size for _, size in blob.requested[0]) == sum(compressed[:2])
+        assert sum(size for _, size in blob.requested[1]) == sum(compressed[2:7])
 
     trio.run(main)
