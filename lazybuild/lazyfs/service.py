@@ -24,6 +24,7 @@ import trio
 
 from lazybuild.cache.chunkcache import DEFAULT_MAX_BYTES, ChunkCache
 from lazybuild.errors import LazybuildError
+from lazybuild.estargz.index import LayerIndex
 from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.fuse import LazyFilesystem
@@ -31,6 +32,7 @@ from lazybuild.lazyfs.layer import LazyLayer
 from lazybuild.lazyfs.layerset import LayerSet
 from lazybuild.lazyfs.priority import ForegroundGate
 from lazybuild.lazyfs.readrecorder import ReadRecorder
+from lazybuild.lazyfs.skeleton import count_symlinks, merged_view, skeleton_name, write_skeleton
 from lazybuild.lazyfs.unpack import UnpackedLayer, unpack_layer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
@@ -115,6 +117,7 @@ class LayerSource:
         self._mounted: dict[str, _Mounted] = {}
         self._pending: dict[str, trio.Event] = {}
         self._layers = LayerSet()
+        self._skeletons: dict[tuple[str, ...], Path | None] = {}
 
     async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
         ref = Reference.parse(ref_text)
@@ -166,6 +169,32 @@ class LayerSource:
         """Make the kernel read big files through the filesystem again (see
         ``LazyFilesystem.forget_cached_pages``)."""
         await self._filesystem.forget_cached_pages(PREFETCH_FILE_MAX_BYTES)
+
+    async def skeleton(self, digests: Sequence[str]) -> Path | None:
+        """The skeleton of these lazy layers (``lazyfs.skeleton``), made on first use and
+        kept in the state dir; None when a layer is not lazy, the layers have no symlink
+        (nothing to gain) or the local filesystem cannot hold one faithfully."""
+        key = tuple(digests)
+        if key not in self._skeletons:
+            self._skeletons[key] = await self._make_skeleton(key)
+        return self._skeletons[key]
+
+    async def _make_skeleton(self, digests: tuple[str, ...]) -> Path | None:
+        indexes = []
+        for digest in digests:
+            mounted = self._mounted.get(digest)
+            if mounted is None or mounted.layer is None:
+                return None
+            indexes.append(mounted.layer.index)
+        if not indexes:
+            return None
+        directory = self._state_dir / "skeletons" / skeleton_name(digests)
+        try:
+            made = await trio.to_thread.run_sync(_skeleton_on_disk, indexes, directory)
+        except OSError as exc:
+            log.warning("no skeleton for layers %s: %s", ", ".join(digests), exc)
+            return None
+        return directory if made else None
 
     def stats(self) -> list[dict[str, Any]]:
         report = []
@@ -222,6 +251,16 @@ class LayerSource:
             log.warning("layer %s: background fetch stopped: %s", layer.digest, exc)
 
 
+def _skeleton_on_disk(indexes: Sequence[LayerIndex], directory: Path) -> bool:
+    if directory.is_dir():
+        return True
+    merged = merged_view(indexes)
+    if count_symlinks(merged) == 0:
+        return False
+    write_skeleton(merged, directory)
+    return True
+
+
 def _unpacked_stats(unpacked: UnpackedLayer) -> dict[str, Any]:
     """The same keys as ``LayerStats.to_json()``: the whole blob, in one request."""
     fetched = 0 if unpacked.reused else unpacked.size
@@ -255,6 +294,8 @@ class Layers(Protocol):
     ) -> tuple[int, int]: ...
 
     async def forget_big_file_pages(self) -> None: ...
+
+    async def skeleton(self, digests: Sequence[str]) -> Path | None: ...
 
     def stats(self) -> list[dict[str, Any]]: ...
 
@@ -313,6 +354,9 @@ class ControlServer:
                     layers={f"sha256:{name}": paths for name, paths in since.items()},
                     ranges={f"sha256:{name}": places for name, places in ranges.items()},
                 )
+            if isinstance(request, control.Skeleton):
+                skeleton = await self._layers.skeleton(request.digests)
+                return control.ok(path=None if skeleton is None else str(skeleton))
             if isinstance(request, control.PrefetchFiles):
                 chunks, size = await self._layers.prefetch_files(request.files, request.ranges)
                 return control.ok(chunks=chunks, bytes=size)

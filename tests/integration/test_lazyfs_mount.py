@@ -278,6 +278,19 @@ def test_overlay_over_lazy_layers_equals_overlay_over_unpacked_layers(
             lazy_tree, plain_tree, mixed_tree = trees
             assert lazy_tree == plain_tree
             assert mixed_tree == plain_tree
+            # The skeleton of the lazy layers stacked right above them changes nothing seen.
+            skeleton = await service.skeleton([m.digest for m in lazy])
+            assert skeleton is not None and (skeleton / "bin").is_symlink()
+            assert await service.skeleton([m.digest for m in lazy]) == skeleton  # made once
+            target = state_dir / "merged" / "skeleton"
+            target.mkdir(parents=True)
+            mount_overlay(target, [skeleton, *(m.path for m in reversed(lazy))])
+            try:
+                assert await trio.to_thread.run_sync(describe_tree, target) == plain_tree
+            finally:
+                unmount(target, lazy=True)
+            # Unpacked layers have no TOC to make one from.
+            assert await service.skeleton([m.digest for m in mixed]) is None
             assert not any(Path(p).name.startswith(".wh.") for p in lazy_tree)
             report = await service.stats()
             assert {layer.mode for layer in report.layers} == {"lazy", "unpacked"}
