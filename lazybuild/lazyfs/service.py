@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from lazybuild.lazyfs.layer import LazyLayer
 from lazybuild.lazyfs.layerset import LayerSet
 from lazybuild.lazyfs.priority import ForegroundGate
 from lazybuild.lazyfs.readrecorder import ReadRecorder
-from lazybuild.lazyfs.skeleton import count_symlinks, merged_view, skeleton_name, write_skeleton
+from lazybuild.lazyfs.skeleton import merged_view, skeleton_name, skeleton_tar, write_skeleton
 from lazybuild.lazyfs.unpack import UnpackedLayer, unpack_layer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
@@ -254,10 +255,14 @@ class LayerSource:
 def _skeleton_on_disk(indexes: Sequence[LayerIndex], directory: Path) -> bool:
     if directory.is_dir():
         return True
-    merged = merged_view(indexes)
-    if count_symlinks(merged) == 0:
+    started = time.perf_counter()
+    archive = skeleton_tar(merged_view(indexes))
+    if archive is None:
         return False
-    write_skeleton(merged, directory)
+    write_skeleton(archive, directory)
+    log.info(
+        "skeleton of %d layer(s) written in %.3fs", len(indexes), time.perf_counter() - started
+    )
     return True
 
 
