@@ -90,6 +90,7 @@ from lazybuild.profile.record import (
     encode_record,
     read_record,
     record_paths,
+    record_read_ranges,
     write_record,
 )
 from lazybuild.profile.workload import (
@@ -357,7 +358,7 @@ class _Optimizer:
             note = f" (made on {', '.join(sorted(short_digest(d) for d in others))}: paths reused)"
         paths = record_paths(entries)
         self.progress.line(f"record from {path}: {len(paths)} file(s){note}")
-        return paths, {entry.path: entry.read_ranges for entry in entries if entry.read_ranges}
+        return paths, record_read_ranges(entries)
 
     async def _record(
         self,
@@ -398,12 +399,7 @@ class _Optimizer:
                 )
                 ranges = {}
                 if service is not None and mark is not None:
-                    by_layer = await service.ranges_since(mark)
-                    ranges = {
-                        path: tuple(places)
-                        for layer_places in by_layer.values()
-                        for path, places in layer_places.items()
-                    }
+                    ranges = await service.ranges_since(mark)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_remove_workspace, workspace)

@@ -32,6 +32,7 @@ from lazybuild.profile.record import (
     encode_record,
     read_record,
     record_paths,
+    record_read_ranges,
     write_record,
 )
 from lazybuild.profile.workload import WorkloadRecord
@@ -116,8 +117,7 @@ async def _recorded_files(
     of files too big to prefetch whole."""
     if request.record_in is not None:
         entries = read_record(request.record_in)
-        ranges = {entry.path: entry.read_ranges for entry in entries if entry.read_ranges}
-        return record_paths(entries), None, ranges
+        return record_paths(entries), None, record_read_ranges(entries)
     config = result.config.to_oci_config()
     settings = config.get("config") or {}
     if request.command is None and not (settings.get("Entrypoint") or settings.get("Cmd")):

@@ -351,11 +351,15 @@ class LazyMountService:
         reply = await self._request(control.ReadsSince(mark))
         return control.layer_files(reply.get("layers"), "reads_since reply")
 
-    async def ranges_since(self, mark: int) -> control.LayerRanges:
-        """By layer digest and path, the places read since ``mark`` in big files (over
-        ``PREFETCH_FILE_MAX_BYTES``)."""
+    async def ranges_since(self, mark: int) -> dict[str, tuple[tuple[int, int], ...]]:
+        """By path, the places read since ``mark`` in big files (over
+        ``PREFETCH_FILE_MAX_BYTES``) of the added layers: what an image's workload read
+        of them, whichever layer served each."""
         reply = await self._request(control.ReadsSince(mark))
-        return control.layer_ranges(reply.get("ranges", {}), "reads_since reply")
+        by_layer = control.layer_ranges(reply.get("ranges", {}), "reads_since reply")
+        return {
+            path: tuple(ranges) for places in by_layer.values() for path, ranges in places.items()
+        }
 
     async def prefetch_files(
         self, files: dict[str, list[str]], ranges: control.LayerRanges | None = None

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import trio
 
 from lazybuild.errors import FormatError
+from lazybuild.offsetranges import decode_offset_ranges
 
 # Lists of read files travel in one line (reads_since, prefetch_files).
 MAX_LINE = 16 << 20
@@ -182,23 +183,10 @@ def layer_ranges(value: Any, what: str) -> LayerRanges:
     for digest, by_path in value.items():
         if not isinstance(by_path, dict):
             raise FormatError(problem)
-        checked[digest] = {path: _ranges(ranges, problem) for path, ranges in by_path.items()}
+        checked[digest] = {
+            path: decode_offset_ranges(ranges, problem) for path, ranges in by_path.items()
+        }
     return checked
-
-
-def _ranges(value: Any, problem: str) -> list[tuple[int, int]]:
-    if not isinstance(value, list):
-        raise FormatError(problem)
-    ranges = []
-    for pair in value:
-        if not (
-            isinstance(pair, list)
-            and len(pair) == 2
-            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in pair)
-        ):
-            raise FormatError(problem)
-        ranges.append((pair[0], pair[1]))
-    return ranges
 
 
 def ok(**fields: Any) -> dict[str, Any]:

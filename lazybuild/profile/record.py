@@ -27,6 +27,7 @@ from lazybuild.atomicfile import write_atomic
 from lazybuild.errors import FormatError
 from lazybuild.estargz.gojson import quote
 from lazybuild.estargz.index import clean_name
+from lazybuild.offsetranges import decode_offset_ranges
 
 RECORD_MEDIA_TYPE = "application/vnd.lazybuild.workload-record.v1+jsonl"
 
@@ -106,18 +107,9 @@ def _read_ranges(value: object, where: str) -> ReadRanges:
     if value is None:
         return ()
     problem = f"{where}: readRanges is not a list of [offset, length] pairs"
-    if not isinstance(value, list) or len(value) > MAX_READ_RANGES:
+    if isinstance(value, list) and len(value) > MAX_READ_RANGES:
         raise FormatError(problem)
-    ranges = []
-    for pair in value:
-        if not (
-            isinstance(pair, list)
-            and len(pair) == 2
-            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in pair)
-        ):
-            raise FormatError(problem)
-        ranges.append((pair[0], pair[1]))
-    return tuple(ranges)
+    return tuple(decode_offset_ranges(value, problem))
 
 
 def read_record(path: Path) -> list[RecordEntry]:
@@ -131,6 +123,11 @@ def read_record(path: Path) -> list[RecordEntry]:
 def write_record(path: Path, entries: Iterable[RecordEntry]) -> None:
     """Write the record next to ``path`` first, then rename: a reader never sees half of it."""
     write_atomic(path, encode_record(entries))
+
+
+def record_read_ranges(entries: Sequence[RecordEntry]) -> dict[str, ReadRanges]:
+    """By path, the places read of the big files the record says that of."""
+    return {entry.path: entry.read_ranges for entry in entries if entry.read_ranges}
 
 
 def record_paths(entries: Sequence[RecordEntry]) -> list[str]:

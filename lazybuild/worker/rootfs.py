@@ -159,10 +159,7 @@ class LayerMounter:
         """By path, the places read since ``mark`` in big files of lazy layers."""
         if self._service is None or not self._service.running:
             return {}
-        by_layer = await self._service.ranges_since(mark)
-        return {
-            path: tuple(ranges) for places in by_layer.values() for path, ranges in places.items()
-        }
+        return await self._service.ranges_since(mark)
 
     async def reads_since(self, snapshot: Snapshot, mark: int) -> list[list[str]] | None:
         """For each base layer of ``snapshot`` (bottom first), the files read since
