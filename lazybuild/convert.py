@@ -44,15 +44,19 @@ _TRANSFER_CONCURRENCY = 4
 
 def estargz_layer_descriptor(written: WrittenLayer) -> Descriptor:
     """The descriptor of a layer lazybuild wrote as eStargz: OCI gzip media type, with
-    the TOC digest and uncompressed size annotations lazy pullers look for."""
+    the TOC digest and uncompressed size annotations lazy pullers look for, and
+    lazybuild's own hints where the TOC and the prefetch region are."""
+    annotations = {
+        mediatypes.TOC_DIGEST_ANNOTATION: written.toc_digest,
+        mediatypes.UNCOMPRESSED_SIZE_ANNOTATION: str(written.uncompressed_size),
+        mediatypes.TOC_OFFSET_ANNOTATION: str(written.toc_offset),
+    }
+    if written.prefetch_region_size:
+        annotations[mediatypes.PREFETCH_REGION_ANNOTATION] = str(written.prefetch_region_size)
+    # Sorted, as a descriptor read back from the layer cache's sidecar is: the same
+    # layer must make the same manifest bytes whether it was written now or reused.
     return Descriptor(
-        mediatypes.OCI_LAYER_GZIP,
-        written.digest,
-        written.size,
-        {
-            mediatypes.TOC_DIGEST_ANNOTATION: written.toc_digest,
-            mediatypes.UNCOMPRESSED_SIZE_ANNOTATION: str(written.uncompressed_size),
-        },
+        mediatypes.OCI_LAYER_GZIP, written.digest, written.size, dict(sorted(annotations.items()))
     )
 
 

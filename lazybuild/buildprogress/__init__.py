@@ -24,13 +24,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Literal, TextIO
+from typing import TextIO
 
 from lazybuild.buildprogress._board import Board, Fetch, Renderer, Status
 from lazybuild.buildprogress._plain import Plain
 from lazybuild.buildprogress._rawjson import RawJson
 from lazybuild.buildprogress._tty import Tty
 from lazybuild.progress import Progress
+from lazybuild.progressmodes import MODES, Mode
 from lazybuild.solver.progress import (
     ProgressEvent,
     VertexCompleted,
@@ -40,9 +41,6 @@ from lazybuild.solver.progress import (
 )
 
 __all__ = ["MODES", "BuildProgress", "Mode", "Phase"]
-
-Mode = Literal["auto", "tty", "plain", "rawjson", "quiet"]
-MODES: tuple[Mode, ...] = ("auto", "tty", "plain", "rawjson", "quiet")
 
 
 class BuildProgress:

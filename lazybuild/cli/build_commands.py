@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from lazybuild.buildprogress import MODES
+    from lazybuild.progressmodes import MODES
 
     build = commands.add_parser(
         "build", help="build an image from a Dockerfile, base images mounted lazily"
@@ -83,15 +83,20 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     build.add_argument(
         "--record-in", type=Path, metavar="FILE", help="order layers by this record instead"
     )
-    build.set_defaults(run=run_build_command)
+    build.set_defaults(run=run_build_command, make_filesystem=build_command_filesystem)
+
+
+def build_command_filesystem(args: argparse.Namespace) -> LazyMountService:
+    from lazybuild.build.filesystem import build_filesystem
+
+    return build_filesystem(state_dir(args), registry_options(args))
 
 
 async def run_build_command(args: argparse.Namespace) -> int:
-    from lazybuild.build.filesystem import build_filesystem
-
-    # Started before the build machinery is imported and the Dockerfile read: the
-    # filesystem process's own start-up (an interpreter, pyfuse3) overlaps with ours.
-    filesystem = build_filesystem(state_dir(args), registry_options(args))
+    # Forked by main before trio started when it could be (see lazyfs.forkedservice);
+    # else started here, before the build machinery is imported and the Dockerfile
+    # read: the filesystem process's own start-up overlaps with ours either way.
+    filesystem = args.filesystem or build_command_filesystem(args)
     await filesystem.spawn()
     try:
         return await _build(args, filesystem)

@@ -65,7 +65,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     run.add_argument(
         "process_args", nargs=argparse.REMAINDER, metavar="COMMAND", help="command and arguments"
     )
-    run.set_defaults(run=run_run)
+    run.set_defaults(run=run_run, make_filesystem=run_filesystem)
 
 
 def _add_fetch_report(parser: argparse.ArgumentParser) -> None:
@@ -174,18 +174,23 @@ async def run_umount(args: argparse.Namespace) -> int:
     return 0
 
 
-async def run_run(args: argparse.Namespace) -> int:
+def run_filesystem(args: argparse.Namespace) -> LazyMountService:
     from lazybuild.lazyfs.client import LazyMountService
 
-    # Started before the rest of the run machinery is imported: the filesystem
-    # process's own start-up (an interpreter, pyfuse3, a mount) overlaps with ours.
     registry = registry_options(args)
-    service = LazyMountService(
+    return LazyMountService(
         state_dir(args),
         insecure_registries=registry.insecure_registries,
         docker_config=registry.docker_config,
         background_fetch=args.background_fetch,
     )
+
+
+async def run_run(args: argparse.Namespace) -> int:
+    # Forked by main before trio started when it could be (see lazyfs.forkedservice);
+    # else started here, before the rest of the run machinery is imported: the
+    # filesystem process's own start-up (pyfuse3, a mount) overlaps with ours either way.
+    service = args.filesystem or run_filesystem(args)
     await service.spawn()
     try:
         return await _run(args, service)

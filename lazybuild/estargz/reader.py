@@ -22,6 +22,9 @@ from lazybuild.estargz.tocmember import extract_toc_json
 # The first read of a layer takes this much of its end: the footer plus, for most
 # small and medium layers, the whole compressed TOC, saving a second round trip.
 TAIL_READ_SIZE = 256 << 10
+# A TOC offset hint is followed for a first read up to this size (a compressed TOC of
+# ~100,000 entries); a hint further from the end is not believed.
+MAX_HINTED_TAIL_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -46,16 +49,25 @@ async def read_toc_region(
     blob_size: int,
     *,
     tail: bytes | None = None,
+    toc_offset_hint: int | None = None,
     where: str = "layer",
 ) -> tuple[bytes, int]:
     """The end of a blob from its TOC on, and where that starts: the input of ``parse_layer``.
 
     ``read_at(offset, length)`` is the caller's async reader (a registry, a file);
     ``tail`` is the ``tail_read_range`` read when the caller already made it. One read
-    usually covers footer and TOC; a bigger TOC costs exactly one more.
+    usually covers footer and TOC; a bigger TOC costs exactly one more. With
+    ``toc_offset_hint`` (where the TOC is said to start), the first read starts there,
+    so it is one read whatever the TOC's size, and no bigger than needed.
     """
     tail_start, tail_length = tail_read_range(blob_size)
     if tail is None:
+        if (
+            toc_offset_hint is not None
+            and 0 <= toc_offset_hint <= blob_size - FOOTER_SIZE
+            and blob_size - toc_offset_hint <= MAX_HINTED_TAIL_BYTES
+        ):
+            tail_start, tail_length = toc_offset_hint, blob_size - toc_offset_hint
         tail = await read_at(tail_start, tail_length)
     try:
         footer = parse_footer(tail[-FOOTER_SIZE:] if len(tail) > FOOTER_SIZE else tail)

@@ -75,6 +75,8 @@ class WrittenLayer:
     toc_digest: str
     stats: IndexStats
     missing_prioritized: tuple[str, ...] = ()
+    toc_offset: int = 0  # where the TOC's gzip member starts
+    prefetch_region_size: int = 0  # compressed bytes [0, n) holding the prioritized files
 
 
 class _BlobBuilder:
@@ -192,9 +194,10 @@ def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _landmark(builder: _BlobBuilder, name: str) -> None:
+def _landmark(builder: _BlobBuilder, name: str) -> TOCEntry:
     entry = TOCEntry(name=name, type="reg", size=len(LANDMARK_CONTENTS))
     builder.add_file(entry, plain_file_header(name, entry.size), _BytesPayload(LANDMARK_CONTENTS))
+    return entry
 
 
 def _write_entries(
@@ -215,26 +218,30 @@ def _write_entries_in_layout_order(
     prioritized: list[InputEntry],
     rest: list[InputEntry],
     has_prioritized_list: bool,
-) -> None:
+) -> TOCEntry:
+    """Returns the landmark entry (its offset, once known, ends the prefetch region)."""
     names = TOCEntryFactory()
     if has_prioritized_list:
         _write_entries(builder, prioritized, source, names)
-        _landmark(builder, PREFETCH_LANDMARK)
+        landmark = _landmark(builder, PREFETCH_LANDMARK)
     else:
-        _landmark(builder, NO_PREFETCH_LANDMARK)
+        landmark = _landmark(builder, NO_PREFETCH_LANDMARK)
     _write_entries(builder, rest, source, names)
+    return landmark
 
 
-def _write_toc_and_footer(builder: _BlobBuilder, members: OrderedMemberWriter) -> bytes:
-    """Close the data, write the TOC member and the footer; returns the TOC JSON."""
+def _write_toc_and_footer(builder: _BlobBuilder, members: OrderedMemberWriter) -> tuple[bytes, int]:
+    """Close the data, write the TOC member and the footer; returns the TOC JSON and
+    the TOC member's offset."""
     builder.finish_data()
     toc_json = encode_toc_json(TOC(version=1, entries=builder.entries))
     builder.emit(plain_file_header(TOC_TAR_NAME, len(toc_json)))
     builder.emit(toc_json + padding(len(toc_json)) + END_OF_ARCHIVE)
     toc_member = builder.start_member() - 1  # the member just closed
     members.flush()
-    members.write_raw(encode_footer(members.member_offsets[toc_member]))
-    return toc_json
+    toc_offset = members.member_offsets[toc_member]
+    members.write_raw(encode_footer(toc_offset))
+    return toc_json, toc_offset
 
 
 def write_estargz(
@@ -256,10 +263,10 @@ def write_estargz(
         members = OrderedMemberWriter(out, options.compression_level, max(1, options.workers))
         builder = _BlobBuilder(members, options.chunk_size, options.big_file_chunk_size)
         try:
-            _write_entries_in_layout_order(
+            landmark = _write_entries_in_layout_order(
                 builder, PayloadSource(source_file), first, rest, bool(prioritized_paths)
             )
-            toc_json = _write_toc_and_footer(builder, members)
+            toc_json, toc_offset = _write_toc_and_footer(builder, members)
         except BaseException:
             members.abort()
             raise
@@ -279,4 +286,6 @@ def write_estargz(
         toc_digest=_sha256(toc_json),
         stats=stats,
         missing_prioritized=tuple(missing),
+        toc_offset=toc_offset,
+        prefetch_region_size=landmark.offset if prioritized_paths else 0,
     )

@@ -26,8 +26,10 @@ import trio
 from lazybuild.errors import LazybuildError
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.control import LayerMode
+from lazybuild.lazyfs.forkedservice import ForkedProcess, fork_service
 from lazybuild.lazyfs.readahead import widen_readahead
 from lazybuild.lazyfs.stale import (
+    SERVICE_MODULE,
     MountRecord,
     is_mounted,
     lazy_unmount,
@@ -135,8 +137,8 @@ class LazyMountService:
         self._log_path = state_dir / "mounts" / f"{self.id}.log"
         self._socket_dir: Path | None = None
         self.control_path = state_dir / "mounts" / f"{self.id}.sock"
-        self._process: trio.Process | None = None
-        self._ready: trio.lowlevel.FdStream | None = None  # says "ready" once it serves
+        self._process: trio.Process | ForkedProcess | None = None
+        self._ready_fd: int | None = None  # the process writes "ready" to it once it serves
 
     @property
     def pid(self) -> int | None:
@@ -167,6 +169,29 @@ class LazyMountService:
             await self.close()
             raise
 
+    def fork(self) -> None:
+        """``spawn``, by forking this process (see ``forkedservice``): only before
+        ``trio.run``, in a process with one thread. Then ``async with`` as after ``spawn``;
+        a forked service that is never entered must be ``close``d (in ``trio.run``)."""
+        if self._process is not None:
+            return
+        self._prepare_directories()
+        ready_read, ready_write = os.pipe()
+        try:
+            with self._log_path.open("wb") as log_file:
+                self._process = fork_service(
+                    self._service_arguments(ready_write),
+                    log_fd=log_file.fileno(),
+                    keep_fd=ready_write,
+                )
+        except BaseException:
+            os.close(ready_read)
+            raise
+        finally:
+            os.close(ready_write)
+        self._ready_fd = ready_read
+        self._write_record(self._process.pid)
+
     async def close(self) -> None:
         """Stop the process and take the mount down (again: a no-op)."""
         with trio.CancelScope(shield=True):
@@ -189,17 +214,20 @@ class LazyMountService:
     ) -> None:
         await self.close()
 
-    async def _spawn(self) -> None:
+    def _prepare_directories(self) -> None:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         if len(os.fsencode(self.control_path)) > _MAX_SOCKET_PATH:
             self._socket_dir = Path(tempfile.mkdtemp(prefix="lazybuild-"))
             self.control_path = self._socket_dir / "control.sock"
+
+    async def _spawn(self) -> None:
+        self._prepare_directories()
         ready_read, ready_write = os.pipe()
         try:
             with self._log_path.open("wb") as log_file:
                 self._process = await trio.lowlevel.open_process(
-                    [*self._command(), "--ready-fd", str(ready_write)],
+                    [sys.executable, "-m", SERVICE_MODULE, *self._service_arguments(ready_write)],
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=log_file,
@@ -214,12 +242,15 @@ class LazyMountService:
             raise
         finally:
             os.close(ready_write)
-        self._ready = trio.lowlevel.FdStream(ready_read)
+        self._ready_fd = ready_read
+        self._write_record(self._process.pid)
+
+    def _write_record(self, pid: int) -> None:
         write_record(
             self.state_dir,
             MountRecord(
                 id=self.id,
-                pid=self._process.pid,
+                pid=pid,
                 mountpoint=str(self.mountpoint),
                 control=str(self.control_path),
                 owner_pid=os.getpid(),
@@ -227,8 +258,9 @@ class LazyMountService:
         )
 
     async def _until_serving(self) -> None:
-        assert self._process is not None and self._ready is not None, "spawn() first"
-        ready, self._ready = self._ready, None
+        assert self._process is not None and self._ready_fd is not None, "spawn() first"
+        ready = trio.lowlevel.FdStream(self._ready_fd)
+        self._ready_fd = None
         async with ready:
             with trio.move_on_after(START_TIMEOUT):
                 if await ready.receive_some() == b"ready\n":
@@ -243,11 +275,10 @@ class LazyMountService:
             f" ({self._exit_status()}): {self._stderr_tail()}"
         )
 
-    def _command(self) -> list[str]:
+    def _service_arguments(self, ready_fd: int) -> list[str]:
         command = [
-            sys.executable,
-            "-m",
-            "lazybuild.lazyfs.service",
+            "--ready-fd",
+            str(ready_fd),
             "--mountpoint",
             str(self.mountpoint),
             "--control",
@@ -267,9 +298,9 @@ class LazyMountService:
         return command
 
     async def _stop(self) -> None:
-        if self._ready is not None:
-            ready, self._ready = self._ready, None
-            await ready.aclose()
+        if self._ready_fd is not None:
+            os.close(self._ready_fd)
+            self._ready_fd = None
         process = self._process
         if process is not None and process.poll() is None:
             asked = False

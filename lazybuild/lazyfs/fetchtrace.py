@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 
 ENVIRONMENT_VARIABLE = "LAZYBUILD_FETCH_TRACE"
+# What stands for the files of a request that read no file: a layer's TOC.
+TOC_LABEL = "<toc>"
 _FILES_SHOWN = 8
 _CHUNKS_SHOWN = 16
 

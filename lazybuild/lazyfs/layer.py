@@ -25,12 +25,14 @@ import trio
 
 from lazybuild.cache.chunkcache import ChunkCache
 from lazybuild.errors import DigestMismatchError, FormatError, LazybuildError, RegistryError
+from lazybuild.estargz.hints import prefetch_region_hint
 from lazybuild.estargz.index import ChunkRef, LayerIndex, Node
 from lazybuild.estargz.reader import decompress_chunk
 from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs.chunk_flight import Flight, Flights
 from lazybuild.lazyfs.chunk_memory import ChunkMemory
 from lazybuild.lazyfs.concurrency import in_order
+from lazybuild.lazyfs.early_region import EarlyRegion
 from lazybuild.lazyfs.elfdeps import candidate_paths, elf_dependencies, is_elf
 from lazybuild.lazyfs.fetchtrace import trace_fetch
 from lazybuild.lazyfs.layer_stats import LayerStats
@@ -39,6 +41,7 @@ from lazybuild.lazyfs.layerset import LayerSet
 from lazybuild.lazyfs.priority import ForegroundGate
 from lazybuild.lazyfs.readwindow import NeighbourWindow
 from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.mediatypes import TOC_DIGEST_ANNOTATION
 from lazybuild.registry.blob import RemoteBlob
 from lazybuild.statedir import default_state_dir
 
@@ -104,11 +107,14 @@ class LazyLayer:
         memory: ChunkMemory,
         *,
         layers: LayerSet | None = None,
+        stats: LayerStats | None = None,
+        early_region: EarlyRegion | None = None,
     ) -> None:
         self.digest = descriptor.digest
         self.descriptor = descriptor
         self.index = index
-        self.stats = LayerStats(descriptor.digest, descriptor.size)
+        self.stats = stats or LayerStats(descriptor.digest, descriptor.size)
+        self._early_region = early_region  # until prefetch takes it
         self._blob = blob
         self._cache = cache
         self._memory = memory
@@ -137,13 +143,32 @@ class LazyLayer:
     ) -> LazyLayer:
         """Fetch and verify the TOC (FormatError without a toc.digest annotation,
         DigestMismatchError when it does not match). ``memory`` may be shared by layers;
-        ``layers`` is where programs read from this layer find their libraries."""
+        ``layers`` is where programs read from this layer find their libraries.
+
+        A layer seen for the first time whose descriptor gives its prefetch region's
+        size starts fetching the region meanwhile (see ``early_region``)."""
         where = f"layer {descriptor.digest}"
         tocs = TocStore(state_dir if state_dir is not None else default_state_dir())
+        stats = LayerStats(descriptor.digest, descriptor.size)
+        early = _early_region(blob, descriptor, tocs, stats, where)
         started = time.perf_counter()
         requests_before = blob.stats.requests
-        index, toc_bytes = await open_index(blob, descriptor, tocs, where)
-        layer = cls(blob, descriptor, index, cache, memory or ChunkMemory(), layers=layers)
+        try:
+            index, toc_bytes = await open_index(blob, descriptor, tocs, where)
+        except BaseException:
+            if early is not None:
+                early.cancel()
+            raise
+        layer = cls(
+            blob,
+            descriptor,
+            index,
+            cache,
+            memory or ChunkMemory(),
+            layers=layers,
+            stats=stats,
+            early_region=early,
+        )
         layer.stats.requests += max(1, blob.stats.requests - requests_before)
         layer.stats.bytes_fetched += toc_bytes
         layer.stats.fetch_seconds += time.perf_counter() - started
@@ -287,14 +312,17 @@ class LazyLayer:
         so a read of a file on its way waits for its batch; the workload starts
         meanwhile, and its first files come first, where one request for the whole
         region made it wait for the last byte (a second for a JVM's 12 MB)."""
+        early, self._early_region = self._early_region, None
         landmark = self.index.prefetch_landmark_offset
-        if landmark is None or self.index.no_prefetch or landmark <= 0:
-            return 0
-        region = [site for site in self._sites_by_offset() if site.chunk.end <= landmark]
-        missing = await self._to_fetch(region)
+        missing = []
+        if landmark is not None and not self.index.no_prefetch and landmark > 0:
+            region = [site for site in self._sites_by_offset() if site.chunk.end <= landmark]
+            missing = await self._to_fetch(region)
         if not missing:
+            if early is not None:
+                early.cancel()
             return 0
-        self._fetch_in_batches(missing)
+        self._fetch_in_batches(missing, source=early)
         scheduled = sum(site.chunk.end - site.chunk.offset for site in missing)
         self.stats.prefetch_bytes += scheduled
         return scheduled
@@ -328,13 +356,18 @@ class LazyLayer:
         self._fetch_in_batches(missing)
         return len(missing), sum(site.chunk.end - site.chunk.offset for site in missing)
 
-    async def _fetch_batches(self, batches: list[tuple[list[_Site], dict[str, Flight]]]) -> None:
+    async def _fetch_batches(
+        self,
+        batches: list[tuple[list[_Site], dict[str, Flight]]],
+        source: EarlyRegion | None,
+    ) -> None:
         """Fetch ``batches`` a few at a time, in their order (the order files will be
-        read in). Batches never started still land, so nobody waits on them forever."""
+        read in), from ``source`` where it has them. Batches never started still land,
+        so nobody waits on them forever."""
         pending = iter(batches)
 
         async def fetch(batch: tuple[list[_Site], dict[str, Flight]]) -> None:
-            await self._fetch_optional(*batch, False)
+            await self._fetch_optional(*batch, False, source)
 
         try:
             await in_order(pending, PREFETCH_CONCURRENCY, fetch)
@@ -342,6 +375,8 @@ class LazyLayer:
             for _, claimed in pending:
                 with self._flights.flying(claimed):
                     pass
+            if source is not None:
+                source.cancel()  # every batch it could serve is done: free its bytes
 
     async def fetch_all(self, gate: ForegroundGate) -> None:
         """Fetch, verify and cache every chunk not cached yet, in large batches, only
@@ -515,14 +550,17 @@ class LazyLayer:
                     wanted.append(_Site(chunk, node.name))
         return await self._to_fetch(wanted) if wanted else []
 
-    def _fetch_in_batches(self, sites: Sequence[_Site]) -> None:
-        """Fetch read-ahead chunks in batches next to the reader's request; their flights
-        are registered now (see ``_fetch_alongside``)."""
+    def _fetch_in_batches(
+        self, sites: Sequence[_Site], *, source: EarlyRegion | None = None
+    ) -> None:
+        """Fetch read-ahead chunks in batches next to the reader's request (from
+        ``source`` where it holds them); their flights are registered now (see
+        ``_fetch_alongside``)."""
         batches = [
             (batch, self._flights.register(site.digest for site in batch))
             for batch in _prefetch_batches(sites)
         ]
-        trio.lowlevel.spawn_system_task(self._fetch_batches, batches)
+        trio.lowlevel.spawn_system_task(self._fetch_batches, batches, source)
 
     def _sites_by_offset(self) -> list[_Site]:
         if self._by_offset is None:
@@ -545,13 +583,17 @@ class LazyLayer:
         trio.lowlevel.spawn_system_task(self._fetch_optional, sites, claimed, True)
 
     async def _fetch_optional(
-        self, sites: Sequence[_Site], claimed: dict[str, Flight], remember: bool
+        self,
+        sites: Sequence[_Site],
+        claimed: dict[str, Flight],
+        remember: bool,
+        source: EarlyRegion | None = None,
     ) -> None:
         """Fetch chunks nobody waits on yet (read-ahead, prefetch); however this ends,
         their flights land."""
         try:
             with self._flights.flying(claimed) as flights:
-                await self._fetch_into(flights, sites, remember=remember)
+                await self._fetch_into(flights, sites, remember=remember, source=source)
         except Exception:  # only a hint: a reader that needs a chunk fetches it itself
             log.debug("%s: read-ahead fetch failed", self._where, exc_info=True)
 
@@ -563,9 +605,14 @@ class LazyLayer:
             return await self._fetch_into(flights, sites, remember=remember)
 
     async def _fetch_into(
-        self, flights: dict[str, Flight], sites: Sequence[_Site], *, remember: bool
+        self,
+        flights: dict[str, Flight],
+        sites: Sequence[_Site],
+        *,
+        remember: bool,
+        source: EarlyRegion | None = None,
     ) -> dict[str, bytes]:
-        compressed = await self._request(sites)
+        compressed = await self._request(sites, source)
         contents: dict[str, bytes] = {}
         failures: dict[str, LazybuildError] = {}
 
@@ -619,8 +666,17 @@ class LazyLayer:
             except OSError as exc:  # a full or read-only cache must not fail the read
                 log.warning("%s: cannot cache %d chunk(s): %s", self._where, len(digests), exc)
 
-    async def _request(self, sites: Sequence[_Site]) -> list[bytes]:
+    async def _request(
+        self, sites: Sequence[_Site], source: EarlyRegion | None = None
+    ) -> list[bytes]:
+        """The compressed bytes of ``sites`` (unverified): from ``source`` when it holds
+        them all (counted as its pieces arrived), else in one request."""
         ranges = [(s.chunk.offset, s.chunk.end - s.chunk.offset) for s in sites]
+        if source is not None and source.covers(ranges):
+            try:
+                return await source.read_ranges(ranges)
+            except LazybuildError as exc:  # a piece that did not come: ask the registry
+                log.debug("%s: %s", self._where, exc)
         started = time.perf_counter()
         try:
             compressed = await self._blob.read_ranges(ranges)
@@ -720,6 +776,33 @@ class LazyLayer:
                         by_digest.setdefault(chunk.digest, _Site(chunk, node.name))
             self._sites = list(by_digest.values())
         return self._sites
+
+
+def _early_region(
+    blob: RemoteBlob, descriptor: Descriptor, tocs: TocStore, stats: LayerStats, where: str
+) -> EarlyRegion | None:
+    """The layer's prefetch region, on its way, when its descriptor gives the size and
+    the layer is new here (a layer whose TOC is kept was likely fetched before)."""
+    size = prefetch_region_hint(descriptor)
+    expected = descriptor.annotations.get(TOC_DIGEST_ANNOTATION)
+    if size is None or expected is None:
+        return None
+    try:
+        if tocs.has(expected):  # one stat, in the event loop: cheaper than a thread hop
+            return None
+    except FormatError:
+        return None  # opening the TOC says what is wrong
+    early = EarlyRegion(
+        blob,
+        size,
+        stats,
+        where,
+        first_piece=PREFETCH_FIRST_BATCH_BYTES,
+        piece=PREFETCH_BATCH_BYTES,
+        concurrency=PREFETCH_CONCURRENCY,
+    )
+    trio.lowlevel.spawn_system_task(early.run)
+    return early
 
 
 def _chunks_under(node: Node, ranges: Sequence[tuple[int, int]]) -> list[ChunkRef]:

@@ -15,15 +15,18 @@ import contextlib
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 
 import trio
 
 from lazybuild.errors import FormatError
 from lazybuild.estargz.footer import FOOTER_SIZE, parse_footer
+from lazybuild.estargz.hints import toc_offset_hint
 from lazybuild.estargz.index import LayerIndex
 from lazybuild.estargz.reader import parse_layer, read_toc_region, sha256_digest
 from lazybuild.estargz.toc import decode_toc_json
+from lazybuild.lazyfs.fetchtrace import TOC_LABEL, trace_fetch
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.mediatypes import TOC_DIGEST_ANNOTATION
 from lazybuild.registry.blob import RemoteBlob
@@ -58,6 +61,9 @@ class TocStore:
         if algorithm != "sha256" or len(hex_digest) != 64:
             raise FormatError(f"unsupported TOC digest {toc_digest!r}")
         return self._dir / f"{hex_digest}.json"
+
+    def has(self, toc_digest: str) -> bool:
+        return self._path(toc_digest).is_file()
 
     def load(self, toc_digest: str) -> bytes | None:
         try:
@@ -114,7 +120,11 @@ async def open_index(
             return LayerIndex(decode_toc_json(stored), data_end=toc_offset, where=where)
 
         return await trio.to_thread.run_sync(index_from_stored), fetched
-    tail, tail_start = await read_toc_region(blob.read_at, blob.size, where=where)
+    started = time.perf_counter()
+    tail, tail_start = await read_toc_region(
+        blob.read_at, blob.size, toc_offset_hint=toc_offset_hint(descriptor), where=where
+    )
+    trace_fetch(where, started, (TOC_LABEL,), len(tail))
 
     def parse() -> LayerIndex:
         opened = parse_layer(tail, tail_start, blob.size, expected, where=where)

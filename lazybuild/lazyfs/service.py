@@ -479,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO,
         format="lazyfs[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
+        force=True,  # a process forked from the CLI has the CLI's logging set up
     )
     # One line per range request would drown what matters in the log.
     logging.getLogger("httpx").setLevel(logging.WARNING)

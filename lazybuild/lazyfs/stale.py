@@ -31,6 +31,8 @@ from lazybuild.processes import process_alive
 log = logging.getLogger(__name__)
 
 SERVICE_MODULE = "lazybuild.lazyfs.service"
+# What a filesystem process forked from the CLI calls itself (/proc/<pid>/comm).
+SERVICE_NAME = "lazybuild-fs"
 _MNT_DETACH = 2
 PROBE_TIMEOUT = 2.0
 # What a FUSE mount answers once its process is gone (which one depends on how and when).
@@ -181,14 +183,19 @@ def _is_stale(record: MountRecord) -> bool:
 
 
 def _is_our_service(pid: int) -> bool:
-    """The pid is alive and is a filesystem process (not a recycled pid)."""
+    """The pid is alive and is a filesystem process (not a recycled pid): one started as
+    ``python -m SERVICE_MODULE``, one forked from a CLI that named itself ``SERVICE_NAME``,
+    or a child of this process that has not named itself yet."""
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
         status = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    zombie = status.rpartition(")")[2].split()[:1] == ["Z"]
-    return not zombie and SERVICE_MODULE.encode() in command
+    name = status[status.find("(") + 1 : status.rfind(")")]
+    state, parent = status.rpartition(")")[2].split()[:2]
+    if state == "Z":
+        return False
+    return SERVICE_MODULE.encode() in command or name == SERVICE_NAME or int(parent) == os.getpid()
 
 
 def _fuse_connection_dead(mountpoint: Path) -> bool:

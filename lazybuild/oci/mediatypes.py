@@ -35,6 +35,13 @@ MANIFEST_ACCEPT = ", ".join([OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCK
 # Layer annotations that carry eStargz facts (stargz-snapshotter names).
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
+# lazybuild's own layout hints on the eStargz layers it writes; only ever hints (a wrong
+# value costs a request, never correctness: the TOC digest and chunk digests decide).
+# Where the TOC starts, so that one read gets it whatever its size:
+TOC_OFFSET_ANNOTATION = "dev.lazybuild.estargz.toc-offset"
+# Compressed bytes [0, n) holding the prioritized files, fetched as the layer is added,
+# before its TOC is there to say so:
+PREFETCH_REGION_ANNOTATION = "dev.lazybuild.estargz.prefetch-region-size"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 
 

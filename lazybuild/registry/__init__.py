@@ -1,14 +1,7 @@
-"""OCI registry client built for lazy reads (Range requests) on trio."""
+"""OCI registry client built for lazy reads (Range requests) on trio.
 
-from lazybuild.registry.blob import FetchStats, RemoteBlob
-from lazybuild.registry.client import FetchedManifest, RegistryClient, ResolvedImage
-from lazybuild.registry.reference import Reference
-
-__all__ = [
-    "FetchStats",
-    "FetchedManifest",
-    "Reference",
-    "RegistryClient",
-    "RemoteBlob",
-    "ResolvedImage",
-]
+Import from the modules (``registry.client``, ``registry.reference``, ...): this
+package imports nothing, so that naming an image (``Reference``) does not load the
+HTTP client, which a command's filesystem process is forked without (see
+``lazyfs.forkedservice``).
+"""

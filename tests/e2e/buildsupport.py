@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lazybuild.lazyfs.stale import SERVICE_NAME
 from tests.support.procs import mounts_under
 
 RUNC_STATE = Path("/run/lazybuild/runc")
@@ -70,13 +71,22 @@ def runc_containers(state: Path) -> list[str]:
 
 
 def filesystem_processes(state: Path) -> list[str]:
-    found = subprocess.run(
-        ["pgrep", "-a", "-f", f"lazybuild.lazyfs.service.*{state}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return [line for line in found.stdout.splitlines() if line]
+    """Filesystem processes of ``state``: started as ``python -m lazybuild.lazyfs.service``
+    or forked from a CLI (named ``lazybuild-fs``, with the CLI's command line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            name = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if str(state) in command and (
+            "lazybuild.lazyfs.service" in command or name == SERVICE_NAME
+        ):
+            found.append(f"{entry.name} {command}")
+    return found
 
 
 def assert_nothing_left(state: Path) -> None:

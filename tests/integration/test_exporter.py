@@ -36,7 +36,8 @@ from lazybuild.exporter import (
 from lazybuild.frontend.dockerfile.imageconfig import ImageConfigState
 from lazybuild.oci import mediatypes
 from lazybuild.oci.platform import host_platform
-from lazybuild.registry import Reference, RegistryClient
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
 from lazybuild.worker.layers import LocalLayer, RemoteLayer
 from lazybuild.worker.layerstore import LayerStore
 from tests.support.dockerd import Dockerd

@@ -371,6 +371,85 @@ def test_interrupted_run_stops_the_container_and_unmounts(
     assert subprocess.run(["pgrep", "-x", "-f", marker], check=False).returncode == 1
 
 
+def test_run_forks_its_filesystem_which_other_commands_leave_alone(
+    python_image: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    marker = f"sleep {1600 + os.getpid() % 1000}"  # names this test's container process
+    process = subprocess.Popen(
+        lazybuild_argv(state, "run", python_image, *marker.split()),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while subprocess.run(["pgrep", "-x", "-f", marker], check=False).returncode != 0:
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr
+            time.sleep(0.1)
+        (record,) = (state / "mounts").glob("*.json")
+        service_pid = json.loads(record.read_text())["pid"]
+        # Forked from the CLI (not a new interpreter), and named so that it is known.
+        status = Path(f"/proc/{service_pid}/stat").read_text()
+        assert status.rpartition(")")[2].split()[1] == str(process.pid)
+        assert Path(f"/proc/{service_pid}/comm").read_text().strip() == "lazybuild-fs"
+        # Another command's clean-up takes it for what it is: a live filesystem.
+        du = subprocess.run(
+            lazybuild_argv(state, "du"), capture_output=True, text=True, check=False
+        )
+        assert du.returncode == 0, du.stderr
+        assert record.exists() and mounts_under(state)
+        assert subprocess.run(["pgrep", "-x", "-f", marker], check=False).returncode == 0
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in stderr
+    assert mounts_under(state) == []
+    assert list((state / "mounts").glob("*.json")) == []
+    assert not Path(f"/proc/{service_pid}").exists()
+
+
+def test_a_killed_run_leaves_its_forked_filesystem_to_the_next_command(
+    python_image: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    marker = f"sleep {2600 + os.getpid() % 1000}"
+    process = subprocess.Popen(
+        lazybuild_argv(state, "run", python_image, *marker.split()),
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while subprocess.run(["pgrep", "-x", "-f", marker], check=False).returncode != 0:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        (record,) = (state / "mounts").glob("*.json")
+        service_pid = json.loads(record.read_text())["pid"]
+    finally:
+        process.kill()  # SIGKILL: no finally runs in the CLI
+        process.wait()
+    # The filesystem notices that its owner is gone and stops; the next command
+    # takes down what is left (the container, the overlay) and the records.
+    deadline = time.monotonic() + STOP_TIMEOUT + 10
+    while Path(f"/proc/{service_pid}").exists() and "Z" not in _state_of(service_pid):
+        assert time.monotonic() < deadline, "the forked filesystem outlived its owner"
+        time.sleep(0.1)
+    du = subprocess.run(lazybuild_argv(state, "du"), capture_output=True, text=True, check=False)
+    assert du.returncode == 0, du.stderr
+    assert mounts_under(state) == []
+    assert list((state / "mounts").glob("*.json")) == []
+    assert subprocess.run(["pgrep", "-x", "-f", marker], check=False).returncode == 1
+
+
+def _state_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
 def test_du_and_prune(python_image: str, tmp_path: Path) -> None:
     state = tmp_path / "state"
     ran = subprocess.run(

@@ -16,7 +16,8 @@ from lazybuild.estargz import WriterOptions, write_estargz
 from lazybuild.lazyfs.layer import LazyLayer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
-from lazybuild.registry import Reference, RegistryClient
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
 from tests.support.registry import Registry
 from tests.support.wanproxy import WanProxy
 

@@ -15,7 +15,8 @@ from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.manifest import Manifest
 from lazybuild.oci.platform import Platform
-from lazybuild.registry import Reference, RegistryClient
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
 from tests.support.procs import free_port
 from tests.support.registry import TokenRegistry, write_docker_config
 

@@ -16,7 +16,8 @@ from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.manifest import Index, Manifest
 from lazybuild.oci.platform import Platform
-from lazybuild.registry import Reference, RegistryClient
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.root

@@ -20,7 +20,8 @@ from lazybuild.lazyfs.unpack import UnpackedLayer, unpack_layer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.platform import Platform
-from lazybuild.registry import Reference, RegistryClient
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
 from tests.support.registry import Registry
 
 AMD64 = Platform("linux", "amd64")

@@ -92,7 +92,10 @@ def build_layer(
     chunk_size: int = CHUNK,
     annotate: bool = True,
     extra_members: list[Member] | None = None,
+    hints: bool = False,
 ) -> Built:
+    """A layer of ``files``; ``annotate`` gives it its TOC digest annotation, ``hints``
+    lazybuild's layout hints too (TOC offset, prefetch region size)."""
     contents = default_files() if files is None else files
     members = [Member(name, data=data) for name, data in contents.items()]
     members += extra_members or []
@@ -103,6 +106,10 @@ def build_layer(
         WriterOptions(chunk_size=chunk_size, workers=2, prioritized_files=prioritized),
     )
     annotations = {mediatypes.TOC_DIGEST_ANNOTATION: written.toc_digest} if annotate else {}
+    if hints:
+        annotations[mediatypes.TOC_OFFSET_ANNOTATION] = str(written.toc_offset)
+        if written.prefetch_region_size:
+            annotations[mediatypes.PREFETCH_REGION_ANNOTATION] = str(written.prefetch_region_size)
     descriptor = Descriptor(
         mediatypes.OCI_LAYER_GZIP, written.digest, written.size, annotations=annotations
     )

@@ -15,6 +15,7 @@ from lazybuild.cache.chunkcache import ChunkCache
 from lazybuild.errors import DigestMismatchError
 from lazybuild.estargz.index import Node
 from lazybuild.lazyfs import layer as layer_module
+from lazybuild.lazyfs.fetchtrace import TOC_LABEL
 from lazybuild.lazyfs.layer import LazyLayer
 from tests.unit.lazyfs.test_layer_fakes import (
     CHUNK,
@@ -361,7 +362,9 @@ def test_fetch_trace_logs_each_request(tmp_path: Path, monkeypatch: pytest.Monke
 
     async def main() -> None:
         layer = await open_layer(built, blob, tmp_path)
-        assert not trace.exists()  # the TOC is read by the opener, not traced
+        (toc,) = [json.loads(line) for line in trace.read_text().splitlines()]
+        assert toc["some_files"] == [TOC_LABEL] and toc["bytes"] > 0
+        trace.unlink()
         await layer.read(node_of(layer, "dir/big.bin"), 0, 2 * CHUNK)
         lines = [json.loads(line) for line in trace.read_text().splitlines()]
         assert len(lines) == 1
