@@ -183,6 +183,7 @@ def run_filesystem(args: argparse.Namespace) -> LazyMountService:
         insecure_registries=registry.insecure_registries,
         docker_config=registry.docker_config,
         background_fetch=args.background_fetch,
+        open_image=args.image,
     )
 
 

@@ -126,7 +126,10 @@ class LazyMountService:
         docker_config: Path | None = None,
         background_fetch: bool = True,
         cache_max_bytes: int | None = None,
+        open_image: str | None = None,
     ) -> None:
+        """``open_image``: the image the caller is about to mount, which the process
+        then resolves and opens as soon as it runs, while the caller still starts up."""
         self.state_dir = state_dir
         self.id = secrets.token_hex(6)
         self.mountpoint = state_dir / "mnt" / self.id
@@ -134,6 +137,7 @@ class LazyMountService:
         self._docker_config = docker_config
         self._background_fetch = background_fetch
         self._cache_max_bytes = cache_max_bytes
+        self._open_image = open_image
         self._log_path = state_dir / "mounts" / f"{self.id}.log"
         self._socket_dir: Path | None = None
         self.control_path = state_dir / "mounts" / f"{self.id}.sock"
@@ -295,6 +299,8 @@ class LazyMountService:
             command += ["--docker-config", str(self._docker_config)]
         if self._cache_max_bytes is not None:
             command += ["--cache-max-bytes", str(self._cache_max_bytes)]
+        if self._open_image is not None:
+            command += ["--open-image", self._open_image]
         return command
 
     async def _stop(self) -> None:

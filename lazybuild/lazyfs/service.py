@@ -37,6 +37,7 @@ from lazybuild.lazyfs.skeleton import merged_view, skeleton_name, skeleton_tar, 
 from lazybuild.lazyfs.unpack import UnpackedLayer, unpack_layer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.platform import host_platform
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 
@@ -57,6 +58,7 @@ class ServiceOptions:
     background_fetch: bool = True
     owner_pid: int | None = None  # exit when this process is gone
     ready_fd: int | None = None  # written to, then closed, once requests are served
+    open_image: str | None = None  # the image the owner will mount, opened ahead
 
 
 def parse_args(argv: Sequence[str]) -> ServiceOptions:
@@ -70,6 +72,9 @@ def parse_args(argv: Sequence[str]) -> ServiceOptions:
     parser.add_argument("--background-fetch", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--owner-pid", type=int)
     parser.add_argument("--ready-fd", type=int)
+    parser.add_argument(
+        "--open-image", metavar="REF", help="the image the owner will mount: open its layers now"
+    )
     args = parser.parse_args(argv)
     return ServiceOptions(
         mountpoint=args.mountpoint,
@@ -81,6 +86,7 @@ def parse_args(argv: Sequence[str]) -> ServiceOptions:
         background_fetch=args.background_fetch,
         owner_pid=args.owner_pid,
         ready_fd=args.ready_fd,
+        open_image=args.open_image,
     )
 
 
@@ -405,6 +411,29 @@ def announce_ready(ready_fd: int | None) -> None:
         os.close(ready_fd)
 
 
+async def open_image_ahead(client: RegistryClient, layers: LayerSource, image: str) -> None:
+    """Resolve the image the owner is about to mount and open its layers (TOCs, prefetch
+    regions) while the owner still starts up; its own add_layer requests then find them
+    open or opening. Only a head start: whatever fails here, the owner's requests
+    fail the same way and report it."""
+
+    async def add(pinned: Reference, descriptor: Descriptor) -> None:
+        try:
+            await layers.add(str(pinned), descriptor.to_json())
+        except Exception as exc:  # a hint: the owner's request reports it
+            log.info("opening layer %s ahead of its mount failed: %s", descriptor.digest, exc)
+
+    try:
+        ref = Reference.parse(image)
+        pinned, manifest = await client.resolve_manifest(ref, host_platform())
+    except Exception as exc:  # a hint: the owner's resolve reports it
+        log.info("resolving %s ahead of its mount failed: %s", image, exc)
+        return
+    async with trio.open_nursery() as nursery:
+        for descriptor in manifest.layers:
+            nursery.start_soon(add, pinned, descriptor)
+
+
 async def stop_on_signals(
     stop: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -466,6 +495,8 @@ async def serve(options: ServiceOptions) -> None:
             if options.owner_pid is not None:
                 nursery.start_soon(stop_without_owner, options.owner_pid, stop)
             announce_ready(options.ready_fd)
+            if options.open_image is not None:
+                nursery.start_soon(open_image_ahead, client, layers, options.open_image)
             log.info("mounted at %s, control socket %s", options.mountpoint, options.control)
         unmounted = True
     finally:

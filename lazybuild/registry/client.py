@@ -141,6 +141,31 @@ class RegistryClient:
     async def resolve_image(self, ref: Reference, platform: Platform) -> ResolvedImage:
         """The image ``ref`` names for ``platform``: manifest (chosen from an index if
         needed) and config, all verified."""
+        index, fetched, manifest = await self._resolve_manifest(ref, platform)
+        pinned = ref.with_digest(fetched.digest)
+        config_bytes = await self.get_blob(pinned, manifest.config)
+        config = load_config(config_bytes, f"config {manifest.config.digest} of {pinned}")
+        return ResolvedImage(
+            ref=pinned,
+            index=index,
+            manifest_digest=fetched.digest,
+            manifest=manifest,
+            manifest_bytes=fetched.data,
+            config=config,
+            config_bytes=config_bytes,
+        )
+
+    async def resolve_manifest(
+        self, ref: Reference, platform: Platform
+    ) -> tuple[Reference, Manifest]:
+        """The manifest ``ref`` names for ``platform`` (chosen from an index if needed),
+        verified, and ``ref`` pinned to it; no config."""
+        _, fetched, manifest = await self._resolve_manifest(ref, platform)
+        return ref.with_digest(fetched.digest), manifest
+
+    async def _resolve_manifest(
+        self, ref: Reference, platform: Platform
+    ) -> tuple[FetchedManifest | None, FetchedManifest, Manifest]:
         top = await self.get_manifest(ref)
         index: FetchedManifest | None = None
         fetched = top
@@ -155,18 +180,7 @@ class RegistryClient:
         manifest = fetched.document
         if not isinstance(manifest, Manifest):
             raise FormatError(f"manifest {ref.with_digest(fetched.digest)} is a nested index")
-        pinned = ref.with_digest(fetched.digest)
-        config_bytes = await self.get_blob(pinned, manifest.config)
-        config = load_config(config_bytes, f"config {manifest.config.digest} of {pinned}")
-        return ResolvedImage(
-            ref=pinned,
-            index=index,
-            manifest_digest=fetched.digest,
-            manifest=manifest,
-            manifest_bytes=fetched.data,
-            config=config,
-            config_bytes=config_bytes,
-        )
+        return index, fetched, manifest
 
     async def get_blob(self, ref: Reference, descriptor: Descriptor) -> bytes:
         """A whole (small) blob, verified against its descriptor."""
