@@ -411,7 +411,7 @@ def announce_ready(ready_fd: int | None) -> None:
         os.close(ready_fd)
 
 
-async def open_image_ahead(client: RegistryClient, layers: LayerSource, image: str) -> None:
+async def open_image_ahead(client: RegistryClient, layers: Layers, image: str) -> None:
     """Resolve the image the owner is about to mount and open its layers (TOCs, prefetch
     regions) while the owner still starts up; its own add_layer requests then find them
     open or opening. Only a head start: whatever fails here, the owner's requests

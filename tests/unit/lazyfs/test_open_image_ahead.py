@@ -1,0 +1,98 @@
+"""The filesystem process opens the image its owner is about to mount, as a head start."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import pytest
+import trio
+
+from lazybuild.errors import NotFoundError, RegistryError
+from lazybuild.lazyfs import control
+from lazybuild.lazyfs.service import Layers, open_image_ahead, parse_args
+from lazybuild.oci import mediatypes
+from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.manifest import Manifest
+from lazybuild.oci.platform import Platform
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
+
+LAYERS = [
+    Descriptor(mediatypes.OCI_LAYER_GZIP, "sha256:" + f"{n:02x}" * 32, 100 + n) for n in (1, 2, 3)
+]
+
+
+class FakeClient:
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.failure = failure
+        self.resolved: list[str] = []
+
+    async def resolve_manifest(self, ref: Reference, platform: Platform) -> tuple[Reference, Any]:
+        self.resolved.append(str(ref))
+        if self.failure is not None:
+            raise self.failure
+        manifest = Manifest(
+            media_type=mediatypes.OCI_MANIFEST,
+            config=Descriptor(mediatypes.OCI_CONFIG, "sha256:" + "cc" * 32, 10),
+            layers=tuple(LAYERS),
+        )
+        return ref.with_digest("sha256:" + "dd" * 32), manifest
+
+
+class FakeLayers:
+    def __init__(self, failing: str | None = None) -> None:
+        self.added: list[tuple[str, str]] = []
+        self.failing = failing
+
+    async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
+        digest = descriptor_json["digest"]
+        if digest == self.failing:
+            raise NotFoundError("blob unknown to registry")
+        self.added.append((ref_text, digest))
+        return control.LayerAdded(path="/mnt/x", mode="lazy", digest=digest)
+
+
+def test_every_layer_of_the_resolved_manifest_is_opened_under_the_pinned_reference() -> None:
+    client, layers = FakeClient(), FakeLayers()
+    trio.run(
+        open_image_ahead, cast(RegistryClient, client), cast(Layers, layers), "r.example/app:1"
+    )
+    assert client.resolved == ["r.example/app:1"]
+    assert sorted(digest for _, digest in layers.added) == [layer.digest for layer in LAYERS]
+    assert {ref for ref, _ in layers.added} == {"r.example/app:1@sha256:" + "dd" * 32}
+
+
+def test_a_layer_that_fails_is_left_to_the_owner(caplog: pytest.LogCaptureFixture) -> None:
+    layers = FakeLayers(failing=LAYERS[1].digest)
+    with caplog.at_level(logging.INFO):
+        trio.run(
+            open_image_ahead,
+            cast(RegistryClient, FakeClient()),
+            cast(Layers, layers),
+            "r.example/app:1",
+        )
+    assert sorted(digest for _, digest in layers.added) == [LAYERS[0].digest, LAYERS[2].digest]
+    assert "blob unknown to registry" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("image", "failure"),
+    [("r.example/app:1", RegistryError("connection refused")), ("Not A Reference", None)],
+)
+def test_an_image_that_cannot_be_resolved_is_left_to_the_owner(
+    image: str, failure: Exception | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    layers = FakeLayers()
+    with caplog.at_level(logging.INFO):
+        trio.run(
+            open_image_ahead, cast(RegistryClient, FakeClient(failure)), cast(Layers, layers), image
+        )
+    assert layers.added == []
+    assert "ahead of its mount failed" in caplog.text
+
+
+def test_the_image_to_open_is_an_option_of_the_process() -> None:
+    base = ["--mountpoint", "/m", "--control", "/c", "--state-dir", "/s"]
+    assert parse_args(base).open_image is None
+    assert parse_args([*base, "--open-image", "r.example/app:1"]).open_image == "r.example/app:1"
