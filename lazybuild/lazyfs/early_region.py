@@ -52,7 +52,7 @@ class EarlyRegion:
         self._stats = stats
         self._where = where
         self._concurrency = concurrency
-        self._bounds = _piece_bounds(size, first_piece, piece)
+        self._bounds = piece_bounds(size, first_piece, piece)
         self._pieces: list[bytes | None] = [None] * len(self._bounds)
         self._failures: list[BaseException | None] = [None] * len(self._bounds)
         self._arrived = [trio.Event() for _ in self._bounds]
@@ -121,7 +121,8 @@ class EarlyRegion:
             self._arrived[position].set()
 
 
-def _piece_bounds(size: int, first_piece: int, piece: int) -> list[tuple[int, int]]:
+def piece_bounds(size: int, first_piece: int, piece: int) -> list[tuple[int, int]]:
+    """The (start, stop) of the pieces [0, size) is fetched in: one request each."""
     bounds = []
     start = 0
     length = first_piece

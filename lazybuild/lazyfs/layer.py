@@ -152,9 +152,8 @@ class LazyLayer:
         stats = LayerStats(descriptor.digest, descriptor.size)
         early = _early_region(blob, descriptor, tocs, stats, where)
         started = time.perf_counter()
-        requests_before = blob.stats.requests
         try:
-            index, toc_bytes = await open_index(blob, descriptor, tocs, where)
+            opened = await open_index(blob, descriptor, tocs, where)
         except BaseException:
             if early is not None:
                 early.cancel()
@@ -162,15 +161,15 @@ class LazyLayer:
         layer = cls(
             blob,
             descriptor,
-            index,
+            opened.index,
             cache,
             memory or ChunkMemory(),
             layers=layers,
             stats=stats,
             early_region=early,
         )
-        layer.stats.requests += max(1, blob.stats.requests - requests_before)
-        layer.stats.bytes_fetched += toc_bytes
+        layer.stats.requests += opened.requests
+        layer.stats.bytes_fetched += opened.bytes_fetched
         layer.stats.fetch_seconds += time.perf_counter() - started
         return layer
 

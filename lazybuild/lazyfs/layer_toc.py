@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -97,19 +98,33 @@ def expected_toc_digest(descriptor: Descriptor, where: str) -> str:
     return expected
 
 
+@dataclass(frozen=True)
+class OpenedIndex:
+    index: LayerIndex
+    bytes_fetched: int  # for the TOC: footer and TOC, or nothing when both were kept
+    requests: int
+
+
 async def open_index(
     blob: RemoteBlob, descriptor: Descriptor, tocs: TocStore | None, where: str
-) -> tuple[LayerIndex, int]:
-    """The verified index of the layer and the number of bytes fetched for it."""
+) -> OpenedIndex:
+    """The verified index of the layer, and what fetching it cost."""
     expected = expected_toc_digest(descriptor, where)
     if blob.size < FOOTER_SIZE:
         raise FormatError(f"{where}: {blob.size} bytes is too small for an eStargz footer")
+    requests = 0
+
+    async def read_at(offset: int, length: int) -> bytes:
+        nonlocal requests
+        requests += 1
+        return await blob.read_at(offset, length)
+
     stored = await trio.to_thread.run_sync(tocs.load, expected) if tocs else None
     if stored is not None and tocs is not None:
         fetched = 0
         toc_offset = await trio.to_thread.run_sync(tocs.load_offset, descriptor.digest)
         if toc_offset is None:
-            footer = parse_footer(await blob.read_at(blob.size - FOOTER_SIZE, FOOTER_SIZE))
+            footer = parse_footer(await read_at(blob.size - FOOTER_SIZE, FOOTER_SIZE))
             toc_offset, fetched = footer.toc_offset, FOOTER_SIZE
         if not 0 <= toc_offset < blob.size - FOOTER_SIZE:
             raise FormatError(f"{where}: TOC offset {toc_offset} outside the blob")
@@ -119,10 +134,11 @@ async def open_index(
         def index_from_stored() -> LayerIndex:
             return LayerIndex(decode_toc_json(stored), data_end=toc_offset, where=where)
 
-        return await trio.to_thread.run_sync(index_from_stored), fetched
+        index = await trio.to_thread.run_sync(index_from_stored)
+        return OpenedIndex(index, fetched, requests)
     started = time.perf_counter()
     tail, tail_start = await read_toc_region(
-        blob.read_at, blob.size, toc_offset_hint=toc_offset_hint(descriptor), where=where
+        read_at, blob.size, toc_offset_hint=toc_offset_hint(descriptor), where=where
     )
     trace_fetch(where, started, (TOC_LABEL,), len(tail))
 
@@ -137,7 +153,7 @@ async def open_index(
         return opened.index
 
     index = await trio.to_thread.run_sync(parse)
-    return index, len(tail)
+    return OpenedIndex(index, len(tail), requests)
 
 
 def _keep_offset(tocs: TocStore, blob_digest: str, toc_offset: int, where: str) -> None:

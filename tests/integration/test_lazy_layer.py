@@ -93,5 +93,5 @@ def test_reading_one_file_fetches_only_its_chunks(
     second, data = trio.run(open_and_read)
     assert data == target
     assert second.stats.chunks_fetched == 0
-    assert second.stats.requests == 1  # the 51-byte footer; no TOC, no content
+    assert second.stats.requests == 0  # TOC and TOC offset kept: no request at all
     assert proxy.bytes_to_client < HEADER_ALLOWANCE, proxy.bytes_to_client

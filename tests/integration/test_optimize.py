@@ -32,6 +32,7 @@ import trio
 
 from lazybuild.cli import main as cli_main
 from lazybuild.cli import optimize_commands
+from lazybuild.estargz.hints import prefetch_region_hint
 from lazybuild.estargz.layerformat import decompressed_stream
 from lazybuild.estargz.reader import parse_layer, read_toc_region
 from lazybuild.estargz.toc import (
@@ -43,6 +44,7 @@ from lazybuild.estargz.toc import (
 )
 from lazybuild.executor.orphans import OWNER_ANNOTATION
 from lazybuild.executor.runc import DEFAULT_STATE_ROOT
+from lazybuild.lazyfs.early_region import piece_bounds
 from lazybuild.lazyfs.layer import PREFETCH_BATCH_BYTES, PREFETCH_FIRST_BATCH_BYTES
 from lazybuild.oci import mediatypes
 from lazybuild.oci.layout import OciLayout
@@ -310,7 +312,9 @@ def _on_demand_requests(reference: str, state: Path, tmp_path: Path) -> tuple[in
 def _prefetch_shape(reference: str) -> tuple[int, int]:
     """Layers of the image whose TOC has a prefetch landmark, and the requests their
     prefetch makes: a first batch of up to PREFETCH_FIRST_BATCH_BYTES of the region's
-    chunks, then batches of up to PREFETCH_BATCH_BYTES."""
+    chunks, then batches of up to PREFETCH_BATCH_BYTES; or, for a layer whose
+    descriptor gives the region's size (fetched alongside its TOC on a cold run), the
+    region in pieces of those sizes."""
 
     async def count() -> tuple[int, int]:
         layers = requests = 0
@@ -325,6 +329,11 @@ def _prefetch_shape(reference: str) -> tuple[int, int]:
                 if landmark is None:
                     continue
                 layers += 1
+                hinted = prefetch_region_hint(descriptor)
+                if hinted is not None:
+                    pieces = piece_bounds(hinted, PREFETCH_FIRST_BATCH_BYTES, PREFETCH_BATCH_BYTES)
+                    requests += len(pieces)
+                    continue
                 sizes = sorted(
                     (chunk.offset, chunk.end - chunk.offset)
                     for node in index.walk()
