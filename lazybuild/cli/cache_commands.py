@@ -63,6 +63,7 @@ async def run_du(args: argparse.Namespace) -> int:
     print(f"chunk cache      {usage.entries:>8} chunks  {human_size(usage.bytes):>10}")
     for name, label in (
         ("unpacked", "unpacked layers"),
+        ("skeletons", "layer skeletons"),
         ("tocs", "layer TOCs"),
         ("build", "build cache"),
     ):
@@ -78,15 +79,17 @@ async def run_prune(args: argparse.Namespace) -> int:
     cache = await trio.to_thread.run_sync(ChunkCache, root / "cache")
     freed = await trio.to_thread.run_sync(cache.prune, args.keep_storage)
     print(f"freed {freed.entries} chunks, {human_size(freed.bytes)}")
-    unpacked = root / "unpacked"
-    if args.keep_storage == 0 and unpacked.is_dir():
-        # Unpacked layers may be lower dirs of live overlays: only remove them when idle.
+    # Unpacked layers and skeletons may be lower dirs of live overlays: only removed idle.
+    for name, label in (("unpacked", "unpacked layers"), ("skeletons", "layer skeletons")):
+        directory = root / name
+        if args.keep_storage != 0 or not directory.is_dir():
+            continue
         if await trio.to_thread.run_sync(_mounts_alive, root):
-            print("unpacked layers kept: lazybuild mounts are in use")
+            print(f"{label} kept: lazybuild mounts are in use")
         else:
-            files, total = await trio.to_thread.run_sync(_tree_size, unpacked)
-            await trio.to_thread.run_sync(shutil.rmtree, unpacked)
-            print(f"freed {files} files of unpacked layers, {human_size(total)}")
+            files, total = await trio.to_thread.run_sync(_tree_size, directory)
+            await trio.to_thread.run_sync(shutil.rmtree, directory)
+            print(f"freed {files} files of {label}, {human_size(total)}")
     build = root / "build"
     if args.keep_storage == 0 and build.is_dir():
         # Like `docker builder prune -a`: step layers, their blobs, cache records, cache

@@ -302,10 +302,13 @@ def test_prune_removes_the_build_cache(base_image: str, tmp_path: Path) -> None:
     context = write_context(tmp_path / "ctx", "ARG BASE\nFROM ${BASE}\nRUN echo x > /x\n")
     args = ["build", "--progress=rawjson", "--build-arg", f"BASE={base_image}", str(context)]
     lazybuild(state, *args)
-    assert "build cache" in lazybuild(state, "du").stdout
+    shown = lazybuild(state, "du").stdout
+    assert "build cache" in shown and "layer skeletons" in shown
+    assert any((state / "skeletons").iterdir())  # the base's /bin, /lib symlinks
     pruned = lazybuild(state, "prune").stdout
-    assert "of build cache" in pruned
+    assert "of build cache" in pruned and "of layer skeletons" in pruned
     assert not (state / "build").exists()
+    assert not (state / "skeletons").exists()
     events = rawjson_events(lazybuild(state, *args).stderr)
     run = [e for e in events if e["type"] == "completed" and "RUN echo x" in e["name"]]
     assert run and not run[0]["cached"]
