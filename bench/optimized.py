@@ -689,7 +689,7 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
                     seconds(phases.get("pull")),
                     seconds(phases.get("create")) if docker else "(in run)",
                     seconds(phases.get("run")),
-                    "" if docker else str(m.int_median(m.requests) or "n/a"),
+                    "" if docker else (str(m.int_median(m.requests)) if m.requests else "n/a"),
                     "" if docker else data_size(m.int_median(m.fetched)),
                     data_size(m.int_median(m.wire)),
                     "" if key == "gzip" else ratio(total, gzip_total),
