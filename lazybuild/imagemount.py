@@ -9,6 +9,7 @@ command (``lazyfs.stale``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -22,12 +23,13 @@ from lazybuild.lazyfs.client import FetchReport, LayerMount, LazyMountService
 from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.oci.platform import host_platform
 from lazybuild.profile.published import prefetch_plan, published_record
-from lazybuild.profile.record import RecordEntry
 from lazybuild.progress import Progress, human_size, short_digest
-from lazybuild.registry.client import ResolvedImage
+from lazybuild.registry.client import RegistryClient, ResolvedImage
 from lazybuild.registry.reference import Reference
 from lazybuild.registryoptions import RegistryOptions
 from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,38 +92,74 @@ async def mounted_image(
             f"{len(resolved.manifest.layers)} layer(s), "
             f"{human_size(sum(layer.size for layer in resolved.manifest.layers))}"
         )
-        records: list[list[RecordEntry]] = []
-
-        async def fetch_record() -> None:
-            try:
-                records.append(await published_record(client, resolved))
-            except LazybuildError as exc:  # only a hint: the workload fetches on demand
-                progress.line(f"the image's workload record is not used: {exc}")
-
-        async with trio.open_nursery() as nursery:
-            if prefetch_record:
-                nursery.start_soon(fetch_record)
+        recorded = _RecordedFiles(client, resolved, service, progress)
+        if prefetch_record:
+            recorded.start()
+        try:
             layers = await service.add_image(resolved.ref, list(resolved.manifest.layers))
-        if records and records[0]:
-            plan = prefetch_plan(records[0], resolved)
-            _, size = await service.prefetch_files(plan.files, plan.ranges)
-            progress.line(
+            recorded.layers_added.set()
+            _report_layers(layers, progress)
+            target.mkdir(parents=True, exist_ok=True)
+            service.register_overlay(target)
+            # overlayfs wants the top-most lower first; manifests list the base first.
+            lowers = [layer.path for layer in reversed(layers)]
+            await trio.to_thread.run_sync(mount_overlay, target, lowers, upper, work)
+            try:
+                yield MountedImage(resolved.ref, resolved.config, layers, target, service)
+            finally:
+                with trio.CancelScope(shield=True):
+                    if is_mounted(target):
+                        await trio.to_thread.run_sync(lambda: unmount(target, lazy=True))
+                    service.unregister_overlay(target)
+        finally:
+            recorded.cancel()
+
+
+class _RecordedFiles:
+    """The files the image's published workload record lists, requested as soon as the
+    record and the layers are there. Not waited for: the image is mounted and its
+    workload started meanwhile, and a read of a file not requested yet fetches it."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        resolved: ResolvedImage,
+        service: LazyMountService,
+        progress: Progress,
+    ) -> None:
+        self.layers_added = trio.Event()
+        self._client = client
+        self._resolved = resolved
+        self._service = service
+        self._progress = progress
+        self._scope = trio.CancelScope()
+
+    def start(self) -> None:
+        trio.lowlevel.spawn_system_task(self._prefetch)
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+    async def _prefetch(self) -> None:
+        """(a system task: it must not raise)"""
+        with self._scope:
+            try:
+                record = await published_record(self._client, self._resolved)
+                if not record:
+                    return
+                await self.layers_added.wait()
+                plan = prefetch_plan(record, self._resolved)
+                _, size = await self._service.prefetch_files(plan.files, plan.ranges)
+            except LazybuildError as exc:  # only a hint: the workload fetches on demand
+                self._progress.line(f"the image's workload record is not used: {exc}")
+                return
+            except Exception:
+                log.warning("prefetching the workload record's files failed", exc_info=True)
+                return
+            self._progress.line(
                 f"prefetching {sum(map(len, plan.files.values()))} file(s) the image's "
                 f"workload read when it was built: {human_size(size)} not cached yet"
             )
-        _report_layers(layers, progress)
-        target.mkdir(parents=True, exist_ok=True)
-        service.register_overlay(target)
-        # overlayfs wants the top-most lower first; manifests list the base first.
-        lowers = [layer.path for layer in reversed(layers)]
-        await trio.to_thread.run_sync(mount_overlay, target, lowers, upper, work)
-        try:
-            yield MountedImage(resolved.ref, resolved.config, layers, target, service)
-        finally:
-            with trio.CancelScope(shield=True):
-                if is_mounted(target):
-                    await trio.to_thread.run_sync(lambda: unmount(target, lazy=True))
-                service.unregister_overlay(target)
 
 
 def _report_layers(layers: Iterable[LayerMount], progress: Progress) -> None:
