@@ -421,9 +421,12 @@ class LazyMountService:
 
     async def _request(self, request: control.Request) -> dict[str, Any]:
         stream = await trio.open_unix_socket(str(self.control_path))
-        async with stream:
-            await stream.send_all(control.encode_request(request))
-            line = await control.LineReader(stream).next_line()
+        try:
+            async with stream:
+                await stream.send_all(control.encode_request(request))
+                line = await control.LineReader(stream).next_line()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            line = None  # reset, not closed: the process went away mid-request all the same
         if line is None:
             raise FilesystemServiceError(
                 f"the lazy filesystem closed the connection: {self._stderr_tail()}"
