@@ -50,8 +50,11 @@ def fork_service(argv: Sequence[str], *, log_fd: int, keep_fd: int) -> ForkedPro
 def _child(argv: Sequence[str], log_fd: int, keep_fd: int) -> int:
     try:
         os.setsid()  # the user's Ctrl-C reaches lazybuild, which stops the mount in order
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
+        # As in any Python process: a reply to a client that went away is an error for
+        # that connection, not a SIGPIPE that ends the filesystem under its mounts.
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(log_fd, 1)

@@ -392,6 +392,14 @@ def test_run_forks_its_filesystem_which_other_commands_leave_alone(
         status = Path(f"/proc/{service_pid}/stat").read_text()
         assert status.rpartition(")")[2].split()[1] == str(process.pid)
         assert Path(f"/proc/{service_pid}/comm").read_text().strip() == "lazybuild-fs"
+        # SIGPIPE ignored, as in any Python process: a write to a client that went away
+        # must not kill the filesystem.
+        ignored = next(
+            line.split()[1]
+            for line in Path(f"/proc/{service_pid}/status").read_text().splitlines()
+            if line.startswith("SigIgn:")
+        )
+        assert int(ignored, 16) & (1 << (signal.SIGPIPE - 1))
         # Another command's clean-up takes it for what it is: a live filesystem.
         du = subprocess.run(
             lazybuild_argv(state, "du"), capture_output=True, text=True, check=False
