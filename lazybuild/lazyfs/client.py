@@ -15,11 +15,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import trio
 
@@ -179,22 +179,10 @@ class LazyMountService:
         a forked service that is never entered must be ``close``d (in ``trio.run``)."""
         if self._process is not None:
             return
-        self._prepare_directories()
-        ready_read, ready_write = os.pipe()
-        try:
-            with self._log_path.open("wb") as log_file:
-                self._process = fork_service(
-                    self._service_arguments(ready_write),
-                    log_fd=log_file.fileno(),
-                    keep_fd=ready_write,
-                )
-        except BaseException:
-            os.close(ready_read)
-            raise
-        finally:
-            os.close(ready_write)
-        self._ready_fd = ready_read
-        self._write_record(self._process.pid)
+        with self._starting() as (ready_write, log_file):
+            self._process = fork_service(
+                self._service_arguments(ready_write), log_fd=log_file.fileno(), keep_fd=ready_write
+            )
 
     async def close(self) -> None:
         """Stop the process and take the mount down (again: a no-op)."""
@@ -226,35 +214,41 @@ class LazyMountService:
             self.control_path = self._socket_dir / "control.sock"
 
     async def _spawn(self) -> None:
+        with self._starting() as (ready_write, log_file):
+            self._process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", SERVICE_MODULE, *self._service_arguments(ready_write)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                pass_fds=(ready_write,),
+                # Our own session: the user's Ctrl-C reaches lazybuild, which then
+                # stops the mount in order, instead of pulling it out from under a
+                # container.
+                start_new_session=True,
+            )
+
+    @contextlib.contextmanager
+    def _starting(self) -> Iterator[tuple[int, BinaryIO]]:
+        """What starting the process takes, however it is started: its directories, the
+        write end of its readiness pipe and its log, for the caller to set ``_process``
+        with; then the read end is kept and the mount recorded."""
         self._prepare_directories()
         ready_read, ready_write = os.pipe()
         try:
             with self._log_path.open("wb") as log_file:
-                self._process = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", SERVICE_MODULE, *self._service_arguments(ready_write)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=log_file,
-                    pass_fds=(ready_write,),
-                    # Our own session: the user's Ctrl-C reaches lazybuild, which then
-                    # stops the mount in order, instead of pulling it out from under a
-                    # container.
-                    start_new_session=True,
-                )
+                yield ready_write, log_file
         except BaseException:
             os.close(ready_read)
             raise
         finally:
             os.close(ready_write)
+        assert self._process is not None, "the caller starts the process"
         self._ready_fd = ready_read
-        self._write_record(self._process.pid)
-
-    def _write_record(self, pid: int) -> None:
         write_record(
             self.state_dir,
             MountRecord(
                 id=self.id,
-                pid=pid,
+                pid=self._process.pid,
                 mountpoint=str(self.mountpoint),
                 control=str(self.control_path),
                 owner_pid=os.getpid(),

@@ -243,8 +243,7 @@ def test_killed_filesystem_process_is_cleaned_up_by_the_next_command(
     state = tmp_path / "state"
     target = tmp_path / "mnt"
     with lazybuild_mount(state, python_image, target) as mount_command:
-        (record,) = (state / "mounts").glob("*.json")
-        service_pid = json.loads(record.read_text())["pid"]
+        _, service_pid = _filesystem_of(state)
         os.kill(mount_command.pid, signal.SIGKILL)
         os.kill(service_pid, signal.SIGKILL)
         mount_command.wait()
@@ -341,21 +340,37 @@ def test_terminated_while_mounting_leaves_nothing_behind(
     assert list((state / "mounts").glob("*.json")) == []
 
 
-def test_interrupted_run_stops_the_container_and_unmounts(
-    python_image: str, tmp_path: Path
-) -> None:
-    state = tmp_path / "state"
-    marker = f"sleep {600 + os.getpid() % 1000}"  # names this test's container process
+def _sleeping_run(state: Path, image: str, tag: int) -> tuple[subprocess.Popen[str], str]:
+    """``lazybuild run IMAGE sleep N``, once its container runs; ``sleep N`` (N from
+    ``tag`` and our pid) names this test's container process. The caller stops it."""
+    marker = f"sleep {tag + os.getpid() % 1000}"
     process = subprocess.Popen(
-        lazybuild_argv(state, "run", python_image, *marker.split()),
-        stderr=subprocess.PIPE,
-        text=True,
+        lazybuild_argv(state, "run", image, *marker.split()), stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while subprocess.run(["pgrep", "-x", "-f", marker], check=False).returncode != 0:
             assert process.poll() is None and time.monotonic() < deadline, process.stderr
             time.sleep(0.1)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, marker
+
+
+def _filesystem_of(state: Path) -> tuple[Path, int]:
+    """The mount record of the one filesystem process of ``state``, and its pid."""
+    (record,) = (state / "mounts").glob("*.json")
+    return record, json.loads(record.read_text())["pid"]
+
+
+def test_interrupted_run_stops_the_container_and_unmounts(
+    python_image: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    process, marker = _sleeping_run(state, python_image, 600)
+    try:
         interrupted = time.monotonic()
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
@@ -375,19 +390,9 @@ def test_run_forks_its_filesystem_which_other_commands_leave_alone(
     python_image: str, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    marker = f"sleep {1600 + os.getpid() % 1000}"  # names this test's container process
-    process = subprocess.Popen(
-        lazybuild_argv(state, "run", python_image, *marker.split()),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process, marker = _sleeping_run(state, python_image, 1600)
     try:
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while subprocess.run(["pgrep", "-x", "-f", marker], check=False).returncode != 0:
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr
-            time.sleep(0.1)
-        (record,) = (state / "mounts").glob("*.json")
-        service_pid = json.loads(record.read_text())["pid"]
+        record, service_pid = _filesystem_of(state)
         # Forked from the CLI (not a new interpreter), and named so that it is known.
         status = Path(f"/proc/{service_pid}/stat").read_text()
         assert status.rpartition(")")[2].split()[1] == str(process.pid)
@@ -423,18 +428,9 @@ def test_a_killed_run_leaves_its_forked_filesystem_to_the_next_command(
     python_image: str, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    marker = f"sleep {2600 + os.getpid() % 1000}"
-    process = subprocess.Popen(
-        lazybuild_argv(state, "run", python_image, *marker.split()),
-        stderr=subprocess.DEVNULL,
-    )
+    process, marker = _sleeping_run(state, python_image, 2600)
     try:
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while subprocess.run(["pgrep", "-x", "-f", marker], check=False).returncode != 0:
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
-        (record,) = (state / "mounts").glob("*.json")
-        service_pid = json.loads(record.read_text())["pid"]
+        _, service_pid = _filesystem_of(state)
     finally:
         process.kill()  # SIGKILL: no finally runs in the CLI
         process.wait()
