@@ -589,12 +589,13 @@ class LazyLayer:
         source: EarlyRegion | None = None,
     ) -> None:
         """Fetch chunks nobody waits on yet (read-ahead, prefetch); however this ends,
-        their flights land."""
-        try:
-            with self._flights.flying(claimed) as flights:
+        their flights land. A chunk that did not come (the request failed, or broke off
+        before it) lands empty, so a reader waiting for it fetches it itself."""
+        with self._flights.flying(claimed) as flights:
+            try:
                 await self._fetch_into(flights, sites, remember=remember, source=source)
-        except Exception:  # only a hint: a reader that needs a chunk fetches it itself
-            log.debug("%s: read-ahead fetch failed", self._where, exc_info=True)
+            except Exception:  # only a hint: see above
+                log.debug("%s: read-ahead fetch failed", self._where, exc_info=True)
 
     async def _fetch(self, sites: Sequence[_Site], *, remember: bool = True) -> dict[str, bytes]:
         """Fetch ``sites`` in one request, verify each chunk, cache it, and resolve its
@@ -611,23 +612,35 @@ class LazyLayer:
         remember: bool,
         source: EarlyRegion | None = None,
     ) -> dict[str, bytes]:
-        compressed = await self._request(sites, source)
+        """Fetch ``sites`` in one request and land each chunk as its bytes come in: a
+        reader of the first chunks of a large request does not wait for its last."""
         contents: dict[str, bytes] = {}
         failures: dict[str, LazybuildError] = {}
+        send, receive = trio.open_memory_channel[tuple[_Site, bytes]](float("inf"))
 
-        async def land(group: list[tuple[_Site, bytes]]) -> None:
-            verified, failed = await self._land(group, flights, remember)
-            contents.update(verified)
-            failures.update(failed)
+        async def lander(arrivals: trio.MemoryReceiveChannel[tuple[_Site, bytes]]) -> None:
+            async with arrivals:
+                async for first in arrivals:
+                    group = _take_arrived(arrivals, first)
+                    verified, failed = await self._land(group, flights, remember)
+                    contents.update(verified)
+                    failures.update(failed)
 
-        groups = _grouped(
-            list(zip(sites, compressed, strict=True)),
-            lambda fetched: len(fetched[1]),
-            VERIFY_GROUP_BYTES,
-            VERIFY_GROUP_CHUNKS,
-        )
-        await in_order(groups, VERIFY_JOBS_PER_REQUEST, land)
+        request_failure: LazybuildError | None = None
+        async with trio.open_nursery() as nursery:
+            for _ in range(VERIFY_JOBS_PER_REQUEST):
+                nursery.start_soon(lander, receive.clone())
+            receive.close()
+            with send:
+                try:
+                    await self._request(
+                        sites, lambda index, data: send.send_nowait((sites[index], data)), source
+                    )
+                except LazybuildError as exc:
+                    request_failure = exc  # what came before it still lands
         self.stats.chunks_fetched += len(contents)
+        if request_failure is not None:
+            raise request_failure
         for site in sites:
             if site.digest in failures:
                 raise failures[site.digest]
@@ -666,25 +679,44 @@ class LazyLayer:
                 log.warning("%s: cannot cache %d chunk(s): %s", self._where, len(digests), exc)
 
     async def _request(
-        self, sites: Sequence[_Site], source: EarlyRegion | None = None
-    ) -> list[bytes]:
-        """The compressed bytes of ``sites`` (unverified): from ``source`` when it holds
-        them all (counted as its pieces arrived), else in one request."""
+        self,
+        sites: Sequence[_Site],
+        arrived: Callable[[int, bytes], None],
+        source: EarlyRegion | None = None,
+    ) -> None:
+        """Hand the compressed bytes of each of ``sites`` (unverified) to ``arrived(index,
+        bytes)`` as they come: from ``source`` when it holds them all (counted as it
+        received them), else in one request."""
         ranges = [(s.chunk.offset, s.chunk.end - s.chunk.offset) for s in sites]
+        wanted = list(range(len(sites)))
         if source is not None and source.covers(ranges):
+            handed: set[int] = set()
+
+            def from_source(index: int, data: bytes) -> None:
+                handed.add(index)
+                arrived(index, data)
+
             try:
-                return await source.read_ranges(ranges)
+                await source.stream_ranges(ranges, from_source)
+                return
             except LazybuildError as exc:  # a piece that did not come: ask the registry
                 log.debug("%s: %s", self._where, exc)
+                wanted = [index for index in wanted if index not in handed]
         started = time.perf_counter()
+        received = 0
+
+        def counted(position: int, data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+            arrived(wanted[position], data)
+
         try:
-            compressed = await self._blob.read_ranges(ranges)
-            received = sum(len(piece) for piece in compressed)
+            await self._blob.stream_ranges([ranges[index] for index in wanted], counted)
         except Exception as exc:
-            files = sorted({site.file for site in sites})
+            files = sorted({sites[index].file for index in wanted})
             message = (
-                f"{self._where}: fetching {len(sites)} chunk(s) of {', '.join(map(repr, files))} "
-                f"failed: {exc}"
+                f"{self._where}: fetching {len(wanted)} chunk(s) of "
+                f"{', '.join(map(repr, files))} failed: {exc}"
             )
             log.error("%s", message)
             if isinstance(exc, LazybuildError):
@@ -692,16 +724,15 @@ class LazyLayer:
             raise RegistryError(message) from exc
         finally:
             self.stats.fetch_seconds += time.perf_counter() - started
-        self.stats.requests += 1
-        self.stats.bytes_fetched += received
+            self.stats.requests += 1
+            self.stats.bytes_fetched += received
         trace_fetch(
             self._where,
             started,
-            sorted({site.file for site in sites}),
+            sorted({sites[index].file for index in wanted}),
             received,
-            [(site.file, site.chunk.chunk_offset) for site in sites],
+            [(sites[index].file, sites[index].chunk.chunk_offset) for index in wanted],
         )
-        return compressed
 
     def _verify_group(
         self, group: Sequence[tuple[_Site, bytes]]
@@ -791,15 +822,7 @@ def _early_region(
             return None
     except FormatError:
         return None  # opening the TOC says what is wrong
-    early = EarlyRegion(
-        blob,
-        size,
-        stats,
-        where,
-        first_piece=PREFETCH_FIRST_BATCH_BYTES,
-        piece=PREFETCH_BATCH_BYTES,
-        concurrency=PREFETCH_CONCURRENCY,
-    )
+    early = EarlyRegion(blob, size, stats, where)
     trio.lowlevel.spawn_system_task(early.run)
     return early
 
@@ -827,6 +850,24 @@ async def _outcome(flight: Flight) -> bytes | None:
     if flight.error is not None:
         raise type(flight.error)(str(flight.error))
     return flight.content
+
+
+def _take_arrived(
+    arrivals: trio.MemoryReceiveChannel[tuple[_Site, bytes]], first: tuple[_Site, bytes]
+) -> list[tuple[_Site, bytes]]:
+    """``first`` and the chunks that arrived behind it, up to a verify group: chunks are
+    landed as they come when the network is the bottleneck, in larger groups (fewer
+    thread hand-offs) when verifying is."""
+    group = [first]
+    size = len(first[1])
+    while size < VERIFY_GROUP_BYTES and len(group) < VERIFY_GROUP_CHUNKS:
+        try:
+            item = arrivals.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+        group.append(item)
+        size += len(item[1])
+    return group
 
 
 def _prefetch_batches(sites: Sequence[_Site]) -> list[list[_Site]]:

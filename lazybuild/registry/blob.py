@@ -23,7 +23,6 @@ from lazybuild.oci.digest import new_hasher
 from lazybuild.registry.auth import pull_scope
 from lazybuild.registry.ranges import (
     Part,
-    cut,
     merge_spans,
     multipart_boundary,
     parse_content_range,
@@ -35,6 +34,9 @@ from lazybuild.registry.reference import Reference
 from lazybuild.registry.session import REDIRECT_STATUSES, RegistrySession, error_for, same_origin
 
 log = logging.getLogger(__name__)
+
+# Receives one requested range's bytes: (its index in the request, the bytes).
+RangeSink = Callable[[int, bytes], None]
 
 # ghcr.io's signed S3 URLs reportedly last about 300 s; resolve again well before that.
 REDIRECT_TTL = 240.0
@@ -236,49 +238,59 @@ class RemoteBlob:
         return (await self.read_ranges([(offset, length)]))[0]
 
     async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The bytes of each (offset, length) pair, in the order given (unverified).
+        """The bytes of each (offset, length) pair, in the order given (unverified)."""
+        got: list[bytes] = [b""] * len(ranges)
 
-        One request with a multi-range header when the registry allows it; otherwise
-        one request per group of nearby ranges.
+        def keep(index: int, data: bytes) -> None:
+            got[index] = data
+
+        await self.stream_ranges(ranges, keep)
+        return got
+
+    async def stream_ranges(self, ranges: Sequence[tuple[int, int]], arrived: RangeSink) -> None:
+        """Hand each (offset, length) pair's bytes to ``arrived(index, data)`` (unverified)
+        as soon as the last of them is received: the first ranges of a large single-range
+        answer are used while the rest is on the wire. Raises RegistryError when a range
+        cannot be had; the ranges handed over until then stand.
+
+        One request with a multi-range header when the registry allows it (its parts
+        are handed over once the whole answer is in); otherwise one streamed request
+        per group of nearby ranges.
         """
         for offset, length in ranges:
             if offset < 0 or length < 0 or offset + length > self.size:
                 raise ValueError(f"range ({offset}, {length}) is outside a {self.size}-byte blob")
+        delivery = _Delivery(ranges, arrived)
         spans = merge_spans(ranges)
-        parts: list[Part] = []
         registry = self._endpoint.ref.registry
         pending = spans
         while len(pending) > 1 and self._modes.multi_range_ok(registry):
             batch, rest = pending[:MAX_RANGES_PER_REQUEST], pending[MAX_RANGES_PER_REQUEST:]
-            got = await self._fetch(batch, multi=True)
-            if got is None:
+            parts = await self._fetch_multi(batch)
+            if parts is None:
                 self._modes.use_single_ranges(registry, "multi-range request answered 400")
                 break
-            parts += got
+            delivery.from_parts(parts)
             pending = rest
         if pending:
             leftover = [(start, stop - start) for start, stop in pending]
             for span in merge_spans(leftover, max_gap=self._coalesce_gap):
-                got = await self._fetch([span], multi=False)
-                assert got is not None, "a single range never falls back"
-                parts += got
-        where = self._endpoint.where
-        return [cut(parts, offset, length, where) if length else b"" for offset, length in ranges]
+                await self._stream_span(span, delivery)
+        delivery.check_complete(self._endpoint.where)
 
-    async def _fetch(self, spans: Sequence[tuple[int, int]], multi: bool) -> list[Part] | None:
-        """Parts covering ``spans``; None when a multi-range request was refused with 400."""
+    async def _fetch_multi(self, spans: Sequence[tuple[int, int]]) -> list[Part] | None:
+        """Parts covering ``spans``; None when the request was refused with 400."""
         where = self._endpoint.where
         headers = {**_NO_TRANSFORM, "Range": range_header(spans)}
-        response = await self._endpoint.get(headers, also_expect={400} if multi else ())
+        response = await self._endpoint.get(headers, also_expect={400})
         try:
             if response.status_code == 400:
                 return None
             if response.status_code == 200:
-                if multi:
-                    self._modes.use_single_ranges(
-                        self._endpoint.ref.registry, "multi-range request answered with the blob"
-                    )
-                return await self._parts_of_whole_blob(response, spans)
+                self._modes.use_single_ranges(
+                    self._endpoint.ref.registry, "multi-range request answered with the blob"
+                )
+                return await self._spans_of_whole_blob(response, spans)
             body = await response.aread()
         finally:
             await response.aclose()
@@ -292,7 +304,7 @@ class RemoteBlob:
             self._check_total(part.total)
         return parts
 
-    async def _parts_of_whole_blob(
+    async def _spans_of_whole_blob(
         self, response: httpx.Response, spans: Sequence[tuple[int, int]]
     ) -> list[Part]:
         """Keep only the spans of a 200 answer, and stop reading after the last one."""
@@ -318,9 +330,126 @@ class RemoteBlob:
             Part(start, bytes(buffer)) for (start, _), buffer in zip(spans, buffers, strict=True)
         ]
 
+    async def _stream_span(self, span: tuple[int, int], delivery: _Delivery) -> None:
+        """Bytes [start, stop) in one single-range request, handed to ``delivery`` as
+        they come (a 200 answer with the whole blob is read up to ``stop`` only)."""
+        start, stop = span
+        stream = delivery.span(start, stop)
+        where = self._endpoint.where
+        headers = {**_NO_TRANSFORM, "Range": range_header([span])}
+        response = await self._endpoint.get(headers)
+        try:
+            if response.status_code == 206:
+                header = response.headers.get("content-range")
+                content_range = parse_content_range(header, where)
+                self._check_total(content_range.total)
+                if content_range.start > start or content_range.end + 1 < stop:
+                    raise RegistryError(
+                        f"{where}: the registry did not return bytes {start}-{stop - 1} "
+                        f"(it sent {content_range.start}-{content_range.end})"
+                    )
+                position, end = content_range.start, content_range.end + 1
+            else:
+                announced = response.headers.get("content-length")
+                if announced is not None and announced.isdigit():
+                    self._check_total(int(announced))
+                position, end = 0, stop  # the rest of the blob is not needed
+            async for piece in response.aiter_bytes():
+                self._endpoint.bytes_received += len(piece)
+                lo, hi = max(start, position), min(stop, position + len(piece))
+                if lo < hi:
+                    stream.extend(piece[lo - position : hi - position])
+                position += len(piece)
+                if position >= end:
+                    break
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise RegistryError(
+                f"{where}: reading bytes {start}-{stop - 1} broke off at byte {position}: {exc}"
+            ) from exc
+        finally:
+            await response.aclose()
+        if response.status_code == 206 and position != end:
+            raise RegistryError(
+                f"{where}: Content-Range {header!r} announces {end - content_range.start} "
+                f"bytes, got {position - content_range.start}"
+            )
+        if position < stop:
+            raise RegistryError(f"{where}: blob ended at byte {position}")
+
     def _check_total(self, total: int | None) -> None:
         if total is not None and total != self.size:
             raise RegistryError(
                 f"{self._endpoint.where}: the registry has {total} bytes, the descriptor says "
                 f"{self.size}"
             )
+
+
+class _Delivery:
+    """Hands each requested range over once, as soon as the bytes holding it are in."""
+
+    def __init__(self, ranges: Sequence[tuple[int, int]], arrived: RangeSink) -> None:
+        self._ranges = ranges
+        self._arrived = arrived
+        self._delivered = [False] * len(ranges)
+        for index, (_, length) in enumerate(ranges):
+            if length == 0:
+                self.hand_over(index, b"")
+
+    def from_parts(self, parts: Sequence[Part]) -> None:
+        """Every range that one of ``parts`` holds whole."""
+        for index, (offset, length) in enumerate(self._ranges):
+            if self._delivered[index]:
+                continue
+            for part in parts:
+                if part.start <= offset and offset + length <= part.stop:
+                    begin = offset - part.start
+                    self.hand_over(index, part.data[begin : begin + length])
+                    break
+
+    def span(self, start: int, stop: int) -> _SpanStream:
+        """A receiver for bytes [start, stop), arriving in order."""
+        inside = [
+            index
+            for index, (offset, length) in enumerate(self._ranges)
+            if not self._delivered[index] and start <= offset and offset + length <= stop
+        ]
+        inside.sort(key=lambda index: sum(self._ranges[index]))
+        return _SpanStream(self, start, inside)
+
+    def check_complete(self, where: str) -> None:
+        for index, done in enumerate(self._delivered):
+            if not done:
+                offset, length = self._ranges[index]
+                raise RegistryError(
+                    f"{where}: the registry did not return bytes {offset}-{offset + length - 1}"
+                )
+
+    def range_at(self, index: int) -> tuple[int, int]:
+        return self._ranges[index]
+
+    def hand_over(self, index: int, data: bytes) -> None:
+        self._delivered[index] = True
+        self._arrived(index, data)
+
+
+class _SpanStream:
+    """The bytes of one span as they arrive; hands over its ranges by their ends."""
+
+    def __init__(self, delivery: _Delivery, start: int, by_end: list[int]) -> None:
+        self._delivery = delivery
+        self._start = start
+        self._by_end = by_end
+        self._next = 0
+        self._buffer = bytearray()
+
+    def extend(self, data: bytes) -> None:
+        self._buffer.extend(data)
+        known_stop = self._start + len(self._buffer)
+        while self._next < len(self._by_end):
+            index = self._by_end[self._next]
+            offset, length = self._delivery.range_at(index)
+            if offset + length > known_stop:
+                break
+            begin = offset - self._start
+            self._delivery.hand_over(index, bytes(self._buffer[begin : begin + length]))
+            self._next += 1

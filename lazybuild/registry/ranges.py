@@ -144,14 +144,3 @@ def _part_headers(body: bytes, position: int, where: str) -> tuple[dict[str, str
         name, colon, value = line.decode("latin-1").partition(":")
         if colon:
             headers[name.strip().lower()] = value.strip()
-
-
-def cut(parts: Sequence[Part], offset: int, length: int, where: str) -> bytes:
-    """Bytes [offset, offset+length) from whichever part holds all of them."""
-    for part in parts:
-        if part.start <= offset and offset + length <= part.stop:
-            begin = offset - part.start
-            return part.data[begin : begin + length]
-    raise RegistryError(
-        f"{where}: the registry did not return bytes {offset}-{offset + length - 1}"
-    )

@@ -44,7 +44,6 @@ from lazybuild.estargz.toc import (
 )
 from lazybuild.executor.orphans import OWNER_ANNOTATION
 from lazybuild.executor.runc import DEFAULT_STATE_ROOT
-from lazybuild.lazyfs.early_region import piece_bounds
 from lazybuild.lazyfs.layer import PREFETCH_BATCH_BYTES, PREFETCH_FIRST_BATCH_BYTES
 from lazybuild.oci import mediatypes
 from lazybuild.oci.layout import OciLayout
@@ -314,7 +313,7 @@ def _prefetch_shape(reference: str) -> tuple[int, int]:
     prefetch makes: a first batch of up to PREFETCH_FIRST_BATCH_BYTES of the region's
     chunks, then batches of up to PREFETCH_BATCH_BYTES; or, for a layer whose
     descriptor gives the region's size (fetched alongside its TOC on a cold run), the
-    region in pieces of those sizes."""
+    region in one request."""
 
     async def count() -> tuple[int, int]:
         layers = requests = 0
@@ -331,8 +330,7 @@ def _prefetch_shape(reference: str) -> tuple[int, int]:
                 layers += 1
                 hinted = prefetch_region_hint(descriptor)
                 if hinted is not None:
-                    pieces = piece_bounds(hinted, PREFETCH_FIRST_BATCH_BYTES, PREFETCH_BATCH_BYTES)
-                    requests += len(pieces)
+                    requests += 1
                     continue
                 sizes = sorted(
                     (chunk.offset, chunk.end - chunk.offset)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -28,8 +28,9 @@ CHUNK = 16 << 10
 class MemoryBlob:
     """The RemoteBlob surface over bytes; counts requests and bytes like a registry would.
 
-    One ``read_ranges`` call is one request (a multi-range GET); ``hold`` (when set)
-    blocks every request until it is set, to line up concurrent readers.
+    One ``read_ranges`` or ``stream_ranges`` call is one request (a multi-range GET);
+    ``hold`` (when set) blocks every request until it is set, to line up concurrent
+    readers; ``pause_at`` stalls a streamed answer part way.
     """
 
     def __init__(self, data: bytes) -> None:
@@ -39,6 +40,7 @@ class MemoryBlob:
         self.bytes_sent = 0
         self.requested: list[list[tuple[int, int]]] = []
         self.hold: trio.Event | None = None
+        self.pause_at: tuple[int, trio.Event] | None = None
 
     @property
     def stats(self) -> FetchStats:
@@ -58,6 +60,19 @@ class MemoryBlob:
             await self.hold.wait()
         await trio.lowlevel.checkpoint()
         return [self.data[offset : offset + length] for offset, length in ranges]
+
+    async def stream_ranges(
+        self, ranges: Sequence[tuple[int, int]], arrived: Callable[[int, bytes], None]
+    ) -> None:
+        """``read_ranges``, handed over range by range in the order their bytes would
+        come (by end); with ``pause_at`` = (offset, event), the ranges ending after
+        ``offset`` wait for the event, as if the answer stalled there."""
+        got = await self.read_ranges(ranges)
+        for index in sorted(range(len(ranges)), key=lambda i: sum(ranges[i])):
+            if self.pause_at is not None and sum(ranges[index]) > self.pause_at[0]:
+                await self.pause_at[1].wait()
+            arrived(index, got[index])
+            await trio.lowlevel.checkpoint()
 
     def reset(self) -> None:
         self.requests = self.bytes_sent = 0

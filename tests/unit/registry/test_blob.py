@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from lazybuild.errors import DigestMismatchError, RegistryError
 from lazybuild.oci.descriptor import Descriptor
@@ -232,3 +233,66 @@ def test_interrupted_stream_resumes_with_a_range_request() -> None:
     with_client(fake, body)
     ranges = [r.headers.get("range") for r in fake.registry_requests("/blobs/")]
     assert ranges == [None, "bytes=100000-"]
+
+
+class _Paused(httpx.AsyncByteStream):
+    """A body that sends ``head`` bytes, then waits for ``resume`` before the rest."""
+
+    def __init__(self, data: bytes, head: int, resume: trio.Event) -> None:
+        self._data, self._head, self._resume = data, head, resume
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._data[: self._head]
+        await self._resume.wait()
+        yield self._data[self._head :]
+
+
+def test_streamed_ranges_are_handed_over_before_the_answer_ends() -> None:
+    fake = FakeRegistry()
+    resume = trio.Event()
+    span = DATA[1000:200_010]
+    headers = {"Content-Range": "bytes 1000-200009/300000"}
+    fake.queue(REGISTRY, httpx.Response(206, stream=_Paused(span, 50_000, resume), headers=headers))
+    wanted = [(1000, 10), (200_000, 10), (30_000, 100)]
+    seen: list[tuple[int, bytes]] = []
+
+    def arrived(index: int, data: bytes) -> None:
+        seen.append((index, data))
+        if len(seen) == 2:
+            resume.set()  # the body goes on only once the first ranges were handed over
+
+    async def body(client: RegistryClient, descriptor: Descriptor) -> None:
+        with trio.fail_after(5):
+            await client.open_blob(REF, descriptor).stream_ranges(wanted, arrived)
+
+    with_client(fake, body, single_range_registries=[REGISTRY])
+    assert seen == [(0, DATA[1000:1010]), (2, DATA[30_000:30_100]), (1, DATA[200_000:200_010])]
+
+
+def test_ranges_handed_over_before_a_broken_answer_stand() -> None:
+    fake = FakeRegistry()
+    headers = {"Content-Range": "bytes 0-99999/300000"}
+    fake.queue(
+        REGISTRY, httpx.Response(206, stream=_DropsAfter(DATA[:100_000], 60_000), headers=headers)
+    )
+    seen: dict[int, bytes] = {}
+
+    async def body(client: RegistryClient, descriptor: Descriptor) -> None:
+        blob = client.open_blob(REF, descriptor)
+        with pytest.raises(RegistryError, match="broke off at byte 60000"):
+            await blob.stream_ranges([(0, 100), (99_000, 1000)], seen.__setitem__)
+
+    with_client(fake, body, single_range_registries=[REGISTRY])
+    assert seen == {0: DATA[:100]}
+
+
+def test_a_short_single_range_answer_is_an_error() -> None:
+    fake = FakeRegistry()
+    headers = {"Content-Range": "bytes 0-99999/300000"}
+    fake.queue(REGISTRY, httpx.Response(206, content=DATA[:80_000], headers=headers))
+
+    async def body(client: RegistryClient, descriptor: Descriptor) -> None:
+        with pytest.raises(RegistryError, match="announces 100000 bytes, got 80000"):
+            await client.open_blob(REF, descriptor).read_ranges([(0, 100), (99_000, 1000)])
+
+    with_client(fake, body, single_range_registries=[REGISTRY])

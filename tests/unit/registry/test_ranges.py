@@ -6,7 +6,6 @@ from lazybuild.errors import RegistryError
 from lazybuild.registry.ranges import (
     ContentRange,
     Part,
-    cut,
     merge_spans,
     multipart_boundary,
     parse_content_range,
@@ -74,10 +73,3 @@ def test_merge_spans_and_header() -> None:
     assert merge_spans(ranges) == [(0, 20), (100, 110), (200, 201)]
     assert merge_spans(ranges, max_gap=80) == [(0, 110), (200, 201)]
     assert range_header([(0, 20), (100, 110)]) == "bytes=0-19,100-109"
-
-
-def test_cut_requires_a_covering_part() -> None:
-    parts = [Part(10, b"0123456789")]
-    assert cut(parts, 12, 3, "t") == b"234"
-    with pytest.raises(RegistryError, match="did not return bytes 18-21"):
-        cut(parts, 18, 4, "t")
