@@ -2,49 +2,41 @@
 
 pyfuse3 allows one FUSE session per process, and a mount that outlives a crashed
 builder is better than one torn down under a running container, so the mount lives
-in this process of its own (``python -m lazybuild.lazyfs.service``; see ``client``
-for the side that starts it and ``control`` for the protocol).
+in this process of its own (``python -m lazybuild.lazyfs.service``, or forked from the
+CLI by ``forkedservice``; see ``client`` for the side that starts it, ``server`` for
+the mount and its control socket, ``control`` for the protocol).
+
+This module is what the process runs first, and it imports little: given the image
+its owner will mount, it starts resolving it before the mount's machinery (pyfuse3,
+the layer code: ~0.1 s) is imported, in a thread meanwhile, so the manifest's round
+trips and the imports overlap.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import importlib
 import logging
-import os
-import signal
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
-import pyfuse3
 import trio
 
-from lazybuild.cache.chunkcache import DEFAULT_MAX_BYTES, ChunkCache
+from lazybuild.cache.chunkcache import DEFAULT_MAX_BYTES
 from lazybuild.errors import LazybuildError
-from lazybuild.estargz.index import LayerIndex
-from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
-from lazybuild.lazyfs import control
-from lazybuild.lazyfs.fuse import LazyFilesystem
-from lazybuild.lazyfs.layer import LazyLayer
-from lazybuild.lazyfs.layerset import LayerSet
-from lazybuild.lazyfs.priority import ForegroundGate
-from lazybuild.lazyfs.readrecorder import ReadRecorder
-from lazybuild.lazyfs.skeleton import merged_view, skeleton_name, skeleton_tar, write_skeleton
-from lazybuild.lazyfs.unpack import UnpackedLayer, unpack_layer
-from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.manifest import Manifest
 from lazybuild.oci.platform import host_platform
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 
-log = logging.getLogger("lazybuild.lazyfs.service")
+if TYPE_CHECKING:
+    from lazybuild.lazyfs.server import Layers
 
-MOUNT_OPTIONS = frozenset({"fsname=lazybuild", "allow_other", "default_permissions", "ro"})
-OWNER_POLL_SECONDS = 1.0
+log = logging.getLogger("lazybuild.lazyfs.service")
 
 
 @dataclass(frozen=True)
@@ -90,419 +82,60 @@ def parse_args(argv: Sequence[str]) -> ServiceOptions:
     )
 
 
-@dataclass(frozen=True)
-class _Mounted:
-    added: control.LayerAdded
-    layer: LazyLayer | None
-    unpacked: UnpackedLayer | None
+class ImageAhead:
+    """The image the owner is about to mount: resolved from the moment the process
+    starts, its layers opened (TOCs, prefetch regions) as soon as the mount can take
+    them, while the owner still starts up; its own add_layer requests then find them
+    open or opening. Only a head start: whatever fails here, the owner's requests fail
+    the same way and report it."""
 
-
-class LayerSource:
-    """Opens layers for add_layer requests: eStargz lazily into the mount, others unpacked.
-
-    Concurrent requests for one digest share the work; a layer is added once.
-    """
-
-    def __init__(
-        self,
-        *,
-        filesystem: LazyFilesystem,
-        mountpoint: Path,
-        state_dir: Path,
-        client: RegistryClient,
-        cache: ChunkCache,
-        gate: ForegroundGate,
-        background: trio.Nursery | None,
-    ) -> None:
-        self._filesystem = filesystem
-        self._mountpoint = mountpoint
-        self._state_dir = state_dir
+    def __init__(self, client: RegistryClient, image: str) -> None:
         self._client = client
-        self._cache = cache
-        self._gate = gate
-        self._background = background
-        self._mounted: dict[str, _Mounted] = {}
-        self._pending: dict[str, trio.Event] = {}
-        self._layers = LayerSet()
-        self._skeletons: dict[tuple[str, ...], Path | None] = {}
+        self._image = image
+        self._resolved = trio.Event()
+        self._manifest: tuple[Reference, Manifest] | None = None
 
-    async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
-        ref = Reference.parse(ref_text)
-        descriptor = Descriptor.from_json(descriptor_json, "add_layer descriptor")
-        digest = descriptor.digest
-        while digest not in self._mounted:
-            pending = self._pending.get(digest)
-            if pending is None:
-                done = self._pending[digest] = trio.Event()
-                try:
-                    self._mounted[digest] = await self._open(ref, descriptor)
-                finally:
-                    del self._pending[digest]
-                    done.set()
-            else:
-                await pending.wait()  # then retry: the other request may have failed
-        mounted = self._mounted[digest]
-        if mounted.layer is not None:
-            self._layers.add(mounted.layer, str(ref))  # one layer, used by several images
-        return mounted.added
-
-    async def fetch_all(self, digests: Sequence[str]) -> None:
-        """Fetch the named lazy layers whole (unpacked layers are local already)."""
-        async with trio.open_nursery() as nursery:
-            for digest in digests:
-                mounted = self._mounted.get(digest)
-                if mounted is None:
-                    raise LazybuildError(f"fetch_all: layer {digest} was not added")
-                if mounted.layer is not None:
-                    nursery.start_soon(mounted.layer.fetch_everything)
-
-    async def prefetch_files(
-        self, files: dict[str, list[str]], ranges: control.LayerRanges
-    ) -> tuple[int, int]:
-        """Start fetching these files of added lazy layers (others are skipped: unknown
-        or unpacked layers have nothing to fetch), big ones in the ``ranges`` given for
-        them; the chunks and bytes scheduled."""
-        chunks = size = 0
-        for digest, paths in files.items():
-            mounted = self._mounted.get(digest)
-            if mounted is not None and mounted.layer is not None:
-                scheduled, scheduled_bytes = await mounted.layer.prefetch_files(
-                    paths, ranges.get(digest, {})
-                )
-                chunks, size = chunks + scheduled, size + scheduled_bytes
-        return chunks, size
-
-    async def forget_big_file_pages(self) -> None:
-        """Make the kernel read big files through the filesystem again (see
-        ``LazyFilesystem.forget_cached_pages``)."""
-        await self._filesystem.forget_cached_pages(PREFETCH_FILE_MAX_BYTES)
-
-    async def skeleton(self, digests: Sequence[str]) -> Path | None:
-        """The skeleton of these lazy layers (``lazyfs.skeleton``), made on first use and
-        kept in the state dir; None when a layer is not lazy, the layers have no symlink
-        (nothing to gain) or the local filesystem cannot hold one faithfully."""
-        key = tuple(digests)
-        if key not in self._skeletons:
-            self._skeletons[key] = await self._make_skeleton(key)
-        return self._skeletons[key]
-
-    async def _make_skeleton(self, digests: tuple[str, ...]) -> Path | None:
-        indexes = []
-        for digest in digests:
-            mounted = self._mounted.get(digest)
-            if mounted is None or mounted.layer is None:
-                return None
-            indexes.append(mounted.layer.index)
-        if not indexes:
-            return None
-        directory = self._state_dir / "skeletons" / skeleton_name(digests)
+    async def resolve(self) -> None:
         try:
-            made = await trio.to_thread.run_sync(_skeleton_on_disk, indexes, directory)
-        except OSError as exc:
-            log.warning("no skeleton for layers %s: %s", ", ".join(digests), exc)
-            return None
-        return directory if made else None
+            ref = Reference.parse(self._image)
+            self._manifest = await self._client.resolve_manifest(ref, host_platform())
+        except Exception as exc:  # a hint: the owner's resolve reports it
+            log.info("resolving %s ahead of its mount failed: %s", self._image, exc)
+        finally:
+            self._resolved.set()
 
-    def stats(self) -> list[dict[str, Any]]:
-        report = []
-        for mounted in self._mounted.values():
-            if mounted.layer is not None:
-                report.append({"mode": "lazy", **mounted.layer.stats.to_json()})
-            elif mounted.unpacked is not None:
-                report.append(_unpacked_stats(mounted.unpacked))
-        return report
-
-    async def _open(self, ref: Reference, descriptor: Descriptor) -> _Mounted:
-        digest_hex = descriptor.digest.partition(":")[2]
-        if not is_lazy_layer(descriptor):
-            return await self._unpack(ref, descriptor)
-        blob = self._client.open_blob(ref, descriptor)
-        async with self._gate.foreground():
-            layer = await LazyLayer.open(
-                blob, descriptor, self._cache, state_dir=self._state_dir, layers=self._layers
-            )
-        self._filesystem.add_layer(digest_hex, layer)
-        self._layers.add(layer, str(ref))
-        try:
-            async with self._gate.foreground():
-                await layer.prefetch()
-        except LazybuildError as exc:
-            # Not fatal: the files are fetched on demand instead.
-            log.warning("layer %s: prefetch failed: %s", descriptor.digest, exc)
-        except BaseException:
-            self._filesystem.remove_layer(digest_hex)  # so that a retry can add it again
-            self._layers.discard(layer)
-            raise
-        if self._background is not None:
-            self._background.start_soon(self._fetch_in_background, layer)
-        path = str(self._mountpoint / digest_hex)
-        added = control.LayerAdded(path=path, mode="lazy", digest=descriptor.digest)
-        return _Mounted(added, layer, None)
-
-    async def _unpack(self, ref: Reference, descriptor: Descriptor) -> _Mounted:
-        log.info(
-            "layer %s (%s) is not eStargz with a TOC digest: downloading and unpacking it",
-            descriptor.digest,
-            descriptor.media_type,
-        )
-        unpacked = await unpack_layer(self._client, ref, descriptor, self._state_dir / "unpacked")
-        added = control.LayerAdded(
-            path=str(unpacked.path), mode="unpacked", digest=descriptor.digest
-        )
-        return _Mounted(added, None, unpacked)
-
-    async def _fetch_in_background(self, layer: LazyLayer) -> None:
-        try:
-            await layer.fetch_all(self._gate)
-        except LazybuildError as exc:
-            log.warning("layer %s: background fetch stopped: %s", layer.digest, exc)
-
-
-def _skeleton_on_disk(indexes: Sequence[LayerIndex], directory: Path) -> bool:
-    if directory.is_dir():
-        return True
-    started = time.perf_counter()
-    archive = skeleton_tar(merged_view(indexes))
-    if archive is None:
-        return False
-    write_skeleton(archive, directory)
-    log.info(
-        "skeleton of %d layer(s) written in %.3fs", len(indexes), time.perf_counter() - started
-    )
-    return True
-
-
-def _unpacked_stats(unpacked: UnpackedLayer) -> dict[str, Any]:
-    """The same keys as ``LayerStats.to_json()``: the whole blob, in one request."""
-    fetched = 0 if unpacked.reused else unpacked.size
-    return {
-        "mode": "unpacked",
-        "digest": unpacked.digest,
-        "size": unpacked.size,
-        "bytes_fetched": fetched,
-        "requests": 0 if unpacked.reused else 1,
-        "cache_hits": 1 if unpacked.reused else 0,
-        "fetch_seconds": unpacked.seconds,
-        "reused": unpacked.reused,
-    }
-
-
-def is_lazy_layer(descriptor: Descriptor) -> bool:
-    """eStargz served lazily needs gzip and a TOC digest to verify the TOC against."""
-    return (
-        descriptor.media_type in mediatypes.GZIP_LAYERS
-        and mediatypes.TOC_DIGEST_ANNOTATION in descriptor.annotations
-    )
-
-
-class Layers(Protocol):
-    async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded: ...
-
-    async def fetch_all(self, digests: Sequence[str]) -> None: ...
-
-    async def prefetch_files(
-        self, files: dict[str, list[str]], ranges: control.LayerRanges
-    ) -> tuple[int, int]: ...
-
-    async def forget_big_file_pages(self) -> None: ...
-
-    async def skeleton(self, digests: Sequence[str]) -> Path | None: ...
-
-    def stats(self) -> list[dict[str, Any]]: ...
-
-
-class ControlServer:
-    """Answers control requests; a ``shutdown`` request cancels ``stop``."""
-
-    def __init__(
-        self, layers: Layers, stop: trio.CancelScope, reads: ReadRecorder | None = None
-    ) -> None:
-        self._layers = layers
-        self._stop = stop
-        self._reads = reads or ReadRecorder()
-
-    async def handle(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection. Never raises: an error here would end the whole service."""
-        try:
-            async with stream:
-                await self._converse(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away (e.g. it was cancelled); the work it asked for stays
-        except LazybuildError as exc:
-            log.warning("control connection dropped: %s", exc)
-        except Exception:
-            log.exception("control connection failed")
-
-    async def _converse(self, stream: trio.abc.Stream) -> None:
-        lines = control.LineReader(stream)
-        while (line := await lines.next_line()) is not None:
-            reply = await self._answer(line)
-            await stream.send_all(control.encode(reply))
-            if reply.get("shutdown"):
-                self._stop.cancel()
-                return
-
-    async def _answer(self, line: bytes) -> dict[str, Any]:
-        try:
-            request = control.decode_request(line)
-            if isinstance(request, control.AddLayer):
-                added = await self._layers.add(request.ref, request.descriptor)
-                return control.ok(path=added.path, mode=added.mode, digest=added.digest)
-            if isinstance(request, control.Stats):
-                return control.ok(layers=self._layers.stats())
-            if isinstance(request, control.FetchAll):
-                await self._layers.fetch_all(request.digests)
-                return control.ok()
-            if isinstance(request, control.MarkReads):
-                if request.reread_big_files:
-                    await self._layers.forget_big_file_pages()
-                return control.ok(mark=self._reads.mark())
-            if isinstance(request, control.ReadsSince):
-                # The filesystem names layers by digest hex; clients know digests.
-                since = self._reads.since(request.mark)
-                ranges = self._reads.ranges_since(request.mark)
-                return control.ok(
-                    layers={f"sha256:{name}": paths for name, paths in since.items()},
-                    ranges={f"sha256:{name}": places for name, places in ranges.items()},
-                )
-            if isinstance(request, control.Skeleton):
-                skeleton = await self._layers.skeleton(request.digests)
-                return control.ok(path=None if skeleton is None else str(skeleton))
-            if isinstance(request, control.PrefetchFiles):
-                chunks, size = await self._layers.prefetch_files(request.files, request.ranges)
-                return control.ok(chunks=chunks, bytes=size)
-            return control.ok(shutdown=True)
-        except LazybuildError as exc:
-            log.error("control request failed: %s", exc)
-            return control.failure(str(exc))
-        except Exception as exc:
-            log.exception("control request failed")
-            return control.failure(f"internal error: {type(exc).__name__}: {exc}")
-
-
-async def serve_control(
-    path: Path,
-    server: ControlServer,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    path.unlink(missing_ok=True)
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    old_umask = os.umask(0o077)  # only the owner (root) may drive the mount
-    try:
-        await sock.bind(str(path))
-    finally:
-        os.umask(old_umask)
-    sock.listen(64)
-    task_status.started()
-    await trio.serve_listeners(server.handle, [trio.SocketListener(sock)])
-
-
-def announce_ready(ready_fd: int | None) -> None:
-    """Tell the parent that requests are served now; it waits on the other end of the
-    pipe (an end of file without this line means we died starting)."""
-    if ready_fd is None:
-        return
-    try:
-        # A parent that is gone already is noticed by stop_without_owner.
-        with contextlib.suppress(OSError):
-            os.write(ready_fd, b"ready\n")
-    finally:
-        os.close(ready_fd)
-
-
-async def open_image_ahead(client: RegistryClient, layers: Layers, image: str) -> None:
-    """Resolve the image the owner is about to mount and open its layers (TOCs, prefetch
-    regions) while the owner still starts up; its own add_layer requests then find them
-    open or opening. Only a head start: whatever fails here, the owner's requests
-    fail the same way and report it."""
-
-    async def add(pinned: Reference, descriptor: Descriptor) -> None:
-        try:
-            await layers.add(str(pinned), descriptor.to_json())
-        except Exception as exc:  # a hint: the owner's request reports it
-            log.info("opening layer %s ahead of its mount failed: %s", descriptor.digest, exc)
-
-    try:
-        ref = Reference.parse(image)
-        pinned, manifest = await client.resolve_manifest(ref, host_platform())
-    except Exception as exc:  # a hint: the owner's resolve reports it
-        log.info("resolving %s ahead of its mount failed: %s", image, exc)
-        return
-    async with trio.open_nursery() as nursery:
-        for descriptor in manifest.layers:
-            nursery.start_soon(add, pinned, descriptor)
-
-
-async def stop_on_signals(
-    stop: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        task_status.started()
-        async for signum in signals:
-            log.info("%s: unmounting", signal.Signals(signum).name)
-            stop.cancel()
+    async def open_layers(self, layers: Layers) -> None:
+        await self._resolved.wait()
+        if self._manifest is None:
             return
+        pinned, manifest = self._manifest
+
+        async def add(descriptor: Descriptor) -> None:
+            try:
+                await layers.add(str(pinned), descriptor.to_json())
+            except Exception as exc:  # a hint: the owner's request reports it
+                log.info("opening layer %s ahead of its mount failed: %s", descriptor.digest, exc)
+
+        async with trio.open_nursery() as nursery:
+            for descriptor in manifest.layers:
+                nursery.start_soon(add, descriptor)
 
 
-async def stop_without_owner(owner_pid: int, stop: trio.CancelScope) -> None:
-    """The parent started us in a session of our own (so its Ctrl-C does not unmount under
-    it); when it dies without shutting us down, we are reparented and go too."""
-    while os.getppid() == owner_pid:
-        await trio.sleep(OWNER_POLL_SECONDS)
-    log.warning("owner process %d is gone: unmounting", owner_pid)
-    stop.cancel()
-
-
-async def run_fuse(stop: trio.CancelScope) -> None:
-    await pyfuse3.main()
-    # main() returns when the mount went away under us (umount, fusermount -u).
-    log.warning("filesystem was unmounted from outside")
-    stop.cancel()
-
-
-async def serve(options: ServiceOptions) -> None:
-    options.mountpoint.mkdir(parents=True, exist_ok=True)
-    cache = await trio.to_thread.run_sync(
-        ChunkCache, options.state_dir / "cache", options.cache_max_bytes
-    )
-    gate = ForegroundGate()
-    reads = ReadRecorder()
-    filesystem = LazyFilesystem(foreground=gate.foreground, access_log=reads)
-    pyfuse3.init(filesystem, str(options.mountpoint), set(MOUNT_OPTIONS))
-    unmounted = False
-    try:
-        async with (
-            RegistryClient(
-                insecure_registries=options.insecure_registries,
-                docker_config=options.docker_config,
-            ) as client,
-            trio.open_nursery() as nursery,
-        ):
-            stop = nursery.cancel_scope
-            layers = LayerSource(
-                filesystem=filesystem,
-                mountpoint=options.mountpoint,
-                state_dir=options.state_dir,
-                client=client,
-                cache=cache,
-                gate=gate,
-                background=nursery if options.background_fetch else None,
-            )
-            nursery.start_soon(run_fuse, stop)
-            await nursery.start(serve_control, options.control, ControlServer(layers, stop, reads))
-            await nursery.start(stop_on_signals, stop)
-            if options.owner_pid is not None:
-                nursery.start_soon(stop_without_owner, options.owner_pid, stop)
-            announce_ready(options.ready_fd)
-            if options.open_image is not None:
-                nursery.start_soon(open_image_ahead, client, layers, options.open_image)
-            log.info("mounted at %s, control socket %s", options.mountpoint, options.control)
-        unmounted = True
-    finally:
-        options.control.unlink(missing_ok=True)
-        pyfuse3.close(unmount=True)
-        log.info("unmounted %s%s", options.mountpoint, "" if unmounted else " after an error")
+async def _serve(options: ServiceOptions) -> None:
+    async with (
+        RegistryClient(
+            insecure_registries=options.insecure_registries,
+            docker_config=options.docker_config,
+        ) as client,
+        trio.open_nursery() as nursery,
+    ):
+        ahead = None
+        if options.open_image is not None:
+            ahead = ImageAhead(client, options.open_image)
+            nursery.start_soon(ahead.resolve)
+        server = await trio.to_thread.run_sync(importlib.import_module, "lazybuild.lazyfs.server")
+        await server.serve(options, client, ahead)
+        nursery.cancel_scope.cancel()  # a resolve still going after the unmount
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -516,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     options = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        trio.run(serve, options)
+        trio.run(_serve, options)
     except LazybuildError as exc:
         log.error("%s", exc)
         return 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from typing import Any, cast
 
 import pytest
@@ -10,7 +12,8 @@ import trio
 
 from lazybuild.errors import NotFoundError, RegistryError
 from lazybuild.lazyfs import control
-from lazybuild.lazyfs.service import Layers, open_image_ahead, parse_args
+from lazybuild.lazyfs.server import Layers
+from lazybuild.lazyfs.service import ImageAhead, parse_args
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.manifest import Manifest
@@ -40,6 +43,15 @@ class FakeClient:
         return ref.with_digest("sha256:" + "dd" * 32), manifest
 
 
+async def open_image_ahead(client: FakeClient, layers: FakeLayers, image: str) -> None:
+    """Resolve and open as the process does: the layers wait for the resolve."""
+    ahead = ImageAhead(cast(RegistryClient, client), image)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ahead.open_layers, cast(Layers, layers))
+        await trio.sleep(0.01)  # the layers are asked for before the image is resolved
+        await ahead.resolve()
+
+
 class FakeLayers:
     def __init__(self, failing: str | None = None) -> None:
         self.added: list[tuple[str, str]] = []
@@ -55,9 +67,7 @@ class FakeLayers:
 
 def test_every_layer_of_the_resolved_manifest_is_opened_under_the_pinned_reference() -> None:
     client, layers = FakeClient(), FakeLayers()
-    trio.run(
-        open_image_ahead, cast(RegistryClient, client), cast(Layers, layers), "r.example/app:1"
-    )
+    trio.run(open_image_ahead, client, layers, "r.example/app:1")
     assert client.resolved == ["r.example/app:1"]
     assert sorted(digest for _, digest in layers.added) == [layer.digest for layer in LAYERS]
     assert {ref for ref, _ in layers.added} == {"r.example/app:1@sha256:" + "dd" * 32}
@@ -66,12 +76,7 @@ def test_every_layer_of_the_resolved_manifest_is_opened_under_the_pinned_referen
 def test_a_layer_that_fails_is_left_to_the_owner(caplog: pytest.LogCaptureFixture) -> None:
     layers = FakeLayers(failing=LAYERS[1].digest)
     with caplog.at_level(logging.INFO):
-        trio.run(
-            open_image_ahead,
-            cast(RegistryClient, FakeClient()),
-            cast(Layers, layers),
-            "r.example/app:1",
-        )
+        trio.run(open_image_ahead, FakeClient(), layers, "r.example/app:1")
     assert sorted(digest for _, digest in layers.added) == [LAYERS[0].digest, LAYERS[2].digest]
     assert "blob unknown to registry" in caplog.text
 
@@ -85,9 +90,7 @@ def test_an_image_that_cannot_be_resolved_is_left_to_the_owner(
 ) -> None:
     layers = FakeLayers()
     with caplog.at_level(logging.INFO):
-        trio.run(
-            open_image_ahead, cast(RegistryClient, FakeClient(failure)), cast(Layers, layers), image
-        )
+        trio.run(open_image_ahead, FakeClient(failure), layers, image)
     assert layers.added == []
     assert "ahead of its mount failed" in caplog.text
 
@@ -96,3 +99,15 @@ def test_the_image_to_open_is_an_option_of_the_process() -> None:
     base = ["--mountpoint", "/m", "--control", "/c", "--state-dir", "/s"]
     assert parse_args(base).open_image is None
     assert parse_args([*base, "--open-image", "r.example/app:1"]).open_image == "r.example/app:1"
+
+
+def test_the_process_entry_leaves_the_mount_machinery_to_be_imported_later() -> None:
+    # What lets the image's manifest be on its way while pyfuse3 and the layer code load.
+    probe = (
+        "import sys, lazybuild.lazyfs.service; "
+        "print(sorted({'pyfuse3', 'lazybuild.lazyfs.layer'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
