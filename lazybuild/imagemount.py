@@ -73,6 +73,7 @@ async def mounted_image(
             insecure_registries=registry.insecure_registries,
             docker_config=registry.docker_config,
             background_fetch=background_fetch,
+            open_image=image if prefetch_record else None,
         )
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(registry.client())
@@ -117,8 +118,11 @@ async def mounted_image(
 
 class _RecordedFiles:
     """The files the image's published workload record lists, requested as soon as the
-    record and the layers are there. Not waited for: the image is mounted and its
-    workload started meanwhile, and a read of a file not requested yet fetches it."""
+    record and the layers are there, and reported. Not waited for: the image is mounted
+    and its workload started meanwhile, and a read of a file not requested yet fetches
+    it. A filesystem process that opened the image ahead (``server.open_image_ahead``)
+    has asked for them already, each layer's as soon as it was open; this request then
+    finds them on their way, and says what the record lists and what is not cached."""
 
     def __init__(
         self,

@@ -25,8 +25,12 @@ from lazybuild.build.driver import BuildResult
 from lazybuild.executor.spec import Network
 from lazybuild.exporter.registrypush import WorkloadRecordAttachment
 from lazybuild.oci.platform import host_platform
-from lazybuild.profile import DirectoryLayerContents, assign_to_layers, record_workload
-from lazybuild.profile.layers import left_out_note, prefetchable
+from lazybuild.profile.layers import (
+    DirectoryLayerContents,
+    assign_to_layers,
+    left_out_note,
+    prefetchable,
+)
 from lazybuild.profile.record import (
     ReadRanges,
     encode_record,
@@ -35,7 +39,7 @@ from lazybuild.profile.record import (
     record_read_ranges,
     write_record,
 )
-from lazybuild.profile.workload import WorkloadRecord
+from lazybuild.profile.workload import WorkloadRecord, record_workload
 from lazybuild.worker.layers import LocalLayer
 
 

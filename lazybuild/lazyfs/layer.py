@@ -331,7 +331,8 @@ class LazyLayer:
     ) -> tuple[int, int]:
         """Start fetching the chunks of ``paths`` (files a step read last time, or that an
         image's workload record lists) that are neither cached nor being fetched, in
-        batches in the given order; returns the chunks and compressed bytes scheduled.
+        batches in the given order; returns the chunks and compressed bytes not cached
+        yet (those on their way already included: asked for twice, they count twice).
         A file over ``PREFETCH_FILE_MAX_BYTES`` is mostly read in places: only the
         chunks under its ``ranges`` (offset, length) come, and none without any. The
         flights are registered before this returns, so the step's reads wait for them
@@ -349,11 +350,11 @@ class LazyLayer:
                 if chunk.digest not in seen:
                     seen.add(chunk.digest)
                     sites.append(_Site(chunk, node.name))
-        missing = await self._to_fetch(sites)
-        if not missing:
-            return 0, 0
-        self._fetch_in_batches(missing)
-        return len(missing), sum(site.chunk.end - site.chunk.offset for site in missing)
+        uncached = await self._uncached(sites)
+        missing = [site for site in uncached if self._flights.get(site.digest) is None]
+        if missing:
+            self._fetch_in_batches(missing)
+        return len(uncached), sum(site.chunk.end - site.chunk.offset for site in uncached)
 
     async def _fetch_batches(
         self,
@@ -774,14 +775,13 @@ class LazyLayer:
     async def _to_fetch(self, sites: Sequence[_Site]) -> list[_Site]:
         """Those of ``sites`` in neither memory nor the disk cache, nor in flight. The
         flights are looked at after the disk: a claim made meanwhile counts."""
+        uncached = await self._uncached(sites)
+        return [site for site in uncached if self._flights.get(site.digest) is None]
+
+    async def _uncached(self, sites: Sequence[_Site]) -> list[_Site]:
+        """Those of ``sites`` in neither memory nor the disk cache."""
         cached = await trio.to_thread.run_sync(self._cached_digests, sites)
-        return [
-            site
-            for site in sites
-            if site.digest not in cached
-            and site.digest not in self._memory
-            and self._flights.get(site.digest) is None
-        ]
+        return [s for s in sites if s.digest not in cached and s.digest not in self._memory]
 
     def _read_cached(self, sites: Sequence[_Site]) -> dict[str, bytes]:
         """(worker thread, or the event loop for a few small chunks)"""

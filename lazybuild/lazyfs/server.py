@@ -32,6 +32,7 @@ from lazybuild.lazyfs.skeleton import merged_view, skeleton_name, skeleton_tar, 
 from lazybuild.lazyfs.unpack import UnpackedLayer, unpack_layer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
+from lazybuild.profile.published import PrefetchPlan, prefetch_plan, published_record
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 
@@ -362,6 +363,52 @@ def announce_ready(ready_fd: int | None) -> None:
         os.close(ready_fd)
 
 
+async def open_image_ahead(ahead: ImageAhead, layers: Layers, client: RegistryClient) -> None:
+    """Open the layers of the image the owner is about to mount (TOCs, prefetch regions)
+    while the owner still starts up, and start fetching the files its published workload
+    record lists in each layer as soon as that layer is open: the owner's own add_layer
+    requests then find the layers open, and its workload the files on their way. Only a
+    head start: whatever fails here, the owner's requests fail the same way and report
+    it (a broken record costs only speed)."""
+    image = await ahead.resolved()
+    if image is None:
+        return
+    recorded = trio.Event()
+    plan: PrefetchPlan | None = None
+
+    async def fetch_record() -> None:
+        nonlocal plan
+        try:
+            entries = await published_record(client, image)
+            plan = prefetch_plan(entries, image) if entries else None
+        except Exception as exc:  # a hint: the owner reports a broken record
+            log.info("the workload record of %s is not used: %s", image.ref, exc)
+        finally:
+            recorded.set()
+
+    async def open_layer(descriptor: Descriptor) -> None:
+        try:
+            await layers.add(str(image.ref), descriptor.to_json())
+        except Exception as exc:  # a hint: the owner's request reports it
+            log.info("opening layer %s ahead of its mount failed: %s", descriptor.digest, exc)
+            return
+        await recorded.wait()
+        if plan is None or descriptor.digest not in plan.files:
+            return
+        digest = descriptor.digest
+        try:
+            await layers.prefetch_files(
+                {digest: plan.files[digest]}, {digest: plan.ranges.get(digest, {})}
+            )
+        except Exception as exc:  # a hint: the workload fetches on demand
+            log.info("prefetching the recorded files of layer %s failed: %s", digest, exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetch_record)
+        for descriptor in image.manifest.layers:
+            nursery.start_soon(open_layer, descriptor)
+
+
 async def stop_on_signals(
     stop: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -415,7 +462,7 @@ async def serve(options: ServiceOptions, client: RegistryClient, ahead: ImageAhe
                 background=nursery if options.background_fetch else None,
             )
             if ahead is not None:
-                nursery.start_soon(ahead.open_layers, layers)
+                nursery.start_soon(open_image_ahead, ahead, layers, client)
             nursery.start_soon(run_fuse, stop)
             await nursery.start(serve_control, options.control, ControlServer(layers, stop, reads))
             await nursery.start(stop_on_signals, stop)

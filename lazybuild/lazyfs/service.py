@@ -21,20 +21,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 
 from lazybuild.cache.chunkcache import DEFAULT_MAX_BYTES
 from lazybuild.errors import LazybuildError
-from lazybuild.oci.descriptor import Descriptor
-from lazybuild.oci.manifest import Manifest
 from lazybuild.oci.platform import host_platform
-from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.client import RegistryClient, ResolvedManifest
 from lazybuild.registry.reference import Reference
-
-if TYPE_CHECKING:
-    from lazybuild.lazyfs.server import Layers
 
 log = logging.getLogger("lazybuild.lazyfs.service")
 
@@ -83,42 +77,30 @@ def parse_args(argv: Sequence[str]) -> ServiceOptions:
 
 
 class ImageAhead:
-    """The image the owner is about to mount: resolved from the moment the process
-    starts, its layers opened (TOCs, prefetch regions) as soon as the mount can take
-    them, while the owner still starts up; its own add_layer requests then find them
-    open or opening. Only a head start: whatever fails here, the owner's requests fail
-    the same way and report it."""
+    """The image the owner is about to mount, resolved from the moment the process
+    starts, so that its layers can be opened (``server.open_image_ahead``) as soon as
+    the mount can take them. Only a head start: whatever fails here, the owner's own
+    requests fail the same way and report it."""
 
     def __init__(self, client: RegistryClient, image: str) -> None:
         self._client = client
         self._image = image
-        self._resolved = trio.Event()
-        self._manifest: tuple[Reference, Manifest] | None = None
+        self._done = trio.Event()
+        self._resolved: ResolvedManifest | None = None
 
     async def resolve(self) -> None:
         try:
             ref = Reference.parse(self._image)
-            self._manifest = await self._client.resolve_manifest(ref, host_platform())
+            self._resolved = await self._client.resolve_manifest(ref, host_platform())
         except Exception as exc:  # a hint: the owner's resolve reports it
             log.info("resolving %s ahead of its mount failed: %s", self._image, exc)
         finally:
-            self._resolved.set()
+            self._done.set()
 
-    async def open_layers(self, layers: Layers) -> None:
-        await self._resolved.wait()
-        if self._manifest is None:
-            return
-        pinned, manifest = self._manifest
-
-        async def add(descriptor: Descriptor) -> None:
-            try:
-                await layers.add(str(pinned), descriptor.to_json())
-            except Exception as exc:  # a hint: the owner's request reports it
-                log.info("opening layer %s ahead of its mount failed: %s", descriptor.digest, exc)
-
-        async with trio.open_nursery() as nursery:
-            for descriptor in manifest.layers:
-                nursery.start_soon(add, descriptor)
+    async def resolved(self) -> ResolvedManifest | None:
+        """The image's manifest once resolved; None when it could not be."""
+        await self._done.wait()
+        return self._resolved
 
 
 async def _serve(options: ServiceOptions) -> None:

@@ -5,38 +5,9 @@ say which layer serves each, so layers can be written with those files first.
   record its file accesses (``fanotify``, a filesystem mark on the overlay);
 - ``layers.assign_to_layers``: recorded paths -> the top-most layer that has each;
 - ``record``: the record file (ctr-remote's ``--record-out`` format);
-- ``artifact``: the record as a small artifact in the image's index.
+- ``artifact``: the record as a small artifact in the image's index;
+- ``published``: a run's use of the record published with the image.
+
+Import from the modules: this package imports nothing, so that a run, which needs only
+``published``, does not load the workload runner.
 """
-
-from lazybuild.profile.layers import (
-    DirectoryLayerContents,
-    LayerAssignment,
-    LayerContents,
-    TarLayerContents,
-    assign_to_layers,
-)
-from lazybuild.profile.record import RecordEntry, decode_record, encode_record, read_record
-from lazybuild.profile.workload import (
-    DEFAULT_TIMEOUT,
-    ProfileError,
-    WorkloadOutcome,
-    WorkloadRecord,
-    record_workload,
-)
-
-__all__ = [
-    "DEFAULT_TIMEOUT",
-    "DirectoryLayerContents",
-    "LayerAssignment",
-    "LayerContents",
-    "ProfileError",
-    "RecordEntry",
-    "TarLayerContents",
-    "WorkloadOutcome",
-    "WorkloadRecord",
-    "assign_to_layers",
-    "decode_record",
-    "encode_record",
-    "read_record",
-    "record_workload",
-]

@@ -18,13 +18,13 @@ from lazybuild.errors import FormatError
 from lazybuild.oci.manifest import Index, Manifest
 from lazybuild.profile.artifact import find_record
 from lazybuild.profile.record import RECORD_MEDIA_TYPE, RecordEntry, decode_record
-from lazybuild.registry.client import RegistryClient, ResolvedImage
+from lazybuild.registry.client import RegistryClient, ResolvedManifest
 
 # A record lists files, one short JSON line each; anything far bigger is not one.
 MAX_RECORD_BYTES = 16 << 20
 
 
-async def published_record(client: RegistryClient, image: ResolvedImage) -> list[RecordEntry]:
+async def published_record(client: RegistryClient, image: ResolvedManifest) -> list[RecordEntry]:
     """The record published with ``image`` (empty when it has none)."""
     if image.index is None or not isinstance(image.index.document, Index):
         return []
@@ -54,7 +54,7 @@ class PrefetchPlan:
     ranges: dict[str, dict[str, list[tuple[int, int]]]]
 
 
-def prefetch_plan(entries: Sequence[RecordEntry], image: ResolvedImage) -> PrefetchPlan:
+def prefetch_plan(entries: Sequence[RecordEntry], image: ResolvedManifest) -> PrefetchPlan:
     """The recorded paths (and places) by the digest of the layer that serves each, in
     record order. Entries about another manifest, or without a layer, say nothing about
     this one."""

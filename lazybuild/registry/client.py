@@ -51,12 +51,16 @@ class FetchedManifest:
 
 
 @dataclass(frozen=True)
-class ResolvedImage:
+class ResolvedManifest:
     ref: Reference  # pinned to manifest_digest
     index: FetchedManifest | None  # the index the manifest was chosen from, if any
     manifest_digest: str
     manifest: Manifest
     manifest_bytes: bytes
+
+
+@dataclass(frozen=True)
+class ResolvedImage(ResolvedManifest):
     config: dict[str, Any]
     config_bytes: bytes
 
@@ -155,13 +159,17 @@ class RegistryClient:
             config_bytes=config_bytes,
         )
 
-    async def resolve_manifest(
-        self, ref: Reference, platform: Platform
-    ) -> tuple[Reference, Manifest]:
+    async def resolve_manifest(self, ref: Reference, platform: Platform) -> ResolvedManifest:
         """The manifest ``ref`` names for ``platform`` (chosen from an index if needed),
         verified, and ``ref`` pinned to it; no config."""
-        _, fetched, manifest = await self._resolve_manifest(ref, platform)
-        return ref.with_digest(fetched.digest), manifest
+        index, fetched, manifest = await self._resolve_manifest(ref, platform)
+        return ResolvedManifest(
+            ref=ref.with_digest(fetched.digest),
+            index=index,
+            manifest_digest=fetched.digest,
+            manifest=manifest,
+            manifest_bytes=fetched.data,
+        )
 
     async def _resolve_manifest(
         self, ref: Reference, platform: Platform

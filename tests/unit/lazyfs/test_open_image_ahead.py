@@ -1,4 +1,5 @@
-"""The filesystem process opens the image its owner is about to mount, as a head start."""
+"""The filesystem process opens the image its owner is about to mount, and prefetches
+the files its workload record lists, as a head start."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ import pytest
 import trio
 
 from lazybuild.errors import NotFoundError, RegistryError
-from lazybuild.lazyfs import control
+from lazybuild.lazyfs import control, server
 from lazybuild.lazyfs.server import Layers
 from lazybuild.lazyfs.service import ImageAhead, parse_args
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.manifest import Manifest
 from lazybuild.oci.platform import Platform
-from lazybuild.registry.client import RegistryClient
+from lazybuild.profile.record import RecordEntry
+from lazybuild.registry.client import RegistryClient, ResolvedManifest
 from lazybuild.registry.reference import Reference
 
+MANIFEST = "sha256:" + "dd" * 32
 LAYERS = [
     Descriptor(mediatypes.OCI_LAYER_GZIP, "sha256:" + f"{n:02x}" * 32, 100 + n) for n in (1, 2, 3)
 ]
@@ -31,7 +34,7 @@ class FakeClient:
         self.failure = failure
         self.resolved: list[str] = []
 
-    async def resolve_manifest(self, ref: Reference, platform: Platform) -> tuple[Reference, Any]:
+    async def resolve_manifest(self, ref: Reference, platform: Platform) -> ResolvedManifest:
         self.resolved.append(str(ref))
         if self.failure is not None:
             raise self.failure
@@ -40,14 +43,16 @@ class FakeClient:
             config=Descriptor(mediatypes.OCI_CONFIG, "sha256:" + "cc" * 32, 10),
             layers=tuple(LAYERS),
         )
-        return ref.with_digest("sha256:" + "dd" * 32), manifest
+        return ResolvedManifest(ref.with_digest(MANIFEST), None, MANIFEST, manifest, b"")
 
 
 async def open_image_ahead(client: FakeClient, layers: FakeLayers, image: str) -> None:
     """Resolve and open as the process does: the layers wait for the resolve."""
     ahead = ImageAhead(cast(RegistryClient, client), image)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(ahead.open_layers, cast(Layers, layers))
+        nursery.start_soon(
+            server.open_image_ahead, ahead, cast(Layers, layers), cast(RegistryClient, client)
+        )
         await trio.sleep(0.01)  # the layers are asked for before the image is resolved
         await ahead.resolve()
 
@@ -55,6 +60,7 @@ async def open_image_ahead(client: FakeClient, layers: FakeLayers, image: str) -
 class FakeLayers:
     def __init__(self, failing: str | None = None) -> None:
         self.added: list[tuple[str, str]] = []
+        self.prefetched: list[tuple[dict[str, list[str]], control.LayerRanges]] = []
         self.failing = failing
 
     async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
@@ -64,13 +70,58 @@ class FakeLayers:
         self.added.append((ref_text, digest))
         return control.LayerAdded(path="/mnt/x", mode="lazy", digest=digest)
 
+    async def prefetch_files(
+        self, files: dict[str, list[str]], ranges: control.LayerRanges
+    ) -> tuple[int, int]:
+        for digest in files:
+            assert digest in {added for _, added in self.added}, "prefetch before its add"
+        self.prefetched.append((files, ranges))
+        return 0, 0
+
 
 def test_every_layer_of_the_resolved_manifest_is_opened_under_the_pinned_reference() -> None:
     client, layers = FakeClient(), FakeLayers()
     trio.run(open_image_ahead, client, layers, "r.example/app:1")
     assert client.resolved == ["r.example/app:1"]
     assert sorted(digest for _, digest in layers.added) == [layer.digest for layer in LAYERS]
-    assert {ref for ref, _ in layers.added} == {"r.example/app:1@sha256:" + "dd" * 32}
+    assert {ref for ref, _ in layers.added} == {"r.example/app:1@" + MANIFEST}
+    assert layers.prefetched == []  # the image has no workload record
+
+
+def test_each_layer_prefetches_its_recorded_files_once_it_is_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entries = [
+        RecordEntry("usr/bin/java", MANIFEST, 2),
+        RecordEntry("lib/modules", MANIFEST, 2, ((0, 4096),)),
+        RecordEntry("lib/libc.so.6", MANIFEST, 0),
+    ]
+
+    async def published(client: object, image: ResolvedManifest) -> list[RecordEntry]:
+        assert image.manifest_digest == MANIFEST
+        return entries
+
+    monkeypatch.setattr(server, "published_record", published)
+    layers = FakeLayers(failing=LAYERS[0].digest)  # no prefetch for a layer not opened
+    trio.run(open_image_ahead, FakeClient(), layers, "r.example/app:1")
+    top = LAYERS[2].digest
+    assert layers.prefetched == [
+        ({top: ["usr/bin/java", "lib/modules"]}, {top: {"lib/modules": [(0, 4096)]}})
+    ]
+
+
+def test_a_broken_record_is_only_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def published(client: object, image: ResolvedManifest) -> list[RecordEntry]:
+        raise RegistryError("record blob unknown")
+
+    monkeypatch.setattr(server, "published_record", published)
+    layers = FakeLayers()
+    with caplog.at_level(logging.INFO):
+        trio.run(open_image_ahead, FakeClient(), layers, "r.example/app:1")
+    assert len(layers.added) == len(LAYERS) and layers.prefetched == []
+    assert "workload record" in caplog.text and "record blob unknown" in caplog.text
 
 
 def test_a_layer_that_fails_is_left_to_the_owner(caplog: pytest.LogCaptureFixture) -> None:
