@@ -29,10 +29,10 @@ NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
 PREFETCH_FILE_MAX_BYTES = 32 << 20
 # Layers written for a workload cut such files finer than the 4 MiB default: a record
 # names the places read of them, and a prefetch of those places fetches whole chunks
-# around them. A JVM reads 5.3 MiB of its 123 MiB ``modules`` in 34 places; chunks
-# around them come to 28 MiB at 4 MiB, 11.5 MiB at 512 KiB and 8 MiB at 256 KiB, which
-# still keeps the file's TOC entries (and cache files) to a few hundred.
-BIG_FILE_CHUNK_SIZE = 256 << 10
+# around them. A JVM reads 5.3 MiB of its 123 MiB ``modules`` in 34 places, 64 KiB
+# each or more; chunks around them come to 28 MiB at 4 MiB, 8 MiB at 256 KiB and the
+# 5.3 MiB read at 64 KiB. That is ~2,000 TOC entries (~80 KB more TOC) for the file.
+BIG_FILE_CHUNK_SIZE = 64 << 10
 LANDMARK_CONTENTS = b"\x0f"
 
 ENTRY_TYPES = frozenset({"dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"})
