@@ -104,6 +104,7 @@ class ImageAhead:
 
 
 async def _serve(options: ServiceOptions) -> None:
+    failure: LazybuildError | OSError | None = None
     async with (
         RegistryClient(
             insecure_registries=options.insecure_registries,
@@ -116,8 +117,15 @@ async def _serve(options: ServiceOptions) -> None:
             ahead = ImageAhead(client, options.open_image)
             nursery.start_soon(ahead.resolve)
         server = await trio.to_thread.run_sync(importlib.import_module, "lazybuild.lazyfs.server")
-        await server.serve(options, client, ahead)
+        try:
+            await server.serve(options, client, ahead)
+        except (LazybuildError, OSError) as exc:
+            # Raised here it would leave the nursery inside an exception group, and main
+            # would print a traceback where one line says it (a full state dir).
+            failure = exc
         nursery.cancel_scope.cancel()  # a resolve still going after the unmount
+    if failure is not None:
+        raise failure
 
 
 def main(argv: Sequence[str] | None = None) -> int:
