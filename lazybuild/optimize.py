@@ -32,6 +32,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ from lazybuild.layerprobe import LayerProbe, probe_layer
 from lazybuild.lazyfs.client import LazyMountService
 from lazybuild.lazyfs.layer_extract import extract_layer_tar
 from lazybuild.lazyfs.stale import local_overlays_recorded, register_overlay
+from lazybuild.lazyfs.unpack import is_lazy_layer, unpack_verified_tar, unpacked_root
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.manifest import (
@@ -228,6 +230,11 @@ class _Optimizer:
         if self.request.record_in is not None:
             paths, read_ranges = self._paths_from_record(self.request.record_in, image)
         else:
+            if not local:
+                # The lazy mount that runs the workload unpacks the layers it cannot serve
+                # lazily: from the tars at hand, not by downloading those blobs again.
+                unpacked = [la for la in layers if la.tar and not is_lazy_layer(la.descriptor)]
+                await self._each(unpacked, partial(self._unpack_for_mount, state_dir))
             workload, read_ranges = await self._record(image, layers, state_dir, registry, output)
             paths = list(workload.files)
         for layer in layers:
@@ -333,6 +340,11 @@ class _Optimizer:
         finally:
             blob.unlink(missing_ok=True)
         layer.tar = tar
+
+    async def _unpack_for_mount(self, state_dir: Path, layer: _Layer) -> None:
+        assert layer.tar is not None
+        async with self.transfers:
+            await unpack_verified_tar(layer.tar, layer.descriptor, unpacked_root(state_dir))
 
     def _contents(self, layer: _Layer) -> TarLayerContents:
         if layer.probe is not None and layer.probe.opened is not None:

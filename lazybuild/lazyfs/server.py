@@ -29,8 +29,7 @@ from lazybuild.lazyfs.priority import ForegroundGate
 from lazybuild.lazyfs.readrecorder import ReadRecorder
 from lazybuild.lazyfs.service import ImageAhead, ServiceOptions
 from lazybuild.lazyfs.skeleton import merged_view, skeleton_name, skeleton_tar, write_skeleton
-from lazybuild.lazyfs.unpack import UnpackedLayer, unpack_layer
-from lazybuild.oci import mediatypes
+from lazybuild.lazyfs.unpack import UnpackedLayer, is_lazy_layer, unpack_layer, unpacked_root
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.profile.published import PrefetchPlan, prefetch_plan, published_record
 from lazybuild.registry.client import RegistryClient
@@ -197,7 +196,7 @@ class LayerSource:
             descriptor.digest,
             descriptor.media_type,
         )
-        unpacked = await unpack_layer(self._client, ref, descriptor, self._state_dir / "unpacked")
+        unpacked = await unpack_layer(self._client, ref, descriptor, unpacked_root(self._state_dir))
         added = control.LayerAdded(
             path=str(unpacked.path), mode="unpacked", digest=descriptor.digest
         )
@@ -237,14 +236,6 @@ def _unpacked_stats(unpacked: UnpackedLayer) -> dict[str, Any]:
         "fetch_seconds": unpacked.seconds,
         "reused": unpacked.reused,
     }
-
-
-def is_lazy_layer(descriptor: Descriptor) -> bool:
-    """eStargz served lazily needs gzip and a TOC digest to verify the TOC against."""
-    return (
-        descriptor.media_type in mediatypes.GZIP_LAYERS
-        and mediatypes.TOC_DIGEST_ANNOTATION in descriptor.annotations
-    )
 
 
 class Layers(Protocol):

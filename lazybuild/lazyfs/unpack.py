@@ -21,11 +21,11 @@ import secrets
 import shutil
 import tarfile
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import BinaryIO, cast
 
 import trio
 import zstandard
@@ -33,6 +33,7 @@ import zstandard
 from lazybuild.errors import FormatError
 from lazybuild.estargz.layerformat import decompressed_stream
 from lazybuild.lazyfs.layer_extract import extract_layer_tar
+from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.processes import process_alive
 from lazybuild.registry.client import RegistryClient
@@ -53,9 +54,53 @@ class UnpackedLayer:
     reused: bool
 
 
+def is_lazy_layer(descriptor: Descriptor) -> bool:
+    """eStargz served lazily needs gzip and a TOC digest to verify the TOC against;
+    every other layer is unpacked."""
+    return (
+        descriptor.media_type in mediatypes.GZIP_LAYERS
+        and mediatypes.TOC_DIGEST_ANNOTATION in descriptor.annotations
+    )
+
+
+# Where a state dir keeps unpacked layers, by blob digest.
+UNPACKED_DIR = "unpacked"
+
+
+def unpacked_root(state_dir: Path) -> Path:
+    return state_dir / UNPACKED_DIR
+
+
 async def unpack_layer(
     client: RegistryClient, ref: Reference, descriptor: Descriptor, dest_root: Path
 ) -> UnpackedLayer:
+    async def fill(partial: Path) -> None:
+        await _download_and_extract(client, ref, descriptor, partial)
+
+    return await _unpacked(descriptor, dest_root, fill)
+
+
+async def unpack_verified_tar(tar: Path, descriptor: Descriptor, dest_root: Path) -> UnpackedLayer:
+    """The layer ``descriptor`` names, unpacked from ``tar``: its blob decompressed, which
+    the caller downloaded and verified against the digest already. A mount of the layer
+    then finds it unpacked instead of downloading the blob a second time."""
+    where = f"layer {descriptor.digest}"
+
+    def extract(partial: Path) -> None:
+        with tar.open("rb") as stream:
+            _extract_stream(stream, partial, where)
+
+    async def fill(partial: Path) -> None:
+        await trio.to_thread.run_sync(extract, partial)
+
+    return await _unpacked(descriptor, dest_root, fill)
+
+
+async def _unpacked(
+    descriptor: Descriptor, dest_root: Path, fill: Callable[[Path], Awaitable[None]]
+) -> UnpackedLayer:
+    """``<dest_root>/<digest hex>``, made by ``fill`` in a partial directory unless it is
+    there already (see the module docstring)."""
     started = time.perf_counter()
     algorithm, _, hex_digest = descriptor.digest.partition(":")
     if not re.fullmatch(r"[a-z0-9]+", algorithm) or not re.fullmatch(r"[0-9a-f]+", hex_digest):
@@ -66,7 +111,7 @@ async def unpack_layer(
         if not await trio.to_thread.run_sync(final.is_dir):
             partial = await trio.to_thread.run_sync(_new_partial_dir, dest_root, hex_digest)
             try:
-                await _download_and_extract(client, ref, descriptor, partial)
+                await fill(partial)
                 await trio.to_thread.run_sync(_publish, partial, final)
             except BaseException:
                 with trio.CancelScope(shield=True):
@@ -119,13 +164,18 @@ def _extract_from_channel(
 ) -> None:
     """(worker thread)"""
     stream = decompressed_stream(io.BufferedReader(_ChannelReader(receive), _DRAIN_BLOCK))
+    _extract_stream(stream, partial, where)
+    # Read to the end so the whole blob passes through the digest check.
+    while stream.read(_DRAIN_BLOCK):
+        pass
+
+
+def _extract_stream(stream: BinaryIO, partial: Path, where: str) -> None:
+    """(worker thread) A layer's tar, extracted in overlay form."""
     try:
         extract_layer_tar(stream, partial, where)
     except (OSError, EOFError, tarfile.TarError, zstandard.ZstdError) as exc:
         raise FormatError(f"{where}: cannot unpack: {exc}") from exc
-    # Read to the end so the whole blob passes through the digest check.
-    while stream.read(_DRAIN_BLOCK):
-        pass
 
 
 class _ChannelReader(io.RawIOBase):

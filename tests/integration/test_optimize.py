@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +68,7 @@ from tests.support.imagebuild import (
 )
 from tests.support.images import LayoutImage
 from tests.support.registry import Registry, resolve_pushed
+from tests.support.wanproxy import WanProxy
 
 pytestmark = pytest.mark.root
 
@@ -453,6 +454,38 @@ def test_the_image_command_from_a_layout_source(
     assert runtime.index("usr/bin/cat") > runtime.index("usr/lib/x86_64-linux-gnu/libc.so.6")
     assert app == ["app/data.txt"]
     assert upper == ["app/late.txt"]
+
+
+def test_a_gzip_source_is_downloaded_once(
+    python_image: str,
+    registry: Registry,
+    wan_proxy: Callable[..., WanProxy],
+    tmp_path: Path,
+) -> None:
+    """Its layers are rewritten from their tars, and the lazy mount that runs the
+    workload unpacks them from those tars as well, not from a second download."""
+    source = f"{registry.host}/test/python:gzip"  # pushed along with python_image
+
+    async def layer_bytes() -> int:
+        async with RegistryClient() as client:
+            resolved = await client.resolve_image(Reference.parse(source), host_platform())
+            return sum(layer.size for layer in resolved.manifest.layers)
+
+    size = trio.run(layer_bytes)
+    proxy = wan_proxy(registry.host, latency=0.0, bandwidth_bits=None)
+    code = lazybuild(
+        "-q",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "optimize",
+        "--workload-cmd",
+        WORKLOAD,
+        f"{proxy.host}/test/python:gzip",
+        f"oci:{tmp_path / 'out'}",
+    )
+    assert code == 0
+    assert size < proxy.bytes_to_client < size * 1.1
+    assert read_optimized(tmp_path / "out").layers  # and the image was written
 
 
 def test_big_files_stay_out_of_the_prefetch_region(

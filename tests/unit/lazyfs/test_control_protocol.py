@@ -16,8 +16,9 @@ from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.client import FetchReport, LayerFetch
 from lazybuild.lazyfs.readrecorder import PIECE_BYTES, ReadRecorder
-from lazybuild.lazyfs.server import ControlServer, is_lazy_layer
+from lazybuild.lazyfs.server import ControlServer
 from lazybuild.lazyfs.service import parse_args
+from lazybuild.lazyfs.unpack import is_lazy_layer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 
