@@ -9,6 +9,7 @@ preceding ``reg``, and ``chunkSize`` 0 means "to the end of the file".
 from __future__ import annotations
 
 import bisect
+import functools
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ def clean_name(name: str) -> str:
     return posixpath.normpath("/" + name).lstrip("/")
 
 
+@functools.lru_cache(maxsize=4096)  # a layer's files share a few modtimes
 def _parse_modtime(text: str) -> int | None:
     if not text:
         return None

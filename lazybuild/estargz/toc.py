@@ -81,6 +81,7 @@ _KEYS: tuple[tuple[str, str], ...] = tuple(
 _ALWAYS_PRESENT = frozenset({"name", "type"})
 _INT_ATTRS = frozenset(f.name for f in fields(TOCEntry) if f.type == "int")
 _STR_ATTRS = frozenset(f.name for f in fields(TOCEntry) if f.type == "str")
+_ATTR_BY_KEY = {key: attr for attr, key in _KEYS}
 _ATTR_BY_FOLDED_KEY = {key.lower(): attr for attr, key in _KEYS}
 
 
@@ -132,10 +133,18 @@ def _decode_entry(raw: object, index: int) -> TOCEntry:
         raise FormatError(f"TOC entry #{index} is {type(raw).__name__}, not an object")
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        attr = _ATTR_BY_FOLDED_KEY.get(key.lower())
+        # Keys as writers spell them first: a layer's TOC has thousands of entries. Go's
+        # decoder matches keys case-insensitively, so the folded spelling is the fallback.
+        attr = _ATTR_BY_KEY.get(key) or _ATTR_BY_FOLDED_KEY.get(key.lower())
         if attr is None or value is None:
             continue  # unknown keys (e.g. legacy "NumLink") are ignored; null means zero
-        values[attr] = _check_value(attr, value, index)
+        value_type = type(value)
+        if (value_type is int and value >= 0 and attr in _INT_ATTRS) or (
+            value_type is str and attr in _STR_ATTRS
+        ):
+            values[attr] = value  # the common case, checked inline
+        else:
+            values[attr] = _check_value(attr, value, index)
     name = values.pop("name", "")
     entry_type = values.pop("type", "")
     if entry_type not in ENTRY_TYPES:
