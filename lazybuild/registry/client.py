@@ -145,35 +145,22 @@ class RegistryClient:
     async def resolve_image(self, ref: Reference, platform: Platform) -> ResolvedImage:
         """The image ``ref`` names for ``platform``: manifest (chosen from an index if
         needed) and config, all verified."""
-        index, fetched, manifest = await self._resolve_manifest(ref, platform)
-        pinned = ref.with_digest(fetched.digest)
-        config_bytes = await self.get_blob(pinned, manifest.config)
-        config = load_config(config_bytes, f"config {manifest.config.digest} of {pinned}")
+        resolved = await self.resolve_manifest(ref, platform)
+        config = resolved.manifest.config
+        config_bytes = await self.get_blob(resolved.ref, config)
         return ResolvedImage(
-            ref=pinned,
-            index=index,
-            manifest_digest=fetched.digest,
-            manifest=manifest,
-            manifest_bytes=fetched.data,
-            config=config,
+            ref=resolved.ref,
+            index=resolved.index,
+            manifest_digest=resolved.manifest_digest,
+            manifest=resolved.manifest,
+            manifest_bytes=resolved.manifest_bytes,
+            config=load_config(config_bytes, f"config {config.digest} of {resolved.ref}"),
             config_bytes=config_bytes,
         )
 
     async def resolve_manifest(self, ref: Reference, platform: Platform) -> ResolvedManifest:
         """The manifest ``ref`` names for ``platform`` (chosen from an index if needed),
         verified, and ``ref`` pinned to it; no config."""
-        index, fetched, manifest = await self._resolve_manifest(ref, platform)
-        return ResolvedManifest(
-            ref=ref.with_digest(fetched.digest),
-            index=index,
-            manifest_digest=fetched.digest,
-            manifest=manifest,
-            manifest_bytes=fetched.data,
-        )
-
-    async def _resolve_manifest(
-        self, ref: Reference, platform: Platform
-    ) -> tuple[FetchedManifest | None, FetchedManifest, Manifest]:
         top = await self.get_manifest(ref)
         index: FetchedManifest | None = None
         fetched = top
@@ -186,9 +173,16 @@ class RegistryClient:
                     f"manifest {chosen.digest}: {len(fetched.data)} bytes, index says {chosen.size}"
                 )
         manifest = fetched.document
+        pinned = ref.with_digest(fetched.digest)
         if not isinstance(manifest, Manifest):
-            raise FormatError(f"manifest {ref.with_digest(fetched.digest)} is a nested index")
-        return index, fetched, manifest
+            raise FormatError(f"manifest {pinned} is a nested index")
+        return ResolvedManifest(
+            ref=pinned,
+            index=index,
+            manifest_digest=fetched.digest,
+            manifest=manifest,
+            manifest_bytes=fetched.data,
+        )
 
     async def get_blob(self, ref: Reference, descriptor: Descriptor) -> bytes:
         """A whole (small) blob, verified against its descriptor."""
