@@ -58,9 +58,13 @@ from lazybuild.imagestore import (
 )
 from lazybuild.layerprobe import LayerProbe, probe_layer
 from lazybuild.lazyfs.client import LazyMountService
-from lazybuild.lazyfs.layer_extract import extract_layer_tar
 from lazybuild.lazyfs.stale import local_overlays_recorded, register_overlay
-from lazybuild.lazyfs.unpack import is_lazy_layer, unpack_verified_tar, unpacked_root
+from lazybuild.lazyfs.unpack import (
+    extract_tar_file,
+    is_lazy_layer,
+    unpack_verified_tar,
+    unpacked_root,
+)
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.manifest import (
@@ -449,7 +453,7 @@ class _Optimizer:
             assert layer.tar is not None
             lower = workspace / "lowers" / str(layer.position)
             lower.mkdir(parents=True)
-            await trio.to_thread.run_sync(_extract, layer.tar, lower, self._where(layer))
+            await trio.to_thread.run_sync(extract_tar_file, layer.tar, lower, self._where(layer))
             lowers.append(lower)
         self.progress.line(f"unpacked {len(lowers)} layer(s) to run the workload")
         with local_overlays_recorded(state_dir, workspace.name):
@@ -651,11 +655,6 @@ def _laid_out_as(layer: _Layer, wanted: Sequence[str], read_in_places: Sequence[
         if entry.type not in ("dir", "chunk"):
             first.append(name)
     return first == list(wanted)
-
-
-def _extract(tar: Path, dest: Path, where: str) -> None:
-    with tar.open("rb") as stream:
-        extract_layer_tar(stream, dest, where)
 
 
 def _remove_workspace(workspace: Path) -> None:

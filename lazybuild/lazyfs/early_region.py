@@ -45,7 +45,7 @@ class EarlyRegion:
         self._blob = blob
         self._stats = stats
         self._where = where
-        self._bounds = piece_bounds(size, PIECE_BYTES)
+        self._bounds = _piece_bounds(size, PIECE_BYTES)
         self._pieces: list[bytes | None] = [None] * len(self._bounds)
         self._failure: BaseException | None = None
         self._arrived = [trio.Event() for _ in self._bounds]
@@ -115,6 +115,6 @@ class EarlyRegion:
         return b"".join(parts)
 
 
-def piece_bounds(size: int, piece: int) -> list[tuple[int, int]]:
+def _piece_bounds(size: int, piece: int) -> list[tuple[int, int]]:
     """The (start, stop) of the pieces [0, size) is kept in."""
     return [(start, min(size, start + piece)) for start in range(0, size, piece)]

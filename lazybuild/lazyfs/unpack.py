@@ -86,12 +86,8 @@ async def unpack_verified_tar(tar: Path, descriptor: Descriptor, dest_root: Path
     then finds it unpacked instead of downloading the blob a second time."""
     where = f"layer {descriptor.digest}"
 
-    def extract(partial: Path) -> None:
-        with tar.open("rb") as stream:
-            _extract_stream(stream, partial, where)
-
     async def fill(partial: Path) -> None:
-        await trio.to_thread.run_sync(extract, partial)
+        await trio.to_thread.run_sync(extract_tar_file, tar, partial, where)
 
     return await _unpacked(descriptor, dest_root, fill)
 
@@ -168,6 +164,12 @@ def _extract_from_channel(
     # Read to the end so the whole blob passes through the digest check.
     while stream.read(_DRAIN_BLOCK):
         pass
+
+
+def extract_tar_file(tar: Path, dest: Path, where: str) -> None:
+    """(blocking) A layer's tar file, extracted in overlay form into ``dest``."""
+    with tar.open("rb") as stream:
+        _extract_stream(stream, dest, where)
 
 
 def _extract_stream(stream: BinaryIO, partial: Path, where: str) -> None:
