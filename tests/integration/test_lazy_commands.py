@@ -340,9 +340,11 @@ def test_terminated_while_mounting_leaves_nothing_behind(
     assert list((state / "mounts").glob("*.json")) == []
 
 
-def _sleeping_run(state: Path, image: str, tag: int) -> tuple[subprocess.Popen[str], str]:
+@contextmanager
+def _sleeping_run(state: Path, image: str, tag: int) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``lazybuild run IMAGE sleep N``, once its container runs; ``sleep N`` (N from
-    ``tag`` and our pid) names this test's container process. The caller stops it."""
+    ``tag`` and our pid) names this test's container process. Killed on the way out if
+    the test did not end it."""
     marker = f"sleep {tag + os.getpid() % 1000}"
     process = subprocess.Popen(
         lazybuild_argv(state, "run", image, *marker.split()), stderr=subprocess.PIPE, text=True
@@ -352,11 +354,11 @@ def _sleeping_run(state: Path, image: str, tag: int) -> tuple[subprocess.Popen[s
         while subprocess.run(["pgrep", "-x", "-f", marker], check=False).returncode != 0:
             assert process.poll() is None and time.monotonic() < deadline, process.stderr
             time.sleep(0.1)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    return process, marker
+        yield process, marker
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def _filesystem_of(state: Path) -> tuple[Path, int]:
@@ -369,15 +371,10 @@ def test_interrupted_run_stops_the_container_and_unmounts(
     python_image: str, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    process, marker = _sleeping_run(state, python_image, 600)
-    try:
+    with _sleeping_run(state, python_image, 600) as (process, marker):
         interrupted = time.monotonic()
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     # `sleep` as PID 1 ignores SIGINT, so it is killed after the grace period.
     assert process.returncode == 128 + signal.SIGKILL, stderr
     assert time.monotonic() - interrupted < STOP_GRACE_SECONDS + 10
@@ -390,8 +387,7 @@ def test_run_forks_its_filesystem_which_other_commands_leave_alone(
     python_image: str, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    process, marker = _sleeping_run(state, python_image, 1600)
-    try:
+    with _sleeping_run(state, python_image, 1600) as (process, marker):
         record, service_pid = _filesystem_of(state)
         # Forked from the CLI (not a new interpreter), and named so that it is known.
         status = Path(f"/proc/{service_pid}/stat").read_text()
@@ -414,10 +410,6 @@ def test_run_forks_its_filesystem_which_other_commands_leave_alone(
         assert subprocess.run(["pgrep", "-x", "-f", marker], check=False).returncode == 0
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert "Traceback" not in stderr
     assert mounts_under(state) == []
     assert list((state / "mounts").glob("*.json")) == []
@@ -428,10 +420,8 @@ def test_a_killed_run_leaves_its_forked_filesystem_to_the_next_command(
     python_image: str, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    process, marker = _sleeping_run(state, python_image, 2600)
-    try:
+    with _sleeping_run(state, python_image, 2600) as (process, marker):
         _, service_pid = _filesystem_of(state)
-    finally:
         process.kill()  # SIGKILL: no finally runs in the CLI
         process.wait()
     # The filesystem notices that its owner is gone and stops; the next command
