@@ -405,6 +405,9 @@ def test_learned_prefetch_fetches_the_files_once_and_readers_wait_for_it(
         assert got == [built.files["small.txt"]]
         assert requests_while_held == blob.requests  # the reader added none
         assert await layer.read(big, 0, 3 * CHUNK) == built.files["dir/big.bin"][: 3 * CHUNK]
+        # The rest of the file waits for the prefetch to land: chunks still on their way
+        # count as not cached yet.
+        assert await layer.read(big, 0, big.size) == built.files["dir/big.bin"]
         before = blob.requests
         assert await layer.prefetch_files(paths) == (0, 0)  # all cached now
         assert blob.requests == before
