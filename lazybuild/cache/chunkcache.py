@@ -38,7 +38,7 @@ from typing import BinaryIO
 
 from zlib_ng import zlib_ng
 
-from lazybuild.processes import process_alive
+from lazybuild.processes import ProcessId, owner_alive
 
 DEFAULT_MAX_BYTES = 10 << 30
 TOUCH_INTERVAL = 60.0
@@ -48,7 +48,6 @@ EVICTION_HEADROOM = 0.1
 _HEADER = struct.Struct(">4sIQ")  # magic, crc32 of the payload, payload length
 _MAGIC = b"LBC1"
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
-_STAGING_NAME = re.compile(r"(\d+)-[0-9a-f]+\.tmp")
 
 
 @dataclass(frozen=True)
@@ -136,6 +135,7 @@ class ChunkCache:
 
     def put(self, digest: str, data: bytes) -> None:
         """Store ``data`` (already verified by the caller) under ``digest``."""
+        # Temp files are named by their writer, so a cleanup can tell a dead one's.
         # os calls rather than pathlib: a layer of small files puts thousands of chunks,
         # and pathlib's objects cost more than the syscalls themselves.
         hex_digest = _hex_of(digest)
@@ -144,7 +144,9 @@ class ChunkCache:
         if os.path.exists(path):
             return
         header = _HEADER.pack(_MAGIC, zlib_ng.crc32(data), len(data))
-        staging = os.path.join(self._staging_str, f"{os.getpid()}-{secrets.token_hex(8)}.tmp")
+        staging = os.path.join(
+            self._staging_str, f"{ProcessId.current().tag}-{secrets.token_hex(8)}.tmp"
+        )
         try:
             descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -249,7 +251,6 @@ class ChunkCache:
     def _remove_dead_staging_files(self) -> None:
         """Leftovers of crashed writers; a live process's temp file is left alone."""
         for item in self._staging.iterdir():
-            match = _STAGING_NAME.fullmatch(item.name)
-            if match is None or not process_alive(int(match.group(1))):
+            if not (item.name.endswith(".tmp") and owner_alive(item.name)):
                 with contextlib.suppress(OSError):
                     item.unlink()

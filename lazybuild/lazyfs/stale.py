@@ -6,6 +6,15 @@ stacked on its layer directories are registered there, so that after a SIGKILL t
 next lazybuild command can take them down before the dead FUSE mount under them.
 A command that stacks overlays of local directories only (``optimize`` of an OCI
 layout) keeps a record with ``pid`` 0, which is stale once its ``owner_pid`` is gone.
+
+A record also names both processes by identity (``pid_identity``, ``owner_identity``:
+pid, start time and boot, see ``lazybuild.processes``), filled in when it is written, so
+a process that got a dead one's pid does not keep its record alive. Records without
+them (written by older versions) are judged by their pids, as before.
+
+The same cleanup removes what killed runs left besides mounts: mounts and directories
+of build staging areas whose owner is gone (a RUN step's secrets tmpfs among them),
+``.partial-*`` unpack directories and chunk-cache temp files of dead writers.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lazybuild.atomicfile import write_atomic
-from lazybuild.processes import process_alive
+from lazybuild.processes import ProcessId, owner_alive, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,7 @@ SERVICE_MODULE = "lazybuild.lazyfs.service"
 # What a filesystem process forked from the CLI calls itself (/proc/<pid>/comm).
 SERVICE_NAME = "lazybuild-fs"
 _MNT_DETACH = 2
+_PARTIAL_PREFIX = ".partial-"  # lazyfs.unpack's unfinished unpacks
 PROBE_TIMEOUT = 2.0
 # What a FUSE mount answers once its process is gone (which one depends on how and when).
 _DEAD_CONNECTION = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
@@ -47,6 +57,8 @@ class MountRecord:
     control: str
     owner_pid: int = 0
     overlays: list[str] = field(default_factory=list)
+    pid_identity: str = ""
+    owner_identity: str = ""
 
 
 def records_dir(state_dir: Path) -> Path:
@@ -72,6 +84,10 @@ def write_record(state_dir: Path, record: MountRecord) -> None:
 
 
 def _write(state_dir: Path, record: MountRecord) -> None:
+    if record.pid and not record.pid_identity:
+        record.pid_identity = str(ProcessId.of(record.pid) or "")
+    if record.owner_pid and not record.owner_identity:
+        record.owner_identity = str(ProcessId.of(record.owner_pid) or "")
     write_atomic(record_path(state_dir, record.id), json.dumps(asdict(record)).encode())
 
 
@@ -85,6 +101,8 @@ def read_record(path: Path) -> MountRecord | None:
             control=str(data["control"]),
             owner_pid=int(data.get("owner_pid", 0)),
             overlays=[str(p) for p in data.get("overlays", [])],
+            pid_identity=str(data.get("pid_identity", "")),
+            owner_identity=str(data.get("owner_identity", "")),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -119,6 +137,12 @@ def _edit_overlays(state_dir: Path, record_id: str, path: str, *, add: bool) -> 
 def cleanup_stale_mounts(state_dir: Path) -> list[Path]:
     """Unmount and forget every mount whose filesystem process is gone or whose FUSE
     connection is dead; returns their mountpoints. Safe to call at any time."""
+    cleaned = _cleanup_records(state_dir)
+    remove_dead_leftovers(state_dir)
+    return cleaned
+
+
+def _cleanup_records(state_dir: Path) -> list[Path]:
     directory = records_dir(state_dir)
     if not directory.is_dir():
         return []
@@ -160,7 +184,7 @@ def tear_down(record: MountRecord) -> None:
     if record.pid == 0:
         return  # local overlays only: no filesystem process, no FUSE mount
     mountpoint = Path(record.mountpoint)
-    if _is_our_service(record.pid):
+    if _alive(record.pid, record.pid_identity) and _is_our_service(record.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.pid, signal.SIGKILL)
     if is_mounted(mountpoint):
@@ -170,16 +194,71 @@ def tear_down(record: MountRecord) -> None:
         mountpoint.rmdir()
 
 
+def _alive(pid: int, identity: str) -> bool:
+    """Whether the process a record names still runs: by its identity when the record
+    has one, else (an older record) by its pid."""
+    parsed = ProcessId.parse(identity) if identity else None
+    if parsed is None or parsed.pid != pid:
+        return process_alive(pid)
+    return parsed.alive()
+
+
 def _is_stale(record: MountRecord) -> bool:
     if record.pid == 0:
-        return not process_alive(record.owner_pid)
-    if not _is_our_service(record.pid):
+        return not _alive(record.owner_pid, record.owner_identity)
+    if not _alive(record.pid, record.pid_identity) or not _is_our_service(record.pid):
         return True
-    if record.owner_pid == os.getpid():
+    if record.owner_pid == os.getpid() and _alive(record.owner_pid, record.owner_identity):
         # A filesystem this process started and that still runs (perhaps still
         # starting, when a probe would wait for its INIT): this process looks after it.
         return False
     return _fuse_connection_dead(Path(record.mountpoint))
+
+
+def remove_dead_leftovers(state_dir: Path) -> None:
+    """Take away what killed runs left besides mount records: build staging areas whose
+    owner is gone (their mounts first: a RUN step's secrets tmpfs, overlays), unpack
+    directories (``.partial-*``) and chunk-cache temp files of dead writers. Each name
+    starts with its owner's ``ProcessId.tag`` (older ones with a pid)."""
+    staging = state_dir / "build" / "staging"
+    for area in _listing(staging):
+        if not owner_alive(area.name):
+            _remove_leftover(area)
+    for partial in _listing(state_dir / "unpacked"):
+        name = partial.name
+        if name.startswith(_PARTIAL_PREFIX):
+            # .partial-<digest hex>-<owner>-<token>
+            owner = name[len(_PARTIAL_PREFIX) :].partition("-")[2]
+            if not owner_alive(owner):
+                _remove_leftover(partial)
+    for temp in _listing(state_dir / "cache" / "staging"):
+        if not (temp.name.endswith(".tmp") and owner_alive(temp.name)):
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+
+def _listing(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.iterdir())
+    except OSError:
+        return []
+
+
+def _remove_leftover(path: Path) -> None:
+    """Remove ``path``, unmounting whatever is mounted at or below it first (never
+    deleting through a mount)."""
+    root = os.path.abspath(path)
+    below = [p for p in mounted_paths() if p == root or p.startswith(root + "/")]
+    for mountpoint in sorted(below, key=len, reverse=True):
+        lazy_unmount(Path(mountpoint))
+    if path.is_dir() and not path.is_symlink():
+        if any(p == root or p.startswith(root + "/") for p in mounted_paths()):
+            log.warning("not removing %s: something is still mounted below it", path)
+            return
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _is_our_service(pid: int) -> bool:

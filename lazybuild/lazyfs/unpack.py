@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import os
 import re
 import secrets
 import shutil
@@ -35,7 +34,7 @@ from lazybuild.estargz.layerformat import decompressed_stream
 from lazybuild.lazyfs.layer_extract import extract_layer_tar
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
-from lazybuild.processes import process_alive
+from lazybuild.processes import ProcessId, owner_alive
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 
@@ -206,10 +205,10 @@ def _new_partial_dir(dest_root: Path, hex_digest: str) -> Path:
     dest_root.mkdir(parents=True, exist_ok=True)
     prefix = f"{_PARTIAL_PREFIX}{hex_digest}-"
     for leftover in dest_root.glob(prefix + "*"):
-        pid = leftover.name[len(prefix) :].split("-", 1)[0]
-        if not pid.isdigit() or not process_alive(int(pid)):
+        # Named by its owner's pid and start time (older ones by the pid alone).
+        if not owner_alive(leftover.name[len(prefix) :]):
             _remove_tree(leftover)  # a crashed unpack
-    partial = dest_root / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+    partial = dest_root / f"{prefix}{ProcessId.current().tag}-{secrets.token_hex(4)}"
     partial.mkdir(mode=0o755)
     return partial
 

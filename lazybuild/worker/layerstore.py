@@ -1,7 +1,8 @@
 """Where the layers a build makes are kept, under ``<state>/build``.
 
 ``layers/<id>``    a committed layer's tree (overlayfs form); never changed afterwards
-``staging/<id>``   a step's upper/work/merged directories while it runs
+``staging/<owner>-<id>``   a step's upper/work/merged directories while it runs (and,
+                  in ``scratch``, its bundle; its secrets on a tmpfs of their own)
 ``blobs/``         eStargz blobs of exported layers (the exporter's)
 
 A step works in staging and commits by renaming its upper directory into ``layers``, so
@@ -13,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazybuild.processes import process_alive
+from lazybuild.processes import ProcessId, owner_alive
 from lazybuild.snapshot.mountinfo import mounts_under
 from lazybuild.snapshot.overlay import unmount
 from lazybuild.worker.layers import LocalLayer
@@ -73,8 +73,9 @@ class LayerStore:
     @contextlib.contextmanager
     def staging(self) -> Iterator[StagingArea]:
         """A fresh staging area, removed on the way out (after ``commit`` took its upper)."""
-        # Named by our pid, so cleanup can tell a killed build's areas from a live one's.
-        area = StagingArea(self.staging_dir / f"{os.getpid()}-{secrets.token_hex(8)}")
+        # Named by this process (pid and start time), so cleanup can tell a killed
+        # build's areas from a live one's, even once its pid is reused.
+        area = StagingArea(self.staging_dir / f"{ProcessId.current().tag}-{secrets.token_hex(8)}")
         for directory in (area.upper, area.work, area.merged, area.scratch):
             directory.mkdir(parents=True)
         try:
@@ -108,8 +109,7 @@ class LayerStore:
     def clean_staging(self) -> None:
         """Remove staging areas that builds which are no longer running left behind."""
         for area in self.staging_dir.iterdir():
-            owner = area.name.partition("-")[0]
-            if not (owner.isdigit() and process_alive(int(owner))):
+            if not owner_alive(area.name):
                 _remove_tree(area)
 
 
