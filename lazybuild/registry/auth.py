@@ -7,14 +7,22 @@ any, or an OAuth2 refresh-token grant for identity tokens) and retry. The challe
 is remembered per registry so later requests get a token before they are sent
 instead of after a 401.
 
-Tokens are cached per (realm, service, scopes) until shortly before ``expires_in``.
-A cached token the registry rejects is dropped at once and a fresh one fetched for
-a single retry: lazy reads run for hours and tokens expire under them.
+Tokens are cached per (registry, realm, service, scopes, credentials) until shortly
+before ``expires_in``: two registries sharing a token server, or two users of one,
+never share a token. A cached token the registry rejects is dropped at once and a
+fresh one fetched for a single retry: lazy reads run for hours and tokens expire
+under them.
+
+Credentials go to a token realm only over https (or plain HTTP to loopback and to
+registries the user named insecure); a realm on plain HTTP elsewhere is asked for an
+anonymous token instead, and a refusal says why the credentials were kept back.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -121,32 +129,58 @@ class _CachedToken:
     expires_at: float
 
 
+@dataclass(frozen=True)
+class TokenKey:
+    """What a cached token was issued for, and to whom."""
+
+    registry: str
+    realm: str
+    service: str
+    scope: str
+    identity: str  # "" for anonymous, else a hash of the credentials
+
+
+def credentials_identity(credentials: Credentials | None) -> str:
+    """Tells credentials apart without keeping the secret itself in the key."""
+    if credentials is None:
+        return ""
+    secret = "\0".join((credentials.username, credentials.password, credentials.identity_token))
+    return hashlib.sha256(secret.encode()).hexdigest()[:32]
+
+
 class TokenCache:
-    """Bearer tokens by (realm, service, scopes), each kept until it is about to expire."""
+    """Bearer tokens by ``TokenKey``, each kept until it is about to expire."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._tokens: dict[tuple[str, str, str], _CachedToken] = {}
+        self._tokens: dict[TokenKey, _CachedToken] = {}
 
-    def get(self, key: tuple[str, str, str]) -> str | None:
+    def get(self, key: TokenKey) -> str | None:
         cached = self._tokens.get(key)
         if cached is None or cached.expires_at <= self._clock():
             return None
         return cached.value
 
-    def put(self, key: tuple[str, str, str], token: str, expires_in: float) -> None:
+    def put(self, key: TokenKey, token: str, expires_in: float) -> None:
         lifetime = max(expires_in - _EXPIRY_MARGIN, expires_in / 2)
         self._tokens[key] = _CachedToken(token, self._clock() + lifetime)
 
-    def drop(self, key: tuple[str, str, str], token: str) -> None:
+    def drop(self, key: TokenKey, token: str) -> None:
         """Forget ``token`` (the registry refused it) unless it was already replaced."""
         cached = self._tokens.get(key)
         if cached is not None and cached.value == token:
             del self._tokens[key]
 
 
-# Sends a request to a token server, with retries but without registry auth.
-TokenSender = Callable[[httpx.Request], Awaitable[httpx.Response]]
+# Sends a request to a token server, with retries but without registry auth; returns
+# the answer (closed) and its body, bounded.
+TokenSender = Callable[[httpx.Request], Awaitable[tuple[httpx.Response, bytes]]]
+
+
+def _loopback_only(host: str) -> bool:
+    from lazybuild.registry.session import is_loopback_host
+
+    return is_loopback_host(host)
 
 
 class Authenticator:
@@ -157,12 +191,17 @@ class Authenticator:
         credentials: DockerCredentialStore,
         send: TokenSender,
         clock: Callable[[], float] = time.monotonic,
+        plain_http_ok: Callable[[str], bool] = _loopback_only,
     ) -> None:
+        """``plain_http_ok(host)``: whether credentials may go to ``host`` (a token
+        realm's host with its port) over plain HTTP."""
         self._credentials = credentials
         self._send = send
+        self._plain_http_ok = plain_http_ok
         self.tokens = TokenCache(clock)
         self._challenges: dict[str, Challenge] = {}
-        self._locks: dict[tuple[str, str, str], trio.Lock] = {}
+        self._locks: dict[TokenKey, trio.Lock] = {}
+        self._known: dict[str, Credentials | None] = {}
 
     async def authorization(self, registry: str, scopes: Sequence[str]) -> str | None:
         """The header to send up front, from the challenge this registry gave last time."""
@@ -192,7 +231,7 @@ class Authenticator:
         """The error for a request the registry rejected even with fresh authorization."""
         credentials = await self._lookup(registry)
         if sent is not None and sent.startswith("Basic ") and credentials is not None:
-            self._credentials.forget(registry)
+            self._forget(registry)
             return _refused_error(registry, credentials)
         who = f"user {credentials.username!r}" if credentials else "anonymous access"
         wanted = " ".join(scopes) or "this request"
@@ -213,7 +252,7 @@ class Authenticator:
                 raise self._no_credentials(registry)
             header = basic_authorization(credentials)
             if header == refused:
-                self._credentials.forget(registry)
+                self._forget(registry)
                 raise _refused_error(registry, credentials)
             return header
         realm = challenge.params.get("realm")
@@ -221,21 +260,53 @@ class Authenticator:
             raise AuthError(f"registry {registry}: Bearer challenge without a realm")
         service = challenge.params.get("service", "")
         wanted = merge_scopes([*scopes, *extra_scopes])
-        key = (realm, service, " ".join(wanted))
+        credentials = await self._lookup(registry)
+        if credentials is not None and not self._may_send_credentials(realm):
+            withheld: Credentials | None = credentials
+            credentials = None
+        else:
+            withheld = None
+        identity = credentials_identity(credentials)
+        key = TokenKey(registry, realm, service, " ".join(wanted), identity)
         lock = self._locks.setdefault(key, trio.Lock())
         async with lock:  # one token request per key even with many concurrent readers
             if refused is not None and refused.startswith("Bearer "):
                 self.tokens.drop(key, refused.removeprefix("Bearer "))
             token = self.tokens.get(key)
             if token is None:
-                token, expires_in = await self._fetch_token(registry, realm, service, wanted)
+                token, expires_in = await self._fetch_token(
+                    registry, realm, service, wanted, credentials, withheld
+                )
                 self.tokens.put(key, token, expires_in)
         return f"Bearer {token}"
 
-    async def _fetch_token(
-        self, registry: str, realm: str, service: str, scopes: Sequence[str]
+    def _may_send_credentials(self, realm: str) -> bool:
+        """Credentials go to https realms, and to plain HTTP ones only where allowed."""
+        try:
+            url = httpx.URL(realm)
+        except (httpx.InvalidURL, TypeError, ValueError):
+            return False
+        if url.scheme == "https":
+            return True
+        return url.scheme == "http" and self._plain_http_ok(url.netloc.decode())
+
+    async def _fetch_token(  # noqa: PLR0917
+        self,
+        registry: str,
+        realm: str,
+        service: str,
+        scopes: Sequence[str],
+        credentials: Credentials | None,
+        withheld: Credentials | None,
     ) -> tuple[str, float]:
-        credentials = await self._lookup(registry)
+        """A token from ``realm``, asked for with ``credentials`` (None: anonymously;
+        ``withheld``: the credentials kept from a plain-HTTP realm, for the message)."""
+        try:
+            scheme = httpx.URL(realm).scheme
+        except (httpx.InvalidURL, TypeError, ValueError):
+            scheme = ""
+        if scheme not in ("http", "https"):
+            raise AuthError(f"registry {registry}: token realm {realm!r} is not an http(s) URL")
         if credentials is not None and credentials.identity_token:
             form = {
                 "grant_type": "refresh_token",
@@ -254,21 +325,35 @@ class Authenticator:
             if credentials is not None:
                 headers["Authorization"] = basic_authorization(credentials)
             request = httpx.Request("GET", realm, params=params, headers=headers)
-        response = await self._send(request)
+        response, body = await self._send(request)
         if response.status_code in (401, 403):
+            if withheld is not None:
+                raise AuthError(
+                    f"registry {registry}: token realm {realm} is plain HTTP; credentials "
+                    "are only sent over https, and anonymous access was refused"
+                )
             if credentials is None:
                 raise self._no_credentials(registry)
-            self._credentials.forget(registry)
+            self._forget(registry)
             raise _refused_error(registry, credentials)
         if response.status_code != 200:
             raise RegistryError(
                 f"registry {registry}: token server {realm} answered {response.status_code}"
             )
-        return _token_from_answer(registry, response)
+        return _token_from_answer(registry, body)
 
     async def _lookup(self, registry: str) -> Credentials | None:
-        # The lookup may run a credential helper: keep it off the event loop.
-        return await trio.to_thread.run_sync(self._credentials.lookup, registry)
+        """The registry's credentials, looked up once (until they are refused): every
+        request with a token needs them for the token's key."""
+        if registry not in self._known:
+            # The lookup may run a credential helper: keep it off the event loop.
+            found = await trio.to_thread.run_sync(self._credentials.lookup, registry)
+            self._known[registry] = found
+        return self._known[registry]
+
+    def _forget(self, registry: str) -> None:
+        self._known.pop(registry, None)
+        self._credentials.forget(registry)
 
     def _no_credentials(self, registry: str) -> AuthError:
         return AuthError(
@@ -282,13 +367,14 @@ def _refused_error(registry: str, credentials: Credentials) -> AuthError:
     return AuthError(f"registry {registry}: credentials for {who} were refused")
 
 
-def _token_from_answer(registry: str, response: httpx.Response) -> tuple[str, float]:
+def _token_from_answer(registry: str, body: bytes) -> tuple[str, float]:
     try:
-        answer: Any = response.json()
+        answer: Any = json.loads(body)
     except ValueError:
         raise RegistryError(f"registry {registry}: token server answered non-JSON") from None
     if not isinstance(answer, dict):
-        raise RegistryError(f"registry {registry}: token server answered {answer!r}")
+        kind = type(answer).__name__
+        raise RegistryError(f"registry {registry}: token server answered a JSON {kind}")
     token = answer.get("token") or answer.get("access_token")
     if not isinstance(token, str) or not token:
         raise RegistryError(f"registry {registry}: token server answered without a token")

@@ -11,8 +11,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import httpx
 import trio
@@ -34,6 +44,7 @@ from lazybuild.registry.reference import Reference
 from lazybuild.registry.session import REDIRECT_STATUSES, RegistrySession, error_for, same_origin
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Receives one requested range's bytes: (its index in the request, the bytes).
 RangeSink = Callable[[int, bytes], None]
@@ -47,12 +58,20 @@ DEFAULT_COALESCE_GAP = 256 * 1024
 # Keeps the Range header well under common header size limits.
 MAX_RANGES_PER_REQUEST = 128
 _NO_TRANSFORM = {"Accept-Encoding": "identity"}
+# An answer that breaks off is asked for this many times in all.
+RANGE_ATTEMPTS = 4
+# Bytes of multipart framing allowed per part beyond the parts' own bytes.
+MULTIPART_OVERHEAD = 4096
 
 
 @dataclass(frozen=True)
 class FetchStats:
     requests: int
     bytes_received: int
+
+
+class _BrokeOffError(RegistryError):
+    """An answer that ended before its last byte: worth asking for again."""
 
 
 class RangeModes:
@@ -255,7 +274,9 @@ class RemoteBlob:
 
         One request with a multi-range header when the registry allows it (its parts
         are handed over once the whole answer is in); otherwise one streamed request
-        per group of nearby ranges.
+        per group of nearby ranges. An answer that breaks off is asked for again, up to
+        ``RANGE_ATTEMPTS`` times with a backoff; a streamed one from the byte it broke
+        off at, so what arrived is neither fetched nor handed over twice.
         """
         for offset, length in ranges:
             if offset < 0 or length < 0 or offset + length > self.size:
@@ -266,7 +287,7 @@ class RemoteBlob:
         pending = spans
         while len(pending) > 1 and self._modes.multi_range_ok(registry):
             batch, rest = pending[:MAX_RANGES_PER_REQUEST], pending[MAX_RANGES_PER_REQUEST:]
-            parts = await self._fetch_multi(batch)
+            parts = await self._retrying(partial(self._fetch_multi, batch))
             if parts is None:
                 self._modes.use_single_ranges(registry, "multi-range request answered 400")
                 break
@@ -274,9 +295,23 @@ class RemoteBlob:
             pending = rest
         if pending:
             leftover = [(start, stop - start) for start, stop in pending]
-            for span in merge_spans(leftover, max_gap=self._coalesce_gap):
-                await self._stream_span(span, delivery)
+            for start, stop in merge_spans(leftover, max_gap=self._coalesce_gap):
+                stream = delivery.span(start, stop)
+                await self._retrying(partial(self._stream_span, stream, stop))
         delivery.check_complete(self._endpoint.where)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()`` again while its answer breaks off, up to ``RANGE_ATTEMPTS``."""
+        failures = 0
+        while True:
+            try:
+                return await attempt()
+            except _BrokeOffError as exc:
+                failures += 1
+                if failures >= RANGE_ATTEMPTS:
+                    raise RegistryError(f"{exc} ({failures} attempts)") from exc
+                log.info("%s; asking again", exc)
+                await trio.sleep(self._endpoint.session.policy.backoff(failures - 1))
 
     async def _fetch_multi(self, spans: Sequence[tuple[int, int]]) -> list[Part] | None:
         """Parts covering ``spans``; None when the request was refused with 400."""
@@ -291,15 +326,25 @@ class RemoteBlob:
                     self._endpoint.ref.registry, "multi-range request answered with the blob"
                 )
                 return await self._spans_of_whole_blob(response, spans)
-            body = await response.aread()
+            # Parts may be merged into one, but never hold more than the spans' extent.
+            limit = spans[-1][1] - spans[0][0] + MULTIPART_OVERHEAD * len(spans)
+            body = bytearray()
+            async for piece in response.aiter_bytes():
+                self._endpoint.bytes_received += len(piece)
+                body.extend(piece)
+                if len(body) > limit:
+                    raise RegistryError(f"{where}: multi-range answer is larger than the blob")
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise _BrokeOffError(
+                f"{where}: multi-range answer for {len(spans)} range(s) broke off: {exc}"
+            ) from exc
         finally:
             await response.aclose()
-        self._endpoint.bytes_received += len(body)
         boundary = multipart_boundary(response.headers.get("content-type", ""))
         if boundary is not None:
-            parts = parse_multipart_byteranges(body, boundary, where)
+            parts = parse_multipart_byteranges(bytes(body), boundary, where)
         else:
-            parts = [single_part(body, response.headers.get("content-range"), where)]
+            parts = [single_part(bytes(body), response.headers.get("content-range"), where)]
         for part in parts:
             self._check_total(part.total)
         return parts
@@ -330,14 +375,19 @@ class RemoteBlob:
             Part(start, bytes(buffer)) for (start, _), buffer in zip(spans, buffers, strict=True)
         ]
 
-    async def _stream_span(self, span: tuple[int, int], delivery: _Delivery) -> None:
-        """Bytes [start, stop) in one single-range request, handed to ``delivery`` as
-        they come (a 200 answer with the whole blob is read up to ``stop`` only)."""
-        start, stop = span
-        stream = delivery.span(start, stop)
+    async def _stream_span(self, stream: _SpanStream, stop: int) -> None:
+        """The bytes of ``stream`` from where it stands up to ``stop`` in one single-range
+        request, handed to it as they come (a 200 answer with the whole blob is read up to
+        ``stop`` only). Raises ``_BrokeOffError`` when the answer ends early."""
+        start = stream.position
+        if start >= stop:
+            return
         where = self._endpoint.where
-        headers = {**_NO_TRANSFORM, "Range": range_header([span])}
+        headers = {**_NO_TRANSFORM, "Range": range_header([(start, stop)])}
         response = await self._endpoint.get(headers)
+        header: str | None = None
+        end = stop
+        position = first = start
         try:
             if response.status_code == 206:
                 header = response.headers.get("content-range")
@@ -349,6 +399,7 @@ class RemoteBlob:
                         f"(it sent {content_range.start}-{content_range.end})"
                     )
                 position, end = content_range.start, content_range.end + 1
+                first = position
             else:
                 announced = response.headers.get("content-length")
                 if announced is not None and announced.isdigit():
@@ -363,15 +414,17 @@ class RemoteBlob:
                 if position >= end:
                     break
         except (httpx.TransportError, httpx.StreamError) as exc:
-            raise RegistryError(
+            raise _BrokeOffError(
                 f"{where}: reading bytes {start}-{stop - 1} broke off at byte {position}: {exc}"
             ) from exc
         finally:
             await response.aclose()
         if response.status_code == 206 and position != end:
+            # A complete answer that holds less than it announces: a registry that lies,
+            # not a connection that broke.
             raise RegistryError(
-                f"{where}: Content-Range {header!r} announces {end - content_range.start} "
-                f"bytes, got {position - content_range.start}"
+                f"{where}: Content-Range {header!r} announces {end - first} bytes, "
+                f"got {position - first}"
             )
         if position < stop:
             raise RegistryError(f"{where}: blob ended at byte {position}")
@@ -441,6 +494,11 @@ class _SpanStream:
         self._by_end = by_end
         self._next = 0
         self._buffer = bytearray()
+
+    @property
+    def position(self) -> int:
+        """The blob offset of the next byte expected (where a resumed request starts)."""
+        return self._start + len(self._buffer)
 
     def extend(self, data: bytes) -> None:
         self._buffer.extend(data)

@@ -40,6 +40,10 @@ from lazybuild.registry.tlscontext import shared_ssl_context
 _GENERIC_CONTENT_TYPES = frozenset({"", "application/json", "text/plain"})
 # A manifest larger than this is not a manifest (Distribution's own limit is 4 MiB).
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+# An image config is JSON describing the image; a few MiB is more than any real one.
+MAX_CONFIG_SIZE = 8 * 1024 * 1024
+# ``get_blob`` holds a blob in memory: larger ones are streamed or downloaded instead.
+MAX_BLOB_IN_MEMORY = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ class RegistryClient:
         needed) and config, all verified."""
         resolved = await self.resolve_manifest(ref, platform)
         config = resolved.manifest.config
-        config_bytes = await self.get_blob(resolved.ref, config)
+        config_bytes = await self.get_blob(resolved.ref, config, max_size=MAX_CONFIG_SIZE)
         return ResolvedImage(
             ref=resolved.ref,
             index=resolved.index,
@@ -184,8 +188,17 @@ class RegistryClient:
             manifest_bytes=fetched.data,
         )
 
-    async def get_blob(self, ref: Reference, descriptor: Descriptor) -> bytes:
-        """A whole (small) blob, verified against its descriptor."""
+    async def get_blob(
+        self, ref: Reference, descriptor: Descriptor, *, max_size: int = MAX_BLOB_IN_MEMORY
+    ) -> bytes:
+        """A whole (small) blob, verified against its descriptor; FormatError without a
+        request when the descriptor names more than ``max_size`` bytes (the download
+        itself never takes more bytes than the descriptor names)."""
+        if descriptor.size > max_size:
+            raise FormatError(
+                f"blob {descriptor.digest} of {ref.name}: {descriptor.size} bytes is larger "
+                f"than the {max_size} bytes allowed for a {_kind_of(descriptor)}"
+            )
         pieces = [piece async for piece in self.stream_blob(ref, descriptor)]
         return b"".join(pieces)
 
@@ -227,6 +240,10 @@ class RegistryClient:
     async def push_manifest(self, ref: Reference, data: bytes, media_type: str) -> str:
         """PUT a manifest by ``ref``'s tag (or digest); returns the manifest digest."""
         return await push_manifest(self._session, ref, data, media_type)
+
+
+def _kind_of(descriptor: Descriptor) -> str:
+    return "config" if "config" in descriptor.media_type else "blob read into memory"
 
 
 async def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:

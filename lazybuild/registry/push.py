@@ -3,8 +3,14 @@
 A blob is pushed in the cheapest way the registry allows: not at all when it is
 already there, by cross-repository mount when a candidate repository on the same
 registry has it, and otherwise by upload: one PUT for small blobs, a series of
-PATCH requests with ``Content-Range`` for large ones (so memory stays bounded and a
-failure costs one chunk, not the whole blob).
+PATCH requests with ``Content-Range`` for large ones (so memory stays bounded).
+
+Upload data is never sent twice into one upload: a PATCH or committing PUT that
+fails is not retried (the registry may have taken it), the upload starts over
+instead, up to ``UPLOAD_ATTEMPTS`` times. Before starting over, and before giving
+up, the blob is looked for: a commit whose answer was lost has landed all the same.
+Upload locations may name another host (a storage backend); they get no
+credentials (see ``session``).
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ from pathlib import Path
 import httpx
 import trio
 
-from lazybuild.errors import DigestMismatchError, RegistryError
+from lazybuild.errors import AuthError, DigestMismatchError, RegistryError
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.digest import new_hasher, sha256_digest, verify_digest
 from lazybuild.registry.auth import pull_scope, push_scope
 from lazybuild.registry.reference import Reference
+from lazybuild.registry.retry import Retry
 from lazybuild.registry.session import RegistrySession
 
 log = logging.getLogger(__name__)
@@ -28,9 +35,13 @@ log = logging.getLogger(__name__)
 DEFAULT_MONOLITHIC_LIMIT = 32 * 1024 * 1024
 DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
 _OCTET_STREAM = {"Content-Type": "application/octet-stream"}
+# A blob upload that fails (not for want of rights) is started over this many times in all.
+UPLOAD_ATTEMPTS = 3
 
 
 async def has_blob(session: RegistrySession, ref: Reference, digest: str) -> bool:
+    """Whether ``ref``'s repository has the blob (and, when the registry says which
+    digest it found, that it is this one)."""
     response = await session.request(
         "HEAD",
         ref,
@@ -41,7 +52,10 @@ async def has_blob(session: RegistrySession, ref: Reference, digest: str) -> boo
         what=f"HEAD blob {digest}",
     )
     await response.aclose()
-    return response.status_code != 404
+    if response.status_code == 404:
+        return False
+    _check_registry_digest(response, digest, f"blob {digest} in {ref.name}")
+    return True
 
 
 class BlobPusher:
@@ -89,13 +103,38 @@ class BlobPusher:
             mounted, upload_url = await self._try_mount(ref, descriptor.digest, candidate)
             if mounted:
                 return "mounted"
-        if upload_url is None:
-            upload_url = await self._start_upload(ref)
-        if whole is not None:
-            await self._finish(ref, descriptor, upload_url, whole)
-        else:
-            await self._upload_chunked(ref, descriptor, source, upload_url)
-        return "uploaded"
+        attempt = 1
+        while True:
+            try:
+                if upload_url is None:
+                    upload_url = await self._start_upload(ref)
+                if whole is not None:
+                    await self._finish(ref, descriptor, upload_url, whole)
+                else:
+                    await self._upload_chunked(ref, descriptor, source, upload_url)
+                return "uploaded"
+            except AuthError:
+                raise
+            except RegistryError as exc:
+                # A commit whose answer was lost (or a retried one the registry no longer
+                # knows the upload of) may have landed: then the push is done.
+                if await self._landed(ref, descriptor.digest):
+                    log.info("blob %s: %s; it is in the registry all the same", ref, exc)
+                    return "uploaded"
+                if attempt >= UPLOAD_ATTEMPTS:
+                    raise
+                log.info("upload of blob %s failed (%s); starting it over", descriptor.digest, exc)
+                await trio.sleep(self.session.policy.backoff(attempt - 1))
+                attempt += 1
+                upload_url = None
+
+    async def _landed(self, ref: Reference, digest: str) -> bool:
+        """Whether the blob is in the repository now (False when that cannot be told)."""
+        try:
+            return await has_blob(self.session, ref, digest)
+        except RegistryError as exc:
+            log.debug("cannot tell whether blob %s landed: %s", digest, exc)
+            return False
 
     async def mount(self, ref: Reference, digest: str, mount_from: Sequence[Reference]) -> bool:
         """Try only cross-repository mounts, never an upload: True when one worked.
@@ -126,6 +165,7 @@ class BlobPusher:
             scopes=[push_scope(ref.repository), pull_scope(candidate.repository)],
             expect={201, 202},
             what=f"mount blob {digest} from {candidate.repository}",
+            retry=Retry.UNANSWERED,
         )
         await response.aclose()
         if response.status_code == 201:
@@ -142,6 +182,7 @@ class BlobPusher:
             scopes=[push_scope(ref.repository)],
             expect={202},
             what="start blob upload",
+            retry=Retry.UNANSWERED,
         )
         await response.aclose()
         return self._location(ref, response)
@@ -164,6 +205,7 @@ class BlobPusher:
                 # Distribution's Content-Range for uploads has no "bytes " unit.
                 headers={**_OCTET_STREAM, "Content-Range": f"{offset}-{end}"},
                 content=chunk,
+                retry=Retry.NEVER,  # the upload starts over instead
             )
             await response.aclose()
             _check_upload_progress(response, end, descriptor.digest)
@@ -187,6 +229,7 @@ class BlobPusher:
             what=f"upload blob {descriptor.digest}",
             headers=_OCTET_STREAM,
             content=data,
+            retry=Retry.NEVER,  # see push: the blob is looked for, the upload started over
         )
         await response.aclose()
         _check_registry_digest(response, descriptor.digest, f"uploaded blob {descriptor.digest}")

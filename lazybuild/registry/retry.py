@@ -4,7 +4,14 @@ short budget for refused connections.
 A registry that refuses connections is almost always down or mistyped, not busy, so
 it gets two quick retries (well under a second) and the CLI reports it promptly.
 Throttling (429) and server errors (5xx) get the full budget and honour
-``Retry-After``, capped so a hostile value cannot stall a lazy read for long.
+``Retry-After``, capped so a hostile value cannot stall a lazy read for long; all
+retries of one request end by a total deadline.
+
+A request is retried only where sending it twice is safe: GET, HEAD, DELETE and
+manifest PUTs always (``Retry.ALWAYS``); a POST that opens an upload only when no
+answer came at all or the answer says it was not handled (429, 503:
+``Retry.UNANSWERED``); upload data (PATCH, the committing PUT) only when the
+connection was never made (``Retry.NEVER``): the caller restarts the upload instead.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 
 import httpx
 import trio
@@ -22,6 +30,16 @@ import trio
 from lazybuild.errors import RegistryError
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Answers that say the request was not acted on: a POST may be sent again after them.
+NOT_HANDLED_STATUSES = frozenset({429, 503})
+
+
+class Retry(Enum):
+    """How far a request may be sent again (see the module docstring)."""
+
+    ALWAYS = "always"
+    UNANSWERED = "unanswered"
+    NEVER = "never"
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,8 @@ class RetryPolicy:
     # Connection refused / DNS failure: retry a little, quickly (about 0.5 s in total).
     connect_error_retries: int = 2
     connect_error_delay: float = 0.15
+    # No retry starts later than this after the first attempt (Retry-After included).
+    deadline: float = 90.0
 
     def backoff(self, attempt: int) -> float:
         """The pause before retry number ``attempt`` (0-based): exponential, jittered."""
@@ -97,38 +117,52 @@ async def send_with_retries(
     policy: RetryPolicy,
     registry: str,
     sleep: Callable[[float], Awaitable[None]] = trio.sleep,
+    *,
+    retry: Retry = Retry.ALWAYS,
+    clock: Callable[[], float] = time.monotonic,
 ) -> httpx.Response:
     """Call ``send`` until it answers with a status that is not worth retrying.
 
     The last response is returned even when its status is retryable, so the caller
     can report the registry's own error. Transport failures that outlast the budget
-    become ``RegistryError("cannot reach registry ...")``.
+    (or that ``retry`` does not allow to retry) become ``RegistryError("cannot reach
+    registry ...")``.
     """
     attempt = 0
     connect_attempt = 0
+    deadline = clock() + policy.deadline
     while True:
         try:
             response = await send()
         except httpx.ConnectError as exc:
-            if connect_attempt >= policy.connect_error_retries:
+            # Nothing was sent: safe to retry whatever the request.
+            pause = policy.connect_backoff(connect_attempt)
+            if connect_attempt >= policy.connect_error_retries or clock() + pause > deadline:
                 reason = describe_transport_error(exc)
                 raise RegistryError(f"cannot reach registry {registry}: {reason}") from exc
-            await sleep(policy.connect_backoff(connect_attempt))
+            await sleep(pause)
             connect_attempt += 1
             continue
         except httpx.TransportError as exc:
-            if attempt >= policy.max_retries:
+            pause = policy.backoff(attempt)
+            if retry is Retry.NEVER or attempt >= policy.max_retries or clock() + pause > deadline:
                 reason = describe_transport_error(exc)
                 raise RegistryError(f"cannot reach registry {registry}: {reason}") from exc
-            await sleep(policy.backoff(attempt))
+            await sleep(pause)
             attempt += 1
             continue
-        if response.status_code not in RETRYABLE_STATUSES or attempt >= policy.max_retries:
+        status = response.status_code
+        retryable = status in RETRYABLE_STATUSES and (
+            retry is Retry.ALWAYS or (retry is Retry.UNANSWERED and status in NOT_HANDLED_STATUSES)
+        )
+        if not retryable or attempt >= policy.max_retries:
             return response
         retry_after = parse_retry_after(response.headers.get("retry-after"))
-        await response.aclose()
         delay = policy.backoff(attempt)
         if retry_after is not None:
             delay = min(retry_after, policy.max_retry_after)
+        if clock() + delay > deadline:
+            return response  # the registry's own answer says more than a timeout would
+        await response.aclose()
         await sleep(delay)
         attempt += 1

@@ -4,6 +4,11 @@ Everything above this module speaks in registry paths and scopes; this module pi
 the scheme (plain HTTP for loopback and insecure registries), attaches
 authorization, retries, re-authenticates once on 401, and turns error answers into
 the lazybuild error tree with the registry's own error code in the message.
+
+Credentials go only where they were asked for: a registry's Authorization header is
+attached to requests to that registry's own origin (scheme, host, port) and never to
+another host it points at (an upload ``Location``, a blob redirect), as Docker does.
+Bodies read whole are bounded: error answers and token answers alike.
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ from lazybuild.errors import AuthError, NotFoundError, RegistryError
 from lazybuild.registry.auth import Authenticator
 from lazybuild.registry.credentials import DockerCredentialStore
 from lazybuild.registry.reference import Reference
-from lazybuild.registry.retry import RetryPolicy, send_with_retries
+from lazybuild.registry.retry import Retry, RetryPolicy, send_with_retries
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Of an error answer, this much is read for its message (the rest is dropped).
+MAX_ERROR_BODY = 64 * 1024
+# A token answer is a small JSON document; more is not a token server's answer.
+MAX_TOKEN_ANSWER = 1024 * 1024
 
 
 def is_loopback_host(host: str) -> bool:
@@ -53,7 +62,14 @@ class RegistrySession:
         self.http = http
         self.policy = policy
         self._insecure = frozenset(insecure_registries)
-        self.authenticator = Authenticator(credentials, self._send_token_request)
+        self.authenticator = Authenticator(
+            credentials, self._send_token_request, plain_http_ok=self._plain_http_ok
+        )
+
+    def _plain_http_ok(self, host: str) -> bool:
+        """Whether credentials may go to ``host`` over plain HTTP: loopback, or a registry
+        the user named insecure."""
+        return is_loopback_host(host) or host in self._insecure
 
     def base_url(self, ref: Reference) -> httpx.URL:
         host = ref.api_host
@@ -74,12 +90,29 @@ class RegistrySession:
         what: str,
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
+        retry: Retry = Retry.ALWAYS,
     ) -> httpx.Response:
         """Send an authenticated request; return the (streaming) response if its status is
-        in ``expect``, else raise the matching error. The caller closes the response."""
+        in ``expect``, else raise the matching error. The caller closes the response.
+
+        ``url`` on another origin than ``ref``'s registry (an upload location on a
+        storage host) is sent without the registry's credentials. ``retry`` says how far
+        the request may be sent again (see ``retry.Retry``)."""
         if isinstance(url, str):
             url = self.url(ref, url)
         registry = ref.registry
+        if not same_origin(url, self.base_url(ref)):
+            response = await self._send(
+                method,
+                url,
+                headers=headers,
+                content=content,
+                host_for_errors=registry,
+                retry=retry,
+            )
+            if response.status_code not in expect:
+                raise await error_for(response, registry, what)
+            return response
         sent = await self.authenticator.authorization(registry, scopes)
         response = await self._send(
             method,
@@ -88,6 +121,7 @@ class RegistrySession:
             content=content,
             authorization=sent,
             host_for_errors=registry,
+            retry=retry,
         )
         if response.status_code == 401:
             await response.aclose()
@@ -99,6 +133,7 @@ class RegistrySession:
                 content=content,
                 authorization=sent,
                 host_for_errors=registry,
+                retry=retry,
             )
             if response.status_code == 401:
                 await response.aclose()
@@ -127,6 +162,7 @@ class RegistrySession:
         host_for_errors: str,
         content: bytes | None = None,
         authorization: str | None = None,
+        retry: Retry = Retry.ALWAYS,
     ) -> httpx.Response:
         all_headers = dict(headers or {})
         if authorization is not None:
@@ -136,15 +172,43 @@ class RegistrySession:
             request = self.http.build_request(method, url, headers=all_headers, content=content)
             return await self.http.send(request, stream=True)
 
-        return await send_with_retries(send_once, self.policy, host_for_errors)
+        return await send_with_retries(send_once, self.policy, host_for_errors, retry=retry)
 
-    async def _send_token_request(self, request: httpx.Request) -> httpx.Response:
+    async def _send_token_request(self, request: httpx.Request) -> tuple[httpx.Response, bytes]:
+        """The token server's answer and its body (at most ``MAX_TOKEN_ANSWER`` bytes)."""
         host = request.url.netloc.decode()
 
         async def send_once() -> httpx.Response:
-            return await self.http.send(request)
+            return await self.http.send(request, stream=True)
 
-        return await send_with_retries(send_once, self.policy, host)
+        response = await send_with_retries(send_once, self.policy, host)
+        try:
+            body = await read_bounded(response, MAX_TOKEN_ANSWER)
+        except httpx.HTTPError as exc:
+            raise RegistryError(f"token server {host}: answer broke off: {exc}") from exc
+        finally:
+            await response.aclose()
+        if body is None:
+            raise RegistryError(
+                f"token server {host}: answer is larger than {MAX_TOKEN_ANSWER} bytes"
+            )
+        return response, body
+
+
+async def read_bounded(response: httpx.Response, limit: int) -> bytes | None:
+    """The body of a streaming ``response``, or None when it is longer than ``limit``
+    (then no more than about ``limit`` bytes were read). Does not close it."""
+    announced = response.headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > limit:
+        return None
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def describe_error_body(body: bytes) -> str:
@@ -163,10 +227,14 @@ def describe_error_body(body: bytes) -> str:
 
 async def error_for(response: httpx.Response, registry: str, what: str) -> RegistryError:
     """The error for an unexpected answer to ``what`` (e.g. "GET manifest x:y")."""
+    body = b""
     try:
-        body = await response.aread()
+        async for chunk in response.aiter_bytes():
+            body += chunk[: MAX_ERROR_BODY - len(body)]
+            if len(body) >= MAX_ERROR_BODY:
+                break  # enough for a message: the rest is not read
     except httpx.HTTPError:
-        body = b""
+        pass
     finally:
         await response.aclose()
     detail = describe_error_body(body)
