@@ -103,17 +103,35 @@ def inflate_first_member(data: bytes, limit: int, where: str) -> bytes:
     return out
 
 
-def inflate_prefix(data: bytes, length: int, where: str) -> bytes:
-    """The first ``length`` bytes of what the members in ``data`` inflate to (exactly)."""
+def inflate_prefix(data: bytes, length: int, where: str, *, skip: int = 0) -> bytes:
+    """Bytes ``[skip, skip + length)`` of what the members in ``data`` inflate to (exactly).
+
+    The inflater is never asked for more than the bytes still missing, so however far
+    the members would inflate, at most ``length`` bytes (plus one block while skipping)
+    are ever held.
+    """
     out = bytearray()
-    blocks = inflate_members([data], where)
-    try:
-        for block in blocks:
-            out += block
-            if len(out) >= length:
+    to_skip = skip
+    inflater = _new_inflater()
+    pending = data
+    while len(out) < length:
+        if inflater.eof:
+            if not pending:
                 break
-    finally:
-        blocks.close()
+            inflater = _new_inflater()
+        wanted = to_skip if to_skip else length - len(out)
+        try:
+            block = inflater.decompress(pending, min(wanted, OUTPUT_BLOCK))
+        except _ZLIB_ERROR as error:
+            raise FormatError(f"{where}: corrupt gzip data: {error}") from None
+        if to_skip:
+            to_skip -= len(block)
+        else:
+            out += block
+        pending = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+        if not block and not inflater.eof and not pending:
+            break  # the input ends inside a member
     if len(out) < length:
-        raise FormatError(f"{where}: inflates to {len(out)} bytes, expected at least {length}")
-    return bytes(out[:length])
+        got = skip - to_skip + len(out)
+        raise FormatError(f"{where}: inflates to {got} bytes, expected at least {skip + length}")
+    return bytes(out)

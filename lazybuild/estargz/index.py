@@ -20,6 +20,18 @@ from lazybuild.errors import FormatError
 from lazybuild.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC, TOCEntry
 
 IMPLICIT_DIR_MODE = 0o755
+# A chunk is decompressed and verified whole, so its size bounds the memory of a read.
+# The reference writer cuts 4 MiB chunks (lazybuild's big files: 64 KiB); a TOC
+# naming a bigger chunk than this is refused rather than trusted to inflate that far.
+MAX_CHUNK_SIZE = 64 << 20
+# innerOffset (min-chunk-size layers) puts a chunk after others in the same member:
+# what is inflated to reach a chunk's last byte is bounded too.
+MAX_CHUNK_INFLATE = 2 * MAX_CHUNK_SIZE
+# The compressed bytes fetched for one chunk: what deflate can need for
+# MAX_CHUNK_INFLATE bytes (stored blocks add 5 bytes per 64 KiB) and a few members'
+# headers. A member that runs on beyond that (headers of many entries after the
+# chunk) is cut here: its chunk is whole well before.
+MAX_CHUNK_SPAN = MAX_CHUNK_INFLATE + (MAX_CHUNK_INFLATE >> 10) + (1 << 20)
 _PERMISSION_BITS = 0o7777
 _MAX_HARDLINK_DEPTH = 64
 _LANDMARKS = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
@@ -86,7 +98,7 @@ def _parse_modtime(text: str) -> int | None:
         return None
     try:
         return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
-    except ValueError:
+    except (ValueError, OverflowError):
         return None  # Go yields the zero time for an unparsable modtime
 
 
@@ -207,6 +219,8 @@ class LayerIndex:
                 pieces[current_file].append(entry)
                 continue
             path = clean_name(entry.name)
+            if path == "" and entry.type != "dir":
+                raise self._fail(f"TOC entry #{index}: the root is a {entry.type}, not a dir")
             nodes.pop(path, None)
             hardlinks.pop(path, None)
             owners.note(entry)
@@ -263,6 +277,12 @@ class LayerIndex:
                         f"file {node.name!r}: chunk at {entry.chunk_offset} has no size"
                     )
                 size = node.size - entry.chunk_offset
+            if size > MAX_CHUNK_SIZE or entry.inner_offset + size > MAX_CHUNK_INFLATE:
+                raise self._fail(
+                    f"file {node.name!r}: chunk at {entry.chunk_offset} of {size} bytes "
+                    f"(inner offset {entry.inner_offset}) is over the {MAX_CHUNK_SIZE >> 20} MiB "
+                    "chunk limit"
+                )
             if size <= 0 or entry.chunk_offset + size > node.size:
                 raise self._fail(
                     f"file {node.name!r}: chunk [{entry.chunk_offset}, +{size}) "
@@ -276,6 +296,7 @@ class LayerIndex:
             # Legacy stargz has no chunkDigest; a one-piece file can use the file digest.
             digest = entry.chunk_digest or (node.digest if len(entries) == 1 else "")
             end = member_starts[bisect.bisect_right(member_starts, entry.offset)]
+            end = min(end, entry.offset + MAX_CHUNK_SPAN)
             chunks.append(
                 ChunkRef(
                     offset=entry.offset,
@@ -335,13 +356,22 @@ class LayerIndex:
         self._paths[path] = node
 
     def _directory(self, path: str) -> Node:
-        if path == "":
-            return self.root
-        existing = self._paths.get(path)
-        if existing is not None:
-            if existing.type != "dir":
-                raise self._fail(f"{path!r} is used as a directory but is a {existing.type}")
-            return existing
-        implicit = Node(name=path, type="dir", mode=IMPLICIT_DIR_MODE, implicit=True)
-        self._attach(path, implicit)
-        return implicit
+        """The directory at ``path``, made (with its missing parents) when the TOC has none.
+        Iterative: a hostile TOC may name paths thousands of directories deep."""
+        missing: list[str] = []
+        parent = self.root
+        while path != "":
+            existing = self._paths.get(path)
+            if existing is not None:
+                if existing.type != "dir":
+                    raise self._fail(f"{path!r} is used as a directory but is a {existing.type}")
+                parent = existing
+                break
+            missing.append(path)
+            path = _parent(path)
+        for name in reversed(missing):
+            implicit = Node(name=name, type="dir", mode=IMPLICIT_DIR_MODE, implicit=True)
+            parent.children[posixpath.basename(name)] = implicit
+            self._paths[name] = implicit
+            parent = implicit
+        return parent

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from lazybuild.errors import DigestMismatchError, FormatError
 from lazybuild.estargz.footer import FOOTER_SIZE, Footer, parse_footer
 from lazybuild.estargz.gzipmembers import inflate_prefix
-from lazybuild.estargz.index import ChunkRef, LayerIndex
+from lazybuild.estargz.index import MAX_CHUNK_INFLATE, MAX_CHUNK_SIZE, ChunkRef, LayerIndex
 from lazybuild.estargz.toc import decode_toc_json
-from lazybuild.estargz.tocmember import extract_toc_json
+from lazybuild.estargz.tocmember import MAX_TOC_COMPRESSED_SIZE, extract_toc_json
 
 # The first read of a layer takes this much of its end: the footer plus, for most
 # small and medium layers, the whole compressed TOC, saving a second round trip.
@@ -76,6 +76,7 @@ async def read_toc_region(
     if footer.toc_offset < tail_start:
         if footer.toc_offset < 0:
             raise FormatError(f"{where}: TOC offset {footer.toc_offset} outside the blob")
+        _check_toc_region(footer.toc_offset, blob_size - footer.size, blob_size, where)
         tail = await read_at(footer.toc_offset, tail_start - footer.toc_offset) + tail
         tail_start = footer.toc_offset
     return tail, tail_start
@@ -105,7 +106,10 @@ def parse_layer(
             f"{where}: tail of {len(tail)} bytes at {tail_start} "
             f"does not end at blob size {blob_size}"
         )
-    footer = parse_footer(tail[-FOOTER_SIZE:] if len(tail) > FOOTER_SIZE else tail)
+    try:
+        footer = parse_footer(tail[-FOOTER_SIZE:] if len(tail) > FOOTER_SIZE else tail)
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None
     toc_end = blob_size - footer.size
     toc_offset = footer.toc_offset
     if toc_offset >= toc_end:
@@ -113,6 +117,7 @@ def parse_layer(
             f"{where}: TOC offset {toc_offset} beyond the end of the TOC region "
             f"{toc_end} (blob size {blob_size})"
         )
+    _check_toc_region(toc_offset, toc_end, blob_size, where)
     toc_member = _toc_member_bytes(tail, tail_start, (toc_offset, toc_end), read_at, where)
     toc_json = extract_toc_json(toc_member, f"{where}: TOC at offset {toc_offset}")
     toc_digest = sha256_digest(toc_json)
@@ -123,6 +128,17 @@ def parse_layer(
     toc = decode_toc_json(toc_json)
     index = LayerIndex(toc, data_end=toc_offset, where=where)
     return OpenedLayer(index, toc_digest, toc_json, footer, toc_offset)
+
+
+def _check_toc_region(toc_offset: int, toc_end: int, blob_size: int, where: str) -> None:
+    """Refuse a footer that puts the TOC further from the end than any TOC can be (a
+    footer pointing at offset 0 would otherwise have the whole blob read into memory)."""
+    if toc_end - toc_offset > MAX_TOC_COMPRESSED_SIZE:
+        raise FormatError(
+            f"{where}: footer puts the TOC at offset {toc_offset}, {toc_end - toc_offset} bytes "
+            f"before the footer of a {blob_size}-byte blob; a compressed TOC is at most "
+            f"{MAX_TOC_COMPRESSED_SIZE >> 20} MiB"
+        )
 
 
 def _toc_member_bytes(
@@ -159,9 +175,9 @@ def decompress_chunk(compressed: bytes, chunk: ChunkRef, *, where: str = "layer"
     if not chunk.digest:
         raise FormatError(f"{where}: chunk at {chunk.offset} has no digest to verify it with")
     label = f"{where}: chunk at offset {chunk.offset}"
-    content = inflate_prefix(compressed, chunk.inner_offset + chunk.size, label)[
-        chunk.inner_offset :
-    ]
+    if chunk.size > MAX_CHUNK_SIZE or chunk.inner_offset + chunk.size > MAX_CHUNK_INFLATE:
+        raise FormatError(f"{label}: chunk of {chunk.size} bytes is over the limits")
+    content = inflate_prefix(compressed, chunk.size, label, skip=chunk.inner_offset)
     actual = sha256_digest(content)
     if actual != chunk.digest:
         raise DigestMismatchError(f"{label}: content digest {actual}, expected {chunk.digest}")

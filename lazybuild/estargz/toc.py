@@ -35,6 +35,14 @@ PREFETCH_FILE_MAX_BYTES = 32 << 20
 BIG_FILE_CHUNK_SIZE = 64 << 10
 LANDMARK_CONTENTS = b"\x0f"
 
+# Entries refused above this many. A real TOC of the largest size accepted
+# (``tocmember.MAX_TOC_JSON_SIZE``, 64 MiB) holds ~200,000-300,000 entries; an index
+# costs ~1.2 KB of memory per entry, so this bounds it near 600 MB. Counted while the
+# JSON is decoded (objects), so a hostile TOC of tiny entries stops early.
+MAX_TOC_ENTRIES = 500_000
+# Integers are Go int64s in the reference reader; larger ones are refused as Go does.
+_INT64_LIMIT = 1 << 63
+
 ENTRY_TYPES = frozenset({"dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"})
 
 
@@ -139,8 +147,8 @@ def _decode_entry(raw: object, index: int) -> TOCEntry:
         if attr is None or value is None:
             continue  # unknown keys (e.g. legacy "NumLink") are ignored; null means zero
         value_type = type(value)
-        if (value_type is int and value >= 0 and attr in _INT_ATTRS) or (
-            value_type is str and attr in _STR_ATTRS
+        if (value_type is int and 0 <= value < _INT64_LIMIT and attr in _INT_ATTRS) or (
+            value_type is str and attr in _STR_ATTRS and value.isascii() and "\0" not in value
         ):
             values[attr] = value  # the common case, checked inline
         else:
@@ -148,7 +156,7 @@ def _decode_entry(raw: object, index: int) -> TOCEntry:
     name = values.pop("name", "")
     entry_type = values.pop("type", "")
     if entry_type not in ENTRY_TYPES:
-        raise FormatError(f"TOC entry #{index} ({name!r}) has unknown type {entry_type!r}")
+        raise FormatError(f"TOC entry #{index} ({name!r:.120}) has unknown type {entry_type!r:.80}")
     return TOCEntry(name=name, type=entry_type, **values)
 
 
@@ -158,16 +166,19 @@ def _check_value(attr: str, value: object, index: int) -> object:
             raise FormatError(f"TOC entry #{index}: {attr} must be an integer, got {value!r}")
         if value < 0:
             raise FormatError(f"TOC entry #{index}: {attr} must not be negative, got {value}")
+        if value >= _INT64_LIMIT:
+            raise FormatError(f"TOC entry #{index}: {attr} does not fit in 64 bits")
         return value
     if attr in _STR_ATTRS:
         if not isinstance(value, str):
-            raise FormatError(f"TOC entry #{index}: {attr} must be a string, got {value!r}")
-        return value
+            raise FormatError(f"TOC entry #{index}: {attr} must be a string, got {value!r:.80}")
+        return _check_text(value, f"TOC entry #{index}: {attr}")
     # xattrs: an object of base64 strings
     if not isinstance(value, dict):
         raise FormatError(f"TOC entry #{index}: xattrs must be an object")
     decoded: dict[str, bytes] = {}
     for name, encoded in value.items():
+        _check_text(name, f"TOC entry #{index}: xattr name")
         if encoded is None:
             decoded[name] = b""
             continue
@@ -182,12 +193,43 @@ def _check_value(attr: str, value: object, index: int) -> object:
     return decoded
 
 
+def _check_text(value: str, what: str) -> str:
+    """A string from the TOC that names something on a filesystem: valid UTF-8 (JSON can
+    escape lone surrogates, which no writer emits and no path can hold), no NUL."""
+    if "\0" in value:
+        raise FormatError(f"{what} holds a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(f"{what} is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+class _ObjectCounter:
+    """``object_hook`` that stops a decode once it has made more objects than a TOC of
+    ``MAX_TOC_ENTRIES`` entries can hold (an entry and its xattrs)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, document: dict[str, Any]) -> dict[str, Any]:
+        self.count += 1
+        if self.count > 2 * MAX_TOC_ENTRIES + 1:
+            raise FormatError(f"TOC has more than {MAX_TOC_ENTRIES} entries")
+        return document
+
+
 def decode_toc_json(data: bytes) -> TOC:
     """Parse TOC JSON bytes; raises ``FormatError`` for anything that is not a TOC."""
+    # Arrays cannot be counted while decoding; a TOC has one (names may hold more "[").
+    if data.count(b"[") > MAX_TOC_ENTRIES + 1:
+        raise FormatError(f"TOC has more than {MAX_TOC_ENTRIES} arrays")
     try:
-        document = json.loads(data)
+        document = json.loads(data, object_hook=_ObjectCounter())
     except (UnicodeDecodeError, ValueError) as error:
         raise FormatError(f"TOC is not valid JSON: {error}") from None
+    except RecursionError:
+        raise FormatError("TOC is not a TOC: JSON nested too deeply") from None
     if not isinstance(document, dict):
         raise FormatError(f"TOC JSON is {type(document).__name__}, not an object")
     folded = {key.lower(): value for key, value in document.items()}
@@ -199,4 +241,6 @@ def decode_toc_json(data: bytes) -> TOC:
         raw_entries = []
     if not isinstance(raw_entries, list):
         raise FormatError("TOC entries must be an array")
+    if len(raw_entries) > MAX_TOC_ENTRIES:
+        raise FormatError(f"TOC has {len(raw_entries)} entries, more than {MAX_TOC_ENTRIES}")
     return TOC(version=version, entries=[_decode_entry(e, i) for i, e in enumerate(raw_entries)])

@@ -124,7 +124,10 @@ async def open_index(
         fetched = 0
         toc_offset = await trio.to_thread.run_sync(tocs.load_offset, descriptor.digest)
         if toc_offset is None:
-            footer = parse_footer(await read_at(blob.size - FOOTER_SIZE, FOOTER_SIZE))
+            try:
+                footer = parse_footer(await read_at(blob.size - FOOTER_SIZE, FOOTER_SIZE))
+            except FormatError as exc:
+                raise FormatError(f"{where}: {exc}") from None
             toc_offset, fetched = footer.toc_offset, FOOTER_SIZE
         if not 0 <= toc_offset < blob.size - FOOTER_SIZE:
             raise FormatError(f"{where}: TOC offset {toc_offset} outside the blob")
