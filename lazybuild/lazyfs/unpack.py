@@ -5,7 +5,10 @@ digest) are downloaded whole and unpacked into an overlayfs lower directory.
 decompression into a tar extractor running in a worker thread, inside a
 ``.partial-*`` directory; only a complete, digest-verified unpack is renamed to
 ``<dest_root>/<digest-hex>``. So a directory under its final name is always
-complete, and is reused as is. Concurrent calls for one digest in a process
+complete and verified, and is reused as is. Until the digest matches, the bytes are
+nobody's word: the extractor (``lazybuild.untar``) cannot touch anything outside the
+partial directory whatever the tar says, and nothing reads that directory before it
+is renamed. Concurrent calls for one digest in a process
 wait on one lock; across processes the first rename wins and the loser discards
 its copy.
 """
@@ -18,8 +21,8 @@ import io
 import re
 import secrets
 import shutil
-import tarfile
 import time
+import zlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -31,14 +34,17 @@ import zstandard
 
 from lazybuild.errors import FormatError
 from lazybuild.estargz.layerformat import decompressed_stream
-from lazybuild.lazyfs.layer_extract import extract_layer_tar
+from lazybuild.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.processes import ProcessId, owner_alive
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
+from lazybuild.untar.extract import extract, layer_policy
 
 _PARTIAL_PREFIX = ".partial-"
+# eStargz's artefacts at a layer's root are not files of the image.
+_LAYER_POLICY = layer_policy(frozenset({TOC_TAR_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK}))
 _PIPE_DEPTH = 16  # downloaded pieces buffered ahead of the extractor
 _DRAIN_BLOCK = 1 << 20
 _locks: dict[Path, trio.Lock] = {}
@@ -159,7 +165,7 @@ def _extract_from_channel(
 ) -> None:
     """(worker thread)"""
     stream = decompressed_stream(io.BufferedReader(_ChannelReader(receive), _DRAIN_BLOCK))
-    _extract_stream(stream, partial, where)
+    extract_layer_stream(stream, partial, where)
     # Read to the end so the whole blob passes through the digest check.
     while stream.read(_DRAIN_BLOCK):
         pass
@@ -168,15 +174,15 @@ def _extract_from_channel(
 def extract_tar_file(tar: Path, dest: Path, where: str) -> None:
     """(blocking) A layer's tar file, extracted in overlay form into ``dest``."""
     with tar.open("rb") as stream:
-        _extract_stream(stream, dest, where)
+        extract_layer_stream(stream, dest, where)
 
 
-def _extract_stream(stream: BinaryIO, partial: Path, where: str) -> None:
+def extract_layer_stream(stream: BinaryIO, partial: Path, where: str) -> None:
     """(worker thread) A layer's tar, extracted in overlay form."""
     try:
-        extract_layer_tar(stream, partial, where)
-    except (OSError, EOFError, tarfile.TarError, zstandard.ZstdError) as exc:
-        raise FormatError(f"{where}: cannot unpack: {exc}") from exc
+        extract(stream, partial, _LAYER_POLICY, f"{where}: cannot unpack")
+    except (EOFError, zlib.error, zstandard.ZstdError) as exc:
+        raise FormatError(f"{where}: cannot unpack: {exc}") from None
 
 
 class _ChannelReader(io.RawIOBase):

@@ -68,7 +68,8 @@ from lazybuild.executor.rootpath import resolve_in_root
 from lazybuild.executor.users import resolve_user
 from lazybuild.frontend.dockerignore import DockerIgnore, IgnorePattern
 from lazybuild.graph.ops import ChownOpt, Copy, FileAction, Mkdir, Mkfile, Rm
-from lazybuild.worker.archive import ArchiveError, extract_tar, is_tar_archive, set_xattr
+from lazybuild.untar.extract import set_xattr
+from lazybuild.worker.archive import ArchiveError, extract_tar, is_tar_archive
 
 __all__ = ["FileActionError", "Owner", "apply_actions", "resolve_owner"]
 

@@ -15,7 +15,7 @@ import trio
 
 from lazybuild.errors import DigestMismatchError, FormatError
 from lazybuild.estargz import WriterOptions, write_estargz
-from lazybuild.lazyfs.layer_extract import extract_layer_tar
+from lazybuild.lazyfs.unpack import extract_layer_stream
 from lazybuild.lazyfs.unpack import UnpackedLayer, unpack_layer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
@@ -169,7 +169,7 @@ def test_extractor_never_writes_outside(
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(FormatError):
-        extract_layer_tar(io.BytesIO(_tar(entries)), dest, "layer test")
+        extract_layer_stream(io.BytesIO(_tar(entries)), dest, "layer test")
     assert not (tmp_path / "escape").exists()
     assert not Path("/tmp/escape").exists()
 
@@ -184,7 +184,7 @@ def test_extractor_keeps_symlinks_hardlinks_and_later_entries_win(tmp_path: Path
         (_info("stargz.index.json"), b"{}"),
         (_info(".no.prefetch.landmark"), b"\x0f"),
     ]
-    extract_layer_tar(io.BytesIO(_tar(entries)), tmp_path, "layer test")
+    extract_layer_stream(io.BytesIO(_tar(entries)), tmp_path, "layer test")
     assert sorted(os.listdir(tmp_path)) == ["dir"]
     assert (tmp_path / "dir" / "file").read_bytes() == b"second"
     assert os.readlink(tmp_path / "dir" / "abs-link") == "/etc/passwd"

@@ -834,7 +834,7 @@ def test_add_later_entries_replace_earlier_ones(src: Path, dest: Path) -> None:
 def test_add_damaged_archive_is_an_error(src: Path, dest: Path, payload: bytes) -> None:
     big = tar_bytes((entry("big"), b"z" * 100_000))
     write(src, "cut.tar", big[:4096])
-    with pytest.raises(FileActionError, match=r"ADD /cut\.tar: archive is damaged"):
+    with pytest.raises(FileActionError, match=r"ADD /cut\.tar: .*damaged"):
         add(dest, src, "/cut.tar", "/out/")
 
 
