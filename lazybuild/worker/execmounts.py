@@ -3,6 +3,12 @@
 Everything a mount needs on the host is set up inside the step's staging area or the
 persistent cache-mount directory, and torn down by the ``AsyncExitStack`` the caller
 passes in, so a failed or cancelled step leaves nothing mounted.
+
+Secrets never touch the disk: their files (and the runc bundle of a step that has
+secrets in its environment, whose ``config.json`` holds them) live on a private tmpfs
+mounted at ``scratch/secrets`` of the step's staging area (``secret_storage``). A
+SIGKILL leaves only that memory-backed mount, which the next command's cleanup of dead
+staging areas unmounts (``lazyfs.stale.remove_dead_leftovers``).
 """
 
 from __future__ import annotations
@@ -22,12 +28,19 @@ from lazybuild.errors import LazybuildError
 from lazybuild.executor.mounts import MountSpec
 from lazybuild.executor.rootpath import resolve_in_root
 from lazybuild.graph.ops import ExecMount
+from lazybuild.snapshot import syscalls
+from lazybuild.snapshot.mountinfo import is_mounted
 from lazybuild.worker.layers import Snapshot
 from lazybuild.worker.layerstore import StagingArea
 from lazybuild.worker.resources import WorkerResources
 
 _LOCK_POLL_SECONDS = 0.2
 _MAX_PRIVATE_COPIES = 64
+# The secrets tmpfs holds the secrets, plus room for a runc bundle (config.json).
+_SECRETS_HEADROOM = 4 << 20
+_MS_NOSUID = 0x2
+_MS_NODEV = 0x4
+_MS_NOEXEC = 0x8
 
 
 class MountSetupError(LazybuildError):
@@ -73,7 +86,7 @@ async def setup_mount(
             options.append(f"size={mount.size}")
         return MountSpec(mount.dest, "tmpfs", "tmpfs", tuple(options)), None
     if mount.kind == "secret":
-        return _secret_file(mount, position, area, resources), None
+        return _secret_file(mount, position, area, resources, stack), None
     if mount.required:
         raise MountSetupError(f"RUN --mount=type={mount.kind} is not supported")
     return None, None
@@ -110,7 +123,11 @@ async def _bind(
 
 
 def _secret_file(
-    mount: ExecMount, position: int, area: StagingArea, resources: WorkerResources
+    mount: ExecMount,
+    position: int,
+    area: StagingArea,
+    resources: WorkerResources,
+    stack: AsyncExitStack,
 ) -> MountSpec | None:
     secret_id = mount.secret_id or ""
     value = resources.secrets.get(secret_id)
@@ -118,15 +135,37 @@ def _secret_file(
         if mount.required:
             raise MountSetupError(f"secret {secret_id!r} is required but was not given")
         return None
-    secrets_dir = area.scratch / "secrets"
-    secrets_dir.mkdir(mode=0o700, exist_ok=True)
-    path = secrets_dir / f"{position}"
+    path = secret_storage(area, resources, stack) / f"{position}"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as file:
         file.write(value)
     os.chown(path, mount.uid or 0, mount.gid or 0)
     os.chmod(path, mount.mode if mount.mode is not None else 0o400)
     return MountSpec(mount.dest, str(path), "bind", ("rbind", "rprivate", "ro"))
+
+
+def secret_storage(area: StagingArea, resources: WorkerResources, stack: AsyncExitStack) -> Path:
+    """``area``'s memory-backed directory for secrets (a private tmpfs, mounted on first
+    use and unmounted by ``stack``): what is written there is never on disk."""
+    directory = area.scratch / "secrets"
+    if is_mounted(directory):
+        return directory
+    directory.mkdir(mode=0o700, exist_ok=True)
+    size = sum(len(value) for value in resources.secrets.values()) + _SECRETS_HEADROOM
+    syscalls.mount(
+        "lazybuild-secrets",
+        directory,
+        "tmpfs",
+        _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+        f"mode=0700,size={size}",
+    )
+    stack.callback(_unmount_secrets, directory)
+    return directory
+
+
+def _unmount_secrets(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # the staging area's removal unmounts what is left
+        syscalls.umount(directory, syscalls.MNT_DETACH)
 
 
 @asynccontextmanager

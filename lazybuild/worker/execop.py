@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import replace
+from pathlib import Path
 from typing import Literal
 
 import trio
@@ -34,6 +35,7 @@ from lazybuild.worker.execmounts import (
     MountSetupError,
     WritableMount,
     ordered_specs,
+    secret_storage,
     setup_mount,
 )
 from lazybuild.worker.layers import Snapshot
@@ -107,8 +109,16 @@ class ExecOp:
                         specs.append(spec)
                     if changes is not None:
                         writable.append(changes)
+                # A process's environment is written into the bundle's config.json: with
+                # secrets in it, the bundle goes where secrets go (memory, not disk).
+                env = [*op.env, *op.proxy_env, *self._secret_env()]
+                bundle = (
+                    secret_storage(area, resources, stack) / "bundle"
+                    if len(env) > len(op.env) + len(op.proxy_env)
+                    else area.scratch / "bundle"
+                )
                 learning = await self._prefetch_learned(job, root_snapshot)
-                await self._run(job, area, specs)
+                await self._run(job, area, specs, env, bundle)
                 await self._learn(root_snapshot, learning)
             if root_mount.output is not None:
                 outputs[root_mount.output] = root_snapshot.on_top([resources.store.commit(area)])
@@ -118,7 +128,14 @@ class ExecOp:
                 outputs[changes.mount.output] = changes.base.on_top([layer])
         return [outputs[index] for index in sorted(outputs)]
 
-    async def _run(self, job: Job, area: StagingArea, mounts: Sequence[MountSpec]) -> None:
+    async def _run(
+        self,
+        job: Job,
+        area: StagingArea,
+        mounts: Sequence[MountSpec],
+        env: list[str],
+        bundle: Path,
+    ) -> None:
         op = self._op
         rootfs = area.merged
         network: Network = (
@@ -127,7 +144,6 @@ class ExecOp:
         hostname = op.hostname or DEFAULT_HOSTNAME
         user = await trio.to_thread.run_sync(resolve_user, rootfs, op.user)
         etc_mounts = prepare_etc_files(area.scratch, hostname, network)
-        env = [*op.env, *op.proxy_env, *self._secret_env()]
         spec = generate_spec(
             rootfs=rootfs,
             process=ProcessSpec(op.args, env, op.cwd, user),
@@ -147,7 +163,7 @@ class ExecOp:
                     try:
                         result = await run_container(
                             container_id="lazybuild-" + secrets.token_hex(6),
-                            bundle_dir=area.scratch / "bundle",
+                            bundle_dir=bundle,
                             spec=spec,
                             stdin=stdin.fileno(),
                             stdout=stdout_write,
