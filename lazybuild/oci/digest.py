@@ -7,7 +7,8 @@ import re
 
 from lazybuild.errors import DigestMismatchError, FormatError
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$")
+# Matched with fullmatch: "$" would also accept a trailing newline.
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 
 
 def sha256_digest(data: bytes) -> str:
@@ -16,9 +17,9 @@ def sha256_digest(data: bytes) -> str:
 
 def validate_digest(digest: str, where: str = "") -> str:
     """Return ``digest`` if it is a well-formed sha256/sha512 digest, else raise FormatError."""
-    if not _DIGEST_RE.match(digest):
+    if not isinstance(digest, str) or _DIGEST_RE.fullmatch(digest) is None:
         suffix = f" in {where}" if where else ""
-        raise FormatError(f"malformed digest {digest!r}{suffix}")
+        raise FormatError(f"malformed digest {digest!r:.150}{suffix}")
     return digest
 
 

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 
 from lazybuild.errors import RegistryError
 
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+# ASCII digits only, at most 19 (an int64, as HTTP servers send): int() of a few
+# thousand digits is a ValueError, and "\d" alone would take any script's digits.
+_CONTENT_RANGE = re.compile(
+    r"[ \t]*bytes[ \t]+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)[ \t]*", re.IGNORECASE
+)
 _BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
 
 
@@ -45,13 +49,13 @@ class Part:
 def parse_content_range(value: str | None, where: str) -> ContentRange:
     if value is None:
         raise RegistryError(f"{where}: 206 answer without Content-Range")
-    match = _CONTENT_RANGE.match(value)
+    match = _CONTENT_RANGE.fullmatch(value)
     if match is None:
-        raise RegistryError(f"{where}: malformed Content-Range {value!r}")
+        raise RegistryError(f"{where}: malformed Content-Range {value!r:.100}")
     start, end = int(match.group(1)), int(match.group(2))
     total = None if match.group(3) == "*" else int(match.group(3))
     if end < start or (total is not None and end >= total):
-        raise RegistryError(f"{where}: impossible Content-Range {value!r}")
+        raise RegistryError(f"{where}: impossible Content-Range {value!r:.100}")
     return ContentRange(start, end, total)
 
 

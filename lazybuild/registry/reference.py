@@ -21,14 +21,19 @@ DEFAULT_TAG = "latest"
 # The legacy Docker Hub name that references normalise to DOCKER_HUB (as Docker does).
 LEGACY_DOCKER_HUB = "index.docker.io"
 
-_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+# All matched with fullmatch ("$" accepts a trailing newline) and ASCII-only, as Go's
+# regexp reads "\w" in distribution/reference.
+_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _HOST = re.compile(
-    r"^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+    r"(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
     r"(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*"
-    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$"
+    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
 )
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _MAX_NAME_LENGTH = 255
+# Name (255), ":" tag (128), "@" sha512 digest (135): anything longer is refused before
+# any pattern runs over it.
+_MAX_REFERENCE_LENGTH = 600
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,14 @@ class Reference:
         and no digest means ``latest``."""
         original = text
         if not text or text != text.strip():
-            raise InvalidReferenceError(f"invalid image reference {original!r}: empty or padded")
+            raise InvalidReferenceError(
+                f"invalid image reference {original!r:.200}: empty or padded"
+            )
+        if len(text) > _MAX_REFERENCE_LENGTH:
+            raise InvalidReferenceError(
+                f"invalid image reference {original[:100]!r}...: longer than "
+                f"{_MAX_REFERENCE_LENGTH} characters"
+            )
         digest: str | None = None
         name_part, at, digest_text = text.partition("@")
         if at:
@@ -60,7 +72,7 @@ class Reference:
         if colon > name_part.rfind("/"):
             tag = name_part[colon + 1 :]
             name_part = name_part[:colon]
-            if not _TAG.match(tag):
+            if not _TAG.fullmatch(tag):
                 raise InvalidReferenceError(
                     f"invalid image reference {original!r}: bad tag {tag!r}"
                 )
@@ -80,7 +92,7 @@ class Reference:
         return replace(self.with_digest(digest), tag=None)
 
     def with_tag(self, tag: str) -> Reference:
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise InvalidReferenceError(f"invalid tag {tag!r}")
         return replace(self, tag=tag)
 
@@ -113,7 +125,7 @@ def _split_registry(name: str, original: str) -> tuple[str, str]:
     first, slash, rest = name.partition("/")
     looks_like_host = "." in first or ":" in first or first == "localhost" or first != first.lower()
     if slash and looks_like_host:
-        if not _HOST.match(first):
+        if not _HOST.fullmatch(first):
             raise InvalidReferenceError(
                 f"invalid image reference {original!r}: bad registry {first!r}"
             )
@@ -131,7 +143,7 @@ def _split_registry(name: str, original: str) -> tuple[str, str]:
             f"invalid image reference {original!r}: repository name must be lowercase"
         )
     for component in repository.split("/"):
-        if not _PATH_COMPONENT.match(component):
+        if not _PATH_COMPONENT.fullmatch(component):
             raise InvalidReferenceError(
                 f"invalid image reference {original!r}: bad path component {component!r}"
             )
