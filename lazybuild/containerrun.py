@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
+from lazybuild.errors import LazybuildError, LazyReadError
 from lazybuild.executor.etcfiles import prepare_etc_files
 from lazybuild.executor.runc import run_container
 from lazybuild.executor.spec import Network, ProcessSpec, generate_spec
 from lazybuild.executor.users import resolve_user
 from lazybuild.imageconfig import run_settings
 from lazybuild.imagemount import mounted_image
-from lazybuild.lazyfs.client import FetchReport, LazyMountService
+from lazybuild.lazyfs.client import FetchReport, LazyMountService, describe_read_failures
 from lazybuild.progress import Progress
 from lazybuild.registryoptions import RegistryOptions
 from lazybuild.snapshot.overlay import is_mounted
@@ -83,7 +85,11 @@ async def run_image(
                 user=request.user,
                 entrypoint=request.entrypoint,
             )
-            user = await trio.to_thread.run_sync(resolve_user, rootfs, settings.user)
+            try:
+                user = await trio.to_thread.run_sync(resolve_user, rootfs, settings.user)
+            except OSError as exc:
+                what = f"the users of {image.reference}"
+                raise await _read_error(image.service, exc, what) from exc
             hostname = request.hostname or container_id[-12:]
             extra_mounts = prepare_etc_files(workspace, hostname, request.network)
             spec = generate_spec(
@@ -103,10 +109,28 @@ async def run_image(
                 stderr=stdio[2],
             )
             report = await image.fetch_report()
+            if report.failures:
+                # The workload saw only "input/output error"; say which file failed and why.
+                print(
+                    f"lazybuild: error: {describe_read_failures(report.failures)}", file=sys.stderr
+                )
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(_remove_workspace, workspace)
     return RunOutcome(result.exit_code, report)
+
+
+async def _read_error(service: LazyMountService, error: OSError, what: str) -> LazyReadError:
+    """An error reading ``what`` through the mount, naming the file and, when the lazy
+    filesystem failed it, the layer and what went wrong."""
+    where = f" ({error.filename})" if error.filename else ""
+    text = f"reading {what}{where}: {error.strerror or error}"
+    try:
+        failures = (await service.stats()).failures
+    except (OSError, LazybuildError) as exc:
+        return LazyReadError(f"{text} (the lazy filesystem cannot say why: {exc})")
+    detail = describe_read_failures(failures)
+    return LazyReadError(f"{text}; {detail}" if detail else text)
 
 
 def _remove_workspace(workspace: Path) -> None:

@@ -11,10 +11,18 @@ non-zero. Anything else reaching the CLI is a bug and keeps its traceback.
     │   └── NotFoundError    manifest, blob or repository does not exist
     ├── DigestMismatchError  fetched bytes do not hash to the digest that named them
     ├── FormatError          a layer, TOC, footer, manifest or layout that is malformed
-    └── UsageError           a command line or option that makes no sense
+    ├── UsageError           a command line or option that makes no sense
+    └── LazyReadError        a read through the lazy filesystem failed (which file, which
+                             layer, what went wrong)
+
+Concurrent work (trio nurseries) fails as exception groups; ``reported_error`` finds
+the one error to report in a group whose failures are all the project's errors.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 
 class LazybuildError(Exception):
@@ -50,3 +58,47 @@ class FormatError(LazybuildError):
 
 class UsageError(LazybuildError):
     """A command line or option that makes no sense."""
+
+
+class LazyReadError(LazybuildError):
+    """A read through the lazy filesystem failed; the message names the file, its layer
+    or mount, and what failed (a chunk that did not verify, a registry that did not
+    answer)."""
+
+
+def leaf_errors(error: BaseException) -> list[BaseException]:
+    """The exceptions inside ``error``, exception groups flattened, in order."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaf_errors(inner)]
+    return [error]
+
+
+def reported_error(
+    error: BaseException, also: tuple[type[Exception], ...] = ()
+) -> Exception | None:
+    """The one error to report for ``error``: itself when it is a ``LazybuildError`` (or
+    one of ``also``); for an exception group whose failures are all such errors (tasks
+    cancelled because a sibling failed aside), the first ``LazybuildError`` in it, else
+    the first of ``also``. None when a failure is anything else: a bug, to be reported
+    with its traceback."""
+    leaves = [leaf for leaf in leaf_errors(error) if isinstance(leaf, Exception)]
+    if not leaves or not all(isinstance(leaf, (LazybuildError, *also)) for leaf in leaves):
+        return None
+    ours = [leaf for leaf in leaves if isinstance(leaf, LazybuildError)]
+    return (ours or leaves)[0]
+
+
+@contextlib.contextmanager
+def one_error() -> Iterator[None]:
+    """Around a nursery: an exception group whose failures are all ``LazybuildError``s
+    leaves as the first of them, so callers (and their ``except LazybuildError``) see
+    one of the project's errors. Groups holding anything else (a bug, an interrupt)
+    pass unchanged."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = leaf_errors(group)
+        first = leaves[0]
+        if not all(isinstance(leaf, LazybuildError) for leaf in leaves):
+            raise
+        raise first from group

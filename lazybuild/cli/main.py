@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
@@ -21,7 +22,7 @@ from lazybuild.cli import (
     run_commands,
 )
 from lazybuild.cli.options import add_global_options
-from lazybuild.errors import LazybuildError
+from lazybuild.errors import LazybuildError, reported_error
 
 if TYPE_CHECKING:
     from lazybuild.lazyfs.client import LazyMountService
@@ -123,15 +124,11 @@ def _clean_up_after_killed_runs(args: argparse.Namespace) -> None:
 
 
 def _user_error(exc: BaseException) -> LazybuildError | OSError | None:
-    """The user-facing error inside ``exc`` (trio wraps task errors in exception groups)."""
-    if isinstance(exc, LazybuildError | OSError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _user_error(inner)
-            if found is not None:
-                return found
-    return None
+    """The user-facing error of ``exc``: trio wraps task errors in exception groups, and
+    a group whose failures are all user errors is reported as its most telling one (see
+    ``errors.reported_error``); a group holding anything else is a bug."""
+    found = reported_error(exc, also=(OSError,))
+    return found if isinstance(found, LazybuildError | OSError) else None
 
 
 def _is_interrupt(exc: BaseException) -> bool:
@@ -142,9 +139,20 @@ def _is_interrupt(exc: BaseException) -> bool:
     return False
 
 
-def _os_error_text(error: OSError) -> str:
-    where = f": {error.filename}" if error.filename else ""
-    return f"{error.strerror or error}{where}"
+def _os_error_text(error: OSError, filesystem: LazyMountService | None = None) -> str:
+    """The error with the file it concerns; when the system named none, what the lazy
+    filesystem knows of its failed reads (which file of which layer, and why), else the
+    error's name at least."""
+    text = str(error.strerror or error)
+    if error.filename:
+        return f"{text}: {error.filename}"
+    failures = filesystem.read_failures if filesystem is not None else ()
+    if failures:
+        from lazybuild.lazyfs.client import describe_read_failures
+
+        return f"{text} ({describe_read_failures(failures)})"
+    name = errno.errorcode.get(error.errno or 0)
+    return f"{text} ({name}, no file named)" if name else text
 
 
 class _TerminationFlag:
@@ -169,6 +177,7 @@ _termination = _TerminationFlag()
 def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _termination.note)
+    args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
         # Library warnings (e.g. a layer that fails verification) are one line each.
@@ -188,8 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = _user_error(exc)
         if error is None:
             raise
-        message = str(error) if isinstance(error, LazybuildError) else _os_error_text(error)
-        print(f"lazybuild: error: {message}", file=sys.stderr)
+        if isinstance(error, LazybuildError):
+            message = str(error)
+        else:
+            message = _os_error_text(error, getattr(args, "filesystem", None))
+        print(f"lazybuild: error: {' '.join(message.split())}", file=sys.stderr)
         return error.exit_code if isinstance(error, LazybuildError) else EXIT_USER_ERROR
 
 

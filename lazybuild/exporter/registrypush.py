@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from lazybuild.errors import one_error
 from lazybuild.exporter.content import BlobFiles, PreparedLayer
 from lazybuild.exporter.image import AssembledImage
 from lazybuild.oci.platform import Platform
@@ -123,13 +124,15 @@ async def _push_one(
             )
         getattr(report, outcome).append(layer.descriptor.digest)
 
-    async with trio.open_nursery() as nursery:
-        # The config goes up with the layers: each is a few round trips of its own.
-        nursery.start_soon(registry.push_blob, ref, image.config_descriptor, image.config_bytes)
-        for layer in unique.values():
-            nursery.start_soon(push_layer, layer)
-        for descriptor, data in artifact.blobs if artifact is not None else ():
-            nursery.start_soon(registry.push_blob, ref, descriptor, data)
+    # One failed upload is the error (not an exception group of it): one line for the CLI.
+    with one_error():
+        async with trio.open_nursery() as nursery:
+            # The config goes up with the layers: each is a few round trips of its own.
+            nursery.start_soon(registry.push_blob, ref, image.config_descriptor, image.config_bytes)
+            for layer in unique.values():
+                nursery.start_soon(push_layer, layer)
+            for descriptor, data in artifact.blobs if artifact is not None else ():
+                nursery.start_soon(registry.push_blob, ref, descriptor, data)
     media_type = image.manifest_descriptor.media_type
     if artifact is None or record is None:
         # A name given by digest (repo@sha256:...) is pushed by that digest, which
@@ -137,14 +140,15 @@ async def _push_one(
         report.manifest_digest = await registry.push_manifest(ref, image.manifest_bytes, media_type)
         return report
     image_ref = ref.by_digest(image.manifest_descriptor.digest)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(registry.push_manifest, image_ref, image.manifest_bytes, media_type)
-        nursery.start_soon(
-            registry.push_manifest,
-            ref.by_digest(artifact.manifest.digest),
-            artifact.manifest_bytes,
-            artifact.manifest.media_type,
-        )
+    with one_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(registry.push_manifest, image_ref, image.manifest_bytes, media_type)
+            nursery.start_soon(
+                registry.push_manifest,
+                ref.by_digest(artifact.manifest.digest),
+                artifact.manifest_bytes,
+                artifact.manifest.media_type,
+            )
     index, index_bytes = index_with_record(image.manifest_descriptor, record.platform, artifact)
     await registry.push_manifest(ref, index_bytes, index.media_type)
     report.manifest_digest = image.manifest_descriptor.digest

@@ -96,8 +96,44 @@ class LayerFetch:
 
 
 @dataclass(frozen=True)
+class ReadFailure:
+    """A read the lazy filesystem answered with EIO: which file of which layer, and why."""
+
+    layer: str  # digest
+    path: str  # in the layer, from its root
+    error: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> ReadFailure | None:
+        if not isinstance(data, dict):
+            return None
+        layer, path, error = data.get("layer"), data.get("path"), data.get("error")
+        if not (isinstance(layer, str) and isinstance(path, str) and isinstance(error, str)):
+            return None
+        digest = layer if ":" in layer else f"sha256:{layer}"
+        return cls(layer=digest, path=path, error=error)
+
+    def describe(self) -> str:
+        """One line: the file, its layer, what failed."""
+        return f"reading {self.path} of layer {self.layer} failed: {self.error}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"layer": self.layer, "path": self.path, "error": self.error}
+
+
+def describe_read_failures(failures: Sequence[ReadFailure]) -> str:
+    """One line for the owner's error message: the first failure, and how many more."""
+    if not failures:
+        return ""
+    more = f" (and {len(failures) - 1} more file(s))" if len(failures) > 1 else ""
+    return f"the lazy filesystem: {failures[0].describe()}{more}"
+
+
+@dataclass(frozen=True)
 class FetchReport:
     layers: tuple[LayerFetch, ...]
+    # Reads answered with EIO (the workload saw "input/output error"), first per file.
+    failures: tuple[ReadFailure, ...] = ()
 
     @property
     def bytes_fetched(self) -> int:
@@ -108,11 +144,14 @@ class FetchReport:
         return sum(layer.size for layer in self.layers)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        report: dict[str, Any] = {
             "layers": [layer.to_json() for layer in self.layers],
             "bytes_fetched": self.bytes_fetched,
             "size": self.size,
         }
+        if self.failures:
+            report["failures"] = [failure.to_json() for failure in self.failures]
+        return report
 
 
 class LazyMountService:
@@ -143,6 +182,10 @@ class LazyMountService:
         self.control_path = state_dir / "mounts" / f"{self.id}.sock"
         self._process: trio.Process | ForkedProcess | None = None
         self._ready_fd: int | None = None  # the process writes "ready" to it once it serves
+        # The reads the mount failed, as last asked for (kept when the process stops, so
+        # an error reported after the command's end can still say which file failed).
+        self.read_failures: tuple[ReadFailure, ...] = ()
+        self._serving = False
 
     @property
     def pid(self) -> int | None:
@@ -262,6 +305,7 @@ class LazyMountService:
         async with ready:
             with trio.move_on_after(START_TIMEOUT):
                 if await ready.receive_some() == b"ready\n":
+                    self._serving = True
                     # Serving, so the kernel's INIT gets answered: the stat in
                     # widen_readahead waits for it, and the setting is not overwritten.
                     await trio.to_thread.run_sync(widen_readahead, self.mountpoint)
@@ -306,6 +350,8 @@ class LazyMountService:
             asked = False
             with contextlib.suppress(OSError, LazybuildError):
                 with trio.move_on_after(STOP_TIMEOUT):
+                    if self._serving:
+                        await self.stats()  # keeps read_failures for the last word
                     await self._request(control.Shutdown())
                     asked = True
             if not asked:
@@ -404,7 +450,14 @@ class LazyMountService:
     async def stats(self) -> FetchReport:
         reply = await self._request(control.Stats())
         layers = reply.get("layers", [])
-        return FetchReport(tuple(LayerFetch.from_json(entry) for entry in layers))
+        entries = reply.get("failures", [])
+        failures = tuple(
+            failure
+            for entry in (entries if isinstance(entries, list) else [])
+            if (failure := ReadFailure.from_json(entry)) is not None
+        )
+        self.read_failures = failures
+        return FetchReport(tuple(LayerFetch.from_json(entry) for entry in layers), failures)
 
     def register_overlay(self, path: Path) -> None:
         """Record an overlay stacked on this mount, so a crash cleanup unmounts it first."""

@@ -44,6 +44,9 @@ _FILE_TYPES = {
 }
 _NANOS = 1_000_000_000
 
+# Read failures kept for the owner's report (the first ones: they say what went wrong).
+MAX_READ_FAILURES = 64
+
 AccessLog = Callable[[str, str, int, int, int], None]
 """Called on every open and read with (layer name, path inside the layer, offset, size,
 file size); an open reads nothing (offset and size 0)."""
@@ -99,6 +102,8 @@ class LazyFilesystem(pyfuse3.Operations):
         self._next_handle = 1
         self._root_mtime_ns = time.time_ns()
         self._session_running = False
+        # Reads answered with EIO: (layer name, path) -> what failed, first ones kept.
+        self._read_failures: dict[tuple[str, str], str] = {}
 
     # -- layers ----------------------------------------------------------------
 
@@ -131,6 +136,19 @@ class LazyFilesystem(pyfuse3.Operations):
         # In a thread: the kernel waits for pages locked by reads in flight, and those
         # are answered by this loop.
         await trio.to_thread.run_sync(_invalidate_pages, inodes)
+
+    def read_failures(self) -> list[dict[str, str]]:
+        """The reads answered with EIO so far, one per file (its first failure): layer
+        name, path in the layer, and what failed. The workload sees only "input/output
+        error"; its owner reports these (``stats``)."""
+        return [
+            {"layer": layer, "path": path, "error": error}
+            for (layer, path), error in self._read_failures.items()
+        ]
+
+    def _note_read_failure(self, layer: str, path: str, error: str) -> None:
+        if len(self._read_failures) < MAX_READ_FAILURES:
+            self._read_failures.setdefault((layer, path), " ".join(error.split()))
 
     @property
     def layer_names(self) -> list[str]:
@@ -268,9 +286,13 @@ class LazyFilesystem(pyfuse3.Operations):
                 return await opened.content.read(node, off, size)
         except (LazybuildError, OSError) as exc:
             log.error("layer %s: /%s: read failed: %s", opened.tree.name, node.name, exc)
-        except Exception:
+            self._note_read_failure(opened.tree.name, "/" + node.name, str(exc))
+        except Exception as exc:
             # A bug must not take the whole mount (and every container on it) down.
             log.exception("layer %s: /%s: read failed", opened.tree.name, node.name)
+            self._note_read_failure(
+                opened.tree.name, "/" + node.name, f"internal error: {type(exc).__name__}: {exc}"
+            )
         raise pyfuse3.FUSEError(errno.EIO)
 
     async def release(self, fh: int) -> None:

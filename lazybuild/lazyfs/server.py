@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +18,7 @@ import pyfuse3
 import trio
 
 from lazybuild.cache.chunkcache import ChunkCache
-from lazybuild.errors import LazybuildError
+from lazybuild.errors import LazybuildError, one_error, reported_error
 from lazybuild.estargz.index import LayerIndex
 from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs import control
@@ -99,13 +99,15 @@ class LayerSource:
 
     async def fetch_all(self, digests: Sequence[str]) -> None:
         """Fetch the named lazy layers whole (unpacked layers are local already)."""
-        async with trio.open_nursery() as nursery:
-            for digest in digests:
-                mounted = self._mounted.get(digest)
-                if mounted is None:
-                    raise LazybuildError(f"fetch_all: layer {digest} was not added")
-                if mounted.layer is not None:
-                    nursery.start_soon(mounted.layer.fetch_everything)
+        # A layer that cannot be had fails the request with its own error, not a group.
+        with one_error():
+            async with trio.open_nursery() as nursery:
+                for digest in digests:
+                    mounted = self._mounted.get(digest)
+                    if mounted is None:
+                        raise LazybuildError(f"fetch_all: layer {digest} was not added")
+                    if mounted.layer is not None:
+                        nursery.start_soon(mounted.layer.fetch_everything)
 
     async def prefetch_files(
         self, files: dict[str, list[str]], ranges: control.LayerRanges
@@ -258,11 +260,18 @@ class ControlServer:
     """Answers control requests; a ``shutdown`` request cancels ``stop``."""
 
     def __init__(
-        self, layers: Layers, stop: trio.CancelScope, reads: ReadRecorder | None = None
+        self,
+        layers: Layers,
+        stop: trio.CancelScope,
+        reads: ReadRecorder | None = None,
+        read_failures: Callable[[], list[dict[str, str]]] | None = None,
     ) -> None:
+        """``read_failures``: the reads the mount answered with EIO (``stats`` reports
+        them, so the owner can say which file of which layer failed, and why)."""
         self._layers = layers
         self._stop = stop
         self._reads = reads or ReadRecorder()
+        self._read_failures = read_failures or list
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection. Never raises: an error here would end the whole service."""
@@ -292,7 +301,7 @@ class ControlServer:
                 added = await self._layers.add(request.ref, request.descriptor)
                 return control.ok(path=added.path, mode=added.mode, digest=added.digest)
             if isinstance(request, control.Stats):
-                return control.ok(layers=self._layers.stats())
+                return control.ok(layers=self._layers.stats(), failures=self._read_failures())
             if isinstance(request, control.FetchAll):
                 await self._layers.fetch_all(request.digests)
                 return control.ok()
@@ -319,6 +328,12 @@ class ControlServer:
             log.error("control request failed: %s", exc)
             return control.failure(str(exc))
         except Exception as exc:
+            # Tasks of a nursery (fetch_all's, one per layer) fail as an exception group:
+            # one whose failures are all the project's errors is its most telling one.
+            error = reported_error(exc)
+            if error is not None:
+                log.error("control request failed: %s", error)
+                return control.failure(str(error))
             log.exception("control request failed")
             return control.failure(f"internal error: {type(exc).__name__}: {exc}")
 
@@ -455,7 +470,8 @@ async def serve(options: ServiceOptions, client: RegistryClient, ahead: ImageAhe
             if ahead is not None:
                 nursery.start_soon(open_image_ahead, ahead, layers, client)
             nursery.start_soon(run_fuse, stop)
-            await nursery.start(serve_control, options.control, ControlServer(layers, stop, reads))
+            control_server = ControlServer(layers, stop, reads, filesystem.read_failures)
+            await nursery.start(serve_control, options.control, control_server)
             await nursery.start(stop_on_signals, stop)
             if options.owner_pid is not None:
                 nursery.start_soon(stop_without_owner, options.owner_pid, stop)
