@@ -290,7 +290,10 @@ class _Extractor:
         if not target:
             raise FormatError(f"hardlink to the extraction root ({entry.linkname!r})")
         target_parents, target_base = _split(target)
-        target_dir = self._root.open_directory(target_parents)
+        try:
+            target_dir = self._root.open_directory(target_parents)
+        except (FileNotFoundError, NotADirectoryError):
+            raise FormatError(f"hardlink to missing {entry.linkname!r}") from None
         try:
             try:
                 target_mode = os.stat(target_base, dir_fd=target_dir, follow_symlinks=False).st_mode

@@ -249,11 +249,10 @@ class TarReader:
                 if count > MAX_SPARSE_SEGMENTS:
                     raise TarFormatError(f"a sparse map of {count} segments")
                 wanted = 1 + 2 * count
-            if len(text) > 64:
-                raise TarFormatError("a malformed sparse map")
-        if len(fields) > wanted:
-            raise TarFormatError("a malformed sparse map")
-        return _pairs([f.decode("ascii", "replace") for f in fields[1:]]), consumed
+            if (wanted is None or len(fields) < wanted) and len(text) > 64:
+                raise TarFormatError("a malformed sparse map")  # a number that never ends
+        # What follows the last number in its block is padding.
+        return _pairs([f.decode("ascii", "replace") for f in fields[1:wanted]]), consumed
 
     # -- bytes ----------------------------------------------------------------------
 
