@@ -42,10 +42,15 @@ def xattrs_of(info: tarfile.TarInfo) -> dict[str, bytes]:
 
 
 def format_modtime(mtime: float) -> str:
-    """Go's ``formatModtime``: UTC RFC 3339 rounded to the second; "" for the epoch itself."""
-    if math.floor(mtime) == 0:
+    """UTC RFC 3339 to the second; "" for the epoch itself, as Go's ``formatModtime``.
+
+    The reference writer rounds to the nearest second; this one truncates, as ``stat``
+    shows the time of the file Docker or containerd unpack from the same tar: a lazy
+    mount of a layer written here then agrees with them to the second.
+    """
+    seconds = math.floor(mtime)
+    if seconds == 0:
         return ""
-    seconds = math.floor(mtime + 0.5)  # time.Round rounds halves up
     try:
         return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (OverflowError, OSError, ValueError):

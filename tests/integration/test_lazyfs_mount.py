@@ -101,8 +101,8 @@ def overlay(target: Path, mounts: list[LayerMount]) -> Iterator[Path]:
 
 
 def toc_seconds(mtime: float) -> int:
-    """An mtime as eStargz keeps it: whole seconds, halves rounded up (Go's time.Round)."""
-    return math.floor(mtime + 0.5)
+    """An mtime as lazybuild's eStargz writer keeps it: whole seconds, truncated."""
+    return math.floor(mtime)
 
 
 def describe_tree(root: Path) -> dict[str, tuple[object, ...]]:

@@ -15,8 +15,7 @@ import trio
 
 from lazybuild.errors import DigestMismatchError, FormatError
 from lazybuild.estargz import WriterOptions, write_estargz
-from lazybuild.lazyfs.unpack import extract_layer_stream
-from lazybuild.lazyfs.unpack import UnpackedLayer, unpack_layer
+from lazybuild.lazyfs.unpack import UnpackedLayer, extract_layer_stream, unpack_layer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.platform import Platform

@@ -100,7 +100,7 @@ SLIM_EXCLUDE_GLOBS = (
     ".lazybuild-rootfs",  # the test cache's completion note
 )
 SLIM_SPLIT_AT = ("usr/share", "usr/lib")
-SLIM_FORMAT_VERSION = 1
+SLIM_FORMAT_VERSION = 2
 
 
 def cached_slim_debian_layout(rootfs: Path) -> Path:

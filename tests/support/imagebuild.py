@@ -120,6 +120,9 @@ def _tar_entries(tar: tarfile.TarFile, root: Path, paths: Iterable[str]) -> None
         if info is None:  # sockets cannot be archived; docker skips them too
             continue
         info.uname = info.gname = ""  # numeric owners only, like docker layers
+        # Whole seconds: debootstrap leaves sub-second mtimes that tools would otherwise
+        # show rounded or truncated, and no test should depend on which.
+        info.mtime = int(info.mtime)
         xattrs = _xattrs(path)
         if xattrs:
             info.pax_headers = {**info.pax_headers, **xattrs}
@@ -414,7 +417,7 @@ def cached_runtime_image(rootfs: Path) -> Path:
 
 
 # Bump when the layer or config format above changes, so cached layouts are rebuilt.
-IMAGE_FORMAT_VERSION = 2
+IMAGE_FORMAT_VERSION = 3
 
 
 def cached_rootfs_image(rootfs: Path, split_at: Sequence[str] = ("usr/share", "usr/lib")) -> Path:

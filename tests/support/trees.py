@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import stat
 import tarfile
@@ -101,7 +102,7 @@ def tar_tree(stream: BinaryIO) -> Tree:
                 if member.ischr() or member.isblk()
                 else (0, 0),
                 xattrs=xattrs,
-                mtime=round(member.mtime),
+                mtime=math.floor(member.mtime),  # seconds, truncated, as stat shows
             )
     return _with_hardlinks(entries, links)
 

@@ -93,7 +93,7 @@ def test_metadata_survives(written) -> None:  # type: ignore[no-untyped-def]
     second = index.lookup("home/user/second")
     assert second is not None and second.user_name == "user"  # filled forward
     assert index.lookup("epoch-file").mtime is None  # type: ignore[union-attr]
-    assert index.lookup("half-second").mtime == 1_700_000_001  # type: ignore[union-attr]
+    assert index.lookup("half-second").mtime == 1_700_000_000  # type: ignore[union-attr]
     assert index.lookup("etc/small.conf").mtime == 1_700_000_000  # type: ignore[union-attr]
     home = index.lookup("home")
     assert home is not None and home.implicit and home.mode == 0o755
