@@ -19,6 +19,8 @@ from typing import BinaryIO
 from lazybuild.errors import FormatError, UsageError
 from lazybuild.estargz.index import clean_name
 from lazybuild.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
+from lazybuild.untar.tarheader import TarFormatError
+from lazybuild.untar.tarreader import TarReader
 
 _RESERVED_NAMES = frozenset({TOC_TAR_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
 _SPOOL_BLOCK = 1 << 20
@@ -90,6 +92,7 @@ def read_entries(source: BinaryIO) -> list[InputEntry]:
     """The input's entries in tar order; later duplicates replace earlier ones in place of
     the later one; existing landmarks and TOC entries are dropped."""
     entries: dict[str, InputEntry] = {}
+    _check_bounded(source)
     try:
         with tarfile.open(
             fileobj=source, mode="r:", encoding="utf-8", errors="surrogateescape"
@@ -108,6 +111,23 @@ def read_entries(source: BinaryIO) -> list[InputEntry]:
     except tarfile.TarError as error:
         raise FormatError(f"input tar: {error}") from None
     return list(entries.values())
+
+
+def _check_bounded(source: BinaryIO) -> None:
+    """Walk the input with lazybuild's bounded tar reader before ``tarfile`` indexes it.
+
+    ``tarfile`` reads extension headers of any declared size into memory and loops on
+    some malformed headers; layers come from registries. What the bounded reader accepts
+    (headers, extension sizes, sizes and offsets that are never negative) ``tarfile``
+    indexes in bounded time and memory.
+    """
+    start = source.tell()
+    try:
+        for _ in TarReader(source):
+            pass
+    except TarFormatError as error:
+        raise FormatError(f"input tar: {error}") from None
+    source.seek(start)
 
 
 def prioritize(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-import tarfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,9 @@ from lazybuild.estargz.toc import (
 )
 from lazybuild.profile.record import ReadRanges, RecordEntry
 from lazybuild.progress import human_size
+from lazybuild.untar import tarreader
+from lazybuild.untar.tarheader import TarFormatError
+from lazybuild.untar.tarreader import TarReader
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -97,13 +99,12 @@ class TarLayerContents:
         entries: dict[str, bool] = {}
         sizes: dict[str, int] = {}
         try:
-            with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as archive:
-                for member in archive:
-                    key = clean_name(member.name)
-                    entries.pop(key, None)  # a later duplicate replaces the earlier entry
-                    entries[key] = member.isdir()
-                    sizes[key] = member.size if member.isreg() else 0
-        except tarfile.TarError as exc:
+            for member in TarReader(stream):
+                key = clean_name(member.name)
+                entries.pop(key, None)  # a later duplicate replaces the earlier entry
+                entries[key] = member.kind == tarreader.DIRECTORY
+                sizes[key] = member.size if member.kind == tarreader.FILE else 0
+        except TarFormatError as exc:
             raise FormatError(f"{where}: {exc}") from None
         return cls(entries, sizes)
 

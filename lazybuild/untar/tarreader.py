@@ -153,7 +153,7 @@ class TarReader:
         kind = _KINDS.get(header.typeflag)
         if kind is None:
             raise TarFormatError(
-                f"{_shown(name)} has tar entry type {header.typeflag!r}, which is not supported"
+                f"{_shown(name)} has unsupported tar entry type {header.typeflag!r}"
             )
         if header.typeflag == th.REGULAR_V7 and name.endswith("/"):
             kind = DIRECTORY  # V7 had no directory type
