@@ -100,14 +100,18 @@ async def run_image(
                 extra_mounts=extra_mounts,
             )
             progress.line(f"running {list(settings.args)} as {user.name or user.uid}")
-            result = await run_container(
-                container_id=container_id,
-                bundle_dir=bundle,
-                spec=spec,
-                stdin=stdio[0],
-                stdout=stdio[1],
-                stderr=stdio[2],
-            )
+            try:
+                result = await run_container(
+                    container_id=container_id,
+                    bundle_dir=bundle,
+                    spec=spec,
+                    stdin=stdio[0],
+                    stdout=stdio[1],
+                    stderr=stdio[2],
+                )
+            except LazybuildError as exc:
+                # "exec /usr/bin/python3: input/output error": say which file failed, why.
+                raise await _with_read_failures(image.service, exc) from exc
             report = await image.fetch_report()
             if report.failures:
                 # The workload saw only "input/output error"; say which file failed and why.
@@ -131,6 +135,20 @@ async def _read_error(service: LazyMountService, error: OSError, what: str) -> L
         return LazyReadError(f"{text} (the lazy filesystem cannot say why: {exc})")
     detail = describe_read_failures(failures)
     return LazyReadError(f"{text}; {detail}" if detail else text)
+
+
+async def _with_read_failures(service: LazyMountService, error: LazybuildError) -> LazybuildError:
+    """``error``, or when the lazy filesystem failed reads, a ``LazyReadError`` that
+    names them too (with ``error``'s exit status)."""
+    try:
+        failures = (await service.stats()).failures
+    except (OSError, LazybuildError):
+        return error
+    if not failures:
+        return error
+    combined = LazyReadError(f"{error}; {describe_read_failures(failures)}")
+    combined.exit_code = error.exit_code
+    return combined
 
 
 def _remove_workspace(workspace: Path) -> None:

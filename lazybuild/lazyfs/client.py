@@ -115,7 +115,11 @@ class ReadFailure:
 
     def describe(self) -> str:
         """One line: the file, its layer, what failed."""
-        return f"reading {self.path} of layer {self.layer} failed: {self.error}"
+        error = self.error
+        # The layer's own messages start with what this line says already.
+        for known in (f"layer {self.layer}: ", f"file {self.path.lstrip('/')!r}: "):
+            error = error.removeprefix(known)
+        return f"reading {self.path} of layer {self.layer} failed: {error}"
 
     def to_json(self) -> dict[str, str]:
         return {"layer": self.layer, "path": self.path, "error": self.error}
