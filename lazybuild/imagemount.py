@@ -189,4 +189,8 @@ def render_fetch_report(report: FetchReport) -> str:
     lines.append(
         f"  total: {human_size(report.bytes_fetched)} of {human_size(total)} ({share:.1f}%)"
     )
+    # Reads the mount answered with EIO: the reader saw only "input/output error".
+    lines.extend(f"  failed: {failure.describe()}" for failure in report.failures[:5])
+    if len(report.failures) > 5:
+        lines.append(f"  failed: {len(report.failures) - 5} more file(s)")
     return "\n".join(lines)

@@ -97,3 +97,20 @@ def test_stats_carry_the_read_failures() -> None:
     server = ControlServer(FakeLayers(), trio.CancelScope(), read_failures=lambda: failures)
     reply = _converse(server, control.Stats())
     assert reply["ok"] is True and reply["failures"] == failures
+
+
+def test_the_fetch_report_lists_failed_reads() -> None:
+    from lazybuild.imagemount import render_fetch_report
+    from lazybuild.lazyfs.client import FetchReport, LayerFetch
+
+    digest = f"sha256:{LAYER}"
+    layer = LayerFetch(digest, "lazy", 1000, 10, 1, 0, 0.1)
+    failures = tuple(
+        ReadFailure(digest, f"/f{n}", f"layer {digest}: file 'f{n}': does not verify")
+        for n in range(7)
+    )
+    text = render_fetch_report(FetchReport((layer,), failures))
+    failed = [line for line in text.splitlines() if line.startswith("  failed:")]
+    assert failed[0] == f"  failed: reading /f0 of layer {digest} failed: does not verify"
+    assert failed[-1] == "  failed: 2 more file(s)" and len(failed) == 6
+    assert FetchReport((layer,), failures).to_json()["failures"][0]["path"] == "/f0"
