@@ -7,7 +7,8 @@ happened; staging directories a killed build left are removed before a new one s
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import trio
 from lazybuild.build.filesystem import build_filesystem
 from lazybuild.build.graphing import BuildGraph, build_graph
 from lazybuild.build.request import BuildRequest
+from lazybuild.cache.space import StateDirFullError, is_no_space, names_a_file
 from lazybuild.context import BuildContext
 from lazybuild.errors import LazybuildError, UsageError
 from lazybuild.frontend.dockerfile.tograph import ImageConfigState
@@ -157,19 +159,22 @@ async def run_build(
             learned=LearnedReads(store.root / "learned"),
         )
         worker = Worker(resources)
-        cache = SQLiteCacheStore(store.root / "cache.db")
+        with _no_space_reported(state_dir, "opening the build cache"):
+            cache = SQLiteCacheStore(store.root / "cache.db")
         try:
             solver = Solver(worker.resolve_op, cache, load_result=worker.load_result)
             try:
-                result = await solver.solve(
-                    graph.graph.definition, no_cache=request.no_cache, progress=progress
-                )
+                with _no_space_reported(state_dir, "building"):
+                    result = await solver.solve(
+                        graph.graph.definition, no_cache=request.no_cache, progress=progress
+                    )
             except VertexFailedError as failure:
-                raise _build_failure(failure, graph) from None
+                raise _build_failure(failure, graph, state_dir) from None
         finally:
             cache.close()
         snapshot = result if isinstance(result, Snapshot) else Snapshot()
-        await finish(BuildResult(snapshot, graph.graph.config, graph, mounter, store))
+        with _no_space_reported(state_dir, "exporting the image", "the output's destination"):
+            await finish(BuildResult(snapshot, graph.graph.config, graph, mounter, store))
         report = await mounter.fetch_report()
         warm_ups.cancel_scope.cancel()
     return BuildOutcome(graph.graph.config, snapshot, report)
@@ -186,15 +191,54 @@ async def _report_fetches(mounter: LayerMounter, on_fetch: Callable[[str, int, i
             on_fetch(image, fetched, size)
 
 
-def _build_failure(failure: VertexFailedError, graph: BuildGraph) -> BuildFailedError:
+@contextlib.contextmanager
+def _no_space_reported(state_dir: Path, doing: str, or_at: str | None = None) -> Iterator[None]:
+    """A write that failed for lack of space in the state dir, as one line that names
+    it (the failure of a step is named by ``_build_failure``). A full disk elsewhere
+    (an export's destination, ``or_at``) is left as it is when the error says so;
+    when it names no file, both places are named."""
+    try:
+        yield
+    except VertexFailedError:
+        raise
+    except Exception as exc:
+        if is_no_space(exc, within=state_dir):
+            raise StateDirFullError(state_dir, doing) from None
+        if or_at is not None and is_no_space(exc) and not names_a_file(exc):
+            raise StateDirFullError(state_dir, doing, or_at) from None
+        raise
+
+
+def _build_failure(
+    failure: VertexFailedError, graph: BuildGraph, state_dir: Path
+) -> BuildFailedError:
     metadata = graph.graph.definition.metadata.get(failure.digest)
     where = ""
     if metadata is not None and metadata.source_locations:
         location = metadata.source_locations[0]
         where = f"{location.filename}:{location.start_line}: "
-    cause = failure.cause
+    cause = _innermost(failure.cause)
     tail = cause.tail if isinstance(cause, ExecError) else ()
     name = failure.description or failure.digest
+    if is_no_space(failure.cause, within=state_dir):
+        return BuildFailedError(
+            f"no space left in the state directory {state_dir} while running {where}{name}",
+            tail,
+        )
     if failure.action == "exec":
         return BuildFailedError(f"{where}{name}: {cause}", tail)
     return BuildFailedError(f"{where}{name}: {failure.action} failed: {cause}", tail)
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """What to name for a step's failure: inside an exception group (concurrent parts of
+    a step that failed together, e.g. when the filesystem process dies under them), the
+    first error of our own kind, else the first OSError, else the first one."""
+    if not isinstance(error, BaseExceptionGroup):
+        return error
+    leaves = [_innermost(inner) for inner in error.exceptions]
+    for kind in (LazybuildError, OSError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0] if leaves else error

@@ -16,6 +16,14 @@ Recency for LRU eviction is the entry's mtime, refreshed on a hit at most once p
 ``TOUCH_INTERVAL`` so hot reads do not turn into metadata writes; atime is not used
 because most file systems are mounted relatime or noatime.
 
+A full disk (ENOSPC, EDQUOT) does not fail a read: the cache is only a cache. A chunk
+that cannot be written is kept in memory instead, in a bounded LRU
+(``MEMORY_FALLBACK_BYTES``), from which ``get`` serves it like any entry; past that
+bound the oldest such chunks are dropped and fetched again when next read. After a
+failed write the disk is not tried again for ``FULL_RETRY_SECONDS``, so a full disk
+costs no syscalls per chunk; one warning says so. Nothing half-written stays: the
+temp file of a failed write is removed, and entries still appear only by rename.
+
 Several processes may share one cache. Each keeps its own running estimate of the
 cache's size; eviction rescans the directory, so estimates only decide *when* to
 evict, never *what*.
@@ -25,12 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import secrets
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +50,13 @@ from zlib_ng import zlib_ng
 
 from lazybuild.processes import ProcessId, owner_alive
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_BYTES = 10 << 30
+# Chunks a full disk could not take, kept in memory instead (see the module docstring).
+MEMORY_FALLBACK_BYTES = 64 << 20
+FULL_RETRY_SECONDS = 10.0
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 TOUCH_INTERVAL = 60.0
 # Eviction goes below the limit by this fraction so that it runs once per many puts.
 EVICTION_HEADROOM = 0.1
@@ -83,6 +99,10 @@ class ChunkCache:
         # Verified chunks not written yet (``hold``), by digest; dict operations are
         # atomic, so the event loop and writer threads share it without a lock.
         self._held: dict[str, bytes] = {}
+        # Chunks the disk had no room for, oldest first (guarded by _lock).
+        self._unwritten: OrderedDict[str, bytes] = OrderedDict()
+        self._unwritten_bytes = 0
+        self._full_until = 0.0  # monotonic time before which the disk is not tried
         self._chunks.mkdir(parents=True, exist_ok=True)
         self._staging.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
@@ -99,6 +119,12 @@ class ChunkCache:
         held = self._held.get(digest)
         if held is not None:
             return held
+        if self._unwritten:
+            with self._lock:
+                kept = self._unwritten.get(digest)
+                if kept is not None:
+                    self._unwritten.move_to_end(digest)
+                    return kept
         path = self._path(digest)
         try:
             with path.open("rb") as entry:
@@ -113,7 +139,7 @@ class ChunkCache:
             return None
 
     def contains(self, digest: str) -> bool:
-        return digest in self._held or self._path(digest).exists()
+        return digest in self._held or digest in self._unwritten or self._path(digest).exists()
 
     def hold(self, chunks: Mapping[str, bytes]) -> None:
         """Make verified ``chunks`` readable at once, from memory, and owe their write
@@ -122,13 +148,24 @@ class ChunkCache:
         self._held.update(chunks)
 
     def write_held(self, digests: Sequence[str]) -> None:
-        """Write the held chunks among ``digests`` to disk and let go of them. An
-        OSError (a full or read-only disk) drops the rest: they are only a cache."""
+        """Write the held chunks among ``digests`` to disk and let go of them. A full
+        disk keeps them in memory instead (bounded); another OSError (a read-only disk)
+        is raised and drops the rest: they are only a cache."""
         try:
             for digest in digests:
                 data = self._held.get(digest)
-                if data is not None:
+                if data is None:
+                    continue
+                if time.monotonic() < self._full_until:
+                    self._keep_in_memory(digest, data)
+                    continue
+                try:
                     self.put(digest, data)
+                except OSError as exc:
+                    if exc.errno not in _NO_SPACE:
+                        raise
+                    self._note_full(exc)
+                    self._keep_in_memory(digest, data)
         finally:
             for digest in digests:
                 self._held.pop(digest, None)
@@ -184,6 +221,28 @@ class ChunkCache:
             return self._evict_to(keep_bytes)
 
     # -- internals -------------------------------------------------------------
+
+    def _note_full(self, exc: OSError) -> None:
+        first = self._full_until == 0.0
+        self._full_until = time.monotonic() + FULL_RETRY_SECONDS
+        if first:
+            log.warning(
+                "chunk cache %s: no space left (%s); chunks are kept in memory instead"
+                " (up to %d MiB)",
+                self.root,
+                exc.strerror,
+                MEMORY_FALLBACK_BYTES >> 20,
+            )
+
+    def _keep_in_memory(self, digest: str, data: bytes) -> None:
+        with self._lock:
+            if digest in self._unwritten:
+                return
+            self._unwritten[digest] = data
+            self._unwritten_bytes += len(data)
+            while self._unwritten_bytes > MEMORY_FALLBACK_BYTES and self._unwritten:
+                _, dropped = self._unwritten.popitem(last=False)
+                self._unwritten_bytes -= len(dropped)
 
     def _path(self, digest: str) -> Path:
         hex_digest = _hex_of(digest)

@@ -11,8 +11,9 @@ Two stores share one contract, checked by one conformance suite: ``MemoryCacheSt
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -127,13 +128,16 @@ class SQLiteCacheStore:
     """
 
     def __init__(self, path: Path | str, *, busy_timeout: float = 30.0) -> None:
+        self._path = path
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below) rather
         # than opened implicitly by the sqlite3 module.
-        self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        with _sqlite_errors(path):
+            self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
+            with _sqlite_errors(path):
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
         except BaseException:
             self._db.close()
             raise
@@ -165,13 +169,14 @@ class SQLiteCacheStore:
         self.close()
 
     def load(self, key: str) -> CacheRecord | None:
-        row = self._db.execute(
-            "SELECT result_id, created_at FROM records WHERE key = ?", (key,)
-        ).fetchone()
+        with _sqlite_errors(self._path):
+            row = self._db.execute(
+                "SELECT result_id, created_at FROM records WHERE key = ?", (key,)
+            ).fetchone()
         return None if row is None else CacheRecord(row[0], row[1])
 
     def save(self, key: str, record: CacheRecord, links: Sequence[CacheLink] = ()) -> None:
-        with self._transaction():
+        with _sqlite_errors(self._path), self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO records (key, result_id, created_at) VALUES (?, ?, ?)",
                 (key, record.result_id, record.created_at),
@@ -187,21 +192,23 @@ class SQLiteCacheStore:
             )
 
     def links(self, key: str) -> tuple[CacheLink, ...]:
-        rows = self._db.execute(
-            "SELECT input_index, selector, dependency, content FROM links"
-            " WHERE key = ? ORDER BY input_index",
-            (key,),
-        )
+        with _sqlite_errors(self._path):
+            rows = self._db.execute(
+                "SELECT input_index, selector, dependency, content FROM links"
+                " WHERE key = ? ORDER BY input_index",
+                (key,),
+            ).fetchall()
         return tuple(CacheLink(row[0], row[1], row[2], bool(row[3])) for row in rows)
 
     def entries(self) -> list[tuple[str, CacheRecord]]:
-        rows = self._db.execute(
-            "SELECT key, result_id, created_at FROM records ORDER BY created_at, key"
-        )
+        with _sqlite_errors(self._path):
+            rows = self._db.execute(
+                "SELECT key, result_id, created_at FROM records ORDER BY created_at, key"
+            ).fetchall()
         return [(row[0], CacheRecord(row[1], row[2])) for row in rows]
 
     def prune(self, should_remove: PrunePredicate) -> list[tuple[str, CacheRecord]]:
-        with self._transaction():
+        with _sqlite_errors(self._path), self._transaction():
             removed = [(k, r) for k, r in self.entries() if should_remove(k, r)]
             for key, _ in removed:
                 self._db.execute("DELETE FROM records WHERE key = ?", (key,))
@@ -226,4 +233,30 @@ class _Transaction:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is None:
+            self._db.execute("COMMIT")
+            return
+        # SQLite may have rolled back already (a full disk does): the error that got
+        # us here is the one to report, not "no transaction is active".
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+
+
+class CacheStoreFullError(CacheStoreError):
+    """The build cache could not be written: its disk is full."""
+
+    no_space = True
+
+
+@contextlib.contextmanager
+def _sqlite_errors(path: Path | str) -> Iterator[None]:
+    """SQLite's failures as the project's own (a damaged or full cache is the user's
+    to know about in one line, not a traceback)."""
+    try:
+        yield
+    except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+            raise  # a mistake of ours, not the cache's state
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise CacheStoreFullError(f"build cache {path}: {exc}") from exc
+        raise CacheStoreError(f"build cache {path}: {exc}") from exc

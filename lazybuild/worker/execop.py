@@ -22,6 +22,7 @@ from typing import Literal
 
 import trio
 
+from lazybuild.cache.space import filesystem_full
 from lazybuild.errors import LazybuildError
 from lazybuild.executor.etcfiles import prepare_etc_files
 from lazybuild.executor.mounts import MountSpec
@@ -58,6 +59,12 @@ class ExecError(LazybuildError):
         super().__init__(message)
         self.process_exit_code = exit_code
         self.tail = tuple(tail)
+
+
+class ExecNoSpaceError(ExecError):
+    """The step's process failed while the state directory (its upper) was full."""
+
+    no_space = True
 
 
 class ExecOp:
@@ -179,7 +186,10 @@ class ExecOp:
                 if descriptor >= 0:
                     os.close(descriptor)
         if result.exit_code != 0:
-            raise ExecError(
+            # A process that died of a full state dir says so in its own words at best
+            # ("No space left on device"); the build says which disk was full.
+            error = ExecNoSpaceError if filesystem_full(area.upper) else ExecError
+            raise error(
                 f"process {_quoted_command(op.args)} did not complete successfully: "
                 f"exit code: {result.exit_code}",
                 result.exit_code,
