@@ -60,3 +60,7 @@ demo: setup
 # Benchmarks against peers in the same run; results go to docs/benchmarks.md.
 bench *ARGS: setup
     {{py}} -m bench {{ARGS}}
+
+# Long fuzz run of every parser of outside bytes (tests/fuzz; CI runs a short one with `test`).
+fuzz *ARGS: setup
+    HYPOTHESIS_PROFILE=fuzz {{py}} -m pytest -q tests/fuzz {{ARGS}}

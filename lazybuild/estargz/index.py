@@ -34,6 +34,11 @@ MAX_CHUNK_INFLATE = 2 * MAX_CHUNK_SIZE
 MAX_CHUNK_SPAN = MAX_CHUNK_INFLATE + (MAX_CHUNK_INFLATE >> 10) + (1 << 20)
 _PERMISSION_BITS = 0o7777
 _MAX_HARDLINK_DEPTH = 64
+# Parent directories the TOC does not list are made, each holding its whole path: a
+# deep path makes as many, and their names cost the square of its depth. Their names
+# together may take this much, as much as the largest TOC's JSON; a hostile
+# TOC of deep paths is refused instead of taking minutes and gigabytes.
+MAX_IMPLICIT_PATH_BYTES = 64 << 20
 _LANDMARKS = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
 
 
@@ -149,6 +154,7 @@ class LayerIndex:
         self.prefetch_landmark_offset: int | None = None
         self.no_prefetch = False
         self._entry_count = len(toc.entries)
+        self._implicit_budget = MAX_IMPLICIT_PATH_BYTES
         self._prioritized_files = 0
         self.root = Node(name="", type="dir", mode=IMPLICIT_DIR_MODE, implicit=True)
         self._build(toc.entries)
@@ -368,6 +374,12 @@ class LayerIndex:
                 parent = existing
                 break
             missing.append(path)
+            self._implicit_budget -= len(path)
+            if self._implicit_budget < 0:
+                raise self._fail(
+                    f"the paths of its unlisted parent directories take more than "
+                    f"{MAX_IMPLICIT_PATH_BYTES >> 20} MiB (paths too deep)"
+                )
             path = _parent(path)
         for name in reversed(missing):
             implicit = Node(name=name, type="dir", mode=IMPLICIT_DIR_MODE, implicit=True)

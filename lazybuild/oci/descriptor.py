@@ -11,6 +11,17 @@ from lazybuild.oci.digest import validate_digest
 from lazybuild.oci.platform import Platform
 
 
+def string_map(value: Any, where: str) -> dict[str, str]:
+    """An OCI annotations object (string to string); absent or null is empty."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise FormatError(f"{where} is not a JSON object")
+    if not all(isinstance(v, str) for v in value.values()):
+        raise FormatError(f"{where} has values that are not strings")
+    return dict(value)
+
+
 @dataclass(frozen=True)
 class Descriptor:
     media_type: str
@@ -31,20 +42,30 @@ class Descriptor:
             size = data["size"]
         except KeyError as missing:
             raise FormatError(f"{where} lacks {missing.args[0]!r}") from None
-        if not isinstance(media_type, str) or not isinstance(size, int) or size < 0:
+        if (
+            not isinstance(media_type, str)
+            or isinstance(size, bool)
+            or not isinstance(size, int)
+            or not 0 <= size < 1 << 63
+        ):
             raise FormatError(f"{where} has a bad mediaType or size")
-        annotations = data.get("annotations") or {}
-        if not isinstance(annotations, dict):
-            raise FormatError(f"{where} has annotations that are not an object")
+        if not isinstance(digest, str):
+            raise FormatError(f"{where} has a digest that is not a string")
+        urls = data.get("urls") or []
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise FormatError(f"{where} has urls that are not a list of strings")
         platform = data.get("platform")
+        artifact_type = data.get("artifactType") or ""
+        if not isinstance(artifact_type, str):
+            raise FormatError(f"{where} has an artifactType that is not a string")
         return cls(
             media_type=media_type,
-            digest=validate_digest(str(digest), where),
+            digest=validate_digest(digest, where),
             size=size,
-            annotations={str(k): str(v) for k, v in annotations.items()},
+            annotations=string_map(data.get("annotations"), f"{where} annotations"),
             platform=Platform.from_json(platform) if platform is not None else None,
-            urls=tuple(str(u) for u in data.get("urls") or ()),
-            artifact_type=str(data.get("artifactType", "")),
+            urls=tuple(urls),
+            artifact_type=artifact_type,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from lazybuild.errors import FormatError, NotFoundError
 from lazybuild.oci import mediatypes
-from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.descriptor import Descriptor, string_map
 from lazybuild.oci.platform import Platform
 
 _MANIFEST_KEYS = {"schemaVersion", "mediaType", "config", "layers", "annotations"}
@@ -27,8 +27,10 @@ def encode_json(document: dict[str, Any]) -> bytes:
 def _load(data: bytes, where: str) -> dict[str, Any]:
     try:
         document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{where} is not valid JSON: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 4300-digit number
+        raise FormatError(f"{where} is not valid JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise FormatError(f"{where} is not valid JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise FormatError(f"{where} is not a JSON object")
     return document
@@ -53,7 +55,7 @@ class Manifest:
             layers=tuple(
                 Descriptor.from_json(layer, f"{where} layer {i}") for i, layer in enumerate(layers)
             ),
-            annotations={str(k): str(v) for k, v in (document.get("annotations") or {}).items()},
+            annotations=string_map(document.get("annotations"), f"{where} annotations"),
             extra={k: v for k, v in document.items() if k not in _MANIFEST_KEYS},
         )
 
@@ -90,7 +92,7 @@ class Index:
             manifests=tuple(
                 Descriptor.from_json(m, f"{where} manifest {i}") for i, m in enumerate(manifests)
             ),
-            annotations={str(k): str(v) for k, v in (document.get("annotations") or {}).items()},
+            annotations=string_map(document.get("annotations"), f"{where} annotations"),
             extra={k: v for k, v in document.items() if k not in _INDEX_KEYS},
         )
 

@@ -18,6 +18,7 @@ import binascii
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ _DOCKER_HUB_KEYS = frozenset({"docker.io", "index.docker.io", "registry-1.docker
 _DOCKER_HUB_SERVER_URL = "https://index.docker.io/v1/"
 _IDENTITY_TOKEN_USERNAME = "<token>"
 _HELPER_TIMEOUT_SECONDS = 30.0
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class DockerCredentialStore:
             config = json.loads(self.path.read_bytes() or b"{}")
         except (OSError, ValueError) as exc:
             raise FormatError(f"docker config {self.path} is unreadable: {exc}") from None
+        except RecursionError:
+            raise FormatError(f"docker config {self.path} is nested too deeply") from None
         if not isinstance(config, dict):
             raise FormatError(f"docker config {self.path} is not a JSON object")
         self._signature, self._config = signature, config
@@ -122,9 +126,18 @@ class DockerCredentialStore:
         if isinstance(helpers, dict):
             for key, helper in helpers.items():
                 if normalize_registry_key(str(key)) == registry and helper:
-                    return str(helper)
+                    return self._checked_helper(helper)
         store = self._config.get("credsStore")
-        return str(store) if store else ""
+        return self._checked_helper(store) if store else ""
+
+    def _checked_helper(self, name: object) -> str:
+        """A helper name becomes part of a program name looked up on PATH: a plain
+        name only (no path, no NUL), as every docker-credential-* helper has."""
+        if not isinstance(name, str) or _HELPER_NAME.fullmatch(name) is None:
+            raise FormatError(
+                f"docker config {self.path}: credential helper {name!r:.80} is not a plain name"
+            )
+        return name
 
     def _from_auths(self, registry: str) -> Credentials | None:
         auths = self._config.get("auths") or {}

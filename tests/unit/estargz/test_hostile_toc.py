@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import tracemalloc
 
 import pytest
@@ -185,10 +186,18 @@ def test_names_no_path_can_hold_are_format_errors(name: str) -> None:
 
 
 def test_deep_paths_build_without_recursion() -> None:
-    name = "/".join(["d"] * 20_000) + "/file"
+    name = "/".join(["d"] * 3000) + "/file"  # deeper than Python's recursion limit
     index = LayerIndex(TOC(1, [TOCEntry(name=name, type="symlink", link_name="x")]), 1000)
     node = index.lookup(name)
     assert node is not None and node.type == "symlink"
+
+
+def test_paths_too_deep_for_their_parents_names_are_refused_quickly() -> None:
+    name = "/".join(["a"] * 30_000)  # its parents' names would take ~900 MB
+    started = time.perf_counter()
+    with pytest.raises(FormatError, match="too deep"):
+        LayerIndex(TOC(1, [TOCEntry(name=name, type="dir")]), 1000)
+    assert time.perf_counter() - started < 1
 
 
 def test_root_that_is_not_a_directory_is_refused() -> None:
