@@ -25,7 +25,8 @@ def prefetch_region_hint(descriptor: Descriptor) -> int | None:
 
 def _offset(descriptor: Descriptor, key: str) -> int | None:
     value = descriptor.annotations.get(key, "")
-    if not value.isascii() or not value.isdigit():
+    # A blob offset has at most 19 digits; int() of thousands is a ValueError.
+    if not value.isascii() or not value.isdigit() or len(value) > 19:
         return None
     offset = int(value)
     return offset if 0 < offset <= descriptor.size - FOOTER_SIZE else None

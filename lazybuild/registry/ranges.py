@@ -104,7 +104,12 @@ def parse_multipart_byteranges(body: bytes, boundary: str, where: str) -> list[P
     Each part's length comes from its Content-Range rather than from searching for
     the next delimiter, so part data that happens to contain the boundary is safe.
     """
-    delimiter = b"--" + boundary.encode("latin-1")
+    try:
+        delimiter = b"--" + boundary.encode("latin-1")
+    except UnicodeEncodeError:
+        raise RegistryError(
+            f"{where}: multipart boundary {boundary!r:.80} is not latin-1"
+        ) from None
     position = body.find(delimiter)
     if position < 0:
         raise RegistryError(f"{where}: multipart body without its boundary")

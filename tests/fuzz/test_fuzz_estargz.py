@@ -18,9 +18,12 @@ from hypothesis import strategies as st
 from lazybuild.errors import DigestMismatchError, FormatError
 from lazybuild.estargz import decode_toc_json, parse_footer, parse_layer
 from lazybuild.estargz.gzipmembers import compress_member, inflate_members, inflate_prefix
+from lazybuild.estargz.hints import prefetch_region_hint, toc_offset_hint
 from lazybuild.estargz.index import ChunkRef, LayerIndex
 from lazybuild.estargz.reader import decompress_chunk
 from lazybuild.estargz.tocmember import extract_toc_json
+from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.mediatypes import PREFETCH_REGION_ANNOTATION, TOC_OFFSET_ANNOTATION
 from tests.fuzz.fuzzkit import (
     TEST_TIMEOUT_SECONDS,
     bytes_like,
@@ -235,3 +238,19 @@ def test_seed_chunks_are_right() -> None:
     for chunk, content in CHUNKS:
         assert decompress_chunk(LAYER[chunk.offset : chunk.end], chunk) == content
         assert chunk.digest == "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+@given(
+    st.text(max_size=40) | st.from_regex(r"[0-9]{1,6000}", fullmatch=True), st.integers(0, 2**64)
+)
+def test_layout_hints(value: str, size: int) -> None:
+    """Hints come from a manifest's annotations: ignored unless plausible, never an error."""
+    descriptor = Descriptor(
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "sha256:" + "a" * 64,
+        size,
+        annotations={TOC_OFFSET_ANNOTATION: value, PREFETCH_REGION_ANNOTATION: value},
+    )
+    for hint in (toc_offset_hint, prefetch_region_hint):
+        offset = holds_invariant(lambda hint=hint: hint(descriptor), allowed=())  # type: ignore[misc]
+        assert offset is None or 0 < offset <= size

@@ -266,3 +266,17 @@ def test_toc_json_error_messages_stay_short() -> None:
     with pytest.raises(FormatError) as caught:
         decode_toc_json(json.dumps(document).encode())
     assert len(str(caught.value)) < 400
+
+
+def test_toc_offset_hint_of_thousands_of_digits_is_ignored() -> None:
+    from lazybuild.estargz.hints import toc_offset_hint
+    from lazybuild.oci.descriptor import Descriptor
+    from lazybuild.oci.mediatypes import TOC_OFFSET_ANNOTATION
+
+    descriptor = Descriptor(
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "sha256:" + "a" * 64,
+        1000,
+        annotations={TOC_OFFSET_ANNOTATION: "1" * 5000},
+    )
+    assert toc_offset_hint(descriptor) is None

@@ -47,3 +47,10 @@ def test_bad_content_ranges_are_registry_errors(value: str) -> None:
 def test_good_content_range() -> None:
     parsed = parse_content_range(" bytes 5-9/10 ", "blob")
     assert (parsed.start, parsed.end, parsed.total) == (5, 9, 10)
+
+
+def test_multipart_boundary_outside_latin1_is_a_registry_error() -> None:
+    from lazybuild.registry.ranges import parse_multipart_byteranges
+
+    with pytest.raises(RegistryError, match="latin-1"):
+        parse_multipart_byteranges(b"--x\n", "\u20ac", "blob")
