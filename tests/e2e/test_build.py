@@ -241,6 +241,11 @@ FAILURES = {
         ["Dockerfile:3", "not-here.txt"],
     ),
     "unreachable-registry": ("FROM 127.0.0.1:9/nothing/here:1\nRUN true\n", {}, ["127.0.0.1:9"]),
+    "bad-dockerignore-pattern": (
+        "FROM scratch\nCOPY . /\n",
+        {".dockerignore": "# comment\nsrc/[a-\n"},
+        [".dockerignore:2", "invalid pattern"],
+    ),
     "unknown-image": ("ARG BASE\nFROM ${BASE}-missing\n", {}, ["esgz-missing"]),
 }
 
@@ -335,3 +340,15 @@ def test_pushed_image_carries_its_workload_record(built_app: tuple[str, Path]) -
     record_layer = artifact["layers"][0]
     record = httpx.get(f"http://{host}/v2/{repository}/blobs/{record_layer['digest']}").text
     assert '"path":"app/shout.txt"' in record.replace(" ", "")
+
+
+def test_a_dockerignore_that_is_not_utf8_is_one_error_line(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    context = write_context(tmp_path / "ctx", "FROM scratch\nCOPY . /\n")
+    (context / ".dockerignore").write_bytes(b"ok\n\xff\xfe-latin\n")
+    result = lazybuild(state, "build", "--progress=plain", str(context), check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("lazybuild: error:") == 1, result.stderr
+    assert ".dockerignore:2: not valid UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert_nothing_left(state)
