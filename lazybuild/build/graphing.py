@@ -110,7 +110,9 @@ async def build_graph(
         filename=filename,
     )
     ignore_file = find_dockerignore(context_dir, dockerfile)
-    excludes = tuple(parse_dockerignore(ignore_file.read_bytes())) if ignore_file else ()
+    excludes = (
+        tuple(parse_dockerignore(ignore_file.read_bytes(), ignore_file.name)) if ignore_file else ()
+    )
     graph = plan_to_graph(
         plan,
         base_config=base_config,
