@@ -114,9 +114,16 @@ async def run_build(
         trio.open_nursery() as warm_ups,
     ):
         stack.enter_context(store.in_use())
+        spawned = [filesystem] if filesystem is not None else []
+
+        def next_filesystem() -> LazyMountService:
+            # The spawned filesystem once: if it died before it served (the mounter
+            # closed it), the next attempt starts a new one rather than reusing it.
+            return spawned.pop() if spawned else build_filesystem(state_dir, registry)
+
         mounter = LayerMounter(
             store,
-            lambda: filesystem if filesystem is not None else build_filesystem(state_dir, registry),
+            next_filesystem,
             stack,
             on_unpacked=on_line,
         )

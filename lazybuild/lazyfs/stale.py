@@ -208,6 +208,10 @@ def _is_stale(record: MountRecord) -> bool:
         return not _alive(record.owner_pid, record.owner_identity)
     if not _alive(record.pid, record.pid_identity) or not _is_our_service(record.pid):
         return True
+    if record.owner_pid and not _alive(record.owner_pid, record.owner_identity):
+        # Its owner was killed: the process is on its way out (it exits when its owner
+        # dies) and would leave the overlays stacked on it, so they come down now.
+        return True
     if record.owner_pid == os.getpid() and _alive(record.owner_pid, record.owner_identity):
         # A filesystem this process started and that still runs (perhaps still
         # starting, when a probe would wait for its INIT): this process looks after it.
