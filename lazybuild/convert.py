@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from lazybuild.errors import FormatError
+from lazybuild.errors import FormatError, one_error
 from lazybuild.estargz.layerformat import LayerFormat, decompressed_stream
 from lazybuild.estargz.writer import WriterOptions, WrittenLayer, write_estargz
 from lazybuild.imagestore import (
@@ -178,9 +178,10 @@ class _Converter:
                 manifest.layers[position], diff_ids[position], f"{where} layer {position + 1}"
             )
 
-        async with trio.open_nursery() as nursery:
-            for position in range(len(manifest.layers)):
-                nursery.start_soon(convert_one, position)
+        with one_error():  # one failed layer is the error, not a group of it
+            async with trio.open_nursery() as nursery:
+                for position in range(len(manifest.layers)):
+                    nursery.start_soon(convert_one, position)
         done = [o for o in outcomes if o is not None]
         self.outcomes.extend(o for o in done if o not in self.outcomes)
 

@@ -39,7 +39,7 @@ from typing import Any
 import trio
 
 from lazybuild.convert import estargz_layer_descriptor
-from lazybuild.errors import FormatError, UsageError
+from lazybuild.errors import FormatError, UsageError, one_error
 from lazybuild.estargz.index import clean_name
 from lazybuild.estargz.layerformat import LayerFormat, decompressed_stream
 from lazybuild.estargz.toc import BIG_FILE_CHUNK_SIZE, PREFETCH_LANDMARK, decode_toc_json
@@ -629,9 +629,10 @@ class _Optimizer:
         return index_descriptor, manifest_descriptor, artifact.manifest
 
     async def _each(self, layers: list[_Layer], work: Callable[[_Layer], Awaitable[None]]) -> None:
-        async with trio.open_nursery() as nursery:
-            for layer in layers:
-                nursery.start_soon(work, layer)
+        with one_error():  # one failed layer is the error, not a group of it
+            async with trio.open_nursery() as nursery:
+                for layer in layers:
+                    nursery.start_soon(work, layer)
 
 
 def _laid_out_as(layer: _Layer, wanted: Sequence[str], read_in_places: Sequence[str]) -> bool:

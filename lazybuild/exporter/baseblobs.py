@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 import trio
 
+from lazybuild.errors import one_error
 from lazybuild.estargz.layerformat import decompressed_stream
 from lazybuild.estargz.toc import BIG_FILE_CHUNK_SIZE
 from lazybuild.estargz.writer import WriterOptions
@@ -84,9 +85,10 @@ async def rewritten_base_blobs(
             f"({human_size(blob.descriptor.size)}), {what}"
         )
 
-    async with trio.open_nursery() as nursery:
-        for layer in unique.values():
-            nursery.start_soon(one, layer)
+    with one_error():  # one failed layer is the error, not a group of it
+        async with trio.open_nursery() as nursery:
+            for layer in unique.values():
+                nursery.start_soon(one, layer)
     return blobs
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
-from lazybuild.errors import UsageError
+from lazybuild.errors import UsageError, one_error
 from lazybuild.estargz.writer import WriterOptions
 from lazybuild.exporter.baseblobs import rewritten_base_blobs
 from lazybuild.exporter.content import BlobFiles, PreparedLayer, prepare_layers
@@ -302,9 +302,10 @@ class _Exporter:
             async with limiter:
                 paths[digest] = await blob_files.path(digest)
 
-        async with trio.open_nursery() as nursery:
-            for digest in {layer.descriptor.digest for layer in image.layers}:
-                nursery.start_soon(fetch, digest)
+        with one_error():  # one failed layer is the error, not a group of it
+            async with trio.open_nursery() as nursery:
+                for digest in {layer.descriptor.digest for layer in image.layers}:
+                    nursery.start_soon(fetch, digest)
         return ImageArchive(
             image, paths, tuple(names), docker_manifest, self.image.source_date_epoch or 0
         )

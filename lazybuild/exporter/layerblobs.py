@@ -37,7 +37,7 @@ import trio
 
 from lazybuild.atomicfile import write_atomic
 from lazybuild.convert import estargz_layer_descriptor
-from lazybuild.errors import LazybuildError
+from lazybuild.errors import LazybuildError, one_error
 from lazybuild.estargz.writer import WriterOptions, WrittenLayer, write_estargz
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.snapshot.diff import write_upper_as_tar
@@ -130,9 +130,10 @@ async def local_layer_blobs(
         if on_done is not None:
             on_done(layer, blob)
 
-    async with trio.open_nursery() as nursery:
-        for layer in unique.values():
-            nursery.start_soon(one, layer)
+    with one_error():  # one failed layer is the error, not a group of it
+        async with trio.open_nursery() as nursery:
+            for layer in unique.values():
+                nursery.start_soon(one, layer)
     return blobs
 
 
