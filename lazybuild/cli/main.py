@@ -21,7 +21,7 @@ from lazybuild.cli import (
     optimize_commands,
     run_commands,
 )
-from lazybuild.cli.options import add_global_options
+from lazybuild.cli.options import add_global_options, state_dir
 from lazybuild.errors import LazybuildError, reported_error
 
 if TYPE_CHECKING:
@@ -131,6 +131,17 @@ def _user_error(exc: BaseException) -> LazybuildError | OSError | None:
     return found if isinstance(found, LazybuildError | OSError) else None
 
 
+def _state_dir_full(error: OSError, args: argparse.Namespace) -> str | None:
+    """A write that failed for want of space in the state directory, said as such rather
+    than as whichever write happened to fail first (see ``cache.space``); else None."""
+    from lazybuild.cache.space import StateDirFullError, is_no_space
+
+    state = state_dir(args)
+    if not is_no_space(error, within=state):
+        return None
+    return str(StateDirFullError(state, f"running lazybuild {args.command}"))
+
+
 def _is_interrupt(exc: BaseException) -> bool:
     if isinstance(exc, KeyboardInterrupt):
         return True
@@ -200,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, LazybuildError):
             message = str(error)
         else:
-            message = _os_error_text(error, getattr(args, "filesystem", None))
+            full = _state_dir_full(error, args) if args is not None else None
+            message = full or _os_error_text(error, getattr(args, "filesystem", None))
         print(f"lazybuild: error: {' '.join(message.split())}", file=sys.stderr)
         return error.exit_code if isinstance(error, LazybuildError) else EXIT_USER_ERROR
 
