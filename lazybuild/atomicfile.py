@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from lazybuild.processes import ProcessId
+
 __all__ = ["write_atomic"]
 
 
@@ -24,7 +26,10 @@ def write_atomic(
     directory = staging_dir if staging_dir is not None else path.parent
     path.parent.mkdir(parents=True, exist_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    # In a shared staging directory the name says whose it is (a cleanup there removes
+    # only what dead processes left); next to its target a dot hides it.
+    prefix = f"{ProcessId.current().tag}-{path.name}." if staging_dir else f".{path.name}."
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)

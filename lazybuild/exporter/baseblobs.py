@@ -12,7 +12,6 @@ the bytes, so a rebuild with the same profile downloads and compresses nothing.
 
 from __future__ import annotations
 
-import secrets
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -68,7 +67,7 @@ async def rewritten_base_blobs(
         name = _cache_name(digest, chosen)
         blob = await trio.to_thread.run_sync(cached_blob_or_none, store, name)
         if blob is None:
-            staged = store.staging_dir / f"base-{secrets.token_hex(8)}.blob"
+            staged = store.staging_file("base", ".blob")
             try:
                 async with downloads:
                     await _download(registry, layer, staged, progress)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -179,9 +178,8 @@ def _write_blob(
     blob_path: Path,
     options: WriterOptions,
 ) -> WrittenLayer:
-    token = secrets.token_hex(8)
-    tar_path = store.staging_dir / f"export-{token}.tar"
-    staged = store.staging_dir / f"export-{token}.esgz"
+    tar_path = store.staging_file("export", ".tar")
+    staged = tar_path.with_suffix(".esgz")
     try:
         # The writer needs a seekable tar (it reorders entries), so the diff goes to a file.
         with tar_path.open("w+b") as tar:

@@ -100,6 +100,11 @@ class LayerStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def staging_file(self, kind: str, suffix: str = "") -> Path:
+        """A new path in staging for a temporary file, named after its owner so that
+        another build's ``clean_staging`` leaves it alone while this process runs."""
+        return self.staging_dir / f"{ProcessId.current().tag}-{kind}-{secrets.token_hex(8)}{suffix}"
+
     def empty_directory(self) -> Path:
         """A directory that stays empty: the lower layer of a filesystem built on scratch."""
         path = self.root / "empty"
