@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import trio
 
+from lazybuild.errors import reported_error
 from lazybuild.graph.definition import Definition
 from lazybuild.solver._clock import now
 from lazybuild.solver._concurrency import Once, bind, gather
@@ -248,7 +249,12 @@ class _SolveRun:
             except Exception as error:
                 await self._progress.emit(
                     VertexCompleted(
-                        vertex.digest, vertex.name, False, started_at, now(), error=str(error)
+                        vertex.digest,
+                        vertex.name,
+                        False,
+                        started_at,
+                        now(),
+                        error=str(reported_error(error, also=(Exception,)) or error),
                     )
                 )
                 raise self._failed(vertex, "exec", error) from error

@@ -355,6 +355,20 @@ def test_progress_reports_the_error_of_a_failed_vertex() -> None:
     run(main)
 
 
+def test_progress_reports_a_failure_inside_an_exception_group_by_its_own_error() -> None:
+    async def main() -> None:
+        world = World()
+        group = ExceptionGroup("Exceptions from Trio nursery", [RuntimeError("disk full")])
+        world.op("a", fail=group)
+        events: list[ProgressEvent] = []
+        with pytest.raises(VertexFailedError):
+            await world.solver().solve(marshal(vertex("a")), progress=events.append)
+        completed = events[-1]
+        assert isinstance(completed, VertexCompleted) and completed.error == "disk full"
+
+    run(main)
+
+
 def drain(receive: trio.MemoryReceiveChannel[ProgressEvent]) -> list[ProgressEvent]:
     events = []
     while True:
