@@ -471,7 +471,12 @@ class LazyMountService:
         unregister_overlay(self.state_dir, self.id, path)
 
     async def _request(self, request: control.Request) -> dict[str, Any]:
-        stream = await trio.open_unix_socket(str(self.control_path))
+        try:
+            stream = await trio.open_unix_socket(str(self.control_path))
+        except OSError as error:
+            raise FilesystemServiceError(
+                self._gone(f"cannot be reached ({error.strerror})")
+            ) from None
         try:
             async with stream:
                 await stream.send_all(control.encode_request(request))
@@ -479,15 +484,24 @@ class LazyMountService:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             line = None  # reset, not closed: the process went away mid-request all the same
         if line is None:
-            raise FilesystemServiceError(
-                f"the lazy filesystem closed the connection: {self._stderr_tail()}"
-            )
+            raise FilesystemServiceError(self._gone("closed the connection"))
         reply = control.decode_object(line, "control reply")
         if not reply.get("ok"):
             raise FilesystemServiceError(str(reply.get("error", "unknown error")))
         return reply
 
     # -- diagnostics -------------------------------------------------------------
+
+    def _gone(self, what: str) -> str:
+        """Why a request got no answer: the process died (and how), or it is alive and
+        still dropped the request; its log's last lines either way."""
+        code = None if self._process is None else self._process.poll()
+        if code is not None:
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            return (
+                f"the lazy filesystem process (pid {self.pid}) died ({how}): {self._stderr_tail()}"
+            )
+        return f"the lazy filesystem {what}: {self._stderr_tail()}"
 
     def _exit_status(self) -> str:
         code = None if self._process is None else self._process.poll()

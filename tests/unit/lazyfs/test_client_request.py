@@ -39,3 +39,12 @@ def test_a_connection_reset_mid_request_is_a_filesystem_error(
     finally:
         server.join()
         listener.close()
+
+
+def test_a_filesystem_process_that_is_gone_is_named_not_a_bare_econnrefused(
+    tmp_path: Path,
+) -> None:
+    service = LazyMountService(tmp_path / "state")
+    service.control_path = tmp_path / "gone.sock"  # nobody listens: the process died
+    with pytest.raises(LazybuildError, match="the lazy filesystem cannot be reached"):
+        trio.run(service._request, control.Shutdown())
