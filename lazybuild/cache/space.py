@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from lazybuild.errors import LazybuildError
@@ -51,8 +52,9 @@ def filesystem_full(path: Path) -> bool:
     return no_inodes or stats.f_bavail * stats.f_frsize < _FULL_SLACK_BYTES
 
 
-def names_a_file(error: BaseException) -> bool:
-    """Whether an OSError in ``error`` (a group, a cause) names the file it failed on."""
+def _within(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every error inside it: a group's members, causes, contexts, and the
+    ``cause`` some of the project's errors keep; each once."""
     seen: set[int] = set()
     pending = [error]
     while pending:
@@ -60,25 +62,24 @@ def names_a_file(error: BaseException) -> bool:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, OSError) and current.filename is not None:
-            return True
+        yield current
         if isinstance(current, BaseExceptionGroup):
             pending.extend(current.exceptions)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return False
+        for inner in (current.__cause__, current.__context__, getattr(current, "cause", None)):
+            if isinstance(inner, BaseException):
+                pending.append(inner)
+
+
+def names_a_file(error: BaseException) -> bool:
+    """Whether an OSError in ``error`` (a group, a cause) names the file it failed on."""
+    return any(isinstance(e, OSError) and e.filename is not None for e in _within(error))
 
 
 def is_no_space(error: BaseException, within: Path | None = None) -> bool:
     """Whether ``error`` (or one inside it: a group, a cause) is a failed write for lack
     of space; with ``within``, one in that directory (an OSError naming a file
     elsewhere is not; one naming none counts when ``within``'s filesystem is full)."""
-    seen: set[int] = set()
-    pending = [error]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in _within(error):
         if getattr(current, "no_space", False) is True:
             return True  # our own verdict (a step's process, the build cache)
         if (
@@ -91,11 +92,6 @@ def is_no_space(error: BaseException, within: Path | None = None) -> bool:
             getattr(current, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
         ):
             return True
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        for inner in (current.__cause__, current.__context__, getattr(current, "cause", None)):
-            if isinstance(inner, BaseException):
-                pending.append(inner)
     return False
 
 

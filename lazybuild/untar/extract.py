@@ -27,7 +27,7 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -403,8 +403,3 @@ def _write_at(fd: int, data: bytes, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
-
-
-def iter_entries(stream: BinaryIO) -> Iterator[TarEntry]:
-    """The entries of a tar stream, data skipped (for listing)."""
-    yield from TarReader(stream)
