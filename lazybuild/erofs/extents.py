@@ -7,6 +7,7 @@ between a file's end and the next block are zeros, as is anything past the last 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,7 +46,7 @@ class ExtentTable:
         self.extents: tuple[Extent, ...] = tuple(sorted(extents, key=lambda e: e.offset))
         self._starts = [e.offset for e in self.extents]
         self._by_node = {e.node: e for e in self.extents}
-        for before, after in zip(self.extents, self.extents[1:], strict=False):
+        for before, after in itertools.pairwise(self.extents):
             if before.end > after.offset:
                 raise ValueError(f"extents overlap at {after.offset}")
 
