@@ -169,6 +169,7 @@ class _PendingDirectory:
     parts: list[str]
     entry: TarEntry
     identity: tuple[int, int]
+    serial: int  # when its entry came: a removal of it or a parent after that voids it
 
 
 class _Extractor:
@@ -177,9 +178,15 @@ class _Extractor:
         self._policy = policy
         self._as_root = os.geteuid() == 0
         self._dirs: dict[str, _PendingDirectory] = {}  # by name: the last entry wins
+        # Paths whose tree an entry removed, with when: checked per pending directory at
+        # the end (its depth in lookups) rather than by scanning every pending one at
+        # each removal, which a long archive of replacements would make quadratic.
+        self._removed: dict[str, int] = {}
+        self._serial = 0
         self._parent: tuple[str, int] | None = None  # the last parent opened, reused
 
     def add(self, entry: TarEntry, reader: TarReader) -> None:
+        self._serial += 1
         relative = clean_name(entry.name)
         if not relative:
             if entry.kind == tr.DIRECTORY and self._policy.root_attributes:
@@ -203,6 +210,8 @@ class _Extractor:
         self._forget_parent()
         pending = sorted(self._dirs.values(), key=lambda d: len(d.parts), reverse=True)
         for directory in pending:
+            if self._removed_since(directory):
+                continue
             try:
                 fd = self._root.open_directory(directory.parts)
             except OSError:
@@ -247,7 +256,16 @@ class _Extractor:
         self, relative: str, entry: TarEntry, fd: int, parts: list[str] | None = None
     ) -> None:
         self._dirs.pop(relative, None)  # re-inserted: the order of the last entry counts
-        self._dirs[relative] = _PendingDirectory(parts or [], entry, _identity(fd))
+        self._dirs[relative] = _PendingDirectory(parts or [], entry, _identity(fd), self._serial)
+
+    def _removed_since(self, directory: _PendingDirectory) -> bool:
+        """Whether the directory, or one of its parents, was removed after its entry."""
+        path = ""
+        for part in directory.parts:
+            path = f"{path}/{part}" if path else part
+            if self._removed.get(path, 0) > directory.serial:
+                return True
+        return False
 
     def _create(self, parent: int, base: str, entry: TarEntry, reader: TarReader) -> None:
         if entry.kind == tr.FILE:
@@ -341,9 +359,8 @@ class _Extractor:
     def _remove(self, parent: int, name: str, relative: str) -> None:
         """Remove what is at ``name`` in ``parent`` (``relative`` from the root): a later
         entry replaces it, and no attributes of what was there outlive it."""
-        below = relative + "/"
-        for key in [k for k in self._dirs if k == relative or k.startswith(below)]:
-            del self._dirs[key]
+        self._dirs.pop(relative, None)
+        self._removed[relative] = self._serial
         try:
             mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
         except FileNotFoundError:

@@ -95,9 +95,12 @@ def parse_header(block: bytes) -> RawHeader:
 
 def _check_checksum(block: bytes) -> None:
     stored = number(block[148:156], "checksum")
-    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
-    signed = unsigned - 2 * sum(b for b in (*block[:148], *block[156:]) if b >= 0x80)
-    if stored not in (unsigned, signed):
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
+    if stored == unsigned:
+        return
+    # Some old writers summed signed bytes: each byte of 0x80 and over counts 256 less.
+    high = sum(1 for b in block[:148] if b >= 0x80) + sum(1 for b in block[156:] if b >= 0x80)
+    if stored != unsigned - 256 * high:
         raise TarFormatError("a tar header with a wrong checksum (not a tar, or damaged)")
 
 
