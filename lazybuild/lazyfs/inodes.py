@@ -34,6 +34,15 @@ _LOCAL_BITS = 32
 _LOCAL_MASK = (1 << _LOCAL_BITS) - 1
 
 
+def slot_of(inode: int) -> int:
+    return inode >> _LOCAL_BITS
+
+
+def first_inode(slot: int) -> int:
+    """The inode of a slot that holds one thing (see ``InodeTable.reserve_slot``)."""
+    return (slot << _LOCAL_BITS) | 1
+
+
 @dataclass(frozen=True)
 class Listing:
     """One directory as presented: entries sorted by name, and whether it is opaque."""
@@ -151,6 +160,13 @@ class InodeTable:
         self._by_slot[tree.slot] = tree
         self._by_name[name] = tree
         return tree
+
+    def reserve_slot(self) -> int:
+        """A slot for something else the root shows (an image file, its mount
+        directory): never a layer's, never reused."""
+        slot = self._next_slot
+        self._next_slot += 1
+        return slot
 
     def remove(self, name: str) -> LayerTree:
         """Hide the layer; its inodes stay valid until the kernel forgets them all."""

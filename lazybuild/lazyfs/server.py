@@ -18,11 +18,14 @@ import pyfuse3
 import trio
 
 from lazybuild.cache.chunkcache import ChunkCache
+from lazybuild.erofs import UnrepresentableError, build_layout
 from lazybuild.errors import LazybuildError, one_error, reported_error
 from lazybuild.estargz.index import LayerIndex
 from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs import control
+from lazybuild.lazyfs.erofsmount import mount_erofs, unmount_erofs
 from lazybuild.lazyfs.fuse import LazyFilesystem
+from lazybuild.lazyfs.imagefile import erofs_layers, image_file_name
 from lazybuild.lazyfs.layer import LazyLayer
 from lazybuild.lazyfs.layerset import LayerSet
 from lazybuild.lazyfs.priority import ForegroundGate
@@ -31,6 +34,7 @@ from lazybuild.lazyfs.service import ImageAhead, ServiceOptions
 from lazybuild.lazyfs.skeleton import merged_view, skeleton_name, skeleton_tar, write_skeleton
 from lazybuild.lazyfs.unpack import UnpackedLayer, is_lazy_layer, unpack_layer, unpacked_root
 from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.mediatypes import TOC_DIGEST_ANNOTATION
 from lazybuild.profile.published import PrefetchPlan, prefetch_plan, published_record
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
@@ -51,7 +55,9 @@ class _Mounted:
 class LayerSource:
     """Opens layers for add_layer requests: eStargz lazily into the mount, others unpacked.
 
-    Concurrent requests for one digest share the work; a layer is added once.
+    Concurrent requests for one digest share the work; a layer is added once. With
+    ``LAZYBUILD_LAYER_FORMAT=erofs`` a lazy layer is served as an EROFS image file that
+    the kernel mounts at the layer's path (``imagefile``, ``erofsmount``).
     """
 
     def __init__(
@@ -76,6 +82,12 @@ class LayerSource:
         self._pending: dict[str, trio.Event] = {}
         self._layers = LayerSet()
         self._skeletons: dict[tuple[str, ...], Path | None] = {}
+        # The opt-in switch for EROFS images (read here, once per process): it lets the
+        # image path land before it replaces the per-inode presentation and the
+        # skeleton in a later change; see ``imagefile``.
+        self._erofs = erofs_layers()
+        # Layers served as EROFS images: layer name -> (mountpoint, layer).
+        self._erofs_mounts: dict[str, tuple[Path, LazyLayer]] = {}
 
     async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
         ref = Reference.parse(ref_text)
@@ -129,11 +141,23 @@ class LayerSource:
         """Make the kernel read big files through the filesystem again (see
         ``LazyFilesystem.forget_cached_pages``)."""
         await self._filesystem.forget_cached_pages(PREFETCH_FILE_MAX_BYTES)
+        if self._erofs_mounts:
+            # The kernel caches those files' pages in the EROFS mounts too.
+            mounts = list(self._erofs_mounts.values())
+            await trio.to_thread.run_sync(_drop_big_file_pages, mounts)
+
+    def unmount_images(self) -> None:
+        """Take the EROFS mounts down (lazily), before the FUSE mount under them."""
+        for target, _ in self._erofs_mounts.values():
+            unmount_erofs(target)
+        self._erofs_mounts.clear()
 
     async def skeleton(self, digests: Sequence[str]) -> Path | None:
         """The skeleton of these lazy layers (``lazyfs.skeleton``), made on first use and
         kept in the state dir; None when a layer is not lazy, the layers have no symlink
         (nothing to gain) or the local filesystem cannot hold one faithfully."""
+        if self._erofs:
+            return None  # the kernel answers lookups in EROFS mounts: nothing to gain
         key = tuple(digests)
         if key not in self._skeletons:
             self._skeletons[key] = await self._make_skeleton(key)
@@ -174,7 +198,7 @@ class LayerSource:
             layer = await LazyLayer.open(
                 blob, descriptor, self._cache, state_dir=self._state_dir, layers=self._layers
             )
-        self._filesystem.add_layer(digest_hex, layer)
+        path = await self._present(digest_hex, layer)
         self._layers.add(layer, str(ref))
         try:
             async with self._gate.foreground():
@@ -183,14 +207,70 @@ class LayerSource:
             # Not fatal: the files are fetched on demand instead.
             log.warning("layer %s: prefetch failed: %s", descriptor.digest, exc)
         except BaseException:
-            self._filesystem.remove_layer(digest_hex)  # so that a retry can add it again
+            self._withdraw(digest_hex)  # so that a retry can add it again
             self._layers.discard(layer)
             raise
         if self._background is not None:
             self._background.start_soon(self._fetch_in_background, layer)
-        path = str(self._mountpoint / digest_hex)
-        added = control.LayerAdded(path=path, mode="lazy", digest=descriptor.digest)
+        added = control.LayerAdded(path=str(path), mode="lazy", digest=descriptor.digest)
         return _Mounted(added, layer, None)
+
+    async def _present(self, name: str, layer: LazyLayer) -> Path:
+        """Show an opened lazy layer at ``<mountpoint>/<name>``: its EROFS image mounted
+        there (with the switch on and a layer EROFS can hold), else its tree through
+        FUSE."""
+        target = self._mountpoint / name
+        if self._erofs:
+            toc_digest = layer.descriptor.annotations.get(TOC_DIGEST_ANNOTATION)
+            started = time.perf_counter()
+            try:
+                layout = await trio.to_thread.run_sync(build_layout, layer.index, toc_digest)
+            except UnrepresentableError as exc:
+                log.warning(
+                    "layer %s cannot be an EROFS image (%s): serving it file by file",
+                    layer.digest,
+                    exc,
+                )
+            else:
+                self._filesystem.add_image(name, layout, layer)
+                await self._mount_image(name, target, layer)
+                log.info(
+                    "layer %s: EROFS image of %d bytes (%d of metadata) mounted in %.3fs",
+                    layer.digest,
+                    layout.image_size,
+                    layout.data_start,
+                    time.perf_counter() - started,
+                )
+                return target
+        self._filesystem.add_layer(name, layer)
+        return target
+
+    async def _mount_image(self, name: str, target: Path, layer: LazyLayer) -> None:
+        image = self._mountpoint / image_file_name(name)
+        try:
+            # In a thread: the kernel reads the superblock through this process.
+            source = await trio.to_thread.run_sync(mount_erofs, image, target)
+        except LazybuildError:
+            self._filesystem.remove_image(name)
+            raise
+        except OSError as exc:
+            self._filesystem.remove_image(name)
+            raise LazybuildError(
+                f"layer {layer.digest}: mounting its EROFS image failed: {exc}"
+            ) from exc
+        except BaseException:
+            self._filesystem.remove_image(name)
+            raise
+        self._erofs_mounts[name] = (target, layer)
+        log.debug("layer %s: EROFS mounted from %s", layer.digest, source)
+
+    def _withdraw(self, name: str) -> None:
+        mounted = self._erofs_mounts.pop(name, None)
+        if mounted is not None:
+            unmount_erofs(mounted[0])
+            self._filesystem.remove_image(name)
+        else:
+            self._filesystem.remove_layer(name)
 
     async def _unpack(self, ref: Reference, descriptor: Descriptor) -> _Mounted:
         log.info(
@@ -223,6 +303,23 @@ def _skeleton_on_disk(indexes: Sequence[LayerIndex], directory: Path) -> bool:
         "skeleton of %d layer(s) written in %.3fs", len(indexes), time.perf_counter() - started
     )
     return True
+
+
+def _drop_big_file_pages(mounts: Sequence[tuple[Path, LazyLayer]]) -> None:
+    """Drop the page cache of the big files of these EROFS mounts, so that their next
+    reads come to this process (and its read recorder) again."""
+    for target, layer in mounts:
+        for node in layer.index.walk():
+            if node.type != "reg" or node.size <= PREFETCH_FILE_MAX_BYTES:
+                continue
+            try:
+                descriptor = os.open(target / node.name, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue  # hidden in the image (a whiteout's), or the mount is going
+            try:
+                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(descriptor)
 
 
 def _unpacked_stats(unpacked: UnpackedLayer) -> dict[str, Any]:
@@ -455,6 +552,7 @@ async def serve(options: ServiceOptions, client: RegistryClient, ahead: ImageAhe
     filesystem = LazyFilesystem(foreground=gate.foreground, access_log=reads)
     pyfuse3.init(filesystem, str(options.mountpoint), set(MOUNT_OPTIONS))
     unmounted = False
+    layers: LayerSource | None = None
     try:
         async with trio.open_nursery() as nursery:
             stop = nursery.cancel_scope
@@ -480,5 +578,7 @@ async def serve(options: ServiceOptions, client: RegistryClient, ahead: ImageAhe
         unmounted = True
     finally:
         options.control.unlink(missing_ok=True)
+        if layers is not None:
+            layers.unmount_images()  # EROFS mounts sit on files of the FUSE mount
         pyfuse3.close(unmount=True)
         log.info("unmounted %s%s", options.mountpoint, "" if unmounted else " after an error")
