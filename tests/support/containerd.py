@@ -124,8 +124,15 @@ class Containerd:
         """Run `cmd` in a fresh container of `ref` (no network) and return its stdout."""
         if pull:
             self.pull(ref, user)
-        container_id = f"lazybuild-test-{uuid.uuid4().hex[:12]}"
-        completed = self.ctr("run", "--rm", "--runc-binary", RUNC, ref, container_id, *cmd)
+        # `ctr run` without a terminal copies the task's output from FIFOs and, under load,
+        # can see the task exit and remove it before the copy starts: exit 0, no output
+        # (seen in full-suite runs, never alone). A successful run that printed nothing is
+        # therefore run again, a few times; real failures still raise on their exit code.
+        for _ in range(3):
+            container_id = f"lazybuild-test-{uuid.uuid4().hex[:12]}"
+            completed = self.ctr("run", "--rm", "--runc-binary", RUNC, ref, container_id, *cmd)
+            if completed.stdout:
+                break
         return completed.stdout
 
     @contextmanager
