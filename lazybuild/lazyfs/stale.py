@@ -177,7 +177,12 @@ def local_overlays_recorded(state_dir: Path, record_id: str) -> Iterator[None]:
 
 
 def tear_down(record: MountRecord) -> None:
-    """Overlays first (they hold the FUSE mount busy), then the FUSE mount, then the process."""
+    """Overlays first (they hold the FUSE mount busy), then the process, then the mounts
+    below the FUSE mount (EROFS images of layers, mounted at the layers' paths), then
+    the FUSE mount. Once the process is dead the paths below its mount cannot be looked
+    up (ENOTCONN); the lazy unmount of the FUSE mount detaches them with it, and what is
+    still mounted below it after that is reported. (An EROFS mount through a loop
+    device frees the device itself when it goes: ``lazyfs.erofsmount``.)"""
     for overlay in reversed(record.overlays):
         if is_mounted(Path(overlay)):
             lazy_unmount(Path(overlay))
@@ -187,11 +192,26 @@ def tear_down(record: MountRecord) -> None:
     if _alive(record.pid, record.pid_identity) and _is_our_service(record.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.pid, signal.SIGKILL)
+    for path in _mounted_below(mountpoint):
+        _quiet_lazy_unmount(Path(path))
     if is_mounted(mountpoint):
         lazy_unmount(mountpoint, fuse=True)
+    for path in _mounted_below(mountpoint):
+        log.warning("could not unmount %s: still mounted after %s", path, mountpoint)
     Path(record.control).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         mountpoint.rmdir()
+
+
+def _mounted_below(mountpoint: Path) -> list[str]:
+    """Mount points strictly below ``mountpoint``, deepest first."""
+    root = os.path.abspath(mountpoint)
+    return sorted((p for p in mounted_paths() if p.startswith(root + "/")), key=len, reverse=True)
+
+
+def _quiet_lazy_unmount(path: Path) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.umount2(os.fsencode(path), _MNT_DETACH)
 
 
 def _alive(pid: int, identity: str) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 import trio
 
 from lazybuild.lazyfs.client import FetchReport, LayerMount, LazyMountService
+from lazybuild.lazyfs.imagefile import erofs_layers
 from lazybuild.progress import short_digest
 from lazybuild.registry.reference import Reference
 from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
@@ -173,6 +174,9 @@ class LayerMounter:
         """``lowers`` with the skeleton of the snapshot's bottom run of lazy layers (its
         base image, usually) right above them: symlinks and directories served from
         local disk instead of a FUSE round trip each (see ``lazyfs.skeleton``)."""
+        if erofs_layers():
+            # Lazy layers are EROFS mounts: the kernel answers their lookups already.
+            return lowers
         run: list[str] = []
         for layer in snapshot.layers:
             mount = self._layers.get(layer.key) if isinstance(layer, RemoteLayer) else None

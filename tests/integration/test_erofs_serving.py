@@ -1,0 +1,292 @@
+"""Layers served as EROFS images (``LAZYBUILD_LAYER_FORMAT=erofs``): the filesystem
+process serves each lazy layer as one image file and the kernel mounts it, through the
+CLI as a user runs it, against a real registry, FUSE, EROFS, overlayfs and runc.
+
+The tree a mount shows equals the unpacked image, every fact; a chunk that fails its
+digest fails the reads of its own file only (EIO), and says so; a filesystem process
+killed mid-read leaves no mount, loop device or hung reader once the next command ran;
+``run`` runs a program from the images.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from tarfile import CHRTYPE
+
+import pytest
+
+from lazybuild.estargz import parse_footer, parse_layer
+from lazybuild.lazyfs.erofsmount import mount_erofs, unmount_erofs
+from lazybuild.lazyfs.imagefile import LAYER_FORMAT_VARIABLE
+from tests.integration.test_lazy_commands import (
+    _expected_tree,
+    convert,
+    lazybuild_argv,
+    lazybuild_mount,
+    mounts_under,
+)
+from tests.support.erofsimage import estargz_from_tar, image_of_blob, member, tar_of
+from tests.support.faultproxy import FaultProxy, corrupt
+from tests.support.imagebuild import image_from_dirs, push_oci_layout
+from tests.support.images import read_layout_image
+from tests.support.registry import Registry
+from tests.support.trees import directory_tree
+from tests.support.wanproxy import WanProxy
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(autouse=True)
+def _erofs_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting EROFS needs root")
+    # The CLI's filesystem process inherits it.
+    monkeypatch.setenv(LAYER_FORMAT_VARIABLE, "erofs")
+
+
+def _mounts(under: Path) -> list[tuple[str, str, str]]:
+    """(mountpoint, filesystem type, source) of the mounts at or below ``under``."""
+    found = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            tail = fields[fields.index("-") + 1 :]
+            point = fields[4]
+            if point == str(under) or point.startswith(str(under) + "/"):
+                found.append((point, tail[0], tail[1]))
+    return found
+
+
+def _loop_devices_backed_under(path: Path) -> list[str]:
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with open(backing) as name:
+            if str(path) in name.read():
+                found.append(backing.parent.parent.name)
+    return found
+
+
+def _filesystem_pid(state: Path) -> int:
+    (record,) = (state / "mounts").glob("*.json")
+    return int(json.loads(record.read_text())["pid"])
+
+
+def _state_dir_clean(state: Path) -> None:
+    assert _mounts(state) == []
+    assert _loop_devices_backed_under(state) == []
+    assert list((state / "mounts").glob("*.json")) == []
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "state"
+    yield root
+    subprocess.run(lazybuild_argv(root, "prune"), check=False, capture_output=True)
+    assert mounts_under(root) == []
+
+
+def test_mounted_tree_equals_the_unpacked_image(
+    rich_image: str, rich_image_layout: Path, registry: Registry, state: Path, tmp_path: Path
+) -> None:
+    reference = f"{registry.host}/test/rich:erofs-serving"
+    convert(rich_image, reference)
+    target = tmp_path / "mnt"
+    with lazybuild_mount(state, reference, target):
+        erofs = [mount for mount in _mounts(state) if mount[1] == "erofs"]
+        fuse = [mount for mount in _mounts(state) if mount[1].startswith("fuse")]
+        tree = directory_tree(target)
+    (fuse_root,) = [point for point, _, _ in fuse]
+    # One EROFS mount per layer, from its image file, at the layer's path in the mount.
+    assert len(erofs) == len(read_layout_image(rich_image_layout).layers)
+    for point, _, source in erofs:
+        assert Path(point).parent == Path(fuse_root)
+        assert source == point + ".erofs"
+    assert tree.entries == _expected_tree(rich_image_layout)
+    assert frozenset({"srv/big.bin", "srv/big-hardlink.bin"}) in tree.hardlinks
+    _state_dir_clean(state)
+
+
+# -- an image of our own: files to corrupt, files to read slowly ---------------------------
+
+
+@pytest.fixture(scope="module")
+def files_image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """One eStargz layer (lazybuild-converted) with ``bad/bad.bin`` (1 MiB, to corrupt),
+    ``good/`` files and ``slow/big.bin`` (12 MiB, to read slowly); the image's path in
+    the registry (without host) and the tree it came from."""
+    tree = tmp_path_factory.mktemp("files") / "tree"
+    generator = random.Random(14)
+    for path, size in (
+        ("bad/bad.bin", 1 << 20),
+        ("good/a.txt", 300),
+        ("good/b.bin", 1 << 20),
+        ("slow/big.bin", 12 << 20),
+    ):
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_bytes(generator.randbytes(size))
+    layout = tmp_path_factory.mktemp("files-layout") / "layout"
+    image_from_dirs(layout, [tree])
+    push_oci_layout(layout, registry.host, "test/erofs-files", "gzip")
+    convert(f"{registry.host}/test/erofs-files:gzip", f"{registry.host}/test/erofs-files:esgz")
+    return "test/erofs-files:esgz", tree
+
+
+def _chunk_offset(registry: Registry, image: str, path: str) -> tuple[str, int]:
+    """The layer digest and the blob offset of the first chunk of ``path`` in it."""
+    name, _, tag = image.partition(":")
+    manifest_path = registry.root / "docker/registry/v2/repositories" / name / "_manifests/tags"
+    link = (manifest_path / tag / "current/link").read_text().strip()
+    manifest = json.loads(_blob(registry, link))
+    (layer,) = manifest["layers"]
+    blob = _blob(registry, layer["digest"])
+    footer = parse_footer(blob[-51:])
+    opened = parse_layer(blob[footer.toc_offset :], footer.toc_offset, len(blob), None)
+    node = opened.index.lookup(path)
+    assert node is not None
+    return layer["digest"], node.chunks[0].offset
+
+
+def _blob(registry: Registry, digest: str) -> bytes:
+    hex_digest = digest.partition(":")[2]
+    directory = registry.root / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest
+    return (directory / "data").read_bytes()
+
+
+def _starting_at(offset: int) -> Callable[[str], bool]:
+    """A Range predicate: the first range starts at ``offset``."""
+    return lambda header: header.startswith(f"bytes={offset}-")
+
+
+def test_a_corrupted_chunk_is_eio_for_its_file_only_and_reported(
+    files_image: tuple[str, Path], registry: Registry, state: Path, tmp_path: Path
+) -> None:
+    image, tree = files_image
+    digest, offset = _chunk_offset(registry, image, "bad/bad.bin")
+    target = tmp_path / "mnt"
+    report = tmp_path / "report.json"
+    with FaultProxy(registry.host) as proxy:
+        # Past a multipart answer's first part head: inside bad.bin's compressed bytes.
+        proxy.add(corrupt(400, method="GET", path=digest, ranged=_starting_at(offset), times=None))
+        reference = f"{proxy.host}/{image}"
+        options = ("--no-background-fetch", "--fetch-report", str(report))
+        with lazybuild_mount(state, reference, target, *options):
+            assert (target / "good/b.bin").read_bytes() == (tree / "good/b.bin").read_bytes()
+            with pytest.raises(OSError) as failed:
+                (target / "bad/bad.bin").read_bytes()
+            assert failed.value.errno == errno.EIO
+            for path in ("good/a.txt", "good/b.bin", "slow/big.bin"):
+                assert (target / path).read_bytes() == (tree / path).read_bytes(), path
+            (log,) = (state / "mounts").glob("*.log")
+            logged = [line for line in log.read_text().splitlines() if "read failed" in line]
+        assert sum(fault.hits for fault in proxy.faults) > 0
+    assert logged and all("/bad/bad.bin: read failed" in line for line in logged), logged
+    failures = json.loads(report.read_text())["failures"]
+    assert {failure["path"] for failure in failures} == {"/bad/bad.bin"}, failures
+    _state_dir_clean(state)
+
+
+def test_a_filesystem_killed_mid_read_leaves_nothing_after_the_next_command(
+    files_image: tuple[str, Path],
+    registry: Registry,
+    wan_proxy: Callable[..., WanProxy],
+    state: Path,
+    tmp_path: Path,
+) -> None:
+    image, _ = files_image
+    proxy = wan_proxy(registry.host, latency=0.02, bandwidth_bits=8e6)  # 1 MB/s
+    target = tmp_path / "mnt"
+    with lazybuild_mount(
+        state, f"{proxy.host}/{image}", target, "--no-background-fetch"
+    ) as mount_command:
+        filesystem = _filesystem_pid(state)
+        reader = subprocess.Popen(
+            ["cat", str(target / "slow/big.bin")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while proxy.bytes_to_client < 2 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reader.poll() is None, "the read should still be under way"
+        # The owner first, so that nobody cleans up but the next command.
+        os.kill(mount_command.pid, signal.SIGKILL)
+        os.kill(filesystem, signal.SIGKILL)
+        mount_command.wait()
+        _, reader_errors = reader.communicate(timeout=30)  # not hung
+        assert reader.returncode != 0
+        assert any(kind == "erofs" for _, kind, _ in _mounts(state)), "left by the kill"
+        du = subprocess.run(
+            lazybuild_argv(state, "du"), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert du.returncode == 0, du.stderr
+        assert "could not unmount" not in du.stderr, du.stderr
+        _state_dir_clean(state)
+    assert reader_errors
+
+
+def test_run_runs_a_program_from_erofs_layers(
+    tiny_image: str, registry: Registry, state: Path, tmp_path: Path
+) -> None:
+    reference = f"{registry.host}/test/tiny:erofs-serving"
+    convert(tiny_image, reference)
+    report = tmp_path / "report.json"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            lazybuild_argv(state, "-q", "run", *args),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    hello = run("--fetch-report", str(report), reference)  # the image's command
+    assert hello.returncode == 0, hello.stderr
+    assert hello.stdout == "hello from the upper layer\n"
+    layers = json.loads(report.read_text())["layers"]
+    assert len(layers) == 3 and all(layer["mode"] == "lazy" for layer in layers)
+    # Through the overlay of the three EROFS mounts: an opaque directory, a whiteout.
+    shown = run(reference, "cat", "/opt/data/new.txt")
+    assert (shown.returncode, shown.stdout) == (0, "new\n"), shown.stderr
+    assert run(reference, "cat", "/opt/data/old.txt").returncode == 1
+    assert run(reference, "cat", "/etc/motd").returncode == 1
+    _state_dir_clean(state)
+
+
+def test_the_loop_device_fallback_mounts_and_frees_its_device(tmp_path: Path) -> None:
+    """What kernels before 6.12 get (they refuse a regular file as the source)."""
+    blob = estargz_from_tar(
+        tar_of(
+            [(member("etc/hello"), b"hello\n"), (member("dev/null", CHRTYPE, device=(1, 3)), None)]
+        )
+    )
+    image = tmp_path / "layer.erofs"
+    image_of_blob(blob, image)
+    target = tmp_path / "mnt"
+    target.mkdir()
+    source = mount_erofs(image, target, file_backed=False)
+    try:
+        assert source.startswith("/dev/loop")
+        assert [kind for _, kind, _ in _mounts(target)] == ["erofs"]
+        assert (target / "etc/hello").read_bytes() == b"hello\n"
+        device = (target / "dev/null").lstat()  # nodev: still a device, not openable
+        assert stat.S_ISCHR(device.st_mode)
+        assert (os.major(device.st_rdev), os.minor(device.st_rdev)) == (1, 3)
+        assert _loop_devices_backed_under(tmp_path) == [source.removeprefix("/dev/")]
+    finally:
+        unmount_erofs(target)
+    assert _mounts(target) == []
+    deadline = time.monotonic() + 10  # the device detaches itself when the mount goes
+    while _loop_devices_backed_under(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _loop_devices_backed_under(tmp_path) == []
