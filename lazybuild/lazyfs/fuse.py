@@ -215,9 +215,8 @@ class LazyFilesystem(pyfuse3.Operations):
             for inode, node in tree.shown()
             if node.type == "reg" and node.size > min_size
         ]
-        # Image files: their pages hold every file's (a no-op when the kernel reads
-        # them directly, as file-backed EROFS mounts do).
-        inodes += [first_inode(image.file_slot) for image in self._images.values()]
+        # (Image files have no cached pages: they are opened for direct I/O. The pages
+        # of the files in them are the EROFS mounts', see ``LayerSource``.)
         # In a thread: the kernel waits for pages locked by reads in flight, and those
         # are answered by this loop.
         await trio.to_thread.run_sync(_invalidate_pages, inodes)
@@ -385,7 +384,10 @@ class LazyFilesystem(pyfuse3.Operations):
             handle = self._next_handle
             self._next_handle += 1
             self._open_files[handle] = _OpenImage(in_image[0])
-            return pyfuse3.FileInfo(fh=handle, keep_cache=True)
+            # Direct: EROFS keeps the pages of the files in the image itself, and the
+            # image's page cache would read ahead across file boundaries into files
+            # nobody asked for (on-demand fetches of bytes no workload read).
+            return pyfuse3.FileInfo(fh=handle, direct_io=True)
         tree, node = self._resolve(inode)
         if node.type == "dir":
             raise pyfuse3.FUSEError(errno.EISDIR)
