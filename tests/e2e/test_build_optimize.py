@@ -308,11 +308,27 @@ def test_the_places_read_of_a_big_base_file_go_into_the_record_and_come_first_in
     (big,) = [entry for entry in read_record(record_path) if entry.path == "data/big.bin"]
     assert big.read_ranges and big.read_ranges[0][0] == 0
     assert sum(length for _, length in big.read_ranges) < 16 << 20  # a place, not the file
-    run = lazybuild(tmp_path / "run", "run", "--network", "none", reference)
+    report_path = tmp_path / "fetch-report.json"
+    run = lazybuild(
+        tmp_path / "run",
+        "run",
+        "--network",
+        "none",
+        "--fetch-report",
+        str(report_path),
+        reference,
+    )
     assert run.stdout == "first line\n"
     # The first 4 MiB chunk of random bytes is in the prefetch (the record's other
-    # files are a few hundred KB): megabytes scheduled, not kilobytes.
+    # files are a few hundred KB): megabytes scheduled, not kilobytes. The filesystem
+    # process starts on the record itself as soon as the layers open; on a fast link it
+    # may have everything by the time the CLI asks, which then finds nothing left.
     scheduled = [line for line in run.stderr.splitlines() if "prefetching" in line]
-    assert len(scheduled) == 1 and scheduled[0].endswith(" MB not cached yet"), scheduled
-    assert float(scheduled[0].split(": ")[-1].split()[0]) >= 4.0
+    assert len(scheduled) == 1, scheduled
+    not_cached = scheduled[0].split(": ")[-1]
+    assert not_cached == "0 B not cached yet" or (
+        not_cached.endswith(" MB not cached yet") and float(not_cached.split()[0]) >= 4.0
+    ), scheduled
+    report = json.loads(report_path.read_text())
+    assert sum(layer["bytes_fetched"] for layer in report["layers"]) >= 4 << 20
     assert_nothing_left(tmp_path / "state")
