@@ -5,7 +5,12 @@ where the kernel allows it (Linux >= 6.12), else through a read-only loop device
 up with ``LOOP_CONFIGURE`` and ``LO_FLAGS_AUTOCLEAR``, so the device detaches itself
 when the mount lets go of it (on unmount, lazy or not, and when a process that set it
 up dies before mounting). Call it from a worker thread when the image is served by the
-calling process: the kernel reads the superblock through it.
+calling process: the kernel reads the superblock through it, and walking to the
+target through the FUSE mount may ask it for attributes.
+
+``unmount_erofs`` unmounts through a descriptor of the mount's root opened at mount
+time (``/proc/self/fd/N``), not through its path: a path walk through the FUSE mount
+can wait for an answer from the process that serves it, which is the caller.
 
 Flags: read-only, ``nosuid``, ``nodev``, as the FUSE mount the layers came from so
 far. ``nodev`` only refuses opening device nodes through this mount: the nodes are
@@ -22,6 +27,7 @@ import fcntl
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lazybuild.errors import LazybuildError
@@ -74,24 +80,38 @@ class _LoopConfig(ctypes.Structure):
     ]
 
 
-def mount_erofs(image: Path, target: Path, *, file_backed: bool = True) -> str:
-    """Mount ``image`` at ``target`` (an existing directory); returns the source used:
-    the image itself or the loop device. ``file_backed=False`` goes straight to a loop
-    device (for tests of the fallback)."""
+@dataclass(frozen=True)
+class ErofsMount:
+    target: Path
+    source: str  # the image file, or the loop device it is mounted through
+    root: int  # an O_PATH descriptor of the mount's root, for unmounting
+
+
+def mount_erofs(image: Path, target: Path, *, file_backed: bool = True) -> ErofsMount:
+    """Mount ``image`` at ``target`` (an existing directory). ``file_backed=False``
+    goes straight to a loop device (for tests of the fallback)."""
+    source = str(image)
+    mounted = False
     if file_backed:
         try:
-            _mount(str(image), target)
-            return str(image)
+            _mount(source, target)
+            mounted = True
         except OSError as exc:
             if exc.errno not in _NOT_A_BLOCK_DEVICE:
                 raise
             log.info("no file-backed EROFS mount here (%s): using a loop device", exc.strerror)
-    device, descriptor = attach_loop(image)
+    if not mounted:
+        source, descriptor = attach_loop(image)
+        try:
+            _mount(source, target)
+        finally:
+            os.close(descriptor)  # the mount holds the device now; autoclear does the rest
     try:
-        _mount(device, target)
-    finally:
-        os.close(descriptor)  # the mount holds the device now; autoclear does the rest
-    return device
+        root = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        _detach(str(target))
+        raise
+    return ErofsMount(target, source, root)
 
 
 def _mount(source: str, target: Path) -> None:
@@ -136,11 +156,18 @@ def attach_loop(image: Path) -> tuple[str, int]:
     raise OSError(errno.EBUSY, "no free loop device", str(image))
 
 
-def unmount_erofs(target: Path) -> None:
-    """Detach the mount at ``target`` now (lazily: overlays or readers still on it keep
-    it until they let go); a loop device under it then detaches itself."""
+def unmount_erofs(mount: ErofsMount) -> None:
+    """Detach the mount now (lazily: overlays or readers still on it keep it until they
+    let go); a loop device under it then detaches itself. Never waits for FUSE."""
     try:
-        syscalls.umount(target, syscalls.MNT_DETACH)
+        _detach(f"/proc/self/fd/{mount.root}", mount.target)
+    finally:
+        os.close(mount.root)
+
+
+def _detach(path: str, shown: Path | None = None) -> None:
+    try:
+        syscalls.umount(Path(path), syscalls.MNT_DETACH)
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOENT):  # not mounted (any more)
-            log.warning("could not unmount %s: %s", target, exc.strerror)
+            log.warning("could not unmount %s: %s", shown or path, exc.strerror)

@@ -23,7 +23,7 @@ from lazybuild.errors import LazybuildError, one_error, reported_error
 from lazybuild.estargz.index import LayerIndex
 from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs import control
-from lazybuild.lazyfs.erofsmount import mount_erofs, unmount_erofs
+from lazybuild.lazyfs.erofsmount import ErofsMount, mount_erofs, unmount_erofs
 from lazybuild.lazyfs.fuse import LazyFilesystem
 from lazybuild.lazyfs.imagefile import erofs_layers, image_file_name
 from lazybuild.lazyfs.layer import LazyLayer
@@ -86,8 +86,8 @@ class LayerSource:
         # image path land before it replaces the per-inode presentation and the
         # skeleton in a later change; see ``imagefile``.
         self._erofs = erofs_layers()
-        # Layers served as EROFS images: layer name -> (mountpoint, layer).
-        self._erofs_mounts: dict[str, tuple[Path, LazyLayer]] = {}
+        # Layers served as EROFS images: layer name -> (its mount, the layer).
+        self._erofs_mounts: dict[str, tuple[ErofsMount, LazyLayer]] = {}
 
     async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
         ref = Reference.parse(ref_text)
@@ -143,13 +143,13 @@ class LayerSource:
         await self._filesystem.forget_cached_pages(PREFETCH_FILE_MAX_BYTES)
         if self._erofs_mounts:
             # The kernel caches those files' pages in the EROFS mounts too.
-            mounts = list(self._erofs_mounts.values())
+            mounts = [(mount.target, layer) for mount, layer in self._erofs_mounts.values()]
             await trio.to_thread.run_sync(_drop_big_file_pages, mounts)
 
     def unmount_images(self) -> None:
         """Take the EROFS mounts down (lazily), before the FUSE mount under them."""
-        for target, _ in self._erofs_mounts.values():
-            unmount_erofs(target)
+        for mount, _ in self._erofs_mounts.values():
+            unmount_erofs(mount)
         self._erofs_mounts.clear()
 
     async def skeleton(self, digests: Sequence[str]) -> Path | None:
@@ -248,8 +248,13 @@ class LayerSource:
     async def _mount_image(self, name: str, target: Path, layer: LazyLayer) -> None:
         image = self._mountpoint / image_file_name(name)
         try:
-            # In a thread: the kernel reads the superblock through this process.
-            source = await trio.to_thread.run_sync(mount_erofs, image, target)
+            # In a thread: the kernel reads the superblock through this process. Left
+            # behind when cancelled: once the process stops serving FUSE (shutting down),
+            # the mount waits for an answer until the FUSE mount goes, then fails; one
+            # that got through is below the FUSE mount, and goes with it.
+            mount = await trio.to_thread.run_sync(
+                mount_erofs, image, target, abandon_on_cancel=True
+            )
         except LazybuildError:
             self._filesystem.remove_image(name)
             raise
@@ -261,8 +266,8 @@ class LayerSource:
         except BaseException:
             self._filesystem.remove_image(name)
             raise
-        self._erofs_mounts[name] = (target, layer)
-        log.debug("layer %s: EROFS mounted from %s", layer.digest, source)
+        self._erofs_mounts[name] = (mount, layer)
+        log.debug("layer %s: EROFS mounted from %s", layer.digest, mount.source)
 
     def _withdraw(self, name: str) -> None:
         mounted = self._erofs_mounts.pop(name, None)

@@ -25,6 +25,7 @@ from tarfile import CHRTYPE
 import pytest
 
 from lazybuild.estargz import parse_footer, parse_layer
+from lazybuild.lazyfs.client import STOP_TIMEOUT
 from lazybuild.lazyfs.erofsmount import mount_erofs, unmount_erofs
 from lazybuild.lazyfs.imagefile import LAYER_FORMAT_VARIABLE
 from tests.integration.test_lazy_commands import (
@@ -274,7 +275,8 @@ def test_the_loop_device_fallback_mounts_and_frees_its_device(tmp_path: Path) ->
     image_of_blob(blob, image)
     target = tmp_path / "mnt"
     target.mkdir()
-    source = mount_erofs(image, target, file_backed=False)
+    mount = mount_erofs(image, target, file_backed=False)
+    source = mount.source
     try:
         assert source.startswith("/dev/loop")
         assert [kind for _, kind, _ in _mounts(target)] == ["erofs"]
@@ -284,9 +286,27 @@ def test_the_loop_device_fallback_mounts_and_frees_its_device(tmp_path: Path) ->
         assert (os.major(device.st_rdev), os.minor(device.st_rdev)) == (1, 3)
         assert _loop_devices_backed_under(tmp_path) == [source.removeprefix("/dev/")]
     finally:
-        unmount_erofs(target)
+        unmount_erofs(mount)
     assert _mounts(target) == []
     deadline = time.monotonic() + 10  # the device detaches itself when the mount goes
     while _loop_devices_backed_under(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _loop_devices_backed_under(tmp_path) == []
+
+
+def test_unmounting_never_waits_on_the_filesystem_itself(
+    files_image: tuple[str, Path], registry: Registry, state: Path, tmp_path: Path
+) -> None:
+    """The EROFS mounts come down through descriptors: by path, the walk through the FUSE
+    mount asks the process for the root's attributes once they expire (after 1 s), and
+    the process, busy unmounting, never answered (the stop took the kill timeout)."""
+    image, _ = files_image
+    target = tmp_path / "mnt"
+    with lazybuild_mount(state, f"{registry.host}/{image}", target) as mount_command:
+        time.sleep(1.5)
+        stopping = time.monotonic()
+        subprocess.run(lazybuild_argv(state, "umount", str(target)), check=True, timeout=60)
+        mount_command.wait(timeout=60)
+    assert time.monotonic() - stopping < STOP_TIMEOUT / 2
+    assert mount_command.returncode == 0
+    _state_dir_clean(state)
