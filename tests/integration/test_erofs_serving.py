@@ -21,13 +21,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from tarfile import CHRTYPE
+from typing import Any
 
 import pytest
 
 from lazybuild.estargz import parse_footer, parse_layer
 from lazybuild.lazyfs.client import STOP_TIMEOUT
-from lazybuild.lazyfs.erofsmount import mount_erofs, unmount_erofs
+from lazybuild.lazyfs.erofsmount import ErofsUnavailableError, mount_erofs, unmount_erofs
 from lazybuild.lazyfs.imagefile import LAYER_FORMAT_VARIABLE
+from lazybuild.snapshot import syscalls
 from tests.integration.test_lazy_commands import (
     _expected_tree,
     convert,
@@ -310,3 +312,39 @@ def test_unmounting_never_waits_on_the_filesystem_itself(
     assert time.monotonic() - stopping < STOP_TIMEOUT / 2
     assert mount_command.returncode == 0
     _state_dir_clean(state)
+
+
+def test_a_kernel_refusing_file_backed_mounts_gets_a_loop_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before 6.12 the kernel answers a regular file as the source with EINVAL/ENOTBLK;
+    a kernel without EROFS with ENODEV, which is one line saying what to do."""
+    image = tmp_path / "layer.erofs"
+    image_of_blob(estargz_from_tar(tar_of([(member("etc/hello"), b"hello\n")])), image)
+    target = tmp_path / "mnt"
+    target.mkdir()
+    real_mount = syscalls.mount
+
+    def old_kernel(source: str, *args: Any) -> None:
+        if not source.startswith("/dev/loop"):
+            raise OSError(errno.ENOTBLK, os.strerror(errno.ENOTBLK), source)
+        real_mount(source, *args)
+
+    monkeypatch.setattr(syscalls, "mount", old_kernel)
+    mount = mount_erofs(image, target)
+    try:
+        assert mount.source.startswith("/dev/loop")
+        assert (target / "etc/hello").read_bytes() == b"hello\n"
+    finally:
+        unmount_erofs(mount)
+
+    def no_erofs(source: str, *args: Any) -> None:
+        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), source)
+
+    monkeypatch.setattr(syscalls, "mount", no_erofs)
+    with pytest.raises(ErofsUnavailableError, match="modprobe erofs"):
+        mount_erofs(image, target)
+    deadline = time.monotonic() + 10
+    while _loop_devices_backed_under(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _loop_devices_backed_under(tmp_path) == []
