@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lazybuild.errors import LazybuildError
+from lazybuild.lazyfs.readahead import READAHEAD_KIB
 from lazybuild.snapshot import syscalls
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ LOOP_CONFIGURE = 0x4C0A
 LOOP_CTL_GET_FREE = 0x4C82
 LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4
+# <linux/fs.h>: _IOR(0x15, 1, struct fs_sysfs_path { __u8 len; __u8 name[128]; })
+FS_IOC_GETFSSYSFSPATH = 0x80000000 | (129 << 16) | (0x15 << 8) | 1
 _LOOP_ATTEMPTS = 8
 # What a kernel without file-backed EROFS mounts says to a regular file as the source.
 _NOT_A_BLOCK_DEVICE = frozenset({errno.ENOTBLK, errno.EINVAL})
@@ -111,7 +114,26 @@ def mount_erofs(image: Path, target: Path, *, file_backed: bool = True) -> Erofs
     except OSError:
         _detach(str(target))
         raise
+    _widen_readahead(target)
     return ErofsMount(target, source, root)
+
+
+def _widen_readahead(target: Path) -> None:
+    """Give a file-backed mount the read-ahead the FUSE mount has (its own device's
+    default is 128 KiB: a cached 256 MiB file read 40% slower on a fresh mount). Its
+    device is found by ``FS_IOC_GETFSSYSFSPATH`` (Linux >= 6.10); best effort."""
+    try:
+        descriptor = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            answer = fcntl.ioctl(descriptor, FS_IOC_GETFSSYSFSPATH, bytes(129))
+        finally:
+            os.close(descriptor)
+        name = answer[1 : 1 + answer[0]].decode().rpartition("/")[2]
+        setting = Path("/sys/class/bdi") / name / "read_ahead_kb"
+        if name and setting.exists():
+            setting.write_text(f"{READAHEAD_KIB}\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        log.debug("cannot set the read-ahead of %s: %s", target, exc)
 
 
 def _mount(source: str, target: Path) -> None:

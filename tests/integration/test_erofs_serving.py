@@ -11,6 +11,7 @@ killed mid-read leaves no mount, loop device or hung reader once the next comman
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import random
@@ -27,8 +28,14 @@ import pytest
 
 from lazybuild.estargz import parse_footer, parse_layer
 from lazybuild.lazyfs.client import STOP_TIMEOUT
-from lazybuild.lazyfs.erofsmount import ErofsUnavailableError, mount_erofs, unmount_erofs
+from lazybuild.lazyfs.erofsmount import (
+    FS_IOC_GETFSSYSFSPATH,
+    ErofsUnavailableError,
+    mount_erofs,
+    unmount_erofs,
+)
 from lazybuild.lazyfs.imagefile import LAYER_FORMAT_VARIABLE
+from lazybuild.lazyfs.readahead import READAHEAD_KIB
 from lazybuild.snapshot import syscalls
 from tests.integration.test_lazy_commands import (
     _expected_tree,
@@ -106,6 +113,7 @@ def test_mounted_tree_equals_the_unpacked_image(
     with lazybuild_mount(state, reference, target):
         erofs = [mount for mount in _mounts(state) if mount[1] == "erofs"]
         fuse = [mount for mount in _mounts(state) if mount[1].startswith("fuse")]
+        read_ahead = {_read_ahead_kib(Path(point)) for point, _, _ in erofs}
         tree = directory_tree(target)
     (fuse_root,) = [point for point, _, _ in fuse]
     # One EROFS mount per layer, from its image file, at the layer's path in the mount.
@@ -113,9 +121,20 @@ def test_mounted_tree_equals_the_unpacked_image(
     for point, _, source in erofs:
         assert Path(point).parent == Path(fuse_root)
         assert source == point + ".erofs"
+    assert read_ahead == {READAHEAD_KIB}  # as the FUSE mount's
     assert tree.entries == _expected_tree(rich_image_layout)
     assert frozenset({"srv/big.bin", "srv/big-hardlink.bin"}) in tree.hardlinks
     _state_dir_clean(state)
+
+
+def _read_ahead_kib(mountpoint: Path) -> int:
+    descriptor = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        answer = fcntl.ioctl(descriptor, FS_IOC_GETFSSYSFSPATH, bytes(129))
+    finally:
+        os.close(descriptor)
+    device = answer[1 : 1 + answer[0]].decode().rpartition("/")[2]
+    return int((Path("/sys/class/bdi") / device / "read_ahead_kb").read_text())
 
 
 # -- an image of our own: files to corrupt, files to read slowly ---------------------------
