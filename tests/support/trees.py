@@ -178,7 +178,7 @@ def layer_tree(blob_path: Path) -> Tree:
     elif kind is LayerFormat.ZSTD:
         with blob_path.open("rb") as raw:
             reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            tree = tar_tree(reader)  # type: ignore[arg-type]
+            tree = tar_tree(reader)
     elif kind is LayerFormat.UNCOMPRESSED:
         with blob_path.open("rb") as stream:
             tree = tar_tree(stream)
