@@ -259,7 +259,7 @@ def test_a_filesystem_killed_mid_read_leaves_nothing_after_the_next_command(
 def test_run_runs_a_program_from_erofs_layers(
     tiny_image: str, registry: Registry, state: Path, tmp_path: Path
 ) -> None:
-    reference = f"{registry.host}/test/tiny:erofs-serving"
+    reference = f"{registry.host}/test/erofs-serving-tiny:esgz"  # a repository of its own
     convert(tiny_image, reference)
     report = tmp_path / "report.json"
 
