@@ -113,10 +113,13 @@ def _inode_for(node: Node) -> ImageInode:
     seconds = node.mtime or 0
     if not -_S64 <= seconds <= _S64:
         raise _fail(node, f"mtime {seconds} does not fit in 64 bits")
+    # Linux makes every symlink 0777 and no extractor (Docker's included) can change
+    # that, so a TOC's other symlink mode would show where an unpacked layer shows 0777.
+    permissions = 0o777 if kind == "symlink" else node.mode & 0o7777
     inode = ImageInode(
         node=node,
         type=kind,
-        mode=S_IFMT_BY_TYPE[kind] | (node.mode & 0o7777),
+        mode=S_IFMT_BY_TYPE[kind] | permissions,
         uid=node.uid,
         gid=node.gid,
         mtime=seconds,
