@@ -360,12 +360,13 @@ class _Extractor:
         """Remove what is at ``name`` in ``parent`` (``relative`` from the root): a later
         entry replaces it, and no attributes of what was there outlive it."""
         self._dirs.pop(relative, None)
-        self._removed[relative] = self._serial
         try:
             mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
         except FileNotFoundError:
             return
         if stat.S_ISDIR(mode):
+            # Only a removed tree can hold pending directories below it.
+            self._removed[relative] = self._serial
             self._forget_parent_if_below(parent)
             shutil.rmtree(name, dir_fd=parent)
         else:

@@ -32,7 +32,6 @@ class RootDir:
     def __init__(self, path: Path, *, follow_symlinks: bool) -> None:
         self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.follow_symlinks = follow_symlinks
-        self.identity = _identity(os.fstat(self.fd))
 
     def __enter__(self) -> RootDir:
         return self
@@ -99,10 +98,6 @@ def _open_component(directory: int, name: str, make: MakeDirectory | None) -> in
             raise
     make(directory, name)
     return os.open(name, _PATH_FLAGS, dir_fd=directory)
-
-
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
 
 
 def proc_path(fd: int, name: str | None = None) -> str:

@@ -146,10 +146,15 @@ class TarReader:
         long_name: bytes | None,
         long_link: bytes | None,
     ) -> TarEntry:
-        name = _text(long_name if long_name is not None else header.name)
-        linkname = _text(long_link if long_link is not None else header.linkname)
-        name = pax.get("GNU.sparse.name", pax.get("path", name)) if long_name is None else name
-        linkname = pax.get("linkpath", linkname) if long_link is None else linkname
+        # A GNU long name or link wins over PAX, as in Go's reader.
+        if long_name is not None:
+            name = _text(long_name)
+        else:
+            name = pax.get("GNU.sparse.name", pax.get("path", _text(header.name)))
+        if long_link is not None:
+            linkname = _text(long_link)
+        else:
+            linkname = pax.get("linkpath", _text(header.linkname))
         kind = _KINDS.get(header.typeflag)
         if kind is None:
             raise TarFormatError(
