@@ -11,6 +11,13 @@ order they were read, as the step starts; paths the new layers lack are skipped.
 A record is a hint: a wrong or stale one costs bytes, never correctness (every chunk is
 still verified against the TOC of the layer actually mounted).
 
+A new record adds to the old one instead of replacing it: lazy layers are EROFS images
+whose file pages the kernel keeps, so a step that runs after another step of the same
+build read the same files reads them from memory, and the filesystem never sees those
+reads. What this run saw comes first, in its order, then what earlier runs saw and this
+one did not, up to the bound. A file a step stopped reading stays in the record (a few
+bytes fetched too many on a cold runner) rather than one a step still reads dropping out.
+
 Records: ``<state>/build/learned/<key>.json``, ``{"version": 1, "layers": [[paths]]}``
 with one list per base layer, bottom first.
 """
@@ -67,6 +74,11 @@ class LearnedReads:
         return [[path for path in paths if isinstance(path, str)] for paths in layers]
 
     def save(self, key: str, layers: Sequence[Sequence[str]]) -> None:
+        """Record what a step read (per base layer, bottom first), added to what earlier
+        runs of it read (see the module docstring)."""
+        earlier = self.load(key)
+        if earlier is not None and len(earlier) == len(layers):
+            layers = [_merged(now, before) for now, before in zip(layers, earlier, strict=True)]
         kept: list[list[str]] = []
         budget = MAX_FILES
         for paths in layers:
@@ -77,3 +89,8 @@ class LearnedReads:
             write_atomic(self.directory / f"{key}.json", data)
         except OSError as exc:  # only the next build gets slower
             log.warning("cannot keep what the step read: %s", exc)
+
+
+def _merged(now: Sequence[str], before: Sequence[str]) -> list[str]:
+    seen = set(now)
+    return [*now, *(path for path in before if path not in seen)]

@@ -53,3 +53,19 @@ def test_a_record_is_cut_at_the_file_bound(tmp_path: Path, monkeypatch: pytest.M
     store = LearnedReads(tmp_path)
     store.save("k", [["a", "b"], ["c", "d"], ["e"]])
     assert store.load("k") == [["a", "b"], ["c"], []]
+
+
+def test_a_new_record_adds_to_the_old_one_read_from_memory_unseen(tmp_path: Path) -> None:
+    # The second run read libc from the kernel's page cache (an earlier step of the same
+    # build had read it): the filesystem saw only cc1, and libc must stay in the record.
+    store = LearnedReads(tmp_path)
+    store.save("k", [["etc/passwd"], ["usr/lib/libc.so.6", "usr/bin/cc1"]])
+    store.save("k", [[], ["usr/bin/cc1", "usr/bin/as"]])
+    assert store.load("k") == [["etc/passwd"], ["usr/bin/cc1", "usr/bin/as", "usr/lib/libc.so.6"]]
+
+
+def test_a_record_of_another_shape_is_replaced(tmp_path: Path) -> None:
+    store = LearnedReads(tmp_path)
+    store.save("k", [["a"], ["b"]])
+    store.save("k", [["c"]])
+    assert store.load("k") == [["c"]]
