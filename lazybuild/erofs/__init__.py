@@ -30,6 +30,10 @@ Interface:
 - ``ExtentTable``: ``extents`` (``Extent(offset, size, node)`` sorted by offset,
   non-overlapping, one per regular file with data, hardlinks once), ``extent_of(node)``
   (file -> image offset, for prefetching a file through the image), ``pieces``.
+- ``layout_parts(layout, index) -> LayoutParts | None`` and ``restore_layout(index,
+  toc_digest, parts) -> ErofsLayout``: a built layout kept as its metadata, stats and
+  files' paths and sizes, and had again without building it (``stored``); parts that do
+  not fit the index and TOC digest raise ``StoredLayoutError``.
 
 A read served through FUSE is therefore: below ``data_start`` a slice of ``metadata``;
 above, ``extents_at`` then the layer's verified chunks for each piece (``Piece.node`` is
@@ -45,6 +49,7 @@ directory; TOC and landmark entries left out. See ``tree`` and ``layout`` for th
 from lazybuild.erofs.extents import Extent, ExtentTable, Piece
 from lazybuild.erofs.layout import ErofsLayout, LayoutStats, build_layout
 from lazybuild.erofs.ondisk import BLOCK_SIZE
+from lazybuild.erofs.stored import LayoutParts, StoredLayoutError, layout_parts, restore_layout
 from lazybuild.erofs.tree import UnrepresentableError
 
 __all__ = [
@@ -52,8 +57,12 @@ __all__ = [
     "ErofsLayout",
     "Extent",
     "ExtentTable",
+    "LayoutParts",
     "LayoutStats",
     "Piece",
+    "StoredLayoutError",
     "UnrepresentableError",
     "build_layout",
+    "layout_parts",
+    "restore_layout",
 ]

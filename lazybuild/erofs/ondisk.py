@@ -9,6 +9,7 @@ Nothing here sets a feature bit an older kernel would refuse.
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 BLOCK_SIZE_BITS = 12
 BLOCK_SIZE = 1 << BLOCK_SIZE_BITS
@@ -116,6 +117,33 @@ def pack_superblock(
         0,  # xattr_prefix_count
         0,  # xattr_prefix_start
         0,  # packed_nid
+    )
+
+
+class Superblock(NamedTuple):
+    """The superblock fields a stored image is checked against (``unpack_superblock``)."""
+
+    magic: int
+    checksum: int
+    root_nid: int
+    inodes: int
+    build_time: int
+    blocks: int
+    uuid: bytes
+
+
+def unpack_superblock(image_head: bytes | bytearray) -> Superblock:
+    """The superblock of an image whose first ``SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE``
+    bytes are given (``struct.error`` when they are not all there)."""
+    fields = _SUPERBLOCK.unpack_from(image_head, SUPERBLOCK_OFFSET)
+    return Superblock(
+        magic=fields[0],
+        checksum=fields[1],
+        root_nid=fields[5],
+        inodes=fields[6],
+        build_time=fields[7],
+        blocks=fields[9],
+        uuid=fields[12],
     )
 
 
