@@ -55,12 +55,15 @@ def _mounts_alive(root: Path) -> bool:
 
 async def run_du(args: argparse.Namespace) -> int:
     from lazybuild.cache.chunkcache import ChunkCache
+    from lazybuild.lazyfs import imagecache
 
     root = state_dir(args)
     cache = await trio.to_thread.run_sync(ChunkCache, root / "cache")
     usage = await trio.to_thread.run_sync(cache.usage)
+    images = await trio.to_thread.run_sync(imagecache.usage, root)
     print(f"state directory  {root}")
     print(f"chunk cache      {usage.entries:>8} chunks  {human_size(usage.bytes):>10}")
+    print(f"EROFS images     {images.entries:>8} images  {human_size(images.bytes):>10}")
     for name, label in (
         ("unpacked", "unpacked layers"),
         ("skeletons", "layer skeletons"),
@@ -74,11 +77,17 @@ async def run_du(args: argparse.Namespace) -> int:
 
 async def run_prune(args: argparse.Namespace) -> int:
     from lazybuild.cache.chunkcache import ChunkCache
+    from lazybuild.lazyfs import imagecache
 
     root = state_dir(args)
     cache = await trio.to_thread.run_sync(ChunkCache, root / "cache")
     freed = await trio.to_thread.run_sync(cache.prune, args.keep_storage)
     print(f"freed {freed.entries} chunks, {human_size(freed.bytes)}")
+    # Removed even while layers are mounted: a filesystem process keeps the images it
+    # serves in memory and never reads their entries again.
+    if args.keep_storage == 0 and (root / imagecache.IMAGE_CACHE_DIR).is_dir():
+        images = await trio.to_thread.run_sync(imagecache.remove_all, root)
+        print(f"freed {images.entries} EROFS images, {human_size(images.bytes)}")
     # Unpacked layers and skeletons may be lower dirs of live overlays: only removed idle.
     for name, label in (("unpacked", "unpacked layers"), ("skeletons", "layer skeletons")):
         directory = root / name
