@@ -11,7 +11,7 @@ import trio.testing
 
 from lazybuild.cache.chunkcache import ChunkCache
 from lazybuild.errors import DigestMismatchError
-from lazybuild.lazyfs import layer as layer_module
+from lazybuild.lazyfs import miss_readahead, prefetch
 from lazybuild.lazyfs.layer import LazyLayer
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
@@ -22,9 +22,9 @@ PRIORITIZED = ["dir/one.bin", "multi.bin", "small.txt"]
 
 @pytest.fixture(autouse=True)
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(layer_module, "PREFETCH_FIRST_BATCH_BYTES", CHUNK)
-    monkeypatch.setattr(layer_module, "PREFETCH_BATCH_BYTES", 2 * CHUNK)
-    monkeypatch.setattr(layer_module, "SIBLING_BUDGET_BYTES", 0)
+    monkeypatch.setattr(prefetch, "PREFETCH_FIRST_BATCH_BYTES", CHUNK)
+    monkeypatch.setattr(prefetch, "PREFETCH_BATCH_BYTES", 2 * CHUNK)
+    monkeypatch.setattr(miss_readahead, "SIBLING_BUDGET_BYTES", 0)
 
 
 def _region(built: Built) -> int:

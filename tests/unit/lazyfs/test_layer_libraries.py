@@ -12,7 +12,7 @@ import trio.testing
 
 from lazybuild.cache.chunkcache import ChunkCache
 from lazybuild.estargz.index import Node
-from lazybuild.lazyfs import layer as layer_module
+from lazybuild.lazyfs import miss_readahead
 from lazybuild.lazyfs.layer import LazyLayer
 from lazybuild.lazyfs.layerset import LayerSet
 from tests.unit.estargz.esgz_helpers import Member
@@ -26,7 +26,7 @@ LIBDIR = "usr/lib/x86_64-linux-gnu"
 def no_sibling_fetches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Programs and libraries sit in directories of their own here anyway; this keeps
     the request counts about libraries alone."""
-    monkeypatch.setattr(layer_module, "SIBLING_BUDGET_BYTES", 0)
+    monkeypatch.setattr(miss_readahead, "SIBLING_BUDGET_BYTES", 0)
 
 
 async def settle(blob: MemoryBlob, requests: int) -> None:

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from lazybuild.lazyfs import layer as layer_module
+from lazybuild.lazyfs import background_fetch, miss_readahead, prefetch
 from lazybuild.lazyfs.priority import ForegroundGate
 from tests.unit.lazyfs.test_layer_fakes import CHUNK, MemoryBlob, build_layer, open_layer
 
@@ -18,15 +18,15 @@ from tests.unit.lazyfs.test_layer_fakes import CHUNK, MemoryBlob, build_layer, o
 def no_sibling_fetches(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests count the requests of one mechanism at a time; the files that come
     along on a directory's first miss have tests of their own (test_layer_siblings)."""
-    monkeypatch.setattr(layer_module, "SIBLING_BUDGET_BYTES", 0)
+    monkeypatch.setattr(miss_readahead, "SIBLING_BUDGET_BYTES", 0)
 
 
 def test_prefetch_fetches_the_prioritized_region_in_order_without_waiting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(layer_module, "PREFETCH_FIRST_BATCH_BYTES", 2 * CHUNK)
-    monkeypatch.setattr(layer_module, "PREFETCH_BATCH_BYTES", 2 * CHUNK)
-    monkeypatch.setattr(layer_module, "PREFETCH_CONCURRENCY", 1)
+    monkeypatch.setattr(prefetch, "PREFETCH_FIRST_BATCH_BYTES", 2 * CHUNK)
+    monkeypatch.setattr(prefetch, "PREFETCH_BATCH_BYTES", 2 * CHUNK)
+    monkeypatch.setattr(prefetch, "PREFETCH_CONCURRENCY", 1)
     prioritized = ["dir/one.bin", "multi.bin", "small.txt"]
     built = build_layer(prioritized=prioritized)
     blob = MemoryBlob(built.blob)
@@ -89,7 +89,7 @@ def test_no_prefetch_landmark_fetches_nothing(tmp_path: Path) -> None:
 def test_fetch_all_caches_every_chunk_in_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(layer_module, "BACKGROUND_BATCH_BYTES", 4 * CHUNK)
+    monkeypatch.setattr(background_fetch, "BACKGROUND_BATCH_BYTES", 4 * CHUNK)
     built = build_layer()
     blob = MemoryBlob(built.blob)
 
@@ -115,7 +115,7 @@ def test_fetch_all_caches_every_chunk_in_batches(
 def test_fetch_all_waits_for_quiet_and_yields_to_foreground(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(layer_module, "BACKGROUND_BATCH_BYTES", 2 * CHUNK)
+    monkeypatch.setattr(background_fetch, "BACKGROUND_BATCH_BYTES", 2 * CHUNK)
     built = build_layer()
     blob = MemoryBlob(built.blob)
     quiet = 0.3

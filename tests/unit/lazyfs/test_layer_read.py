@@ -14,7 +14,7 @@ import trio.testing
 from lazybuild.cache.chunkcache import ChunkCache
 from lazybuild.errors import DigestMismatchError
 from lazybuild.estargz.index import Node
-from lazybuild.lazyfs import layer as layer_module
+from lazybuild.lazyfs import miss_readahead, prefetch
 from lazybuild.lazyfs.fetchtrace import TOC_LABEL
 from lazybuild.lazyfs.layer import LazyLayer
 from tests.unit.lazyfs.test_layer_fakes import (
@@ -30,7 +30,7 @@ from tests.unit.lazyfs.test_layer_fakes import (
 def no_sibling_fetches(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests count the requests of one mechanism at a time; the files that come
     along on a directory's first miss have tests of their own (test_layer_siblings)."""
-    monkeypatch.setattr(layer_module, "SIBLING_BUDGET_BYTES", 0)
+    monkeypatch.setattr(miss_readahead, "SIBLING_BUDGET_BYTES", 0)
 
 
 def node_of(layer: LazyLayer, path: str) -> Node:
@@ -421,7 +421,7 @@ def test_a_file_missed_in_a_second_chunk_is_fetched_whole(
 ) -> None:
     """A program faulting a mapped file in, chunk by chunk out of order, gets the rest
     of the file after its second miss; a file above the limit stays on demand."""
-    monkeypatch.setattr(layer_module, "WHOLE_FILE_MAX_BYTES", whole_file_max)
+    monkeypatch.setattr(miss_readahead, "WHOLE_FILE_MAX_BYTES", whole_file_max)
     built = build_layer()
     blob = MemoryBlob(built.blob)
     data = built.files["dir/big.bin"]
@@ -457,9 +457,9 @@ def test_learned_prefetch_requests_follow_the_listed_order(
 ) -> None:
     """The files are listed in the order the step read them; the batches go out in that
     order, whatever order trio starts tasks in (it varies on purpose)."""
-    monkeypatch.setattr(layer_module, "PREFETCH_FIRST_BATCH_BYTES", 1)  # a chunk per request
-    monkeypatch.setattr(layer_module, "PREFETCH_BATCH_BYTES", 1)
-    monkeypatch.setattr(layer_module, "PREFETCH_CONCURRENCY", 1)
+    monkeypatch.setattr(prefetch, "PREFETCH_FIRST_BATCH_BYTES", 1)  # a chunk per request
+    monkeypatch.setattr(prefetch, "PREFETCH_BATCH_BYTES", 1)
+    monkeypatch.setattr(prefetch, "PREFETCH_CONCURRENCY", 1)
     files = {f"f{number:02}.txt": pseudo_random(CHUNK // 2, number) for number in range(12)}
     built = build_layer(files)
     listed = sorted(files, reverse=True)  # against the layer's order
@@ -482,7 +482,7 @@ def test_learned_prefetch_requests_follow_the_listed_order(
 def test_prefetch_by_file_list_leaves_big_files_to_on_demand_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(layer_module, "PREFETCH_FILE_MAX_BYTES", 4 * CHUNK)
+    monkeypatch.setattr(prefetch, "PREFETCH_FILE_MAX_BYTES", 4 * CHUNK)
     built = build_layer()
     blob = MemoryBlob(built.blob)
 
@@ -498,7 +498,7 @@ def test_prefetch_by_file_list_leaves_big_files_to_on_demand_reads(
 def test_prefetch_by_file_list_fetches_big_files_in_the_places_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(layer_module, "PREFETCH_FILE_MAX_BYTES", 4 * CHUNK)
+    monkeypatch.setattr(prefetch, "PREFETCH_FILE_MAX_BYTES", 4 * CHUNK)
     built = build_layer()
     blob = MemoryBlob(built.blob)
     data = built.files["dir/big.bin"]
@@ -527,7 +527,7 @@ def test_prefetch_by_file_list_fetches_big_files_in_the_places_given(
 def test_a_prefetch_starts_with_a_small_batch_so_the_first_files_come_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(layer_module, "PREFETCH_CONCURRENCY", 1)
+    monkeypatch.setattr(prefetch, "PREFETCH_CONCURRENCY", 1)
     files = {f"f{number:02}.txt": pseudo_random(CHUNK // 2, number) for number in range(12)}
     built = build_layer(files)
     listed = sorted(files)
@@ -537,8 +537,8 @@ def test_a_prefetch_starts_with_a_small_batch_so_the_first_files_come_at_once(
         layer = await open_layer(built, blob, tmp_path)
         chunks = [node_of(layer, name).chunks[0] for name in listed]
         compressed = [chunk.end - chunk.offset for chunk in chunks]
-        monkeypatch.setattr(layer_module, "PREFETCH_FIRST_BATCH_BYTES", sum(compressed[:2]))
-        monkeypatch.setattr(layer_module, "PREFETCH_BATCH_BYTES", sum(compressed[:5]))
+        monkeypatch.setattr(prefetch, "PREFETCH_FIRST_BATCH_BYTES", sum(compressed[:2]))
+        monkeypatch.setattr(prefetch, "PREFETCH_BATCH_BYTES", sum(compressed[:5]))
         blob.reset()
         await layer.prefetch_files(listed)
         for name in listed:

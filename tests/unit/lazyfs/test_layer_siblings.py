@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from lazybuild.estargz.index import Node
-from lazybuild.lazyfs import layer as layer_module
+from lazybuild.lazyfs import miss_readahead
 from lazybuild.lazyfs.layer import LazyLayer
 from tests.unit.lazyfs.test_layer_fakes import MemoryBlob, build_layer, open_layer
 
@@ -37,7 +37,7 @@ def fetched(blob: MemoryBlob, node: Node) -> bool:
 def headers() -> dict[str, bytes]:
     rng = random.Random(11)
     files = {f"include/h{n:02}.h": rng.randbytes(2000) for n in range(20)}
-    files["include/huge.bin"] = rng.randbytes(layer_module.SIBLING_FILE_MAX_BYTES + 1)
+    files["include/huge.bin"] = rng.randbytes(miss_readahead.SIBLING_FILE_MAX_BYTES + 1)
     files["other/far.h"] = rng.randbytes(2000)
     return files
 
@@ -84,7 +84,7 @@ def test_siblings_come_nearest_first_within_the_budget_once_per_directory(
             key=lambda node: abs(node.chunks[0].offset - missed.chunks[0].offset),
         )
         sizes = [node.chunks[0].end - node.chunks[0].offset for node in by_distance]
-        monkeypatch.setattr(layer_module, "SIBLING_BUDGET_BYTES", sum(sizes[:4]))
+        monkeypatch.setattr(miss_readahead, "SIBLING_BUDGET_BYTES", sum(sizes[:4]))
         blob.reset()
         await layer.read(missed, 0, 4096)
         await trio.testing.wait_all_tasks_blocked()

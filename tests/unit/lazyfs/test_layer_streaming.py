@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from lazybuild.lazyfs import early_region
-from lazybuild.lazyfs import layer as layer_module
+from lazybuild.errors import RegistryError
+from lazybuild.lazyfs import early_region, miss_readahead, prefetch
 from tests.unit.lazyfs.test_layer_fakes import CHUNK, MemoryBlob, build_layer, open_layer
 
 PRIORITIZED = ["dir/one.bin", "multi.bin", "small.txt"]
@@ -17,9 +17,9 @@ PRIORITIZED = ["dir/one.bin", "multi.bin", "small.txt"]
 
 @pytest.fixture(autouse=True)
 def one_request_per_region(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(layer_module, "PREFETCH_FIRST_BATCH_BYTES", 64 * CHUNK)
-    monkeypatch.setattr(layer_module, "PREFETCH_BATCH_BYTES", 64 * CHUNK)
-    monkeypatch.setattr(layer_module, "SIBLING_BUDGET_BYTES", 0)
+    monkeypatch.setattr(prefetch, "PREFETCH_FIRST_BATCH_BYTES", 64 * CHUNK)
+    monkeypatch.setattr(prefetch, "PREFETCH_BATCH_BYTES", 64 * CHUNK)
+    monkeypatch.setattr(miss_readahead, "SIBLING_BUDGET_BYTES", 0)
     monkeypatch.setattr(early_region, "PIECE_BYTES", 1024)
 
 
@@ -80,7 +80,7 @@ def test_chunks_before_a_broken_answer_land_and_the_rest_are_fetched_again(
                 lambda index, data: (
                     arrived(index, data)
                     if sum(ranges[index]) <= broken_at
-                    else (_ for _ in ()).throw(layer_module.RegistryError("connection reset"))
+                    else (_ for _ in ()).throw(RegistryError("connection reset"))
                 ),
             )
 
