@@ -66,7 +66,6 @@ async def run_du(args: argparse.Namespace) -> int:
     print(f"EROFS images     {images.entries:>8} images  {human_size(images.bytes):>10}")
     for name, label in (
         ("unpacked", "unpacked layers"),
-        ("skeletons", "layer skeletons"),
         ("tocs", "layer TOCs"),
         ("build", "build cache"),
     ):
@@ -88,8 +87,9 @@ async def run_prune(args: argparse.Namespace) -> int:
     if args.keep_storage == 0 and (root / imagecache.IMAGE_CACHE_DIR).is_dir():
         images = await trio.to_thread.run_sync(imagecache.remove_all, root)
         print(f"freed {images.entries} EROFS images, {human_size(images.bytes)}")
-    # Unpacked layers and skeletons may be lower dirs of live overlays: only removed idle.
-    for name, label in (("unpacked", "unpacked layers"), ("skeletons", "layer skeletons")):
+    # Unpacked layers may be lower dirs of live overlays: only removed idle. (Skeletons
+    # are what lazybuild before EROFS layers stacked over lazy ones, left in old states.)
+    for name, label in (("unpacked", "unpacked layers"), ("skeletons", "old layer skeletons")):
         directory = root / name
         if args.keep_storage != 0 or not directory.is_dir():
             continue

@@ -1,6 +1,6 @@
 """A layer's TOC view in the form its EROFS image shows it: overlayfs lower-dir form.
 
-The same presentation the lazy filesystem makes today (``lazyfs/inodes.py``):
+How overlayfs expects a lower layer, and how an unpacked layer shows it:
 
 - ``.wh.<name>`` becomes a char device 0/0 named ``<name>``, mode 0, owned and timed
   like the marker, unless the directory has a real ``<name>``; every ``.wh.*`` name is

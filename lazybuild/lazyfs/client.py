@@ -412,14 +412,6 @@ class LazyMountService:
         """Fetch these added layers whole now, in large requests (before reading all)."""
         await self._request(control.FetchAll(tuple(digests)))
 
-    async def skeleton(self, digests: Sequence[str]) -> Path | None:
-        """A local directory with the directories and symlinks of these added layers
-        (bottom first), to stack right above them (see ``lazyfs.skeleton``); None when
-        there is none to be had."""
-        reply = await self._request(control.Skeleton(tuple(digests)))
-        path = reply.get("path")
-        return Path(path) if isinstance(path, str) else None
-
     async def mark_reads(self, *, reread_big_files: bool = False) -> int:
         """A mark in the filesystem's record of reads, for ``reads_since`` and
         ``ranges_since``; with ``reread_big_files``, the kernel forgets the pages it has

@@ -76,21 +76,11 @@ class PrefetchFiles:
 
 
 @dataclass(frozen=True)
-class Skeleton:
-    """The directories and symlinks of these (added, lazy) layers, bottom first, as a
-    local directory to stack above them (``lazyfs.skeleton``); the answer is
-    ``{"path": directory}``, or ``{"path": null}`` when there is none to be had."""
-
-    digests: tuple[str, ...]
-    op: Literal["skeleton"] = "skeleton"
-
-
-@dataclass(frozen=True)
 class Shutdown:
     op: Literal["shutdown"] = "shutdown"
 
 
-Request = AddLayer | Stats | FetchAll | MarkReads | ReadsSince | PrefetchFiles | Skeleton | Shutdown
+Request = AddLayer | Stats | FetchAll | MarkReads | ReadsSince | PrefetchFiles | Shutdown
 
 
 @dataclass(frozen=True)
@@ -107,7 +97,7 @@ def encode(message: dict[str, Any]) -> bytes:
 def encode_request(request: Request) -> bytes:
     if isinstance(request, AddLayer):
         return encode({"op": request.op, "ref": request.ref, "descriptor": request.descriptor})
-    if isinstance(request, FetchAll | Skeleton):
+    if isinstance(request, FetchAll):
         return encode({"op": request.op, "digests": list(request.digests)})
     if isinstance(request, ReadsSince):
         return encode({"op": request.op, "mark": request.mark})
@@ -138,12 +128,10 @@ def decode_request(line: bytes) -> Request:
         return AddLayer(ref=ref, descriptor=descriptor)
     if op == "stats":
         return Stats()
-    if op in ("fetch_all", "skeleton"):
+    if op == "fetch_all":
         digests = message.get("digests")
         if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
-            raise FormatError(f"{op} needs a list of layer digests")
-        if op == "skeleton":
-            return Skeleton(digests=tuple(digests))
+            raise FormatError("fetch_all needs a list of layer digests")
         return FetchAll(digests=tuple(digests))
     if op == "mark_reads":
         return MarkReads(reread_big_files=message.get("reread_big_files") is True)

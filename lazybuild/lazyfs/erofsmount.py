@@ -142,8 +142,8 @@ def _mount(source: str, target: Path) -> None:
     except OSError as exc:
         if exc.errno == errno.ENODEV:
             raise ErofsUnavailableError(
-                "the kernel has no EROFS filesystem (needed for LAZYBUILD_LAYER_FORMAT=erofs):"
-                " load it with `modprobe erofs`"
+                "the kernel has no EROFS filesystem, which lazy layers are mounted with:"
+                " load it with `modprobe erofs` (Linux 5.4 or later, CONFIG_EROFS_FS)"
             ) from exc
         raise
 

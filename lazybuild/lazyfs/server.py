@@ -18,20 +18,18 @@ import pyfuse3
 import trio
 
 from lazybuild.cache.chunkcache import ChunkCache
-from lazybuild.erofs import UnrepresentableError, build_layout
+from lazybuild.erofs import ErofsLayout, UnrepresentableError
 from lazybuild.errors import LazybuildError, one_error, reported_error
-from lazybuild.estargz.index import LayerIndex
 from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.erofsmount import ErofsMount, mount_erofs, unmount_erofs
-from lazybuild.lazyfs.fuse import LazyFilesystem
-from lazybuild.lazyfs.imagefile import erofs_layers, image_file_name
+from lazybuild.lazyfs.fuse import LazyFilesystem, image_file_name
+from lazybuild.lazyfs.imagecache import layout_for
 from lazybuild.lazyfs.layer import LazyLayer
 from lazybuild.lazyfs.layerset import LayerSet
 from lazybuild.lazyfs.priority import ForegroundGate
 from lazybuild.lazyfs.readrecorder import ReadRecorder
 from lazybuild.lazyfs.service import ImageAhead, ServiceOptions
-from lazybuild.lazyfs.skeleton import merged_view, skeleton_name, skeleton_tar, write_skeleton
 from lazybuild.lazyfs.unpack import UnpackedLayer, is_lazy_layer, unpack_layer, unpacked_root
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.mediatypes import TOC_DIGEST_ANNOTATION
@@ -53,11 +51,11 @@ class _Mounted:
 
 
 class LayerSource:
-    """Opens layers for add_layer requests: eStargz lazily into the mount, others unpacked.
+    """Opens layers for add_layer requests: eStargz lazily, as an EROFS image file of the
+    mount that the kernel mounts at the layer's path (``fuse``, ``erofsmount``); others,
+    and eStargz layers an EROFS image cannot hold, downloaded and unpacked.
 
-    Concurrent requests for one digest share the work; a layer is added once. With
-    ``LAZYBUILD_LAYER_FORMAT=erofs`` a lazy layer is served as an EROFS image file that
-    the kernel mounts at the layer's path (``imagefile``, ``erofsmount``).
+    Concurrent requests for one digest share the work; a layer is added once.
     """
 
     def __init__(
@@ -69,7 +67,8 @@ class LayerSource:
         client: RegistryClient,
         cache: ChunkCache,
         gate: ForegroundGate,
-        background: trio.Nursery | None,
+        nursery: trio.Nursery,
+        background_fetch: bool,
     ) -> None:
         self._filesystem = filesystem
         self._mountpoint = mountpoint
@@ -77,15 +76,11 @@ class LayerSource:
         self._client = client
         self._cache = cache
         self._gate = gate
-        self._background = background
+        self._nursery = nursery  # the layers' background work runs here, and ends with it
+        self._background_fetch = background_fetch
         self._mounted: dict[str, _Mounted] = {}
         self._pending: dict[str, trio.Event] = {}
         self._layers = LayerSet()
-        self._skeletons: dict[tuple[str, ...], Path | None] = {}
-        # The opt-in switch for EROFS images (read here, once per process): it lets the
-        # image path land before it replaces the per-inode presentation and the
-        # skeleton in a later change; see ``imagefile``.
-        self._erofs = erofs_layers()
         # Layers served as EROFS images: layer name -> (its mount, the layer).
         self._erofs_mounts: dict[str, tuple[ErofsMount, LazyLayer]] = {}
 
@@ -140,9 +135,9 @@ class LayerSource:
     async def forget_big_file_pages(self) -> None:
         """Make the kernel read big files through the filesystem again (see
         ``LazyFilesystem.forget_cached_pages``)."""
-        await self._filesystem.forget_cached_pages(PREFETCH_FILE_MAX_BYTES)
         if self._erofs_mounts:
-            # The kernel caches those files' pages in the EROFS mounts too.
+            # The kernel keeps those files' pages in the EROFS mounts (the image file
+            # itself is read with direct I/O, so it has none).
             mounts = [(mount.target, layer) for mount, layer in self._erofs_mounts.values()]
             await trio.to_thread.run_sync(_drop_big_file_pages, mounts)
 
@@ -151,34 +146,6 @@ class LayerSource:
         for mount, _ in self._erofs_mounts.values():
             unmount_erofs(mount)
         self._erofs_mounts.clear()
-
-    async def skeleton(self, digests: Sequence[str]) -> Path | None:
-        """The skeleton of these lazy layers (``lazyfs.skeleton``), made on first use and
-        kept in the state dir; None when a layer is not lazy, the layers have no symlink
-        (nothing to gain) or the local filesystem cannot hold one faithfully."""
-        if self._erofs:
-            return None  # the kernel answers lookups in EROFS mounts: nothing to gain
-        key = tuple(digests)
-        if key not in self._skeletons:
-            self._skeletons[key] = await self._make_skeleton(key)
-        return self._skeletons[key]
-
-    async def _make_skeleton(self, digests: tuple[str, ...]) -> Path | None:
-        indexes = []
-        for digest in digests:
-            mounted = self._mounted.get(digest)
-            if mounted is None or mounted.layer is None:
-                return None
-            indexes.append(mounted.layer.index)
-        if not indexes:
-            return None
-        directory = self._state_dir / "skeletons" / skeleton_name(digests)
-        try:
-            made = await trio.to_thread.run_sync(_skeleton_on_disk, indexes, directory)
-        except OSError as exc:
-            log.warning("no skeleton for layers %s: %s", ", ".join(digests), exc)
-            return None
-        return directory if made else None
 
     def stats(self) -> list[dict[str, Any]]:
         report = []
@@ -196,9 +163,22 @@ class LayerSource:
         blob = self._client.open_blob(ref, descriptor)
         async with self._gate.foreground():
             layer = await LazyLayer.open(
-                blob, descriptor, self._cache, state_dir=self._state_dir, layers=self._layers
+                blob,
+                descriptor,
+                self._cache,
+                state_dir=self._state_dir,
+                layers=self._layers,
+                nursery=self._nursery,
             )
-        path = await self._present(digest_hex, layer)
+        try:
+            layout = await self._layout(layer)
+            path = None if layout is None else await self._present(digest_hex, layer, layout)
+        except BaseException:
+            await _close(layer)
+            raise
+        if path is None:
+            await _close(layer)  # not served: its early region would go on downloading
+            return await self._unpack(ref, descriptor)
         self._layers.add(layer, str(ref))
         try:
             async with self._gate.foreground():
@@ -209,40 +189,42 @@ class LayerSource:
         except BaseException:
             self._withdraw(digest_hex)  # so that a retry can add it again
             self._layers.discard(layer)
+            await _close(layer)
             raise
-        if self._background is not None:
-            self._background.start_soon(self._fetch_in_background, layer)
+        if self._background_fetch:
+            layer.start_background_fetch(self._gate)
         added = control.LayerAdded(path=str(path), mode="lazy", digest=descriptor.digest)
         return _Mounted(added, layer, None)
 
-    async def _present(self, name: str, layer: LazyLayer) -> Path:
-        """Show an opened lazy layer at ``<mountpoint>/<name>``: its EROFS image mounted
-        there (with the switch on and a layer EROFS can hold), else its tree through
-        FUSE."""
+    async def _layout(self, layer: LazyLayer) -> ErofsLayout | None:
+        """The EROFS image of an opened lazy layer; None for one EROFS cannot hold."""
+        toc_digest = layer.descriptor.annotations.get(TOC_DIGEST_ANNOTATION)
+        try:
+            return await trio.to_thread.run_sync(
+                layout_for, self._state_dir, layer.index, toc_digest
+            )
+        except UnrepresentableError as exc:
+            log.warning(
+                "layer %s cannot be an EROFS image (%s): downloading and unpacking it",
+                layer.digest,
+                exc,
+            )
+            return None
+
+    async def _present(self, name: str, layer: LazyLayer, layout: ErofsLayout) -> Path:
+        """Show an opened lazy layer at ``<mountpoint>/<name>``: its EROFS image, served
+        as ``<name>.erofs``, mounted there."""
         target = self._mountpoint / name
-        if self._erofs:
-            toc_digest = layer.descriptor.annotations.get(TOC_DIGEST_ANNOTATION)
-            started = time.perf_counter()
-            try:
-                layout = await trio.to_thread.run_sync(build_layout, layer.index, toc_digest)
-            except UnrepresentableError as exc:
-                log.warning(
-                    "layer %s cannot be an EROFS image (%s): serving it file by file",
-                    layer.digest,
-                    exc,
-                )
-            else:
-                self._filesystem.add_image(name, layout, layer)
-                await self._mount_image(name, target, layer)
-                log.info(
-                    "layer %s: EROFS image of %d bytes (%d of metadata) mounted in %.3fs",
-                    layer.digest,
-                    layout.image_size,
-                    layout.data_start,
-                    time.perf_counter() - started,
-                )
-                return target
-        self._filesystem.add_layer(name, layer)
+        started = time.perf_counter()
+        self._filesystem.add_image(name, layout, layer)
+        await self._mount_image(name, target, layer)
+        log.info(
+            "layer %s: EROFS image of %d bytes (%d of metadata) mounted in %.3fs",
+            layer.digest,
+            layout.image_size,
+            layout.data_start,
+            time.perf_counter() - started,
+        )
         return target
 
     async def _mount_image(self, name: str, target: Path, layer: LazyLayer) -> None:
@@ -273,9 +255,7 @@ class LayerSource:
         mounted = self._erofs_mounts.pop(name, None)
         if mounted is not None:
             unmount_erofs(mounted[0])
-            self._filesystem.remove_image(name)
-        else:
-            self._filesystem.remove_layer(name)
+        self._filesystem.remove_image(name)
 
     async def _unpack(self, ref: Reference, descriptor: Descriptor) -> _Mounted:
         log.info(
@@ -289,25 +269,12 @@ class LayerSource:
         )
         return _Mounted(added, None, unpacked)
 
-    async def _fetch_in_background(self, layer: LazyLayer) -> None:
-        try:
-            await layer.fetch_all(self._gate)
-        except LazybuildError as exc:
-            log.warning("layer %s: background fetch stopped: %s", layer.digest, exc)
 
-
-def _skeleton_on_disk(indexes: Sequence[LayerIndex], directory: Path) -> bool:
-    if directory.is_dir():
-        return True
-    started = time.perf_counter()
-    archive = skeleton_tar(merged_view(indexes))
-    if archive is None:
-        return False
-    write_skeleton(archive, directory)
-    log.info(
-        "skeleton of %d layer(s) written in %.3fs", len(indexes), time.perf_counter() - started
-    )
-    return True
+async def _close(layer: LazyLayer) -> None:
+    """Close a layer that is not to be served: its background work is cancelled (and
+    waited for, even when the caller is being cancelled)."""
+    with trio.CancelScope(shield=True):
+        await layer.aclose()
 
 
 def _drop_big_file_pages(mounts: Sequence[tuple[Path, LazyLayer]]) -> None:
@@ -352,8 +319,6 @@ class Layers(Protocol):
     ) -> tuple[int, int]: ...
 
     async def forget_big_file_pages(self) -> None: ...
-
-    async def skeleton(self, digests: Sequence[str]) -> Path | None: ...
 
     def stats(self) -> list[dict[str, Any]]: ...
 
@@ -419,9 +384,6 @@ class ControlServer:
                     layers={f"sha256:{name}": paths for name, paths in since.items()},
                     ranges={f"sha256:{name}": places for name, places in ranges.items()},
                 )
-            if isinstance(request, control.Skeleton):
-                skeleton = await self._layers.skeleton(request.digests)
-                return control.ok(path=None if skeleton is None else str(skeleton))
             if isinstance(request, control.PrefetchFiles):
                 chunks, size = await self._layers.prefetch_files(request.files, request.ranges)
                 return control.ok(chunks=chunks, bytes=size)
@@ -568,7 +530,8 @@ async def serve(options: ServiceOptions, client: RegistryClient, ahead: ImageAhe
                 client=client,
                 cache=cache,
                 gate=gate,
-                background=nursery if options.background_fetch else None,
+                nursery=nursery,
+                background_fetch=options.background_fetch,
             )
             if ahead is not None:
                 nursery.start_soon(open_image_ahead, ahead, layers, client)

@@ -16,7 +16,6 @@ from pathlib import Path
 import trio
 
 from lazybuild.lazyfs.client import FetchReport, LayerMount, LazyMountService
-from lazybuild.lazyfs.imagefile import erofs_layers
 from lazybuild.progress import short_digest
 from lazybuild.registry.reference import Reference
 from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
@@ -170,27 +169,6 @@ class LayerMounter:
         read = await self._service.reads_since(mark)
         return [read.get(layer.descriptor.digest, []) for layer in snapshot.remote_layers]
 
-    async def _with_skeleton(self, snapshot: Snapshot, lowers: list[Path]) -> list[Path]:
-        """``lowers`` with the skeleton of the snapshot's bottom run of lazy layers (its
-        base image, usually) right above them: symlinks and directories served from
-        local disk instead of a FUSE round trip each (see ``lazyfs.skeleton``)."""
-        if erofs_layers():
-            # Lazy layers are EROFS mounts: the kernel answers their lookups already.
-            return lowers
-        run: list[str] = []
-        for layer in snapshot.layers:
-            mount = self._layers.get(layer.key) if isinstance(layer, RemoteLayer) else None
-            if mount is None or mount.mode != "lazy":
-                break
-            run.append(layer.key)
-        if not run or self._service is None or not self._service.running:
-            return lowers
-        skeleton = await self._service.skeleton(run)
-        if skeleton is None:
-            return lowers
-        above = len(lowers) - len(run)
-        return [*lowers[:above], skeleton, *lowers[above:]]
-
     async def fetch_whole(self, snapshot: Snapshot) -> None:
         """Fetch the snapshot's lazy layers completely, in large requests: for readers
         of everything (a ``type=local`` export), where file-by-file fetching would cost
@@ -210,7 +188,7 @@ class LayerMounter:
         work: Path | None = None,
     ) -> AsyncIterator[Path]:
         """``snapshot`` mounted at ``target`` (writable into ``upper`` when given)."""
-        lowers = await self._with_skeleton(snapshot, await self.lower_dirs(snapshot))
+        lowers = await self.lower_dirs(snapshot)
         target.mkdir(parents=True, exist_ok=True)
         service = self._service
         if service is not None:

@@ -1,4 +1,4 @@
-"""Layers served as EROFS images (``LAZYBUILD_LAYER_FORMAT=erofs``): the filesystem
+"""Layers served as EROFS images: the filesystem
 process serves each lazy layer as one image file and the kernel mounts it, through the
 CLI as a user runs it, against a real registry, FUSE, EROFS, overlayfs and runc.
 
@@ -34,7 +34,6 @@ from lazybuild.lazyfs.erofsmount import (
     mount_erofs,
     unmount_erofs,
 )
-from lazybuild.lazyfs.imagefile import LAYER_FORMAT_VARIABLE
 from lazybuild.lazyfs.readahead import READAHEAD_KIB
 from lazybuild.snapshot import syscalls
 from tests.integration.test_lazy_commands import (
@@ -56,11 +55,9 @@ pytestmark = pytest.mark.root
 
 
 @pytest.fixture(autouse=True)
-def _erofs_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+def _as_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting EROFS needs root")
-    # The CLI's filesystem process inherits it.
-    monkeypatch.setenv(LAYER_FORMAT_VARIABLE, "erofs")
 
 
 def _mounts(under: Path) -> list[tuple[str, str, str]]:

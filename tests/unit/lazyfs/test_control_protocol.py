@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,9 +49,6 @@ class FakeLayers:
     async def forget_big_file_pages(self) -> None:
         self.pages_forgotten += 1
 
-    async def skeleton(self, digests: Sequence[str]) -> Path | None:
-        return Path("/skeletons/x") if list(digests) == [DIGEST] else None
-
     def stats(self) -> list[dict[str, Any]]:
         return [{"mode": "lazy", "digest": DIGEST, "size": 10, "bytes_fetched": 4}]
 
@@ -64,7 +60,6 @@ def test_requests_round_trip() -> None:
         control.FetchAll(digests=(DIGEST,)),
         control.MarkReads(),
         control.MarkReads(reread_big_files=True),
-        control.Skeleton((DIGEST, DIGEST)),
         control.ReadsSince(mark=7),
         control.PrefetchFiles(files={DIGEST: ["usr/bin/cc1", "etc/passwd"]}),
         control.PrefetchFiles(
@@ -140,8 +135,7 @@ def test_server_answers_each_request_and_errors_in_one_line() -> None:
     add = control.encode_request(control.AddLayer("r/x:1", {"digest": DIGEST}))[:-1]
     missing = control.encode_request(control.AddLayer("missing", {}))[:-1]
     stats = control.encode_request(control.Stats())[:-1]
-    skeletons = [control.encode_request(control.Skeleton(d))[:-1] for d in ((DIGEST,), ())]
-    replies, stopped = converse([add, missing, b"nonsense", stats, *skeletons])
+    replies, stopped = converse([add, missing, b"nonsense", stats])
     assert replies[0] == {
         "ok": True,
         "path": f"/mnt/{DIGEST[7:]}",
@@ -151,7 +145,7 @@ def test_server_answers_each_request_and_errors_in_one_line() -> None:
     assert replies[1] == {"ok": False, "error": "blob unknown to registry second line"}
     assert replies[2]["ok"] is False and "not JSON" in replies[2]["error"]
     assert replies[3]["layers"][0]["bytes_fetched"] == 4
-    assert replies[4:] == [{"ok": True, "path": "/skeletons/x"}, {"ok": True, "path": None}]
+    assert len(replies) == 4
     assert not stopped
 
 

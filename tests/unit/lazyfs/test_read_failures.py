@@ -20,31 +20,21 @@ from lazybuild.lazyfs.fuse import LazyFilesystem
 from lazybuild.lazyfs.server import ControlServer
 from tests.unit.estargz.esgz_helpers import Member
 from tests.unit.lazyfs.test_control_protocol import FakeLayers
-from tests.unit.lazyfs.test_fuse_presentation import CTX, BlobContent
+from tests.unit.lazyfs.test_fuse_images import BlobContent, image_of, read_image
 
 LAYER = "ab" * 32
-
-
-def _read_through(fs: LazyFilesystem, name: str) -> bytes:
-    async def main() -> bytes:
-        entry = await fs.lookup(pyfuse3.ROOT_INODE, LAYER.encode(), CTX)
-        found = await fs.lookup(entry.st_ino, name.encode(), CTX)
-        info = await fs.open(found.st_ino, 0, CTX)
-        return await fs.read(info.fh, 0, 100)
-
-    return trio.run(main)
 
 
 def test_a_failed_read_is_eio_for_the_workload_and_recorded_for_the_owner() -> None:
     fs = LazyFilesystem()
     content = BlobContent([Member("python3", data=b"\x7fELF" * 10)])
-    fs.add_layer(LAYER, content)
+    image_of(content, LAYER, fs)
     content.fail_with = DigestMismatchError(
         "layer sha256:x: file 'python3': chunk 0 hashes to sha256:y (file range 0+40)"
     )
     for _ in range(3):  # the kernel retries; one record per file
         with pytest.raises(pyfuse3.FUSEError) as caught:
-            _read_through(fs, "python3")
+            read_image(fs, LAYER)
         assert caught.value.errno == errno.EIO
     failures = fs.read_failures()
     assert failures == [
