@@ -1,8 +1,10 @@
 """`build`: cold build + push of multi-stage examples, lazybuild against docker and buildah.
 
-Two examples, each compiling in a builder image and shipping only the result:
-`examples/hello-c` (gcc builder; binary copied onto the slim C runtime image) and
-`examples/hello-go` (golang builder; static binary copied onto scratch). Each tool
+Three examples, each running one step in a builder image and shipping only the result:
+`examples/hello-c` (gcc builder; binary copied onto the slim C runtime image),
+`examples/hello-go` (golang builder; static binary copied onto scratch) and
+`examples/hello-py` (python3 builder; a `python3 -c` step importing json and hashlib
+writes a JSON file, copied onto scratch). Each tool
 builds each example from nothing and pushes the result to a new repository, all
 through the emulated WAN link in front of the registry:
 
@@ -24,12 +26,14 @@ builder's root filesystem) and of the chunks lazybuild ended up caching.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,12 +42,13 @@ from pathlib import Path
 import httpx
 
 from bench.convert import TOC_ANNOTATION, lazybuild_argv
-from bench.infra import WAN_DESCRIPTION, BenchInfra
+from bench.infra import LAYER_FORMAT_LINE, WAN_DESCRIPTION, BenchInfra
 from bench.machine import describe, load_line
 from bench.report import Section, data_size, mebibytes, ratio, seconds, seconds_list, verdict
 from bench.timing import Timed, median, timed_run
 from lazybuild.estargz.index import ChunkRef, LayerIndex
 from lazybuild.estargz.reader import parse_layer, tail_read_range
+from lazybuild.lazyfs.elfdeps import elf_dependencies, is_elf
 from tests.support import imagebuild, procs, rootfs
 from tests.support.dockerd import DOCKER_CLI
 
@@ -58,14 +63,24 @@ STEP_TIMEOUT = 1800.0
 @dataclass(frozen=True)
 class Example:
     name: str  # directory under examples/
-    builder: str  # BenchInfra.BASE_IMAGES key
+    builder: str  # BUILDER_PACKAGES key
     runtime: bool  # the Dockerfile takes a RUNTIME build arg (the slim C runtime image)
-    expected: str  # what the built image prints
+    expected: str  # what the built image prints, or the content of `check_path`
     # The Dockerfile's build step, replayed under strace to see which files it reads.
     workdir: str
     run: str
     env: dict[str, str] = field(default_factory=dict)
     copy_to: str = "/src"
+    # A file of the built image to check instead of running it (an image with no program).
+    check_path: str | None = None
+
+
+# Packages on top of Debian bookworm minbase in each builder image.
+BUILDER_PACKAGES = {
+    "gcc": rootfs.GCC_PACKAGES,
+    "golang": rootfs.GOLANG_PACKAGES,
+    "python": rootfs.PYTHON_PACKAGES,
+}
 
 
 EXAMPLES = [
@@ -92,6 +107,20 @@ EXAMPLES = [
             "CGO_ENABLED": "0",
         },
     ),
+    Example(
+        name="hello-py",
+        builder="python",
+        runtime=False,
+        expected='{"message": "hello from a Python build step run by lazybuild", '
+        '"sha256": "2e2e1035a0ff87f6e3a257342eff5d0b5968027c93e0d5b5bc516f355d5f7829"}',
+        workdir="/src",
+        run=(
+            "python3 -c \"import hashlib, json; text = open('message.txt').read().strip(); "
+            "digest = hashlib.sha256(text.encode()).hexdigest(); open('hello.json', 'w')"
+            ".write(json.dumps({'message': text, 'sha256': digest}, sort_keys=True) + '\\n')\""
+        ),
+        check_path="/hello.json",
+    ),
 ]
 
 
@@ -111,6 +140,8 @@ class Measured:
     fetched: list[int] = field(default_factory=list)  # lazybuild's fetch report
     requests: list[int] = field(default_factory=list)  # lazybuild's fetch report
     cached: list[int] = field(default_factory=list)  # compressed size of the cached chunks
+    unread: list[int] = field(default_factory=list)  # ... of files the step did not open
+    unread_files: list[tuple[str, int]] = field(default_factory=list)  # first repetition's
     reports: list[dict[str, object]] = field(default_factory=list)
     progress: list[str] = field(default_factory=list)  # lazybuild's plain progress output
     check: str | None = None
@@ -169,8 +200,25 @@ def _runtime_image(infra: BenchInfra) -> str:
     return f"{host}/bench/runtime:gzip"
 
 
+def _python_image(infra: BenchInfra) -> str:
+    """Debian bookworm minbase + python3, as the startup benchmark makes it."""
+    host = infra.registry.host
+    layout = imagebuild.cached_rootfs_image(
+        rootfs.debootstrap_rootfs("minbase", rootfs.PYTHON_PACKAGES)
+    )
+    imagebuild.push_oci_layout(layout, host, "bench/python", "gzip")
+    return f"{host}/bench/python:gzip"
+
+
+def builder_image(infra: BenchInfra, example: Example) -> str:
+    """The example's builder image, plain gzip, on the registry's direct host."""
+    if example.builder == "python":
+        return _python_image(infra)
+    return infra.base_image(example.builder)
+
+
 def _images(infra: BenchInfra, example: Example) -> Images:
-    builder = infra.base_image(example.builder)
+    builder = builder_image(infra, example)
     runtime = _runtime_image(infra) if example.runtime else None
     return Images(
         builder_gzip=builder,
@@ -223,9 +271,11 @@ def _chunk_size(chunk: ChunkRef) -> int:
     return chunk.end - chunk.offset
 
 
-def _files_compressed(indexes: list[tuple[str, LayerIndex]], paths: set[str]) -> tuple[int, int]:
-    """(number of regular files, their compressed size): each path from the topmost layer
-    that has it; chunks shared by several files counted once."""
+def _files_compressed(
+    indexes: list[tuple[str, LayerIndex]], paths: set[str]
+) -> tuple[int, int, dict[str, int]]:
+    """(number of regular files, their compressed size, that size per layer digest): each
+    path from the topmost layer that has it; chunks shared by several files counted once."""
     chunks: dict[tuple[str, int], int] = {}
     files = 0
     for path in paths:
@@ -238,7 +288,10 @@ def _files_compressed(indexes: list[tuple[str, LayerIndex]], paths: set[str]) ->
                 for chunk in node.chunks:
                     chunks[(digest, chunk.offset)] = _chunk_size(chunk)
             break
-    return files, sum(chunks.values())
+    per_layer: dict[str, int] = {}
+    for (digest, _), size in chunks.items():
+        per_layer[digest] = per_layer.get(digest, 0) + size
+    return files, sum(chunks.values()), per_layer
 
 
 def _cached_compressed(indexes: list[tuple[str, LayerIndex]], state: Path) -> int:
@@ -258,6 +311,38 @@ def _cached_compressed(indexes: list[tuple[str, LayerIndex]], state: Path) -> in
                     seen.add(chunk.digest)
                     total += _chunk_size(chunk)
     return total
+
+
+def _cached_unread(
+    indexes: list[tuple[str, LayerIndex]], state: Path, read_paths: set[str]
+) -> tuple[int, list[tuple[str, int]]]:
+    """Compressed size of the cached chunks that belong only to files the build step
+    never opened, and those files (path, compressed bytes cached), biggest first."""
+    root = state / "cache" / "chunks" / "sha256"
+    read_chunks: set[str] = set()
+    unread: dict[str, int] = {}
+    for _, index in indexes:
+        for node in index.walk():
+            if node.type != "reg":
+                continue
+            path = node.name.strip("/")
+            if path in read_paths:
+                read_chunks.update(chunk.digest for chunk in node.chunks)
+    seen: set[str] = set()
+    for _, index in indexes:
+        for node in index.walk():
+            path = node.name.strip("/")
+            if node.type != "reg" or path in read_paths:
+                continue
+            for chunk in node.chunks:
+                if chunk.digest in seen or chunk.digest in read_chunks:
+                    continue
+                hex_digest = chunk.digest.removeprefix("sha256:")
+                if (root / hex_digest[:2] / hex_digest).exists():
+                    seen.add(chunk.digest)
+                    unread[path] = unread.get(path, 0) + _chunk_size(chunk)
+    files = sorted(unread.items(), key=lambda item: -item[1])
+    return sum(unread.values()), files
 
 
 # --- which files the build step reads: strace in a chroot ------------------------------
@@ -292,12 +377,39 @@ def _resolve_in(root: Path, path: str, depth: int = 0) -> str | None:
     return "/".join(resolved)
 
 
+def _check_run_line(example: Example) -> None:
+    """The step replayed under strace must be the Dockerfile's own."""
+    dockerfile = (EXAMPLES_DIR / example.name / "Dockerfile").read_text()
+    if f"\nRUN {example.run}\n" not in dockerfile:
+        raise RuntimeError(f"examples/{example.name}/Dockerfile has no `RUN {example.run}`")
+
+
+def _interpreter(root: Path, program: str) -> str | None:
+    """The dynamic loader (PT_INTERP) of ELF `program` under `root`, resolved in it."""
+    try:
+        data = (root / program).read_bytes()
+    except OSError:
+        return None
+    if not is_elf(data[:4]):
+        return None
+
+    def read(offset: int, size: int) -> bytes | None:
+        return data[offset : offset + size] if offset + size <= len(data) else None
+
+    try:
+        found = elf_dependencies(read)
+    except ValueError:
+        return None
+    if found is None or not found.interpreter:
+        return None
+    return _resolve_in(root, found.interpreter)
+
+
 def _in_chroot(example: Example, workdir: Path, trace: bool) -> tuple[set[str], float]:
     """Run the example's build step in a chroot on an overlay of the builder's root
     filesystem (no lazy filesystem, no container): how long it took, and with `trace`
     the paths (relative to /) of the files it opened or executed, seen by strace."""
-    packages = {"gcc": rootfs.GCC_PACKAGES, "golang": rootfs.GOLANG_PACKAGES}[example.builder]
-    lower = rootfs.debootstrap_rootfs("minbase", packages)
+    lower = rootfs.debootstrap_rootfs("minbase", BUILDER_PACKAGES[example.builder])
     scratch = Path(tempfile.mkdtemp(prefix=f"trace-{example.name}-", dir=workdir))
     upper, work, merged = scratch / "upper", scratch / "work", scratch / "merged"
     for directory in (upper, work, merged):
@@ -342,6 +454,10 @@ def _in_chroot(example: Example, workdir: Path, trace: bool) -> tuple[set[str], 
                 resolved = _resolve_in(merged, match.group(1))
                 if resolved:
                     paths.add(resolved)
+                    # The kernel opens a program's loader itself: strace shows no open.
+                    interpreter = _interpreter(merged, resolved)
+                    if interpreter:
+                        paths.add(interpreter)
         return paths, done.wall_s
     finally:
         subprocess.run(["umount", "-l", str(merged)], check=False)
@@ -359,8 +475,36 @@ def _release_state(state: Path) -> None:
     shutil.rmtree(state, ignore_errors=True)
 
 
-def _check_output(infra: BenchInfra, ref: str, expected: str) -> str:
-    """Run the pushed image `ref` (direct host) with `lazybuild run`; a problem or ""."""
+def _file_in_image(infra: BenchInfra, ref: str, path: str) -> bytes | None:
+    """The content of regular file `path` in the pushed image `ref` (direct host), read
+    from its layers top down (gzip, eStargz or plain tar); None if no layer has it."""
+    host, _, rest = ref.partition("/")
+    repo = rest.rpartition(":")[0]
+    wanted = path.strip("/")
+    for layer in reversed(infra.manifest(ref)["layers"]):
+        response = httpx.get(
+            f"http://{host}/v2/{repo}/blobs/{layer['digest']}", follow_redirects=True, timeout=120
+        )
+        response.raise_for_status()
+        with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:*") as tar:
+            for member in tar:
+                if member.name.removeprefix("./").strip("/") == wanted and member.isfile():
+                    data = tar.extractfile(member)
+                    return data.read() if data is not None else None
+    return None
+
+
+def _check_output(infra: BenchInfra, ref: str, example: Example) -> str:
+    """Run the pushed image `ref` (direct host) with `lazybuild run`, or read its
+    `check_path`; a problem or ""."""
+    expected = example.expected
+    if example.check_path is not None:
+        content = _file_in_image(infra, ref, example.check_path)
+        if content is None:
+            return f"`{example.check_path}` is not in {ref}"
+        if content.decode(errors="replace").strip() != expected:
+            return f"`{example.check_path}` of {ref} holds {content!r}, not {expected!r}"
+        return ""
     state = Path(tempfile.mkdtemp(prefix="check-", dir=infra.workdir))
     try:
         done = timed_run(
@@ -387,6 +531,7 @@ class Run:
     host: str  # registry host the tools use (WAN proxy or direct)
     n: int
     indexes: list[tuple[str, LayerIndex]]
+    read_paths: set[str]  # the files the build step opens (strace in a chroot)
     # lazybuild's state dir after its cold build, kept for the learned rebuild.
     lazybuild_state: Path | None = None
 
@@ -451,6 +596,10 @@ def _lazybuild(run: Run, into: Measured) -> None:
         if not _record_lazybuild(run, into, cold, report):
             return
         into.cached.append(_cached_compressed(run.indexes, state))
+        unread, unread_files = _cached_unread(run.indexes, state, run.read_paths)
+        into.unread.append(unread)
+        if run.n == 0:
+            into.unread_files = unread_files
         if run.n == 0:
             # Not compared with anything: the same build again with every chunk it reads
             # in the cache already, to tell fetching from the rest of the build's time.
@@ -463,7 +612,7 @@ def _lazybuild(run: Run, into: Measured) -> None:
         if not kept:
             _release_state(state)
     if run.n == 0:
-        into.check = _check_output(run.infra, run.direct(ref), run.example.expected)
+        into.check = _check_output(run.infra, run.direct(ref), run.example)
 
 
 def _lazybuild_learned(run: Run, into: Measured) -> None:
@@ -508,7 +657,7 @@ def _docker(run: Run, into: Measured) -> None:
     dockerd.docker("image", "prune", "-a", "-f", check=False)
     dockerd.docker("builder", "prune", "-a", "-f", check=False)
     if recorded and run.n == 0:
-        into.check = _check_output(run.infra, run.direct(ref), run.example.expected)
+        into.check = _check_output(run.infra, run.direct(ref), run.example)
 
 
 def _buildah(run: Run, into: Measured) -> None:
@@ -541,7 +690,7 @@ def _buildah(run: Run, into: Measured) -> None:
         procs.unmount_all_under(root)
         shutil.rmtree(root, ignore_errors=True)
     if recorded and run.n == 0:
-        into.check = _check_output(run.infra, run.direct(ref), run.example.expected)
+        into.check = _check_output(run.infra, run.direct(ref), run.example)
 
 
 TOOLS: list[tuple[str, str, Callable[[Run, Measured], None]]] = [
@@ -570,13 +719,26 @@ def _step_times(progress: str) -> list[tuple[str, float]]:
     for line in progress.splitlines():
         if (done := _STEP_DONE.match(line)) is not None:
             step = done.group(1)
-            times.append((names.get(step, f"#{step}"), float(done.group(2))))
+            times.append((_short(names.get(step, f"#{step}")), float(done.group(2))))
         elif (named := _STEP_NAME.match(line)) is not None and named.group(1) not in names:
             names.setdefault(named.group(1), named.group(2).strip())
     return sorted(times, key=lambda item: -item[1])
 
 
 # --- the section ---------------------------------------------------------------------------
+
+
+def _short(text: str, width: int = 72) -> str:
+    """A long command cut for the report, e.g. a `python3 -c` one-liner."""
+    return text if len(text) <= width else text[: width - 2].rstrip() + " …"
+
+
+def _check_text(example: Example) -> str:
+    if example.check_path is not None:
+        return (
+            f"`{example.check_path}` of each tool's first pushed image holds `{example.expected}`"
+        )
+    return f"`lazybuild run` of each tool's first pushed image prints `{example.expected}`"
 
 
 def _layers(count: int) -> str:
@@ -591,20 +753,23 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
 
     prepared = []
     for example in EXAMPLES:
+        _check_run_line(example)
         images = _images(infra, example)
         indexes = _layer_indexes(infra, images.builder_estargz)
         _, native_s = _in_chroot(example, infra.workdir, trace=False)
         read_paths, _ = _in_chroot(example, infra.workdir, trace=True)
-        read_files, read_bytes = _files_compressed(indexes, read_paths)
-        prepared.append((example, images, indexes, read_files, read_bytes, native_s))
+        read_files, read_bytes, read_per_layer = _files_compressed(indexes, read_paths)
+        prepared.append(
+            (example, images, indexes, read_paths, read_files, read_bytes, read_per_layer, native_s)
+        )
 
     results: dict[str, dict[str, Measured]] = {}
-    for example, images, indexes, *_ in prepared:
+    for example, images, indexes, read_paths, *_ in prepared:
         measured = {name: Measured(label) for name, label, _ in TOOLS}
         results[example.name] = measured
         for n in range(repeat):
             # Interleaved so that drift in the machine's speed affects the tools alike.
-            job = Run(infra, example, images, host, n, indexes)
+            job = Run(infra, example, images, host, n, indexes, read_paths)
             for name, _, measure in TOOLS:
                 print(f"bench build: {example.name} {name} #{n}", file=sys.stderr, flush=True)
                 measure(job, measured[name])
@@ -624,7 +789,7 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
         ]
     ]
     verdicts: list[str] = []
-    for example, images, _, read_files, read_bytes, native_s in prepared:
+    for example, images, _, _, read_files, read_bytes, read_per_layer, native_s in prepared:
         measured = results[example.name]
         lazy = measured["lazybuild"]
         peers = [m for name, m in measured.items() if not name.startswith("lazybuild")]
@@ -673,13 +838,21 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
             f"{example.name}: lazybuild fetched {data_size(fetched)} of the eStargz builder's "
             f"{mebibytes(builder_size)} in {requests} range requests (fetch report, median); "
             f"the build step reads {read_files} files of the builder, {data_size(read_bytes)} "
-            f"compressed (strace of `{example.run}` in a chroot of the builder's root "
+            f"compressed (strace of `{_short(example.run)}` in a chroot of the builder's root "
             f"filesystem); fetched / that = "
             f"{ratio(fetched, read_bytes)}. The chunks in lazybuild's cache after the build "
             f"are {data_size(cached)} compressed (fetched / cached chunks = "
-            f"{ratio(fetched, cached)}): more than the files read, because lazybuild also "
-            "reads ahead across files that lie next to each other in the layer; the rest of "
-            "the difference is TOCs, footers and gaps between coalesced ranges."
+            f"{ratio(fetched, cached)}); of them, {data_size(lazy.int_median(lazy.unread))} "
+            "belong to files the build step never opens (read ahead across files that lie "
+            "next to each other in the layer)"
+            + (
+                ", biggest in the first repetition: "
+                + ", ".join(f"`/{path}` {data_size(size)}" for path, size in lazy.unread_files[:6])
+                if lazy.unread_files
+                else ""
+            )
+            + ". The rest of the difference between fetched and cached is TOCs, footers and "
+            "gaps between coalesced ranges."
         )
         if lazy.reports:
             layers = lazy.reports[0]["layers"]
@@ -688,10 +861,17 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
                 f"{layer['digest'][7:19]} ({layer['mode']}, {data_size(int(layer['size']))}): "
                 f"{data_size(int(layer['bytes_fetched']))} in {layer['requests']} requests, "
                 f"{float(layer['seconds']):.1f} s"
+                + (
+                    f" (the step reads {data_size(read_per_layer[layer['digest']])} of it)"
+                    if layer["digest"] in read_per_layer
+                    else ""
+                )
                 for layer in layers
             )
             notes.append(
-                f"{example.name}: lazybuild fetch report of the first repetition: {per_layer}."
+                f"{example.name}: lazybuild fetch report of the first repetition (compressed "
+                f"size of the files the build step reads from each builder layer in "
+                f"parentheses): {per_layer}."
             )
         if lazy.progress:
             steps = _step_times(lazy.progress[0])[:3]
@@ -742,8 +922,7 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
             else:
                 checks.append(f"{tool}: ok")
         notes.append(
-            f"{example.name}: output check (`lazybuild run` of each tool's first pushed image "
-            f"prints `{example.expected}`): " + "; ".join(checks) + "."
+            f"{example.name}: output check ({_check_text(example)}): " + "; ".join(checks) + "."
         )
         refs = [("builder", images.builder_gzip, images.builder_estargz)]
         if images.runtime_gzip and images.runtime_estargz:
@@ -769,15 +948,21 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
         load_line(load_before),
         f"- Link: {WAN_DESCRIPTION}" if wan else "- Link: loopback (--no-wan)",
         "- Base images: Debian bookworm minbase, then one layer with the packages "
-        "(gcc + libc6-dev; golang-go, Go 1.19), made with debootstrap; the C runtime is "
-        "libc + loader only. Pushed as plain gzip, converted by `lazybuild convert` to "
-        "eStargz outside the timing; in docker-registry on 127.0.0.1:",
+        "(gcc + libc6-dev; golang-go, Go 1.19), made with debootstrap; the python builder "
+        "is Debian bookworm minbase + python3 (Python 3.11) split into layers at usr/share "
+        "and usr/lib, as the startup benchmark makes it; the C runtime is libc + loader "
+        "only. Pushed as plain gzip, converted by `lazybuild convert` to eStargz outside "
+        "the timing; in docker-registry on 127.0.0.1:",
         *[f"  {line}" for line in image_lines],
         "- Examples: `examples/hello-c` (`gcc -O2` in the gcc builder, binary copied onto "
-        "the C runtime image, `RUNTIME` build arg) and `examples/hello-go` (`go build` of a "
+        "the C runtime image, `RUNTIME` build arg), `examples/hello-go` (`go build` of a "
         "program using net/http, net/http/httptest and encoding/json, CGO_ENABLED=0, in "
-        "the golang builder, static binary copied onto scratch); each result is pushed "
-        "to a new repository through the link",
+        "the golang builder, static binary copied onto scratch) and `examples/hello-py` "
+        '(`python3 -c "import hashlib, json; ..."` in the python builder writes a JSON '
+        "file of a message and its SHA-256, copied onto scratch; its check reads that "
+        "file from the pushed image); each result is pushed to a new repository through "
+        "the link",
+        LAYER_FORMAT_LINE,
         "- lazybuild: `lazybuild --state-dir NEW build --progress=plain --network none "
         "--build-arg BUILDER=<eStargz> [--build-arg RUNTIME=<eStargz>] -t REF --push "
         "--fetch-report F CTX`, one command timed (build and push)",

@@ -36,6 +36,11 @@ WAN_DESCRIPTION = (
     "per direction in front of the registry"
 )
 
+# Said in the setup of the sections whose figures depend on how lazy layers are served.
+LAYER_FORMAT_LINE = (
+    "- lazybuild serves lazy layers as kernel EROFS images (only the image's bytes go through FUSE)"
+)
+
 MANIFEST_ACCEPT = ", ".join(
     [
         "application/vnd.oci.image.manifest.v1+json",
