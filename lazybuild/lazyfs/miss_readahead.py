@@ -2,7 +2,8 @@
 
 Over a WAN each miss costs a round trip, and builds read many small files. On a miss,
 before its own request goes out: the neighbours in the blob of a reader walking the
-layer in order (``readwindow.NeighbourWindow``), the nearest small files of a directory
+layer in order, file after file (``readwindow.NeighbourWindow``; a reader going through
+one big file proves nothing about the files after it), the nearest small files of a directory
 missed for the first time, and the rest of a file missed in a second chunk. Neighbours
 and siblings go in a request of their own next to the reader's, so the reader waits
 for its own chunks only; the rest of a file goes as a prefetch.
@@ -58,7 +59,8 @@ class MissReadAhead:
         next (``readwindow``): not cached, not being fetched, within the window."""
         start = min(site.chunk.offset for site in missing)
         end = max(site.chunk.end for site in missing)
-        extent = self._window.extent(start)
+        enters_file = any(site.chunk.chunk_offset == 0 for site in missing)
+        extent = self._window.extent(start, end, enters_file=enters_file)
         candidates: list[ChunkSite] = []
         if extent:
             ordered = self._sites.by_offset()
