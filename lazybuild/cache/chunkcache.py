@@ -110,7 +110,10 @@ class ChunkCache:
         self._remove_dead_staging_files()
         self._lock = threading.Lock()  # guards _estimated_bytes
         self._evicting = threading.Lock()
-        self._estimated_bytes = sum(entry.size for entry in self._entries())
+        # Counted on the first put, not here: a walk of every entry (0.1 s for some
+        # thousand chunks, far more for a full cache) would delay every mount, and a
+        # warm build that fetches nothing never needs the figure.
+        self._estimated_bytes: int | None = None
 
     # -- public API ------------------------------------------------------------
 
@@ -201,10 +204,7 @@ class ChunkCache:
             with contextlib.suppress(OSError):
                 os.unlink(staging)
             raise
-        with self._lock:
-            self._estimated_bytes += len(header) + len(data)
-            over = self._estimated_bytes > self.max_bytes
-        if over:
+        if self._grow_estimate(len(header) + len(data)):
             self._evict_if_idle(int(self.max_bytes * (1 - EVICTION_HEADROOM)))
 
     def usage(self) -> CacheUsage:
@@ -271,7 +271,23 @@ class ChunkCache:
             size = path.stat().st_size
             path.unlink()
             with self._lock:
-                self._estimated_bytes -= size
+                if self._estimated_bytes is not None:
+                    self._estimated_bytes -= size
+
+    def _grow_estimate(self, added: int) -> bool:
+        """Count ``added`` bytes in (the cache's size is walked the first time); whether
+        the cache is now over its limit."""
+        with self._lock:
+            if self._estimated_bytes is not None:
+                self._estimated_bytes += added
+                return self._estimated_bytes > self.max_bytes
+        counted = sum(entry.size for entry in self._entries())  # the new entry included
+        with self._lock:
+            if self._estimated_bytes is None:
+                self._estimated_bytes = counted
+            else:  # another writer counted meanwhile, perhaps before this entry was in
+                self._estimated_bytes += added
+            return self._estimated_bytes > self.max_bytes
 
     def _entries(self) -> Iterator[_Entry]:
         for shard in self._chunks.iterdir():

@@ -165,6 +165,24 @@ def test_put_evicts_when_over_the_limit_with_headroom(tmp_path: Path) -> None:
     assert cache.get(digest_of(first[-1])) == first[-1]
 
 
+def test_a_reopened_cache_counts_what_it_holds_on_its_first_put(tmp_path: Path) -> None:
+    # Opening does not walk the entries (every mount would wait for it); the first put
+    # does, so entries left by an earlier process still count towards the limit.
+    earlier = ChunkCache(tmp_path)
+    first = [os.urandom(1000) for _ in range(10)]
+    for index, data in enumerate(first):
+        earlier.put(digest_of(data), data)
+        age(entry_path(earlier, digest_of(data)), 1000 - index)
+    cache = ChunkCache(tmp_path, max_bytes=10_500)
+    assert cache.get(digest_of(first[0])) == first[0]
+    age(entry_path(cache, digest_of(first[0])), 1000)  # still the oldest
+    newest = os.urandom(1000)
+    cache.put(digest_of(newest), newest)
+    assert cache.usage().bytes <= 10_500 * (1 - chunkcache.EVICTION_HEADROOM)
+    assert cache.get(digest_of(newest)) == newest
+    assert cache.get(digest_of(first[0])) is None
+
+
 def test_concurrent_puts_and_gets_from_threads(tmp_path: Path) -> None:
     cache = ChunkCache(tmp_path, max_bytes=200_000)
     payloads = [os.urandom(3000 + i) for i in range(40)]
