@@ -166,13 +166,14 @@ class ChunkFetcher:
                 missing = [site for site in rest if site.digest not in loaded.contents]
                 theirs += self._in_flight(missing)  # claimed while we read the disk
                 mine = [site for site in missing if self._flights.get(site.digest) is None]
-                if mine and on_miss is not None:
-                    await on_miss(mine)
-                    # Claimed by another reader meanwhile: wait for theirs.
-                    theirs += self._in_flight(mine)
-                    mine = [site for site in mine if self._flights.get(site.digest) is None]
                 if mine:
-                    await self._fetch(mine, remember, loaded)
+                    # Claimed before the miss policy runs: the kernel sends one read-ahead
+                    # as several reads at once, and the others must wait on this fetch
+                    # rather than each take the miss policy's decision again.
+                    with self._flights.claim(site.digest for site in mine) as flights:
+                        if on_miss is not None:
+                            await on_miss(mine)
+                        await self._fetch_claimed(flights, mine, remember, loaded)
             unique = []
             for site, flight in theirs:
                 await flight.done.wait()
@@ -278,13 +279,18 @@ class ChunkFetcher:
 
     # -- fetching --------------------------------------------------------------
 
-    async def _fetch(self, sites: Sequence[ChunkSite], remember: bool, loaded: Loaded) -> None:
-        """Fetch ``sites`` in one request into ``loaded``; every chunk's flight lands
-        with its content or its failure."""
-        with self._flights.claim(site.digest for site in sites) as flights:
-            fetched = await self._fetch_into(flights, sites, remember)
-            for digest, failure in fetched.failures.items():
-                flights[digest].error = failure
+    async def _fetch_claimed(
+        self,
+        flights: dict[str, Flight],
+        sites: Sequence[ChunkSite],
+        remember: bool,
+        loaded: Loaded,
+    ) -> None:
+        """Fetch ``sites`` (their ``flights`` claimed) in one request into ``loaded``;
+        every chunk's flight gets its content or its failure."""
+        fetched = await self._fetch_into(flights, sites, remember)
+        for digest, failure in fetched.failures.items():
+            flights[digest].error = failure
         loaded.contents.update(fetched.contents)
         loaded.failures.update(fetched.failures)
 

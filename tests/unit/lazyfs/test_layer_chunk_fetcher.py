@@ -180,3 +180,34 @@ def test_batches_cut_in_order_with_a_small_first_one(monkeypatch: pytest.MonkeyP
     first, *rest = prefetch_batches(sites)
     assert first == sites[:2]
     assert [site for run in rest for site in run] == sites[2:]
+
+
+def test_readers_of_one_missing_chunk_take_the_miss_policy_once(tmp_path: Path) -> None:
+    # The kernel sends one read-ahead as several reads at once: the first claims the
+    # chunk before the policy runs, and the others wait on its fetch.
+    built = build_layer()
+    decided: list[list[str]] = []
+
+    async def main() -> None:
+        p = parts(built, tmp_path)
+        multi = p.node("multi.bin")
+        first = sites_of(multi)[:1]
+
+        async def on_miss(missing: Sequence[ChunkSite]) -> None:
+            decided.append([site.digest for site in missing])
+            await trio.sleep(0)  # the others read the disk, and find it claimed
+
+        results: list[bytes] = []
+
+        async def reader() -> None:
+            loaded = await p.fetcher.load(first, on_miss=on_miss)
+            results.append(loaded.contents[first[0].digest])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(reader)
+        assert decided == [[first[0].digest]]
+        assert p.blob.requests == 1 and len(results) == 6 and len(set(results)) == 1
+        await p.tasks.aclose()
+
+    trio.run(main)
