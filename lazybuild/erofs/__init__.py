@@ -37,7 +37,8 @@ Interface:
 
 A read served through FUSE is therefore: below ``data_start`` a slice of ``metadata``;
 above, ``extents_at`` then the layer's verified chunks for each piece (``Piece.node`` is
-the ``LayerIndex`` node, so ``LazyLayer.read(node, file_offset, length)`` applies), and
+the ``LayerIndex`` node, so ``LazyLayer.read_many([(node, file_offset, length), ...])``
+applies), and
 ``read`` to assemble. Mapping an image offset back to (file, offset) for recording is
 ``extents_at(offset, 1)``.
 

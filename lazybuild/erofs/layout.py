@@ -170,7 +170,9 @@ def _place_inodes(placed: list[_Placed]) -> int:
     return position
 
 
-def _uuid(toc_digest: str | None, metadata: bytes) -> bytes:
+def image_uuid(toc_digest: str | None, metadata: bytes) -> bytes:
+    """The superblock's UUID: derived from the TOC digest, else from the metadata (hashed
+    with a zero UUID in its place)."""
     seed = toc_digest.encode("ascii") if toc_digest else hashlib.sha256(metadata).digest()
     return hashlib.sha256(_UUID_CONTEXT + seed).digest()[:16]
 
@@ -247,10 +249,10 @@ def build_layout(index: LayerIndex, toc_digest: str | None = None) -> ErofsLayou
         "blocks": next_block,
     }
     if toc_digest:
-        uuid = _uuid(toc_digest, b"")
+        uuid = image_uuid(toc_digest, b"")
     else:
         ondisk.pack_superblock(metadata, uuid=bytes(16), **superblock)
-        uuid = _uuid(None, bytes(metadata))
+        uuid = image_uuid(None, bytes(metadata))
     ondisk.pack_superblock(metadata, uuid=uuid, **superblock)
     ondisk.set_superblock_checksum(metadata)  # last: it covers the inodes in block 0
     stats = LayoutStats(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from lazybuild.erofs import ondisk
 from lazybuild.erofs.extents import Extent, ExtentTable
-from lazybuild.erofs.layout import ErofsLayout, LayoutStats, _uuid
+from lazybuild.erofs.layout import ErofsLayout, LayoutStats, image_uuid
 from lazybuild.errors import FormatError
 from lazybuild.estargz.index import LayerIndex, Node
 
@@ -68,7 +68,7 @@ def restore_layout(index: LayerIndex, toc_digest: str, parts: LayoutParts) -> Er
         raise StoredLayoutError("no EROFS superblock")
     if superblock.checksum != ondisk.superblock_checksum(metadata):
         raise StoredLayoutError("the superblock checksum does not match")
-    if superblock.uuid != _uuid(toc_digest, b""):
+    if superblock.uuid != image_uuid(toc_digest, b""):
         raise StoredLayoutError(f"the image is not of TOC {toc_digest}")
     if superblock.inodes != parts.stats.inodes or len(parts.files) != parts.stats.files_with_data:
         raise StoredLayoutError("the stats do not match the image")

@@ -75,18 +75,10 @@ class FileReader:
     async def read(self, node: Node, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) of regular file ``node``, short at its end; the
         first failure of a chunk they need is raised."""
-        span = _span(node, offset, size)
-        if span is None:
-            return b""
-        contents = self._fetcher.from_memory(span.chunks)
-        if contents is None:
-            loaded = await self._fetcher.load(sites_of(node, span.chunks), on_miss=self._on_miss)
-            failure = loaded.failure_of(chunk.digest for chunk in span.chunks)
-            if failure is not None:
-                raise failure
-            contents = loaded.contents
-        self._read_done(span)
-        return span.cut(contents)
+        (result,) = await self.read_many([(node, offset, size)])
+        if not isinstance(result, bytes):
+            raise result
+        return result
 
     async def read_many(self, ranges: Sequence[FileRange]) -> list[RangeResult]:
         """``read`` of each of ``ranges``, in order, with every missing chunk of them

@@ -60,8 +60,6 @@ def image_file_name(layer_name: str) -> str:
 class LayerContent(Protocol):
     index: LayerIndex
 
-    async def read(self, node: Node, offset: int, size: int) -> bytes: ...
-
     async def read_many(
         self, ranges: Sequence[tuple[Node, int, int]]
     ) -> Sequence[bytes | Exception]:

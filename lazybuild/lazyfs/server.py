@@ -133,8 +133,8 @@ class LayerSource:
         return chunks, size
 
     async def forget_big_file_pages(self) -> None:
-        """Make the kernel read big files through the filesystem again (see
-        ``LazyFilesystem.forget_cached_pages``)."""
+        """Make the kernel read big files through the filesystem again, so that the read
+        recorder sees every place read of them."""
         if self._erofs_mounts:
             # The kernel keeps those files' pages in the EROFS mounts (the image file
             # itself is read with direct I/O, so it has none).

@@ -193,7 +193,7 @@ def tear_down(record: MountRecord) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.pid, signal.SIGKILL)
     for path in _mounted_below(mountpoint):
-        _quiet_lazy_unmount(Path(path))
+        _detach(Path(path))  # what fails is reported below, once the FUSE mount went
     if is_mounted(mountpoint):
         lazy_unmount(mountpoint, fuse=True)
     for path in _mounted_below(mountpoint):
@@ -209,9 +209,12 @@ def _mounted_below(mountpoint: Path) -> list[str]:
     return sorted((p for p in mounted_paths() if p.startswith(root + "/")), key=len, reverse=True)
 
 
-def _quiet_lazy_unmount(path: Path) -> None:
+def _detach(path: Path) -> str | None:
+    """``umount2(path, MNT_DETACH)``; why it failed, or None."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.umount2(os.fsencode(path), _MNT_DETACH)
+    if libc.umount2(os.fsencode(os.path.abspath(path)), _MNT_DETACH) == 0:
+        return None
+    return os.strerror(ctypes.get_errno())
 
 
 def _alive(pid: int, identity: str) -> bool:
@@ -343,10 +346,9 @@ def is_mounted(path: Path) -> bool:
 
 def lazy_unmount(path: Path, *, fuse: bool = False) -> None:
     """Detach ``path`` now; the kernel finishes when the last user lets go."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.umount2(os.fsencode(os.path.abspath(path)), _MNT_DETACH) == 0:
+    reason = _detach(path)
+    if reason is None:
         return
-    reason = os.strerror(ctypes.get_errno())
     helper = shutil.which("fusermount3") if fuse else None
     if helper is not None:  # unprivileged FUSE mounts are unmounted through the helper
         result = subprocess.run(
