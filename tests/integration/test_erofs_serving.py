@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gzip
+import hashlib
 import json
 import os
 import random
@@ -35,7 +37,9 @@ from lazybuild.lazyfs.erofsmount import (
     unmount_erofs,
 )
 from lazybuild.lazyfs.readahead import READAHEAD_KIB
+from lazybuild.oci.layout import OciLayout
 from lazybuild.snapshot import syscalls
+from tests.integration.test_hostile_toc_cli import _AnnotatedLayer
 from tests.integration.test_lazy_commands import (
     _expected_tree,
     convert,
@@ -45,7 +49,7 @@ from tests.integration.test_lazy_commands import (
 )
 from tests.support.erofsimage import estargz_from_tar, image_of_blob, member, tar_of
 from tests.support.faultproxy import FaultProxy, corrupt
-from tests.support.imagebuild import image_from_dirs, push_oci_layout
+from tests.support.imagebuild import image_from_dirs, push_oci_layout, write_image
 from tests.support.images import read_layout_image
 from tests.support.registry import Registry
 from tests.support.trees import directory_tree
@@ -364,3 +368,39 @@ def test_a_kernel_refusing_file_backed_mounts_gets_a_loop_device(
     while _loop_devices_backed_under(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _loop_devices_backed_under(tmp_path) == []
+
+
+def test_a_layer_no_erofs_image_can_hold_is_unpacked_instead(
+    registry: Registry, state: Path, tmp_path: Path
+) -> None:
+    """A name over 255 bytes fits a TOC but no EROFS directory (nor any Linux one): the
+    layer goes the unpacked way, which refuses it in one line, and nothing stays
+    mounted or half-written."""
+    long_name = "n" * 300
+    tar = tar_of([(member("etc/hello"), b"hello\n"), (member(f"srv/{long_name}"), b"x")])
+    blob = estargz_from_tar(tar)
+    opened = parse_layer(blob, 0, len(blob), None)
+    layout = OciLayout.create(tmp_path / "layout")
+    digest = layout.write_blob(blob)
+    diff_id = "sha256:" + hashlib.sha256(gzip.decompress(blob)).hexdigest()
+    layer = _AnnotatedLayer(digest, diff_id, len(blob), toc_digest=opened.toc_digest)
+    write_image(layout, [layer])
+    push_oci_layout(tmp_path / "layout", registry.host, "test/erofs-unrepresentable", "v1")
+    image = f"{registry.host}/test/erofs-unrepresentable:v1"
+    target = tmp_path / "mnt"
+    target.mkdir()
+    result = subprocess.run(
+        lazybuild_argv(state, "mount", image, str(target)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lazybuild: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    # The unpacked way was taken, and said which entry it could not write.
+    assert "cannot unpack: entry 'srv/nnn" in errors[0] and "File name too long" in errors[0]
+    _state_dir_clean(state)
+    assert not list((state / "unpacked").glob(".partial-*"))
+    assert not list(state.glob("erofs/*.meta"))
