@@ -55,15 +55,17 @@ def _mounts_alive(root: Path) -> bool:
 
 async def run_du(args: argparse.Namespace) -> int:
     from lazybuild.cache.chunkcache import ChunkCache
-    from lazybuild.lazyfs import imagecache
+    from lazybuild.lazyfs import imagecache, whole_images
 
     root = state_dir(args)
     cache = await trio.to_thread.run_sync(ChunkCache, root / "cache")
     usage = await trio.to_thread.run_sync(cache.usage)
     images = await trio.to_thread.run_sync(imagecache.usage, root)
+    whole = await trio.to_thread.run_sync(whole_images.usage, root)
     print(f"state directory  {root}")
     print(f"chunk cache      {usage.entries:>8} chunks  {human_size(usage.bytes):>10}")
     print(f"EROFS images     {images.entries:>8} images  {human_size(images.bytes):>10}")
+    print(f"whole layers     {whole.entries:>8} images  {human_size(whole.bytes):>10}")
     for name, label in (
         ("unpacked", "unpacked layers"),
         ("tocs", "layer TOCs"),
@@ -76,17 +78,21 @@ async def run_du(args: argparse.Namespace) -> int:
 
 async def run_prune(args: argparse.Namespace) -> int:
     from lazybuild.cache.chunkcache import ChunkCache
-    from lazybuild.lazyfs import imagecache
+    from lazybuild.lazyfs import imagecache, whole_images
 
     root = state_dir(args)
     cache = await trio.to_thread.run_sync(ChunkCache, root / "cache")
     freed = await trio.to_thread.run_sync(cache.prune, args.keep_storage)
     print(f"freed {freed.entries} chunks, {human_size(freed.bytes)}")
+    # Mounted ones too: a mount holds its image file open.
+    whole = await trio.to_thread.run_sync(whole_images.prune, root, args.keep_storage)
+    print(f"freed {whole.entries} whole layer images, {human_size(whole.bytes)}")
     # Removed even while layers are mounted: a filesystem process keeps the images it
     # serves in memory and never reads their entries again.
     if args.keep_storage == 0 and (root / imagecache.IMAGE_CACHE_DIR).is_dir():
         images = await trio.to_thread.run_sync(imagecache.remove_all, root)
         print(f"freed {images.entries} EROFS images, {human_size(images.bytes)}")
+
     # Unpacked layers may be lower dirs of live overlays: only removed idle. (Skeletons
     # are what lazybuild before EROFS layers stacked over lazy ones, left in old states.)
     for name, label in (("unpacked", "unpacked layers"), ("skeletons", "old layer skeletons")):

@@ -72,7 +72,8 @@ class LayerFetch:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LayerFetch:
         """From a ``stats`` reply entry (``LayerStats.to_json()`` keys plus ``mode``)."""
-        mode: LayerMode = "unpacked" if data.get("mode") == "unpacked" else "lazy"
+        shown = data.get("mode")
+        mode: LayerMode = shown if shown in ("local", "unpacked") else "lazy"
         return cls(
             digest=str(data.get("digest", "")),
             mode=mode,
@@ -168,17 +169,22 @@ class LazyMountService:
         insecure_registries: Iterable[str] = (),
         docker_config: Path | None = None,
         background_fetch: bool = True,
+        whole_images: bool = True,
         cache_max_bytes: int | None = None,
         open_image: str | None = None,
     ) -> None:
         """``open_image``: the image the caller is about to mount, which the process
-        then resolves and opens as soon as it runs, while the caller still starts up."""
+        then resolves and opens as soon as it runs, while the caller still starts up.
+        ``whole_images=False`` serves every lazy layer through the filesystem process,
+        even one whose whole image is local, so that its read recorder sees every read
+        (``lazyfs.whole_images``)."""
         self.state_dir = state_dir
         self.id = secrets.token_hex(6)
         self.mountpoint = state_dir / "mnt" / self.id
         self._insecure_registries = tuple(insecure_registries)
         self._docker_config = docker_config
         self._background_fetch = background_fetch
+        self._whole_images = whole_images
         self._cache_max_bytes = cache_max_bytes
         self._open_image = open_image
         self._log_path = state_dir / "mounts" / f"{self.id}.log"
@@ -334,6 +340,7 @@ class LazyMountService:
             "--owner-pid",
             str(os.getpid()),
             "--background-fetch" if self._background_fetch else "--no-background-fetch",
+            "--whole-images" if self._whole_images else "--no-whole-images",
         ]
         for host in self._insecure_registries:
             command += ["--insecure-registry", host]

@@ -19,7 +19,9 @@ from lazybuild.offsetranges import decode_offset_ranges
 
 # Lists of read files travel in one line (reads_since, prefetch_files).
 MAX_LINE = 16 << 20
-LayerMode = Literal["lazy", "unpacked"]
+# lazy: served by the filesystem process; local: mounted from its whole image on this
+# machine; unpacked: downloaded whole and unpacked (not eStargz).
+LayerMode = Literal["lazy", "local", "unpacked"]
 # By layer digest and path: (offset, length) places read in a big file.
 LayerRanges = dict[str, dict[str, list[tuple[int, int]]]]
 
@@ -187,7 +189,8 @@ def failure(error: str) -> dict[str, Any]:
 
 def layer_added(reply: dict[str, Any]) -> LayerAdded:
     path, mode, digest = reply.get("path"), reply.get("mode"), reply.get("digest")
-    if not isinstance(path, str) or mode not in ("lazy", "unpacked") or not isinstance(digest, str):
+    modes = ("lazy", "local", "unpacked")
+    if not isinstance(path, str) or mode not in modes or not isinstance(digest, str):
         raise FormatError(f"malformed add_layer reply {reply!r}")
     return LayerAdded(path=path, mode=mode, digest=digest)
 

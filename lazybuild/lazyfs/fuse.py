@@ -2,7 +2,8 @@
 
 A layer named ``<name>`` is shown as two entries of the root: ``/<name>.erofs``, a
 read-only file holding its EROFS image (``lazybuild.erofs``), and ``/<name>``, an empty
-directory the kernel mounts that image on (``erofsmount``). Every lookup, stat,
+directory the kernel mounts that image on (``erofsmount``). A layer whose whole image is
+a local file (``whole_images``) is shown as the directory alone. Every lookup, stat,
 readlink, getxattr and readdir inside a layer is answered by the kernel's EROFS from the
 image's metadata; only reads of the image file come here.
 
@@ -68,14 +69,19 @@ class LayerContent(Protocol):
 
 
 class _LayerImage:
-    """A layer shown as an EROFS image: the file ``/<name>.erofs`` and the directory
-    ``/<name>`` the image is mounted on, each with an inode number of its own (never
-    reused while mounted, and also its position in the root's listing)."""
+    """A layer shown as an EROFS image: the file ``/<name>.erofs`` (when served from
+    here: ``layout`` and ``content``) and the directory ``/<name>`` the image is mounted
+    on, each with an inode number of its own (never reused while mounted, and also its
+    position in the root's listing)."""
 
     __slots__ = ("content", "directory_inode", "file_inode", "layout", "mtime_ns", "name")
 
     def __init__(
-        self, name: str, layout: ErofsLayout, content: LayerContent, directory_inode: int
+        self,
+        name: str,
+        layout: ErofsLayout | None,
+        content: LayerContent | None,
+        directory_inode: int,
     ) -> None:
         self.name = name
         self.layout = layout
@@ -88,14 +94,18 @@ class _LayerImage:
     def file_name(self) -> str:
         return image_file_name(self.name)
 
+    @property
+    def image_size(self) -> int:
+        return 0 if self.layout is None else self.layout.image_size
+
     def attributes(self, *, file: bool) -> pyfuse3.EntryAttributes:
         attributes = pyfuse3.EntryAttributes()
         if file:
             attributes.st_ino = self.file_inode
             attributes.st_mode = stat.S_IFREG | 0o444
             attributes.st_nlink = 1
-            attributes.st_size = self.layout.image_size
-            attributes.st_blocks = -(-self.layout.image_size // 512)
+            attributes.st_size = self.image_size
+            attributes.st_blocks = -(-self.image_size // 512)
         else:
             attributes.st_ino = self.directory_inode
             attributes.st_mode = stat.S_IFDIR | 0o755
@@ -152,6 +162,13 @@ class LazyFilesystem(pyfuse3.Operations):
     def add_image(self, name: str, layout: ErofsLayout, layer: LayerContent) -> None:
         """Show ``layer`` as ``/<name>.erofs`` (its EROFS image, ``layout``) and an empty
         ``/<name>`` to mount it on."""
+        self._add(name, layout, layer)
+
+    def add_mount_point(self, name: str) -> None:
+        """Show an empty ``/<name>`` to mount a layer's local whole image on."""
+        self._add(name, None, None)
+
+    def _add(self, name: str, layout: ErofsLayout | None, layer: LayerContent | None) -> None:
         if not name or "/" in name or name in (".", "..") or name.endswith(IMAGE_SUFFIX):
             raise ValueError(f"bad layer name {name!r}")
         if name in self._images:
@@ -159,7 +176,8 @@ class LazyFilesystem(pyfuse3.Operations):
         image = _LayerImage(name, layout, layer, next(self._next_inodes))
         self._images[name] = image
         self._by_inode[image.directory_inode] = (image, False)
-        self._by_inode[image.file_inode] = (image, True)
+        if layout is not None:
+            self._by_inode[image.file_inode] = (image, True)
         self._root_mtime_ns = time.time_ns()
 
     def remove_image(self, name: str) -> None:
@@ -227,11 +245,9 @@ class LazyFilesystem(pyfuse3.Operations):
         data = pyfuse3.StatvfsData()
         data.f_bsize = BLOCK_SIZE
         data.f_frsize = BLOCK_SIZE
-        data.f_blocks = sum(
-            image.layout.image_size // BLOCK_SIZE for image in self._images.values()
-        )
+        data.f_blocks = sum(image.image_size // BLOCK_SIZE for image in self._images.values())
         data.f_bfree = data.f_bavail = 0
-        data.f_files = 1 + 2 * len(self._images)
+        data.f_files = 1 + len(self._by_inode)
         data.f_ffree = data.f_favail = 0
         data.f_namemax = 255
         return data
@@ -296,7 +312,9 @@ class LazyFilesystem(pyfuse3.Operations):
         """Image bytes: metadata from memory, file data through the layer: the files the
         range covers read together (their missing chunks in one request), each logged
         as a read of that file."""
-        layout = image.layout
+        layout, content = image.layout, image.content
+        if layout is None or content is None:  # a mount point has no image file here
+            raise pyfuse3.FUSEError(errno.EBADF)
         size = min(size, layout.image_size - offset)
         if size <= 0:
             return b""
@@ -309,7 +327,7 @@ class LazyFilesystem(pyfuse3.Operations):
                 self.access_log(image.name, node.name, piece.file_offset, piece.length, node.size)
         try:
             async with self._foreground() if self._foreground else nullcontext():
-                results = await image.content.read_many(
+                results = await content.read_many(
                     [(piece.node, piece.file_offset, piece.length) for piece in pieces]
                 )
         except Exception as exc:
@@ -385,7 +403,7 @@ class LazyFilesystem(pyfuse3.Operations):
         if name in self._images:
             return self._images[name], False
         stem = name.removesuffix(IMAGE_SUFFIX)
-        if stem != name and stem in self._images:
+        if stem != name and stem in self._images and self._images[stem].layout is not None:
             return self._images[stem], True
         return None
 

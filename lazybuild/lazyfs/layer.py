@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -193,20 +193,28 @@ class LazyLayer:
         while the gate is quiet; a batch interrupted by a foreground read is retried."""
         await background_fetch.fetch_all(self._fetcher, self._sites, gate)
 
-    def start_background_fetch(self, gate: ForegroundGate) -> None:
-        """Run ``fetch_all`` as background work of this layer; a failure stops it with a
-        warning (what it did not fetch is fetched on demand)."""
-        self._tasks.start_soon(self._fetch_in_background, gate)
+    def start_background_fetch(
+        self, gate: ForegroundGate, *, then: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Run ``fetch_all`` as background work of this layer, and ``then`` once every
+        chunk is cached; a failure stops it with a warning (what it did not fetch is
+        fetched on demand)."""
+        self._tasks.start_soon(self._fetch_in_background, gate, then)
 
     async def fetch_everything(self) -> None:
         """Fetch, verify and cache every chunk not cached yet, now, in large batches."""
         await background_fetch.fetch_everything(self._fetcher, self._sites)
 
-    async def _fetch_in_background(self, gate: ForegroundGate) -> None:
+    async def _fetch_in_background(
+        self, gate: ForegroundGate, then: Callable[[], Awaitable[None]] | None
+    ) -> None:
         try:
             await self.fetch_all(gate)
         except LazybuildError as exc:
             log.warning("layer %s: background fetch stopped: %s", self.digest, exc)
+            return
+        if then is not None:
+            await then()
 
     # -- closing ---------------------------------------------------------------
 

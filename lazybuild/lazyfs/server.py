@@ -5,11 +5,13 @@ driven over a unix control socket (see ``service`` for the process around it,
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +33,7 @@ from lazybuild.lazyfs.priority import ForegroundGate
 from lazybuild.lazyfs.readrecorder import ReadRecorder
 from lazybuild.lazyfs.service import ImageAhead, ServiceOptions
 from lazybuild.lazyfs.unpack import UnpackedLayer, is_lazy_layer, unpack_layer, unpacked_root
+from lazybuild.lazyfs.whole_images import find_whole_image, write_whole_image
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.mediatypes import TOC_DIGEST_ANNOTATION
 from lazybuild.profile.published import PrefetchPlan, prefetch_plan, published_record
@@ -48,12 +51,15 @@ class _Mounted:
     added: control.LayerAdded
     layer: LazyLayer | None
     unpacked: UnpackedLayer | None
+    layout: ErofsLayout | None = None  # of a lazy layer: the image served
+    whole: dict[str, Any] | None = None  # the stats of a layer mounted from its whole image
 
 
 class LayerSource:
     """Opens layers for add_layer requests: eStargz lazily, as an EROFS image file of the
-    mount that the kernel mounts at the layer's path (``fuse``, ``erofsmount``); others,
-    and eStargz layers an EROFS image cannot hold, downloaded and unpacked.
+    mount that the kernel mounts at the layer's path (``fuse``, ``erofsmount``), or, once
+    all its chunks are local, from its whole image file (``whole_images``); others, and
+    eStargz layers an EROFS image cannot hold, downloaded and unpacked.
 
     Concurrent requests for one digest share the work; a layer is added once.
     """
@@ -69,6 +75,7 @@ class LayerSource:
         gate: ForegroundGate,
         nursery: trio.Nursery,
         background_fetch: bool,
+        whole_images: bool = True,
     ) -> None:
         self._filesystem = filesystem
         self._mountpoint = mountpoint
@@ -78,11 +85,13 @@ class LayerSource:
         self._gate = gate
         self._nursery = nursery  # the layers' background work runs here, and ends with it
         self._background_fetch = background_fetch
+        self._whole_images = whole_images
         self._mounted: dict[str, _Mounted] = {}
         self._pending: dict[str, trio.Event] = {}
         self._layers = LayerSet()
-        # Layers served as EROFS images: layer name -> (its mount, the layer).
-        self._erofs_mounts: dict[str, tuple[ErofsMount, LazyLayer]] = {}
+        # Layers served as EROFS images: layer name -> (its mount, the layer; None for a
+        # whole image, which is not served from here).
+        self._erofs_mounts: dict[str, tuple[ErofsMount, LazyLayer | None]] = {}
 
     async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
         ref = Reference.parse(ref_text)
@@ -113,8 +122,8 @@ class LayerSource:
                     mounted = self._mounted.get(digest)
                     if mounted is None:
                         raise LazybuildError(f"fetch_all: layer {digest} was not added")
-                    if mounted.layer is not None:
-                        nursery.start_soon(mounted.layer.fetch_everything)
+                    if mounted.layer is not None and mounted.layout is not None:
+                        nursery.start_soon(self._fetch_whole, mounted.layer, mounted.layout)
 
     async def prefetch_files(
         self, files: dict[str, list[str]], ranges: control.LayerRanges
@@ -138,7 +147,11 @@ class LayerSource:
         if self._erofs_mounts:
             # The kernel keeps those files' pages in the EROFS mounts (the image file
             # itself is read with direct I/O, so it has none).
-            mounts = [(mount.target, layer) for mount, layer in self._erofs_mounts.values()]
+            mounts = [
+                (mount.target, layer)
+                for mount, layer in self._erofs_mounts.values()
+                if layer is not None
+            ]
             await trio.to_thread.run_sync(_drop_big_file_pages, mounts)
 
     def unmount_images(self) -> None:
@@ -152,6 +165,8 @@ class LayerSource:
         for mounted in self._mounted.values():
             if mounted.layer is not None:
                 report.append({"mode": "lazy", **mounted.layer.stats.to_json()})
+            elif mounted.whole is not None:
+                report.append(mounted.whole)
             elif mounted.unpacked is not None:
                 report.append(_unpacked_stats(mounted.unpacked))
         return report
@@ -160,6 +175,10 @@ class LayerSource:
         digest_hex = descriptor.digest.partition(":")[2]
         if not is_lazy_layer(descriptor):
             return await self._unpack(ref, descriptor)
+        if self._whole_images:
+            whole = await self._open_whole(digest_hex, descriptor)
+            if whole is not None:
+                return whole
         blob = self._client.open_blob(ref, descriptor)
         async with self._gate.foreground():
             layer = await LazyLayer.open(
@@ -176,7 +195,7 @@ class LayerSource:
         except BaseException:
             await _close(layer)
             raise
-        if path is None:
+        if layout is None or path is None:
             await _close(layer)  # not served: its early region would go on downloading
             return await self._unpack(ref, descriptor)
         self._layers.add(layer, str(ref))
@@ -192,9 +211,9 @@ class LayerSource:
             await _close(layer)
             raise
         if self._background_fetch:
-            layer.start_background_fetch(self._gate)
+            layer.start_background_fetch(self._gate, then=self._keep_whole_soon(layer, layout))
         added = control.LayerAdded(path=str(path), mode="lazy", digest=descriptor.digest)
-        return _Mounted(added, layer, None)
+        return _Mounted(added, layer, None, layout)
 
     async def _layout(self, layer: LazyLayer) -> ErofsLayout | None:
         """The EROFS image of an opened lazy layer; None for one EROFS cannot hold."""
@@ -251,6 +270,68 @@ class LayerSource:
         self._erofs_mounts[name] = (mount, layer)
         log.debug("layer %s: EROFS mounted from %s", layer.digest, mount.source)
 
+    async def _open_whole(self, name: str, descriptor: Descriptor) -> _Mounted | None:
+        """The layer mounted from its local whole image; None when it has none (or the
+        image would not mount: then it is served lazily)."""
+        toc_digest = descriptor.annotations.get(TOC_DIGEST_ANNOTATION)
+        image = await trio.to_thread.run_sync(find_whole_image, self._state_dir, toc_digest)
+        if image is None:
+            return None
+        target = self._mountpoint / name
+        started = time.perf_counter()
+        self._filesystem.add_mount_point(name)
+        try:
+            mount = await trio.to_thread.run_sync(
+                mount_erofs, image, target, abandon_on_cancel=True
+            )
+        except (LazybuildError, OSError) as exc:
+            self._filesystem.remove_image(name)
+            log.warning("layer %s: its whole image did not mount (%s)", descriptor.digest, exc)
+            return None
+        except BaseException:
+            self._filesystem.remove_image(name)
+            raise
+        self._erofs_mounts[name] = (mount, None)
+        seconds = time.perf_counter() - started
+        log.info("layer %s: whole image mounted in %.3fs", descriptor.digest, seconds)
+        added = control.LayerAdded(path=str(target), mode="local", digest=descriptor.digest)
+        return _Mounted(added, None, None, whole=_whole_stats(descriptor))
+
+    def _keep_whole_soon(
+        self, layer: LazyLayer, layout: ErofsLayout
+    ) -> Callable[[], Awaitable[None]]:
+        async def keep() -> None:
+            await self._gate.wait_quiet()  # its hashing and copying yield to reads
+            await self._keep_whole(layer, layout)
+
+        return keep
+
+    async def _fetch_whole(self, layer: LazyLayer, layout: ErofsLayout) -> None:
+        await layer.fetch_everything()
+        await self._keep_whole(layer, layout)
+
+    async def _keep_whole(self, layer: LazyLayer, layout: ErofsLayout) -> None:
+        """Write the layer's whole image, now that all its chunks are cached, for the
+        processes that open it next (this one goes on serving it)."""
+        if not self._whole_images:
+            return
+        stopping = threading.Event()
+        write = functools.partial(
+            write_whole_image,
+            self._state_dir,
+            layer.descriptor.annotations.get(TOC_DIGEST_ANNOTATION),
+            layout,
+            self._cache,
+            max_bytes=self._cache.max_bytes,
+            stopping=stopping,
+        )
+        try:
+            # Abandoned when cancelled (the process is stopping): ``stopping`` makes it
+            # give up at its next file and remove what it wrote.
+            await trio.to_thread.run_sync(write, abandon_on_cancel=True)
+        finally:
+            stopping.set()
+
     def _withdraw(self, name: str) -> None:
         mounted = self._erofs_mounts.pop(name, None)
         if mounted is not None:
@@ -292,6 +373,20 @@ def _drop_big_file_pages(mounts: Sequence[tuple[Path, LazyLayer]]) -> None:
                 os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(descriptor)
+
+
+def _whole_stats(descriptor: Descriptor) -> dict[str, Any]:
+    """The same keys as ``LayerStats.to_json()``: nothing fetched, one local image."""
+    return {
+        "mode": "local",
+        "digest": descriptor.digest,
+        "size": descriptor.size,
+        "bytes_fetched": 0,
+        "requests": 0,
+        "cache_hits": 1,
+        "fetch_seconds": 0.0,
+        "reused": True,
+    }
 
 
 def _unpacked_stats(unpacked: UnpackedLayer) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class ServiceOptions:
     docker_config: Path | None = None
     cache_max_bytes: int = DEFAULT_MAX_BYTES
     background_fetch: bool = True
+    whole_images: bool = True  # mount local whole images of layers; keep them when fetched
     owner_pid: int | None = None  # exit when this process is gone
     ready_fd: int | None = None  # written to, then closed, once requests are served
     open_image: str | None = None  # the image the owner will mount, opened ahead
@@ -56,6 +57,7 @@ def parse_args(argv: Sequence[str]) -> ServiceOptions:
     parser.add_argument("--docker-config", type=Path)
     parser.add_argument("--cache-max-bytes", type=int, default=DEFAULT_MAX_BYTES)
     parser.add_argument("--background-fetch", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--whole-images", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--owner-pid", type=int)
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument(
@@ -70,6 +72,7 @@ def parse_args(argv: Sequence[str]) -> ServiceOptions:
         docker_config=args.docker_config,
         cache_max_bytes=args.cache_max_bytes,
         background_fetch=args.background_fetch,
+        whole_images=args.whole_images,
         owner_pid=args.owner_pid,
         ready_fd=args.ready_fd,
         open_image=args.open_image,
