@@ -25,10 +25,11 @@ from lazybuild.errors import LazybuildError, one_error, reported_error
 from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.erofsmount import ErofsMount, mount_erofs, unmount_erofs
-from lazybuild.lazyfs.fuse import LazyFilesystem, image_file_name
+from lazybuild.lazyfs.fuse import AccessLog, LazyFilesystem, image_file_name
 from lazybuild.lazyfs.imagecache import layout_for
 from lazybuild.lazyfs.layer import LazyLayer
 from lazybuild.lazyfs.layerset import LayerSet
+from lazybuild.lazyfs.pagesread import resident_ranges
 from lazybuild.lazyfs.priority import ForegroundGate
 from lazybuild.lazyfs.readrecorder import ReadRecorder
 from lazybuild.lazyfs.service import ImageAhead, ServiceOptions
@@ -92,6 +93,9 @@ class LayerSource:
         # Layers served as EROFS images: layer name -> (its mount, the layer; None for a
         # whole image, which is not served from here).
         self._erofs_mounts: dict[str, tuple[ErofsMount, LazyLayer | None]] = {}
+        # The big files of whole-image layers whose pages were dropped, for
+        # ``note_big_file_reads``.
+        self._big_files_dropped: list[_BigFile] = []
 
     async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
         ref = Reference.parse(ref_text)
@@ -143,16 +147,20 @@ class LayerSource:
 
     async def forget_big_file_pages(self) -> None:
         """Make the kernel read big files through the filesystem again, so that the read
-        recorder sees every place read of them."""
+        recorder sees every place read of them; for layers mounted from whole images,
+        which it never sees, ``note_big_file_reads`` finds those places afterwards."""
         if self._erofs_mounts:
             # The kernel keeps those files' pages in the EROFS mounts (the image file
             # itself is read with direct I/O, so it has none).
-            mounts = [
-                (mount.target, layer)
-                for mount, layer in self._erofs_mounts.values()
-                if layer is not None
-            ]
-            await trio.to_thread.run_sync(_drop_big_file_pages, mounts)
+            mounts = list(self._erofs_mounts.items())
+            self._big_files_dropped = await trio.to_thread.run_sync(_drop_big_file_pages, mounts)
+
+    async def note_big_file_reads(self, note: AccessLog) -> None:
+        """Tell ``note`` where big files of layers mounted from whole images were read
+        since ``forget_big_file_pages``: the pages of them the kernel holds again."""
+        dropped, self._big_files_dropped = self._big_files_dropped, []
+        if dropped:
+            await trio.to_thread.run_sync(_note_resident_pages, dropped, note)
 
     def unmount_images(self) -> None:
         """Take the EROFS mounts down (lazily), before the FUSE mount under them."""
@@ -358,21 +366,76 @@ async def _close(layer: LazyLayer) -> None:
         await layer.aclose()
 
 
-def _drop_big_file_pages(mounts: Sequence[tuple[Path, LazyLayer]]) -> None:
+@dataclass(frozen=True)
+class _BigFile:
+    layer: str  # the layer's name in the mount
+    path: str  # in the layer
+    shown: Path  # in its EROFS mount
+    size: int
+
+
+def _drop_big_file_pages(
+    mounts: Sequence[tuple[str, tuple[ErofsMount, LazyLayer | None]]],
+) -> list[_BigFile]:
     """Drop the page cache of the big files of these EROFS mounts, so that their next
-    reads come to this process (and its read recorder) again."""
-    for target, layer in mounts:
-        for node in layer.index.walk():
-            if node.type != "reg" or node.size <= PREFETCH_FILE_MAX_BYTES:
-                continue
+    reads come to this process (and its read recorder) again, or, for whole images,
+    show up in the page cache again; returns the latter's files."""
+    whole: list[_BigFile] = []
+    for name, (mount, layer) in mounts:
+        if layer is not None:
+            paths = [
+                (node.name, node.size)
+                for node in layer.index.walk()
+                if node.type == "reg" and node.size > PREFETCH_FILE_MAX_BYTES
+            ]
+        else:
+            paths = _big_files_under(mount.target)
+        for path, size in paths:
+            shown = mount.target / path
             try:
-                descriptor = os.open(target / node.name, os.O_RDONLY | os.O_CLOEXEC)
+                descriptor = os.open(shown, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue  # hidden in the image (a whiteout's), or the mount is going
             try:
                 os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(descriptor)
+            if layer is None:
+                whole.append(_BigFile(name, path, shown, size))
+    return whole
+
+
+def _big_files_under(root: Path) -> list[tuple[str, int]]:
+    """(path, size) of the regular files over ``PREFETCH_FILE_MAX_BYTES`` below ``root``
+    (an EROFS mount: the walk is the kernel's, from the image's metadata)."""
+    found: list[tuple[str, int]] = []
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        try:
+            entries = list(os.scandir(root / relative))
+        except OSError:
+            continue
+        for entry in entries:
+            path = f"{relative}/{entry.name}" if relative else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(path)
+            elif entry.is_file(follow_symlinks=False):
+                size = entry.stat(follow_symlinks=False).st_size
+                if size > PREFETCH_FILE_MAX_BYTES:
+                    found.append((path, size))
+    return found
+
+
+def _note_resident_pages(files: Sequence[_BigFile], note: AccessLog) -> None:
+    for file in files:
+        try:
+            ranges = resident_ranges(file.shown)
+        except OSError as exc:
+            log.debug("cannot tell which pages of %s are cached: %s", file.shown, exc)
+            continue
+        for offset, length in ranges:
+            note(file.layer, file.path, offset, length, file.size)
 
 
 def _whole_stats(descriptor: Descriptor) -> dict[str, Any]:
@@ -414,6 +477,8 @@ class Layers(Protocol):
     ) -> tuple[int, int]: ...
 
     async def forget_big_file_pages(self) -> None: ...
+
+    async def note_big_file_reads(self, note: AccessLog) -> None: ...
 
     def stats(self) -> list[dict[str, Any]]: ...
 
@@ -472,6 +537,7 @@ class ControlServer:
                     await self._layers.forget_big_file_pages()
                 return control.ok(mark=self._reads.mark())
             if isinstance(request, control.ReadsSince):
+                await self._layers.note_big_file_reads(self._reads)
                 # The filesystem names layers by digest hex; clients know digests.
                 since = self._reads.since(request.mark)
                 ranges = self._reads.ranges_since(request.mark)

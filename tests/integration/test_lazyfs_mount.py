@@ -352,3 +352,40 @@ def test_places_read_in_a_big_file_are_recorded_even_when_the_kernel_had_them(
             assert sum(length for _, length in places) < 4 << 20  # places, not the file
 
     trio.run(body)
+
+
+def test_places_read_in_a_big_file_of_a_whole_image_layer_are_found_from_the_page_cache(
+    tmp_path: Path, registry: Registry, big_file_esgz: str
+) -> None:
+    """A layer mounted from its whole image is read by the kernel alone; where a
+    workload read in its big files is then told by the pages the kernel holds again."""
+    ref, layers = layers_of(registry, big_file_esgz)
+    state = tmp_path / "state"
+    far = 20 << 20
+
+    def read(path: Path, offset: int) -> bytes:
+        with open(path, "rb") as big:
+            big.seek(offset)
+            return big.read(4096)
+
+    async def body() -> None:
+        async with service_for(state, registry) as service:
+            (lazy,) = await service.add_image(ref, layers)
+            await service.fetch_all([lazy.digest])  # every chunk: the whole image is kept
+        async with service_for(state, registry) as service:
+            (mount,) = await service.add_image(ref, layers)
+            assert mount.mode == "local"
+            big = mount.path / "data" / "big.bin"
+            assert read(big, 0)[:8] == (0).to_bytes(8, "little")
+            mark = await service.mark_reads(reread_big_files=True)
+            await trio.to_thread.run_sync(read, big, 0)
+            block = await trio.to_thread.run_sync(read, big, far)
+            assert block[:8] == (far // 4096).to_bytes(8, "little")
+            places = (await service.ranges_since(mark))["data/big.bin"]
+            assert any(offset == 0 for offset, _ in places)
+            assert any(offset <= far < offset + length for offset, length in places)
+            assert sum(length for _, length in places) < 4 << 20  # places, not the file
+            # Told once: a later step's reads are its own.
+            assert await service.ranges_since(await service.mark_reads()) == {}
+
+    trio.run(body)

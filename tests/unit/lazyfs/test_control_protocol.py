@@ -14,6 +14,7 @@ from lazybuild.errors import FormatError, NotFoundError
 from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.client import FetchReport, LayerFetch
+from lazybuild.lazyfs.fuse import AccessLog
 from lazybuild.lazyfs.readrecorder import PIECE_BYTES, ReadRecorder
 from lazybuild.lazyfs.server import ControlServer
 from lazybuild.lazyfs.service import parse_args
@@ -48,6 +49,9 @@ class FakeLayers:
 
     async def forget_big_file_pages(self) -> None:
         self.pages_forgotten += 1
+
+    async def note_big_file_reads(self, note: AccessLog) -> None:
+        note(DIGEST[7:], "usr/lib/big.so", 0, 4096, 64 << 20)
 
     def stats(self) -> list[dict[str, Any]]:
         return [{"mode": "lazy", "digest": DIGEST, "size": 10, "bytes_fetched": 4}]
@@ -235,8 +239,11 @@ def test_server_reports_the_reads_since_a_mark_and_schedules_prefetches() -> Non
     assert layers.pages_forgotten == 1
     assert since == {
         "ok": True,
-        "layers": {DIGEST: ["usr/bin/cc1", "usr/lib/modules"]},
-        "ranges": {DIGEST: {"usr/lib/modules": [[0, PIECE_BYTES]]}},
+        # The last as a layer mounted from its whole image tells of it.
+        "layers": {DIGEST: ["usr/bin/cc1", "usr/lib/modules", "usr/lib/big.so"]},
+        "ranges": {
+            DIGEST: {"usr/lib/modules": [[0, PIECE_BYTES]], "usr/lib/big.so": [[0, PIECE_BYTES]]}
+        },
     }
     assert prefetch == {"ok": True, "chunks": 2, "bytes": 1000}
     assert layers.prefetched_ranges == [places]
