@@ -624,7 +624,10 @@ def _lazybuild_learned(run: Run, into: Measured) -> None:
         into.fail("the cold lazybuild build before it failed")
         return
     try:
+        # The chunks go, and the TOCs: an updated base image has new layers, which
+        # this machine has not used before (a layer used again is fetched whole).
         shutil.rmtree(state / "cache", ignore_errors=True)
+        shutil.rmtree(state / "tocs", ignore_errors=True)
         report = state / "fetch-report-learned.json"
         run.infra.wan.reset_counters()
         done = _lazybuild_command(

@@ -1,7 +1,7 @@
 """`rebuild`: warm rebuild, a CI runner's steady state, lazybuild against docker.
 
-`lazybuild build --no-cache` of `examples/hello-go` in a state dir where an earlier
-build of the same example cached every chunk the build reads, against
+`lazybuild build --no-cache` of `examples/hello-go` in a state dir where earlier builds
+of the same example left the builder's layers whole on the machine, against
 `DOCKER_BUILDKIT=0 docker build --no-cache` (the legacy builder, on the private dockerd
 the build benchmark uses) with the base image already pulled. Everything is on this
 machine: the registry is on loopback, there is no WAN link, and each side had an
@@ -549,7 +549,10 @@ def _section(
         LAYER_FORMAT_LINE,
         "- lazybuild: one state dir; an untimed first build (`lazybuild --state-dir S build "
         "--network none --build-arg BUILDER=<eStargz> -t REF --push CTX`) caches what the "
-        "build reads, and an untimed `--no-cache` one after it; each repetition is "
+        "build reads, and untimed `--no-cache` ones after it (a base layer built on again "
+        "is fetched whole in the background and kept as a whole EROFS image, which later "
+        "builds mount with no request and no FUSE read: `local` in the fetch report) until "
+        "every layer is local; each repetition is "
         "`lazybuild --state-dir S build --no-cache --progress=rawjson --network none "
         "--build-arg BUILDER=<eStargz> --fetch-report F CTX` (no output: the result "
         "stays in the build cache, as docker's stays in its image store)",

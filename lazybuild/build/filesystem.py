@@ -20,6 +20,9 @@ def build_filesystem(state_dir: Path, registry: RegistryOptions) -> LazyMountSer
         insecure_registries=registry.insecure_registries,
         docker_config=registry.docker_config,
         # A build reads what its steps read; fetching whole base images in the
-        # background would spend the bandwidth laziness saves.
+        # background would spend the bandwidth laziness saves. A layer built on again
+        # (as on a CI runner) is fetched whole, yielding to reads, and kept as a whole
+        # image the next builds mount without the filesystem process.
         background_fetch=False,
+        complete_reused_layers=True,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 from pathlib import Path
 
@@ -92,6 +93,14 @@ async def run_prune(args: argparse.Namespace) -> int:
     if args.keep_storage == 0 and (root / imagecache.IMAGE_CACHE_DIR).is_dir():
         images = await trio.to_thread.run_sync(imagecache.remove_all, root)
         print(f"freed {images.entries} EROFS images, {human_size(images.bytes)}")
+    tocs = root / "tocs"
+    if args.keep_storage == 0 and tocs.is_dir():
+        # Also what says a layer was used here before (and is worth fetching whole when
+        # built on again): after a prune, the next build starts from nothing. A running
+        # filesystem process holds the TOCs it serves in memory.
+        files, total = await trio.to_thread.run_sync(_tree_size, tocs)
+        await trio.to_thread.run_sync(functools.partial(shutil.rmtree, tocs, ignore_errors=True))
+        print(f"freed {files} layer TOCs, {human_size(total)}")
 
     # Unpacked layers may be lower dirs of live overlays: only removed idle. (Skeletons
     # are what lazybuild before EROFS layers stacked over lazy ones, left in old states.)

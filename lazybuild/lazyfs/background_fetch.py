@@ -46,7 +46,7 @@ async def _uncached(fetcher: ChunkFetcher, sites: LayerSites) -> list[ChunkSite]
 
 async def _load(fetcher: ChunkFetcher, batch: list[ChunkSite]) -> None:
     # Not kept in memory: nobody is reading these now.
-    loaded = await fetcher.load(batch, remember=False)
+    loaded = await fetcher.load(batch, remember=False, background=True)
     failure = loaded.failure_of(site.digest for site in batch)
     if failure is not None:
         raise failure

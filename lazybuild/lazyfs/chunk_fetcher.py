@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import trio
@@ -77,8 +78,13 @@ class ChunkFetcher:
         stats: LayerStats,
         tasks: LayerTasks,
         where: str,
+        foreground: Callable[[], AbstractAsyncContextManager[object]] | None = None,
     ) -> None:
+        """``foreground`` brackets every request but the background fetch's
+        (``priority.ForegroundGate.foreground``): background fetching yields to the link's
+        use by readers, not to reads the cache answers."""
         self.stats = stats
+        self._foreground = foreground
         self._cache = cache
         self._memory = memory
         self._tasks = tasks
@@ -146,10 +152,12 @@ class ChunkFetcher:
         *,
         remember: bool = True,
         on_miss: MissHandler | None = None,
+        background: bool = False,
     ) -> Loaded:
         """Verified contents of ``sites``: disk cache, else a shared or own fetch (all of
         the own in one request), with each chunk that could not be had as a failure;
-        ``remember`` keeps them in the memory LRU."""
+        ``remember`` keeps them in the memory LRU; ``background``: the request is not
+        foreground work (see ``__init__``)."""
         loaded = Loaded()
         unique = list({site.digest: site for site in sites}.values())
         while unique:
@@ -173,7 +181,7 @@ class ChunkFetcher:
                     with self._flights.claim(site.digest for site in mine) as flights:
                         if on_miss is not None:
                             await on_miss(mine)
-                        await self._fetch_claimed(flights, mine, remember, loaded)
+                        await self._fetch_claimed(flights, mine, remember, loaded, background)
             unique = []
             for site, flight in theirs:
                 await flight.done.wait()
@@ -285,10 +293,11 @@ class ChunkFetcher:
         sites: Sequence[ChunkSite],
         remember: bool,
         loaded: Loaded,
+        background: bool,
     ) -> None:
         """Fetch ``sites`` (their ``flights`` claimed) in one request into ``loaded``;
         every chunk's flight gets its content or its failure."""
-        fetched = await self._fetch_into(flights, sites, remember)
+        fetched = await self._fetch_into(flights, sites, remember, background=background)
         for digest, failure in fetched.failures.items():
             flights[digest].error = failure
         loaded.contents.update(fetched.contents)
@@ -300,6 +309,8 @@ class ChunkFetcher:
         sites: Sequence[ChunkSite],
         remember: bool,
         source: EarlyRegion | None = None,
+        *,
+        background: bool = False,
     ) -> Loaded:
         """Fetch ``sites`` in one request and land each chunk as its bytes come in: a
         reader of the first chunks of a large request does not wait for its last.
@@ -321,11 +332,17 @@ class ChunkFetcher:
             for _ in range(VERIFY_JOBS_PER_REQUEST):
                 nursery.start_soon(lander, receive.clone())
             receive.close()
+            bracket = (
+                nullcontext() if background or self._foreground is None else self._foreground()
+            )
             with send:
                 try:
-                    await self._requests.stream(
-                        sites, lambda index, data: send.send_nowait((sites[index], data)), source
-                    )
+                    async with bracket:
+                        await self._requests.stream(
+                            sites,
+                            lambda index, data: send.send_nowait((sites[index], data)),
+                            source,
+                        )
                 except LazybuildError as exc:
                     request_failure = exc  # what came before it still lands
         self.stats.chunks_fetched += len(fetched.contents)

@@ -170,6 +170,7 @@ class LazyMountService:
         docker_config: Path | None = None,
         background_fetch: bool = True,
         whole_images: bool = True,
+        complete_reused_layers: bool = False,
         cache_max_bytes: int | None = None,
         open_image: str | None = None,
     ) -> None:
@@ -177,7 +178,9 @@ class LazyMountService:
         then resolves and opens as soon as it runs, while the caller still starts up.
         ``whole_images=False`` serves every lazy layer through the filesystem process,
         even one whose whole image is local, so that its read recorder sees every read
-        (``lazyfs.whole_images``)."""
+        (``lazyfs.whole_images``). ``complete_reused_layers``: without ``background_fetch``,
+        still fetch whole, in the background, each layer opened before on this machine,
+        so that the builds after it mount its whole image."""
         self.state_dir = state_dir
         self.id = secrets.token_hex(6)
         self.mountpoint = state_dir / "mnt" / self.id
@@ -185,6 +188,7 @@ class LazyMountService:
         self._docker_config = docker_config
         self._background_fetch = background_fetch
         self._whole_images = whole_images
+        self._complete_reused_layers = complete_reused_layers
         self._cache_max_bytes = cache_max_bytes
         self._open_image = open_image
         self._log_path = state_dir / "mounts" / f"{self.id}.log"
@@ -341,6 +345,9 @@ class LazyMountService:
             str(os.getpid()),
             "--background-fetch" if self._background_fetch else "--no-background-fetch",
             "--whole-images" if self._whole_images else "--no-whole-images",
+            "--complete-reused-layers"
+            if self._complete_reused_layers
+            else "--no-complete-reused-layers",
         ]
         for host in self._insecure_registries:
             command += ["--insecure-registry", host]

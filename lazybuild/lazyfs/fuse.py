@@ -27,7 +27,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Protocol
 
 import pyfuse3
@@ -139,12 +138,9 @@ class LazyFilesystem(pyfuse3.Operations):
         self,
         *,
         access_log: AccessLog | None = None,
-        foreground: Callable[[], AbstractAsyncContextManager[object]] | None = None,
     ) -> None:
         super().__init__()
         self.access_log = access_log
-        # Brackets each content read, so background fetching yields to it.
-        self._foreground = foreground
         # Layers by name, and (image, is the file) by inode number.
         self._images: dict[str, _LayerImage] = {}
         self._by_inode: dict[int, tuple[_LayerImage, bool]] = {}
@@ -326,10 +322,9 @@ class LazyFilesystem(pyfuse3.Operations):
                 node = piece.node
                 self.access_log(image.name, node.name, piece.file_offset, piece.length, node.size)
         try:
-            async with self._foreground() if self._foreground else nullcontext():
-                results = await content.read_many(
-                    [(piece.node, piece.file_offset, piece.length) for piece in pieces]
-                )
+            results = await content.read_many(
+                [(piece.node, piece.file_offset, piece.length) for piece in pieces]
+            )
         except Exception as exc:
             # A bug must not take the whole mount (and every container on it) down.
             log.exception("layer %s: image read at %d failed", image.name, offset)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 
@@ -78,16 +79,26 @@ class LazyLayer:
         stats: LayerStats | None = None,
         early_region: EarlyRegion | None = None,
         tasks: LayerTasks | None = None,
+        foreground: Callable[[], AbstractAsyncContextManager[object]] | None = None,
     ) -> None:
         where = f"layer {descriptor.digest}"
         self.digest = descriptor.digest
         self.descriptor = descriptor
         self.index = index
         self.stats = stats or LayerStats(descriptor.digest, descriptor.size)
+        # Its verified TOC was kept from an earlier open on this machine: a layer in use
+        # again (``open`` sets it).
+        self.opened_before = False
         self._early_region = early_region  # until prefetch takes it
         self._tasks = tasks or LayerTasks(where)
         self._fetcher = ChunkFetcher(
-            blob, cache, memory, stats=self.stats, tasks=self._tasks, where=where
+            blob,
+            cache,
+            memory,
+            stats=self.stats,
+            tasks=self._tasks,
+            where=where,
+            foreground=foreground,
         )
         self._sites = LayerSites(index)
         self._prefetcher = Prefetcher(self._fetcher, index, self._sites, self.stats)
@@ -107,12 +118,15 @@ class LazyLayer:
         memory: ChunkMemory | None = None,
         layers: LayerSet | None = None,
         nursery: trio.Nursery | None = None,
+        foreground: Callable[[], AbstractAsyncContextManager[object]] | None = None,
     ) -> LazyLayer:
         """Fetch and verify the TOC (FormatError without a toc.digest annotation,
         DigestMismatchError when it does not match). ``memory`` may be shared by layers;
         ``layers`` is where programs read from this layer find their libraries. The
         layer's background work runs in ``nursery`` (a service's, so that it ends with
-        the service), else as system tasks; ``aclose`` cancels it either way.
+        the service), else as system tasks; ``aclose`` cancels it either way. Its
+        requests for readers run inside ``foreground`` (``ForegroundGate.foreground``),
+        so that its background fetch yields the link to them.
 
         A layer seen for the first time whose descriptor gives its prefetch region's
         size starts fetching the region meanwhile (see ``early_region``)."""
@@ -138,7 +152,9 @@ class LazyLayer:
             stats=stats,
             early_region=early,
             tasks=tasks,
+            foreground=foreground,
         )
+        layer.opened_before = opened.stored
         layer.stats.requests += opened.requests
         layer.stats.bytes_fetched += opened.bytes_fetched
         layer.stats.fetch_seconds += time.perf_counter() - started

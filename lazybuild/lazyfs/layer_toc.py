@@ -103,6 +103,7 @@ class OpenedIndex:
     index: LayerIndex
     bytes_fetched: int  # for the TOC: footer and TOC, or nothing when both were kept
     requests: int
+    stored: bool = False  # the TOC was kept from an earlier open on this machine
 
 
 async def open_index(
@@ -138,7 +139,7 @@ async def open_index(
             return LayerIndex(decode_toc_json(stored), data_end=toc_offset, where=where)
 
         index = await trio.to_thread.run_sync(index_from_stored)
-        return OpenedIndex(index, fetched, requests)
+        return OpenedIndex(index, fetched, requests, stored=True)
     started = time.perf_counter()
     tail, tail_start = await read_toc_region(
         read_at, blob.size, toc_offset_hint=toc_offset_hint(descriptor), where=where

@@ -1,6 +1,7 @@
 """Foreground reads before background fetching (stargz-snapshotter's BackgroundTaskManager).
 
-Foreground work (FUSE reads, prefetch) runs inside ``async with gate.foreground()``.
+Foreground work (the requests a layer makes for readers: misses, their read-ahead,
+prefetch; not reads the cache answers) runs inside ``async with gate.foreground()``.
 Background work waits for ``gate.wait_quiet()``, i.e. until no foreground work has
 run for ``quiet_period`` seconds, and runs each step inside ``gate.background()``,
 a cancel scope that the next foreground entry cancels: a background batch never
@@ -14,7 +15,10 @@ from contextlib import asynccontextmanager, contextmanager
 
 import trio
 
-DEFAULT_QUIET_PERIOD = 5.0
+# A pause in readers' requests this long lets background fetching start. Reads from
+# the cache do not count: a build over cached layers reads all the time, and the link
+# is idle meanwhile.
+DEFAULT_QUIET_PERIOD = 1.0
 
 
 def _now_if_in_trio() -> float:

@@ -77,6 +77,7 @@ class LayerSource:
         nursery: trio.Nursery,
         background_fetch: bool,
         whole_images: bool = True,
+        complete_reused_layers: bool = False,
     ) -> None:
         self._filesystem = filesystem
         self._mountpoint = mountpoint
@@ -87,6 +88,7 @@ class LayerSource:
         self._nursery = nursery  # the layers' background work runs here, and ends with it
         self._background_fetch = background_fetch
         self._whole_images = whole_images
+        self._complete_reused_layers = complete_reused_layers
         self._mounted: dict[str, _Mounted] = {}
         self._pending: dict[str, trio.Event] = {}
         self._layers = LayerSet()
@@ -196,6 +198,7 @@ class LayerSource:
                 state_dir=self._state_dir,
                 layers=self._layers,
                 nursery=self._nursery,
+                foreground=self._gate.foreground,
             )
         try:
             layout = await self._layout(layer)
@@ -218,7 +221,12 @@ class LayerSource:
             self._layers.discard(layer)
             await _close(layer)
             raise
-        if self._background_fetch:
+        if self._background_fetch or (
+            # A layer in use again is worth having whole: after this fetch, the next
+            # commands mount its whole image (a second-use admission: a base image
+            # used once costs only what was read of it).
+            self._complete_reused_layers and self._whole_images and layer.opened_before
+        ):
             layer.start_background_fetch(self._gate, then=self._keep_whole_soon(layer, layout))
         added = control.LayerAdded(path=str(path), mode="lazy", digest=descriptor.digest)
         return _Mounted(added, layer, None, layout)
@@ -677,7 +685,9 @@ async def serve(options: ServiceOptions, client: RegistryClient, ahead: ImageAhe
     )
     gate = ForegroundGate()
     reads = ReadRecorder()
-    filesystem = LazyFilesystem(foreground=gate.foreground, access_log=reads)
+    # The gate brackets the layers' requests for readers, not the filesystem's reads:
+    # background fetching yields the link to readers, not to reads the cache answers.
+    filesystem = LazyFilesystem(access_log=reads)
     pyfuse3.init(filesystem, str(options.mountpoint), set(MOUNT_OPTIONS))
     unmounted = False
     layers: LayerSource | None = None
@@ -693,6 +703,8 @@ async def serve(options: ServiceOptions, client: RegistryClient, ahead: ImageAhe
                 gate=gate,
                 nursery=nursery,
                 background_fetch=options.background_fetch,
+                whole_images=options.whole_images,
+                complete_reused_layers=options.complete_reused_layers,
             )
             if ahead is not None:
                 nursery.start_soon(open_image_ahead, ahead, layers, client)

@@ -43,6 +43,9 @@ class ServiceOptions:
     cache_max_bytes: int = DEFAULT_MAX_BYTES
     background_fetch: bool = True
     whole_images: bool = True  # mount local whole images of layers; keep them when fetched
+    # Fetch a layer whole in the background (then keep its whole image) when it is in
+    # use again: its TOC was kept from an earlier open here.
+    complete_reused_layers: bool = False
     owner_pid: int | None = None  # exit when this process is gone
     ready_fd: int | None = None  # written to, then closed, once requests are served
     open_image: str | None = None  # the image the owner will mount, opened ahead
@@ -58,6 +61,9 @@ def parse_args(argv: Sequence[str]) -> ServiceOptions:
     parser.add_argument("--cache-max-bytes", type=int, default=DEFAULT_MAX_BYTES)
     parser.add_argument("--background-fetch", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--whole-images", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--complete-reused-layers", action=argparse.BooleanOptionalAction, default=False
+    )
     parser.add_argument("--owner-pid", type=int)
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument(
@@ -73,6 +79,7 @@ def parse_args(argv: Sequence[str]) -> ServiceOptions:
         cache_max_bytes=args.cache_max_bytes,
         background_fetch=args.background_fetch,
         whole_images=args.whole_images,
+        complete_reused_layers=args.complete_reused_layers,
         owner_pid=args.owner_pid,
         ready_fd=args.ready_fd,
         open_image=args.open_image,
