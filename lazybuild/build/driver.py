@@ -27,6 +27,8 @@ from lazybuild.lazyfs.client import FetchReport, LazyMountService
 from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.oci.platform import Platform, host_platform
 from lazybuild.registryoptions import RegistryOptions
+from lazybuild.remotecache.records import ImportedCacheStore, ObservedCacheStore, TouchedRecord
+from lazybuild.remotecache.registrycache import import_caches
 from lazybuild.solver import ProgressWriter, Solver, SQLiteCacheStore, VertexFailedError
 from lazybuild.worker.execop import ExecError
 from lazybuild.worker.imageop import image_layers
@@ -62,6 +64,9 @@ class BuildResult:
     graph: BuildGraph
     mounter: LayerMounter
     store: LayerStore
+    # The cache records this build loaded or saved (and those they derive from), for a
+    # cache export.
+    cache_records: tuple[TouchedRecord, ...] = ()
 
 
 Finish = Callable[[BuildResult], Awaitable[None]]
@@ -166,10 +171,12 @@ async def run_build(
             learned=LearnedReads(store.root / "learned"),
         )
         worker = Worker(resources)
+        imported = await import_caches(request.cache_from, client, on_line)
         with _no_space_reported(state_dir, "opening the build cache"):
             cache = SQLiteCacheStore(store.root / "cache.db")
         try:
-            solver = Solver(worker.resolve_op, cache, load_result=worker.load_result)
+            observed = ObservedCacheStore(ImportedCacheStore(cache, imported))
+            solver = Solver(worker.resolve_op, observed, load_result=worker.load_result)
             try:
                 with _no_space_reported(state_dir, "building"):
                     result = await solver.solve(
@@ -177,11 +184,12 @@ async def run_build(
                     )
             except VertexFailedError as failure:
                 raise _build_failure(failure, graph, state_dir) from None
+            touched = tuple(observed.touched_records())
         finally:
             cache.close()
         snapshot = result if isinstance(result, Snapshot) else Snapshot()
         with _no_space_reported(state_dir, "exporting the image", "the output's destination"):
-            await finish(BuildResult(snapshot, graph.graph.config, graph, mounter, store))
+            await finish(BuildResult(snapshot, graph.graph.config, graph, mounter, store, touched))
         report = await mounter.fetch_report()
         warm_ups.cancel_scope.cancel()
     return BuildOutcome(graph.graph.config, snapshot, report)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lazybuild.remotecache.spec import CacheImport
+
 
 @dataclass(frozen=True)
 class BuildRequest:
@@ -26,6 +28,7 @@ class BuildRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     source_date_epoch: int | None = None
     network: Literal["default", "host", "none"] = "default"
+    cache_from: tuple[CacheImport, ...] = ()  # remote build caches, consulted after ours
 
     @property
     def dockerfile_path(self) -> Path:

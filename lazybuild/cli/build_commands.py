@@ -65,6 +65,22 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--fetch-report", type=Path, metavar="FILE", help="write the fetch report as JSON"
     )
     build.add_argument(
+        "--cache-to",
+        action="append",
+        default=[],
+        metavar="type=registry,ref=REF[,mode=min|max]",
+        help="export the build cache to a registry (mode=min: the result's steps, the "
+        "default; max: every step of every stage)",
+    )
+    build.add_argument(
+        "--cache-from",
+        action="append",
+        default=[],
+        metavar="[type=registry,ref=]REF",
+        help="use a build cache exported by another build (repeatable, first wins); its "
+        "hits are mounted lazily, never downloaded",
+    )
+    build.add_argument(
         "--no-optimize",
         dest="optimize",
         action="store_false",
@@ -114,6 +130,9 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
     from lazybuild.exporter import BuiltImage, export_image
     from lazybuild.exporter.outputs import LocalOutput, outputs_from_flags
     from lazybuild.imagemount import render_fetch_report
+    from lazybuild.remotecache.records import select_for_export
+    from lazybuild.remotecache.registrycache import export_cache
+    from lazybuild.remotecache.spec import cache_exports, cache_imports
 
     environ = dict(os.environ)
     build_args = build_flags.key_values(args.build_arg, "--build-arg", environ)
@@ -129,7 +148,9 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
         labels=build_flags.labels(args.label),
         source_date_epoch=build_flags.source_date_epoch(build_args, environ),
         network=args.network,
+        cache_from=tuple(cache_imports(args.cache_from)),
     )
+    cache_exports_wanted = cache_exports(args.cache_to)
     if not request.context_dir.is_dir():
         raise UsageError(f"build context {request.context_dir} is not a directory")
     outputs = outputs_from_flags(args.output, args.tag, args.push, args.load)
@@ -192,6 +213,17 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
                         progress=progress.line,
                     )
                 )
+                for export in cache_exports_wanted:
+                    await export_cache(
+                        select_for_export(result.cache_records, export.mode, result.snapshot),
+                        export,
+                        store=result.store,
+                        registry=client,
+                        writer_options=WriterOptions(),
+                        prioritized=profiled.prioritized,
+                        source_date_epoch=request.source_date_epoch,
+                        progress=progress.line,
+                    )
 
         try:
             outcome = await run_build(

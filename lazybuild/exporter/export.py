@@ -87,7 +87,7 @@ class BuiltImage:
         """The bottom layers that came with the base image."""
         count = 0
         for layer in self.layers:
-            if not isinstance(layer, RemoteLayer):
+            if not isinstance(layer, RemoteLayer) or layer.from_cache:
                 break
             count += 1
         return count

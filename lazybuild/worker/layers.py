@@ -27,19 +27,23 @@ class RemoteLayer:
     descriptor: Descriptor
     source: str
     diff_id: str
+    # A build step's layer from an imported build cache (``remotecache``), not a base
+    # image's: mounted the same way, but not counted among the base image's layers.
+    from_cache: bool = False
 
     @property
     def key(self) -> str:
         return self.descriptor.digest
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "remote": {
-                "descriptor": self.descriptor.to_json(),
-                "source": self.source,
-                "diff_id": self.diff_id,
-            }
+        body: dict[str, Any] = {
+            "descriptor": self.descriptor.to_json(),
+            "source": self.source,
+            "diff_id": self.diff_id,
         }
+        if self.from_cache:
+            body["from_cache"] = True
+        return {"remote": body}
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ def layer_from_json(data: Any) -> Layer:
             descriptor=Descriptor.from_json(body.get("descriptor"), "layer descriptor"),
             source=str(body["source"]),
             diff_id=str(body["diff_id"]),
+            from_cache=body.get("from_cache") is True,
         )
     if kind == "local":
         return LocalLayer(id=str(body["id"]), path=Path(str(body["path"])))

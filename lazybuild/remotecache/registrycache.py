@@ -1,0 +1,179 @@
+"""Pushing a build cache to a registry and fetching one.
+
+Export: the eStargz blobs of the build steps' layers go up first (each the same blob
+the image export made of that layer, so an importer's image is the same image), then
+the cache document as the config, then the manifest by tag: a tag never names a cache
+whose blobs are not all there, whoever exports to it at the same time.
+
+Import: the manifest by tag (its digest then pins everything), the document by digest;
+each record becomes a snapshot of remote layers, the cache's own blobs named through
+the pinned manifest, base layers through the images they came from. Nothing else is
+fetched: a hit's layers are mounted lazily when a later step needs them, and mounted
+across repositories when pushed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+import trio
+
+from lazybuild.errors import FormatError, LazybuildError, one_error
+from lazybuild.estargz.writer import WriterOptions
+from lazybuild.exporter.layerblobs import LayerBlob, local_layer_blobs
+from lazybuild.oci import mediatypes
+from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.digest import sha256_digest
+from lazybuild.oci.manifest import Manifest
+from lazybuild.progress import human_size, short_digest
+from lazybuild.registry.client import RegistryClient
+from lazybuild.remotecache.document import (
+    CACHE_ARTIFACT_TYPE,
+    CACHE_CONFIG_MEDIA_TYPE,
+    MAX_DOCUMENT_BYTES,
+    CachedLayer,
+    CacheDocument,
+    CacheEntry,
+    positions_of,
+)
+from lazybuild.remotecache.records import TouchedRecord
+from lazybuild.remotecache.spec import CacheExport, CacheImport
+from lazybuild.solver.cachestore import CacheRecord
+from lazybuild.worker.layers import LocalLayer, RemoteLayer, Snapshot
+from lazybuild.worker.layerstore import LayerStore
+
+__all__ = ["export_cache", "import_cache"]
+
+_PUSH_CONCURRENCY = 4
+
+
+async def export_cache(
+    entries: Sequence[TouchedRecord],
+    export: CacheExport,
+    *,
+    store: LayerStore,
+    registry: RegistryClient,
+    writer_options: WriterOptions,
+    prioritized: Mapping[str, Sequence[str]] | None,
+    source_date_epoch: int | None,
+    progress: Callable[[str], None],
+) -> str:
+    """Push ``entries`` as the cache ``export.ref``; returns the manifest digest."""
+    local = [
+        layer
+        for entry in entries
+        for layer in entry.snapshot.layers
+        if isinstance(layer, LocalLayer)
+    ]
+    blobs = await local_layer_blobs(
+        local,
+        store,
+        replace(writer_options, allow_missing_prioritized=True),
+        source_date_epoch=source_date_epoch,
+        prioritized=prioritized,
+    )
+    layers: dict[tuple[str, str | None], CachedLayer] = {}
+    records = []
+    for entry in entries:
+        cached = [_cached_layer(layer, blobs) for layer in entry.snapshot.layers]
+        for layer in cached:
+            layers.setdefault((layer.descriptor.digest, layer.source), layer)
+        records.append((entry, cached))
+    table = tuple(layers.values())
+    document = CacheDocument(
+        table,
+        tuple(
+            CacheEntry(entry.key, positions_of(table, cached), entry.record.created_at)
+            for entry, cached in records
+        ),
+    )
+    config = document.encode()
+    config_descriptor = Descriptor(CACHE_CONFIG_MEDIA_TYPE, sha256_digest(config), len(config))
+    own = [layer for layer in table if layer.source is None]
+    paths = {blob.descriptor.digest: blob.path for blob in blobs.values()}
+    ref = export.ref
+    limiter = trio.CapacityLimiter(_PUSH_CONCURRENCY)
+
+    async def push(layer: CachedLayer) -> None:
+        async with limiter:
+            await registry.push_blob(ref, layer.descriptor, paths[layer.descriptor.digest])
+
+    with one_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(registry.push_blob, ref, config_descriptor, config)
+            for layer in own:
+                nursery.start_soon(push, layer)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": mediatypes.OCI_MANIFEST,
+        "artifactType": CACHE_ARTIFACT_TYPE,
+        "config": config_descriptor.to_json(),
+        "layers": [layer.descriptor.to_json() for layer in own],
+    }
+    data = json.dumps(manifest, separators=(",", ":")).encode()
+    digest = await registry.push_manifest(ref, data, mediatypes.OCI_MANIFEST)
+    size = sum(layer.descriptor.size for layer in own)
+    progress(
+        f"cache exported to {ref}@{short_digest(digest)}: {len(records)} records, "
+        f"{len(own)} layers ({human_size(size)}), mode={export.mode}"
+    )
+    return digest
+
+
+def _cached_layer(layer: LocalLayer | RemoteLayer, blobs: Mapping[str, LayerBlob]) -> CachedLayer:
+    if isinstance(layer, LocalLayer):
+        blob = blobs[layer.id]
+        return CachedLayer(blob.descriptor, blob.diff_id)
+    return CachedLayer(layer.descriptor, layer.diff_id, layer.source, layer.from_cache)
+
+
+async def import_cache(cache: CacheImport, registry: RegistryClient) -> dict[str, CacheRecord]:
+    """The records of the cache ``cache.ref``, as records of snapshots of remote layers.
+    Raises LazybuildError (not found, not a lazybuild cache, malformed) for the caller
+    to report."""
+    fetched = await registry.get_manifest(cache.ref)
+    where = f"cache {cache.ref}"
+    manifest = fetched.document
+    if not isinstance(manifest, Manifest) or manifest.config.media_type != CACHE_CONFIG_MEDIA_TYPE:
+        raise FormatError(f"{where} is not a lazybuild build cache")
+    pinned = cache.ref.by_digest(fetched.digest)
+    data = await registry.get_blob(pinned, manifest.config, max_size=MAX_DOCUMENT_BYTES)
+    document = CacheDocument.decode(data, where)
+    held = {layer.digest for layer in manifest.layers}
+    missing = [
+        layer.descriptor.digest
+        for layer in document.layers
+        if layer.source is None and layer.descriptor.digest not in held
+    ]
+    if missing:
+        raise FormatError(f"{where} names layer {missing[0]} it does not hold")
+    remote = [
+        RemoteLayer(layer.descriptor, layer.source or str(pinned), layer.diff_id)
+        if layer.source is not None and not layer.from_cache
+        else RemoteLayer(layer.descriptor, layer.source or str(pinned), layer.diff_id, True)
+        for layer in document.layers
+    ]
+    return {
+        entry.key: CacheRecord(Snapshot(tuple(remote[i] for i in entry.layers)).id, entry.created)
+        for entry in document.records
+    }
+
+
+async def import_caches(
+    caches: Sequence[CacheImport], registry: RegistryClient, warn: Callable[[str], None]
+) -> dict[str, CacheRecord]:
+    """Every importable cache's records, the first listed winning a key; a cache that
+    cannot be had is a warning, and the build goes on without it."""
+    records: dict[str, CacheRecord] = {}
+    for cache in caches:
+        try:
+            imported = await import_cache(cache, registry)
+        except LazybuildError as exc:
+            warn(f"warning: --cache-from {cache.ref}: {' '.join(str(exc).split())}; not used")
+            continue
+        for key, record in imported.items():
+            records.setdefault(key, record)
+        warn(f"imported {len(imported)} cache records from {cache.ref}")
+    return records

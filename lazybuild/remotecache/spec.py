@@ -1,0 +1,81 @@
+"""``--cache-to`` and ``--cache-from`` values, as ``docker buildx build`` spells them:
+``type=registry,ref=REF[,mode=min|max]`` (``ref=`` alone, or a bare reference, for
+``--cache-from``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from lazybuild.errors import FormatError, UsageError
+from lazybuild.registry.reference import Reference
+
+__all__ = ["CacheExport", "CacheImport", "cache_exports", "cache_imports"]
+
+Mode = Literal["min", "max"]
+_TYPES = ("registry",)
+
+
+@dataclass(frozen=True)
+class CacheExport:
+    ref: Reference
+    mode: Mode = "min"
+
+
+@dataclass(frozen=True)
+class CacheImport:
+    ref: Reference
+
+
+def cache_exports(specs: Iterable[str]) -> list[CacheExport]:
+    exports = []
+    for spec in specs:
+        fields = _fields(spec, "--cache-to", allowed={"type", "ref", "mode"})
+        mode = fields.get("mode", "min")
+        if mode not in ("min", "max"):
+            raise UsageError(f"--cache-to {spec!r}: mode must be min or max, not {mode!r}")
+        ref = _ref(fields, spec, "--cache-to")
+        exports.append(CacheExport(ref, "max" if mode == "max" else "min"))
+    return exports
+
+
+def cache_imports(specs: Iterable[str]) -> list[CacheImport]:
+    imports = []
+    for spec in specs:
+        fields = _fields(spec, "--cache-from", allowed={"type", "ref"})
+        imports.append(CacheImport(_ref(fields, spec, "--cache-from")))
+    return imports
+
+
+def _fields(spec: str, flag: str, *, allowed: set[str]) -> dict[str, str]:
+    if "=" not in spec:
+        return {"type": "registry", "ref": spec}  # a bare reference, as buildx takes it
+    fields: dict[str, str] = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if not sep or not key:
+            raise UsageError(f"{flag} {spec!r}: {part!r} is not KEY=VALUE")
+        fields[key] = value.strip()
+    kind = fields.setdefault("type", "registry")
+    if kind not in _TYPES:
+        raise UsageError(f"{flag} {spec!r}: cache type {kind!r} is not supported (only registry)")
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed))
+        raise UsageError(f"{flag} {spec!r}: unknown key {unknown[0]!r} (known: {known})")
+    return fields
+
+
+def _ref(fields: dict[str, str], spec: str, flag: str) -> Reference:
+    text = fields.get("ref")
+    if not text:
+        raise UsageError(f"{flag} {spec!r}: no ref=")
+    try:
+        ref = Reference.parse(text)
+    except FormatError as exc:
+        raise UsageError(f"{flag} {spec!r}: {exc}") from None
+    if ref.digest is not None and flag == "--cache-to":
+        raise UsageError(f"{flag} {spec!r}: a cache is exported to a tag, not a digest")
+    return ref

@@ -1,0 +1,150 @@
+"""The build cache shared through a registry (``--cache-to``/``--cache-from``), as two CI
+runners share it: runner A builds and exports; runner B, with a fresh state directory,
+imports it and rebuilds. Real registry, real builds, the counting proxy in front of B."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lazybuild.cli.main import main
+from tests.e2e.buildsupport import assert_nothing_left, lazybuild, rawjson_events, write_context
+from tests.support.faultproxy import FaultProxy
+from tests.support.registry import Registry
+
+DOCKERFILE = """\
+ARG BASE
+FROM ${BASE} AS build
+WORKDIR /src
+COPY . .
+RUN mkdir -p /out && sha256sum message.txt > /out/sum && echo built >> /out/sum
+
+FROM ${BASE}
+COPY --from=build /out /out
+CMD ["cat", "/out/sum"]
+"""
+EPOCH = {"SOURCE_DATE_EPOCH": "1700000000"}
+TOCS_AT_MOST = 1 << 20  # the base's TOCs are ~0.4 MiB; its files ~50 MiB
+
+
+@pytest.fixture(scope="module")
+def base_image(registry: Registry, debian_image: str) -> str:
+    converted = f"{registry.host}/e2e-remote-cache/debian:esgz"
+    assert main(["-q", "convert", debian_image, converted]) == 0
+    return converted
+
+
+def _build(
+    state: Path, context: Path, base: str, *options: str, env: dict[str, str] | None = None
+) -> tuple[dict[str, bool], dict[str, Any], dict[str, Any]]:
+    """(cached by step name, metadata, fetch report) of one build."""
+    metadata = state.parent / f"{state.name}-metadata.json"
+    report = state.parent / f"{state.name}-report.json"
+    result = lazybuild(
+        state, "build", "--progress=rawjson", "--build-arg", f"BASE={base}",
+        "--metadata-file", str(metadata), "--fetch-report", str(report), *options, str(context),
+        env={**os.environ, **EPOCH, **(env or {})},
+    )  # fmt: skip
+    cached = {
+        event["name"]: bool(event["cached"])
+        for event in rawjson_events(result.stderr)
+        if event["type"] == "completed"
+    }
+    return cached, json.loads(metadata.read_text()), json.loads(report.read_text())
+
+
+def _range_length(header: str) -> int:
+    start, _, end = header.removeprefix("bytes=").partition("-")
+    return int(end) - int(start) + 1
+
+
+def _run_steps(cached: dict[str, bool]) -> dict[str, bool]:
+    return {name: hit for name, hit in cached.items() if "RUN " in name}
+
+
+def test_a_second_runner_rebuilds_from_the_exported_cache_without_running_a_step(
+    registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    context = write_context(tmp_path / "ctx", DOCKERFILE, {"message.txt": "hello\n"})
+    with FaultProxy(registry.host) as proxy:
+        # Both runners name the registry alike (a cache key names the base image).
+        base = base_image.replace(registry.host, proxy.host)
+        cache = f"{proxy.host}/e2e-remote-cache/app:buildcache"
+        a_cached, a_meta, _ = _build(
+            tmp_path / "a", context, base,
+            "--cache-to", f"type=registry,ref={cache},mode=max",
+            "-t", f"{proxy.host}/e2e-remote-cache/app:a", "--push",
+        )  # fmt: skip
+        assert _run_steps(a_cached) and not any(_run_steps(a_cached).values())
+        proxy.clear()
+        b_cached, b_meta, b_report = _build(
+            tmp_path / "b", context, base,
+            "--cache-from", f"type=registry,ref={cache}",
+            "-t", f"{proxy.host}/e2e-remote-cache/app-b:1", "--push",
+        )  # fmt: skip
+        blob_reads = proxy.requests("GET", "/blobs/")
+        uploads = proxy.requests("POST", "/blobs/uploads/")
+    # No RUN step ran on B, and the image is A's, byte for byte.
+    assert all(_run_steps(b_cached).values()), b_cached
+    assert b_meta["containerimage.digest"] == a_meta["containerimage.digest"]
+    # B fetched no layer content: configs and the cache's document (small, whole blobs),
+    # and the TOCs of the base layers (opened while the steps were keyed, before it was
+    # known that nothing would be mounted): no file of any layer.
+    ranged = sum(_range_length(seen.range) for seen in blob_reads if seen.range)
+    assert ranged <= TOCS_AT_MOST, blob_reads
+    assert b_report["bytes_fetched"] <= TOCS_AT_MOST, b_report
+    # Every layer went into B's repository by a cross-repository mount; only the
+    # config (a few hundred bytes) was uploaded.
+    mounted = [seen for seen in uploads if "mount=" in seen.path]
+    assert len(mounted) >= 2 and len(uploads) - len(mounted) <= 1, uploads
+    assert_nothing_left(tmp_path / "b")
+
+
+def test_a_changed_input_reruns_only_the_steps_after_it(
+    registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    context = write_context(tmp_path / "ctx", DOCKERFILE, {"message.txt": "hello\n"})
+    cache = f"{registry.host}/e2e-remote-cache/changed:buildcache"
+    _build(tmp_path / "a", context, base_image, "--cache-to", f"ref={cache},mode=max")
+    (context / "message.txt").write_text("hello again\n")
+    b_cached, _, _ = _build(tmp_path / "b", context, base_image, "--cache-from", cache)
+    runs = _run_steps(b_cached)
+    assert runs and not any(runs.values()), b_cached  # the COPY changed: the RUN reruns
+    assert any(hit for name, hit in b_cached.items() if "WORKDIR" in name), b_cached
+    assert_nothing_left(tmp_path / "b")
+
+
+def test_a_missing_or_foreign_cache_is_a_warning_and_the_build_goes_on(
+    registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    context = write_context(tmp_path / "ctx", DOCKERFILE, {"message.txt": "hello\n"})
+    missing = f"{registry.host}/e2e-remote-cache/none:nothing"
+    result = lazybuild(
+        tmp_path / "state", "build", "--progress=plain", "--build-arg", f"BASE={base_image}",
+        "--cache-from", missing, "--cache-from", base_image, str(context),
+    )  # fmt: skip
+    warnings = [line for line in result.stderr.splitlines() if "--cache-from" in line]
+    assert len(warnings) == 2, result.stderr
+    assert "is not a lazybuild build cache" in warnings[1], warnings
+    assert_nothing_left(tmp_path / "state")
+
+
+def test_mode_min_exports_the_result_steps_only(
+    registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    context = write_context(tmp_path / "ctx", DOCKERFILE, {"message.txt": "hello\n"})
+    counts = {}
+    for mode in ("min", "max"):
+        cache = f"{registry.host}/e2e-remote-cache/modes:{mode}"
+        result = lazybuild(
+            tmp_path / f"state-{mode}", "build", "--progress=plain", "--build-arg",
+            f"BASE={base_image}", "--cache-to", f"ref={cache},mode={mode}", str(context),
+        )  # fmt: skip
+        (line,) = [ln for ln in result.stderr.splitlines() if "cache exported to" in ln]
+        counts[mode] = int(line.split(": ", 1)[1].split(" records")[0])
+    # min: the final stage's base and COPY; max: the build stage's steps too.
+    assert 0 < counts["min"] < counts["max"], counts
