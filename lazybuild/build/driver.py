@@ -8,9 +8,9 @@ happened; staging directories a killed build left are removed before a new one s
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -67,6 +67,8 @@ class BuildResult:
     # The cache records this build loaded or saved (and those they derive from), for a
     # cache export.
     cache_records: tuple[TouchedRecord, ...] = ()
+    # What this build's RUN steps read of their base images, by step key (the same).
+    learned_reads: Mapping[str, Sequence[Sequence[str]]] = field(default_factory=dict)
 
 
 Finish = Callable[[BuildResult], Awaitable[None]]
@@ -172,10 +174,13 @@ async def run_build(
         )
         worker = Worker(resources)
         imported = await import_caches(request.cache_from, client, on_line)
+        learned = resources.learned
+        if learned is not None and imported.learned:
+            await trio.to_thread.run_sync(_adopt_learned, learned, imported.learned)
         with _no_space_reported(state_dir, "opening the build cache"):
             cache = SQLiteCacheStore(store.root / "cache.db")
         try:
-            observed = ObservedCacheStore(ImportedCacheStore(cache, imported))
+            observed = ObservedCacheStore(ImportedCacheStore(cache, imported.records))
             solver = Solver(worker.resolve_op, observed, load_result=worker.load_result)
             try:
                 with _no_space_reported(state_dir, "building"):
@@ -189,10 +194,31 @@ async def run_build(
             cache.close()
         snapshot = result if isinstance(result, Snapshot) else Snapshot()
         with _no_space_reported(state_dir, "exporting the image", "the output's destination"):
-            await finish(BuildResult(snapshot, graph.graph.config, graph, mounter, store, touched))
+            learned_reads = (
+                await trio.to_thread.run_sync(_touched_learned, learned) if learned else {}
+            )
+            await finish(
+                BuildResult(
+                    snapshot, graph.graph.config, graph, mounter, store, touched, learned_reads
+                )
+            )
         report = await mounter.fetch_report()
         warm_ups.cancel_scope.cancel()
     return BuildOutcome(graph.graph.config, snapshot, report)
+
+
+def _adopt_learned(learned: LearnedReads, imported: Mapping[str, Sequence[Sequence[str]]]) -> None:
+    for key, layers in imported.items():
+        learned.adopt(key, layers)
+
+
+def _touched_learned(learned: LearnedReads) -> dict[str, list[list[str]]]:
+    found = {}
+    for key in sorted(learned.touched):
+        layers = learned.load(key)
+        if layers:
+            found[key] = layers
+    return found
 
 
 async def _report_fetches(mounter: LayerMounter, on_fetch: Callable[[str, int, int], None]) -> None:

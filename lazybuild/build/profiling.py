@@ -72,7 +72,7 @@ async def profile_image(
     """Record the image's workload and decide each new layer's first files."""
     snapshot = result.snapshot
     made = [layer for layer in snapshot.layers if isinstance(layer, LocalLayer)]
-    base = snapshot.remote_layers
+    base = snapshot.base_layers
     if not made and not (request.optimize_base and base):
         return Profile({}, None)
     files, workload, read_ranges = await _recorded_files(result, request, line)

@@ -223,6 +223,7 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
                         prioritized=profiled.prioritized,
                         source_date_epoch=request.source_date_epoch,
                         progress=progress.line,
+                        learned=result.learned_reads,
                     )
 
         try:

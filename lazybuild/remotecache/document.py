@@ -14,8 +14,9 @@ each chunk's digest) when a hit mounts it.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from lazybuild.errors import FormatError
@@ -37,6 +38,10 @@ VERSION = 1
 MAX_LAYERS = 10_000
 MAX_RECORDS = 100_000
 MAX_DOCUMENT_BYTES = 32 << 20
+MAX_LEARNED = 10_000
+MAX_LEARNED_FILES = 20_000  # per record, as ``learnedreads.MAX_FILES``
+MAX_PATH = 4096
+_STEP_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,12 @@ class CacheEntry:
 class CacheDocument:
     layers: tuple[CachedLayer, ...]
     records: tuple[CacheEntry, ...]
+    # What RUN steps read of their base images (``worker.learnedreads``): by step key,
+    # the paths per base layer, bottom first. A hint for a prefetch, never trusted more.
+    learned: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        document = {
+        document: dict[str, Any] = {
             "version": VERSION,
             "layers": [_layer_json(layer) for layer in self.layers],
             "records": [
@@ -77,6 +85,10 @@ class CacheDocument:
                 for entry in self.records
             ],
         }
+        if self.learned:
+            document["learned"] = {
+                key: [list(paths) for paths in layers] for key, layers in self.learned.items()
+            }
         return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -95,7 +107,7 @@ class CacheDocument:
         entries = tuple(
             _entry(item, len(decoded), f"{where} record {i}") for i, item in enumerate(records)
         )
-        return cls(decoded, entries)
+        return cls(decoded, entries, _learned(document.get("learned", {}), f"{where} learned"))
 
 
 def _layer_json(layer: CachedLayer) -> dict[str, Any]:
@@ -142,6 +154,28 @@ def _entry(item: Any, layer_count: int, where: str) -> CacheEntry:
     if not isinstance(created, int | float) or isinstance(created, bool):
         raise FormatError(f"{where}: created is not a number")
     return CacheEntry(key, tuple(positions), float(created))
+
+
+def _learned(value: Any, where: str) -> dict[str, tuple[tuple[str, ...], ...]]:
+    if not isinstance(value, dict):
+        raise FormatError(f"{where}: not an object")
+    if len(value) > MAX_LEARNED:
+        raise FormatError(f"{where}: {len(value)} records, more than {MAX_LEARNED}")
+    learned = {}
+    for key, layers in value.items():
+        if not isinstance(key, str) or _STEP_KEY.fullmatch(key) is None:
+            raise FormatError(f"{where}: {key!r:.80} is not a step key")
+        lists = _list(layers, MAX_LAYERS, f"{where} {key}")
+        if not all(isinstance(paths, list) for paths in lists):
+            raise FormatError(f"{where} {key}: not lists of paths")
+        if sum(len(paths) for paths in lists) > MAX_LEARNED_FILES:
+            raise FormatError(f"{where} {key}: more than {MAX_LEARNED_FILES} paths")
+        if not all(
+            isinstance(path, str) and 0 < len(path) <= MAX_PATH for paths in lists for path in paths
+        ):
+            raise FormatError(f"{where} {key}: a path that is not a string of 1 to {MAX_PATH}")
+        learned[key] = tuple(tuple(paths) for paths in lists)
+    return learned
 
 
 def positions_of(layers: Sequence[CachedLayer], wanted: Sequence[CachedLayer]) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -59,8 +59,10 @@ async def export_cache(
     prioritized: Mapping[str, Sequence[str]] | None,
     source_date_epoch: int | None,
     progress: Callable[[str], None],
+    learned: Mapping[str, Sequence[Sequence[str]]] | None = None,
 ) -> str:
-    """Push ``entries`` as the cache ``export.ref``; returns the manifest digest."""
+    """Push ``entries`` (and the ``learned`` reads of the build's RUN steps) as the cache
+    ``export.ref``; returns the manifest digest."""
     local = [
         layer
         for entry in entries
@@ -88,6 +90,7 @@ async def export_cache(
             CacheEntry(entry.key, positions_of(table, cached), entry.record.created_at)
             for entry, cached in records
         ),
+        {key: tuple(tuple(paths) for paths in layers) for key, layers in (learned or {}).items()},
     )
     config = document.encode()
     config_descriptor = Descriptor(CACHE_CONFIG_MEDIA_TYPE, sha256_digest(config), len(config))
@@ -129,10 +132,17 @@ def _cached_layer(layer: LocalLayer | RemoteLayer, blobs: Mapping[str, LayerBlob
     return CachedLayer(layer.descriptor, layer.diff_id, layer.source, layer.from_cache)
 
 
-async def import_cache(cache: CacheImport, registry: RegistryClient) -> dict[str, CacheRecord]:
-    """The records of the cache ``cache.ref``, as records of snapshots of remote layers.
-    Raises LazybuildError (not found, not a lazybuild cache, malformed) for the caller
-    to report."""
+@dataclass
+class ImportedCache:
+    """Records as records of snapshots of remote layers, and learned reads by step key."""
+
+    records: dict[str, CacheRecord] = field(default_factory=dict)
+    learned: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+
+
+async def import_cache(cache: CacheImport, registry: RegistryClient) -> ImportedCache:
+    """What the cache ``cache.ref`` holds. Raises LazybuildError (not found, not a
+    lazybuild cache, malformed) for the caller to report."""
     fetched = await registry.get_manifest(cache.ref)
     where = f"cache {cache.ref}"
     manifest = fetched.document
@@ -155,25 +165,31 @@ async def import_cache(cache: CacheImport, registry: RegistryClient) -> dict[str
         else RemoteLayer(layer.descriptor, layer.source or str(pinned), layer.diff_id, True)
         for layer in document.layers
     ]
-    return {
+    records = {
         entry.key: CacheRecord(Snapshot(tuple(remote[i] for i in entry.layers)).id, entry.created)
         for entry in document.records
     }
+    return ImportedCache(records, dict(document.learned))
 
 
 async def import_caches(
-    caches: Sequence[CacheImport], registry: RegistryClient, warn: Callable[[str], None]
-) -> dict[str, CacheRecord]:
-    """Every importable cache's records, the first listed winning a key; a cache that
-    cannot be had is a warning, and the build goes on without it."""
-    records: dict[str, CacheRecord] = {}
+    caches: Sequence[CacheImport], registry: RegistryClient, say: Callable[[str], None]
+) -> ImportedCache:
+    """Every importable cache's records and learned reads, the first listed winning a
+    key; a cache that cannot be had is a warning, and the build goes on without it."""
+    merged = ImportedCache()
     for cache in caches:
         try:
             imported = await import_cache(cache, registry)
         except LazybuildError as exc:
-            warn(f"warning: --cache-from {cache.ref}: {' '.join(str(exc).split())}; not used")
+            say(f"warning: --cache-from {cache.ref}: {' '.join(str(exc).split())}; not used")
             continue
-        for key, record in imported.items():
-            records.setdefault(key, record)
-        warn(f"imported {len(imported)} cache records from {cache.ref}")
-    return records
+        for key, record in imported.records.items():
+            merged.records.setdefault(key, record)
+        for key, layers in imported.learned.items():
+            merged.learned.setdefault(key, layers)
+        say(
+            f"imported {len(imported.records)} cache records and what "
+            f"{len(imported.learned)} RUN steps read from {cache.ref}"
+        )
+    return merged

@@ -99,6 +99,12 @@ class Snapshot:
         return json.dumps([layer.to_json() for layer in self.layers], sort_keys=True)
 
     @property
+    def base_layers(self) -> list[RemoteLayer]:
+        """The base images' layers, bottom first: remote ones not from a build cache."""
+        remote = self.remote_layers
+        return [layer for layer in remote if not layer.from_cache]
+
+    @property
     def remote_layers(self) -> list[RemoteLayer]:
         """The layers served from a registry (a base image's), bottom first."""
         return [layer for layer in self.layers if isinstance(layer, RemoteLayer)]

@@ -46,7 +46,9 @@ MAX_FILES = 20_000
 def step_key(args: Sequence[str], cwd: str, snapshot: Snapshot) -> str | None:
     """The record's name for a step running ``args`` in ``cwd`` on ``snapshot``; None
     when the snapshot has no lazily served base layer to learn about."""
-    layers = snapshot.remote_layers
+    # Base images' layers only: a build cache's layers are other machines' steps, which
+    # this machine may have made itself (then they are local, not remote).
+    layers = snapshot.base_layers
     if not layers:
         return None
     # Repositories, not digests: a rebuilt base image is read the same way.
@@ -59,6 +61,8 @@ def step_key(args: Sequence[str], cwd: str, snapshot: Snapshot) -> str | None:
 class LearnedReads:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # The records this build found or wrote, for a build cache export.
+        self.touched: set[str] = set()
 
     def load(self, key: str) -> list[list[str]] | None:
         """The files read last time, per base layer (bottom first); None if unknown."""
@@ -71,7 +75,16 @@ class LearnedReads:
             return None
         if not all(isinstance(paths, list) for paths in layers):
             return None
+        self.touched.add(key)
         return [[path for path in paths if isinstance(path, str)] for paths in layers]
+
+    def adopt(self, key: str, layers: Sequence[Sequence[str]]) -> bool:
+        """Keep a record learned elsewhere (an imported build cache) unless this machine
+        has one of its own; whether it was kept."""
+        if (self.directory / f"{key}.json").exists():
+            return False
+        self.save(key, layers)
+        return True
 
     def save(self, key: str, layers: Sequence[Sequence[str]]) -> None:
         """Record what a step read (per base layer, bottom first), added to what earlier
@@ -89,6 +102,8 @@ class LearnedReads:
             write_atomic(self.directory / f"{key}.json", data)
         except OSError as exc:  # only the next build gets slower
             log.warning("cannot keep what the step read: %s", exc)
+            return
+        self.touched.add(key)
 
 
 def _merged(now: Sequence[str], before: Sequence[str]) -> list[str]:

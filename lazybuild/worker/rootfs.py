@@ -137,7 +137,7 @@ class LayerMounter:
     ) -> tuple[int, int]:
         """Start fetching, for each base layer of ``snapshot`` (bottom first), the files
         listed for its position; the chunks and compressed bytes scheduled."""
-        remote = snapshot.remote_layers
+        remote = snapshot.base_layers
         if self._service is None or len(remote) != len(files_by_base_layer):
             return 0, 0
         await self.lower_dirs(snapshot)
@@ -167,7 +167,7 @@ class LayerMounter:
         if self._service is None or not self._service.running:
             return None
         read = await self._service.reads_since(mark)
-        return [read.get(layer.descriptor.digest, []) for layer in snapshot.remote_layers]
+        return [read.get(layer.descriptor.digest, []) for layer in snapshot.base_layers]
 
     async def fetch_whole(self, snapshot: Snapshot) -> None:
         """Fetch the snapshot's lazy layers completely, in large requests: for readers

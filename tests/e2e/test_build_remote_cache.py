@@ -148,3 +148,36 @@ def test_mode_min_exports_the_result_steps_only(
         counts[mode] = int(line.split(": ", 1)[1].split(" records")[0])
     # min: the final stage's base and COPY; max: the build stage's steps too.
     assert 0 < counts["min"] < counts["max"], counts
+
+
+READS_LIBRARIES = """\
+ARG BASE
+FROM ${BASE}
+RUN for f in $(ls /usr/lib/x86_64-linux-gnu/*.so* | sort -r); do cat "$f" >/dev/null; done
+"""
+
+
+def _requests(report: dict[str, Any]) -> dict[str, int]:
+    return {layer["digest"]: int(layer["requests"]) for layer in report["layers"]}
+
+
+def test_what_a_step_read_travels_with_the_cache(
+    registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    """A fresh runner whose step must run (``--no-cache``, or a changed input) prefetches
+    what the step read on the exporting runner, in a few large requests."""
+    context = write_context(tmp_path / "ctx", READS_LIBRARIES)
+    cache = f"{registry.host}/e2e-remote-cache/learned:buildcache"
+    _, _, a_report = _build(tmp_path / "a", context, base_image, "--cache-to", f"ref={cache}")
+    result = lazybuild(
+        tmp_path / "b", "build", "--progress=plain", "--no-cache", "--build-arg",
+        f"BASE={base_image}", "--cache-from", cache, "--fetch-report",
+        str(tmp_path / "b-report.json"), str(context),
+    )  # fmt: skip
+    assert "files read last time" in result.stderr, result.stderr
+    a_requests = _requests(a_report)
+    b_requests = _requests(json.loads((tmp_path / "b-report.json").read_text()))
+    busiest = max(a_requests, key=lambda digest: a_requests[digest])
+    assert a_requests[busiest] >= 10, a_requests
+    assert b_requests[busiest] <= a_requests[busiest] // 3, (a_requests, b_requests)
+    assert_nothing_left(tmp_path / "b")
