@@ -204,6 +204,9 @@ class BuildContext:
         self.ignore = ignore if ignore is not None else DockerIgnore(())
         self._content_cache: dict[tuple[int, int], tuple[tuple[int, int, int], str]] = {}
         self._entry_cache: dict[tuple[int, int], tuple[tuple[int, ...], str]] = {}
+        # Every file and symlink a COPY or ADD selected (by its path in the context), as
+        # its key was computed: the build's inputs from the context (``--depfile``).
+        self.selected: set[str] = set()
 
     # -- listing -------------------------------------------------------------------------
 
@@ -476,6 +479,8 @@ class BuildContext:
         Cached by inode and every stat field the digest depends on; ctime moves on any
         change to content, mode, owner, xattrs or link target, so a hit is still current.
         """
+        if not stat.S_ISDIR(st.st_mode):
+            self.selected.add(rel)
         key = (st.st_dev, st.st_ino)
         stamp = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         cached = self._entry_cache.get(key)

@@ -79,6 +79,9 @@ class BuildOutcome:
     config: ImageConfigState
     snapshot: Snapshot
     fetch_report: FetchReport | None
+    # What the build read from this machine: the Dockerfile, its .dockerignore, every
+    # context file a COPY or ADD selected (``--depfile``).
+    inputs: tuple[Path, ...] = ()
 
 
 def _platform(request: BuildRequest) -> Platform:
@@ -204,7 +207,11 @@ async def run_build(
             )
         report = await mounter.fetch_report()
         warm_ups.cancel_scope.cancel()
-    return BuildOutcome(graph.graph.config, snapshot, report)
+    inputs = [request.dockerfile_path]
+    if graph.ignore_file is not None:
+        inputs.append(graph.ignore_file)
+    inputs += [context.root / rel for rel in sorted(context.selected)]
+    return BuildOutcome(graph.graph.config, snapshot, report, tuple(inputs))
 
 
 def _adopt_learned(learned: LearnedReads, imported: Mapping[str, Sequence[Sequence[str]]]) -> None:

@@ -31,6 +31,7 @@ class BuildGraph:
     plan: BuildPlan
     excludes: tuple[str, ...]
     images: dict[str, ResolvedImage]
+    ignore_file: Path | None = None  # the .dockerignore the excludes came from
 
 
 def image_refs(plan: BuildPlan) -> list[str]:
@@ -125,4 +126,4 @@ async def build_graph(
         for key, value in labels.items():
             config = replace(config, labels=config.with_label(key, value))
         graph = replace(graph, config=config)
-    return BuildGraph(graph, plan, excludes, images)
+    return BuildGraph(graph, plan, excludes, images, ignore_file)

@@ -51,7 +51,19 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=argparse.SUPPRESS,  # the global -q stays in force when this one is absent
         help="no progress output; print the image id",
     )
-    build.add_argument("--iidfile", type=Path, metavar="FILE", help="write the image id")
+    build.add_argument(
+        "--iidfile",
+        type=Path,
+        metavar="FILE",
+        help="write the image id (whenever the build succeeds, with or without an output)",
+    )
+    build.add_argument(
+        "--depfile",
+        type=Path,
+        metavar="FILE",
+        help="write the build's inputs as a Make dependency rule for the --iidfile (the "
+        "Dockerfile, .dockerignore, every context file COPY/ADD selected, secret files)",
+    )
     build.add_argument("--metadata-file", type=Path, metavar="FILE")
     build.add_argument("--secret", action="append", default=[], metavar="id=ID[,src=FILE|,env=VAR]")
     build.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
@@ -121,6 +133,8 @@ async def run_build_command(args: argparse.Namespace) -> int:
 
 
 async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
+    from lazybuild.atomicfile import write_atomic
+    from lazybuild.build.depfile import write_depfile
     from lazybuild.build.driver import BuildFailedError, BuildResult, run_build
     from lazybuild.build.profiling import Profile, ProfileRequest, profile_image
     from lazybuild.build.request import BuildRequest
@@ -135,6 +149,7 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
     from lazybuild.remotecache.spec import cache_exports, cache_imports
 
     environ = dict(os.environ)
+    secret_files: list[Path] = []
     build_args = build_flags.key_values(args.build_arg, "--build-arg", environ)
     request = BuildRequest(
         context_dir=args.context,
@@ -144,7 +159,7 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
         platform=args.platform,
         no_cache=args.no_cache,
         pull=args.pull,
-        secrets=build_flags.secrets(args.secret, environ),
+        secrets=build_flags.secrets(args.secret, environ, secret_files),
         labels=build_flags.labels(args.label),
         source_date_epoch=build_flags.source_date_epoch(build_args, environ),
         network=args.network,
@@ -211,6 +226,7 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
                         rootfs=rootfs,
                         writer_options=WriterOptions(),
                         progress=progress.line,
+                        assemble=args.iidfile is not None,
                     )
                 )
                 for export in cache_exports_wanted:
@@ -253,11 +269,14 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
     if export_result:
         exported = export_result[0]
         if args.iidfile is not None and exported.config_digest:
-            args.iidfile.write_text(exported.config_digest)
+            write_atomic(args.iidfile, exported.config_digest.encode())
         if args.metadata_file is not None:
             args.metadata_file.write_text(json.dumps(exported.metadata(), indent=2) + "\n")
         if args.quiet and exported.config_digest:
             print(exported.config_digest)
+    if args.depfile is not None:
+        target = args.iidfile or args.metadata_file or args.depfile
+        write_depfile(args.depfile, target, [*outcome.inputs, *secret_files])
     return 0
 
 

@@ -44,9 +44,12 @@ def _fields(spec: str, flag: str) -> dict[str, str]:
     return fields
 
 
-def secrets(specs: Iterable[str], env: Mapping[str, str]) -> dict[str, bytes]:
+def secrets(
+    specs: Iterable[str], env: Mapping[str, str], files: list[Path] | None = None
+) -> dict[str, bytes]:
     """``id=NAME[,src=FILE|,env=VAR][,type=file|env]``; with neither ``src`` nor ``env``
-    the value comes from the variable named like the id, else the file of that name."""
+    the value comes from the variable named like the id, else the file of that name.
+    The files read are appended to ``files`` (the build's inputs, for ``--depfile``)."""
     values: dict[str, bytes] = {}
     for spec in specs:
         fields = _fields(spec, "--secret")
@@ -73,6 +76,8 @@ def secrets(specs: Iterable[str], env: Mapping[str, str]) -> dict[str, bytes]:
             source = secret_id
         try:
             values[secret_id] = Path(source).expanduser().read_bytes()
+            if files is not None:
+                files.append(Path(source).expanduser())
         except OSError as error:
             raise UsageError(
                 f"--secret id={secret_id}: cannot read {source}: {error.strerror}"

@@ -135,10 +135,11 @@ async def export_image(
     progress: Callable[[str], None],
     docker_client: Callable[[], DockerClient] = docker_from_env,
     compression_concurrency: int = DEFAULT_COMPRESSION_CONCURRENCY,
+    assemble: bool = False,
 ) -> ExportResult:
     """Write ``image`` to each of ``outputs``. ``rootfs`` mounts the final root
     filesystem read-only (for ``type=local``); ``docker_client`` reaches the engine for
-    ``--load``."""
+    ``--load``; ``assemble`` makes the image (its id) even when no output needs it."""
     scratch = Path(tempfile.mkdtemp(prefix="export-", dir=store.staging_dir))
     try:
         exporter = _Exporter(
@@ -149,7 +150,7 @@ async def export_image(
             progress=progress,
             scratch=scratch,
         )
-        if any(not isinstance(spec, LocalOutput) for spec in outputs):
+        if assemble or any(not isinstance(spec, LocalOutput) for spec in outputs):
             await exporter.assemble(compression_concurrency)
         for spec in outputs:
             if isinstance(spec, ImageOutput):
