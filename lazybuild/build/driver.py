@@ -30,6 +30,7 @@ from lazybuild.registryoptions import RegistryOptions
 from lazybuild.remotecache.records import ImportedCacheStore, ObservedCacheStore, TouchedRecord
 from lazybuild.remotecache.registrycache import import_caches
 from lazybuild.solver import ProgressWriter, Solver, SQLiteCacheStore, VertexFailedError
+from lazybuild.worker.cachemounts import CacheMounts, MountContent
 from lazybuild.worker.execop import ExecError
 from lazybuild.worker.imageop import image_layers
 from lazybuild.worker.imagerecords import ImageRecords
@@ -69,6 +70,8 @@ class BuildResult:
     cache_records: tuple[TouchedRecord, ...] = ()
     # What this build's RUN steps read of their base images, by step key (the same).
     learned_reads: Mapping[str, Sequence[Sequence[str]]] = field(default_factory=dict)
+    # The cache mounts this build's steps used, for a cache export with cache-mounts=true.
+    cache_mounts: Mapping[str, MountContent] = field(default_factory=dict)
 
 
 Finish = Callable[[BuildResult], Awaitable[None]]
@@ -174,12 +177,18 @@ async def run_build(
             platform=platform,
             default_network="none" if request.network == "none" else "host",
             learned=LearnedReads(store.root / "learned"),
+            cache_mount_state=CacheMounts(cache_mounts),
         )
         worker = Worker(resources)
         imported = await import_caches(request.cache_from, client, on_line)
         learned = resources.learned
         if learned is not None and imported.learned:
             await trio.to_thread.run_sync(_adopt_learned, learned, imported.learned)
+        mounts = resources.cache_mount_state
+        if mounts is not None and imported.mounts:
+            adopted = await trio.to_thread.run_sync(mounts.adopt, imported.mounts)
+            if adopted:
+                on_line(f"{len(adopted)} cache mount(s) from the imported cache, mounted lazily")
         with _no_space_reported(state_dir, "opening the build cache"):
             cache = SQLiteCacheStore(store.root / "cache.db")
         try:
@@ -200,9 +209,17 @@ async def run_build(
             learned_reads = (
                 await trio.to_thread.run_sync(_touched_learned, learned) if learned else {}
             )
+            mount_contents = await trio.to_thread.run_sync(mounts.contents) if mounts else {}
             await finish(
                 BuildResult(
-                    snapshot, graph.graph.config, graph, mounter, store, touched, learned_reads
+                    snapshot,
+                    graph.graph.config,
+                    graph,
+                    mounter,
+                    store,
+                    touched,
+                    learned_reads,
+                    mount_contents,
                 )
             )
         report = await mounter.fetch_report()

@@ -240,6 +240,7 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
                         source_date_epoch=request.source_date_epoch,
                         progress=progress.line,
                         learned=result.learned_reads,
+                        mounts=result.cache_mounts,
                     )
 
         try:

@@ -42,6 +42,8 @@ MAX_LEARNED = 10_000
 MAX_LEARNED_FILES = 20_000  # per record, as ``learnedreads.MAX_FILES``
 MAX_PATH = 4096
 _STEP_KEY = re.compile(r"[0-9a-f]{64}")
+MAX_MOUNTS = 1_000
+_MOUNT_NAME = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class CacheDocument:
     # What RUN steps read of their base images (``worker.learnedreads``): by step key,
     # the paths per base layer, bottom first. A hint for a prefetch, never trusted more.
     learned: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    # Cache mounts (``worker.cachemounts``): by name, their layers' positions, bottom first.
+    mounts: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         document: dict[str, Any] = {
@@ -85,6 +89,8 @@ class CacheDocument:
                 for entry in self.records
             ],
         }
+        if self.mounts:
+            document["mounts"] = {name: list(p) for name, p in self.mounts.items()}
         if self.learned:
             document["learned"] = {
                 key: [list(paths) for paths in layers] for key, layers in self.learned.items()
@@ -107,7 +113,12 @@ class CacheDocument:
         entries = tuple(
             _entry(item, len(decoded), f"{where} record {i}") for i, item in enumerate(records)
         )
-        return cls(decoded, entries, _learned(document.get("learned", {}), f"{where} learned"))
+        return cls(
+            decoded,
+            entries,
+            _learned(document.get("learned", {}), f"{where} learned"),
+            _mounts(document.get("mounts", {}), len(decoded), f"{where} mounts"),
+        )
 
 
 def _layer_json(layer: CachedLayer) -> dict[str, Any]:
@@ -176,6 +187,24 @@ def _learned(value: Any, where: str) -> dict[str, tuple[tuple[str, ...], ...]]:
             raise FormatError(f"{where} {key}: a path that is not a string of 1 to {MAX_PATH}")
         learned[key] = tuple(tuple(paths) for paths in lists)
     return learned
+
+
+def _mounts(value: Any, layer_count: int, where: str) -> dict[str, tuple[int, ...]]:
+    if not isinstance(value, dict):
+        raise FormatError(f"{where}: not an object")
+    if len(value) > MAX_MOUNTS:
+        raise FormatError(f"{where}: {len(value)} cache mounts, more than {MAX_MOUNTS}")
+    mounts = {}
+    for name, positions in value.items():
+        if not isinstance(name, str) or _MOUNT_NAME.fullmatch(name) is None:
+            raise FormatError(f"{where}: {name!r:.80} is not a cache mount name")
+        listed = _list(positions, MAX_LAYERS, f"{where} {name}")
+        if not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 <= p < layer_count for p in listed
+        ):
+            raise FormatError(f"{where} {name}: a layer position outside the document's layers")
+        mounts[name] = tuple(listed)
+    return mounts
 
 
 def positions_of(layers: Sequence[CachedLayer], wanted: Sequence[CachedLayer]) -> tuple[int, ...]:

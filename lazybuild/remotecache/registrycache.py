@@ -15,14 +15,16 @@ across repositories when pushed.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import trio
 
 from lazybuild.errors import FormatError, LazybuildError, one_error
 from lazybuild.estargz.writer import WriterOptions
-from lazybuild.exporter.layerblobs import LayerBlob, local_layer_blobs
+from lazybuild.exporter.layerblobs import LayerBlob, cached_blob, local_layer_blobs
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.digest import sha256_digest
@@ -40,7 +42,9 @@ from lazybuild.remotecache.document import (
 )
 from lazybuild.remotecache.records import TouchedRecord
 from lazybuild.remotecache.spec import CacheExport, CacheImport
+from lazybuild.snapshot.diff import write_upper_as_tar
 from lazybuild.solver.cachestore import CacheRecord
+from lazybuild.worker.cachemounts import MountContent
 from lazybuild.worker.layers import LocalLayer, RemoteLayer, Snapshot
 from lazybuild.worker.layerstore import LayerStore
 
@@ -60,6 +64,7 @@ async def export_cache(
     source_date_epoch: int | None,
     progress: Callable[[str], None],
     learned: Mapping[str, Sequence[Sequence[str]]] | None = None,
+    mounts: Mapping[str, MountContent] | None = None,
 ) -> str:
     """Push ``entries`` (and the ``learned`` reads of the build's RUN steps) as the cache
     ``export.ref``; returns the manifest digest."""
@@ -83,6 +88,19 @@ async def export_cache(
         for layer in cached:
             layers.setdefault((layer.descriptor.digest, layer.source), layer)
         records.append((entry, cached))
+    mount_layers: dict[str, list[CachedLayer]] = {}
+    if export.cache_mounts:
+        for name, content in (mounts or {}).items():
+            blob = await trio.to_thread.run_sync(_changes_blob, store, name, content.changes)
+            blobs[f"cache-mount:{name}"] = blob
+            chain = [
+                CachedLayer(layer.descriptor, layer.diff_id, layer.source, from_cache=True)
+                for layer in content.lowers
+            ]
+            chain.append(CachedLayer(blob.descriptor, blob.diff_id))
+            for layer in chain:
+                layers.setdefault((layer.descriptor.digest, layer.source), layer)
+            mount_layers[name] = chain
     table = tuple(layers.values())
     document = CacheDocument(
         table,
@@ -91,6 +109,7 @@ async def export_cache(
             for entry, cached in records
         ),
         {key: tuple(tuple(paths) for paths in layers) for key, layers in (learned or {}).items()},
+        {name: positions_of(table, chain) for name, chain in mount_layers.items()},
     )
     config = document.encode()
     config_descriptor = Descriptor(CACHE_CONFIG_MEDIA_TYPE, sha256_digest(config), len(config))
@@ -121,8 +140,20 @@ async def export_cache(
     progress(
         f"cache exported to {ref}@{short_digest(digest)}: {len(records)} records, "
         f"{len(own)} layers ({human_size(size)}), mode={export.mode}"
+        + (f", {len(mount_layers)} cache mounts" if export.cache_mounts else "")
     )
     return digest
+
+
+def _changes_blob(store: LayerStore, name: str, changes: Path) -> LayerBlob:
+    """A cache mount's changes (a directory in overlay form) as an eStargz blob; a new
+    one each time, as the directory is not immutable like a step's layer."""
+    return cached_blob(
+        store,
+        f"cache-mount-{name}-{uuid.uuid4().hex}",
+        lambda tar: write_upper_as_tar(changes, tar),
+        WriterOptions(),
+    )
 
 
 def _cached_layer(layer: LocalLayer | RemoteLayer, blobs: Mapping[str, LayerBlob]) -> CachedLayer:
@@ -134,10 +165,12 @@ def _cached_layer(layer: LocalLayer | RemoteLayer, blobs: Mapping[str, LayerBlob
 
 @dataclass
 class ImportedCache:
-    """Records as records of snapshots of remote layers, and learned reads by step key."""
+    """Records as records of snapshots of remote layers, learned reads by step key, and
+    cache mounts' layers by name."""
 
     records: dict[str, CacheRecord] = field(default_factory=dict)
     learned: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    mounts: dict[str, tuple[RemoteLayer, ...]] = field(default_factory=dict)
 
 
 async def import_cache(cache: CacheImport, registry: RegistryClient) -> ImportedCache:
@@ -169,7 +202,11 @@ async def import_cache(cache: CacheImport, registry: RegistryClient) -> Imported
         entry.key: CacheRecord(Snapshot(tuple(remote[i] for i in entry.layers)).id, entry.created)
         for entry in document.records
     }
-    return ImportedCache(records, dict(document.learned))
+    mounts = {
+        name: tuple(replace(remote[i], from_cache=True) for i in positions)
+        for name, positions in document.mounts.items()
+    }
+    return ImportedCache(records, dict(document.learned), mounts)
 
 
 async def import_caches(
@@ -188,6 +225,8 @@ async def import_caches(
             merged.records.setdefault(key, record)
         for key, layers in imported.learned.items():
             merged.learned.setdefault(key, layers)
+        for name, mount_layers in imported.mounts.items():
+            merged.mounts.setdefault(name, mount_layers)
         say(
             f"imported {len(imported.records)} cache records and what "
             f"{len(imported.learned)} RUN steps read from {cache.ref}"

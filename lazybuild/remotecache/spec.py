@@ -1,6 +1,6 @@
 """``--cache-to`` and ``--cache-from`` values, as ``docker buildx build`` spells them:
-``type=registry,ref=REF[,mode=min|max]`` (``ref=`` alone, or a bare reference, for
-``--cache-from``)."""
+``type=registry,ref=REF[,mode=min|max][,cache-mounts=true]`` (``ref=`` alone, or a bare
+reference, for ``--cache-from``)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ _TYPES = ("registry",)
 class CacheExport:
     ref: Reference
     mode: Mode = "min"
+    cache_mounts: bool = False  # also the content of the build's cache mounts
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,15 @@ class CacheImport:
 def cache_exports(specs: Iterable[str]) -> list[CacheExport]:
     exports = []
     for spec in specs:
-        fields = _fields(spec, "--cache-to", allowed={"type", "ref", "mode"})
+        fields = _fields(spec, "--cache-to", allowed={"type", "ref", "mode", "cache-mounts"})
         mode = fields.get("mode", "min")
         if mode not in ("min", "max"):
             raise UsageError(f"--cache-to {spec!r}: mode must be min or max, not {mode!r}")
+        mounts = fields.get("cache-mounts", "false").lower()
+        if mounts not in ("true", "false"):
+            raise UsageError(f"--cache-to {spec!r}: cache-mounts must be true or false")
         ref = _ref(fields, spec, "--cache-to")
-        exports.append(CacheExport(ref, "max" if mode == "max" else "min"))
+        exports.append(CacheExport(ref, "max" if mode == "max" else "min", mounts == "true"))
     return exports
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -30,7 +29,8 @@ from lazybuild.executor.rootpath import resolve_in_root
 from lazybuild.graph.ops import ExecMount
 from lazybuild.snapshot import syscalls
 from lazybuild.snapshot.mountinfo import is_mounted
-from lazybuild.worker.layers import Snapshot
+from lazybuild.worker.cachemounts import cache_mount_name
+from lazybuild.worker.layers import RemoteLayer, Snapshot
 from lazybuild.worker.layerstore import StagingArea
 from lazybuild.worker.resources import WorkerResources
 
@@ -175,8 +175,23 @@ async def _cache_directory(mount: ExecMount, resources: WorkerResources) -> Asyn
     ``shared``: used by everyone at once; ``locked``: one step at a time, others wait;
     ``private``: a step that finds it in use gets a directory of its own.
     """
-    name = hashlib.sha256((mount.cache_id or mount.dest).encode()).hexdigest()[:32]
+    name = cache_mount_name(mount)
     base = resources.cache_mounts / name
+    travelling = resources.cache_mount_state
+    lowers: tuple[RemoteLayer, ...] = ()
+    if travelling is not None:
+        travelling.used.add(name)
+        lowers = await trio.to_thread.run_sync(travelling.lowers, name)
+    if lowers:
+        # Imported content under a local upper (``worker.cachemounts``): an overlay's
+        # upper cannot be shared, so one step at a time, whatever the sharing mode.
+        while True:
+            with _locked(base) as held:
+                if held:
+                    async with _overlaid(base, lowers, mount, resources) as merged:
+                        yield merged
+                    return
+            await trio.sleep(_LOCK_POLL_SECONDS)
     if mount.sharing == "shared":
         yield _prepared(base, mount)
         return
@@ -194,6 +209,20 @@ async def _cache_directory(mount: ExecMount, resources: WorkerResources) -> Asyn
                 yield _prepared(candidate, mount)
                 return
     raise MountSetupError(f"too many concurrent users of private cache {mount.cache_id!r}")
+
+
+@asynccontextmanager
+async def _overlaid(
+    base: Path, lowers: Sequence[RemoteLayer], mount: ExecMount, resources: WorkerResources
+) -> AsyncIterator[Path]:
+    upper = _prepared(base / "upper", mount)
+    work = base / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    target = base / "merged"
+    async with resources.mounter.mounted(
+        Snapshot(tuple(lowers)), target, upper=upper, work=work
+    ) as merged:
+        yield merged
 
 
 def _prepared(directory: Path, mount: ExecMount) -> Path:

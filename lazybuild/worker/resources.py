@@ -14,6 +14,7 @@ from lazybuild.errors import LazybuildError
 from lazybuild.oci.platform import Platform
 from lazybuild.registry.client import RegistryClient, ResolvedImage
 from lazybuild.registry.reference import Reference
+from lazybuild.worker.cachemounts import CacheMounts
 from lazybuild.worker.imagerecords import ImageRecords
 from lazybuild.worker.layerstore import LayerStore
 from lazybuild.worker.learnedreads import LearnedReads
@@ -84,5 +85,7 @@ class WorkerResources:
     default_network: Literal["host", "none"] = "host"
     # What RUN steps read from their base images, for learned prefetching (None: off).
     learned: LearnedReads | None = None
+    # Cache mounts that travel through build caches, and which ones steps used.
+    cache_mount_state: CacheMounts | None = None
     exec_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
     file_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(4))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,58 @@ def test_what_a_step_read_travels_with_the_cache(
     assert a_requests[busiest] >= 10, a_requests
     assert b_requests[busiest] <= a_requests[busiest] // 3, (a_requests, b_requests)
     assert_nothing_left(tmp_path / "b")
+
+
+WRITES_CACHE = """\
+ARG BASE
+FROM ${BASE}
+COPY name /name
+RUN --mount=type=cache,id=shared-cache,target=/cache \\
+    ls /cache > /seen && cat /cache/* >> /seen 2>/dev/null; \\
+    echo "written by $(cat /name)" > "/cache/$(cat /name)"
+"""
+
+
+def _seen(state: Path, context: Path, base: str, *options: str) -> list[str]:
+    out = state.parent / f"{state.name}-out"
+    lazybuild(
+        state, "build", "--progress=plain", "--build-arg", f"BASE={base}",
+        "-o", f"type=local,dest={out}", *options, str(context),
+    )  # fmt: skip
+    return (out / "seen").read_text().splitlines()
+
+
+def test_cache_mounts_travel_lazily_and_only_changes_are_exported(
+    registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    cache = f"{registry.host}/e2e-remote-cache/mounts:buildcache"
+    export = f"type=registry,ref={cache},mode=max,cache-mounts=true"
+    context = write_context(tmp_path / "ctx", WRITES_CACHE, {"name": "a\n"})
+    assert _seen(tmp_path / "a", context, base_image, "--cache-to", export) == []
+    # Runner B, fresh, another input: the step runs, over A's cache mount content.
+    (context / "name").write_text("b\n")
+    seen = _seen(tmp_path / "b", context, base_image, "--cache-from", cache, "--cache-to", export)
+    assert seen == ["a", "written by a"], seen
+    assert (tmp_path / "b" / "build" / "cache-mounts").is_dir()
+    # Runner C, fresh: sees A's and B's files; B exported its changes as a layer of its
+    # own on top of A's, not the whole directory again.
+    (context / "name").write_text("c\n")
+    seen = _seen(tmp_path / "c", context, base_image, "--cache-from", cache)
+    assert seen == ["a", "b", "written by a", "written by b"], seen
+    document = _cache_document(registry, "e2e-remote-cache/mounts", "buildcache")
+    ((_, positions),) = document["mounts"].items()
+    assert len(positions) == 2, document["mounts"]
+    for state in ("a", "b", "c"):
+        assert_nothing_left(tmp_path / state)
+
+
+def _cache_document(registry: Registry, repository: str, tag: str) -> dict[str, Any]:
+    def get(path: str, accept: str = "") -> bytes:
+        request = urllib.request.Request(f"http://{registry.host}/v2/{repository}/{path}")
+        if accept:
+            request.add_header("Accept", accept)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return bytes(answer.read())
+
+    manifest = json.loads(get(f"manifests/{tag}", "application/vnd.oci.image.manifest.v1+json"))
+    return dict(json.loads(get(f"blobs/{manifest['config']['digest']}")))

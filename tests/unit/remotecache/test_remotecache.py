@@ -35,6 +35,8 @@ def _descriptor(digest: str = D) -> Descriptor:
 def test_flag_values_as_buildx_spells_them() -> None:
     (export,) = cache_exports(["type=registry,ref=reg.example/app:cache,mode=max"])
     assert str(export.ref) == "reg.example/app:cache" and export.mode == "max"
+    assert not export.cache_mounts
+    assert cache_exports(["ref=reg.example/app:c,cache-mounts=true"])[0].cache_mounts
     assert cache_exports(["ref=reg.example/app:cache"])[0].mode == "min"
     assert [str(i.ref) for i in cache_imports(["reg.example/a:x", "ref=reg.example/b:y"])] == [
         "reg.example/a:x",
@@ -67,6 +69,8 @@ def test_the_document_round_trips() -> None:
             CachedLayer(_descriptor(E), D),
         ),
         (CacheEntry(K1, (0,), 1.5), CacheEntry(K2, (0, 1), 2.0), CacheEntry(K3, (), 3.0)),
+        {"c" * 64: (("usr/bin/go",), ())},
+        {"d" * 32: (1,)},
     )
     assert CacheDocument.decode(document.encode(), "test") == document
 
@@ -86,6 +90,10 @@ def test_the_document_round_trips() -> None:
             "records": [],
         },
         {"version": 1, "layers": [{"descriptor": {}, "diff_id": E}], "records": []},
+        {"version": 1, "layers": [], "records": [], "mounts": {"../x": []}},
+        {"version": 1, "layers": [], "records": [], "mounts": {"a" * 32: [0]}},
+        {"version": 1, "layers": [], "records": [], "learned": {"a" * 64: [["x"], [7]]}},
+        {"version": 1, "layers": [], "records": [], "learned": {"nope": []}},
     ],
 )
 def test_a_malformed_document_is_a_format_error(document: object) -> None:
