@@ -178,6 +178,7 @@ async def run_build(
             default_network="none" if request.network == "none" else "host",
             learned=LearnedReads(store.root / "learned"),
             cache_mount_state=CacheMounts(cache_mounts),
+            on_cache_miss=on_line,
         )
         worker = Worker(resources)
         imported = await import_caches(request.cache_from, client, on_line)

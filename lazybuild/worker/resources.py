@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -87,5 +87,7 @@ class WorkerResources:
     learned: LearnedReads | None = None
     # Cache mounts that travel through build caches, and which ones steps used.
     cache_mount_state: CacheMounts | None = None
+    # Hears, in one line, of an imported cache hit that could not be used.
+    on_cache_miss: Callable[[str], None] = field(default=lambda message: None)
     exec_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
     file_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(4))

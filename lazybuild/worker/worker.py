@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 from lazybuild.context import BuildContext
-from lazybuild.errors import FormatError, LazybuildError
+from lazybuild.errors import FormatError, LazybuildError, reported_error
 from lazybuild.graph.ops import Diff, Exec, File, HttpSource, ImageSource, LocalSource, Merge
 from lazybuild.solver import CacheRecord, Op, Vertex
 from lazybuild.worker.execop import ExecOp
@@ -14,6 +16,8 @@ from lazybuild.worker.layers import LocalLayer, Snapshot
 from lazybuild.worker.localop import LocalSourceOp
 from lazybuild.worker.resources import WorkerResources
 from lazybuild.worker.stackops import DiffOp, MergeOp
+
+log = logging.getLogger(__name__)
 
 
 class Worker:
@@ -51,12 +55,30 @@ class Worker:
         return contexts
 
     async def load_result(self, record: CacheRecord) -> Snapshot | None:
-        """The cached snapshot, or ``None`` when one of its local layers was pruned."""
+        """The cached snapshot, or ``None`` when one of its local layers was pruned, or a
+        layer of an imported build cache cannot be opened (a blob gone, or one whose TOC
+        fails its digest): then the step runs again."""
         try:
             snapshot = Snapshot.from_id(record.result_id)
         except (FormatError, KeyError):
             return None
         for layer in snapshot.layers:
             if isinstance(layer, LocalLayer) and not self.resources.store.has(layer):
+                return None
+        imported = [layer for layer in snapshot.remote_layers if layer.from_cache]
+        if imported:
+            try:
+                # Opening a layer fetches and verifies its TOC; the mount is reused later.
+                await self.resources.mounter.lower_dirs(Snapshot(tuple(imported)))
+            except Exception as exc:
+                # Layers open concurrently: a failure may come as a group of one.
+                error = reported_error(exc)
+                if error is None:
+                    raise
+                log.info("an imported cache hit is unusable: %s", error)
+                reason = " ".join(str(error).split())
+                self.resources.on_cache_miss(
+                    f"warning: an imported cache hit is unusable ({reason}); running its step"
+                )
                 return None
         return snapshot

@@ -237,3 +237,32 @@ def _cache_document(registry: Registry, repository: str, tag: str) -> dict[str, 
 
     manifest = json.loads(get(f"manifests/{tag}", "application/vnd.oci.image.manifest.v1+json"))
     return dict(json.loads(get(f"blobs/{manifest['config']['digest']}")))
+
+
+def test_a_hit_whose_cached_blob_is_corrupted_runs_its_step_again(
+    registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    context = write_context(tmp_path / "ctx", DOCKERFILE, {"message.txt": "hello\n"})
+    cache = f"{registry.host}/e2e-remote-cache/corrupt:buildcache"
+    _build(tmp_path / "a", context, base_image, "--cache-to", f"ref={cache},mode=max")
+    document = _cache_document(registry, "e2e-remote-cache/corrupt", "buildcache")
+    own = [layer for layer in document["layers"] if "source" not in layer]
+    assert own, document
+    for layer in own:  # every blob of the cache's own: their TOCs no longer verify
+        digest = layer["descriptor"]["digest"].removeprefix("sha256:")
+        data = registry.root / "docker/registry/v2/blobs/sha256" / digest[:2] / digest / "data"
+        blob = bytearray(data.read_bytes())
+        blob[-200:-60] = bytes(140)
+        data.write_bytes(bytes(blob))
+    result = lazybuild(
+        tmp_path / "b", "build", "--progress=rawjson", "--build-arg", f"BASE={base_image}",
+        "--cache-from", cache, str(context),
+    )  # fmt: skip
+    cached = {
+        event["name"]: bool(event["cached"])
+        for event in rawjson_events(result.stderr)
+        if event["type"] == "completed"
+    }
+    assert not any(_run_steps(cached).values()), cached  # the RUN step ran again
+    assert "imported cache hit is unusable" in result.stderr
+    assert_nothing_left(tmp_path / "b")
