@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -266,3 +268,43 @@ def test_a_hit_whose_cached_blob_is_corrupted_runs_its_step_again(
     assert not any(_run_steps(cached).values()), cached  # the RUN step ran again
     assert "imported cache hit is unusable" in result.stderr
     assert_nothing_left(tmp_path / "b")
+
+
+def test_two_runners_exporting_to_one_ref_leave_a_whole_cache(
+    registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    """Blobs first, manifest last: whichever export's manifest the tag ends on, every
+    blob it names is there, and an importer can use it."""
+    cache = f"{registry.host}/e2e-remote-cache/race:buildcache"
+    runners = []
+    for name in ("x", "y"):
+        context = write_context(tmp_path / f"ctx-{name}", DOCKERFILE, {"message.txt": name})
+        argv = [
+            sys.executable, "-m", "lazybuild", "--state-dir", str(tmp_path / name),
+            "build", "--progress=plain", "--build-arg", f"BASE={base_image}",
+            "--cache-to", f"ref={cache},mode=max", str(context),
+        ]  # fmt: skip
+        runners.append(
+            subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        )
+    for runner in runners:
+        _, stderr = runner.communicate(timeout=600)
+        assert runner.returncode == 0, stderr
+    document = _cache_document(registry, "e2e-remote-cache/race", "buildcache")
+    for layer in document["layers"]:
+        if "source" not in layer:
+            digest = layer["descriptor"]["digest"]
+            request = urllib.request.Request(
+                f"http://{registry.host}/v2/e2e-remote-cache/race/blobs/{digest}", method="HEAD"
+            )
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert answer.status == 200
+    # Whichever won, a runner building the winner's context from the cache runs no step.
+    hits = []
+    for name in ("x", "y"):
+        cached, _, _ = _build(
+            tmp_path / f"z{name}", tmp_path / f"ctx-{name}", base_image, "--cache-from", cache
+        )
+        hits.append(all(_run_steps(cached).values()))
+        assert_nothing_left(tmp_path / f"z{name}")
+    assert any(hits), hits
