@@ -4,6 +4,7 @@ imports it and rebuilds. Real registry, real builds, the counting proxy in front
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -308,3 +309,33 @@ def test_two_runners_exporting_to_one_ref_leave_a_whole_cache(
         hits.append(all(_run_steps(cached).values()))
         assert_nothing_left(tmp_path / f"z{name}")
     assert any(hits), hits
+
+
+def test_secrets_never_enter_a_cache(registry: Registry, base_image: str, tmp_path: Path) -> None:
+    secret = "s3cr3t-" + os.urandom(8).hex()
+    dockerfile = """\
+ARG BASE
+FROM ${BASE}
+RUN --mount=type=secret,id=token,target=/run/token \\
+    --mount=type=cache,id=secret-test,target=/cache \\
+    wc -c < /run/token > /length && wc -c < /run/token > /cache/length
+"""
+    context = write_context(tmp_path / "ctx", dockerfile)
+    cache = f"{registry.host}/e2e-remote-cache/secrets:buildcache"
+    lazybuild(
+        tmp_path / "state", "build", "--progress=plain", "--build-arg", f"BASE={base_image}",
+        "--secret", "id=token,env=TOKEN", "--cache-to",
+        f"type=registry,ref={cache},mode=max,cache-mounts=true", str(context),
+        env={**os.environ, "TOKEN": secret},
+    )  # fmt: skip
+    document = _cache_document(registry, "e2e-remote-cache/secrets", "buildcache")
+    assert secret not in json.dumps(document)
+    blobs = registry.root / "docker/registry/v2/blobs/sha256"
+    for layer in document["layers"]:
+        if "source" in layer:
+            continue
+        digest = layer["descriptor"]["digest"].removeprefix("sha256:")
+        data = (blobs / digest[:2] / digest / "data").read_bytes()
+        assert secret.encode() not in gzip.decompress(data)
+    assert document["mounts"], document  # the cache mount did travel, without the secret
+    assert_nothing_left(tmp_path / "state")
