@@ -20,6 +20,8 @@ import trio
 from lazybuild.exporter.image import ExportedLayer, oci_layer_descriptor
 from lazybuild.exporter.layerblobs import LayerBlob
 from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.layout import OciLayout
+from lazybuild.oci.localblob import layout_of
 from lazybuild.progress import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
@@ -95,6 +97,11 @@ class BlobFiles:
 
     async def _download(self, layer: RemoteLayer) -> Path:
         descriptor = layer.descriptor
+        layout = layout_of(layer.source)
+        if layout is not None:
+            # A layer of a local build cache: the file is here; the push verifies it
+            # against its digest as it goes up.
+            return OciLayout(layout).blob_path(descriptor.digest)
         source = Reference.parse(layer.source)
         self._progress(
             f"downloading base layer {short_digest(descriptor.digest)} "

@@ -21,6 +21,7 @@ import trio
 from lazybuild.errors import one_error
 from lazybuild.exporter.content import BlobFiles, PreparedLayer
 from lazybuild.exporter.image import AssembledImage
+from lazybuild.oci.localblob import layout_of
 from lazybuild.oci.platform import Platform
 from lazybuild.profile.artifact import index_with_record, record_artifact
 from lazybuild.progress import human_size, short_digest
@@ -181,6 +182,9 @@ async def _push_layer(
         return await registry.push_blob(ref, descriptor, layer.local_blob, earlier)
     if await registry.has_blob(ref, descriptor.digest):
         return "exists"
+    if layout_of(layer.remote.source) is not None:  # a local build cache's layer
+        await registry.push_blob(ref, descriptor, await blobs.path(descriptor.digest), earlier)
+        return "uploaded"
     source = Reference.parse(layer.remote.source)
     what = f"base layer {short_digest(descriptor.digest)} ({human_size(descriptor.size)})"
     if source.registry == ref.registry:

@@ -35,7 +35,7 @@ from lazybuild.lazyfs.concurrency import in_order
 from lazybuild.lazyfs.early_region import EarlyRegion
 from lazybuild.lazyfs.layer_stats import LayerStats
 from lazybuild.lazyfs.layer_tasks import LayerTasks
-from lazybuild.registry.blob import RemoteBlob
+from lazybuild.registry.blob import RandomAccessBlob
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Loaded:
 class ChunkFetcher:
     def __init__(
         self,
-        blob: RemoteBlob,
+        blob: RandomAccessBlob,
         cache: ChunkCache,
         memory: ChunkMemory,
         *,

@@ -13,13 +13,13 @@ from lazybuild.lazyfs.chunk_site import ChunkSite
 from lazybuild.lazyfs.early_region import EarlyRegion
 from lazybuild.lazyfs.fetchtrace import trace_fetch
 from lazybuild.lazyfs.layer_stats import LayerStats
-from lazybuild.registry.blob import RemoteBlob
+from lazybuild.registry.blob import RandomAccessBlob
 
 log = logging.getLogger(__name__)
 
 
 class ChunkRequests:
-    def __init__(self, blob: RemoteBlob, stats: LayerStats, where: str) -> None:
+    def __init__(self, blob: RandomAccessBlob, stats: LayerStats, where: str) -> None:
         self._blob = blob
         self._stats = stats
         self._where = where

@@ -397,7 +397,9 @@ class LazyMountService:
 
     # -- requests ----------------------------------------------------------------
 
-    async def add_layer(self, ref: Reference, descriptor: Descriptor) -> LayerMount:
+    async def add_layer(self, ref: Reference | str, descriptor: Descriptor) -> LayerMount:
+        """Add a layer of ``ref``: a registry reference, or an ``oci-layout:`` source
+        (``oci.localblob``)."""
         reply = await self._request(control.AddLayer(str(ref), descriptor.to_json()))
         added = control.layer_added(reply)
         return LayerMount(path=Path(added.path), mode=added.mode, digest=added.digest)

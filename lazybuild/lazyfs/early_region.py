@@ -26,7 +26,7 @@ import trio
 from lazybuild.errors import RegistryError
 from lazybuild.lazyfs.fetchtrace import trace_fetch
 from lazybuild.lazyfs.layer_stats import LayerStats
-from lazybuild.registry.blob import RemoteBlob
+from lazybuild.registry.blob import RandomAccessBlob
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class EarlyRegion:
     """Bytes [0, size) of ``blob``, fetched by ``run`` in one request and kept in pieces
     of ``PIECE_BYTES`` as they arrive; counted in ``stats``."""
 
-    def __init__(self, blob: RemoteBlob, size: int, stats: LayerStats, where: str) -> None:
+    def __init__(self, blob: RandomAccessBlob, size: int, stats: LayerStats, where: str) -> None:
         self.size = size
         self._blob = blob
         self._stats = stats

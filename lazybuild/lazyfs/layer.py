@@ -50,7 +50,7 @@ from lazybuild.lazyfs.prefetch import (
 from lazybuild.lazyfs.priority import ForegroundGate
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.mediatypes import TOC_DIGEST_ANNOTATION
-from lazybuild.registry.blob import RemoteBlob
+from lazybuild.registry.blob import RandomAccessBlob
 from lazybuild.statedir import default_state_dir
 
 # The prefetch batch sizes stay importable from here: tests predict request counts by them.
@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 class LazyLayer:
     def __init__(
         self,
-        blob: RemoteBlob,
+        blob: RandomAccessBlob,
         descriptor: Descriptor,
         index: LayerIndex,
         cache: ChunkCache,
@@ -110,7 +110,7 @@ class LazyLayer:
     @classmethod
     async def open(
         cls,
-        blob: RemoteBlob,
+        blob: RandomAccessBlob,
         descriptor: Descriptor,
         cache: ChunkCache,
         *,
@@ -262,7 +262,7 @@ class LazyLayer:
 
 
 def _early_region(
-    blob: RemoteBlob,
+    blob: RandomAccessBlob,
     descriptor: Descriptor,
     tocs: TocStore,
     *,

@@ -30,7 +30,7 @@ from lazybuild.estargz.toc import decode_toc_json
 from lazybuild.lazyfs.fetchtrace import TOC_LABEL, trace_fetch
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.mediatypes import TOC_DIGEST_ANNOTATION
-from lazybuild.registry.blob import RemoteBlob
+from lazybuild.registry.blob import RandomAccessBlob
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class OpenedIndex:
 
 
 async def open_index(
-    blob: RemoteBlob, descriptor: Descriptor, tocs: TocStore | None, where: str
+    blob: RandomAccessBlob, descriptor: Descriptor, tocs: TocStore | None, where: str
 ) -> OpenedIndex:
     """The verified index of the layer, and what fetching it cost."""
     expected = expected_toc_digest(descriptor, where)

@@ -21,7 +21,7 @@ import trio
 
 from lazybuild.cache.chunkcache import ChunkCache
 from lazybuild.erofs import ErofsLayout, UnrepresentableError
-from lazybuild.errors import LazybuildError, one_error, reported_error
+from lazybuild.errors import FormatError, LazybuildError, one_error, reported_error
 from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.erofsmount import ErofsMount, mount_erofs, unmount_erofs
@@ -36,8 +36,11 @@ from lazybuild.lazyfs.service import ImageAhead, ServiceOptions
 from lazybuild.lazyfs.unpack import UnpackedLayer, is_lazy_layer, unpack_layer, unpacked_root
 from lazybuild.lazyfs.whole_images import find_whole_image, write_whole_image
 from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.layout import OciLayout
+from lazybuild.oci.localblob import LocalBlob, layout_of
 from lazybuild.oci.mediatypes import TOC_DIGEST_ANNOTATION
 from lazybuild.profile.published import PrefetchPlan, prefetch_plan, published_record
+from lazybuild.registry.blob import RandomAccessBlob
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 
@@ -100,7 +103,10 @@ class LayerSource:
         self._big_files_dropped: list[_BigFile] = []
 
     async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
-        ref = Reference.parse(ref_text)
+        """Add a layer of the image ``ref_text``: a registry reference, or an OCI layout
+        directory (``oci.localblob``: a build cache exported to a local directory)."""
+        layout = layout_of(ref_text)
+        ref: Reference | Path = layout if layout is not None else Reference.parse(ref_text)
         descriptor = Descriptor.from_json(descriptor_json, "add_layer descriptor")
         digest = descriptor.digest
         while digest not in self._mounted:
@@ -116,7 +122,7 @@ class LayerSource:
                 await pending.wait()  # then retry: the other request may have failed
         mounted = self._mounted[digest]
         if mounted.layer is not None:
-            self._layers.add(mounted.layer, str(ref))  # one layer, used by several images
+            self._layers.add(mounted.layer, ref_text)  # one layer, used by several images
         return mounted.added
 
     async def fetch_all(self, digests: Sequence[str]) -> None:
@@ -181,7 +187,7 @@ class LayerSource:
                 report.append(_unpacked_stats(mounted.unpacked))
         return report
 
-    async def _open(self, ref: Reference, descriptor: Descriptor) -> _Mounted:
+    async def _open(self, ref: Reference | Path, descriptor: Descriptor) -> _Mounted:
         digest_hex = descriptor.digest.partition(":")[2]
         if not is_lazy_layer(descriptor):
             return await self._unpack(ref, descriptor)
@@ -189,7 +195,11 @@ class LayerSource:
             whole = await self._open_whole(digest_hex, descriptor)
             if whole is not None:
                 return whole
-        blob = self._client.open_blob(ref, descriptor)
+        blob: RandomAccessBlob = (
+            self._client.open_blob(ref, descriptor)
+            if isinstance(ref, Reference)
+            else LocalBlob(OciLayout(ref).blob_path(descriptor.digest), descriptor.size)
+        )
         async with self._gate.foreground():
             layer = await LazyLayer.open(
                 blob,
@@ -209,7 +219,7 @@ class LayerSource:
         if layout is None or path is None:
             await _close(layer)  # not served: its early region would go on downloading
             return await self._unpack(ref, descriptor)
-        self._layers.add(layer, str(ref))
+        self._layers.add(layer, str(ref) if isinstance(ref, Reference) else f"oci-layout:{ref}")
         try:
             async with self._gate.foreground():
                 await layer.prefetch()
@@ -354,7 +364,12 @@ class LayerSource:
             unmount_erofs(mounted[0])
         self._filesystem.remove_image(name)
 
-    async def _unpack(self, ref: Reference, descriptor: Descriptor) -> _Mounted:
+    async def _unpack(self, ref: Reference | Path, descriptor: Descriptor) -> _Mounted:
+        if not isinstance(ref, Reference):
+            raise FormatError(
+                f"layer {descriptor.digest} of the layout {ref} can only be mounted lazily "
+                "(eStargz that an EROFS image can hold)"
+            )
         log.info(
             "layer %s (%s) is not eStargz with a TOC digest: downloading and unpacking it",
             descriptor.digest,

@@ -22,7 +22,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import httpx
 import trio
@@ -226,6 +226,18 @@ async def iter_verified_blob(
     actual = f"{descriptor.digest.split(':', 1)[0]}:{hasher.hexdigest()}"
     if actual != descriptor.digest:
         raise DigestMismatchError(f"{where}: content hashes to {actual}")
+
+
+class RandomAccessBlob(Protocol):
+    """What lazy reads need of a blob: its size, and bytes of ranges (unverified)."""
+
+    size: int
+
+    async def read_at(self, offset: int, length: int) -> bytes: ...
+
+    async def stream_ranges(
+        self, ranges: Sequence[tuple[int, int]], arrived: RangeSink
+    ) -> None: ...
 
 
 class RemoteBlob:

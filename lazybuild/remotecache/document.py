@@ -22,6 +22,7 @@ from typing import Any
 from lazybuild.errors import FormatError
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.digest import validate_digest
+from lazybuild.oci.localblob import LAYOUT_SOURCE_PREFIX
 from lazybuild.registry.reference import Reference
 
 __all__ = [
@@ -147,6 +148,9 @@ def _layer(item: Any, where: str) -> CachedLayer:
     if source is not None:
         if not isinstance(source, str):
             raise FormatError(f"{where}: source is not a string")
+        if source.startswith(LAYOUT_SOURCE_PREFIX):
+            # Local paths are never taken from a document: only the importer's own.
+            raise FormatError(f"{where}: source {source!r:.100} is not a registry image")
         if Reference.parse(source).digest is None:
             raise FormatError(f"{where}: source {source!r:.100} is not pinned by digest")
     return CachedLayer(descriptor, diff_id, source, item.get("from_cache") is True)

@@ -14,6 +14,7 @@ across repositories when pushed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -28,9 +29,12 @@ from lazybuild.exporter.layerblobs import LayerBlob, cached_blob, local_layer_bl
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.digest import sha256_digest
-from lazybuild.oci.manifest import Manifest
+from lazybuild.oci.layout import OciLayout
+from lazybuild.oci.localblob import layout_of, layout_source
+from lazybuild.oci.manifest import Index, Manifest, parse_document
 from lazybuild.progress import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
 from lazybuild.remotecache.document import (
     CACHE_ARTIFACT_TYPE,
     CACHE_CONFIG_MEDIA_TYPE,
@@ -51,6 +55,8 @@ from lazybuild.worker.layerstore import LayerStore
 __all__ = ["export_cache", "import_cache"]
 
 _PUSH_CONCURRENCY = 4
+LOCAL_CACHE_TAG = "buildcache"  # the name of the cache in a local layout's index.json
+MAX_MANIFEST_SIZE = 4 << 20
 
 
 async def export_cache(
@@ -94,8 +100,7 @@ async def export_cache(
             blob = await trio.to_thread.run_sync(_changes_blob, store, name, content.changes)
             blobs[f"cache-mount:{name}"] = blob
             chain = [
-                CachedLayer(layer.descriptor, layer.diff_id, layer.source, from_cache=True)
-                for layer in content.lowers
+                replace(_cached_layer(layer, blobs), from_cache=True) for layer in content.lowers
             ]
             chain.append(CachedLayer(blob.descriptor, blob.diff_id))
             for layer in chain:
@@ -115,18 +120,6 @@ async def export_cache(
     config_descriptor = Descriptor(CACHE_CONFIG_MEDIA_TYPE, sha256_digest(config), len(config))
     own = [layer for layer in table if layer.source is None]
     paths = {blob.descriptor.digest: blob.path for blob in blobs.values()}
-    ref = export.ref
-    limiter = trio.CapacityLimiter(_PUSH_CONCURRENCY)
-
-    async def push(layer: CachedLayer) -> None:
-        async with limiter:
-            await registry.push_blob(ref, layer.descriptor, paths[layer.descriptor.digest])
-
-    with one_error():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(registry.push_blob, ref, config_descriptor, config)
-            for layer in own:
-                nursery.start_soon(push, layer)
     manifest = {
         "schemaVersion": 2,
         "mediaType": mediatypes.OCI_MANIFEST,
@@ -135,14 +128,69 @@ async def export_cache(
         "layers": [layer.descriptor.to_json() for layer in own],
     }
     data = json.dumps(manifest, separators=(",", ":")).encode()
-    digest = await registry.push_manifest(ref, data, mediatypes.OCI_MANIFEST)
+    if export.ref is not None:
+        uploads: list[tuple[Descriptor, bytes | Path]] = [(config_descriptor, config)]
+        uploads += [(layer.descriptor, paths[layer.descriptor.digest]) for layer in own]
+        digest = await _push(export.ref, registry, uploads, data)
+    else:
+        assert export.dest is not None
+        files = [paths[layer.descriptor.digest] for layer in own]
+        digest = await trio.to_thread.run_sync(_write_layout, export.dest, config, files, data)
     size = sum(layer.descriptor.size for layer in own)
     progress(
-        f"cache exported to {ref}@{short_digest(digest)}: {len(records)} records, "
+        f"cache exported to {export}@{short_digest(digest)}: {len(records)} records, "
         f"{len(own)} layers ({human_size(size)}), mode={export.mode}"
         + (f", {len(mount_layers)} cache mounts" if export.cache_mounts else "")
     )
     return digest
+
+
+async def _push(
+    ref: Reference,
+    registry: RegistryClient,
+    blobs: Sequence[tuple[Descriptor, bytes | Path]],
+    manifest: bytes,
+) -> str:
+    """Blobs first, all at once, then the manifest by tag."""
+    limiter = trio.CapacityLimiter(_PUSH_CONCURRENCY)
+
+    async def push(descriptor: Descriptor, data: bytes | Path) -> None:
+        async with limiter:
+            await registry.push_blob(ref, descriptor, data)
+
+    with one_error():
+        async with trio.open_nursery() as nursery:
+            for descriptor, data in blobs:
+                nursery.start_soon(push, descriptor, data)
+    return await registry.push_manifest(ref, manifest, mediatypes.OCI_MANIFEST)
+
+
+def _write_layout(root: Path, config: bytes, blobs: Sequence[Path], manifest: bytes) -> str:
+    """The cache as an OCI layout at ``root``: blobs (each copied under its digest, checked
+    as it is read), then index.json naming the manifest, replaced whole. Earlier blobs
+    stay, so a reader of the old index.json still finds what it names."""
+    layout = OciLayout.create(root)
+    layout.write_blob(config)
+    for path in blobs:
+        _copy_verified(path, layout)
+    digest = layout.write_blob(manifest)
+    descriptor = Descriptor(mediatypes.OCI_MANIFEST, digest, len(manifest))
+    layout.add_ref(replace(descriptor, artifact_type=CACHE_ARTIFACT_TYPE), LOCAL_CACHE_TAG)
+    return digest
+
+
+def _copy_verified(path: Path, layout: OciLayout) -> None:
+    hasher = hashlib.sha256()
+    with layout.temp_blob_file() as out, path.open("rb") as source:
+        temporary = Path(out.name)
+        try:
+            while piece := source.read(1 << 20):
+                hasher.update(piece)
+                out.write(piece)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    layout.adopt_blob_file(temporary, f"sha256:{hasher.hexdigest()}")
 
 
 def _changes_blob(store: LayerStore, name: str, changes: Path) -> LayerBlob:
@@ -156,10 +204,18 @@ def _changes_blob(store: LayerStore, name: str, changes: Path) -> LayerBlob:
     )
 
 
-def _cached_layer(layer: LocalLayer | RemoteLayer, blobs: Mapping[str, LayerBlob]) -> CachedLayer:
+def _cached_layer(layer: LocalLayer | RemoteLayer, blobs: dict[str, LayerBlob]) -> CachedLayer:
     if isinstance(layer, LocalLayer):
         blob = blobs[layer.id]
         return CachedLayer(blob.descriptor, blob.diff_id)
+    layout = layout_of(layer.source)
+    if layout is not None:
+        # A layer of a local cache this build imported: a blob of this cache too, as a
+        # document names registry images only.
+        path = OciLayout(layout).blob_path(layer.descriptor.digest)
+        blob = LayerBlob(layer.descriptor, layer.diff_id, path)
+        blobs[f"layout:{layer.descriptor.digest}"] = blob
+        return CachedLayer(layer.descriptor, layer.diff_id)
     return CachedLayer(layer.descriptor, layer.diff_id, layer.source, layer.from_cache)
 
 
@@ -174,15 +230,27 @@ class ImportedCache:
 
 
 async def import_cache(cache: CacheImport, registry: RegistryClient) -> ImportedCache:
-    """What the cache ``cache.ref`` holds. Raises LazybuildError (not found, not a
-    lazybuild cache, malformed) for the caller to report."""
-    fetched = await registry.get_manifest(cache.ref)
-    where = f"cache {cache.ref}"
-    manifest = fetched.document
+    """What the cache holds. Raises LazybuildError (not found, not a lazybuild cache,
+    malformed) for the caller to report."""
+    where = f"cache {cache}"
+    if cache.ref is not None:
+        fetched = await registry.get_manifest(cache.ref)
+        manifest_digest, document_of = fetched.digest, fetched.document
+        pinned = str(cache.ref.by_digest(fetched.digest))
+    else:
+        assert cache.src is not None
+        manifest_digest, document_of = await trio.to_thread.run_sync(_read_layout, cache.src, where)
+        pinned = layout_source(cache.src, manifest_digest)
+    manifest = document_of
     if not isinstance(manifest, Manifest) or manifest.config.media_type != CACHE_CONFIG_MEDIA_TYPE:
         raise FormatError(f"{where} is not a lazybuild build cache")
-    pinned = cache.ref.by_digest(fetched.digest)
-    data = await registry.get_blob(pinned, manifest.config, max_size=MAX_DOCUMENT_BYTES)
+    if cache.ref is not None:
+        data = await registry.get_blob(
+            cache.ref.by_digest(manifest_digest), manifest.config, max_size=MAX_DOCUMENT_BYTES
+        )
+    else:
+        assert cache.src is not None
+        data = await trio.to_thread.run_sync(_read_config, cache.src, manifest.config, where)
     document = CacheDocument.decode(data, where)
     held = {layer.digest for layer in manifest.layers}
     missing = [
@@ -193,9 +261,9 @@ async def import_cache(cache: CacheImport, registry: RegistryClient) -> Imported
     if missing:
         raise FormatError(f"{where} names layer {missing[0]} it does not hold")
     remote = [
-        RemoteLayer(layer.descriptor, layer.source or str(pinned), layer.diff_id)
+        RemoteLayer(layer.descriptor, layer.source or pinned, layer.diff_id)
         if layer.source is not None and not layer.from_cache
-        else RemoteLayer(layer.descriptor, layer.source or str(pinned), layer.diff_id, True)
+        else RemoteLayer(layer.descriptor, layer.source or pinned, layer.diff_id, True)
         for layer in document.layers
     ]
     records = {
@@ -209,6 +277,22 @@ async def import_cache(cache: CacheImport, registry: RegistryClient) -> Imported
     return ImportedCache(records, dict(document.learned), mounts)
 
 
+def _read_layout(root: Path, where: str) -> tuple[str, Manifest | Index]:
+    """The cache manifest of a layout: its digest and document, verified."""
+    layout = OciLayout.open(root)
+    descriptor = layout.resolve(LOCAL_CACHE_TAG)
+    if descriptor.size > MAX_MANIFEST_SIZE:
+        raise FormatError(f"{where}: a {descriptor.size}-byte manifest is too large")
+    data = layout.read_blob(descriptor.digest)
+    return descriptor.digest, parse_document(data, descriptor.media_type, where)
+
+
+def _read_config(root: Path, descriptor: Descriptor, where: str) -> bytes:
+    if descriptor.size > MAX_DOCUMENT_BYTES:
+        raise FormatError(f"{where}: a {descriptor.size}-byte cache document is too large")
+    return OciLayout.open(root).read_blob(descriptor.digest)
+
+
 async def import_caches(
     caches: Sequence[CacheImport], registry: RegistryClient, say: Callable[[str], None]
 ) -> ImportedCache:
@@ -219,7 +303,7 @@ async def import_caches(
         try:
             imported = await import_cache(cache, registry)
         except LazybuildError as exc:
-            say(f"warning: --cache-from {cache.ref}: {' '.join(str(exc).split())}; not used")
+            say(f"warning: --cache-from {cache}: {' '.join(str(exc).split())}; not used")
             continue
         for key, record in imported.records.items():
             merged.records.setdefault(key, record)
@@ -229,6 +313,6 @@ async def import_caches(
             merged.mounts.setdefault(name, mount_layers)
         say(
             f"imported {len(imported.records)} cache records and what "
-            f"{len(imported.learned)} RUN steps read from {cache.ref}"
+            f"{len(imported.learned)} RUN steps read from {cache}"
         )
     return merged

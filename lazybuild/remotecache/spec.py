@@ -1,11 +1,13 @@
 """``--cache-to`` and ``--cache-from`` values, as ``docker buildx build`` spells them:
 ``type=registry,ref=REF[,mode=min|max][,cache-mounts=true]`` (``ref=`` alone, or a bare
-reference, for ``--cache-from``)."""
+reference, for ``--cache-from``), and ``type=local,dest=DIR`` / ``type=local,src=DIR``
+(an OCI layout directory, for CI cache actions that save and restore one)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from lazybuild.errors import FormatError, UsageError
@@ -14,41 +16,63 @@ from lazybuild.registry.reference import Reference
 __all__ = ["CacheExport", "CacheImport", "cache_exports", "cache_imports"]
 
 Mode = Literal["min", "max"]
-_TYPES = ("registry",)
+_TYPES = ("registry", "local")
 
 
 @dataclass(frozen=True)
 class CacheExport:
-    ref: Reference
+    """To a registry (``ref``) or to a local OCI layout directory (``dest``)."""
+
+    ref: Reference | None
     mode: Mode = "min"
     cache_mounts: bool = False  # also the content of the build's cache mounts
+    dest: Path | None = None
+
+    def __str__(self) -> str:
+        return str(self.ref) if self.ref is not None else f"local cache {self.dest}"
 
 
 @dataclass(frozen=True)
 class CacheImport:
-    ref: Reference
+    """From a registry (``ref``) or from a local OCI layout directory (``src``)."""
+
+    ref: Reference | None
+    src: Path | None = None
+
+    def __str__(self) -> str:
+        return str(self.ref) if self.ref is not None else f"local cache {self.src}"
 
 
 def cache_exports(specs: Iterable[str]) -> list[CacheExport]:
     exports = []
     for spec in specs:
-        fields = _fields(spec, "--cache-to", allowed={"type", "ref", "mode", "cache-mounts"})
+        fields = _fields(
+            spec, "--cache-to", allowed={"type", "ref", "dest", "mode", "cache-mounts"}
+        )
         mode = fields.get("mode", "min")
         if mode not in ("min", "max"):
             raise UsageError(f"--cache-to {spec!r}: mode must be min or max, not {mode!r}")
         mounts = fields.get("cache-mounts", "false").lower()
         if mounts not in ("true", "false"):
             raise UsageError(f"--cache-to {spec!r}: cache-mounts must be true or false")
-        ref = _ref(fields, spec, "--cache-to")
-        exports.append(CacheExport(ref, "max" if mode == "max" else "min", mounts == "true"))
+        chosen: Mode = "max" if mode == "max" else "min"
+        if fields["type"] == "local":
+            dest = _directory(fields, "dest", spec, "--cache-to")
+            exports.append(CacheExport(None, chosen, mounts == "true", dest))
+        else:
+            ref = _ref(fields, spec, "--cache-to")
+            exports.append(CacheExport(ref, chosen, mounts == "true"))
     return exports
 
 
 def cache_imports(specs: Iterable[str]) -> list[CacheImport]:
     imports = []
     for spec in specs:
-        fields = _fields(spec, "--cache-from", allowed={"type", "ref"})
-        imports.append(CacheImport(_ref(fields, spec, "--cache-from")))
+        fields = _fields(spec, "--cache-from", allowed={"type", "ref", "src"})
+        if fields["type"] == "local":
+            imports.append(CacheImport(None, _directory(fields, "src", spec, "--cache-from")))
+        else:
+            imports.append(CacheImport(_ref(fields, spec, "--cache-from")))
     return imports
 
 
@@ -64,12 +88,19 @@ def _fields(spec: str, flag: str, *, allowed: set[str]) -> dict[str, str]:
         fields[key] = value.strip()
     kind = fields.setdefault("type", "registry")
     if kind not in _TYPES:
-        raise UsageError(f"{flag} {spec!r}: cache type {kind!r} is not supported (only registry)")
+        raise UsageError(f"{flag} {spec!r}: cache type {kind!r} is not supported (registry, local)")
     unknown = sorted(set(fields) - allowed)
     if unknown:
         known = ", ".join(sorted(allowed))
         raise UsageError(f"{flag} {spec!r}: unknown key {unknown[0]!r} (known: {known})")
     return fields
+
+
+def _directory(fields: dict[str, str], key: str, spec: str, flag: str) -> Path:
+    text = fields.get(key)
+    if not text:
+        raise UsageError(f"{flag} {spec!r}: type=local needs {key}=DIR")
+    return Path(text).expanduser().absolute()
 
 
 def _ref(fields: dict[str, str], spec: str, flag: str) -> Reference:

@@ -16,6 +16,7 @@ from pathlib import Path
 import trio
 
 from lazybuild.lazyfs.client import FetchReport, LayerMount, LazyMountService
+from lazybuild.oci.localblob import layout_of
 from lazybuild.progress import short_digest
 from lazybuild.registry.reference import Reference
 from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
@@ -103,7 +104,9 @@ class LayerMounter:
             self._adding[digest] = trio.Event()
             try:
                 service = await self._started_service()
-                mount = await service.add_layer(Reference.parse(layer.source), layer.descriptor)
+                source = layer.source
+                named = source if layout_of(source) is not None else Reference.parse(source)
+                mount = await service.add_layer(named, layer.descriptor)
                 self._layers[digest] = mount
                 self._sources[digest] = layer.source.split("@", 1)[0]
                 if mount.mode == "unpacked":

@@ -339,3 +339,27 @@ RUN --mount=type=secret,id=token,target=/run/token \\
         assert secret.encode() not in gzip.decompress(data)
     assert document["mounts"], document  # the cache mount did travel, without the secret
     assert_nothing_left(tmp_path / "state")
+
+
+def test_a_local_cache_directory_serves_a_fresh_runner_lazily(
+    registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    """``type=local``: the cache as an OCI layout directory (what a CI cache action saves
+    and restores); a fresh runner's hits are read from it lazily, and its image, pushed,
+    is the first runner's."""
+    context = write_context(tmp_path / "ctx", DOCKERFILE, {"message.txt": "hello\n"})
+    directory = tmp_path / "ci-cache"
+    _, a_meta, _ = _build(
+        tmp_path / "a", context, base_image,
+        "--cache-to", f"type=local,dest={directory},mode=max",
+        "-t", f"{registry.host}/e2e-remote-cache/local:a", "--push",
+    )  # fmt: skip
+    assert (directory / "index.json").is_file()
+    b_cached, b_meta, _ = _build(
+        tmp_path / "b", context, base_image,
+        "--cache-from", f"type=local,src={directory}",
+        "-t", f"{registry.host}/e2e-remote-cache/local-b:1", "--push",
+    )  # fmt: skip
+    assert all(_run_steps(b_cached).values()), b_cached
+    assert b_meta["containerimage.digest"] == a_meta["containerimage.digest"]
+    assert_nothing_left(tmp_path / "b")

@@ -48,7 +48,9 @@ def test_flag_values_as_buildx_spells_them() -> None:
     ("flag", "spec", "says"),
     [
         ("to", "type=registry,ref=r.example/a:c,mode=all", "mode must be min or max"),
-        ("to", "type=local,dest=/tmp/x", "not supported"),
+        ("to", "type=s3,bucket=x", "not supported"),
+        ("to", "type=local", "needs dest=DIR"),
+        ("from", "type=local,dest=/x", "unknown key 'dest'"),
         ("to", "type=registry", "no ref="),
         ("to", "ref=r.example/a@sha256:" + "a" * 64, "not a digest"),
         ("from", "type=registry,ref=r.example/a:c,colour=red", "unknown key 'colour'"),
@@ -91,6 +93,18 @@ def test_the_document_round_trips() -> None:
         },
         {"version": 1, "layers": [{"descriptor": {}, "diff_id": E}], "records": []},
         {"version": 1, "layers": [], "records": [], "mounts": {"../x": []}},
+        {
+            # A local path as a layer's source: a cache never points this machine at files.
+            "version": 1,
+            "layers": [
+                {
+                    "descriptor": _descriptor().to_json(),
+                    "diff_id": E,
+                    "source": "oci-layout:/etc@" + D,
+                }
+            ],
+            "records": [],
+        },
         {"version": 1, "layers": [], "records": [], "mounts": {"a" * 32: [0]}},
         {"version": 1, "layers": [], "records": [], "learned": {"a" * 64: [["x"], [7]]}},
         {"version": 1, "layers": [], "records": [], "learned": {"nope": []}},
