@@ -62,6 +62,7 @@ __all__ = [
     "IMAGE_CACHE_DIR",
     "MAGIC",
     "STAGING_DIR",
+    "allocated_bytes",
     "decode_entry",
     "encode_entry",
     "entry_path",
@@ -184,7 +185,7 @@ def usage(state_dir: Path) -> CacheUsage:
     """The entries kept, and the disk space they and unfinished writes take."""
     root = state_dir / IMAGE_CACHE_DIR
     entries = _entries(root)
-    return CacheUsage(len(entries), sum(_allocated(p) for p in [*entries, *_staged(root)]))
+    return CacheUsage(len(entries), sum(allocated_bytes(p) for p in [*entries, *_staged(root)]))
 
 
 def remove_all(state_dir: Path) -> CacheUsage:
@@ -194,7 +195,7 @@ def remove_all(state_dir: Path) -> CacheUsage:
     root = state_dir / IMAGE_CACHE_DIR
     removed = freed = 0
     for path in _entries(root):
-        size = _allocated(path)
+        size = allocated_bytes(path)
         try:
             path.unlink()
         except FileNotFoundError:
@@ -203,7 +204,7 @@ def remove_all(state_dir: Path) -> CacheUsage:
         freed += size
     for path in _staged(root):
         if not owner_alive(path.name):
-            size = _allocated(path)
+            size = allocated_bytes(path)
             path.unlink(missing_ok=True)
             freed += size
     return CacheUsage(removed, freed)
@@ -256,7 +257,8 @@ def _staged(root: Path) -> list[Path]:
         return []
 
 
-def _allocated(path: Path) -> int:
+def allocated_bytes(path: Path) -> int:
+    """The disk space a file takes (0 once it is gone)."""
     try:
         return path.lstat().st_blocks * 512
     except FileNotFoundError:

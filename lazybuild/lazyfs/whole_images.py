@@ -50,7 +50,12 @@ from lazybuild.erofs.ondisk import (
     SUPERBLOCK_SIZE,
     unpack_superblock,
 )
-from lazybuild.lazyfs.imagecache import IMAGE_CACHE_DIR, STAGING_DIR, writer_fingerprint
+from lazybuild.lazyfs.imagecache import (
+    IMAGE_CACHE_DIR,
+    STAGING_DIR,
+    allocated_bytes,
+    writer_fingerprint,
+)
 from lazybuild.processes import ProcessId
 
 __all__ = [
@@ -174,7 +179,7 @@ def write_whole_image(
 
 def usage(state_dir: Path) -> CacheUsage:
     images = _images(state_dir / IMAGE_CACHE_DIR)
-    return CacheUsage(len(images), sum(_allocated(image) for image in images))
+    return CacheUsage(len(images), sum(allocated_bytes(image) for image in images))
 
 
 def prune(state_dir: Path, keep_bytes: int = 0) -> CacheUsage:
@@ -243,7 +248,7 @@ def _evict(root: Path, max_bytes: int, *, keep: Path | None) -> CacheUsage:
     images = []
     for image in _images(root):
         with contextlib.suppress(FileNotFoundError):
-            images.append((image.stat().st_mtime, _allocated(image), image))
+            images.append((image.stat().st_mtime, allocated_bytes(image), image))
     total = sum(size for _, size, _ in images)
     removed = freed = 0
     for _, size, image in sorted(images):
@@ -273,10 +278,3 @@ def _images(root: Path) -> list[Path]:
         return [path for path in root.iterdir() if _IMAGE_NAME.fullmatch(path.name)]
     except FileNotFoundError:
         return []
-
-
-def _allocated(path: Path) -> int:
-    try:
-        return path.lstat().st_blocks * 512
-    except FileNotFoundError:
-        return 0

@@ -321,6 +321,12 @@ def big_file_esgz(registry: Registry, tmp_path_factory: pytest.TempPathFactory) 
     return convert(f"oci:{scratch / 'layout'}", f"{registry.host}/test/lazyfs-big:esgz")
 
 
+def _block_at(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as big:
+        big.seek(offset)
+        return big.read(4096)
+
+
 def test_places_read_in_a_big_file_are_recorded_even_when_the_kernel_had_them(
     state_dir: Path, registry: Registry, big_file_esgz: str
 ) -> None:
@@ -328,11 +334,7 @@ def test_places_read_in_a_big_file_are_recorded_even_when_the_kernel_had_them(
     mark that rereads big files drops the kernel's cached pages so none go unseen."""
     ref, layers = layers_of(registry, big_file_esgz)
     far = 20 << 20
-
-    def read(path: Path, offset: int) -> bytes:
-        with open(path, "rb") as big:
-            big.seek(offset)
-            return big.read(4096)
+    read = _block_at
 
     async def body() -> None:
         async with service_for(state_dir, registry) as service:
@@ -362,11 +364,7 @@ def test_places_read_in_a_big_file_of_a_whole_image_layer_are_found_from_the_pag
     ref, layers = layers_of(registry, big_file_esgz)
     state = tmp_path / "state"
     far = 20 << 20
-
-    def read(path: Path, offset: int) -> bytes:
-        with open(path, "rb") as big:
-            big.seek(offset)
-            return big.read(4096)
+    read = _block_at
 
     async def body() -> None:
         async with service_for(state, registry) as service:
