@@ -71,3 +71,37 @@ def test_make_rebuilds_exactly_when_an_input_changed(
     shown = _make(work, state, builder, f"IMAGE={image}", "test")
     assert "hello, ci, from a Go program built in CI by lazybuild" in shown, shown
     assert_nothing_left(state)
+
+
+def test_a_fresh_runner_finds_gos_build_cache_through_the_registry(
+    builder: str, registry: Registry, tmp_path: Path
+) -> None:
+    """Runner A exports its cache with Go's build and module caches (``cache-mounts=true``);
+    runner B, fresh, changes ``main.go``: its ``go build`` runs and finds A's build cache,
+    so it compiles the main package only (``go build -v`` names what it compiles), reading
+    a fraction of the exported cache lazily."""
+    work = tmp_path / "go-ci"
+    shutil.copytree(EXAMPLE, work)
+    cache = f"{registry.host}/e2e-go-ci/cache:go"
+    export = f"type=registry,ref={cache},mode=max,cache-mounts=true"
+
+    def build(state: str, *options: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "lazybuild", "--state-dir", str(tmp_path / state), "build",
+             "--progress=plain", "--build-arg", f"BUILDER={builder}", "--fetch-report",
+             str(tmp_path / f"{state}.json"), *options, str(work)],
+            capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    first = build("a", "--cache-to", export)
+    assert "example.com/goci/internal/greeting" in first, first
+    main = work / "main.go"
+    main.write_text(main.read_text().replace('name := "world"', 'name := "fleet"'))
+    second = build("b", "--cache-from", cache)
+    compiled = [line for line in second.splitlines() if "example.com/goci" in line]
+    assert any(line.rstrip().endswith("example.com/goci") for line in compiled), second
+    assert not any("internal/greeting" in line for line in compiled), compiled
+    assert "cache mount(s) from the imported cache" in second
+    assert_nothing_left(tmp_path / "b")
