@@ -29,7 +29,13 @@ from lazybuild.oci.platform import Platform, host_platform
 from lazybuild.registryoptions import RegistryOptions
 from lazybuild.remotecache.records import ImportedCacheStore, ObservedCacheStore, TouchedRecord
 from lazybuild.remotecache.registrycache import import_caches
-from lazybuild.solver import ProgressWriter, Solver, SQLiteCacheStore, VertexFailedError
+from lazybuild.solver import (
+    CacheStore,
+    ProgressWriter,
+    Solver,
+    SQLiteCacheStore,
+    VertexFailedError,
+)
 from lazybuild.worker.cachemounts import CacheMounts, MountContent
 from lazybuild.worker.execop import ExecError
 from lazybuild.worker.imageop import image_layers
@@ -193,8 +199,14 @@ async def run_build(
         with _no_space_reported(state_dir, "opening the build cache"):
             cache = SQLiteCacheStore(store.root / "cache.db")
         try:
-            observed = ObservedCacheStore(ImportedCacheStore(cache, imported.records))
-            solver = Solver(worker.resolve_op, observed, load_result=worker.load_result)
+            store_used: CacheStore = cache
+            if imported.records:
+                store_used = ImportedCacheStore(cache, imported.records)
+            # Which records the build touched matters only to a cache export.
+            observed = ObservedCacheStore(store_used) if request.export_cache else None
+            solver = Solver(
+                worker.resolve_op, observed or store_used, load_result=worker.load_result
+            )
             try:
                 with _no_space_reported(state_dir, "building"):
                     result = await solver.solve(
@@ -202,15 +214,18 @@ async def run_build(
                     )
             except VertexFailedError as failure:
                 raise _build_failure(failure, graph, state_dir) from None
-            touched = tuple(observed.touched_records())
+            touched = tuple(observed.touched_records()) if observed is not None else ()
         finally:
             cache.close()
         snapshot = result if isinstance(result, Snapshot) else Snapshot()
         with _no_space_reported(state_dir, "exporting the image", "the output's destination"):
-            learned_reads = (
-                await trio.to_thread.run_sync(_touched_learned, learned) if learned else {}
-            )
-            mount_contents = await trio.to_thread.run_sync(mounts.contents) if mounts else {}
+            learned_reads: Mapping[str, Sequence[Sequence[str]]] = {}
+            mount_contents: Mapping[str, MountContent] = {}
+            if request.export_cache:
+                if learned is not None:
+                    learned_reads = await trio.to_thread.run_sync(_touched_learned, learned)
+                if mounts is not None:
+                    mount_contents = await trio.to_thread.run_sync(mounts.contents)
             await finish(
                 BuildResult(
                     snapshot,

@@ -29,6 +29,8 @@ class BuildRequest:
     source_date_epoch: int | None = None
     network: Literal["default", "host", "none"] = "default"
     cache_from: tuple[CacheImport, ...] = ()  # remote build caches, consulted after ours
+    # A cache export follows (``--cache-to``): collect what it takes (``BuildResult``).
+    export_cache: bool = False
 
     @property
     def dockerfile_path(self) -> Path:

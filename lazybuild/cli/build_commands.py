@@ -164,6 +164,7 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
         source_date_epoch=build_flags.source_date_epoch(build_args, environ),
         network=args.network,
         cache_from=tuple(cache_imports(args.cache_from)),
+        export_cache=bool(args.cache_to),
     )
     cache_exports_wanted = cache_exports(args.cache_to)
     if not request.context_dir.is_dir():

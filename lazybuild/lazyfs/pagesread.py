@@ -10,7 +10,6 @@ question (pages the kernel read ahead included, as the recorder sees them too).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 import os
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 __all__ = ["resident_ranges"]
 
 _PAGE = mmap.PAGESIZE
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [
     ctypes.c_void_p,

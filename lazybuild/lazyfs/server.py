@@ -114,7 +114,7 @@ class LayerSource:
             if pending is None:
                 done = self._pending[digest] = trio.Event()
                 try:
-                    self._mounted[digest] = await self._open(ref, descriptor)
+                    self._mounted[digest] = await self._open(ref, ref_text, descriptor)
                 finally:
                     del self._pending[digest]
                     done.set()
@@ -187,7 +187,7 @@ class LayerSource:
                 report.append(_unpacked_stats(mounted.unpacked))
         return report
 
-    async def _open(self, ref: Reference | Path, descriptor: Descriptor) -> _Mounted:
+    async def _open(self, ref: Reference | Path, image: str, descriptor: Descriptor) -> _Mounted:
         digest_hex = descriptor.digest.partition(":")[2]
         if not is_lazy_layer(descriptor):
             return await self._unpack(ref, descriptor)
@@ -219,7 +219,7 @@ class LayerSource:
         if layout is None or path is None:
             await _close(layer)  # not served: its early region would go on downloading
             return await self._unpack(ref, descriptor)
-        self._layers.add(layer, str(ref) if isinstance(ref, Reference) else f"oci-layout:{ref}")
+        self._layers.add(layer, image)
         try:
             async with self._gate.foreground():
                 await layer.prefetch()

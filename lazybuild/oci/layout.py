@@ -78,9 +78,16 @@ class OciLayout:
         staging.mkdir(parents=True, exist_ok=True)
         return tempfile.NamedTemporaryFile(dir=staging, delete=False)
 
-    def read_blob(self, digest: str) -> bytes:
+    def read_blob(self, digest: str, size: int | None = None) -> bytes:
+        """The blob, verified; with ``size`` (its descriptor's), a file of another
+        length is refused before it is read, so a planted file cannot take memory."""
         path = self.blob_path(digest)
         try:
+            if size is not None and path.stat().st_size != size:
+                raise FormatError(
+                    f"{self.root}: blob {digest} is {path.stat().st_size} bytes, "
+                    f"its descriptor says {size}"
+                )
             data = path.read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"{self.root}: blob {digest} is missing") from None

@@ -283,14 +283,14 @@ def _read_layout(root: Path, where: str) -> tuple[str, Manifest | Index]:
     descriptor = layout.resolve(LOCAL_CACHE_TAG)
     if descriptor.size > MAX_MANIFEST_SIZE:
         raise FormatError(f"{where}: a {descriptor.size}-byte manifest is too large")
-    data = layout.read_blob(descriptor.digest)
+    data = layout.read_blob(descriptor.digest, descriptor.size)
     return descriptor.digest, parse_document(data, descriptor.media_type, where)
 
 
 def _read_config(root: Path, descriptor: Descriptor, where: str) -> bytes:
     if descriptor.size > MAX_DOCUMENT_BYTES:
         raise FormatError(f"{where}: a {descriptor.size}-byte cache document is too large")
-    return OciLayout.open(root).read_blob(descriptor.digest)
+    return OciLayout.open(root).read_blob(descriptor.digest, descriptor.size)
 
 
 async def import_caches(

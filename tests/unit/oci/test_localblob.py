@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from lazybuild.errors import FormatError, NotFoundError
+from lazybuild.oci.layout import OciLayout
 from lazybuild.oci.localblob import LocalBlob, layout_of, layout_source
 
 DIGEST = "sha256:" + "a" * 64
@@ -51,3 +52,16 @@ def test_a_missing_or_resized_blob_is_refused(tmp_path: Path) -> None:
     (tmp_path / "short").write_bytes(b"12345")
     with pytest.raises(FormatError, match="descriptor says 10"):
         LocalBlob(tmp_path / "short", 10)
+
+
+def test_a_layout_blob_of_another_length_than_its_descriptor_is_never_read(
+    tmp_path: Path,
+) -> None:
+    """A planted oversized file under a digest's name (a local cache directory is input
+    from a CI cache action) is refused by its length, before a byte is read."""
+    layout = OciLayout.create(tmp_path / "layout")
+    digest = layout.write_blob(b"the document")
+    assert layout.read_blob(digest, len(b"the document")) == b"the document"
+    layout.blob_path(digest).write_bytes(b"x" * (1 << 20))
+    with pytest.raises(FormatError, match="descriptor says 12"):
+        layout.read_blob(digest, 12)
