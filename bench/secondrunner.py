@@ -1,20 +1,24 @@
 """`secondrunner`: a CI fleet's second runner, over the emulated WAN link.
 
-Runner A builds `examples/hello-go` from nothing, pushes it and exports its build cache
-to the registry; runner B, fresh (a new state dir, root or image store), rebuilds after
-a one-line change to `main.go` and pushes. Timed: B's build + push, and B's bytes down.
+Runner A builds `examples/go-ci` (a Go service built with cache mounts for Go's build
+and module caches) from nothing, pushes it and exports its build cache to the registry;
+runner B, fresh (a new state dir, root or image store), rebuilds after a one-line change
+to `main.go` and pushes. Timed: B's build + push, and B's bytes down.
 
-- lazybuild: A `--cache-to type=registry,ref=CACHE,mode=max`; B `--cache-from CACHE`
-  (hits mounted lazily; the `go build` step that must run prefetches what it read on A).
+- lazybuild: A `--cache-to type=registry,ref=CACHE,mode=max,cache-mounts=true`; B
+  `--cache-from CACHE` (hits mounted lazily; the `go build` step that must run prefetches
+  what it read on A and finds A's Go build cache as the lazy lower of its cache mount).
 - buildah: A `bud --layers --cache-to REPO`; B `bud --layers --cache-from REPO` (its
-  remote cache: layers of hits are pulled whole).
-- docker: the legacy builder has no remote cache: B pulls the base and builds it all.
+  remote cache: layers of hits are pulled whole; cache mounts stay on the runner).
+- docker: the legacy builder has no remote cache and no cache mounts: B pulls the base
+  and builds it all, from the Dockerfile with its `--mount` flags taken out.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,10 +38,15 @@ from bench.timing import Timed, median, timed_run
 from tests.support import procs
 from tests.support.dockerd import DOCKER_CLI
 
-EXAMPLE: Example = next(example for example in EXAMPLES if example.name == "hello-go")
+# go-ci's program links net/http: with CGO_ENABLED=0 its first build compiles net,
+# crypto/tls and net/http into Go's build cache, the work a travelling cache saves.
+EXAMPLE_DIR = "go-ci"
+# The golang builder images of the hello-go example serve go-ci too.
+BUILDER_OF: Example = next(example for example in EXAMPLES if example.name == "hello-go")
 TIME_GOAL = 0.25  # B's build + push / the faster peer's, at most
 BYTES_GOAL = 0.25  # B's bytes down / the cache's size, at most
-CHANGE = ("fmt.Printf(", 'fmt.Printf("" + ')  # one line of main.go, the output unchanged
+CHANGE = ('name := "world"', 'name := "wor" + "ld"')  # one line of main.go, same output
+LEGACY_DOCKERFILE = "Dockerfile.legacy"  # go-ci's Dockerfile without `RUN --mount` flags
 
 
 @dataclass
@@ -55,15 +64,23 @@ class Measured:
 def _changed_context(scratch: Path) -> tuple[Path, Path]:
     """(A's context, B's context: the same with one line of main.go changed)."""
     before = scratch / "a"
-    shutil.copytree(EXAMPLES_DIR / EXAMPLE.name, before)
+    shutil.copytree(EXAMPLES_DIR / EXAMPLE_DIR, before)
     after = scratch / "b"
     shutil.copytree(before, after)
     main = after / "main.go"
     text = main.read_text()
     if CHANGE[0] not in text:
-        raise RuntimeError(f"main.go of {EXAMPLE.name} has no {CHANGE[0]!r} to change")
+        raise RuntimeError(f"main.go of {EXAMPLE_DIR} has no {CHANGE[0]!r} to change")
     main.write_text(text.replace(CHANGE[0], CHANGE[1], 1))
+    dockerfile = (after / "Dockerfile").read_text()
+    (after / LEGACY_DOCKERFILE).write_text(_without_mount_flags(dockerfile))
     return before, after
+
+
+def _without_mount_flags(dockerfile: str) -> str:
+    """The Dockerfile for a builder without `RUN --mount` (docker's legacy builder):
+    the flags dropped, so the step runs with its caches inside the container."""
+    return re.sub(r"--mount=\S+\s+(\\\n\s*)?", "", dockerfile)
 
 
 def _lazybuild(
@@ -84,7 +101,7 @@ def _lazybuild(
             return timed_run(argv, env=env, timeout=STEP_TIMEOUT)
 
         first = build(
-            "a", contexts[0], "--cache-to", f"type=registry,ref={cache},mode=max",
+            "a", contexts[0], "--cache-to", f"type=registry,ref={cache},mode=max,cache-mounts=true",
             "-t", f"{host}/bench/second-lazybuild-a-{n}:latest",
         )  # fmt: skip
         if not first.ok:
@@ -185,7 +202,7 @@ def _docker(
     infra.wan.reset_counters()
     build = timed_run(
         [DOCKER_CLI, "build", "-q", "--network", "none", "--build-arg", f"BUILDER={builder}",
-         "-t", ref, str(contexts[1])],
+         "-f", str(contexts[1] / LEGACY_DOCKERFILE), "-t", ref, str(contexts[1])],
         env={**env, "DOCKER_BUILDKIT": "0"},
         timeout=STEP_TIMEOUT,
     )  # fmt: skip
@@ -205,7 +222,7 @@ Tool = Callable[[BenchInfra, str, tuple[Path, Path], int, Measured], None]
 
 def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
     load_before = os.getloadavg()[0]
-    images = _images(infra, EXAMPLE)
+    images = _images(infra, BUILDER_OF)
     direct = infra.registry.host
     host = infra.wan.host
     tools: list[tuple[Measured, Tool, str]] = [
@@ -279,12 +296,15 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
             ),
             load_line(load_before),
             f"- Link: {WAN_DESCRIPTION} (every pull, push, cache read and write)",
-            f"- Example: `examples/{EXAMPLE.name}` on the golang builder (Debian bookworm "
-            "minbase + golang-go); runner B's context differs from A's by one line of "
-            "`main.go`, so B's `go build` step must run",
+            f"- Example: `examples/{EXAMPLE_DIR}` (a Go service linking net/http, CGO_ENABLED=0, "
+            "`RUN --mount=type=cache` for GOCACHE and GOMODCACHE) on the golang builder "
+            "(Debian bookworm minbase + golang-go 1.19); runner B's context differs from A's "
+            "by one line of `main.go`, so B's `go build` step must run",
             "- Runner A, untimed: a build from nothing that pushes the image and exports its "
-            "cache (lazybuild `--cache-to type=registry,ref=CACHE,mode=max`; buildah "
-            "`bud --layers --cache-to REPO`); docker's legacy builder has no remote cache",
+            "cache (lazybuild `--cache-to type=registry,ref=CACHE,mode=max,cache-mounts=true`; "
+            "buildah `bud --layers --cache-to REPO`, whose cache holds no cache mount); "
+            "docker's legacy builder has no remote cache and no cache mounts (it builds the "
+            "Dockerfile with the `--mount` flags removed)",
             "- Runner B, timed: fresh (new state dir / storage root / images pruned), build "
             "with the cache (lazybuild `--cache-from CACHE`, buildah `--cache-from REPO`) "
             "and push to a new repository",
