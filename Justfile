@@ -44,6 +44,11 @@ check: setup
     {{venv}}/bin/ruff format --check lazybuild
     {{venv}}/bin/mypy --strict lazybuild
 
+# Regenerate the Python of the daemon's API from its .proto files (checked in; a unit test
+# fails when they are out of sync).
+proto: setup
+    {{py}} -m lazybuild.api.generate
+
 # Format the code.
 fmt: setup
     {{venv}}/bin/ruff format lazybuild tests bench frontends
