@@ -23,12 +23,17 @@ from lazybuild.context import BuildContext
 from lazybuild.errors import LazybuildError, UsageError
 from lazybuild.frontend.dockerfile.tograph import ImageConfigState
 from lazybuild.frontend.dockerignore import DockerIgnore
-from lazybuild.lazyfs.client import FetchReport, LazyMountService
+from lazybuild.lazyfs.client import (
+    FetchReport,
+    LazyMountService,
+    ReadFailure,
+    describe_read_failures,
+)
 from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.oci.platform import Platform, host_platform
 from lazybuild.registryoptions import RegistryOptions
 from lazybuild.remotecache.records import ImportedCacheStore, ObservedCacheStore, TouchedRecord
-from lazybuild.remotecache.registrycache import import_caches
+from lazybuild.remotecache.registrycache import ImportedCache, import_caches
 from lazybuild.solver import (
     CacheStore,
     ProgressWriter,
@@ -171,7 +176,9 @@ async def run_build(
             mounter.warm_up,
             [layer for image in graph.images.values() for layer in image_layers(image)],
         )
-        context = BuildContext(request.context_dir, DockerIgnore(graph.excludes))
+        context = BuildContext(
+            request.context_dir, DockerIgnore(graph.excludes), hidden=(state_dir,)
+        )
         cache_mounts = state_dir / "build" / "cache-mounts"
         resources = WorkerResources(
             store=store,
@@ -204,16 +211,28 @@ async def run_build(
                 store_used = ImportedCacheStore(cache, imported.records)
             # Which records the build touched matters only to a cache export.
             observed = ObservedCacheStore(store_used) if request.export_cache else None
-            solver = Solver(
-                worker.resolve_op, observed or store_used, load_result=worker.load_result
-            )
-            try:
-                with _no_space_reported(state_dir, "building"):
-                    result = await solver.solve(
-                        graph.graph.definition, no_cache=request.no_cache, progress=progress
+            while True:
+                solver = Solver(
+                    worker.resolve_op, observed or store_used, load_result=worker.load_result
+                )
+                try:
+                    with _no_space_reported(state_dir, "building"):
+                        result = await solver.solve(
+                            graph.graph.definition, no_cache=request.no_cache, progress=progress
+                        )
+                    break
+                except VertexFailedError as failure:
+                    # A hit's layer is verified chunk by chunk as it is read: a corrupt
+                    # chunk shows only when a later step reads it. That hit's steps run
+                    # again (what succeeded meanwhile is cached locally now).
+                    corrupt = await _newly_corrupt_hits(mounter, imported, resources)
+                    if not corrupt:
+                        raise _build_failure(failure, graph, state_dir) from None
+                    resources.refused_layers.update(failure.layer for failure in corrupt)
+                    on_line(
+                        "warning: an imported cache hit is corrupt "
+                        f"({describe_read_failures(corrupt)}); running its steps again"
                     )
-            except VertexFailedError as failure:
-                raise _build_failure(failure, graph, state_dir) from None
             touched = tuple(observed.touched_records()) if observed is not None else ()
         finally:
             cache.close()
@@ -245,6 +264,24 @@ async def run_build(
         inputs.append(graph.ignore_file)
     inputs += [context.root / rel for rel in sorted(context.selected)]
     return BuildOutcome(graph.graph.config, snapshot, report, tuple(inputs))
+
+
+async def _newly_corrupt_hits(
+    mounter: LayerMounter, imported: ImportedCache, resources: WorkerResources
+) -> list[ReadFailure]:
+    """Reads that failed in layers of imported cache hits not refused yet (a base
+    image's corrupt layer is not a cache problem: the build fails as it did)."""
+    if not imported.records:
+        return []
+    report = await mounter.fetch_report()
+    if report is None or not report.failures:
+        return []
+    hits = await trio.to_thread.run_sync(imported.layer_digests)
+    return [
+        failure
+        for failure in report.failures
+        if failure.layer in hits and failure.layer not in resources.refused_layers
+    ]
 
 
 def _adopt_learned(learned: LearnedReads, imported: Mapping[str, Sequence[Sequence[str]]]) -> None:

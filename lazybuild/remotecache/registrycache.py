@@ -228,6 +228,20 @@ class ImportedCache:
     learned: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     mounts: dict[str, tuple[RemoteLayer, ...]] = field(default_factory=dict)
 
+    def layer_digests(self) -> set[str]:
+        """The digests of the cache's own layers the records' results hold (not the
+        base images' layers under them)."""
+        digests: set[str] = set()
+        for record in self.records.values():
+            try:
+                snapshot = Snapshot.from_id(record.result_id)
+            except (FormatError, KeyError):
+                continue
+            digests.update(
+                layer.descriptor.digest for layer in snapshot.remote_layers if layer.from_cache
+            )
+        return digests
+
 
 async def import_cache(cache: CacheImport, registry: RegistryClient) -> ImportedCache:
     """What the cache holds. Raises LazybuildError (not found, not a lazybuild cache,

@@ -89,5 +89,8 @@ class WorkerResources:
     cache_mount_state: CacheMounts | None = None
     # Hears, in one line, of an imported cache hit that could not be used.
     on_cache_miss: Callable[[str], None] = field(default=lambda message: None)
+    # Digests of imported cache layers found corrupt while a step read them: a record
+    # whose result has one is a miss from then on.
+    refused_layers: set[str] = field(default_factory=set)
     exec_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
     file_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(4))

@@ -57,7 +57,8 @@ class Worker:
     async def load_result(self, record: CacheRecord) -> Snapshot | None:
         """The cached snapshot, or ``None`` when one of its local layers was pruned, or a
         layer of an imported build cache cannot be opened (a blob gone, or one whose TOC
-        fails its digest): then the step runs again."""
+        fails its digest) or was found corrupt as a step read it: then the step runs
+        again."""
         try:
             snapshot = Snapshot.from_id(record.result_id)
         except (FormatError, KeyError):
@@ -66,6 +67,8 @@ class Worker:
             if isinstance(layer, LocalLayer) and not self.resources.store.has(layer):
                 return None
         imported = [layer for layer in snapshot.remote_layers if layer.from_cache]
+        if any(layer.descriptor.digest in self.resources.refused_layers for layer in imported):
+            return None
         if imported:
             try:
                 # Opening a layer fetches and verifies its TOC; the mount is reused later.

@@ -5,6 +5,7 @@ imports it and rebuilds. Real registry, real builds, the counting proxy in front
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import subprocess
@@ -268,6 +269,49 @@ def test_a_hit_whose_cached_blob_is_corrupted_runs_its_step_again(
     }
     assert not any(_run_steps(cached).values()), cached  # the RUN step ran again
     assert "imported cache hit is unusable" in result.stderr
+    assert_nothing_left(tmp_path / "b")
+
+
+def test_a_hit_with_a_corrupt_chunk_is_found_when_read_and_its_step_runs_again(
+    registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    """The hit's TOC verifies, so it is mounted; a chunk deep in it does not, and that
+    shows only when a later step reads the file. The build says so and runs the hit's
+    step again instead of failing or serving the bytes."""
+    dockerfile = """\
+ARG BASE
+FROM ${BASE}
+RUN head -c 3000000 /dev/urandom > /data.bin
+COPY message.txt /message.txt
+RUN sha256sum /data.bin > /sums && cat /message.txt >> /sums
+"""
+    context = write_context(tmp_path / "ctx", dockerfile, {"message.txt": "a\n"})
+    cache = f"{registry.host}/e2e-remote-cache/deep:buildcache"
+    _build(tmp_path / "a", context, base_image, "--cache-to", f"ref={cache},mode=max")
+    document = _cache_document(registry, "e2e-remote-cache/deep", "buildcache")
+    own = [layer["descriptor"] for layer in document["layers"] if "source" not in layer]
+    biggest = max(own, key=lambda descriptor: int(descriptor["size"]))  # data.bin's layer
+    digest = biggest["digest"].removeprefix("sha256:")
+    data = registry.root / "docker/registry/v2/blobs/sha256" / digest[:2] / digest / "data"
+    blob = bytearray(data.read_bytes())
+    middle = len(blob) // 2  # among data.bin's chunks, far from the TOC at the end
+    blob[middle : middle + 64] = bytes(64)
+    data.write_bytes(bytes(blob))
+    (context / "message.txt").write_text("b\n")
+    out = tmp_path / "out"
+    result = lazybuild(
+        tmp_path / "b", "build", "--progress=rawjson", "--build-arg", f"BASE={base_image}",
+        "--cache-from", cache, "-o", f"type=local,dest={out}", str(context),
+    )  # fmt: skip
+    assert "imported cache hit is corrupt" in result.stderr, result.stderr
+    assert "reading /data.bin of layer" in result.stderr, result.stderr
+    completed = [event for event in rawjson_events(result.stderr) if event["type"] == "completed"]
+    made = [event for event in completed if "/dev/urandom" in event["name"]]
+    assert made and not made[-1]["cached"], made  # the hit's step ran again
+    # The result is consistent: the sum is the one of the data.bin the build ended with.
+    digest_line = (out / "sums").read_text().splitlines()[0]
+    assert digest_line.split()[0] == hashlib.sha256((out / "data.bin").read_bytes()).hexdigest()
+    assert (out / "sums").read_text().endswith("b\n")
     assert_nothing_left(tmp_path / "b")
 
 
