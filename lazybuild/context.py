@@ -15,7 +15,10 @@ build may read (:meth:`BuildContext.files`), says what ``COPY <selector>`` would
 * symlinks inside a selection hash as links (their target string); a symlink *traversed*
   by a selector is resolved inside the root, and one leading outside it is an error.
 
-Ignored entries never count: a selector cannot name them and trees leave them out.
+Ignored entries never count: a selector cannot name them and trees leave them out. The
+``hidden`` directories (lazybuild's state directory, which a CI job may keep inside its
+checkout to cache it) are left out the same way, whatever the ignore file says: a
+``COPY . .`` would otherwise copy the build's own staging area into itself.
 Digests are cached per inode for the life of the object, checked against size, mtime_ns
 and ctime_ns (entry headers also against mode, uid and gid), so repeated selectors only
 ``lstat``; entries changed within 100 ms of being read are not cached, so a change in the
@@ -31,7 +34,7 @@ import posixpath
 import re
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -148,6 +151,14 @@ class _Hasher:
         return "sha256:" + hashlib.sha256(b"".join(self._parts)).hexdigest()
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # not there (yet): nothing to hide
+    return st.st_dev, st.st_ino
+
+
 def _go_match_regex(pattern: str) -> re.Pattern[str]:
     """One path component's pattern in Go ``filepath.Match`` syntax, as a regex."""
     out: list[str] = []
@@ -196,10 +207,14 @@ def _go_match_regex(pattern: str) -> re.Pattern[str]:
 class BuildContext:
     """A context directory and its ignore rules; see the module docstring."""
 
-    def __init__(self, root: Path, ignore: DockerIgnore | None) -> None:
+    def __init__(
+        self, root: Path, ignore: DockerIgnore | None, *, hidden: Sequence[Path] = ()
+    ) -> None:
         self.root = Path(os.path.abspath(root))
         if not self.root.is_dir():
             raise ContextError(f"build context {str(root)!r} is not a directory")
+        # By device and inode: a hidden directory is found under any spelling of its path.
+        self._hidden = {found for path in hidden if (found := _identity(path)) is not None}
         self._root_str = str(self.root).rstrip("/") or "/"
         self.ignore = ignore if ignore is not None else DockerIgnore(())
         self._content_cache: dict[tuple[int, int], tuple[tuple[int, int, int], str]] = {}
@@ -214,6 +229,9 @@ class BuildContext:
         """Every non-ignored entry below the root, depth first, names sorted."""
         for rel, st in self._walk(""):
             yield self._entry(rel, st)
+
+    def _is_hidden(self, st: os.stat_result) -> bool:
+        return bool(self._hidden) and (st.st_dev, st.st_ino) in self._hidden
 
     def _abs(self, rel: str) -> str:
         return f"{self._root_str}/{rel}" if rel else self._root_str
@@ -250,6 +268,8 @@ class BuildContext:
                 continue  # removed while listing
             excluded = patterns and self.ignore.is_excluded(rel)
             if stat.S_ISDIR(st.st_mode):
+                if self._is_hidden(st):
+                    continue
                 if excluded and not self.ignore.may_include_below(rel):
                     continue
                 below = self._walk(rel)
@@ -372,6 +392,8 @@ class BuildContext:
 
     def _visible(self, rel: str, st: os.stat_result) -> bool:
         """False for an ignored entry (a directory counts when something below is kept)."""
+        if self._is_hidden(st):
+            return False
         if not rel or not self.ignore.is_excluded(rel):
             return True
         if not stat.S_ISDIR(st.st_mode) or not self.ignore.may_include_below(rel):
@@ -410,6 +432,8 @@ class BuildContext:
                         continue
                     real = f"{base_rel}/{name}" if base_rel else name
                     if self.ignore.is_excluded(real) and not self.ignore.may_include_below(real):
+                        continue
+                    if self._hidden and self._is_hidden(os.lstat(self._abs(real))):
                         continue
                     next_candidates.append(f"{base}/{name}" if base else name)
             candidates = next_candidates
@@ -454,7 +478,7 @@ class BuildContext:
                 for part in reversed([p for p in target.split("/") if p and p != "."]):
                     pending.append(part)
                 continue
-            if pending and not stat.S_ISDIR(st.st_mode):
+            if (pending and not stat.S_ISDIR(st.st_mode)) or self._is_hidden(st):
                 raise ContextNotFoundError(f"{selector!r} not found in build context")
             resolved.append(component)
         rel = "/".join(resolved)

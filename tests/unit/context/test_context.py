@@ -436,3 +436,21 @@ def test_invalid_patterns_are_errors(ctx_dir: Path) -> None:
     for selector in ("src/[", "src/[]", "src/a\\"):
         with pytest.raises(ContextError):
             ctx.checksum(selector)
+
+
+def test_a_hidden_directory_is_never_part_of_the_context(tmp_path: Path) -> None:
+    """The state directory kept inside a checkout (a CI cache) is left out of listings,
+    selections and keys, whatever the ignore file says."""
+    root = tmp_path / "ctx"
+    _write(root, "main.go", "package main")
+    state = root / ".lazybuild"
+    _write(state, "build/staging/x/upper/file", "moving target")
+    context = BuildContext(root, None, hidden=(tmp_path / "ctx/./.lazybuild",))
+    assert [entry.path for entry in context.files()] == ["main.go"]
+    before = context.checksum(".")
+    _write(state, "build/staging/y", "more")
+    assert BuildContext(root, None, hidden=(state,)).checksum(".") == before
+    for selector in (".lazybuild", ".lazybuild/build", ".laz*"):
+        with pytest.raises(LazybuildError, match="not found|nothing matches"):
+            context.copy_sources(selector, allow_empty_wildcard=False)
+    assert context.copy_sources("*") == [root / "main.go"]
