@@ -352,3 +352,15 @@ def test_a_dockerignore_that_is_not_utf8_is_one_error_line(tmp_path: Path) -> No
     assert ".dockerignore:2: not valid UTF-8" in result.stderr
     assert "Traceback" not in result.stderr
     assert_nothing_left(state)
+
+
+def test_a_state_dir_inside_the_context_is_not_part_of_it(tmp_path: Path) -> None:
+    """A CI job that caches its state dir inside the checkout builds `COPY . .` as
+    usual: the state dir (which the build itself writes to) is left out."""
+    context = write_context(tmp_path / "ctx", "FROM scratch\nCOPY . /app/\n", {"a.txt": "a"})
+    state = context / ".lazybuild-state"
+    out = tmp_path / "out"
+    for _ in range(2):  # the second time the state dir is full of the first build
+        lazybuild(state, "build", "--progress=plain", "-o", f"type=local,dest={out}", str(context))
+        assert sorted(path.name for path in (out / "app").iterdir()) == ["Dockerfile", "a.txt"]
+    assert_nothing_left(state)
