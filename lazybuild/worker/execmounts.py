@@ -9,13 +9,19 @@ secrets in its environment, whose ``config.json`` holds them) live on a private 
 mounted at ``scratch/secrets`` of the step's staging area (``secret_storage``). A
 SIGKILL leaves only that memory-backed mount, which the next command's cleanup of dead
 staging areas unmounts (``lazyfs.stale.remove_dead_leftovers``).
+
+``mount_cache_deps``: a read-only bind mount of a directory of another snapshot keys the
+step on that directory's content, as BuildKit does, so a change elsewhere in a stage
+mounted with ``from=STAGE,source=DIR`` does not rerun the step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import stat
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -26,9 +32,10 @@ import trio
 from lazybuild.errors import LazybuildError
 from lazybuild.executor.mounts import MountSpec
 from lazybuild.executor.rootpath import resolve_in_root
-from lazybuild.graph.ops import ExecMount
+from lazybuild.graph.ops import Exec, ExecMount
 from lazybuild.snapshot import syscalls
 from lazybuild.snapshot.mountinfo import is_mounted
+from lazybuild.solver import CacheDep, Result
 from lazybuild.worker.cachemounts import cache_mount_name
 from lazybuild.worker.layers import RemoteLayer, Snapshot
 from lazybuild.worker.layerstore import StagingArea
@@ -79,7 +86,7 @@ async def setup_mount(
         )
     if mount.kind == "cache":
         directory = await stack.enter_async_context(_cache_directory(mount, resources))
-        return MountSpec(mount.dest, str(directory)), None
+        return MountSpec(mount.dest, str(_cache_subpath(directory, mount))), None
     if mount.kind == "tmpfs":
         options = ["nosuid", "nodev"]
         if mount.size:
@@ -120,6 +127,22 @@ async def _bind(
         raise MountSetupError(f"RUN --mount source {mount.source_path!r} does not exist")
     options = ("rbind", "rprivate", "ro") if mount.readonly else ("rbind", "rprivate")
     return MountSpec(mount.dest, str(source), "bind", options), writable
+
+
+def _cache_subpath(directory: Path, mount: ExecMount) -> Path:
+    """``source=`` of a cache mount: a directory inside the cache, as BuildKit mounts it.
+
+    Symlinks resolve inside the cache, so a link the cache holds cannot reach the host;
+    like BuildKit, a source the cache does not have is an error.
+    """
+    if mount.source_path.strip("/") in ("", "."):
+        return directory
+    source = resolve_in_root(directory, mount.source_path)
+    if not source.is_dir():
+        raise MountSetupError(
+            f"RUN --mount=type=cache source {mount.source_path!r} is not a directory in the cache"
+        )
+    return source
 
 
 def _secret_file(
@@ -253,3 +276,103 @@ def _locked(directory: Path) -> Iterator[bool]:
 def ordered_specs(specs: Sequence[MountSpec]) -> list[MountSpec]:
     """Mounts parents first, so ``/a`` is in place before ``/a/b`` is mounted on it."""
     return sorted(specs, key=lambda spec: spec.destination.rstrip("/").count("/"))
+
+
+def _names_subtree(path: str) -> bool:
+    return path.strip("/") not in ("", ".")
+
+
+def content_keyed_inputs(op: Exec) -> dict[int, tuple[str, ...]]:
+    """The inputs of ``op`` keyed by the content of directories of them, with those
+    directories: inputs whose every use is a read-only bind of a subdirectory. The
+    others (the root, writable and whole-snapshot mounts) key by the input's own key."""
+    selected: dict[int, list[str]] = {}
+    whole: set[int] = set()
+    for position, mount in enumerate(op.mounts):
+        if mount.input is None:
+            continue
+        by_content = (
+            position > 0
+            and mount.kind == "bind"
+            and mount.readonly
+            and _names_subtree(mount.source_path)
+        )
+        if by_content:
+            selected.setdefault(mount.input, []).append(mount.source_path)
+        else:
+            whole.add(mount.input)
+    return {index: tuple(paths) for index, paths in selected.items() if index not in whole}
+
+
+def mount_cache_deps(op: Exec, resources: WorkerResources) -> tuple[CacheDep, ...]:
+    """One ``CacheDep`` per input of ``op`` (see :func:`content_keyed_inputs`)."""
+    deps = [CacheDep() for _ in op.inputs]
+    for index, paths in content_keyed_inputs(op).items():
+        if index < len(deps):
+            deps[index] = CacheDep(
+                selector="\n".join(paths), compute_digest=_SubtreeDigest(resources, paths)
+            )
+    return tuple(deps)
+
+
+class _SubtreeDigest:
+    """The content key of some directories of a snapshot, mounted read-only to be read."""
+
+    def __init__(self, resources: WorkerResources, paths: tuple[str, ...]) -> None:
+        self._resources = resources
+        self._paths = paths
+
+    async def __call__(self, result: Result) -> str:
+        assert isinstance(result, Snapshot)
+        with self._resources.store.staging() as area:
+            async with self._resources.mounter.mounted(result, area.scratch / "keyed") as root:
+                text = await trio.to_thread.run_sync(_subtrees_text, root, self._paths)
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _subtrees_text(root: Path, paths: Sequence[str]) -> str:
+    parts = []
+    for path in paths:
+        parts.append(f"{path}={subtree_digest(resolve_in_root(root, path))}")
+    return "\n".join(parts)
+
+
+def subtree_digest(directory: Path) -> str:
+    """A digest of the tree at ``directory``: names, types, modes, owners, file contents
+    and link targets, not times (a rebuilt stage writes new times, not new content)."""
+    hasher = hashlib.sha256()
+    try:
+        top = os.lstat(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    hasher.update(_entry_text(".", directory, top).encode())
+    if stat.S_ISDIR(top.st_mode):
+        for path in sorted(_walk(directory)):
+            st = os.lstat(path)
+            hasher.update(_entry_text(path.relative_to(directory).as_posix(), path, st).encode())
+    return "sha256:" + hasher.hexdigest()
+
+
+def _walk(directory: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(directory):
+        for name in (*dirnames, *filenames):
+            yield Path(dirpath, name)
+
+
+def _entry_text(name: str, path: Path, st: os.stat_result) -> str:
+    head = f"{name!r} {st.st_mode:o} {st.st_uid}:{st.st_gid}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{head} -> {os.readlink(path)!r}\n"
+    if stat.S_ISREG(st.st_mode):
+        return f"{head} {_file_sha256(path)}\n"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return f"{head} {st.st_rdev}\n"
+    return f"{head}\n"
+
+
+def _file_sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()

@@ -35,6 +35,7 @@ from lazybuild.solver import CacheMap, Job, Result
 from lazybuild.worker.execmounts import (
     MountSetupError,
     WritableMount,
+    mount_cache_deps,
     ordered_specs,
     secret_storage,
     setup_mount,
@@ -75,7 +76,10 @@ class ExecOp:
     async def cache_map(self, job: Job, index: int) -> CacheMap:
         # Proxy settings do not change what a step makes (Docker's rule); secret values
         # are never part of the op at all, only their ids.
-        return CacheMap(digest=op_digest(replace(self._op, proxy_env=())))
+        return CacheMap(
+            digest=op_digest(replace(self._op, proxy_env=())),
+            deps=mount_cache_deps(self._op, self._resources),
+        )
 
     def acquire(self) -> AbstractAsyncContextManager[None]:
         return slot(self._resources.exec_slots)

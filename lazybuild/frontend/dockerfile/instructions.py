@@ -25,6 +25,7 @@ from lazybuild.frontend.dockerfile.parser import (
     ParseError,
     parse_heredoc_marker,
 )
+from lazybuild.frontend.dockerfile.suggest import did_you_mean
 
 __all__ = [
     "Add",
@@ -402,6 +403,7 @@ class _Flags:
 
     node: Node
     values: dict[str, list[str | None]] = field(default_factory=dict)
+    known: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for flag in self.node.flags:
@@ -411,8 +413,12 @@ class _Flags:
     def error(self, message: str) -> ParseError:
         return ParseError(message, self.node.start_line)
 
+    def _take(self, name: str) -> list[str | None] | None:
+        self.known.append(name)
+        return self.values.pop(name, None)
+
     def string(self, name: str) -> str | None:
-        given = self.values.pop(name, None)
+        given = self._take(name)
         if not given:
             return None
         if len(given) > 1:
@@ -422,13 +428,13 @@ class _Flags:
         return given[0]
 
     def strings(self, name: str) -> tuple[str, ...]:
-        given = self.values.pop(name, [])
+        given = self._take(name) or []
         if any(value is None for value in given):
             raise self.error(f"missing a value on flag: {name}")
         return tuple(value for value in given if value is not None)
 
     def boolean(self, name: str) -> bool:
-        given = self.values.pop(name, None)
+        given = self._take(name)
         if not given:
             return False
         if len(given) > 1:
@@ -442,7 +448,8 @@ class _Flags:
 
     def finish(self) -> None:
         if self.values:
-            raise self.error(f"unknown flag: {next(iter(self.values))}")
+            name = next(iter(self.values))
+            raise self.error(did_you_mean(f"unknown flag: {name}", name, self.known))
 
 
 def _error(node: Node, message: str) -> ParseError:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
+from lazybuild.frontend.dockerfile.suggest import did_you_mean
+
 __all__ = ["MOUNT_TYPES", "MountError", "RunMount", "parse_mount"]
 
 MountType = Literal["bind", "cache", "tmpfs", "secret", "ssh"]
@@ -19,6 +21,11 @@ Sharing = Literal["shared", "private", "locked"]
 MOUNT_TYPES: tuple[str, ...] = ("bind", "cache", "tmpfs", "secret", "ssh")
 _SHARING_MODES = ("shared", "private", "locked")
 _SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+# Every key BuildKit's frontend knows, in its order: what a mistyped key is matched with.
+_MOUNT_KEYS = (
+    "type", "from", "source", "target", "readonly", "id", "sharing", "required", "size",
+    "mode", "uid", "gid", "src", "dst", "destination", "ro", "rw", "readwrite", "env",
+)  # fmt: skip
 
 
 class MountError(ValueError):
@@ -97,7 +104,9 @@ def parse_mount(spec: str, expand: Callable[[str], str] = lambda word: word) -> 
         values[key] = expand(raw_value) if sep else None
     mount_type = values.pop("type", None) or "bind"
     if mount_type not in MOUNT_TYPES:
-        raise MountError(f"unsupported mount type {mount_type!r}")
+        raise MountError(
+            did_you_mean(f"unsupported mount type {mount_type!r}", mount_type, MOUNT_TYPES)
+        )
     target = source = from_ = mount_id = env = None
     sharing: str | None = None
     mode = uid = gid = size = None
@@ -114,7 +123,8 @@ def parse_mount(spec: str, expand: Callable[[str], str] = lambda word: word) -> 
             required = _parse_bool(key, value)
             continue
         if value is None:
-            raise MountError(f"unexpected key {key!r} without a value in {spec!r}")
+            message = f"unexpected key {key!r} without a value in {spec!r}"
+            raise MountError(did_you_mean(message, key, _MOUNT_KEYS))
         if key in ("target", "dst", "destination"):
             target = value
         elif key in ("source", "src"):
@@ -125,7 +135,8 @@ def parse_mount(spec: str, expand: Callable[[str], str] = lambda word: word) -> 
             mount_id = value
         elif key == "sharing":
             if value not in _SHARING_MODES:
-                raise MountError(f"unsupported sharing value {value!r}")
+                message = f"unsupported sharing value {value!r}"
+                raise MountError(did_you_mean(message, value, _SHARING_MODES))
             sharing = value
         elif key == "mode":
             mode = _parse_int(key, value, 8)
@@ -138,7 +149,7 @@ def parse_mount(spec: str, expand: Callable[[str], str] = lambda word: word) -> 
         elif key == "env":
             env = value
         else:
-            raise MountError(f"unexpected key {key!r} in {spec!r}")
+            raise MountError(did_you_mean(f"unexpected key {key!r} in {spec!r}", key, _MOUNT_KEYS))
     if "sharing" in values and mount_type != "cache":
         raise MountError(f"invalid cache sharing set for {mount_type} mount")
     if from_ is not None and mount_type in ("secret", "ssh", "tmpfs"):

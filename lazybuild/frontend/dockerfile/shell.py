@@ -1,7 +1,9 @@
 """Docker's word expansion: the job of BuildKit's ``shell/lex.go``.
 
 A *word* is the text of a Dockerfile argument. Expanding it substitutes
-``$NAME``/``${NAME}`` and the ``${NAME:-word}`` family, removes quotes and
+``$NAME``/``${NAME}``, the ``${NAME:-word}`` family, the pattern removals
+``${NAME#pat}``/``##``/``%``/``%%`` and ``${NAME/pat/repl}`` (``//`` for every match;
+``*`` and ``?`` are the only wildcards, as in BuildKit), removes quotes and
 escape characters, and (for :meth:`Lexer.process_words`) splits the result
 into several words on unquoted whitespace. Splitting happens *after*
 substitution, so an unquoted variable holding ``"a b"`` gives two words.
@@ -12,6 +14,7 @@ arithmetic; unset variables expand to the empty string.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -80,18 +83,26 @@ class Lexer:
     """Expands words the way BuildKit's Dockerfile frontend does.
 
     ``escape_token`` is ``\\`` or a backtick (``# escape=`` directive). ``raw_quotes``
-    and ``raw_escapes`` keep quote and escape characters in the output; the
-    frontend uses both for heredoc bodies, which are expanded but not unquoted.
+    and ``raw_escapes`` keep quote and escape characters in the output; the parser
+    uses both to find heredoc markers. ``quotes_are_text`` makes quote characters
+    ordinary text, so variables between them expand: BuildKit's ``SkipProcessQuotes``,
+    used for heredoc bodies.
     """
 
     def __init__(
-        self, escape_token: str = "\\", *, raw_quotes: bool = False, raw_escapes: bool = False
+        self,
+        escape_token: str = "\\",
+        *,
+        raw_quotes: bool = False,
+        raw_escapes: bool = False,
+        quotes_are_text: bool = False,
     ) -> None:
         if escape_token not in ("\\", "`"):
             raise ValueError(f"escape token must be \\ or `, not {escape_token!r}")
         self.escape_token = escape_token
         self.raw_quotes = raw_quotes
         self.raw_escapes = raw_escapes
+        self.quotes_are_text = quotes_are_text
 
     def process_word(self, word: str, env: Mapping[str, str]) -> str:
         """Expand ``word`` into one string (whitespace kept as is)."""
@@ -123,8 +134,16 @@ class _Expansion:
         result = self._process_until(splitter, stop="")
         return result, splitter.finish()
 
-    def _process_until(self, splitter: _WordSplitter, stop: str) -> str:
-        """Process up to (and consuming) ``stop``; ``stop == ""`` means the end of input."""
+    def _process_until(
+        self, splitter: _WordSplitter, stop: str, *, raw_escapes: bool | None = None
+    ) -> str:
+        """Process up to (and consuming) ``stop``; ``stop == ""`` means the end of input.
+
+        ``raw_escapes`` overrides the lexer's setting: patterns keep their escapes, since
+        the escape decides there whether ``*`` is a wildcard.
+        """
+        keep_escapes = self.lexer.raw_escapes if raw_escapes is None else raw_escapes
+        quotes = "" if self.lexer.quotes_are_text else "'\""
         result: list[str] = []
         scanner = self.scanner
         while True:
@@ -136,12 +155,8 @@ class _Expansion:
             if stop and char == stop:
                 scanner.next()
                 break
-            if char == "'":
-                text = self._single_quoted()
-                result.append(text)
-                splitter.add_raw(text)
-            elif char == '"':
-                text = self._double_quoted()
+            if char and char in quotes:
+                text = self._single_quoted() if char == "'" else self._double_quoted()
                 result.append(text)
                 splitter.add_raw(text)
             elif char == "$":
@@ -153,7 +168,7 @@ class _Expansion:
                 scanner.next()
                 if char == self.escape:
                     escaped = scanner.next()
-                    if self.lexer.raw_escapes:
+                    if keep_escapes:
                         result.append(char)
                         splitter.add_raw(char)
                     if escaped == "":
@@ -246,15 +261,23 @@ class _Expansion:
                 return "$"
             return self._lookup(name) or ""
         scanner.next()  # the "{"
+        if scanner.peek() == "":
+            raise ExpansionError("syntax error: missing '}'")
         name = self._name()
         if not name:
             raise ExpansionError("bad substitution: missing variable name after '${'")
         operator = scanner.next()
         if operator == "}":
             return self._lookup(name) or ""
+        if operator == "/":
+            return self._replace(name)
         colon = operator == ":"
         if colon:
             operator = scanner.next()
+        if operator in ("#", "%"):
+            if colon:
+                raise ExpansionError(f"unsupported modifier (:{operator}) in substitution")
+            return self._trim(name, operator)
         if operator not in ("-", "+", "?"):
             if operator == "":
                 raise ExpansionError("syntax error: missing '}'")
@@ -268,6 +291,88 @@ class _Expansion:
             return word if missing else (value or "")
         if operator == "+":
             return "" if missing else word
-        if missing:
+        if value is None:
             raise ExpansionError(f"{name}: {word or 'is not allowed to be unset'}")
-        return value or ""
+        if missing:
+            raise ExpansionError(f"{name}: {word or 'is not allowed to be empty'}")
+        return value
+
+    def _pattern_word(self, stop: str, missing: str) -> str:
+        try:
+            return self._process_until(_WordSplitter(), stop=stop, raw_escapes=True)
+        except ExpansionError:
+            if self.scanner.peek() == "":
+                raise ExpansionError(f"syntax error: missing {missing}") from None
+            raise
+
+    def _trim(self, name: str, operator: str) -> str:
+        """``${name#pat}`` / ``##`` (prefix) and ``${name%pat}`` / ``%%`` (suffix)."""
+        pattern = self._pattern_word("}", "'}'")
+        greedy = pattern.startswith(operator)
+        if greedy:
+            pattern = pattern[1:]
+        value = self._lookup(name) or ""
+        if operator == "#":
+            return _trim_prefix(pattern, value, greedy)
+        # The shortest or longest match at the end is the same search on reversed strings.
+        return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy)[::-1]
+
+    def _replace(self, name: str) -> str:
+        """``${name/pat/repl}`` replaces the first (longest) match; ``${name//pat/repl}`` all."""
+        every = self.scanner.peek() == "/"
+        if every:
+            self.scanner.next()
+        pattern = self._pattern_word("/", "'/' in ${}")
+        replacement = self._pattern_word("}", "'}'")
+        value = self._lookup(name) or ""
+        regex = _pattern_regex(pattern, greedy=True, anchored=False)
+        return regex.sub(lambda _match: replacement, value, count=0 if every else 1)
+
+
+def _pattern_regex(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
+    """A shell pattern as a regex: ``*`` any text, ``?`` one character, no brackets.
+
+    ``\\`` makes ``*``, ``?`` and ``\\`` literal; before ``}`` or ``/`` it only kept that
+    character out of the ``${...}`` syntax and is dropped. Any other escape is an error.
+    """
+    out = ["^"] if anchored else []
+    star = ".*" if greedy else ".*?"
+    position = 0
+    while position < len(pattern):
+        char = pattern[position]
+        position += 1
+        if char == "*":
+            out.append(star)
+        elif char == "?":
+            out.append(".")
+        elif char == "\\":
+            following = pattern[position : position + 1]
+            position += 1
+            if following in ("}", "/") or following in ("*", "?", "\\"):
+                out.append(re.escape(following))
+            else:
+                raise ExpansionError(
+                    f"invalid pattern ({pattern}) in substitution: invalid escape '\\{following}'"
+                )
+        else:
+            out.append(re.escape(char))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _trim_prefix(pattern: str, value: str, greedy: bool) -> str:
+    match = _pattern_regex(pattern, greedy=greedy, anchored=True).search(value)
+    return value[match.end() :] if match else value
+
+
+def _reverse_pattern(pattern: str) -> str:
+    """``pattern`` reversed with each escape kept before the character it escapes."""
+    tokens: list[str] = []
+    position = 0
+    while position < len(pattern):
+        if pattern[position] == "\\" and position + 1 < len(pattern):
+            tokens.append(pattern[position : position + 2])
+            position += 2
+        else:
+            tokens.append(pattern[position])
+            position += 1
+    return "".join(reversed(tokens))

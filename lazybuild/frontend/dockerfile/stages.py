@@ -42,6 +42,7 @@ from lazybuild.frontend.dockerfile.instructions import (
 )
 from lazybuild.frontend.dockerfile.parser import Directives, Dockerfile, ParseError, parse
 from lazybuild.frontend.dockerfile.shell import ExpansionError, Lexer
+from lazybuild.frontend.dockerfile.suggest import did_you_mean
 from lazybuild.oci.platform import Platform, host_platform
 
 __all__ = [
@@ -80,6 +81,8 @@ PLATFORM_ARGS = (
     "BUILDARCH",
     "BUILDVARIANT",
 )
+# The five proxy variables; a RUN step gets each in both spellings (upper case first).
+_PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
 
 # (image reference, platform or None) -> the image config's Env as (name, value) pairs.
 ImageEnvResolver = Callable[[str, str | None], Iterable[tuple[str, str]]]
@@ -173,8 +176,9 @@ class _Expander:
 
     def __init__(self, lexer: Lexer, scope: Mapping[str, str], line: int, filename: str) -> None:
         self.lexer = lexer
-        # Quotes stay (a heredoc is file content) but escapes work, so `\$` keeps a dollar.
-        self.heredoc_lexer = Lexer(lexer.escape_token, raw_quotes=True)
+        # BuildKit expands heredoc bodies with quotes as plain text (`'${N}'` expands) and
+        # always with `\\` as the escape, so `\$` keeps a dollar.
+        self.heredoc_lexer = Lexer("\\", quotes_are_text=True)
         self.scope = scope
         self.line = line
         self.filename = filename
@@ -205,7 +209,9 @@ class _Planner:
         build_args: Mapping[str, str],
         predefined: Mapping[str, str],
         image_env: ImageEnvResolver | None,
+        *,
         image_triggers: ImageTriggersResolver | None = None,
+        target: str | None = None,
     ) -> None:
         self.dockerfile = dockerfile
         self.image_triggers = image_triggers
@@ -216,6 +222,8 @@ class _Planner:
         self.image_env = image_env
         self.declared: set[str] = set()
         global_arg_instructions, self.stages = parse_stages(dockerfile)
+        # BuildKit's TARGETSTAGE: the --target given, else the last stage's name.
+        self.predefined.setdefault("TARGETSTAGE", target or self.stages[-1].name or "default")
         self.global_values = self._declare_globals(global_arg_instructions)
         self.resolved: dict[int, ResolvedStage] = {}
         self.stage_names: dict[str, int] = {}
@@ -401,7 +409,8 @@ class _Planner:
             return len(self.stages) - 1
         index = self.stage_names.get(target.lower())
         if index is None:
-            raise UsageError(f"target stage {target!r} could not be found in {self.filename}")
+            message = f"target stage {target!r} could not be found in {self.filename}"
+            raise UsageError(did_you_mean(message, target, self.stage_names))
         return index
 
     def plan(self, target: str | None) -> BuildPlan:
@@ -429,11 +438,11 @@ class _Planner:
         unused = sorted(
             name
             for name in self.build_args
-            if name not in self.declared and name not in PROXY_ARGS and name not in PLATFORM_ARGS
+            if name not in self.declared
+            and name.upper() not in _PROXY_NAMES
+            and name not in (*PLATFORM_ARGS, "TARGETSTAGE")
         )
-        proxy_env = tuple(
-            KeyValue(name, value) for name, value in self.build_args.items() if name in PROXY_ARGS
-        )
+        proxy_env = _proxy_env(self.build_args)
         return BuildPlan(
             stages=tuple(self.resolved[index] for index in order),
             global_args=tuple(KeyValue(k, v) for k, v in self.global_values.items()),
@@ -441,6 +450,25 @@ class _Planner:
             proxy_env=proxy_env,
             directives=self.dockerfile.directives,
         )
+
+
+def _proxy_env(build_args: Mapping[str, str]) -> tuple[KeyValue, ...]:
+    """Each proxy variable given in either spelling, set in both, as BuildKit's ProxyEnv.
+
+    Names match whatever their case; when both spellings are given, the one sorting last
+    (lower case) wins, since BuildKit reads them in sorted order; an empty value sets
+    nothing.
+    """
+    values: dict[str, str] = {}
+    for name in sorted(build_args):
+        if name.upper() in _PROXY_NAMES:
+            values[name.upper()] = build_args[name]
+    return tuple(
+        KeyValue(spelling, values[name])
+        for name in _PROXY_NAMES
+        if values.get(name)
+        for spelling in (name, name.lower())
+    )
 
 
 def plan_build(
@@ -464,5 +492,12 @@ def plan_build(
         dockerfile = parse(dockerfile, filename=filename)
     build = build_platform or host_platform()
     predefined = platform_args(target_platform or build, build)
-    planner = _Planner(dockerfile, build_args or {}, predefined, image_env, image_triggers)
+    planner = _Planner(
+        dockerfile,
+        build_args or {},
+        predefined,
+        image_env,
+        image_triggers=image_triggers,
+        target=target,
+    )
     return planner.plan(target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lazybuild.frontend.dockerfile import ParseError, parse, parse_instruction
 from lazybuild.frontend.dockerfile.mounts import MountError, RunMount, parse_mount
 
 
@@ -89,3 +90,39 @@ def test_values_expanded_before_interpretation() -> None:
 def test_invalid(spec: str) -> None:
     with pytest.raises(MountError):
         parse_mount(spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        # BuildKit's wording: the error, then " (did you mean X?)" for a name < 3 edits away.
+        (
+            "type=cache,taget=/c",
+            "unexpected key 'taget' in 'type=cache,taget=/c' (did you mean target?)",
+        ),
+        ("type=cahce,target=/c", "unsupported mount type 'cahce' (did you mean cache?)"),
+        (
+            "type=cache,target=/c,sharing=lockd",
+            "unsupported sharing value 'lockd' (did you mean locked?)",
+        ),
+        (
+            "type=bind,target=/b,srcx=a",
+            "unexpected key 'srcx' in 'type=bind,target=/b,srcx=a' (did you mean src?)",
+        ),
+        (
+            "type=bind,target=/b,bogusness=a",
+            "unexpected key 'bogusness' in 'type=bind,target=/b,bogusness=a'",
+        ),
+    ],
+)
+def test_mistyped_names_get_a_hint(spec: str, message: str) -> None:
+    with pytest.raises(MountError) as caught:
+        parse_mount(spec)
+    assert str(caught.value) == message
+
+
+def test_mistyped_run_flag_gets_a_hint() -> None:
+    with pytest.raises(
+        ParseError, match=r"^Dockerfile:1: unknown flag: mout \(did you mean mount\?\)$"
+    ):
+        parse_instruction(parse("RUN --mout=type=cache,target=/c true\n").nodes[0])

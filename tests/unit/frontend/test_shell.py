@@ -102,7 +102,12 @@ def test_backtick_escape(word: str, expected: str) -> None:
     ("word", "message"),
     [
         ("${UNSET:?must be set}", "UNSET: must be set"),
-        ("${EMPTY:?}", "EMPTY: is not allowed to be unset"),
+        ("${EMPTY:?}", "EMPTY: is not allowed to be empty"),
+        ("${UNSET:?}", "UNSET: is not allowed to be unset"),
+        ("${V:#x}", "unsupported modifier (:#"),
+        ("${V:%x}", "unsupported modifier (:%"),
+        ("${V/x", "missing '/' in"),
+        ("${V#\\a}", "invalid escape"),
         ("${UNSET?gone}", "UNSET: gone"),
         ("${V", "'}'"),
         ("${}", "bad substitution"),
@@ -114,6 +119,47 @@ def test_backtick_escape(word: str, expected: str) -> None:
 def test_errors(word: str, message: str) -> None:
     with pytest.raises(ExpansionError, match=message.replace("(", r"\(").replace("'", ".")):
         Lexer().process_word(word, ENV)
+
+
+ENV_PATTERNS = {"F": "foo.tar.gz", "P": "/a/b/c", "STAR": "a*b*c", "N": "x"}
+
+# BuildKit's shell lexer (frontend/dockerfile/shell/lex.go, and its lex tests): `*`/`?`
+# are the wildcards, `#`/`%` the shortest match and `##`/`%%` the longest.
+PATTERN_CASES = [
+    ("${F%.*}", "foo.tar"),
+    ("${F%%.*}", "foo"),
+    ("${F#*.}", "tar.gz"),
+    ("${F##*.}", "gz"),
+    ("${F#f?o}", ".tar.gz"),
+    ("${F#nomatch}", "foo.tar.gz"),
+    ("${F%}", "foo.tar.gz"),
+    ("${P#/}", "a/b/c"),
+    ("${P##*/}", "c"),
+    ("${P%/*}", "/a/b"),
+    ("${P%%/*}", ""),
+    ("${UNSET#x}", ""),
+    ("${STAR#a\\*}", "b*c"),  # an escaped star is literal
+    ("${STAR%\\*c}", "a*b"),
+    ("${F#$N}", "foo.tar.gz"),  # the pattern is expanded itself
+    ("${F#${UNSET:-f}}", "oo.tar.gz"),
+    ("${P/b/X}", "/a/X/c"),
+    ("${F/o/0}", "f0o.tar.gz"),
+    ("${F//o/0}", "f00.tar.gz"),
+    ("${P//\\//_}", "_a_b_c"),  # `\/` is a slash in the pattern
+    ("${F/*./}", "gz"),  # the longest match
+    ("${F/x/y}", "foo.tar.gz"),
+    ("${F//[.]/-}", "foo.tar.gz"),  # no bracket expressions: `[.]` is literal text
+]
+
+
+@pytest.mark.parametrize(("word", "expected"), PATTERN_CASES)
+def test_pattern_substitutions(word: str, expected: str) -> None:
+    assert Lexer().process_word(word, ENV_PATTERNS) == expected
+
+
+def test_quotes_are_text_expands_inside_quotes() -> None:
+    lexer = Lexer(quotes_are_text=True)
+    assert lexer.process_word("'${N}' \"$N\" \\$N", ENV_PATTERNS) == "'x' \"x\" $N"
 
 
 def test_empty_but_set_with_question_mark_without_colon_is_fine() -> None:

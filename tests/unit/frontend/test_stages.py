@@ -160,9 +160,49 @@ def test_unused_build_args_reported_except_proxy_and_platform() -> None:
     assert result.unused_build_args == ("UNUSED",)
     assert [(p.key, p.value) for p in result.proxy_env] == [
         ("HTTP_PROXY", "http://p"),
+        ("http_proxy", "http://p"),
+        ("NO_PROXY", "x"),
         ("no_proxy", "x"),
     ]
     assert labels(result.target) == {}
+
+
+def test_proxy_args_set_both_spellings_from_either() -> None:
+    # BuildKit's proxyEnvFromBuildArgs: names match in any case, read in sorted order (so
+    # the lower-case spelling wins when both are given); an empty value sets nothing.
+    given = {
+        "https_proxy": "https://p",
+        "FTP_PROXY": "ftp://upper",
+        "ftp_proxy": "ftp://lower",
+        "All_Proxy": "socks://p",
+        "NO_PROXY": "",
+    }
+    result = plan("FROM a\nRUN true\n", given)
+    assert [(p.key, p.value) for p in result.proxy_env] == [
+        ("HTTPS_PROXY", "https://p"),
+        ("https_proxy", "https://p"),
+        ("FTP_PROXY", "ftp://lower"),
+        ("ftp_proxy", "ftp://lower"),
+        ("ALL_PROXY", "socks://p"),
+        ("all_proxy", "socks://p"),
+    ]
+    assert result.unused_build_args == ()
+    assert result.target.steps[-1].build_args == ()
+
+
+def test_targetstage_is_the_target_name() -> None:
+    # BuildKit's testTargetStageNameArg: usable once declared, the --target given, else the
+    # last stage's name, else "default".
+    text = (
+        "FROM a AS base\nLABEL before=[$TARGETSTAGE]\nARG TARGETSTAGE\nLABEL t=$TARGETSTAGE\n"
+        "FROM base AS foo\nFROM base\n"
+    )
+    assert labels(plan(text, target="foo").stage(0)) == {"before": "[]", "t": "foo"}
+    assert labels(plan(text).stage(0)) == {"before": "[]", "t": "default"}
+    named_last = text + "FROM base AS last\n"
+    assert labels(plan(named_last).stage(0))["t"] == "last"
+    global_scope = plan("ARG X=$TARGETSTAGE\nFROM img:$X AS web\n")
+    assert global_scope.target.base.ref == "img:web"
 
 
 def test_proxy_args_not_usable_in_expansion_without_declaration() -> None:
@@ -249,6 +289,28 @@ def test_copy_heredoc_expansion_keeps_quotes() -> None:
     assert [h.content for h in copy.heredocs] == ['"w" $N\n', "$N\n"]
 
 
+def test_copy_heredoc_expands_between_single_quotes() -> None:
+    # BuildKit expands heredoc bodies with quotes as plain text (SkipProcessQuotes).
+    text = "FROM a\nARG name=world\nCOPY <<EOF /greeting\necho '${name}' \"$name\"\nEOF\n"
+    copy = plan(text).target.steps[-1].instruction
+    assert isinstance(copy, Copy)
+    assert copy.heredocs[0].content == "echo 'world' \"world\"\n"
+
+
+def test_pattern_expansion_in_from_env_and_copy() -> None:
+    text = (
+        "ARG IMAGE=repo/app:1.2.3\nFROM ${IMAGE%:*}:${IMAGE##*:}-slim\n"
+        "ARG FILE=archive.tar.gz\nENV STEM=${FILE%%.*} EXT=${FILE#*.} DOTS=${FILE//./_}\n"
+        "COPY ${FILE/archive/data} /\n"
+    )
+    stage = plan(text).target
+    assert stage.base.ref == "repo/app:1.2.3-slim"
+    assert env_of(stage) == {"STEM": "archive", "EXT": "tar.gz", "DOTS": "archive_tar_gz"}
+    copy = stage.steps[-1].instruction
+    assert isinstance(copy, Copy)
+    assert copy.sources == ("data.tar.gz",)
+
+
 def test_expansion_error_names_the_line() -> None:
     with pytest.raises(ParseError, match=r"Dockerfile:3: V: is required"):
         plan("FROM a\n\nWORKDIR ${V:?is required}\n")
@@ -313,6 +375,11 @@ def test_from_a_later_stage_name_is_an_image() -> None:
 def test_errors_in_stage_resolution() -> None:
     with pytest.raises(UsageError, match="target stage 'nope' could not be found"):
         plan("FROM a\n", target="nope")
+    with pytest.raises(UsageError, match=r"could not be found in Dockerfile$"):
+        plan("FROM a AS build\n", target="nope")
+    # BuildKit's suggestion wording, for a name fewer than 3 edits away.
+    with pytest.raises(UsageError, match=r"'buidl' could not .* \(did you mean build\?\)$"):
+        plan("FROM a AS build\nFROM a AS test\n", target="buidl")
     with pytest.raises(ParseError, match="Dockerfile:2: duplicate stage name 'x'"):
         plan("FROM a AS x\nFROM b AS X\n")
     with pytest.raises(ParseError, match="Dockerfile:2: circular dependency detected on stage"):

@@ -128,7 +128,7 @@ def test_proxy_args_are_proxy_env_only() -> None:
         "FROM debian\nRUN true\n", build_args={"HTTP_PROXY": "http://p:3128", "X": "1"}
     )
     (run,) = _of(result.definition, Exec)
-    assert run.proxy_env == ("HTTP_PROXY=http://p:3128",)
+    assert run.proxy_env == ("HTTP_PROXY=http://p:3128", "http_proxy=http://p:3128")
     assert not any(item.startswith("HTTP_PROXY") for item in run.env)
     assert "HTTP_PROXY" not in json.dumps(result.config.to_oci_config())
 

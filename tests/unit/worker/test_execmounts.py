@@ -1,0 +1,79 @@
+"""RUN mounts decided without running anything: cache sub-paths and content keys."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lazybuild.graph.ops import Exec, ExecMount, Input
+from lazybuild.worker.execmounts import (
+    MountSetupError,
+    _cache_subpath,
+    content_keyed_inputs,
+    subtree_digest,
+)
+
+
+def cache_mount(source_path: str = "/") -> ExecMount:
+    return ExecMount(dest="/cache", kind="cache", cache_id="c", source_path=source_path)
+
+
+def test_cache_source_is_a_directory_inside_the_cache(tmp_path: Path) -> None:
+    (tmp_path / "sel").mkdir()
+    assert _cache_subpath(tmp_path, cache_mount()) == tmp_path
+    assert _cache_subpath(tmp_path, cache_mount("/sel")) == tmp_path / "sel"
+
+
+def test_cache_source_missing_or_escaping_through_a_link_is_an_error(tmp_path: Path) -> None:
+    # BuildKit's testCacheMountSourceEscape: a link to /etc resolves inside the cache.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.symlink("/etc", cache / "sel")
+    with pytest.raises(MountSetupError, match="'/sel' is not a directory in the cache"):
+        _cache_subpath(cache, cache_mount("/sel"))
+    with pytest.raises(MountSetupError, match="'/none'"):
+        _cache_subpath(cache, cache_mount("/none"))
+
+
+def exec_op(*mounts: ExecMount, inputs: int = 3) -> Exec:
+    return Exec(
+        args=("true",),
+        mounts=(ExecMount(input=0, dest="/"), *mounts),
+        inputs=tuple(Input(digest=f"sha256:{i}") for i in range(inputs)),
+    )
+
+
+def test_readonly_binds_of_a_subdirectory_key_on_content() -> None:
+    op = exec_op(
+        ExecMount(input=1, dest="/a", source_path="/src", readonly=True),
+        ExecMount(input=1, dest="/b", source_path="/lib", readonly=True),
+        ExecMount(input=2, dest="/c", source_path="/", readonly=True),
+    )
+    assert content_keyed_inputs(op) == {1: ("/src", "/lib")}
+
+
+def test_whole_or_writable_uses_keep_the_inputs_key() -> None:
+    op = exec_op(
+        ExecMount(input=1, dest="/a", source_path="/src", readonly=True),
+        ExecMount(input=1, dest="/b", source_path="/src", readonly=False),
+        ExecMount(input=0, dest="/r", source_path="/src", readonly=True),
+    )
+    assert content_keyed_inputs(op) == {}
+
+
+def test_subtree_digest_follows_content_not_times(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub/file").write_text("one")
+    os.symlink("sub/file", tree / "link")
+    first = subtree_digest(tree)
+    os.utime(tree / "sub/file", (1, 1))
+    assert subtree_digest(tree) == first
+    (tree / "sub/file").write_text("two")
+    changed = subtree_digest(tree)
+    assert changed != first
+    os.chmod(tree / "sub/file", 0o600)
+    assert subtree_digest(tree) != changed
+    assert subtree_digest(tmp_path / "none") == "missing"
