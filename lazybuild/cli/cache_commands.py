@@ -1,10 +1,17 @@
-"""``du`` and ``prune``: the local state that outlives commands."""
+"""``du`` and ``prune``: the local state that outlives commands.
+
+The measuring and freeing are plain functions (``measure_usage``, ``prune_state``)
+returning what they found, rendered to lines by ``usage_lines`` / ``prune_lines``: the
+daemon's ``DiskUsage`` and ``Prune`` RPCs run the very same code on its state
+directory, and ``--builder`` renders their answers with the same lines.
+"""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -15,6 +22,7 @@ from lazybuild.progress import human_size
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     du = commands.add_parser("du", help="show the disk space lazybuild's caches use")
+    _add_builder_argument(du)
     du.set_defaults(run=run_du)
     prune = commands.add_parser("prune", help="free cache space")
     prune.add_argument(
@@ -24,7 +32,35 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="SIZE",
         help="keep the most recently used chunks up to SIZE (default: remove all)",
     )
+    _add_builder_argument(prune)
     prune.set_defaults(run=run_prune)
+
+
+def _add_builder_argument(parser: argparse.ArgumentParser) -> None:
+    from lazybuild.daemon.client import add_builder_argument
+
+    add_builder_argument(parser)
+
+
+@dataclass(frozen=True)
+class UsageEntry:
+    """One line of ``du``: ``count`` things of kind ``unit`` taking ``size`` bytes."""
+
+    label: str
+    count: int
+    unit: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PruneEntry:
+    """One line of ``prune``: ``count`` ``label`` freed, ``size`` bytes; or, with
+    ``kept_because``, the part ``label`` kept and why."""
+
+    label: str
+    count: int = 0
+    size: int = 0
+    kept_because: str = ""
 
 
 def _tree_size(root: Path) -> tuple[int, int]:
@@ -54,76 +90,128 @@ def _mounts_alive(root: Path) -> bool:
     return any(records_dir(root).glob("*.json"))
 
 
-async def run_du(args: argparse.Namespace) -> int:
+def measure_usage(root: Path) -> list[UsageEntry]:
+    """What the state directory ``root`` holds, part by part (blocking: a thread's work)."""
     from lazybuild.cache.chunkcache import ChunkCache
     from lazybuild.lazyfs import imagecache, whole_images
 
-    root = state_dir(args)
-    cache = await trio.to_thread.run_sync(ChunkCache, root / "cache")
-    usage = await trio.to_thread.run_sync(cache.usage)
-    images = await trio.to_thread.run_sync(imagecache.usage, root)
-    whole = await trio.to_thread.run_sync(whole_images.usage, root)
-    print(f"state directory  {root}")
-    print(f"chunk cache      {usage.entries:>8} chunks  {human_size(usage.bytes):>10}")
-    print(f"EROFS images     {images.entries:>8} images  {human_size(images.bytes):>10}")
-    print(f"whole layers     {whole.entries:>8} images  {human_size(whole.bytes):>10}")
+    chunks = ChunkCache(root / "cache").usage()
+    images = imagecache.usage(root)
+    whole = whole_images.usage(root)
+    entries = [
+        UsageEntry("chunk cache", chunks.entries, "chunks", chunks.bytes),
+        UsageEntry("EROFS images", images.entries, "images", images.bytes),
+        UsageEntry("whole layers", whole.entries, "images", whole.bytes),
+    ]
     for name, label in (
         ("unpacked", "unpacked layers"),
         ("tocs", "layer TOCs"),
         ("build", "build cache"),
     ):
-        files, total = await trio.to_thread.run_sync(_tree_size, root / name)
-        print(f"{label:<16} {files:>8} files   {human_size(total):>10}")
-    return 0
+        files, total = _tree_size(root / name)
+        entries.append(UsageEntry(label, files, "files", total))
+    return entries
 
 
-async def run_prune(args: argparse.Namespace) -> int:
+def usage_lines(root: str, entries: Iterable[UsageEntry]) -> list[str]:
+    lines = [f"state directory  {root}"]
+    for entry in entries:
+        lines.append(
+            f"{entry.label:<16} {entry.count:>8} {entry.unit:<7} {human_size(entry.size):>10}"
+        )
+    return lines
+
+
+def prune_state(
+    root: Path, keep_bytes: int, report: Callable[[PruneEntry], None] = lambda entry: None
+) -> list[PruneEntry]:
+    """Frees what the state directory ``root`` holds beyond ``keep_bytes`` (0: all that
+    is not in use); ``report`` hears of each part as it is done (blocking: a thread's
+    work)."""
     from lazybuild.cache.chunkcache import ChunkCache
     from lazybuild.lazyfs import imagecache, whole_images
 
-    root = state_dir(args)
-    cache = await trio.to_thread.run_sync(ChunkCache, root / "cache")
-    freed = await trio.to_thread.run_sync(cache.prune, args.keep_storage)
-    print(f"freed {freed.entries} chunks, {human_size(freed.bytes)}")
+    done: list[PruneEntry] = []
+
+    def note(entry: PruneEntry) -> None:
+        done.append(entry)
+        report(entry)
+
+    freed = ChunkCache(root / "cache").prune(keep_bytes)
+    note(PruneEntry("chunks", freed.entries, freed.bytes))
     # Mounted ones too: a mount holds its image file open.
-    whole = await trio.to_thread.run_sync(whole_images.prune, root, args.keep_storage)
-    print(f"freed {whole.entries} whole layer images, {human_size(whole.bytes)}")
+    whole = whole_images.prune(root, keep_bytes)
+    note(PruneEntry("whole layer images", whole.entries, whole.bytes))
     # Removed even while layers are mounted: a filesystem process keeps the images it
     # serves in memory and never reads their entries again.
-    if args.keep_storage == 0 and (root / imagecache.IMAGE_CACHE_DIR).is_dir():
-        images = await trio.to_thread.run_sync(imagecache.remove_all, root)
-        print(f"freed {images.entries} EROFS images, {human_size(images.bytes)}")
+    if keep_bytes == 0 and (root / imagecache.IMAGE_CACHE_DIR).is_dir():
+        images = imagecache.remove_all(root)
+        note(PruneEntry("EROFS images", images.entries, images.bytes))
     tocs = root / "tocs"
-    if args.keep_storage == 0 and tocs.is_dir():
+    if keep_bytes == 0 and tocs.is_dir():
         # Also what says a layer was used here before (and is worth fetching whole when
         # built on again): after a prune, the next build starts from nothing. A running
         # filesystem process holds the TOCs it serves in memory.
-        files, total = await trio.to_thread.run_sync(_tree_size, tocs)
-        await trio.to_thread.run_sync(functools.partial(shutil.rmtree, tocs, ignore_errors=True))
-        print(f"freed {files} layer TOCs, {human_size(total)}")
+        files, total = _tree_size(tocs)
+        shutil.rmtree(tocs, ignore_errors=True)
+        note(PruneEntry("layer TOCs", files, total))
 
     # Unpacked layers may be lower dirs of live overlays: only removed idle. (Skeletons
     # are what lazybuild before EROFS layers stacked over lazy ones, left in old states.)
     for name, label in (("unpacked", "unpacked layers"), ("skeletons", "old layer skeletons")):
         directory = root / name
-        if args.keep_storage != 0 or not directory.is_dir():
+        if keep_bytes != 0 or not directory.is_dir():
             continue
-        if await trio.to_thread.run_sync(_mounts_alive, root):
-            print(f"{label} kept: lazybuild mounts are in use")
+        if _mounts_alive(root):
+            note(PruneEntry(label, kept_because="lazybuild mounts are in use"))
         else:
-            files, total = await trio.to_thread.run_sync(_tree_size, directory)
-            await trio.to_thread.run_sync(shutil.rmtree, directory)
-            print(f"freed {files} files of {label}, {human_size(total)}")
+            files, total = _tree_size(directory)
+            shutil.rmtree(directory)
+            note(PruneEntry(f"files of {label}", files, total))
     build = root / "build"
-    if args.keep_storage == 0 and build.is_dir():
+    if keep_bytes == 0 and build.is_dir():
         # Like `docker builder prune -a`: step layers, their blobs, cache records, cache
         # mounts and remembered base images; never under a running build.
-        if await trio.to_thread.run_sync(_build_running, build):
-            print("build cache kept: a build is running")
+        if _build_running(build):
+            note(PruneEntry("build cache", kept_because="a build is running"))
         else:
-            files, total = await trio.to_thread.run_sync(_tree_size, build)
-            await trio.to_thread.run_sync(shutil.rmtree, build)
-            print(f"freed {files} files of build cache, {human_size(total)}")
+            files, total = _tree_size(build)
+            shutil.rmtree(build)
+            note(PruneEntry("files of build cache", files, total))
+    return done
+
+
+def prune_line(entry: PruneEntry) -> str:
+    if entry.kept_because:
+        return f"{entry.label} kept: {entry.kept_because}"
+    return f"freed {entry.count} {entry.label}, {human_size(entry.size)}"
+
+
+async def run_du(args: argparse.Namespace) -> int:
+    if args.builder is not None:
+        from lazybuild.daemon.client import remote_usage
+
+        root, entries = await trio.to_thread.run_sync(remote_usage, args.builder)
+    else:
+        local = state_dir(args)
+        root, entries = str(local), await trio.to_thread.run_sync(measure_usage, local)
+    for line in usage_lines(root, entries):
+        print(line)
+    return 0
+
+
+async def run_prune(args: argparse.Namespace) -> int:
+    def show(entry: PruneEntry) -> None:
+        print(prune_line(entry))
+
+    if args.builder is not None:
+        from lazybuild.daemon.client import remote_prune
+
+        for entry in await trio.to_thread.run_sync(remote_prune, args.builder, args.keep_storage):
+            show(entry)
+        return 0
+    # Each part is printed as it is done, as before: a prune of a big cache takes a while.
+    await trio.to_thread.run_sync(prune_state, state_dir(args), args.keep_storage, show)
     return 0
 
 

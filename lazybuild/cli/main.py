@@ -20,6 +20,7 @@ from lazybuild.cli import (
     image_commands,
     optimize_commands,
     run_commands,
+    serve_commands,
 )
 from lazybuild.cli.options import add_global_options, state_dir
 from lazybuild.errors import LazybuildError, reported_error
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     optimize_commands.add_parsers(commands)
     run_commands.add_parsers(commands)
     cache_commands.add_parsers(commands)
+    serve_commands.add_parsers(commands)
     return parser
 
 
@@ -107,6 +109,8 @@ def _forked_filesystem(args: argparse.Namespace) -> LazyMountService | None:
 def _clean_up_after_killed_runs(args: argparse.Namespace) -> None:
     if args.command not in _COMMANDS_USING_STATE:
         return
+    if getattr(args, "builder", None) is not None:
+        return  # the daemon's state, which it looks after itself
     from lazybuild.cli.options import state_dir
     from lazybuild.executor.orphans import reap_orphaned_containers
     from lazybuild.executor.runc import DEFAULT_RUNC, DEFAULT_STATE_ROOT

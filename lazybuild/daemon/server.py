@@ -1,0 +1,122 @@
+"""The daemon's life: lock the state directory, clean up after a killed predecessor,
+listen, serve until SIGTERM or SIGINT, then stop cleanly and exit 0.
+
+Why a grpc server with a thread pool rather than ``grpc.aio``: ``grpc.aio`` runs on
+asyncio, and everything lazybuild does (the build driver, the lazy filesystem's client,
+the registry client) runs on trio; two event loops cannot share a thread, so an aio
+server would need trio in a thread of its own anyway. With the thread-pool server, this
+process's one trio loop waits for signals and owns the long-lived work, and each RPC
+runs in a pool thread, doing blocking work there (``du``, ``prune``) or handing async
+work to the trio loop (``trio.from_thread``). The pool's size also bounds how many RPCs
+run at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import trio
+
+from lazybuild.api.control.v1 import control_pb2_grpc
+from lazybuild.daemon.config import DaemonConfig
+from lazybuild.daemon.listeners import Bound, bind_tcp, bind_unix, remove_socket
+from lazybuild.daemon.service import ControlService, DaemonState
+from lazybuild.daemon.statelock import StateLock
+
+# RPCs other than builds (Info, DiskUsage, Prune) each take a thread while they run.
+_SPARE_THREADS = 4
+# How long RPCs under way get to finish once the daemon is told to stop.
+_STOP_GRACE_SECONDS = 10.0
+
+
+def say(message: str) -> None:
+    """A line of the daemon's log (stderr; journald keeps it under systemd)."""
+    print(f"lazybuild: {message}", file=sys.stderr, flush=True)
+
+
+async def serve(config: DaemonConfig) -> int:
+    """Runs the daemon until SIGTERM or SIGINT; returns its exit status (0)."""
+    state_dir = config.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with StateLock(state_dir):
+        await trio.to_thread.run_sync(_clean_up_after_killed_runs, state_dir)
+        with (
+            trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
+            _running_server(config) as bound,
+        ):
+            for served in bound:
+                say(f"serving on {served.reachable}")
+            _notify_systemd(b"READY=1")
+            async for signum in signals:
+                say(f"{signal.Signals(signum).name}: stopping")
+                break
+            _notify_systemd(b"STOPPING=1")
+    say("stopped")
+    return 0
+
+
+@contextlib.contextmanager
+def _running_server(config: DaemonConfig) -> Iterator[list[Bound]]:
+    """A started server on every configured address; stopped, its sockets removed, on
+    the way out (RPCs under way get ``_STOP_GRACE_SECONDS``)."""
+    state = DaemonState(config.state_dir)
+    pool = ThreadPoolExecutor(
+        max_workers=config.max_parallel_builds + _SPARE_THREADS,
+        thread_name_prefix="lazybuild-rpc",
+    )
+    server = grpc.server(pool)
+    control_pb2_grpc.add_ControlServicer_to_server(ControlService(state), server)
+    bound: list[Bound] = []
+    try:
+        unix, tcp = config.unix_and_tcp()
+        for address in unix:
+            bound.append(bind_unix(server, address, config.socket_gid))
+        for address in tcp:
+            assert config.tls is not None  # the config refuses TCP without it
+            bound.append(bind_tcp(server, address, config.tls))
+        state.addresses = tuple(b.reachable for b in bound)
+        server.start()
+        yield bound
+    finally:
+        # New calls are refused at once; the event is set when those under way ended.
+        server.stop(_STOP_GRACE_SECONDS).wait()
+        pool.shutdown(wait=True)
+        for served in bound:
+            remove_socket(served)
+
+
+def _clean_up_after_killed_runs(state_dir: Path) -> None:
+    """What a SIGKILLed predecessor (or any killed lazybuild) left: its containers first
+    (an orphan keeps its overlay, and the mounts under it, busy), then its mounts; the
+    same clean-up every command that touches state does first (``cli.main``)."""
+    from lazybuild.executor.orphans import reap_orphaned_containers
+    from lazybuild.executor.runc import DEFAULT_RUNC, DEFAULT_STATE_ROOT
+    from lazybuild.lazyfs.stale import cleanup_stale_mounts
+
+    for container_id in reap_orphaned_containers(DEFAULT_RUNC, DEFAULT_STATE_ROOT):
+        say(f"removed container {container_id} of a killed run")
+    for mountpoint in cleanup_stale_mounts(state_dir):
+        say(f"removed a stale mount of a killed run: {mountpoint}")
+
+
+def _notify_systemd(message: bytes) -> None:
+    """``sd_notify`` for a ``Type=notify`` unit; nothing outside systemd."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    if target.startswith("@"):
+        target = "\0" + target[1:]  # an abstract socket
+    with (
+        contextlib.suppress(OSError),
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as notify,
+    ):
+        notify.connect(target)
+        notify.sendall(message)
