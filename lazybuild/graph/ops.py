@@ -163,6 +163,9 @@ class Copy:
     exclude_patterns: tuple[str, ...] = ()
     always_replace_existing: bool = False
     timestamp: int | None = None
+    # Paths of the source that must exist even though only include patterns select
+    # them (``COPY --parents`` without wildcards), as BuildKit's RequiredPaths.
+    required_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -356,6 +356,7 @@ def copy(
     exclude_patterns: Sequence[str] = (),
     always_replace_existing: bool = False,
     timestamp: int | None = None,
+    required_paths: Sequence[str] = (),
 ) -> CopyFrom:
     """A copy step for ``State.file``; the options mean what they mean on ``Copy``."""
     action = Copy(
@@ -374,6 +375,7 @@ def copy(
         exclude_patterns=tuple(exclude_patterns),
         always_replace_existing=always_replace_existing,
         timestamp=timestamp,
+        required_paths=tuple(required_paths),
     )
     return CopyFrom(source, action)
 

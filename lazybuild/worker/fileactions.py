@@ -34,6 +34,8 @@ Copy, as fsutil does it:
 * ``include_patterns``/``exclude_patterns`` are .dockerignore patterns relative to a
   copied directory; directories left out are still made when something below them is
   taken. Exclusions also apply to wildcard matches, relative to the wildcard's base.
+* ``required_paths`` must exist in the source, whatever the patterns select
+  (``COPY --parents`` names a path through an include pattern).
 * ``attempt_unpack_docker_compatibility`` (``ADD``): a source file that is a tar archive
   is extracted into ``dest`` instead (see ``lazybuild.worker.archive``).
 
@@ -632,6 +634,7 @@ class _CopyRun:
     def run(self) -> None:
         if not self._action.create_dest_path:
             self._require_dest_parent()
+        self._require_paths()
         sources = self._sources()
         if not sources:
             return  # an allowed empty wildcard: nothing copied, nothing made
@@ -653,6 +656,11 @@ class _CopyRun:
         if dest != self._dest_root and not dest.parent.is_dir():
             parent = posixpath.dirname(_clean(self._action.dest))
             raise FileActionError(f"COPY destination directory {parent} does not exist")
+
+    def _require_paths(self) -> None:
+        for path in self._action.required_paths:
+            if not os.path.lexists(_resolve(self._source_root, path, follow_last=False)):
+                raise FileActionError(f"COPY source not found: {_clean(path)}")
 
     def _sources(self) -> list[str]:
         """The container paths to copy, in order: the literal ``src`` or its matches."""

@@ -240,8 +240,12 @@ class Copy(_FileCopy):
 
 @dataclass(frozen=True, kw_only=True)
 class Add(_FileCopy):
+    """``unpack`` is ``--unpack`` (Dockerfile 1.17); None: the default, which unpacks
+    local archives and not remote ones."""
+
     checksum: str | None
     keep_git_dir: bool
+    unpack: bool | None = None
 
     def expand(self, expander: WordExpander) -> Self:
         checksum = expander.word(self.checksum) if self.checksum is not None else None
@@ -434,9 +438,13 @@ class _Flags:
         return tuple(value for value in given if value is not None)
 
     def boolean(self, name: str) -> bool:
+        return self.optional_boolean(name) or False
+
+    def optional_boolean(self, name: str) -> bool | None:
+        """A boolean flag, None when it is not given."""
         given = self._take(name)
         if not given:
-            return False
+            return None
         if len(given) > 1:
             raise self.error(f"duplicate flag specified: {name}")
         value = given[0]
@@ -724,6 +732,7 @@ def parse_instruction(node: Node, escape: str = "\\") -> Instruction:
         result = Add(
             checksum=flags.string("checksum"),
             keep_git_dir=flags.boolean("keep-git-dir"),
+            unpack=flags.optional_boolean("unpack"),
             **fields,
             **common,
         )

@@ -56,7 +56,8 @@ HEREDOC_INSTRUCTIONS = frozenset({"RUN", "COPY", "ADD"})
 
 _KNOWN_DIRECTIVES = frozenset({"syntax", "escape", "check"})
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
-_HEREDOC_WORD = re.compile(r"^<<(-?)\s*([^<]*)$")
+# An optional file descriptor (``3<<IN``) is the shell's business; the body is read the same.
+_HEREDOC_WORD = re.compile(r"^\d*<<(-?)\s*([^<]*)$")
 _UTF8_BOM = "\ufeff"
 
 

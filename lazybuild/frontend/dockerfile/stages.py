@@ -17,6 +17,9 @@ Expansion applies to ADD, COPY, ENV, EXPOSE, FROM, LABEL, STOPSIGNAL, USER, VOLU
 WORKDIR, ARG defaults and RUN ``--mount`` values. RUN/CMD/ENTRYPOINT command text,
 SHELL, HEALTHCHECK and ONBUILD are left as written.
 
+ONBUILD triggers of the base (an image's, given by the caller, or a stage's of this
+Dockerfile) become the first steps of the stage built on it.
+
 Only the stages the target needs (through FROM, ``COPY --from`` and ``RUN --mount
 from=``) are expanded, so a broken unused stage does not fail the build.
 """
@@ -36,6 +39,7 @@ from lazybuild.frontend.dockerfile.instructions import (
     Instruction,
     KeyValue,
     Location,
+    Onbuild,
     Run,
     parse_instruction,
     parse_stages,
@@ -310,6 +314,10 @@ class _Planner:
         if base.kind == "image" and self.image_triggers is not None:
             # A base image's ONBUILD triggers run first, as if written after FROM.
             commands[:0] = self._triggers(self.image_triggers(base.ref, platform), line)
+        elif base.kind == "stage" and base.stage_index is not None:
+            # So do a base stage's (BuildKit since Dockerfile 1.12); its own triggers only,
+            # since those it inherited fired in it.
+            commands[:0] = self._triggers(self._stage_triggers(base.stage_index), line)
         for instruction in commands:
             step = self._step(instruction, index, args, env)
             steps.append(step)
@@ -328,6 +336,14 @@ class _Planner:
         )
         self.resolved[index] = resolved
         return resolved
+
+    def _stage_triggers(self, index: int) -> list[str]:
+        parent = self.resolve(index)
+        return [
+            step.instruction.expression
+            for step in parent.steps
+            if isinstance(step.instruction, Onbuild)
+        ]
 
     def _triggers(self, triggers: Sequence[str], line: int) -> list[Instruction]:
         """Parse a base image's triggers; errors point at the FROM line."""

@@ -159,6 +159,48 @@ def _is_git(source: str) -> bool:
     )
 
 
+def _parents_selection(src: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """``COPY --parents`` as BuildKit copies it: (source, include patterns, required paths).
+
+    The part before a ``/./`` pivot (``/`` without one) is the source, wildcards and all;
+    the rest is the one include pattern below it, so its path is kept. A source without
+    wildcards must exist; with wildcards, matching nothing copies nothing.
+    """
+    pivot, sep, rest = src.partition("/./")
+    source, pattern = (pivot or "/", rest) if sep else ("/", src)
+    pattern = posixpath.normpath("/" + pattern).lstrip("/")
+    if _has_wildcard(source) or _has_wildcard(pattern):
+        return source, (pattern,), ()
+    return source, (pattern,), (posixpath.join(source, pattern),)
+
+
+def _has_wildcard(path: str) -> bool:
+    return any(char in path for char in "*?[")
+
+
+# Digest algorithms and their hex lengths, as go-digest (BuildKit's checksum parser) has them.
+_DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+
+
+def checksum_problem(checksum: str) -> str | None:
+    """Why ``ADD --checksum`` cannot be a digest (go-digest's wording), or None if it is.
+
+    BuildKit parses the checksum before fetching anything, so a malformed one fails the
+    build without a download.
+    """
+    algorithm, sep, encoded = checksum.partition(":")
+    if not sep or not algorithm or not encoded:
+        return "invalid checksum digest format"
+    length = _DIGEST_HEX_LENGTHS.get(algorithm)
+    if length is None:
+        return "unsupported digest algorithm"
+    if len(encoded) != length:
+        return "invalid checksum digest length"
+    if any(char not in "0123456789abcdef" for char in encoded):
+        return "invalid checksum digest format"
+    return None
+
+
 def _normalize_port(port: str) -> list[str]:
     number, _, proto = port.partition("/")
     proto = (proto or "tcp").lower()
@@ -241,11 +283,14 @@ class _Converter:
             parent = self.results.get(base.stage_index)
             if parent is None:
                 raise self.error(stage, f"stage {base.ref!r} is not built before this stage")
-            # CMD-set-in-this-stage does not carry over: a child's ENTRYPOINT drops it.
-            state, config, cmd_set = parent.state, parent.config, False
+            # CMD-set-in-this-stage does not carry over: a child's ENTRYPOINT drops it. The
+            # parent's ONBUILD triggers ran as this stage's first steps: not passed on.
+            state, cmd_set = parent.state, False
+            config = replace(parent.config, onbuild=())
         elif base.kind == "scratch":
-            # BuildKit's empty image has the default PATH, and images built on it keep it.
-            config = ImageConfigState(env=(f"PATH={DEFAULT_PATH}",))
+            # BuildKit's empty image has the default PATH and WorkingDir "/", and images
+            # built on it keep them.
+            config = ImageConfigState(env=(f"PATH={DEFAULT_PATH}",), workdir="/")
             state, cmd_set = State.scratch(), False
         elif base.kind == "context":
             state = State.local(base.ref, metadata=from_meta)
@@ -541,6 +586,7 @@ class _Converter:
         chmod = ins.chmod
         is_add = isinstance(ins, Add)
         checksum = ins.checksum if isinstance(ins, Add) else None
+        unpack = ins.unpack if isinstance(ins, Add) else None
         copy_from = step.copy_from if isinstance(ins, Copy) else None
         parents = isinstance(ins, Copy) and ins.parents
         source_state = self.source_state(copy_from, ins)
@@ -548,6 +594,10 @@ class _Converter:
             raise self.error(ins, f"{ins.keyword} --from={copy_from.ref}: the stage is empty")
         if checksum is not None and not all(_is_url(s) for s in ins.sources):
             raise self.error(ins, "ADD --checksum works only with HTTP(S) sources")
+        if checksum is not None:
+            problem = checksum_problem(checksum)
+            if problem is not None:
+                raise self.error(ins, f"ADD --checksum={checksum}: {problem}")
 
         steps = []
         for source in ins.sources:
@@ -556,12 +606,15 @@ class _Converter:
             if is_add and _is_url(source):
                 name = posixpath.basename(urlparse(source).path.rstrip("/")) or "index.html"
                 http = State.http(source, checksum=checksum, filename=name, metadata=meta)
-                target = dest + name if as_directory else dest
+                # A remote archive is unpacked only when asked (--unpack, Dockerfile 1.17),
+                # and then into the destination, as a local one is.
+                target = dest + name if as_directory and not unpack else dest
                 steps.append(
                     copy(
                         http,
                         f"/{name}",
                         target,
+                        attempt_unpack_docker_compatibility=bool(unpack),
                         create_dest_path=True,
                         chown=chown,
                         chmod=chmod,
@@ -570,9 +623,9 @@ class _Converter:
                 continue
             src = posixpath.join("/", source)
             include: tuple[str, ...] = ()
+            required: tuple[str, ...] = ()
             if parents:
-                pivot, sep, rest = src.partition("/./")
-                src, include = (pivot or "/", (rest,)) if sep else ("/", (src.lstrip("/"),))
+                src, include, required = _parents_selection(src)
             steps.append(
                 copy(
                     source_state,
@@ -580,14 +633,17 @@ class _Converter:
                     dest,
                     follow_symlinks=True,
                     dir_copy_contents=True,
-                    attempt_unpack_docker_compatibility=is_add and copy_from is None,
+                    attempt_unpack_docker_compatibility=(
+                        unpack if unpack is not None else is_add and copy_from is None
+                    ),
                     create_dest_path=True,
-                    allow_wildcard=not parents,
+                    allow_wildcard=True,
                     allow_empty_wildcard=True,
                     chown=chown,
                     chmod=chmod,
                     include_patterns=include,
                     exclude_patterns=ins.exclude,
+                    required_paths=required,
                 )
             )
         for heredoc in ins.heredocs:

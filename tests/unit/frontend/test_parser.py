@@ -212,3 +212,18 @@ def test_invalid_utf8() -> None:
 def test_empty_file_has_no_nodes() -> None:
     assert parse(b"").nodes == ()
     assert parse(b"# just a comment\n\n").nodes == ()
+
+
+def test_heredocs_on_other_file_descriptors() -> None:
+    # BuildKit's testRunComplexHeredoc: `3<<IN1` is a heredoc for fd 3; the shell reads it.
+    text = (
+        "RUN <<EOF 3<<IN1 4<<-IN2 awk -f -\nBEGIN {}\nEOF\nhello\nIN1\n\tworld\n\tIN2\nRUN true\n"
+    )
+    dockerfile = parse(text)
+    run, after = dockerfile.nodes
+    assert [(h.name, h.content, h.chomp) for h in run.heredocs] == [
+        ("EOF", "BEGIN {}\n", False),
+        ("IN1", "hello\n", False),
+        ("IN2", "\tworld\n", True),
+    ]
+    assert (run.end_line, after.start_line) == (7, 8)

@@ -376,3 +376,98 @@ def test_secret_as_env_stays_out_of_env_and_mounts() -> None:
     assert not any("TOKEN" in item for item in first.env)
     assert second.secret_env == (SecretEnv(name="KEY", secret_id="key"),)
     assert [(m.kind, m.dest) for m in second.mounts][1:] == [("secret", "/key.pem")]
+
+
+def test_scratch_image_has_root_workdir() -> None:
+    # BuildKit's empty image config has WorkingDir "/" (docker inspect shows it).
+    config = _convert('FROM scratch\nCOPY a /\nCMD ["/a"]\n').config.to_oci_config()["config"]
+    assert config["WorkingDir"] == "/"
+    assert _convert("FROM scratch\nWORKDIR /w\n").config.workdir == "/w"
+
+
+def test_add_unpack_flag() -> None:
+    # Dockerfile 1.17: --unpack=true unpacks a remote archive into the destination;
+    # --unpack=false copies a local archive as the file it is.
+    result = _convert(
+        "FROM debian\nADD --unpack=true https://example.com/a/src.tar.gz /opt/src/\n"
+        "ADD --unpack=false local.tar.gz /keep/\nADD --unpack local2.tar /x/\n"
+        "ADD https://example.com/b.tar.gz /plain/\n"
+    )
+    remote, keep, local2, plain = _copies(result.definition)
+    assert (remote.src, remote.dest, remote.attempt_unpack_docker_compatibility) == (
+        "/src.tar.gz",
+        "/opt/src/",
+        True,
+    )
+    assert (keep.src, keep.attempt_unpack_docker_compatibility) == ("/local.tar.gz", False)
+    assert local2.attempt_unpack_docker_compatibility
+    assert (plain.dest, plain.attempt_unpack_docker_compatibility) == ("/plain/b.tar.gz", False)
+
+
+@pytest.mark.parametrize(
+    ("checksum", "problem"),
+    [
+        ("md5:" + "0" * 32, "unsupported digest algorithm"),
+        ("sha256:" + "0" * 63, "invalid checksum digest length"),
+        ("sha256:" + "g" * 64, "invalid checksum digest format"),
+        ("sha256:" + "A" * 64, "invalid checksum digest format"),
+        ("0" * 64, "invalid checksum digest format"),
+    ],
+)
+def test_add_checksum_format_is_checked_before_any_fetch(checksum: str, problem: str) -> None:
+    # BuildKit parses --checksum (go-digest) while converting: nothing is downloaded.
+    text = f"FROM debian\n\nADD --checksum={checksum} https://example.com/x /x\n"
+    with pytest.raises(ParseError, match=rf"^Dockerfile:3: ADD --checksum=\S+: {problem}$"):
+        _convert(text)
+
+
+def test_add_checksum_sha512_is_accepted() -> None:
+    result = _convert(f"FROM debian\nADD --checksum=sha512:{'a' * 128} https://example.com/x /x\n")
+    (http,) = _of(result.definition, HttpSource)
+    assert http.checksum == "sha512:" + "a" * 128
+
+
+def test_copy_parents_wildcards_before_the_pivot() -> None:
+    # BuildKit's testCopyRelativeParents: the part before /./ is the (wildcard) source,
+    # the rest an include pattern; without wildcards the path must exist.
+    result = _convert(
+        "FROM debian AS base\nFROM debian\n"
+        "COPY --from=base --parents /test/a/b*/./c/**/e /test/a/b/./c/d /out/\n"
+        "COPY --parents ./test/a/b/c/d /test/x/. /out2/\n"
+    )
+    wildcard, pivot, start, end = _copies(result.definition)
+    assert (wildcard.src, wildcard.include_patterns, wildcard.required_paths) == (
+        "/test/a/b*",
+        ("c/**/e",),
+        (),
+    )
+    assert wildcard.allow_wildcard and wildcard.allow_empty_wildcard
+    assert (pivot.src, pivot.include_patterns, pivot.required_paths) == (
+        "/test/a/b",
+        ("c/d",),
+        ("/test/a/b/c/d",),
+    )
+    assert (start.src, start.include_patterns) == ("/", ("test/a/b/c/d",))
+    assert (end.src, end.include_patterns, end.required_paths) == (
+        "/",
+        ("test/x",),
+        ("/test/x",),
+    )
+
+
+def test_onbuild_triggers_of_a_stage_fire_in_stages_built_on_it() -> None:
+    # BuildKit (Dockerfile >= 1.12): FROM <stage> runs that stage's ONBUILD triggers first;
+    # they are not passed on to the stages built on the child.
+    result = _convert(
+        "FROM debian AS base\nONBUILD COPY app.txt /app/\nONBUILD RUN echo triggered\n"
+        "FROM base AS mid\nRUN echo mine\nFROM mid\nRUN echo last\n"
+    )
+    runs = [op.args[-1] for op in _of(result.definition, Exec)]
+    assert runs == ["echo triggered", "echo mine", "echo last"]
+    (copy_action,) = _copies(result.definition)
+    assert (copy_action.src, copy_action.dest) == ("/app.txt", "/app/")
+    assert result.config.onbuild == ()
+    mid = _convert(
+        "FROM debian AS base\nONBUILD RUN echo triggered\nFROM base AS mid\n", target="base"
+    )
+    assert mid.config.onbuild == ("RUN echo triggered",)

@@ -685,6 +685,55 @@ def test_parents_style_copy_keeps_the_path(src: Path, dest: Path) -> None:
     assert listing(dest / "out") == ["a", "a/b", "a/b/f.txt"]
 
 
+def _parents_tree(src: Path) -> None:
+    for path in ("a/b/c/d/foo", "a/b/c/d/e/bay", "a/b2/c/d/e/bar", "a/b/c2/d/e/baz"):
+        write(src, f"test/{path}", path)
+    write(src, "test/a/b/c2/d/e2/baz", "e2")
+
+
+def parents_copy(dest: Path, src: Path, source: str, pattern: str, *required: str) -> None:
+    copy(
+        dest,
+        src,
+        src=source,
+        dest="/out/",
+        follow_symlinks=True,
+        dir_copy_contents=True,
+        create_dest_path=True,
+        allow_wildcard=True,
+        allow_empty_wildcard=True,
+        include_patterns=(pattern,),
+        required_paths=required,
+    )
+
+
+def test_parents_copy_with_a_wildcard_before_the_pivot(src: Path, dest: Path) -> None:
+    # BuildKit's testCopyRelativeParents ("doublewildcard", "doubleinputs"): every match
+    # of the source's wildcard contributes what the pattern selects below it.
+    _parents_tree(src)
+    parents_copy(dest, src, "/test/a/b*", "c/**/e")
+    assert listing(dest / "out") == ["c", "c/d", "c/d/e", "c/d/e/bar", "c/d/e/bay"]
+    parents_copy(dest, src, "/test/a/b/c*", "d/**/baz")
+    assert [p for p in listing(dest / "out") if p.startswith("d")] == [
+        "d",
+        "d/e",
+        "d/e/baz",
+        "d/e2",
+        "d/e2/baz",
+    ]
+
+
+def test_parents_copy_required_path_must_exist(src: Path, dest: Path) -> None:
+    # testCopyParentsMissingDirectory: a literal path is required, a wildcard is not.
+    _parents_tree(src)
+    with pytest.raises(FileActionError, match=r"^COPY source not found: /test/nonexistent$"):
+        parents_copy(dest, src, "/", "test/nonexistent", "/test/nonexistent")
+    parents_copy(dest, src, "/test/a", "b3*/c")
+    assert listing(dest / "out") == []
+    parents_copy(dest, src, "/test/a/b", "c/d", "/test/a/b/c/d")
+    assert listing(dest / "out")[:3] == ["c", "c/d", "c/d/e"]
+
+
 # -- Copy: what is in the way ------------------------------------------------------------
 
 
