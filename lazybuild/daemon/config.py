@@ -168,6 +168,8 @@ class DaemonConfig(_Section):
     @field_validator("socket_group")
     @classmethod
     def _known_group(cls, group: str | int | None) -> str | int | None:
+        if isinstance(group, str) and group.isdigit():
+            return int(group)  # a gid, as the command line spells one
         if isinstance(group, str):
             try:
                 grp.getgrnam(group)

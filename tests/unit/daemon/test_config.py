@@ -78,6 +78,10 @@ def test_command_line_overrides_the_file(tmp_path: Path) -> None:
     assert config.max_parallel_builds == 2
 
 
+def test_a_numeric_socket_group_from_the_command_line_is_a_gid() -> None:
+    assert load_config(None, {"socket_group": "65534"}).socket_gid == 65534
+
+
 def test_tls_flags_complete_the_file_s_tls_section(tmp_path: Path) -> None:
     tls = _tls_files(tmp_path)
     path = _write(tmp_path, f'addresses = ["tcp://127.0.0.1:0"]\n[tls]\ncert = "{tls["cert"]}"\n')
