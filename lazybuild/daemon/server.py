@@ -26,7 +26,9 @@ import grpc
 import trio
 
 from lazybuild.api.control.v1 import control_pb2_grpc
+from lazybuild.cli.cache_commands import PruneEntry, prune_line
 from lazybuild.daemon.config import DaemonConfig
+from lazybuild.daemon.gc import collect_periodically
 from lazybuild.daemon.listeners import Bound, bind_tcp, bind_unix, remove_socket
 from lazybuild.daemon.service import ControlService, DaemonState
 from lazybuild.daemon.statelock import StateLock
@@ -55,9 +57,12 @@ async def serve(config: DaemonConfig) -> int:
             for served in bound:
                 say(f"serving on {served.reachable}")
             _notify_systemd(b"READY=1")
-            async for signum in signals:
-                say(f"{signal.Signals(signum).name}: stopping")
-                break
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect_periodically, state_dir, config.gc, _say_collected)
+                async for signum in signals:
+                    say(f"{signal.Signals(signum).name}: stopping")
+                    break
+                nursery.cancel_scope.cancel()
             _notify_systemd(b"STOPPING=1")
     say("stopped")
     return 0
@@ -91,6 +96,10 @@ def _running_server(config: DaemonConfig) -> Iterator[list[Bound]]:
         pool.shutdown(wait=True)
         for served in bound:
             remove_socket(served)
+
+
+def _say_collected(entry: PruneEntry) -> None:
+    say(f"gc: {prune_line(entry)}")
 
 
 def _clean_up_after_killed_runs(state_dir: Path) -> None:
