@@ -30,7 +30,6 @@ from lazybuild.executor.runc import run_container
 from lazybuild.executor.spec import Network, ProcessSpec, generate_spec
 from lazybuild.executor.users import resolve_user
 from lazybuild.graph.ops import Exec
-from lazybuild.progress import human_size
 from lazybuild.solver import CacheMap, Job, Result
 from lazybuild.worker.execmounts import (
     MountSetupError,
@@ -42,7 +41,7 @@ from lazybuild.worker.execmounts import (
 )
 from lazybuild.worker.layers import Snapshot
 from lazybuild.worker.layerstore import StagingArea
-from lazybuild.worker.learnedreads import step_key
+from lazybuild.worker.learnedprefetch import learn_reads, start_learned_prefetch
 from lazybuild.worker.opbase import op_digest, slot
 from lazybuild.worker.resources import WorkerResources
 
@@ -128,9 +127,9 @@ class ExecOp:
                     if len(env) > len(op.env) + len(op.proxy_env)
                     else area.scratch / "bundle"
                 )
-                learning = await self._prefetch_learned(job, root_snapshot)
+                learning = await start_learned_prefetch(job, op, root_snapshot, resources)
                 await self._run(job, area, specs, env, bundle)
-                await self._learn(root_snapshot, learning)
+                await learn_reads(learning, resources)
             if root_mount.output is not None:
                 outputs[root_mount.output] = root_snapshot.on_top([resources.store.commit(area)])
             for changes in writable:
@@ -199,46 +198,6 @@ class ExecOp:
                 result.exit_code,
                 list(tail),
             )
-
-    async def _prefetch_learned(self, job: Job, snapshot: Snapshot) -> tuple[str, int] | None:
-        """Start fetching what this step read from its base image last time; the record's
-        key and a mark to learn from this run (None: nothing to learn here)."""
-        learned = self._resources.learned
-        key = step_key(self._op.args, self._op.cwd, snapshot)
-        if learned is None or key is None:
-            return None
-        try:
-            mark = await self._resources.mounter.mark_reads()
-            if mark is None:
-                return None
-            wanted = await trio.to_thread.run_sync(learned.load, key)
-            if wanted:
-                _, size = await self._resources.mounter.prefetch_files(snapshot, wanted)
-                files = sum(len(paths) for paths in wanted)
-                await job.status(
-                    "learned-prefetch",
-                    f"prefetching {files} files read last time: {human_size(size)} not cached yet",
-                    size,
-                    size,
-                    completed=True,
-                )
-        except LazybuildError as exc:  # a hint: the step fetches on demand instead
-            log.warning("learned prefetch failed: %s", exc)
-            return None
-        return key, mark
-
-    async def _learn(self, snapshot: Snapshot, learning: tuple[str, int] | None) -> None:
-        learned = self._resources.learned
-        if learning is None or learned is None:
-            return
-        key, mark = learning
-        try:
-            read = await self._resources.mounter.reads_since(snapshot, mark)
-        except LazybuildError as exc:
-            log.warning("cannot learn what the step read: %s", exc)
-            return
-        if read is not None and any(read):
-            await trio.to_thread.run_sync(learned.save, key, read)
 
     def _secret_env(self) -> list[str]:
         env = []

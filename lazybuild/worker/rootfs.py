@@ -151,6 +151,25 @@ class LayerMounter:
         }
         return await self._service.prefetch_files(files)
 
+    async def prefetch_in_layers(self, layers: Sequence[RemoteLayer], paths: Sequence[str]) -> int:
+        """Start fetching ``paths`` from whichever of ``layers`` (lazy lowers of a cache
+        mount) hold them; the compressed bytes scheduled."""
+        if self._service is None or not layers or not paths:
+            return 0
+        await self.lower_dirs(Snapshot(tuple(layers)))
+        files = {layer.descriptor.digest: list(paths) for layer in layers}
+        return (await self._service.prefetch_files(files))[1]
+
+    async def reads_in_layers(self, layers: Sequence[RemoteLayer], mark: int) -> list[str] | None:
+        """The files read from ``layers`` since ``mark``, top-most layer's first."""
+        if self._service is None or not self._service.running:
+            return None
+        read = await self._service.reads_since(mark)
+        seen: dict[str, None] = {}
+        for layer in reversed(layers):
+            seen.update(dict.fromkeys(read.get(layer.descriptor.digest, [])))
+        return list(seen)
+
     async def mark_reads(self, *, reread_big_files: bool = False) -> int | None:
         """A mark for ``reads_since`` and ``ranges_since`` (None: no lazy filesystem,
         nothing to learn); see ``LazyMountService.mark_reads``."""

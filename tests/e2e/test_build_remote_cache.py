@@ -227,6 +227,10 @@ def test_cache_mounts_travel_lazily_and_only_changes_are_exported(
     document = _cache_document(registry, "e2e-remote-cache/mounts", "buildcache")
     ((_, positions),) = document["mounts"].items()
     assert len(positions) == 2, document["mounts"]
+    # What B's step read from A's cache mount content travels too, prefetched by the
+    # next runner as the step starts (a record of its own, paths in the mount).
+    flat = [[path for layer in layers for path in layer] for layers in document["learned"].values()]
+    assert ["a"] in flat, document["learned"]
     for state in ("a", "b", "c"):
         assert_nothing_left(tmp_path / state)
 

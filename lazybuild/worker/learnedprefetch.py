@@ -1,0 +1,129 @@
+"""A RUN step's learned prefetch: fetch what it read last time as it starts, and learn
+what it reads this time.
+
+Two kinds of lazy inputs are learned, each under its own record (see learnedreads):
+
+- the base image's layers under the step's root filesystem, by layer position;
+- the imported lowers of each cache mount (a Go build cache from another runner), as
+  one list of paths in the mount: the lowers change from export to export, the paths a
+  build looks up in its cache much less. Without this the go command looks up its
+  cache entries one at a time, a round trip each.
+
+A record is a hint: failures here cost time, never the step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from lazybuild.errors import LazybuildError
+from lazybuild.graph.ops import Exec
+from lazybuild.progress import human_size
+from lazybuild.solver import Job
+from lazybuild.worker.cachemounts import cache_mount_name
+from lazybuild.worker.layers import RemoteLayer, Snapshot
+from lazybuild.worker.learnedreads import step_key
+from lazybuild.worker.resources import WorkerResources
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _MountRecord:
+    key: str
+    lowers: tuple[RemoteLayer, ...]
+
+
+@dataclass
+class StepLearning:
+    """What a started step will learn from: the global read mark and the records."""
+
+    mark: int
+    root_key: str
+    root: Snapshot
+    mounts: list[_MountRecord] = field(default_factory=list)
+
+
+def cache_mount_key(root_key: str, name: str) -> str:
+    """The record of what the step keyed ``root_key`` read from cache mount ``name``."""
+    return hashlib.sha256(f"{root_key}\0cache-mount\0{name}".encode()).hexdigest()
+
+
+async def start_learned_prefetch(
+    job: Job, op: Exec, root: Snapshot, resources: WorkerResources
+) -> StepLearning | None:
+    """Start fetching what this step read last time; what to learn from this run (None:
+    nothing to learn here)."""
+    learned = resources.learned
+    key = step_key(op.args, op.cwd, root)
+    if learned is None or key is None:
+        return None
+    try:
+        mark = await resources.mounter.mark_reads()
+        if mark is None:
+            return None
+        learning = StepLearning(mark, key, root)
+        wanted = await trio.to_thread.run_sync(learned.load, key)
+        scheduled, files = 0, 0
+        if wanted:
+            _, scheduled = await resources.mounter.prefetch_files(root, wanted)
+            files = sum(len(paths) for paths in wanted)
+        for name, lowers in await trio.to_thread.run_sync(_lazy_cache_mounts, op, resources):
+            record = _MountRecord(cache_mount_key(key, name), lowers)
+            learning.mounts.append(record)
+            paths = await trio.to_thread.run_sync(learned.load, record.key)
+            if paths:
+                flat = [path for layer in paths for path in layer]
+                scheduled += await resources.mounter.prefetch_in_layers(lowers, flat)
+                files += len(flat)
+        if files:
+            await job.status(
+                "learned-prefetch",
+                f"prefetching {files} files read last time: {human_size(scheduled)} not cached yet",
+                scheduled,
+                scheduled,
+                completed=True,
+            )
+    except LazybuildError as exc:  # a hint: the step fetches on demand instead
+        log.warning("learned prefetch failed: %s", exc)
+        return None
+    return learning
+
+
+async def learn_reads(learning: StepLearning | None, resources: WorkerResources) -> None:
+    """Keep what the step read since it started (added to earlier runs' records)."""
+    learned = resources.learned
+    if learning is None or learned is None:
+        return
+    try:
+        read = await resources.mounter.reads_since(learning.root, learning.mark)
+        if read is not None and any(read):
+            await trio.to_thread.run_sync(learned.save, learning.root_key, read)
+        for record in learning.mounts:
+            paths = await resources.mounter.reads_in_layers(record.lowers, learning.mark)
+            if paths:
+                await trio.to_thread.run_sync(learned.save, record.key, [paths])
+    except LazybuildError as exc:
+        log.warning("cannot learn what the step read: %s", exc)
+
+
+def _lazy_cache_mounts(
+    op: Exec, resources: WorkerResources
+) -> list[tuple[str, tuple[RemoteLayer, ...]]]:
+    """(name, imported lowers) of the step's cache mounts that have lowers."""
+    state = resources.cache_mount_state
+    if state is None:
+        return []
+    found = []
+    for mount in op.mounts:
+        if mount.kind != "cache":
+            continue
+        name = cache_mount_name(mount)
+        lowers = state.lowers(name)
+        if lowers:
+            found.append((name, lowers))
+    return found
