@@ -89,6 +89,7 @@ DOCKERD_COMPARABLE: dict[str, str] = {
     "multistage-by-name": "COPY --from=<name>, names case-insensitive",
     "onbuild": "ONBUILD triggers stored in the config (fired: see onbuild-child)",
     "onbuild-child": "built FROM dockerd's onbuild image: triggers run with the child's context",
+    "onbuild-stage": "ONBUILD COPY/RUN of a stage fire in the stage built on it, once",
     "proxy-args": "predefined proxy ARGs reach RUN and stay out of config and history",
     "run-shell-exec": "RUN shell/exec forms, continuations with comments, lower case",
     "shell-instruction": "SHELL, and CMD's shell form using it",
@@ -99,18 +100,23 @@ DOCKERD_COMPARABLE: dict[str, str] = {
 # Features the legacy builder lacks: built by lazybuild only and checked against the
 # documented behaviour (the value says why dockerd 20.10 cannot build the case).
 DOCUMENTED_ONLY: dict[str, str] = {
+    "add-unpack": "ADD --unpack: 'Unknown flag: unpack'",
     "add-url-checksum": "ADD --checksum / --chmod: 'Unknown flag: checksum'",
     "copy-chmod": "COPY --chmod: 'the --chmod option requires BuildKit'",
     "copy-link": "COPY --link: 'Unknown flag: link'",
     "copy-parents-exclude": "COPY --parents/--exclude: 'Unknown flag: parents'",
+    "copy-parents-wildcard": "COPY --parents: 'Unknown flag: parents'",
     "dockerfile-specific-dockerignore": "only BuildKit reads Dockerfile.dockerignore",
+    "expansion-patterns": "${v%p} and the like: 'unsupported modifier (%) in substitution'",
     "healthcheck": "HEALTHCHECK --start-interval: 'Unknown flag: start-interval'",
     "heredoc-copy": "heredocs: 'unknown instruction: HELLO'",
+    "heredoc-fds-quotes": "heredocs: 'unknown instruction: BEGIN'",
     "heredoc-run": "heredocs: 'unknown instruction: ECHO'",
     "platform-args-local": "automatic platform ARGs: FROM --platform=$BUILDPLATFORM fails",
     "run-mount-bind": "RUN --mount: 'the --mount option requires BuildKit'",
     "run-mount-cache": "RUN --mount: 'the --mount option requires BuildKit'",
     "run-mount-secret-ssh": "RUN --mount=type=secret,env=: 'unexpected key env'",
+    "run-mount-selectors": "RUN --mount: 'the --mount option requires BuildKit'",
     "run-mount-tmpfs": "RUN --mount=type=tmpfs,size=: 'unexpected key size'",
     "run-network": "RUN --network: 'Unknown flag: network'",
     "target-selection": (
@@ -1022,3 +1028,133 @@ def test_variable_expansion(
     new, changed = _changes(image, base_tree)
     assert not changed
     assert sorted(new) == ["w", "w/value", "w/value/x"]
+
+
+# --- BuildKit's frontend behaviour (issue 17) ---------------------------------------------
+
+
+@pytest.fixture
+def served_archive() -> Iterator[str]:
+    """add-unpack's served/ directory over HTTP on loopback; the archive's URL."""
+    directory = CASES_DIR / "add-unpack" / "served"
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/remote.tar.gz"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_add_unpack(
+    served_archive: str,
+    base_image: str,
+    base_tree: dict[str, Facts],
+    layer_cache: dict[str, Tree],
+    state_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """--unpack=true extracts a remote archive into the destination (by default it is
+    kept as a file); --unpack=false keeps a local archive as the file it is."""
+    image = _lazy_only(
+        "add-unpack", tmp_path, state_dir, layer_cache, base_image, {"ARCHIVE_URL": served_archive}
+    )
+    new, changed = _changes(image, base_tree)
+    assert not changed
+    files = sorted(p for p, f in new.items() if f.type != "dir")
+    assert files == [
+        "kept-local/local.tar",
+        "kept-remote/remote.tar.gz",
+        "unpacked-local/bar",
+        "unpacked/foo",
+    ]
+    case = CASES_DIR / "add-unpack"
+    _file(image, "unpacked/foo", b"from the remote archive\n")
+    _file(image, "unpacked-local/bar", b"from the local archive\n")
+    _file(image, "kept-local/local.tar", (case / "local.tar").read_bytes())
+    remote = (case / "served/remote.tar.gz").read_bytes()
+    _file(image, "kept-remote/remote.tar.gz", remote, mode=0o600)
+
+
+def test_copy_parents_wildcard(
+    base_image: str, layer_cache: dict[str, Tree], state_dir: Path, tmp_path: Path
+) -> None:
+    """BuildKit's testCopyRelativeParents: each match of a wildcard before ./ adds what
+    the pattern after it selects, paths kept from the pivot; a wildcard matching nothing
+    copies nothing."""
+    image = _lazy_only("copy-parents-wildcard", tmp_path, state_dir, layer_cache, base_image)
+
+    def below(top: str) -> list[str]:
+        return sorted(p.removeprefix(top + "/") for p in image.entries if p.startswith(top + "/"))
+
+    assert below("doublewildcard") == ["c", "c/d", "c/d/e", "c/d/e/bar", "c/d/e/bay"]
+    assert below("doubleinputs") == [
+        "c",
+        "c/d",
+        "c/d/e",
+        "c/d/e/bar",
+        "d",
+        "d/e",
+        "d/e/baz",
+        "d/e2",
+        "d/e2/baz",
+    ]
+    assert "b/c/d/e" in below("wildcard") and "b2/c/d/e/bar" in below("wildcard")
+    assert image.entries["nomatch"].type == "dir" and below("nomatch") == []
+
+
+def test_expansion_patterns(
+    base_image: str, layer_cache: dict[str, Tree], state_dir: Path, tmp_path: Path
+) -> None:
+    """${v%p} ${v%%p} ${v#p} ${v##p} ${v/p/r} ${v//p/r} in FROM and ENV; TARGETSTAGE is
+    the target's name once declared (BuildKit's testTargetStageNameArg)."""
+    image = _lazy_only("expansion-patterns", tmp_path, state_dir, layer_cache, base_image)
+    assert image.config["config"]["Env"][1:] == [
+        "STEM=release-1",
+        "NO_EXT=release-1.2.3.tar",
+        "EXT=2.3.tar.gz",
+        "LAST=gz",
+        "FIRST_DOT=release-1_2.3.tar.gz",
+        "DOTS=release-1_2_3_tar_gz",
+    ]
+    _file(image, "before.txt", b"value:")
+    _file(image, "stage.txt", b"value:patterns")
+
+
+def test_heredoc_fds_quotes(
+    base_image: str, layer_cache: dict[str, Tree], state_dir: Path, tmp_path: Path
+) -> None:
+    """BuildKit's testRunComplexHeredoc: heredocs on fds 3 and 4 reach the command; a
+    COPY heredoc expands variables between quotes (the quotes stay)."""
+    image = _lazy_only("heredoc-fds-quotes", tmp_path, state_dir, layer_cache, base_image)
+    _file(image, "dest/fd3", b"hello world\n")
+    _file(image, "dest/fd4", b"HELLO WORLD\n")
+    _file(image, "dest/quoted.txt", b"'world' \"world\" $name\n")
+
+
+def test_run_mount_selectors(
+    base_image: str, layer_cache: dict[str, Tree], state_dir: Path, tmp_path: Path
+) -> None:
+    """A cache mount's source= is a directory of the cache; a bind mount from= a stage
+    with src= keys the step on that directory: changing another file of the stage does
+    not run the step again, changing the directory does."""
+    case = Case.load("run-mount-selectors")
+    cache_id = f"selectors-{os.getpid()}-{time.monotonic_ns()}"
+
+    def build(name: str, unrelated: str) -> LazyImage:
+        return lazybuild_image(
+            case,
+            tmp_path / name,
+            state_dir=state_dir,
+            layer_cache=layer_cache,
+            build_args={"BASE": base_image, "CACHE_ID": cache_id, "UNRELATED": unrelated},
+        )
+
+    first = build("first", "one")
+    _file(first, "from-cache-source.txt", b"in-sel\n")
+    keyed = first.entries["keyed.txt"].sha256
+    second = build("second", "two")
+    assert second.entries["keyed.txt"].sha256 == keyed, "rerun for an unrelated change"
