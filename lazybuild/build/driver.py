@@ -192,6 +192,7 @@ async def run_build(
             learned=LearnedReads(store.root / "learned"),
             cache_mount_state=CacheMounts(cache_mounts),
             on_cache_miss=on_line,
+            learn_cache_mount_writes=request.export_cache,
         )
         worker = Worker(resources)
         imported = await import_caches(request.cache_from, client, on_line)

@@ -4,10 +4,13 @@ what it reads this time.
 Two kinds of lazy inputs are learned, each under its own record (see learnedreads):
 
 - the base image's layers under the step's root filesystem, by layer position;
-- the imported lowers of each cache mount (a Go build cache from another runner), as
-  one list of paths in the mount: the lowers change from export to export, the paths a
-  build looks up in its cache much less. Without this the go command looks up its
-  cache entries one at a time, a round trip each.
+- each cache mount (a Go build cache), as one list of paths in the mount: what the
+  step read from the mount's imported lowers (another runner's cache) and, when the
+  build exports its cache mounts, what it wrote there (a fresh runner's first build
+  reads nothing lazily, but the next runner looks up exactly the entries it wrote).
+  The lowers change from export to export, the paths a build looks up much less.
+  Without this the go command looks up its cache entries one at a time, a round trip
+  each, on the runner that imports the cache.
 
 A record is a hint: failures here cost time, never the step.
 """
@@ -16,7 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import stat
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -26,7 +33,7 @@ from lazybuild.progress import human_size
 from lazybuild.solver import Job
 from lazybuild.worker.cachemounts import cache_mount_name
 from lazybuild.worker.layers import RemoteLayer, Snapshot
-from lazybuild.worker.learnedreads import step_key
+from lazybuild.worker.learnedreads import MAX_FILES, step_key
 from lazybuild.worker.resources import WorkerResources
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,7 @@ log = logging.getLogger(__name__)
 class _MountRecord:
     key: str
     lowers: tuple[RemoteLayer, ...]
+    changes: Path  # where the step's writes to the mount land
 
 
 @dataclass
@@ -45,6 +53,7 @@ class StepLearning:
     mark: int
     root_key: str
     root: Snapshot
+    started_ns: int = field(default_factory=time.time_ns)
     mounts: list[_MountRecord] = field(default_factory=list)
 
 
@@ -72,11 +81,13 @@ async def start_learned_prefetch(
         if wanted:
             _, scheduled = await resources.mounter.prefetch_files(root, wanted)
             files = sum(len(paths) for paths in wanted)
-        for name, lowers in await trio.to_thread.run_sync(_lazy_cache_mounts, op, resources):
-            record = _MountRecord(cache_mount_key(key, name), lowers)
+        for name, lowers, changes in await trio.to_thread.run_sync(
+            _learned_cache_mounts, op, resources
+        ):
+            record = _MountRecord(cache_mount_key(key, name), lowers, changes)
             learning.mounts.append(record)
             paths = await trio.to_thread.run_sync(learned.load, record.key)
-            if paths:
+            if paths and lowers:
                 flat = [path for layer in paths for path in layer]
                 scheduled += await resources.mounter.prefetch_in_layers(lowers, flat)
                 files += len(flat)
@@ -104,17 +115,24 @@ async def learn_reads(learning: StepLearning | None, resources: WorkerResources)
         if read is not None and any(read):
             await trio.to_thread.run_sync(learned.save, learning.root_key, read)
         for record in learning.mounts:
-            paths = await resources.mounter.reads_in_layers(record.lowers, learning.mark)
+            paths = await resources.mounter.reads_in_layers(record.lowers, learning.mark) or []
+            if resources.learn_cache_mount_writes:
+                written = await trio.to_thread.run_sync(
+                    _written_since, record.changes, learning.started_ns
+                )
+                seen = set(paths)
+                paths += [path for path in written if path not in seen]
             if paths:
                 await trio.to_thread.run_sync(learned.save, record.key, [paths])
     except LazybuildError as exc:
         log.warning("cannot learn what the step read: %s", exc)
 
 
-def _lazy_cache_mounts(
+def _learned_cache_mounts(
     op: Exec, resources: WorkerResources
-) -> list[tuple[str, tuple[RemoteLayer, ...]]]:
-    """(name, imported lowers) of the step's cache mounts that have lowers."""
+) -> list[tuple[str, tuple[RemoteLayer, ...], Path]]:
+    """(name, imported lowers, where writes land) of the step's cache mounts worth
+    learning about: those with lowers, and all of them when their writes count."""
     state = resources.cache_mount_state
     if state is None:
         return []
@@ -124,6 +142,25 @@ def _lazy_cache_mounts(
             continue
         name = cache_mount_name(mount)
         lowers = state.lowers(name)
-        if lowers:
-            found.append((name, lowers))
+        if lowers or resources.learn_cache_mount_writes:
+            # With lowers the mount is an overlay whose upper holds the changes.
+            changes = state.directory(name) / "upper" if lowers else state.directory(name)
+            found.append((name, lowers, changes))
     return found
+
+
+def _written_since(directory: Path, since_ns: int) -> list[str]:
+    """Regular files below ``directory`` modified since ``since_ns``, oldest first (the
+    order a similar step will want them in), at most ``MAX_FILES``."""
+    found: list[tuple[int, str]] = []
+    for parent, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(parent, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue  # removed meanwhile
+            if stat.S_ISREG(st.st_mode) and st.st_mtime_ns >= since_ns:
+                found.append((st.st_mtime_ns, os.path.relpath(path, directory)))
+    found.sort()
+    return [path for _, path in found[:MAX_FILES]]

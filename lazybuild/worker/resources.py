@@ -92,5 +92,7 @@ class WorkerResources:
     # Digests of imported cache layers found corrupt while a step read them: a record
     # whose result has one is a miss from then on.
     refused_layers: set[str] = field(default_factory=set)
+    # Learn what steps write to cache mounts (for a cache export that takes them).
+    learn_cache_mount_writes: bool = False
     exec_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
     file_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(4))

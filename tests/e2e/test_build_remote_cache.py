@@ -214,6 +214,9 @@ def test_cache_mounts_travel_lazily_and_only_changes_are_exported(
     export = f"type=registry,ref={cache},mode=max,cache-mounts=true"
     context = write_context(tmp_path / "ctx", WRITES_CACHE, {"name": "a\n"})
     assert _seen(tmp_path / "a", context, base_image, "--cache-to", export) == []
+    # What A's step wrote to the mount is what the next runner's step will look up:
+    # learned (a record of its own, paths in the mount), prefetched as that step starts.
+    assert ["a"] in _learned_paths(registry, "e2e-remote-cache/mounts")
     # Runner B, fresh, another input: the step runs, over A's cache mount content.
     (context / "name").write_text("b\n")
     seen = _seen(tmp_path / "b", context, base_image, "--cache-from", cache, "--cache-to", export)
@@ -227,12 +230,16 @@ def test_cache_mounts_travel_lazily_and_only_changes_are_exported(
     document = _cache_document(registry, "e2e-remote-cache/mounts", "buildcache")
     ((_, positions),) = document["mounts"].items()
     assert len(positions) == 2, document["mounts"]
-    # What B's step read from A's cache mount content travels too, prefetched by the
-    # next runner as the step starts (a record of its own, paths in the mount).
-    flat = [[path for layer in layers for path in layer] for layers in document["learned"].values()]
-    assert ["a"] in flat, document["learned"]
+    # B's record: what it read from A's content, then what it wrote.
+    assert ["a", "b"] in _learned_paths(registry, "e2e-remote-cache/mounts")
     for state in ("a", "b", "c"):
         assert_nothing_left(tmp_path / state)
+
+
+def _learned_paths(registry: Registry, repository: str) -> list[list[str]]:
+    """Each learned record of the cache's document, its paths in one list."""
+    learned = _cache_document(registry, repository, "buildcache")["learned"]
+    return [[path for layer in layers for path in layer] for layers in learned.values()]
 
 
 def _cache_document(registry: Registry, repository: str, tag: str) -> dict[str, Any]:
