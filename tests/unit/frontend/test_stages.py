@@ -419,3 +419,21 @@ def test_mount_values_from_variables_are_checked_after_expansion() -> None:
     assert (step.mounts[0].type, step.mounts[0].mode) == ("cache", 0o700)
     with pytest.raises(ParseError, match="Dockerfile:3: unsupported mount type 'nfs'"):
         plan("FROM a\nARG T=nfs\nRUN --mount=type=$T,target=/c true\n")
+
+
+def test_stage_onbuild_trigger_copying_from_another_stage_depends_on_it() -> None:
+    # BuildKit's testOnBuildInheritedStageWithFrom: the trigger's --from is resolved where
+    # it fires, so the stage built on the base needs the stage it names.
+    result = plan(
+        "FROM a AS src\nRUN x\nFROM b AS base\nONBUILD COPY --from=src /in/file /out/foo\n"
+        "FROM base AS mid\nRUN cp /out/foo /out/bar\nFROM scratch\nCOPY --from=mid /out/bar /\n"
+    )
+    assert [(s.name, s.dependencies) for s in result.stages] == [
+        ("src", ()),
+        ("base", ()),
+        ("mid", (0, 1)),
+        (None, (2,)),
+    ]
+    copy = result.stage(2).steps[0].instruction
+    assert isinstance(copy, Copy)
+    assert (copy.from_, copy.dest) == ("src", "/out/foo")
