@@ -317,7 +317,8 @@ class _Planner:
         elif base.kind == "stage" and base.stage_index is not None:
             # So do a base stage's (BuildKit since Dockerfile 1.12); its own triggers only,
             # since those it inherited fired in it.
-            commands[:0] = self._triggers(self._stage_triggers(base.stage_index), line)
+            origin = f"of stage {base.ref}"
+            commands[:0] = self._triggers(self._stage_triggers(base.stage_index), line, origin)
         for instruction in commands:
             step = self._step(instruction, index, args, env)
             steps.append(step)
@@ -345,15 +346,17 @@ class _Planner:
             if isinstance(step.instruction, Onbuild)
         ]
 
-    def _triggers(self, triggers: Sequence[str], line: int) -> list[Instruction]:
-        """Parse a base image's triggers; errors point at the FROM line."""
+    def _triggers(
+        self, triggers: Sequence[str], line: int, origin: str = "of the base image"
+    ) -> list[Instruction]:
+        """Parse the base's triggers; errors point at the FROM line and say whose they are."""
         instructions = []
         for trigger in triggers:
             try:
                 parsed = parse(trigger, filename=self.filename)
             except ParseError as error:
                 raise ParseError(
-                    f"ONBUILD trigger {trigger!r} of the base image: {error.message}",
+                    f"ONBUILD trigger {trigger!r} {origin}: {error.message}",
                     line,
                     self.filename,
                 ) from None
@@ -363,7 +366,7 @@ class _Planner:
                     instructions.append(parse_instruction(located, self.dockerfile.escape))
                 except ParseError as error:
                     raise ParseError(
-                        f"ONBUILD trigger {trigger!r} of the base image: {error.message}",
+                        f"ONBUILD trigger {trigger!r} {origin}: {error.message}",
                         line,
                         self.filename,
                     ) from None

@@ -437,3 +437,11 @@ def test_stage_onbuild_trigger_copying_from_another_stage_depends_on_it() -> Non
     copy = result.stage(2).steps[0].instruction
     assert isinstance(copy, Copy)
     assert (copy.from_, copy.dest) == ("src", "/out/foo")
+
+
+def test_broken_stage_onbuild_trigger_names_the_stage_at_the_from_line() -> None:
+    with pytest.raises(ParseError) as caught:
+        plan("FROM a AS base\nONBUILD COPY --bogus=1 x /\nFROM base\n")
+    assert str(caught.value) == (
+        "Dockerfile:3: ONBUILD trigger 'COPY --bogus=1 x /' of stage base: unknown flag: bogus"
+    )
