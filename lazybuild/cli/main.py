@@ -82,7 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     run_commands.add_parsers(commands)
     cache_commands.add_parsers(commands)
     serve_commands.add_parsers(commands)
+    _add_builder(commands.choices["build"])
     return parser
+
+
+def _add_builder(build: argparse.ArgumentParser) -> None:
+    """``build --builder ADDR``: the same command, done by a daemon (``lazybuild serve``)."""
+    from lazybuild.daemon.client import add_builder_argument
+
+    add_builder_argument(build)
+
+
+def _route_to_builder(args: argparse.Namespace) -> None:
+    """A build given a builder is the daemon's: no filesystem here, the client runs."""
+    if args.command == "build" and args.builder is not None:
+        from lazybuild.daemon.buildclient import run_remote_build
+
+        args.run = run_remote_build
+        args.make_filesystem = None
 
 
 # Commands that touch mounts or caches first undo what killed runs left behind.
@@ -195,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
+        _route_to_builder(args)
         # Library warnings (e.g. a layer that fails verification) are one line each.
         logging.basicConfig(
             level=logging.ERROR if args.quiet else logging.WARNING,

@@ -154,6 +154,8 @@ class DaemonConfig(_Section):
     cache_size: ByteSize | None = None
     gc: GCPolicy = GCPolicy()
     max_parallel_builds: Annotated[int, Field(ge=1, le=256)] = 4
+    # The largest build context (the tar a client sends) the daemon takes.
+    max_context_size: ByteSize = 8 << 30
     insecure_registries: tuple[str, ...] = ()
     # The group that may use the unix socket (mode 0660); None: root's group only.
     socket_group: str | int | None = None

@@ -14,11 +14,13 @@ run at once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import shutil
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,13 +29,16 @@ import trio
 
 from lazybuild.api.control.v1 import control_pb2_grpc
 from lazybuild.cli.cache_commands import PruneEntry, prune_line
+from lazybuild.daemon.builds import Builds
 from lazybuild.daemon.config import DaemonConfig
 from lazybuild.daemon.gc import collect_periodically
 from lazybuild.daemon.listeners import Bound, bind_tcp, bind_unix, remove_socket
-from lazybuild.daemon.service import ControlService, DaemonState
+from lazybuild.daemon.service import BUILDS_DIR, ControlService, DaemonState
 from lazybuild.daemon.statelock import StateLock
+from lazybuild.registryoptions import RegistryOptions
 
-# RPCs other than builds (Info, DiskUsage, Prune) each take a thread while they run.
+# Each Build call takes a thread while it runs (waiting ones too, and a Cancel may come
+# for each); Info, DiskUsage and Prune take one of the spare ones.
 _SPARE_THREADS = 4
 # How long RPCs under way get to finish once the daemon is told to stop.
 _STOP_GRACE_SECONDS = 10.0
@@ -50,31 +55,38 @@ async def serve(config: DaemonConfig) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     with StateLock(state_dir):
         await trio.to_thread.run_sync(_clean_up_after_killed_runs, state_dir)
-        with (
-            trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
-            _running_server(config) as bound,
-        ):
-            for served in bound:
-                say(f"serving on {served.reachable}")
-            _notify_systemd(b"READY=1")
-            async with trio.open_nursery() as nursery:
+        state = DaemonState(state_dir, config.max_context_size)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with _running_server(config, state) as bound, trio.open_nursery() as nursery:
+                state.builds = Builds(
+                    nursery,
+                    state_dir=state_dir,
+                    registry=RegistryOptions(config.insecure_registries),
+                    max_parallel=config.max_parallel_builds,
+                )
                 nursery.start_soon(collect_periodically, state_dir, config.gc, _say_collected)
+                for served in bound:
+                    say(f"serving on {served.reachable}")
+                _notify_systemd(b"READY=1")
                 async for signum in signals:
                     say(f"{signal.Signals(signum).name}: stopping")
                     break
+                _notify_systemd(b"STOPPING=1")
+                # Builds under way are cancelled: each takes its containers and
+                # mounts down before its task ends, and the nursery waits for that.
+                state.builds.close()
                 nursery.cancel_scope.cancel()
-            _notify_systemd(b"STOPPING=1")
     say("stopped")
     return 0
 
 
-@contextlib.contextmanager
-def _running_server(config: DaemonConfig) -> Iterator[list[Bound]]:
+@contextlib.asynccontextmanager
+async def _running_server(config: DaemonConfig, state: DaemonState) -> AsyncIterator[list[Bound]]:
     """A started server on every configured address; stopped, its sockets removed, on
-    the way out (RPCs under way get ``_STOP_GRACE_SECONDS``)."""
-    state = DaemonState(config.state_dir)
+    the way out (calls under way get ``_STOP_GRACE_SECONDS``). The wait runs in a
+    thread: calls ending meanwhile may need the trio loop."""
     pool = ThreadPoolExecutor(
-        max_workers=config.max_parallel_builds + _SPARE_THREADS,
+        max_workers=2 * config.max_parallel_builds + _SPARE_THREADS,
         thread_name_prefix="lazybuild-rpc",
     )
     server = grpc.server(pool)
@@ -92,8 +104,9 @@ def _running_server(config: DaemonConfig) -> Iterator[list[Bound]]:
         yield bound
     finally:
         # New calls are refused at once; the event is set when those under way ended.
-        server.stop(_STOP_GRACE_SECONDS).wait()
-        pool.shutdown(wait=True)
+        stopped = server.stop(_STOP_GRACE_SECONDS)
+        await trio.to_thread.run_sync(stopped.wait)
+        await trio.to_thread.run_sync(functools.partial(pool.shutdown, wait=True))
         for served in bound:
             remove_socket(served)
 
@@ -114,6 +127,10 @@ def _clean_up_after_killed_runs(state_dir: Path) -> None:
         say(f"removed container {container_id} of a killed run")
     for mountpoint in cleanup_stale_mounts(state_dir):
         say(f"removed a stale mount of a killed run: {mountpoint}")
+    # Contexts and outputs of builds a killed daemon was running (no build runs yet).
+    leftovers = state_dir / BUILDS_DIR
+    if leftovers.is_dir():
+        shutil.rmtree(leftovers, ignore_errors=True)
 
 
 def _notify_systemd(message: bytes) -> None:

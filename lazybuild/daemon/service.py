@@ -1,5 +1,9 @@
 """The ``Control`` service: each RPC runs in one of the grpc server's worker threads.
 
+``Build`` receives the header and the context in its thread, then has the build run
+on the daemon's trio loop (``builds``) and relays its progress, archive outputs and
+result; the build's private directory goes when the call ends, however it ends.
+
 ``DiskUsage`` and ``Prune`` are ``lazybuild du`` / ``prune`` on the daemon's state
 directory, the very functions the commands run (``cli.cache_commands``). A user error
 (a ``LazybuildError``, an ``OSError`` with its file) ends the call with its one line as
@@ -9,8 +13,9 @@ the status details; anything else is a bug and keeps its traceback in the daemon
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -19,24 +24,33 @@ import grpc
 from lazybuild import __version__
 from lazybuild.api.control.v1 import control_pb2, control_pb2_grpc
 from lazybuild.cli.cache_commands import measure_usage, prune_state
+from lazybuild.daemon.buildcontext import receive
+from lazybuild.daemon.buildjob import ArchiveDest
+from lazybuild.daemon.builds import Builds
 from lazybuild.errors import LazybuildError
 
 _T = TypeVar("_T")
 
 
-class DaemonState:
-    """What the RPCs share: the state directory, the addresses served, running builds."""
+# Where each build's context, Dockerfile and archive outputs live while it runs (0700;
+# what a killed daemon left there is removed at the next start).
+BUILDS_DIR = "daemon-builds"
+_OUTPUT_CHUNK_BYTES = 1 << 20
 
-    def __init__(self, state_dir: Path, addresses: Sequence[str] = ()) -> None:
+
+class DaemonState:
+    """What the RPCs share: the state directory, the addresses served, the builds (set
+    once the trio loop runs them), the largest context taken."""
+
+    def __init__(self, state_dir: Path, max_context_bytes: int) -> None:
         self.state_dir = state_dir
-        self.addresses: tuple[str, ...] = tuple(addresses)
-        self._lock = threading.Lock()
-        self._builds_running = 0
+        self.max_context_bytes = max_context_bytes
+        self.addresses: tuple[str, ...] = ()
+        self.builds: Builds | None = None
 
     @property
     def builds_running(self) -> int:
-        with self._lock:
-            return self._builds_running
+        return self.builds.running if self.builds is not None else 0
 
 
 class ControlService(control_pb2_grpc.ControlServicer):
@@ -78,6 +92,64 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 for e in entries
             ]
         )
+
+    def Build(  # noqa: N802
+        self,
+        request_iterator: Iterator[control_pb2.BuildRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[control_pb2.BuildResponse]:
+        builds = self.state.builds
+        if builds is None:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, "the daemon is not ready for builds")
+        builds_dir = self.state.state_dir / BUILDS_DIR
+        builds_dir.mkdir(mode=0o700, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="build-", dir=builds_dir))
+        job = None
+        try:
+            received = _answering(
+                context,
+                lambda: receive(request_iterator, workdir, self.state.max_context_bytes),
+            )
+            job = _answering(context, lambda: builds.start(received, workdir))
+            started = job
+
+            def on_call_end() -> None:
+                # A client that goes away (Ctrl-C, a killed CI job) cancels its build.
+                builds.cancel(started.id)
+
+            context.add_callback(on_call_end)
+            while True:
+                events, finished = job.reported()
+                for event in events:
+                    yield control_pb2.BuildResponse(progress_event=event)
+                if finished is not None:
+                    break
+            if finished.cancelled or finished.result is None:
+                _abort(context, grpc.StatusCode.CANCELLED, "the build was cancelled")
+            if not finished.result.error:
+                for archive in finished.archives:
+                    yield from _archive_chunks(archive)
+            yield control_pb2.BuildResponse(result=finished.result)
+        finally:
+            if job is not None:
+                builds.cancel(job.id)
+                job.done.wait()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def Cancel(  # noqa: N802
+        self, request: control_pb2.CancelRequest, context: grpc.ServicerContext
+    ) -> control_pb2.CancelResponse:
+        builds = self.state.builds
+        found = builds is not None and builds.cancel(request.build_id)
+        return control_pb2.CancelResponse(found=found)
+
+
+def _archive_chunks(archive: ArchiveDest) -> Iterator[control_pb2.BuildResponse]:
+    with archive.path.open("rb") as file:
+        while chunk := file.read(_OUTPUT_CHUNK_BYTES):
+            yield control_pb2.BuildResponse(
+                output=control_pb2.OutputChunk(index=archive.index, data=chunk)
+            )
 
 
 def _answering(context: grpc.ServicerContext, work: Callable[[], _T]) -> _T:

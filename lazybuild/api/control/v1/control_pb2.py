@@ -24,13 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&lazybuild/api/control/v1/control.proto\x12\x18lazybuild.api.control.v1\"\r\n\x0bInfoRequest\"j\n\x0cInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tstate_dir\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\x16\n\x0e\x62uilds_running\x18\x04 \x01(\r\x12\x0b\n\x03pid\x18\x05 \x01(\r\"\x12\n\x10\x44iskUsageRequest\"F\n\nUsageEntry\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\"]\n\x11\x44iskUsageResponse\x12\x11\n\tstate_dir\x18\x01 \x01(\t\x12\x35\n\x07\x65ntries\x18\x02 \x03(\x0b\x32$.lazybuild.api.control.v1.UsageEntry\"\"\n\x0cPruneRequest\x12\x12\n\nkeep_bytes\x18\x01 \x01(\x04\"N\n\nPruneEntry\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x14\n\x0ckept_because\x18\x04 \x01(\t\"F\n\rPruneResponse\x12\x35\n\x07\x65ntries\x18\x01 \x03(\x0b\x32$.lazybuild.api.control.v1.PruneEntry2\xa0\x02\n\x07\x43ontrol\x12U\n\x04Info\x12%.lazybuild.api.control.v1.InfoRequest\x1a&.lazybuild.api.control.v1.InfoResponse\x12\x64\n\tDiskUsage\x12*.lazybuild.api.control.v1.DiskUsageRequest\x1a+.lazybuild.api.control.v1.DiskUsageResponse\x12X\n\x05Prune\x12&.lazybuild.api.control.v1.PruneRequest\x1a\'.lazybuild.api.control.v1.PruneResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&lazybuild/api/control/v1/control.proto\x12\x18lazybuild.api.control.v1\"\r\n\x0bInfoRequest\"j\n\x0cInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tstate_dir\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\x16\n\x0e\x62uilds_running\x18\x04 \x01(\r\x12\x0b\n\x03pid\x18\x05 \x01(\r\"\x12\n\x10\x44iskUsageRequest\"F\n\nUsageEntry\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\"]\n\x11\x44iskUsageResponse\x12\x11\n\tstate_dir\x18\x01 \x01(\t\x12\x35\n\x07\x65ntries\x18\x02 \x03(\x0b\x32$.lazybuild.api.control.v1.UsageEntry\"\"\n\x0cPruneRequest\x12\x12\n\nkeep_bytes\x18\x01 \x01(\x04\"N\n\nPruneEntry\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x14\n\x0ckept_because\x18\x04 \x01(\t\"F\n\rPruneResponse\x12\x35\n\x07\x65ntries\x18\x01 \x03(\x0b\x32$.lazybuild.api.control.v1.PruneEntry\"\x87\x06\n\x0b\x42uildHeader\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x17\n\x0f\x64ockerfile_name\x18\x02 \x01(\t\x12\x12\n\ndockerfile\x18\x03 \x01(\x0c\x12\x19\n\x0c\x64ockerignore\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x12H\n\nbuild_args\x18\x05 \x03(\x0b\x32\x34.lazybuild.api.control.v1.BuildHeader.BuildArgsEntry\x12\x0e\n\x06target\x18\x06 \x01(\t\x12\x10\n\x08platform\x18\x07 \x01(\t\x12\x10\n\x08no_cache\x18\x08 \x01(\x08\x12\x0c\n\x04pull\x18\t \x01(\x08\x12\x43\n\x07secrets\x18\n \x03(\x0b\x32\x32.lazybuild.api.control.v1.BuildHeader.SecretsEntry\x12\x41\n\x06labels\x18\x0b \x03(\x0b\x32\x31.lazybuild.api.control.v1.BuildHeader.LabelsEntry\x12\x1e\n\x11source_date_epoch\x18\x0c \x01(\x03H\x01\x88\x01\x01\x12\x0f\n\x07network\x18\r \x01(\t\x12\x12\n\ncache_from\x18\x0e \x03(\t\x12\x10\n\x08\x63\x61\x63he_to\x18\x0f \x03(\t\x12\x31\n\x07outputs\x18\x10 \x03(\x0b\x32 .lazybuild.api.control.v1.Output\x12\x10\n\x08\x61ssemble\x18\x11 \x01(\x08\x12\x36\n\tprofiling\x18\x12 \x01(\x0b\x32#.lazybuild.api.control.v1.Profiling\x1a\x30\n\x0e\x42uildArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_dockerignoreB\x14\n\x12_source_date_epoch\"\xbb\x01\n\x06Output\x12\x36\n\x05image\x18\x01 \x01(\x0b\x32%.lazybuild.api.control.v1.ImageOutputH\x00\x12\x36\n\x03oci\x18\x02 \x01(\x0b\x32\'.lazybuild.api.control.v1.ArchiveOutputH\x00\x12\x39\n\x06\x64ocker\x18\x03 \x01(\x0b\x32\'.lazybuild.api.control.v1.ArchiveOutputH\x00\x42\x06\n\x04kind\"*\n\x0bImageOutput\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0c\n\x04push\x18\x02 \x01(\x08\"\x1e\n\rArchiveOutput\x12\r\n\x05names\x18\x01 \x03(\t\"\x92\x01\n\tProfiling\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x15\n\roptimize_base\x18\x02 \x01(\x08\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x0b\n\x03\x65nv\x18\x04 \x03(\t\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\x12\x15\n\rready_pattern\x18\x06 \x01(\t\x12\x0f\n\x07network\x18\x07 \x01(\t\"h\n\x0c\x42uildRequest\x12\x37\n\x06header\x18\x01 \x01(\x0b\x32%.lazybuild.api.control.v1.BuildHeaderH\x00\x12\x17\n\rcontext_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xa3\x01\n\rBuildResponse\x12\x18\n\x0eprogress_event\x18\x01 \x01(\tH\x00\x12\x37\n\x06output\x18\x02 \x01(\x0b\x32%.lazybuild.api.control.v1.OutputChunkH\x00\x12\x37\n\x06result\x18\x03 \x01(\x0b\x32%.lazybuild.api.control.v1.BuildResultH\x00\x42\x06\n\x04part\"*\n\x0bOutputChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x87\x01\n\x0b\x42uildResult\x12\x15\n\rconfig_digest\x18\x01 \x01(\t\x12\x15\n\rmetadata_json\x18\x02 \x01(\t\x12\x14\n\x0c\x66\x65tch_report\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x12\n\nerror_tail\x18\x05 \x03(\t\x12\x11\n\texit_code\x18\x06 \x01(\r\"!\n\rCancelRequest\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x32\xdb\x03\n\x07\x43ontrol\x12U\n\x04Info\x12%.lazybuild.api.control.v1.InfoRequest\x1a&.lazybuild.api.control.v1.InfoResponse\x12\x64\n\tDiskUsage\x12*.lazybuild.api.control.v1.DiskUsageRequest\x1a+.lazybuild.api.control.v1.DiskUsageResponse\x12X\n\x05Prune\x12&.lazybuild.api.control.v1.PruneRequest\x1a\'.lazybuild.api.control.v1.PruneResponse\x12\\\n\x05\x42uild\x12&.lazybuild.api.control.v1.BuildRequest\x1a\'.lazybuild.api.control.v1.BuildResponse(\x01\x30\x01\x12[\n\x06\x43\x61ncel\x12\'.lazybuild.api.control.v1.CancelRequest\x1a(.lazybuild.api.control.v1.CancelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lazybuild.api.control.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_BUILDHEADER_BUILDARGSENTRY']._loaded_options = None
+  _globals['_BUILDHEADER_BUILDARGSENTRY']._serialized_options = b'8\001'
+  _globals['_BUILDHEADER_SECRETSENTRY']._loaded_options = None
+  _globals['_BUILDHEADER_SECRETSENTRY']._serialized_options = b'8\001'
+  _globals['_BUILDHEADER_LABELSENTRY']._loaded_options = None
+  _globals['_BUILDHEADER_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_INFOREQUEST']._serialized_start=68
   _globals['_INFOREQUEST']._serialized_end=81
   _globals['_INFORESPONSE']._serialized_start=83
@@ -47,6 +53,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRUNEENTRY']._serialized_end=492
   _globals['_PRUNERESPONSE']._serialized_start=494
   _globals['_PRUNERESPONSE']._serialized_end=564
-  _globals['_CONTROL']._serialized_start=567
-  _globals['_CONTROL']._serialized_end=855
+  _globals['_BUILDHEADER']._serialized_start=567
+  _globals['_BUILDHEADER']._serialized_end=1342
+  _globals['_BUILDHEADER_BUILDARGSENTRY']._serialized_start=1160
+  _globals['_BUILDHEADER_BUILDARGSENTRY']._serialized_end=1208
+  _globals['_BUILDHEADER_SECRETSENTRY']._serialized_start=1210
+  _globals['_BUILDHEADER_SECRETSENTRY']._serialized_end=1256
+  _globals['_BUILDHEADER_LABELSENTRY']._serialized_start=1258
+  _globals['_BUILDHEADER_LABELSENTRY']._serialized_end=1303
+  _globals['_OUTPUT']._serialized_start=1345
+  _globals['_OUTPUT']._serialized_end=1532
+  _globals['_IMAGEOUTPUT']._serialized_start=1534
+  _globals['_IMAGEOUTPUT']._serialized_end=1576
+  _globals['_ARCHIVEOUTPUT']._serialized_start=1578
+  _globals['_ARCHIVEOUTPUT']._serialized_end=1608
+  _globals['_PROFILING']._serialized_start=1611
+  _globals['_PROFILING']._serialized_end=1757
+  _globals['_BUILDREQUEST']._serialized_start=1759
+  _globals['_BUILDREQUEST']._serialized_end=1863
+  _globals['_BUILDRESPONSE']._serialized_start=1866
+  _globals['_BUILDRESPONSE']._serialized_end=2029
+  _globals['_OUTPUTCHUNK']._serialized_start=2031
+  _globals['_OUTPUTCHUNK']._serialized_end=2073
+  _globals['_BUILDRESULT']._serialized_start=2076
+  _globals['_BUILDRESULT']._serialized_end=2211
+  _globals['_CANCELREQUEST']._serialized_start=2213
+  _globals['_CANCELREQUEST']._serialized_end=2246
+  _globals['_CANCELRESPONSE']._serialized_start=2248
+  _globals['_CANCELRESPONSE']._serialized_end=2279
+  _globals['_CONTROL']._serialized_start=2282
+  _globals['_CONTROL']._serialized_end=2757
 # @@protoc_insertion_point(module_scope)

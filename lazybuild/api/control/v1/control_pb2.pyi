@@ -216,3 +216,443 @@ class PruneResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PruneResponse: _TypeAlias = PruneResponse  # noqa: Y015
+
+@_typing.final
+class BuildHeader(_message.Message):
+    """What `lazybuild build` was asked (lazybuild/build/request.py's BuildRequest, the
+    outputs, and the workload profiling that orders new layers).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class BuildArgsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class SecretsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    BUILD_ID_FIELD_NUMBER: _builtins.int
+    DOCKERFILE_NAME_FIELD_NUMBER: _builtins.int
+    DOCKERFILE_FIELD_NUMBER: _builtins.int
+    DOCKERIGNORE_FIELD_NUMBER: _builtins.int
+    BUILD_ARGS_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    NO_CACHE_FIELD_NUMBER: _builtins.int
+    PULL_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    SOURCE_DATE_EPOCH_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    CACHE_FROM_FIELD_NUMBER: _builtins.int
+    CACHE_TO_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    ASSEMBLE_FIELD_NUMBER: _builtins.int
+    PROFILING_FIELD_NUMBER: _builtins.int
+    build_id: _builtins.str
+    """Chosen by the client, to name the build in Cancel."""
+    dockerfile_name: _builtins.str
+    """The Dockerfile: its base name (for messages) and content, sent apart from the
+    context as BuildKit sends it (it may live outside the context).
+    """
+    dockerfile: _builtins.bytes
+    dockerignore: _builtins.bytes
+    """The ignore file the client applied (its patterns matter to the build's graph)."""
+    target: _builtins.str
+    platform: _builtins.str
+    no_cache: _builtins.bool
+    pull: _builtins.bool
+    source_date_epoch: _builtins.int
+    network: _builtins.str
+    """"default", "host" or "none"."""
+    assemble: _builtins.bool
+    """Whether the client wants the image id even without an image output (--iidfile)."""
+    @_builtins.property
+    def build_args(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def secrets(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """Values by id; kept in the daemon's memory only, never in logs, caches or layers."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def cache_from(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """--cache-from / --cache-to values, as given (registry caches only)."""
+
+    @_builtins.property
+    def cache_to(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Output]: ...
+    @_builtins.property
+    def profiling(self) -> Global___Profiling: ...
+    def __init__(
+        self,
+        *,
+        build_id: _builtins.str = ...,
+        dockerfile_name: _builtins.str = ...,
+        dockerfile: _builtins.bytes = ...,
+        dockerignore: _builtins.bytes | None = ...,
+        build_args: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        target: _builtins.str = ...,
+        platform: _builtins.str = ...,
+        no_cache: _builtins.bool = ...,
+        pull: _builtins.bool = ...,
+        secrets: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        source_date_epoch: _builtins.int | None = ...,
+        network: _builtins.str = ...,
+        cache_from: _abc.Iterable[_builtins.str] | None = ...,
+        cache_to: _abc.Iterable[_builtins.str] | None = ...,
+        outputs: _abc.Iterable[Global___Output] | None = ...,
+        assemble: _builtins.bool = ...,
+        profiling: Global___Profiling | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore", "_source_date_epoch", b"_source_date_epoch", "dockerignore", b"dockerignore", "profiling", b"profiling", "source_date_epoch", b"source_date_epoch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore", "_source_date_epoch", b"_source_date_epoch", "assemble", b"assemble", "build_args", b"build_args", "build_id", b"build_id", "cache_from", b"cache_from", "cache_to", b"cache_to", "dockerfile", b"dockerfile", "dockerfile_name", b"dockerfile_name", "dockerignore", b"dockerignore", "labels", b"labels", "network", b"network", "no_cache", b"no_cache", "outputs", b"outputs", "platform", b"platform", "profiling", b"profiling", "pull", b"pull", "secrets", b"secrets", "source_date_epoch", b"source_date_epoch", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__dockerignore: _TypeAlias = _typing.Literal["dockerignore"]  # noqa: Y015
+    _WhichOneofArgType__dockerignore: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore"]  # noqa: Y015
+    _WhichOneofReturnType__source_date_epoch: _TypeAlias = _typing.Literal["source_date_epoch"]  # noqa: Y015
+    _WhichOneofArgType__source_date_epoch: _TypeAlias = _typing.Literal["_source_date_epoch", b"_source_date_epoch"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dockerignore) -> _WhichOneofReturnType__dockerignore | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__source_date_epoch) -> _WhichOneofReturnType__source_date_epoch | None: ...
+
+Global___BuildHeader: _TypeAlias = BuildHeader  # noqa: Y015
+
+@_typing.final
+class Output(_message.Message):
+    """Where the result goes. Archives are written by the daemon and streamed back in
+    OutputChunks, for the client to put where it was asked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    OCI_FIELD_NUMBER: _builtins.int
+    DOCKER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def image(self) -> Global___ImageOutput: ...
+    @_builtins.property
+    def oci(self) -> Global___ArchiveOutput: ...
+    @_builtins.property
+    def docker(self) -> Global___ArchiveOutput: ...
+    def __init__(
+        self,
+        *,
+        image: Global___ImageOutput | None = ...,
+        oci: Global___ArchiveOutput | None = ...,
+        docker: Global___ArchiveOutput | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["docker", b"docker", "image", b"image", "kind", b"kind", "oci", b"oci"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["docker", b"docker", "image", b"image", "kind", b"kind", "oci", b"oci"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["image", "oci", "docker"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Output: _TypeAlias = Output  # noqa: Y015
+
+@_typing.final
+class ImageOutput(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    PUSH_FIELD_NUMBER: _builtins.int
+    push: _builtins.bool
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        push: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names", "push", b"push"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageOutput: _TypeAlias = ImageOutput  # noqa: Y015
+
+@_typing.final
+class ArchiveOutput(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveOutput: _TypeAlias = ArchiveOutput  # noqa: Y015
+
+@_typing.final
+class Profiling(_message.Message):
+    """Profiling the built image's workload to order its new layers (--no-optimize,
+    --optimize-base, --workload-*).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    OPTIMIZE_BASE_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    READY_PATTERN_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    optimize_base: _builtins.bool
+    timeout_seconds: _builtins.float
+    ready_pattern: _builtins.str
+    """empty: none"""
+    network: _builtins.str
+    """"none" or "host" """
+    @_builtins.property
+    def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: the image's own"""
+
+    @_builtins.property
+    def env(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        optimize_base: _builtins.bool = ...,
+        command: _abc.Iterable[_builtins.str] | None = ...,
+        env: _abc.Iterable[_builtins.str] | None = ...,
+        timeout_seconds: _builtins.float = ...,
+        ready_pattern: _builtins.str = ...,
+        network: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "enabled", b"enabled", "env", b"env", "network", b"network", "optimize_base", b"optimize_base", "ready_pattern", b"ready_pattern", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Profiling: _TypeAlias = Profiling  # noqa: Y015
+
+@_typing.final
+class BuildRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CONTEXT_CHUNK_FIELD_NUMBER: _builtins.int
+    context_chunk: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___BuildHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___BuildHeader | None = ...,
+        context_chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context_chunk", b"context_chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_chunk", b"context_chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "context_chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___BuildRequest: _TypeAlias = BuildRequest  # noqa: Y015
+
+@_typing.final
+class BuildResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_EVENT_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    progress_event: _builtins.str
+    """One event exactly as `--progress=rawjson` prints it (a JSON object)."""
+    @_builtins.property
+    def output(self) -> Global___OutputChunk: ...
+    @_builtins.property
+    def result(self) -> Global___BuildResult: ...
+    def __init__(
+        self,
+        *,
+        progress_event: _builtins.str = ...,
+        output: Global___OutputChunk | None = ...,
+        result: Global___BuildResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "part", b"part", "progress_event", b"progress_event", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "part", b"part", "progress_event", b"progress_event", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["progress_event", "output", "result"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___BuildResponse: _TypeAlias = BuildResponse  # noqa: Y015
+
+@_typing.final
+class OutputChunk(_message.Message):
+    """A piece of the archive of outputs[index] (in BuildHeader.outputs order)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutputChunk: _TypeAlias = OutputChunk  # noqa: Y015
+
+@_typing.final
+class BuildResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_DIGEST_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
+    FETCH_REPORT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ERROR_TAIL_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    config_digest: _builtins.str
+    """Empty when the build failed."""
+    metadata_json: _builtins.str
+    """What --metadata-file holds (JSON), when an image was made."""
+    fetch_report: _builtins.str
+    """The fetch report as the CLI prints it (empty: nothing was mounted lazily)."""
+    error: _builtins.str
+    """A failure: its one line, the end of the failed step's output, the exit status."""
+    exit_code: _builtins.int
+    @_builtins.property
+    def error_tail(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        config_digest: _builtins.str = ...,
+        metadata_json: _builtins.str = ...,
+        fetch_report: _builtins.str = ...,
+        error: _builtins.str = ...,
+        error_tail: _abc.Iterable[_builtins.str] | None = ...,
+        exit_code: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_digest", b"config_digest", "error", b"error", "error_tail", b"error_tail", "exit_code", b"exit_code", "fetch_report", b"fetch_report", "metadata_json", b"metadata_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuildResult: _TypeAlias = BuildResult  # noqa: Y015
+
+@_typing.final
+class CancelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUILD_ID_FIELD_NUMBER: _builtins.int
+    build_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        build_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRequest: _TypeAlias = CancelRequest  # noqa: Y015
+
+@_typing.final
+class CancelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOUND_FIELD_NUMBER: _builtins.int
+    found: _builtins.bool
+    """Whether a running build had that id."""
+    def __init__(
+        self,
+        *,
+        found: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelResponse: _TypeAlias = CancelResponse  # noqa: Y015

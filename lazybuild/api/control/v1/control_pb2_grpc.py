@@ -49,6 +49,16 @@ class ControlStub:
                 request_serializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.PruneRequest.SerializeToString,
                 response_deserializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.PruneResponse.FromString,
                 _registered_method=True)
+        self.Build = channel.stream_stream(
+                '/lazybuild.api.control.v1.Control/Build',
+                request_serializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.BuildRequest.SerializeToString,
+                response_deserializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.BuildResponse.FromString,
+                _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/lazybuild.api.control.v1.Control/Cancel',
+                request_serializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.CancelRequest.SerializeToString,
+                response_deserializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.CancelResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -75,6 +85,24 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Build(self, request_iterator, context):
+        """One build: the client sends a BuildHeader, then the context as a tar (chunks of
+        an uncompressed tar of the files .dockerignore leaves, modes and mtimes kept),
+        then closes its side. The daemon answers with progress events, the files of
+        client-side outputs, and last the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cancel(self, request, context):
+        """Cancels a running build (its containers and mounts come down); the build's own
+        call then ends with CANCELLED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +120,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Prune,
                     request_deserializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.PruneRequest.FromString,
                     response_serializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.PruneResponse.SerializeToString,
+            ),
+            'Build': grpc.stream_stream_rpc_method_handler(
+                    servicer.Build,
+                    request_deserializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.BuildRequest.FromString,
+                    response_serializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.BuildResponse.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.CancelRequest.FromString,
+                    response_serializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.CancelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +213,60 @@ class Control:
             '/lazybuild.api.control.v1.Control/Prune',
             lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.PruneRequest.SerializeToString,
             lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.PruneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Build(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/lazybuild.api.control.v1.Control/Build',
+            lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.BuildRequest.SerializeToString,
+            lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.BuildResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lazybuild.api.control.v1.Control/Cancel',
+            lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.CancelRequest.SerializeToString,
+            lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.CancelResponse.FromString,
             options,
             channel_credentials,
             insecure,

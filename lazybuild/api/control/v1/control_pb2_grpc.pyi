@@ -41,6 +41,16 @@ class ControlStub:
     """The disk space of the daemon's state directory, as `lazybuild du` shows it."""
     Prune: _grpc.UnaryUnaryMultiCallable[_control_pb2.PruneRequest, _control_pb2.PruneResponse]
     """Frees cache space, as `lazybuild prune` does."""
+    Build: _grpc.StreamStreamMultiCallable[_control_pb2.BuildRequest, _control_pb2.BuildResponse]
+    """One build: the client sends a BuildHeader, then the context as a tar (chunks of
+    an uncompressed tar of the files .dockerignore leaves, modes and mtimes kept),
+    then closes its side. The daemon answers with progress events, the files of
+    client-side outputs, and last the result.
+    """
+    Cancel: _grpc.UnaryUnaryMultiCallable[_control_pb2.CancelRequest, _control_pb2.CancelResponse]
+    """Cancels a running build (its containers and mounts come down); the build's own
+    call then ends with CANCELLED.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -51,6 +61,16 @@ class ControlAsyncStub(ControlStub):
     """The disk space of the daemon's state directory, as `lazybuild du` shows it."""
     Prune: _aio.UnaryUnaryMultiCallable[_control_pb2.PruneRequest, _control_pb2.PruneResponse]  # type: ignore[assignment]
     """Frees cache space, as `lazybuild prune` does."""
+    Build: _aio.StreamStreamMultiCallable[_control_pb2.BuildRequest, _control_pb2.BuildResponse]  # type: ignore[assignment]
+    """One build: the client sends a BuildHeader, then the context as a tar (chunks of
+    an uncompressed tar of the files .dockerignore leaves, modes and mtimes kept),
+    then closes its side. The daemon answers with progress events, the files of
+    client-side outputs, and last the result.
+    """
+    Cancel: _aio.UnaryUnaryMultiCallable[_control_pb2.CancelRequest, _control_pb2.CancelResponse]  # type: ignore[assignment]
+    """Cancels a running build (its containers and mounts come down); the build's own
+    call then ends with CANCELLED.
+    """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -76,5 +96,27 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.PruneResponse, _abc.Awaitable[_control_pb2.PruneResponse]]:
         """Frees cache space, as `lazybuild prune` does."""
+
+    @_abc_1.abstractmethod
+    def Build(
+        self,
+        request_iterator: _MaybeAsyncIterator[_control_pb2.BuildRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.BuildResponse], _abc.AsyncIterator[_control_pb2.BuildResponse]]:
+        """One build: the client sends a BuildHeader, then the context as a tar (chunks of
+        an uncompressed tar of the files .dockerignore leaves, modes and mtimes kept),
+        then closes its side. The daemon answers with progress events, the files of
+        client-side outputs, and last the result.
+        """
+
+    @_abc_1.abstractmethod
+    def Cancel(
+        self,
+        request: _control_pb2.CancelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.CancelResponse, _abc.Awaitable[_control_pb2.CancelResponse]]:
+        """Cancels a running build (its containers and mounts come down); the build's own
+        call then ends with CANCELLED.
+        """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,350 @@
+"""``lazybuild build --builder ADDR`` (or ``$LAZYBUILD_HOST``): the same command, the
+build done by a daemon.
+
+The flags are read here as ``lazybuild build`` reads them (build args and secrets from
+this process's environment and files, outputs and cache specs checked with the same
+messages), the context is sent as a tar of what ``.dockerignore`` leaves (modes and
+nanosecond mtimes kept: copied context files keep their mtimes in layers), the
+daemon's progress events are rendered in the chosen ``--progress`` mode, archive outputs
+land where they were asked, and a failure ends with the same line and exit status.
+Ctrl-C cancels the call and sends ``Cancel``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import trio
+
+from lazybuild.errors import LazybuildError, UsageError
+
+_CHUNK_BYTES = 1 << 20
+
+
+class RemoteBuildError(LazybuildError):
+    """The daemon's build failed: its one line, with its exit status."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code or 1
+
+
+def _refuse_unsupported(args: argparse.Namespace, outputs: list[Any]) -> None:
+    from lazybuild.exporter.outputs import DockerOutput, LocalOutput, OciOutput
+
+    for flag, given in (
+        ("--depfile", args.depfile),
+        ("--record-in", args.record_in),
+        ("--record-out", args.record_out),
+        ("--fetch-report", args.fetch_report),
+    ):
+        if given is not None:
+            raise UsageError(f"{flag} is not supported through --builder yet")
+    for output in outputs:
+        if isinstance(output, LocalOutput) or (isinstance(output, OciOutput) and not output.tar):
+            raise UsageError("directory outputs are not supported through --builder yet")
+        if isinstance(output, DockerOutput) and output.dest is None:
+            raise UsageError("--load is not supported through --builder yet")
+
+
+def build_header(args: argparse.Namespace) -> tuple[Any, Path, list[Any]]:
+    """The call's header, the context directory, the outputs (as parsed here)."""
+    from lazybuild.api.control.v1 import control_pb2
+    from lazybuild.cli import build_flags
+    from lazybuild.exporter.outputs import DockerOutput, ImageOutput, OciOutput, outputs_from_flags
+    from lazybuild.frontend.dockerignore import find_dockerignore
+    from lazybuild.remotecache.spec import cache_exports, cache_imports
+
+    environ = dict(os.environ)
+    build_args = build_flags.key_values(args.build_arg, "--build-arg", environ)
+    context_dir: Path = args.context
+    if not context_dir.is_dir():
+        raise UsageError(f"build context {context_dir} is not a directory")
+    outputs = outputs_from_flags(args.output, args.tag, args.push, args.load)
+    _refuse_unsupported(args, outputs)
+    if args.record_in is not None and args.workload_cmd is not None:
+        raise UsageError("--record-in and --workload-cmd exclude each other")
+    if args.optimize_base and not args.optimize:
+        raise UsageError("--optimize-base and --no-optimize exclude each other")
+    local_caches = [
+        *(str(s) for s in cache_imports(args.cache_from) if s.ref is None),
+        *(str(s) for s in cache_exports(args.cache_to) if s.ref is None),
+    ]
+    if local_caches:
+        raise UsageError(f"{local_caches[0]}: local caches are not supported through --builder yet")
+    dockerfile = args.file if args.file is not None else context_dir / "Dockerfile"
+    try:
+        dockerfile_bytes = dockerfile.read_bytes()
+    except OSError as error:
+        raise UsageError(f"cannot read the Dockerfile {dockerfile}: {error.strerror}") from None
+    header = control_pb2.BuildHeader(
+        build_id=secrets.token_hex(16),
+        dockerfile_name=dockerfile.name,
+        dockerfile=dockerfile_bytes,
+        build_args=build_args,
+        target=args.target or "",
+        platform=args.platform or "",
+        no_cache=args.no_cache,
+        pull=args.pull,
+        secrets=build_flags.secrets(args.secret, environ),
+        labels=build_flags.labels(args.label),
+        network=args.network,
+        cache_from=args.cache_from,
+        cache_to=args.cache_to,
+        assemble=args.iidfile is not None,
+        profiling=control_pb2.Profiling(
+            enabled=args.optimize,
+            optimize_base=args.optimize_base,
+            command=list(args.workload_cmd or ()),
+            env=args.workload_env,
+            timeout_seconds=args.workload_timeout,
+            ready_pattern=args.workload_ready.pattern if args.workload_ready else "",
+            network=args.workload_network,
+        ),
+    )
+    epoch = build_flags.source_date_epoch(build_args, environ)
+    if epoch is not None:
+        header.source_date_epoch = epoch
+    ignore_file = find_dockerignore(context_dir, dockerfile)
+    if ignore_file is not None:
+        header.dockerignore = ignore_file.read_bytes()
+    for output in outputs:
+        if isinstance(output, ImageOutput):
+            header.outputs.add().image.CopyFrom(
+                control_pb2.ImageOutput(names=output.names, push=output.push)
+            )
+        elif isinstance(output, OciOutput):
+            header.outputs.add().oci.CopyFrom(control_pb2.ArchiveOutput(names=output.names))
+        elif isinstance(output, DockerOutput):
+            header.outputs.add().docker.CopyFrom(control_pb2.ArchiveOutput(names=output.names))
+    return header, context_dir, outputs
+
+
+def write_context_tar(context_dir: Path, dockerfile: Path, out: IO[bytes]) -> None:
+    """The context as the build sees it (``.dockerignore`` applied) as a PAX tar."""
+    from lazybuild.context import BuildContext
+    from lazybuild.frontend.dockerignore import load_dockerignore
+
+    context = BuildContext(context_dir, load_dockerignore(context_dir, dockerfile))
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for entry in context.files():
+            path = context.root / entry.path
+            info = path.lstat()
+            member = tarfile.TarInfo(entry.path)
+            member.mode = info.st_mode & 0o7777
+            member.uid = member.gid = 0
+            member.mtime = info.st_mtime_ns // 1_000_000_000
+            # Exactly, to the nanosecond: a float would round it.
+            seconds, nanos = divmod(info.st_mtime_ns, 1_000_000_000)
+            member.pax_headers = {"mtime": f"{seconds}.{nanos:09d}"}
+            if entry.type == "dir":
+                member.type = tarfile.DIRTYPE
+                tar.addfile(member)
+            elif entry.type == "symlink":
+                member.type = tarfile.SYMTYPE
+                member.linkname = entry.linkname
+                tar.addfile(member)
+            elif entry.type == "file":
+                member.size = info.st_size
+                with path.open("rb") as file:
+                    tar.addfile(member, file)
+            # Devices, fifos and sockets: a context transfer sends none.
+
+
+def _requests(header: Any, tar: IO[bytes]) -> Iterator[Any]:
+    from lazybuild.api.control.v1 import control_pb2
+
+    yield control_pb2.BuildRequest(header=header)
+    tar.seek(0)
+    while chunk := tar.read(_CHUNK_BYTES):
+        yield control_pb2.BuildRequest(context_chunk=chunk)
+
+
+class _Outputs:
+    """Archive outputs arriving in pieces, each written beside its destination and
+    renamed into place once the build succeeded ("-": standard output)."""
+
+    def __init__(self, outputs: list[Any]) -> None:
+        from lazybuild.exporter.outputs import ImageOutput
+
+        self._dests = {i: o.dest for i, o in enumerate(outputs) if not isinstance(o, ImageOutput)}
+        self._open: dict[int, tuple[IO[bytes], Path | None]] = {}
+
+    def write(self, index: int, data: bytes) -> None:
+        if index not in self._dests:
+            raise UsageError(f"the builder sent output {index}, which was not asked for")
+        if index not in self._open:
+            dest = self._dests[index]
+            if dest == "-":
+                self._open[index] = (sys.stdout.buffer, None)
+            else:
+                final = Path(dest)
+                partial = final.with_name(f".{final.name}.partial")
+                self._open[index] = (partial.open("wb"), partial)
+        self._open[index][0].write(data)
+
+    def commit(self) -> None:
+        for index, (file, partial) in self._open.items():
+            if partial is None:
+                file.flush()
+                continue
+            file.close()
+            partial.rename(Path(self._dests[index]))
+        self._open.clear()
+
+    def discard(self) -> None:
+        for file, partial in self._open.values():
+            if partial is not None:
+                file.close()
+                with contextlib.suppress(FileNotFoundError):
+                    partial.unlink()
+        self._open.clear()
+
+
+def _render(progress: Any, line: str) -> None:
+    """One rawjson event into the local display, as the solver's event it was."""
+    from lazybuild.solver.progress import VertexCompleted, VertexLog, VertexStarted, VertexStatus
+
+    event = json.loads(line)
+    kind = event.get("type")
+    if kind == "started":
+        progress(
+            VertexStarted(
+                event["vertex"],
+                event["name"],
+                tuple(event["inputs"]),
+                event["started"],
+                event.get("progress_group"),
+            )
+        )
+    elif kind == "log":
+        progress(
+            VertexLog(event["vertex"], event["stream"], event["data"].encode(), event["timestamp"])
+        )
+    elif kind == "status":
+        progress(
+            VertexStatus(
+                event["vertex"],
+                event["id"],
+                event["name"],
+                event["current"],
+                event["total"],
+                event["timestamp"],
+                event["completed"],
+            )
+        )
+    elif kind == "completed":
+        progress(
+            VertexCompleted(
+                event["vertex"],
+                event["name"],
+                event["cached"],
+                event["started"],
+                event["completed"],
+                event["error"],
+            )
+        )
+    elif kind == "message":
+        progress.line(event["data"])
+    elif kind == "fetch":
+        progress.fetch_status(event["image"], event["fetched"], event["total"])
+        progress.tick()
+
+
+def _build_through(args: argparse.Namespace, call_state: dict[str, Any]) -> Any:
+    """The whole call, blocking (a worker thread's): returns the final BuildResult."""
+    import grpc
+
+    from lazybuild.buildprogress import BuildProgress, Mode
+    from lazybuild.daemon.client import BuilderError, control_stub, describe_rpc_error
+
+    header, context_dir, outputs = build_header(args)
+    dockerfile = args.file if args.file is not None else context_dir / "Dockerfile"
+    mode: Mode = "quiet" if args.quiet else args.progress
+    received = _Outputs(outputs)
+    with tempfile.TemporaryFile() as tar, control_stub(args.builder) as stub:
+        write_context_tar(context_dir, dockerfile, tar)
+        call_state["stub"], call_state["build_id"] = stub, header.build_id
+        responses = stub.Build(_requests(header, tar))
+        call_state["call"] = responses
+        result = None
+        try:
+            with BuildProgress(mode) as progress:
+                for response in responses:
+                    part = response.WhichOneof("part")
+                    if part == "progress_event":
+                        _render(progress, response.progress_event)
+                    elif part == "output":
+                        received.write(response.output.index, response.output.data)
+                    elif part == "result":
+                        result = response.result
+                if result is not None and result.error and result.error_tail and mode != "quiet":
+                    progress.close()
+                    _print_tail(tuple(result.error_tail))
+        except grpc.RpcError as error:
+            received.discard()
+            raise BuilderError(describe_rpc_error(args.builder, error)) from None
+        except BaseException:
+            received.discard()
+            raise
+        if result is None:
+            received.discard()
+            raise BuilderError(f"the builder at {args.builder} ended the build without a result")
+        if result.error:
+            received.discard()
+            raise RemoteBuildError(result.error, result.exit_code)
+        received.commit()
+        return result
+
+
+def _print_tail(tail: tuple[str, ...]) -> None:
+    print("------", file=sys.stderr)
+    for line in tail:
+        print(f" > {line}", file=sys.stderr)
+    print("------", file=sys.stderr)
+
+
+def _cancel(call_state: dict[str, Any]) -> None:
+    """Ctrl-C: the call is cancelled and the daemon told to cancel the build (either
+    alone would do; both, in case the first is lost)."""
+    from lazybuild.api.control.v1 import control_pb2
+
+    call = call_state.get("call")
+    if call is not None:
+        call.cancel()
+    stub = call_state.get("stub")
+    if stub is not None:
+        with contextlib.suppress(Exception):
+            stub.Cancel(control_pb2.CancelRequest(build_id=call_state["build_id"]), timeout=5)
+
+
+async def run_remote_build(args: argparse.Namespace) -> int:
+    from lazybuild.atomicfile import write_atomic
+
+    call_state: dict[str, Any] = {}
+    try:
+        result = await trio.to_thread.run_sync(
+            _build_through, args, call_state, abandon_on_cancel=True
+        )
+    except BaseException:
+        _cancel(call_state)
+        raise
+    if result.fetch_report and not args.quiet:
+        print(result.fetch_report, file=sys.stderr)
+    if args.iidfile is not None and result.config_digest:
+        write_atomic(args.iidfile, result.config_digest.encode())
+    if args.metadata_file is not None and result.metadata_json:
+        args.metadata_file.write_text(result.metadata_json)
+    if args.quiet and result.config_digest:
+        print(result.config_digest)
+    return 0

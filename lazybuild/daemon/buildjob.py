@@ -1,0 +1,213 @@
+"""One build in the daemon: the driver (``build.driver.run_build``) and the export, as
+``lazybuild build`` runs them (``cli.build_commands``), with progress as
+``--progress=rawjson`` events for the client to render, and archive outputs written to
+the build's private directory for the call to stream back.
+
+This repeats the export half of ``cli.build_commands._build`` through the same public
+functions (profile, export, cache export) so that a build through the daemon makes the
+same image; sharing one function with the CLI needs that module split (see
+docs/daemon.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from lazybuild.api.control.v1 import control_pb2
+from lazybuild.daemon.buildcontext import ReceivedBuild
+from lazybuild.errors import UsageError
+from lazybuild.registryoptions import RegistryOptions
+
+
+class _EventLines:
+    """A text stream for ``BuildProgress``: each line it is given (one rawjson event)
+    is handed to ``emit``."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self._emit = emit
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            if line:
+                self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class ArchiveDest:
+    """Where the daemon writes the archive of ``outputs[index]``."""
+
+    index: int
+    path: Path
+
+
+def _outputs(header: control_pb2.BuildHeader, workdir: Path) -> tuple[list[Any], list[ArchiveDest]]:
+    from lazybuild.exporter.outputs import DockerOutput, ImageOutput, OciOutput
+
+    specs: list[Any] = []
+    archives: list[ArchiveDest] = []
+    for index, output in enumerate(header.outputs):
+        kind = output.WhichOneof("kind")
+        if kind == "image":
+            specs.append(ImageOutput(tuple(output.image.names), output.image.push))
+            continue
+        path = workdir / f"output-{index}.tar"
+        archives.append(ArchiveDest(index, path))
+        if kind == "oci":
+            specs.append(OciOutput(str(path), True, tuple(output.oci.names)))
+        elif kind == "docker":
+            specs.append(DockerOutput(str(path), tuple(output.docker.names)))
+        else:
+            raise UsageError(f"output {index}: no kind given")
+    return specs, archives
+
+
+def _network(value: str) -> Literal["default", "host", "none"]:
+    if value not in ("", "default", "host", "none"):
+        raise UsageError(f"--network {value}: expected default, host or none")
+    return cast(Literal["default", "host", "none"], value or "default")
+
+
+async def run_job(
+    received: ReceivedBuild,
+    *,
+    workdir: Path,
+    state_dir: Path,
+    registry: RegistryOptions,
+    emit_event: Callable[[str], None],
+) -> tuple[control_pb2.BuildResult, list[ArchiveDest]]:
+    """Builds and exports; raises what the build raised (``BuildFailedError`` with its
+    tail, other ``LazybuildError``s), for the caller to answer with."""
+    from lazybuild.build.driver import BuildResult, run_build
+    from lazybuild.build.profiling import Profile, ProfileRequest, profile_image
+    from lazybuild.build.request import BuildRequest
+    from lazybuild.buildprogress import BuildProgress
+    from lazybuild.estargz.writer import WriterOptions
+    from lazybuild.exporter import BuiltImage, export_image
+    from lazybuild.exporter.outputs import LocalOutput
+    from lazybuild.imagemount import render_fetch_report
+    from lazybuild.remotecache.records import select_for_export
+    from lazybuild.remotecache.registrycache import export_cache
+    from lazybuild.remotecache.spec import cache_exports, cache_imports
+
+    header = received.header
+    request = BuildRequest(
+        context_dir=received.context_dir,
+        dockerfile=received.dockerfile,
+        build_args=dict(header.build_args),
+        target=header.target or None,
+        platform=header.platform or None,
+        no_cache=header.no_cache,
+        pull=header.pull,
+        secrets=dict(header.secrets),
+        labels=dict(header.labels),
+        source_date_epoch=(
+            header.source_date_epoch if header.HasField("source_date_epoch") else None
+        ),
+        network=_network(header.network),
+        cache_from=tuple(cache_imports(header.cache_from)),
+        export_cache=bool(header.cache_to),
+    )
+    cache_exports_wanted = cache_exports(header.cache_to)
+    outputs, archives = _outputs(header, workdir)
+    wanted = header.profiling
+    profile = ProfileRequest(
+        command=tuple(wanted.command) or None,
+        env=tuple(wanted.env),
+        timeout=wanted.timeout_seconds,
+        ready=re.compile(wanted.ready_pattern) if wanted.ready_pattern else None,
+        network="host" if wanted.network == "host" else "none",
+        optimize_base=wanted.optimize_base,
+    )
+    export_result: list[Any] = []
+    # ``stream`` is duck-typed as a text stream: only write/flush/isatty are used.
+    with BuildProgress("rawjson", cast(Any, _EventLines(emit_event))) as progress:
+        if not outputs:
+            progress.line(
+                "no output specified: the result stays in the build cache "
+                "(use -o, --push or --load)"
+            )
+
+        def show_fetch(image: str, fetched: int, size: int) -> None:
+            progress.fetch_status(image, fetched, size)
+            progress.tick()
+
+        async def finish(result: BuildResult) -> None:
+            profiled = Profile({}, None)
+            if wanted.enabled and any(not isinstance(o, LocalOutput) for o in outputs):
+                profiled = await profile_image(result, profile, progress.line)
+
+            @asynccontextmanager
+            async def rootfs() -> AsyncIterator[Path]:
+                await result.mounter.fetch_whole(result.snapshot)
+                with result.store.staging() as area:
+                    async with result.mounter.mounted(result.snapshot, area.merged) as path:
+                        yield path
+
+            async with registry.client() as client:
+                export_result.append(
+                    await export_image(
+                        BuiltImage(
+                            result.snapshot.layers,
+                            result.config,
+                            source_date_epoch=request.source_date_epoch,
+                            prioritized=profiled.prioritized,
+                            record=profiled.record,
+                            base_prioritized=profiled.base_prioritized,
+                        ),
+                        outputs,
+                        store=result.store,
+                        registry=client,
+                        rootfs=rootfs,
+                        writer_options=WriterOptions(),
+                        progress=progress.line,
+                        assemble=header.assemble,
+                    )
+                )
+                for export in cache_exports_wanted:
+                    await export_cache(
+                        select_for_export(result.cache_records, export.mode, result.snapshot),
+                        export,
+                        store=result.store,
+                        registry=client,
+                        writer_options=WriterOptions(),
+                        prioritized=profiled.prioritized,
+                        source_date_epoch=request.source_date_epoch,
+                        progress=progress.line,
+                        learned=result.learned_reads,
+                        mounts=result.cache_mounts,
+                    )
+
+        outcome = await run_build(
+            request,
+            state_dir=state_dir,
+            registry=registry,
+            progress=progress,
+            finish=finish,
+            on_line=progress.line,
+            on_fetch=show_fetch,
+        )
+    answer = control_pb2.BuildResult()
+    if outcome.fetch_report is not None:
+        answer.fetch_report = render_fetch_report(outcome.fetch_report)
+    if export_result:
+        import json
+
+        exported = export_result[0]
+        answer.config_digest = exported.config_digest or ""
+        answer.metadata_json = json.dumps(exported.metadata(), indent=2) + "\n"
+    return answer, archives

@@ -1,0 +1,203 @@
+"""A build through ``lazybuild serve`` makes the image the same build makes without it;
+a failing step fails the same way; Ctrl-C cancels the daemon's build and leaves nothing
+running; a killed daemon's leftovers are gone after a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazybuild.cli.main import main
+from tests.e2e.buildsupport import assert_nothing_left, runc_containers, write_context
+from tests.support.procs import mounts_under
+from tests.support.registry import Registry
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+_LAZYBUILD = [sys.executable, "-m", "lazybuild"]
+
+DOCKERFILE = """\
+ARG BASE
+FROM ${BASE}
+COPY message.txt /app/message.txt
+COPY tree/ /app/tree/
+RUN tr a-z A-Z < /app/message.txt > /app/shout.txt && echo built
+CMD ["cat", "/app/shout.txt"]
+"""
+
+FAILING = """\
+ARG BASE
+FROM ${BASE}
+RUN echo about to fail && exit 3
+"""
+
+SLOW = """\
+ARG BASE
+FROM ${BASE}
+RUN echo "sleep-$((6*7))" && sleep 300
+"""
+
+
+def _lazybuild(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lazybuild", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def base_image(registry: Registry, debian_image: str) -> str:
+    converted = f"{registry.host}/daemon-build/debian:esgz"
+    assert main(["-q", "convert", debian_image, converted]) == 0
+    return converted
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
+    state = tmp_path / "daemon-state"
+    sock = tmp_path / "lazybuild.sock"
+    sock_addr = f"unix://{sock}"
+    log = (tmp_path / "daemon.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lazybuild",
+            "--state-dir",
+            str(state),
+            "serve",
+            "--addr",
+            sock_addr,
+        ],
+        cwd=REPO,
+        stderr=log,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        assert process.poll() is None, (tmp_path / "daemon.log").read_text()
+        assert time.monotonic() < deadline, "the daemon never listened"
+        time.sleep(0.1)
+    try:
+        yield f"unix://{sock}", state, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=120)
+        log.close()
+
+
+def _context(tmp_path: Path, dockerfile: str) -> Path:
+    context = write_context(
+        tmp_path / "context",
+        dockerfile,
+        {
+            "message.txt": "built through the daemon\n",
+            "tree/a.txt": "a\n",
+            "tree/ignored.log": "not sent\n",
+            ".dockerignore": "**/*.log\n",
+        },
+    )
+    os.utime(context / "message.txt", ns=(1_600_000_000_123_456_789,) * 2)
+    return context
+
+
+def test_a_build_through_the_daemon_makes_the_same_image(
+    tmp_path: Path, base_image: str, registry: Registry, daemon
+) -> None:
+    address, daemon_state, _ = daemon
+    context = _context(tmp_path, DOCKERFILE)
+    results = {}
+    for where in ("local", "daemon"):
+        out = tmp_path / where
+        out.mkdir()
+        common = [
+            "build",
+            "--progress=rawjson",
+            "--build-arg",
+            f"BASE={base_image}",
+            # Pins the config's and the new layers' timestamps: two builds of the same
+            # inputs then make the same image, wherever they run.
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1700000000",
+            "-t",
+            f"{registry.host}/daemon-build/app:{where}",
+            "--push",
+            "-o",
+            f"type=oci,dest={out / 'image.tar'},name=app:1",
+            "--iidfile",
+            str(out / "iid"),
+            "--metadata-file",
+            str(out / "metadata.json"),
+            str(context),
+        ]
+        if where == "local":
+            done = _lazybuild("--state-dir", str(tmp_path / "local-state"), *common)
+        else:
+            done = _lazybuild(*common[:1], "--builder", address, *common[1:])
+        assert done.returncode == 0, done.stderr
+        events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+        assert any(e["type"] == "log" and "built" in e["data"] for e in events), done.stderr
+        results[where] = (
+            (out / "iid").read_text(),
+            json.loads((out / "metadata.json").read_text())["containerimage.digest"],
+            (out / "image.tar").stat().st_size,
+        )
+    assert results["daemon"] == results["local"]
+    assert_nothing_left(daemon_state)
+
+
+def test_a_failing_step_fails_the_same_way(tmp_path: Path, base_image: str, daemon) -> None:
+    address, _, _ = daemon
+    context = _context(tmp_path, FAILING)
+    args = ["--progress=plain", "--build-arg", f"BASE={base_image}", str(context)]
+    local = _lazybuild("--state-dir", str(tmp_path / "local-state"), "build", *args)
+    remote = _lazybuild("build", "--builder", address, *args)
+    assert local.returncode == remote.returncode == 1
+    assert remote.stderr.splitlines()[-1] == local.stderr.splitlines()[-1]
+    assert " > about to fail" in remote.stderr
+
+
+def test_ctrl_c_cancels_the_build_in_the_daemon(tmp_path: Path, base_image: str, daemon) -> None:
+    address, daemon_state, process = daemon
+    context = _context(tmp_path, SLOW)
+    base_arg = ["--build-arg", f"BASE={base_image}"]
+    client = subprocess.Popen(
+        [*_LAZYBUILD, "build", "--builder", address, "--progress=plain", *base_arg, str(context)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stderr is not None
+    seen = []
+    for line in client.stderr:
+        seen.append(line)
+        if "sleep-42" in line:  # the step's output, not its command line
+            break
+    else:
+        pytest.fail("".join(seen))
+    assert runc_containers(daemon_state)
+    client.send_signal(signal.SIGINT)
+    _, rest = client.communicate(timeout=120)
+    assert client.returncode == 130, "".join(seen) + rest
+    deadline = time.monotonic() + 60
+    while runc_containers(daemon_state) or mounts_under(daemon_state):
+        assert time.monotonic() < deadline, "the daemon's build was not cancelled"
+        time.sleep(0.2)
+    assert process.poll() is None  # and it keeps serving
+    du = _lazybuild("du", "--builder", address)
+    assert du.returncode == 0, du.stderr
