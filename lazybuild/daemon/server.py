@@ -118,15 +118,21 @@ def _say_collected(entry: PruneEntry) -> None:
 def _clean_up_after_killed_runs(state_dir: Path) -> None:
     """What a SIGKILLed predecessor (or any killed lazybuild) left: its containers first
     (an orphan keeps its overlay, and the mounts under it, busy), then its mounts; the
-    same clean-up every command that touches state does first (``cli.main``)."""
+    same clean-up every command that touches state does first (``cli.main``). Only
+    leftovers of dead processes go: one-shot commands may share the state directory."""
     from lazybuild.executor.orphans import reap_orphaned_containers
     from lazybuild.executor.runc import DEFAULT_RUNC, DEFAULT_STATE_ROOT
     from lazybuild.lazyfs.stale import cleanup_stale_mounts
+    from lazybuild.worker.layerstore import LayerStore
 
     for container_id in reap_orphaned_containers(DEFAULT_RUNC, DEFAULT_STATE_ROOT):
         say(f"removed container {container_id} of a killed run")
     for mountpoint in cleanup_stale_mounts(state_dir):
         say(f"removed a stale mount of a killed run: {mountpoint}")
+    # The staging areas (and their overlays) of steps that were running, as the next
+    # build would remove them, in the order ``run_build`` does it.
+    if (state_dir / "build" / "staging").is_dir():
+        LayerStore(state_dir).clean_staging()
     # Contexts and outputs of builds a killed daemon was running (no build runs yet).
     leftovers = state_dir / BUILDS_DIR
     if leftovers.is_dir():

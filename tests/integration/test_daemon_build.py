@@ -66,39 +66,56 @@ def base_image(registry: Registry, debian_image: str) -> str:
     return converted
 
 
+class Daemons:
+    """``lazybuild serve`` processes on one state directory and socket, started in turn;
+    those still running are stopped at the end."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.state = tmp_path / "daemon-state"
+        self.sock = tmp_path / "lazybuild.sock"
+        self.address = f"unix://{self.sock}"
+        self.log_path = tmp_path / "daemon.log"
+        self.started: list[subprocess.Popen[str]] = []
+
+    def _served(self) -> int:
+        return self.log_path.read_text().count("serving on") if self.log_path.exists() else 0
+
+    def start(self) -> subprocess.Popen[str]:
+        before = self._served()
+        with self.log_path.open("a") as log:
+            process = subprocess.Popen(
+                [*_LAZYBUILD, "--state-dir", str(self.state), "serve", "--addr", self.address],
+                cwd=REPO,
+                stderr=log,
+                text=True,
+            )
+        self.started.append(process)
+        deadline = time.monotonic() + 60
+        while self._served() == before:
+            assert process.poll() is None, self.log_path.read_text()
+            assert time.monotonic() < deadline, "the daemon never listened"
+            time.sleep(0.1)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=120)
+
+
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
-    state = tmp_path / "daemon-state"
-    sock = tmp_path / "lazybuild.sock"
-    sock_addr = f"unix://{sock}"
-    log = (tmp_path / "daemon.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lazybuild",
-            "--state-dir",
-            str(state),
-            "serve",
-            "--addr",
-            sock_addr,
-        ],
-        cwd=REPO,
-        stderr=log,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not sock.exists():
-        assert process.poll() is None, (tmp_path / "daemon.log").read_text()
-        assert time.monotonic() < deadline, "the daemon never listened"
-        time.sleep(0.1)
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    found = Daemons(tmp_path)
     try:
-        yield f"unix://{sock}", state, process
+        yield found
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=120)
-        log.close()
+        found.stop_all()
+
+
+@pytest.fixture
+def daemon(daemons: Daemons) -> tuple[str, Path, subprocess.Popen[str]]:
+    return daemons.address, daemons.state, daemons.start()
 
 
 def _context(tmp_path: Path, dockerfile: str) -> Path:
@@ -201,3 +218,61 @@ def test_ctrl_c_cancels_the_build_in_the_daemon(tmp_path: Path, base_image: str,
     assert process.poll() is None  # and it keeps serving
     du = _lazybuild("du", "--builder", address)
     assert du.returncode == 0, du.stderr
+
+
+def _start_slow_build(tmp_path: Path, base_image: str, address: str) -> subprocess.Popen[str]:
+    """A client whose build's step is running (its output seen) when this returns."""
+    context = _context(tmp_path, SLOW)
+    base_arg = ["--build-arg", f"BASE={base_image}"]
+    client = subprocess.Popen(
+        [*_LAZYBUILD, "build", "--builder", address, "--progress=plain", *base_arg, str(context)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stderr is not None
+    seen = []
+    for line in client.stderr:
+        seen.append(line)
+        if "sleep-42" in line:
+            return client
+    pytest.fail("".join(seen))
+
+
+def test_sigterm_cancels_running_builds_and_takes_everything_down(
+    tmp_path: Path, base_image: str, daemons: Daemons
+) -> None:
+    process = daemons.start()
+    client = _start_slow_build(tmp_path, base_image, daemons.address)
+    assert runc_containers(daemons.state)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, daemons.log_path.read_text()
+    _, rest = client.communicate(timeout=60)
+    assert client.returncode == 1
+    assert rest.splitlines()[-1] == "lazybuild: error: the build was cancelled"
+    assert not daemons.sock.exists()
+    assert_nothing_left(daemons.state)
+    assert not any((daemons.state / "daemon-builds").glob("*"))
+
+
+def test_after_a_sigkill_mid_build_the_next_daemon_cleans_up(
+    tmp_path: Path, base_image: str, daemons: Daemons
+) -> None:
+    process = daemons.start()
+    client = _start_slow_build(tmp_path, base_image, daemons.address)
+    assert runc_containers(daemons.state)
+    process.kill()
+    process.wait(timeout=60)
+    client.communicate(timeout=60)
+    assert client.returncode != 0
+    assert mounts_under(daemons.state)  # what the killed daemon's build left mounted
+
+    daemons.start()
+    assert_nothing_left(daemons.state)
+    assert not any((daemons.state / "daemon-builds").glob("*"))
+    # And it builds again.
+    context = _context(tmp_path / "again", FAILING.replace("exit 3", "true"))
+    done = _lazybuild(
+        "build", "--builder", daemons.address, "--build-arg", f"BASE={base_image}", str(context)
+    )
+    assert done.returncode == 0, done.stderr
