@@ -14,7 +14,15 @@ from lazybuild.solver.cachestore import (
     SQLiteCacheStore,
 )
 from lazybuild.solver.errors import CacheStoreError, VertexFailedError
-from lazybuild.solver.op import CacheDep, CacheMap, ContentDigestFunc, Job, Op, Result
+from lazybuild.solver.op import (
+    CacheDep,
+    CacheMap,
+    ContentDigestFunc,
+    Job,
+    Op,
+    PreparesToRun,
+    Result,
+)
 from lazybuild.solver.progress import (
     ProgressEvent,
     ProgressSink,
@@ -41,6 +49,7 @@ __all__ = [
     "LoadResult",
     "MemoryCacheStore",
     "Op",
+    "PreparesToRun",
     "ProgressEvent",
     "ProgressSink",
     "ProgressWriter",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from lazybuild.solver._clock import now
 from lazybuild.solver.progress import ProgressSink, VertexLog, VertexStatus
@@ -95,4 +95,15 @@ class Op(Protocol):
 
     def acquire(self) -> AbstractAsyncContextManager[None]:
         """Held around ``exec``: a slot of whatever limits how many such ops run at once."""
+        ...
+
+
+@runtime_checkable
+class PreparesToRun(Protocol):
+    """An op that can use the time between knowing it will run and its inputs being
+    ready (a RUN step's learned prefetch starts while the steps before it still run)."""
+
+    async def will_run(self, job: Job) -> None:
+        """Called once, in the background, when the vertex's result is not cached. A
+        hint: whatever fails here is met again, and reported, by ``exec``."""
         ...

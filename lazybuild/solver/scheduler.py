@@ -14,6 +14,7 @@ solve raises that first failure (an op's error as ``VertexFailedError``).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,9 +29,11 @@ from lazybuild.solver._concurrency import Once, bind, gather
 from lazybuild.solver.cachekey import DepKey, cache_key
 from lazybuild.solver.cachestore import CacheLink, CacheRecord, CacheStore
 from lazybuild.solver.errors import VertexFailedError
-from lazybuild.solver.op import CacheDep, CacheMap, Job, Op, Result
+from lazybuild.solver.op import CacheDep, CacheMap, Job, Op, PreparesToRun, Result
 from lazybuild.solver.progress import ProgressSink, ProgressWriter, VertexCompleted, VertexStarted
 from lazybuild.solver.vertex import Edge, Vertex, load_definition
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -236,8 +239,10 @@ class _SolveRun:
                     VertexCompleted(vertex.digest, vertex.name, True, started_at, now())
                 )
                 return cached
-        inputs = await gather([bind(self._input_result, edge) for edge in vertex.inputs])
         op = self._op(vertex)
+        if isinstance(op, PreparesToRun):
+            self._started_nursery().start_soon(self._prepare, vertex, op)
+        inputs = await gather([bind(self._input_result, edge) for edge in vertex.inputs])
         async with op.acquire():
             started_at = now()
             await self._progress.emit(self._started(vertex, started_at))
@@ -263,6 +268,12 @@ class _SolveRun:
             VertexCompleted(vertex.digest, vertex.name, False, started_at, now())
         )
         return outputs
+
+    async def _prepare(self, vertex: Vertex, op: PreparesToRun) -> None:
+        try:
+            await op.will_run(self._job(vertex))
+        except Exception as error:  # a hint only: exec meets the problem again
+            log.debug("%s: preparing to run failed: %s", vertex.name, error)
 
     async def _input_result(self, edge: Edge) -> Result:
         return (await self._outputs(edge.vertex))[edge.output_index]

@@ -29,7 +29,7 @@ from lazybuild.executor.mounts import MountSpec
 from lazybuild.executor.runc import run_container
 from lazybuild.executor.spec import Network, ProcessSpec, generate_spec
 from lazybuild.executor.users import resolve_user
-from lazybuild.graph.ops import Exec
+from lazybuild.graph.ops import Exec, ImageSource
 from lazybuild.solver import CacheMap, Job, Result
 from lazybuild.worker.execmounts import (
     MountSetupError,
@@ -39,9 +39,15 @@ from lazybuild.worker.execmounts import (
     secret_storage,
     setup_mount,
 )
+from lazybuild.worker.imageop import image_layers
 from lazybuild.worker.layers import Snapshot
 from lazybuild.worker.layerstore import StagingArea
-from lazybuild.worker.learnedprefetch import learn_reads, start_learned_prefetch
+from lazybuild.worker.learnedprefetch import (
+    Prefetched,
+    learn_reads,
+    prefetch_learned,
+    start_learning,
+)
 from lazybuild.worker.opbase import op_digest, slot
 from lazybuild.worker.resources import WorkerResources
 
@@ -68,9 +74,26 @@ class ExecNoSpaceError(ExecError):
 
 
 class ExecOp:
-    def __init__(self, op: Exec, resources: WorkerResources) -> None:
+    """``root_image``: the base image under the step's root filesystem when only RUN
+    and file steps lie between (its learned prefetch can start before they are done)."""
+
+    def __init__(
+        self, op: Exec, resources: WorkerResources, root_image: ImageSource | None = None
+    ) -> None:
         self._op = op
         self._resources = resources
+        self._root_image = root_image
+        self._prefetched: Prefetched | None = None
+
+    async def will_run(self, job: Job) -> None:
+        """Start the learned prefetch now: the steps before this one may take a while,
+        and the link is idle meanwhile. The base image's layers stand in for the root
+        snapshot, which is all a learned record is about."""
+        if self._root_image is None or self._resources.learned is None:
+            return
+        image = await self._resources.images.resolve(self._root_image.ref)
+        base = Snapshot(image_layers(image))
+        self._prefetched = await prefetch_learned(self._op, base, self._resources)
 
     async def cache_map(self, job: Job, index: int) -> CacheMap:
         # Proxy settings do not change what a step makes (Docker's rule); secret values
@@ -127,7 +150,9 @@ class ExecOp:
                     if len(env) > len(op.env) + len(op.proxy_env)
                     else area.scratch / "bundle"
                 )
-                learning = await start_learned_prefetch(job, op, root_snapshot, resources)
+                learning = await start_learning(
+                    job, op, root_snapshot, resources, prefetched=self._prefetched
+                )
                 await self._run(job, area, specs, env, bundle)
                 await learn_reads(learning, resources)
             if root_mount.output is not None:

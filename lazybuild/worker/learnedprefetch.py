@@ -57,16 +57,53 @@ class StepLearning:
     mounts: list[_MountRecord] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Prefetched:
+    files: int
+    bytes: int
+
+
 def cache_mount_key(root_key: str, name: str) -> str:
     """The record of what the step keyed ``root_key`` read from cache mount ``name``."""
     return hashlib.sha256(f"{root_key}\0cache-mount\0{name}".encode()).hexdigest()
 
 
-async def start_learned_prefetch(
-    job: Job, op: Exec, root: Snapshot, resources: WorkerResources
+async def prefetch_learned(op: Exec, root: Snapshot, resources: WorkerResources) -> Prefetched:
+    """Start fetching what this step read last time (files and compressed bytes not
+    cached yet). A hint: on failure the step fetches on demand instead."""
+    learned = resources.learned
+    key = step_key(op.args, op.cwd, root)
+    if learned is None or key is None:
+        return Prefetched(0, 0)
+    try:
+        wanted = await trio.to_thread.run_sync(learned.load, key)
+        scheduled, files = 0, 0
+        if wanted:
+            _, scheduled = await resources.mounter.prefetch_files(root, wanted)
+            files = sum(len(paths) for paths in wanted)
+        for name, lowers, _ in await trio.to_thread.run_sync(_learned_cache_mounts, op, resources):
+            paths = await trio.to_thread.run_sync(learned.load, cache_mount_key(key, name))
+            if paths and lowers:
+                flat = [path for layer in paths for path in layer]
+                scheduled += await resources.mounter.prefetch_in_layers(lowers, flat)
+                files += len(flat)
+    except LazybuildError as exc:
+        log.warning("learned prefetch failed: %s", exc)
+        return Prefetched(0, 0)
+    return Prefetched(files, scheduled)
+
+
+async def start_learning(
+    job: Job,
+    op: Exec,
+    root: Snapshot,
+    resources: WorkerResources,
+    *,
+    prefetched: Prefetched | None = None,
 ) -> StepLearning | None:
-    """Start fetching what this step read last time; what to learn from this run (None:
-    nothing to learn here)."""
+    """Mark the start of the step's reads, prefetching what it read last time unless
+    that started earlier (``prefetched``); what to learn from this run (None: nothing
+    to learn here)."""
     learned = resources.learned
     key = step_key(op.args, op.cwd, root)
     if learned is None or key is None:
@@ -75,32 +112,24 @@ async def start_learned_prefetch(
         mark = await resources.mounter.mark_reads()
         if mark is None:
             return None
+        if prefetched is None:
+            prefetched = await prefetch_learned(op, root, resources)
         learning = StepLearning(mark, key, root)
-        wanted = await trio.to_thread.run_sync(learned.load, key)
-        scheduled, files = 0, 0
-        if wanted:
-            _, scheduled = await resources.mounter.prefetch_files(root, wanted)
-            files = sum(len(paths) for paths in wanted)
         for name, lowers, changes in await trio.to_thread.run_sync(
             _learned_cache_mounts, op, resources
         ):
-            record = _MountRecord(cache_mount_key(key, name), lowers, changes)
-            learning.mounts.append(record)
-            paths = await trio.to_thread.run_sync(learned.load, record.key)
-            if paths and lowers:
-                flat = [path for layer in paths for path in layer]
-                scheduled += await resources.mounter.prefetch_in_layers(lowers, flat)
-                files += len(flat)
-        if files:
+            learning.mounts.append(_MountRecord(cache_mount_key(key, name), lowers, changes))
+        if prefetched.files:
             await job.status(
                 "learned-prefetch",
-                f"prefetching {files} files read last time: {human_size(scheduled)} not cached yet",
-                scheduled,
-                scheduled,
+                f"prefetching {prefetched.files} files read last time: "
+                f"{human_size(prefetched.bytes)} not cached yet",
+                prefetched.bytes,
+                prefetched.bytes,
                 completed=True,
             )
-    except LazybuildError as exc:  # a hint: the step fetches on demand instead
-        log.warning("learned prefetch failed: %s", exc)
+    except LazybuildError as exc:  # a hint: the step runs all the same
+        log.warning("cannot learn what the step reads: %s", exc)
         return None
     return learning
 

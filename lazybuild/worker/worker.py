@@ -34,7 +34,7 @@ class Worker:
         if isinstance(operation, HttpSource):
             return HttpSourceOp(operation, resources)
         if isinstance(operation, Exec):
-            return ExecOp(operation, resources)
+            return ExecOp(operation, resources, _root_image(vertex))
         if isinstance(operation, File):
             return FileOp(operation, resources, self._input_contexts(vertex))
         if isinstance(operation, Merge):
@@ -85,3 +85,22 @@ class Worker:
                 )
                 return None
         return snapshot
+
+
+def _root_image(vertex: Vertex) -> ImageSource | None:
+    """The image at the bottom of a RUN step's root filesystem, when only RUN and file
+    steps lie between (then the image's layers are the step's base layers)."""
+    for _ in range(10_000):  # a chain of steps, never a cycle
+        operation = vertex.operation
+        if isinstance(operation, ImageSource):
+            return operation
+        if isinstance(operation, Exec):
+            index = operation.mounts[0].input if operation.mounts else None
+        elif isinstance(operation, File):
+            index = operation.base_input
+        else:
+            return None
+        if index is None or index >= len(vertex.inputs):
+            return None
+        vertex = vertex.inputs[index].vertex
+    return None

@@ -72,6 +72,7 @@ class FakeOp:
     log: bytes | None = None
     produce: Callable[[], str] | None = None  # the output's value, instead of name(inputs)
     cache_map_calls: int = 0
+    will_run_at: list[float] = field(default_factory=list)  # trio times of will_run calls
     exec_calls: int = 0
     completed: int = 0
     cancelled: int = 0
@@ -99,6 +100,11 @@ class FakeOp:
             return func(result)
 
         return compute
+
+    async def will_run(self, job: Job) -> None:
+        self.will_run_at.append(trio.current_time())
+        if self.fail is not None:
+            raise self.fail  # a hint's failure: exec meets it again
 
     async def exec(self, job: Job, inputs: Sequence[Result]) -> list[Result]:
         self.exec_calls += 1

@@ -85,6 +85,28 @@ def test_a_changed_input_reruns_only_what_depends_on_it() -> None:
     run(main)
 
 
+def test_a_vertex_that_will_run_hears_so_before_its_inputs_are_done() -> None:
+    """A RUN step's learned prefetch starts while the steps before it still run; a hit
+    never hears it, and a failing hint does not fail the solve on its own."""
+
+    async def main() -> None:
+        world = World()
+        world.op("base", delay=5.0)
+        world.op("step")
+        definition = marshal(vertex("step", vertex("base")))
+        started = trio.current_time()
+        await solve(world, definition)
+        assert world.ops["step"].will_run_at == [started]  # not after base's 5 s
+        await solve(world, definition)
+        assert len(world.ops["step"].will_run_at) == 1  # the second solve hits
+        world.ops["base"].fail = ValueError("base fails")
+        world.ops["base"].cache_seed = "base moved"
+        with pytest.raises(VertexFailedError, match="base fails"):
+            await solve(world, definition)  # the exec's error, not the hint's
+
+    run(main)
+
+
 def content_world(files: dict[str, str]) -> World:
     """A context source whose output is a snapshot of ``files``, a copy of "app.c" keyed
     by that file's content only, and a compile step after it."""
