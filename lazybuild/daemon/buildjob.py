@@ -16,12 +16,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from lazybuild.api.control.v1 import control_pb2
 from lazybuild.daemon.buildcontext import ReceivedBuild
 from lazybuild.errors import UsageError
 from lazybuild.registryoptions import RegistryOptions
+
+if TYPE_CHECKING:
+    from lazybuild.lazyfs.client import LazyMountService
 
 
 class _EventLines:
@@ -82,6 +85,26 @@ def _network(value: str) -> Literal["default", "host", "none"]:
     return cast(Literal["default", "host", "none"], value or "default")
 
 
+def _filesystem(
+    state_dir: Path, registry: RegistryOptions, cache_max_bytes: int | None
+) -> LazyMountService | None:
+    """With the configured ``cache_size``, the build's filesystem process as the driver
+    would start it (``build_filesystem``), its chunk cache bounded so; else None: the
+    driver starts its own."""
+    if cache_max_bytes is None:
+        return None
+    from lazybuild.lazyfs.client import LazyMountService
+
+    return LazyMountService(
+        state_dir,
+        insecure_registries=registry.insecure_registries,
+        docker_config=registry.docker_config,
+        background_fetch=False,
+        complete_reused_layers=True,
+        cache_max_bytes=cache_max_bytes,
+    )
+
+
 async def run_job(
     received: ReceivedBuild,
     *,
@@ -89,6 +112,7 @@ async def run_job(
     state_dir: Path,
     registry: RegistryOptions,
     emit_event: Callable[[str], None],
+    cache_max_bytes: int | None = None,
 ) -> tuple[control_pb2.BuildResult, list[ArchiveDest]]:
     """Builds and exports; raises what the build raised (``BuildFailedError`` with its
     tail, other ``LazybuildError``s), for the caller to answer with."""
@@ -192,15 +216,23 @@ async def run_job(
                         mounts=result.cache_mounts,
                     )
 
-        outcome = await run_build(
-            request,
-            state_dir=state_dir,
-            registry=registry,
-            progress=progress,
-            finish=finish,
-            on_line=progress.line,
-            on_fetch=show_fetch,
-        )
+        filesystem = _filesystem(state_dir, registry, cache_max_bytes)
+        if filesystem is not None:
+            await filesystem.spawn()
+        try:
+            outcome = await run_build(
+                request,
+                state_dir=state_dir,
+                registry=registry,
+                progress=progress,
+                finish=finish,
+                on_line=progress.line,
+                on_fetch=show_fetch,
+                filesystem=filesystem,
+            )
+        finally:
+            if filesystem is not None:
+                await filesystem.close()
     answer = control_pb2.BuildResult()
     if outcome.fetch_report is not None:
         answer.fetch_report = render_fetch_report(outcome.fetch_report)

@@ -74,11 +74,13 @@ class Builds:
         state_dir: Path,
         registry: RegistryOptions,
         max_parallel: int,
+        cache_max_bytes: int | None = None,
     ) -> None:
         self._nursery = nursery
         self._token = trio.lowlevel.current_trio_token()
         self._state_dir = state_dir
         self._registry = registry
+        self._cache_max_bytes = cache_max_bytes
         self._slots = trio.Semaphore(max_parallel)
         self._running: dict[str, Job] = {}
         self._lock = threading.Lock()
@@ -140,6 +142,7 @@ class Builds:
                         state_dir=self._state_dir,
                         registry=self._registry,
                         emit_event=job.reports.put,
+                        cache_max_bytes=self._cache_max_bytes,
                     )
                 finished = Finished(result, archives)
         except Exception as error:  # answered to the client, never raised in the loop

@@ -63,6 +63,7 @@ async def serve(config: DaemonConfig) -> int:
                     state_dir=state_dir,
                     registry=RegistryOptions(config.insecure_registries),
                     max_parallel=config.max_parallel_builds,
+                    cache_max_bytes=config.cache_size,
                 )
                 nursery.start_soon(collect_periodically, state_dir, config.gc, _say_collected)
                 for served in bound:

@@ -13,8 +13,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from lazybuild.api.control.v1 import control_pb2
+from lazybuild.api.control.v1.control_pb2_grpc import ControlStub
 from lazybuild.cli.main import main
 from tests.e2e.buildsupport import assert_nothing_left, runc_containers, write_context
 from tests.support.procs import mounts_under
@@ -76,6 +79,9 @@ class Daemons:
         self.address = f"unix://{self.sock}"
         self.log_path = tmp_path / "daemon.log"
         self.started: list[subprocess.Popen[str]] = []
+        # The chunk cache's bound: the daemon then starts each build's filesystem itself.
+        self.config = tmp_path / "lazybuild.toml"
+        self.config.write_text('cache_size = "4GiB"\nmax_parallel_builds = 2\n')
 
     def _served(self) -> int:
         return self.log_path.read_text().count("serving on") if self.log_path.exists() else 0
@@ -84,7 +90,16 @@ class Daemons:
         before = self._served()
         with self.log_path.open("a") as log:
             process = subprocess.Popen(
-                [*_LAZYBUILD, "--state-dir", str(self.state), "serve", "--addr", self.address],
+                [
+                    *_LAZYBUILD,
+                    "--state-dir",
+                    str(self.state),
+                    "serve",
+                    "--config",
+                    str(self.config),
+                    "--addr",
+                    self.address,
+                ],
                 cwd=REPO,
                 stderr=log,
                 text=True,
@@ -208,6 +223,9 @@ def test_ctrl_c_cancels_the_build_in_the_daemon(tmp_path: Path, base_image: str,
     else:
         pytest.fail("".join(seen))
     assert runc_containers(daemon_state)
+    with grpc.insecure_channel(address.replace("unix://", "unix:")) as channel:
+        info = ControlStub(channel).Info(control_pb2.InfoRequest(), timeout=30)
+        assert info.builds_running == 1
     client.send_signal(signal.SIGINT)
     _, rest = client.communicate(timeout=120)
     assert client.returncode == 130, "".join(seen) + rest
