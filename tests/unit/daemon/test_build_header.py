@@ -1,0 +1,147 @@
+"""What a build through the daemon sends: every field of ``BuildRequest`` travels in the
+header, and the context tar is what ``.dockerignore`` leaves, mtimes to the nanosecond."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lazybuild.api.control.v1 import control_pb2
+from lazybuild.build.request import BuildRequest
+from lazybuild.cli.main import build_parser
+from lazybuild.daemon.buildclient import build_header, write_context_tar
+from lazybuild.errors import UsageError
+
+# BuildRequest's fields and the header fields that carry them. A field added to the
+# request fails this test until the daemon's header (and buildjob.py) carry it too.
+CARRIED_BY = {
+    "context_dir": "(the context tar)",
+    "dockerfile": "dockerfile",
+    "build_args": "build_args",
+    "target": "target",
+    "platform": "platform",
+    "no_cache": "no_cache",
+    "pull": "pull",
+    "secrets": "secrets",
+    "labels": "labels",
+    "source_date_epoch": "source_date_epoch",
+    "network": "network",
+    "cache_from": "cache_from",
+    "export_cache": "cache_to",
+}
+
+
+def test_every_build_request_field_travels_in_the_header() -> None:
+    request_fields = {f.name for f in dataclasses.fields(BuildRequest)}
+    assert request_fields == set(CARRIED_BY)
+    header_fields = set(control_pb2.BuildHeader.DESCRIPTOR.fields_by_name)
+    missing = {v for v in CARRIED_BY.values() if not v.startswith("(")} - header_fields
+    assert not missing
+
+
+def _context(tmp_path: Path) -> Path:
+    context = tmp_path / "context"
+    (context / "src").mkdir(parents=True)
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")
+    (context / ".dockerignore").write_text("*.log\nsecret/\n")
+    (context / "src" / "main.c").write_text("int main(void) { return 0; }\n")
+    (context / "build.log").write_text("ignored\n")
+    (context / "secret").mkdir()
+    (context / "secret" / "key").write_text("ignored too\n")
+    os.symlink("src/main.c", context / "link")
+    os.utime(context / "src" / "main.c", ns=(1_600_000_000_123_456_789,) * 2)
+    (context / "src" / "main.c").chmod(0o751)
+    return context
+
+
+def test_the_context_tar_honours_dockerignore_and_keeps_mtimes(tmp_path: Path) -> None:
+    context = _context(tmp_path)
+    out = io.BytesIO()
+    write_context_tar(context, context / "Dockerfile", out)
+    out.seek(0)
+    with tarfile.open(fileobj=out) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert sorted(members) == [".dockerignore", "Dockerfile", "link", "src", "src/main.c"]
+    main_c = members["src/main.c"]
+    assert main_c.pax_headers["mtime"] == "1600000000.123456789"
+    assert main_c.mode == 0o751
+    assert (main_c.uid, main_c.gid) == (0, 0)
+    assert members["link"].issym() and members["link"].linkname == "src/main.c"
+
+
+def test_the_header_carries_the_flags_as_read_locally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = _context(tmp_path)
+    secret = tmp_path / "token"
+    secret.write_bytes(b"s3cret")
+    monkeypatch.setenv("FROM_ENV", "env-value")
+    args = build_parser().parse_args(
+        [
+            "build",
+            "--builder",
+            "unix:///run/x.sock",
+            "--build-arg",
+            "A=1",
+            "--build-arg",
+            "FROM_ENV",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1700000000",
+            "--secret",
+            f"id=token,src={secret}",
+            "--label",
+            "team=ci",
+            "--target",
+            "final",
+            "--no-cache",
+            "--network",
+            "none",
+            "-t",
+            "registry.example/app:1",
+            "--push",
+            "-o",
+            "type=oci,dest=out.tar",
+            "--no-optimize",
+            str(context),
+        ]
+    )
+    header, context_dir, outputs = build_header(args)
+    assert context_dir == context
+    assert header.dockerfile_name == "Dockerfile"
+    assert header.dockerfile == (context / "Dockerfile").read_bytes()
+    assert header.dockerignore == b"*.log\nsecret/\n"
+    assert dict(header.build_args) == {
+        "A": "1",
+        "FROM_ENV": "env-value",
+        "SOURCE_DATE_EPOCH": "1700000000",
+    }
+    assert header.source_date_epoch == 1700000000
+    assert dict(header.secrets) == {"token": b"s3cret"}
+    assert dict(header.labels) == {"team": "ci"}
+    assert (header.target, header.no_cache, header.network) == ("final", True, "none")
+    assert [o.WhichOneof("kind") for o in header.outputs] == ["oci", "image"]
+    assert list(header.outputs[1].image.names) == ["registry.example/app:1"]
+    assert header.outputs[1].image.push
+    assert not header.profiling.enabled
+    assert len(outputs) == 2
+    assert len(header.build_id) == 32
+
+
+def test_what_a_builder_cannot_do_yet_is_one_line(tmp_path: Path) -> None:
+    context = _context(tmp_path)
+    for flags, expected in (
+        (["--load"], "--load is not supported through --builder yet"),
+        (["-o", str(tmp_path / "rootfs")], "directory outputs are not supported"),
+        (["--depfile", "deps.mk"], "--depfile is not supported through --builder yet"),
+        (["--cache-to", f"type=local,dest={tmp_path}"], "local caches are not supported"),
+    ):
+        args = build_parser().parse_args(
+            ["build", "--builder", "unix:///run/x.sock", *flags, str(context)]
+        )
+        with pytest.raises(UsageError, match=expected):
+            build_header(args)
