@@ -339,7 +339,8 @@ async def run_remote_build(args: argparse.Namespace) -> int:
     except BaseException:
         _cancel(call_state)
         raise
-    if result.fetch_report and not args.quiet:
+    quiet = args.quiet or args.progress == "quiet"
+    if result.fetch_report and not quiet:
         print(result.fetch_report, file=sys.stderr)
     if args.iidfile is not None and result.config_digest:
         write_atomic(args.iidfile, result.config_digest.encode())
