@@ -1,0 +1,5 @@
+ARG BASE
+FROM ${BASE}
+ONBUILD RUN <<EOF
+echo "hello world" >> /dest
+EOF

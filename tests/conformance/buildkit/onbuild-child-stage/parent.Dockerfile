@@ -1,0 +1,3 @@
+ARG BASE
+FROM ${BASE}
+ONBUILD RUN mkdir -p /out && echo -n yes >> /out/didrun

@@ -1,0 +1,159 @@
+"""BuildKit conformance: cases translated from BuildKit's own Dockerfile frontend tests
+(moby/buildkit, frontend/dockerfile/*_test.go), built with lazybuild and checked against
+what the Go tests assert. One case per directory of tests/conformance/buildkit; what a
+case.json may say is in tests/conformance/README.md.
+
+One registry (the session's), one lazybuild state directory and one HTTP server (for
+ADD <url>) serve the whole module. Builds run two at a time in a thread pool, started
+for every selected case when the first test asks for a result, so the module's wall
+time is about half the sum of its builds.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import imagebuild
+from tests.support.conformance import (
+    CASES_DIR,
+    ROOT_CONTENT,
+    Case,
+    CaseResult,
+    Environment,
+    all_case_names,
+    build_case,
+    check_case,
+    cleanup,
+    describe,
+)
+from tests.support.differential import cached_slim_debian_layout
+from tests.support.registry import Registry
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+PARALLEL_BUILDS = 2
+CASE_NAMES = all_case_names()
+
+
+def _param(name: str) -> Any:
+    case = Case.load(name)
+    marks = []
+    if case.pending:
+        marks.append(pytest.mark.xfail(strict=True, reason=f"issue 17: {case.issue17}"))
+    elif case.bug:
+        marks.append(pytest.mark.xfail(strict=True, reason=f"lazybuild bug: {case.bug}"))
+    return pytest.param(name, id=name, marks=marks)
+
+
+def test_the_suite_is_whole() -> None:
+    """At least 80 cases (issue 17), each with its origin; a deliberate difference
+    says why, and an unfinished fix names its issue item."""
+    assert len(CASE_NAMES) >= 80, len(CASE_NAMES)
+    for name in CASE_NAMES:
+        case = Case.load(name)
+        assert "_test.go" in case.origin, f"{name}: origin {case.origin!r}"
+        assert (case.directory / case.dockerfile).is_file(), name
+        if case.pending:
+            assert case.issue17, f"{name}: pending on which item of issue 17?"
+        if case.difference is not None:
+            assert len(case.difference) > 20, f"{name}: say why lazybuild differs"
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Files under CASES_DIR; the root path answers ROOT_CONTENT (a URL with no file
+    name, for ADD's __unnamed__)."""
+
+    def do_GET(self) -> None:
+        if self.path != "/":
+            super().do_GET()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(ROOT_CONTENT)))
+        self.end_headers()
+        self.wfile.write(ROOT_CONTENT)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_url() -> Iterator[str]:
+    """CASES_DIR over HTTP on loopback (each case's served/ directory, for ADD <url>)."""
+    handler = functools.partial(_Handler, directory=str(CASES_DIR))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def environment(
+    debian_rootfs: Path,
+    registry: Registry,
+    http_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Environment:
+    layout = cached_slim_debian_layout(debian_rootfs)
+    imagebuild.push_oci_layout(layout, registry.host, "test/debian", "bookworm-slim")
+    return Environment(
+        state_dir=tmp_path_factory.mktemp("lazybuild-state"),
+        registry=registry.host,
+        base_image=f"{registry.host}/test/debian:bookworm-slim",
+        http_url=http_url,
+    )
+
+
+@pytest.fixture(scope="module")
+def builds(
+    request: pytest.FixtureRequest,
+    environment: Environment,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Future[CaseResult]]]:
+    """Every selected case's build, started in order on a pool of PARALLEL_BUILDS."""
+    selected: list[str] = []
+    for item in request.session.items:
+        if isinstance(item, pytest.Function) and item.module is request.module:
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            if "name" in params:
+                selected.append(str(params["name"]))
+    root = tmp_path_factory.mktemp("conformance")
+    with ThreadPoolExecutor(max_workers=PARALLEL_BUILDS) as pool:
+        futures = {
+            name: pool.submit(build_case, Case.load(name), environment, root / name)
+            for name in dict.fromkeys(selected)
+        }
+        try:
+            yield futures
+        finally:
+            for future in futures.values():
+                future.cancel()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("name", [_param(name) for name in CASE_NAMES])
+def test_case(name: str, builds: dict[str, Future[CaseResult]]) -> None:
+    case = Case.load(name)
+    result = builds[name].result()
+    try:
+        problems = check_case(case, result)
+    finally:
+        cleanup(result)
+    where = f"{name} (from {case.origin})"
+    if case.difference:
+        where += f"; deliberate difference: {case.difference}"
+    assert not problems, f"{where}:\n  " + "\n  ".join(problems) + "\n" + describe(result)
