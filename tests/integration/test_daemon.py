@@ -424,3 +424,32 @@ def test_tcp_without_tls_is_refused_by_the_config(start_daemon) -> None:
         "lazybuild: error: command line: tcp://127.0.0.1:0 needs tls.cert, tls.key and "
         "tls.ca: TCP is served with mutual TLS only"
     ]
+
+
+def test_a_context_over_the_daemon_s_bound_is_refused_in_one_line(
+    start_daemon, socket_dir: Path, tmp_path: Path
+) -> None:
+    sock = socket_dir / "lazybuild.sock"
+    config = tmp_path / "lazybuild.toml"
+    config.write_text("max_context_size = 4096\n")
+    daemon: Daemon = start_daemon("--config", str(config), "--addr", f"unix://{sock}")
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY big /\n")
+    (context / "big").write_bytes(b"x" * 100_000)
+    done = subprocess.run(
+        _lazybuild("build", "--builder", f"unix://{sock}", str(context)),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "lazybuild: error: the build context is larger than the daemon takes (4096 bytes; "
+        "max_context_size in its configuration)"
+    ]
+    # Nothing of it stays in the daemon's state.
+    assert not any((daemon.state_dir / "daemon-builds").glob("*"))
+    status, log = daemon.stop()
+    assert status == 0, log
