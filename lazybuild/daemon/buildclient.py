@@ -21,12 +21,19 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Protocol
 
 import trio
 
 from lazybuild.errors import LazybuildError, UsageError
+
+if TYPE_CHECKING:
+    from lazybuild.api.control.v1 import control_pb2
+    from lazybuild.api.control.v1.control_pb2_grpc import ControlStub
+    from lazybuild.buildprogress import BuildProgress
+    from lazybuild.exporter.outputs import OutputSpec
 
 _CHUNK_BYTES = 1 << 20
 
@@ -39,7 +46,7 @@ class RemoteBuildError(LazybuildError):
         self.exit_code = exit_code or 1
 
 
-def _refuse_unsupported(args: argparse.Namespace, outputs: list[Any]) -> None:
+def _refuse_unsupported(args: argparse.Namespace, outputs: list[OutputSpec]) -> None:
     from lazybuild.exporter.outputs import DockerOutput, LocalOutput, OciOutput
 
     for flag, given in (
@@ -57,7 +64,9 @@ def _refuse_unsupported(args: argparse.Namespace, outputs: list[Any]) -> None:
             raise UsageError("--load is not supported through --builder yet")
 
 
-def build_header(args: argparse.Namespace) -> tuple[Any, Path, list[Any]]:
+def build_header(
+    args: argparse.Namespace,
+) -> tuple[control_pb2.BuildHeader, Path, list[OutputSpec]]:
     """The call's header, the context directory, the outputs (as parsed here)."""
     from lazybuild.api.control.v1 import control_pb2
     from lazybuild.cli import build_flags
@@ -161,7 +170,9 @@ def write_context_tar(context_dir: Path, dockerfile: Path, out: IO[bytes]) -> No
             # Devices, fifos and sockets: a context transfer sends none.
 
 
-def _requests(header: Any, tar: IO[bytes]) -> Iterator[Any]:
+def _requests(
+    header: control_pb2.BuildHeader, tar: IO[bytes]
+) -> Iterator[control_pb2.BuildRequest]:
     from lazybuild.api.control.v1 import control_pb2
 
     yield control_pb2.BuildRequest(header=header)
@@ -174,10 +185,15 @@ class _Outputs:
     """Archive outputs arriving in pieces, each written beside its destination and
     renamed into place once the build succeeded ("-": standard output)."""
 
-    def __init__(self, outputs: list[Any]) -> None:
-        from lazybuild.exporter.outputs import ImageOutput
+    def __init__(self, outputs: list[OutputSpec]) -> None:
+        from lazybuild.exporter.outputs import DockerOutput, OciOutput
 
-        self._dests = {i: o.dest for i, o in enumerate(outputs) if not isinstance(o, ImageOutput)}
+        # Only archives come back (``_refuse_unsupported`` left no other kind with a dest).
+        self._dests = {
+            i: str(o.dest)
+            for i, o in enumerate(outputs)
+            if isinstance(o, OciOutput | DockerOutput) and o.dest is not None
+        }
         self._open: dict[int, tuple[IO[bytes], Path | None]] = {}
 
     def write(self, index: int, data: bytes) -> None:
@@ -211,7 +227,7 @@ class _Outputs:
         self._open.clear()
 
 
-def _render(progress: Any, line: str) -> None:
+def _render(progress: BuildProgress, line: str) -> None:
     """One rawjson event into the local display, as the solver's event it was."""
     from lazybuild.solver.progress import VertexCompleted, VertexLog, VertexStarted, VertexStatus
 
@@ -261,7 +277,20 @@ def _render(progress: Any, line: str) -> None:
         progress.tick()
 
 
-def _build_through(args: argparse.Namespace, call_state: dict[str, Any]) -> Any:
+class _Cancellable(Protocol):
+    def cancel(self) -> object: ...
+
+
+@dataclass
+class _Call:
+    """The call under way, for ``_cancel`` (filled in as the call starts)."""
+
+    build_id: str = ""
+    stub: ControlStub | None = None
+    responses: _Cancellable | None = None  # the Build call
+
+
+def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildResult:
     """The whole call, blocking (a worker thread's): returns the final BuildResult."""
     import grpc
 
@@ -274,9 +303,9 @@ def _build_through(args: argparse.Namespace, call_state: dict[str, Any]) -> Any:
     received = _Outputs(outputs)
     with tempfile.TemporaryFile() as tar, control_stub(args.builder) as stub:
         write_context_tar(context_dir, dockerfile, tar)
-        call_state["stub"], call_state["build_id"] = stub, header.build_id
+        call.stub, call.build_id = stub, header.build_id
         responses = stub.Build(_requests(header, tar))
-        call_state["call"] = responses
+        call.responses = responses
         result = None
         try:
             with BuildProgress(mode) as progress:
@@ -314,30 +343,26 @@ def _print_tail(tail: tuple[str, ...]) -> None:
     print("------", file=sys.stderr)
 
 
-def _cancel(call_state: dict[str, Any]) -> None:
+def _cancel(call: _Call) -> None:
     """Ctrl-C: the call is cancelled and the daemon told to cancel the build (either
     alone would do; both, in case the first is lost)."""
     from lazybuild.api.control.v1 import control_pb2
 
-    call = call_state.get("call")
-    if call is not None:
-        call.cancel()
-    stub = call_state.get("stub")
-    if stub is not None:
+    if call.responses is not None:
+        call.responses.cancel()
+    if call.stub is not None:
         with contextlib.suppress(Exception):
-            stub.Cancel(control_pb2.CancelRequest(build_id=call_state["build_id"]), timeout=5)
+            call.stub.Cancel(control_pb2.CancelRequest(build_id=call.build_id), timeout=5)
 
 
 async def run_remote_build(args: argparse.Namespace) -> int:
     from lazybuild.atomicfile import write_atomic
 
-    call_state: dict[str, Any] = {}
+    call = _Call()
     try:
-        result = await trio.to_thread.run_sync(
-            _build_through, args, call_state, abandon_on_cancel=True
-        )
+        result = await trio.to_thread.run_sync(_build_through, args, call, abandon_on_cancel=True)
     except BaseException:
-        _cancel(call_state)
+        _cancel(call)
         raise
     quiet = args.quiet or args.progress == "quiet"
     if result.fetch_report and not quiet:
