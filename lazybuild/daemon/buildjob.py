@@ -11,12 +11,13 @@ docs/daemon.md).
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Literal, TextIO, cast
 
 from lazybuild.api.control.v1 import control_pb2
 from lazybuild.daemon.buildcontext import ReceivedBuild
@@ -24,16 +25,22 @@ from lazybuild.errors import UsageError
 from lazybuild.registryoptions import RegistryOptions
 
 if TYPE_CHECKING:
+    from lazybuild.exporter import ExportResult
+    from lazybuild.exporter.outputs import OutputSpec
     from lazybuild.lazyfs.client import LazyMountService
 
 
-class _EventLines:
+class _EventLines(io.TextIOBase):
     """A text stream for ``BuildProgress``: each line it is given (one rawjson event)
-    is handed to ``emit``."""
+    is handed to ``emit``. Not a terminal (``isatty`` is False)."""
 
     def __init__(self, emit: Callable[[str], None]) -> None:
+        super().__init__()
         self._emit = emit
         self._pending = ""
+
+    def writable(self) -> bool:
+        return True
 
     def write(self, text: str) -> int:
         lines = (self._pending + text).split("\n")
@@ -42,12 +49,6 @@ class _EventLines:
             if line:
                 self._emit(line)
         return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,12 @@ class ArchiveDest:
     path: Path
 
 
-def _outputs(header: control_pb2.BuildHeader, workdir: Path) -> tuple[list[Any], list[ArchiveDest]]:
+def _outputs(
+    header: control_pb2.BuildHeader, workdir: Path
+) -> tuple[list[OutputSpec], list[ArchiveDest]]:
     from lazybuild.exporter.outputs import DockerOutput, ImageOutput, OciOutput
 
-    specs: list[Any] = []
+    specs: list[OutputSpec] = []
     archives: list[ArchiveDest] = []
     for index, output in enumerate(header.outputs):
         kind = output.WhichOneof("kind")
@@ -157,9 +160,9 @@ async def run_job(
         network="host" if wanted.network == "host" else "none",
         optimize_base=wanted.optimize_base,
     )
-    export_result: list[Any] = []
-    # ``stream`` is duck-typed as a text stream: only write/flush/isatty are used.
-    with BuildProgress("rawjson", cast(Any, _EventLines(emit_event))) as progress:
+    export_result: list[ExportResult] = []
+    # An io.TextIOBase is a text stream; typeshed's typing.TextIO is a separate class.
+    with BuildProgress("rawjson", cast(TextIO, _EventLines(emit_event))) as progress:
         if not outputs:
             progress.line(
                 "no output specified: the result stays in the build cache "
