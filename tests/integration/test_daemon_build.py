@@ -294,3 +294,41 @@ def test_after_a_sigkill_mid_build_the_next_daemon_cleans_up(
         "build", "--builder", daemons.address, "--build-arg", f"BASE={base_image}", str(context)
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_two_builds_at_once_both_succeed(
+    tmp_path: Path, base_image: str, registry: Registry, daemon
+) -> None:
+    address, daemon_state, _ = daemon
+    clients = []
+    for name in ("one", "two"):
+        context = _context(tmp_path / name, DOCKERFILE)
+        (context / "message.txt").write_text(f"build {name}\n")
+        clients.append(
+            subprocess.Popen(
+                [
+                    *_LAZYBUILD,
+                    "build",
+                    "--builder",
+                    address,
+                    "--progress=plain",
+                    "--build-arg",
+                    f"BASE={base_image}",
+                    "--iidfile",
+                    str(tmp_path / name / "iid"),
+                    "-t",
+                    f"{registry.host}/daemon-build/{name}:1",
+                    "--push",
+                    str(context),
+                ],
+                cwd=REPO,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for client in clients:
+        _, err = client.communicate(timeout=600)
+        assert client.returncode == 0, err
+    iids = {(tmp_path / name / "iid").read_text() for name in ("one", "two")}
+    assert len(iids) == 2  # two different images
+    assert_nothing_left(daemon_state)
