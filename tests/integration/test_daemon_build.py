@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import grpc
 import pytest
@@ -331,4 +332,39 @@ def test_two_builds_at_once_both_succeed(
         assert client.returncode == 0, err
     iids = {(tmp_path / name / "iid").read_text() for name in ("one", "two")}
     assert len(iids) == 2  # two different images
+    assert_nothing_left(daemon_state)
+
+
+def test_the_cancel_rpc_cancels_a_build_by_its_id(tmp_path: Path, base_image: str, daemon) -> None:
+    import tempfile
+
+    from lazybuild.cli.main import build_parser
+    from lazybuild.daemon.buildclient import build_header, write_context_tar
+
+    address, daemon_state, _ = daemon
+    context = _context(tmp_path, SLOW)
+    args = build_parser().parse_args(
+        ["build", "--builder", address, "--build-arg", f"BASE={base_image}", str(context)]
+    )
+    header, _, _ = build_header(args)
+
+    def requests(tar: IO[bytes]) -> Iterator[control_pb2.BuildRequest]:
+        yield control_pb2.BuildRequest(header=header)
+        tar.seek(0)
+        yield control_pb2.BuildRequest(context_chunk=tar.read())
+
+    target = address.replace("unix://", "unix:")
+    with tempfile.TemporaryFile() as tar, grpc.insecure_channel(target) as channel:
+        write_context_tar(context, context / "Dockerfile", tar)
+        stub = ControlStub(channel)
+        responses = stub.Build(requests(tar))
+        with pytest.raises(grpc.RpcError) as ended:
+            for response in responses:
+                event = response.progress_event
+                if event and "sleep-42" in json.loads(event).get("data", ""):
+                    reply = stub.Cancel(control_pb2.CancelRequest(build_id=header.build_id))
+                    assert reply.found
+        assert ended.value.code() == grpc.StatusCode.CANCELLED
+        assert ended.value.details() == "the build was cancelled"
+        assert not stub.Cancel(control_pb2.CancelRequest(build_id=header.build_id)).found
     assert_nothing_left(daemon_state)
