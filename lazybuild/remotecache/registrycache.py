@@ -97,6 +97,8 @@ async def export_cache(
     mount_layers: dict[str, list[CachedLayer]] = {}
     if export.cache_mounts:
         for name, content in (mounts or {}).items():
+            if not export.exports_mount(content.mount_id):
+                continue
             blob = await trio.to_thread.run_sync(_changes_blob, store, name, content.changes)
             blobs[f"cache-mount:{name}"] = blob
             chain = [

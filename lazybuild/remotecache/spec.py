@@ -1,10 +1,15 @@
 """``--cache-to`` and ``--cache-from`` values, as ``docker buildx build`` spells them:
 ``type=registry,ref=REF[,mode=min|max][,cache-mounts=true]`` (``ref=`` alone, or a bare
-reference, for ``--cache-from``), and ``type=local,dest=DIR`` / ``type=local,src=DIR``
-(an OCI layout directory, for CI cache actions that save and restore one)."""
+reference, for ``--cache-to``), and ``type=local,dest=DIR`` / ``type=local,src=DIR``
+(an OCI layout directory, for CI cache actions that save and restore one).
+
+Values are CSV fields, as buildx reads them, so a list is one quoted field:
+``'type=registry,ref=REF,"cache-mounts=go-build,go-mod"'`` exports those cache mounts
+only (by ``id``, or by target for a mount without one); ``cache-mounts=true`` all."""
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +32,13 @@ class CacheExport:
     mode: Mode = "min"
     cache_mounts: bool = False  # also the content of the build's cache mounts
     dest: Path | None = None
+    # Only the cache mounts of these ids (or targets); None: all of them.
+    cache_mount_ids: frozenset[str] | None = None
+
+    def exports_mount(self, mount_id: str) -> bool:
+        return self.cache_mounts and (
+            self.cache_mount_ids is None or mount_id in self.cache_mount_ids
+        )
 
     def __str__(self) -> str:
         return str(self.ref) if self.ref is not None else f"local cache {self.dest}"
@@ -52,17 +64,25 @@ def cache_exports(specs: Iterable[str]) -> list[CacheExport]:
         mode = fields.get("mode", "min")
         if mode not in ("min", "max"):
             raise UsageError(f"--cache-to {spec!r}: mode must be min or max, not {mode!r}")
-        mounts = fields.get("cache-mounts", "false").lower()
-        if mounts not in ("true", "false"):
-            raise UsageError(f"--cache-to {spec!r}: cache-mounts must be true or false")
+        enabled, ids = _cache_mounts(fields.get("cache-mounts", "false"), spec)
         chosen: Mode = "max" if mode == "max" else "min"
         if fields["type"] == "local":
             dest = _directory(fields, "dest", spec, "--cache-to")
-            exports.append(CacheExport(None, chosen, mounts == "true", dest))
+            exports.append(CacheExport(None, chosen, enabled, dest, ids))
         else:
             ref = _ref(fields, spec, "--cache-to")
-            exports.append(CacheExport(ref, chosen, mounts == "true"))
+            exports.append(CacheExport(ref, chosen, enabled, cache_mount_ids=ids))
     return exports
+
+
+def _cache_mounts(value: str, spec: str) -> tuple[bool, frozenset[str] | None]:
+    """``cache-mounts=``: true, false, or the ids of the mounts to export."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true", None
+    ids = frozenset(part.strip() for part in value.split(",") if part.strip())
+    if not ids:
+        raise UsageError(f"--cache-to {spec!r}: cache-mounts must be true, false or mount ids")
+    return True, ids
 
 
 def cache_imports(specs: Iterable[str]) -> list[CacheImport]:
@@ -80,7 +100,11 @@ def _fields(spec: str, flag: str, *, allowed: set[str]) -> dict[str, str]:
     if "=" not in spec:
         return {"type": "registry", "ref": spec}  # a bare reference, as buildx takes it
     fields: dict[str, str] = {}
-    for part in spec.split(","):
+    try:
+        (parts,) = csv.reader([spec])  # buildx's CSV: a quoted field may hold commas
+    except csv.Error as exc:
+        raise UsageError(f"{flag} {spec!r}: {exc}") from None
+    for part in parts:
         key, sep, value = part.partition("=")
         key = key.strip().lower()
         if not sep or not key:

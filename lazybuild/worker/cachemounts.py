@@ -32,7 +32,12 @@ LOWER_SUFFIX = ".lower.json"
 
 def cache_mount_name(mount: ExecMount) -> str:
     """The directory name of a cache mount: its ``id`` (or target) hashed."""
-    return hashlib.sha256((mount.cache_id or mount.dest).encode()).hexdigest()[:32]
+    return hashlib.sha256(cache_mount_id(mount).encode()).hexdigest()[:32]
+
+
+def cache_mount_id(mount: ExecMount) -> str:
+    """What names a cache mount for the user: its ``id``, else its target."""
+    return mount.cache_id or mount.dest
 
 
 @dataclass(frozen=True)
@@ -43,13 +48,14 @@ class MountContent:
 
     lowers: tuple[RemoteLayer, ...]
     changes: Path
+    mount_id: str = ""  # the mount's ``id`` (or target): what an export selects it by
 
 
 @dataclass
 class CacheMounts:
     root: Path
-    # Names of the cache mounts this build's steps used.
-    used: set[str] = field(default_factory=set)
+    # The cache mounts this build's steps used: their ids (or targets) by name.
+    used: dict[str, str] = field(default_factory=dict)
 
     def directory(self, name: str) -> Path:
         return self.root / name
@@ -87,5 +93,5 @@ class CacheMounts:
             lowers = self.lowers(name)
             changes = self.directory(name) / "upper" if lowers else self.directory(name)
             if changes.is_dir():
-                found[name] = MountContent(lowers, changes)
+                found[name] = MountContent(lowers, changes, self.used[name])
         return found

@@ -36,7 +36,7 @@ from lazybuild.graph.ops import Exec, ExecMount
 from lazybuild.snapshot import syscalls
 from lazybuild.snapshot.mountinfo import is_mounted
 from lazybuild.solver import CacheDep, Result
-from lazybuild.worker.cachemounts import cache_mount_name
+from lazybuild.worker.cachemounts import cache_mount_id, cache_mount_name
 from lazybuild.worker.layers import RemoteLayer, Snapshot
 from lazybuild.worker.layerstore import StagingArea
 from lazybuild.worker.resources import WorkerResources
@@ -203,7 +203,7 @@ async def _cache_directory(mount: ExecMount, resources: WorkerResources) -> Asyn
     travelling = resources.cache_mount_state
     lowers: tuple[RemoteLayer, ...] = ()
     if travelling is not None:
-        travelling.used.add(name)
+        travelling.used[name] = cache_mount_id(mount)
         lowers = await trio.to_thread.run_sync(travelling.lowers, name)
     if lowers:
         # Imported content under a local upper (``worker.cachemounts``): an overlay's

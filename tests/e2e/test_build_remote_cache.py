@@ -236,6 +236,28 @@ def test_cache_mounts_travel_lazily_and_only_changes_are_exported(
         assert_nothing_left(tmp_path / state)
 
 
+def test_cache_to_can_take_chosen_cache_mounts_only(
+    registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    dockerfile = """\
+ARG BASE
+FROM ${BASE}
+RUN --mount=type=cache,id=keep,target=/keep --mount=type=cache,target=/skip \\
+    echo kept > /keep/file && echo skipped > /skip/file
+"""
+    context = write_context(tmp_path / "ctx", dockerfile)
+    cache = f"{registry.host}/e2e-remote-cache/chosen:buildcache"
+    export = f'type=registry,ref={cache},mode=max,"cache-mounts=keep,/elsewhere"'
+    lazybuild(
+        tmp_path / "a", "build", "--progress=plain", "--build-arg", f"BASE={base_image}",
+        "--cache-to", export, str(context),
+    )  # fmt: skip
+    document = _cache_document(registry, "e2e-remote-cache/chosen", "buildcache")
+    keep = hashlib.sha256(b"keep").hexdigest()[:32]
+    assert list(document["mounts"]) == [keep], document["mounts"]
+    assert_nothing_left(tmp_path / "a")
+
+
 def _learned_paths(registry: Registry, repository: str) -> list[list[str]]:
     """Each learned record of the cache's document, its paths in one list."""
     learned = _cache_document(registry, repository, "buildcache")["learned"]

@@ -44,10 +44,24 @@ def test_flag_values_as_buildx_spells_them() -> None:
     ]
 
 
+def test_cache_mounts_are_chosen_by_id_in_one_quoted_csv_field() -> None:
+    """buildx reads these values as CSV: a list is one quoted field."""
+    (export,) = cache_exports(['type=registry,ref=r.example/a:c,"cache-mounts=go-build, go-mod"'])
+    assert export.cache_mount_ids == frozenset({"go-build", "go-mod"})
+    assert export.exports_mount("go-build") and not export.exports_mount("apt")
+    (everything,) = cache_exports(["ref=r.example/a:c,cache-mounts=TRUE"])
+    assert everything.cache_mount_ids is None and everything.exports_mount("apt")
+    (single,) = cache_exports(["ref=r.example/a:c,cache-mounts=/root/.cache"])
+    assert single.exports_mount("/root/.cache") and not single.exports_mount("go-build")
+    (none,) = cache_exports(["ref=r.example/a:c"])
+    assert not none.exports_mount("go-build")
+
+
 @pytest.mark.parametrize(
     ("flag", "spec", "says"),
     [
         ("to", "type=registry,ref=r.example/a:c,mode=all", "mode must be min or max"),
+        ("to", "ref=r.example/a:c,\"cache-mounts= , \"", "true, false or mount ids"),
         ("to", "type=s3,bucket=x", "not supported"),
         ("to", "type=local", "needs dest=DIR"),
         ("from", "type=local,dest=/x", "unknown key 'dest'"),
