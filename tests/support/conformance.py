@@ -53,6 +53,7 @@ CASE_KEYS = frozenset(
         "build_args",
         "target",
         "platform",
+        "labels",
         "secrets",
         "modes",
         "sockets",
@@ -65,7 +66,10 @@ CASE_KEYS = frozenset(
         "bug",
     }
 )
-EXPECT_KEYS = frozenset({"files", "absent", "config", "env", "error", "hardlinks", "steps"})
+EXPECT_KEYS = frozenset(
+    {"files", "absent", "config", "env", "error", "hardlinks", "steps", "history"}
+)
+HISTORY_KEYS = frozenset({"contains", "lacks", "empty_layer"})
 REBUILD_KEYS = frozenset(
     {"change", "remove", "build_args", "cached", "rerun", "same", "differ", "expect"}
 )
@@ -115,6 +119,13 @@ class FileExpectation:
         )
 
 
+def _history_entry(where: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise CaseError(f"{where}: history entries are objects")
+    _check_keys(f"{where}: history", value, HISTORY_KEYS)
+    return value
+
+
 @dataclass(frozen=True)
 class Expectations:
     files: tuple[FileExpectation, ...] = ()
@@ -124,6 +135,9 @@ class Expectations:
     error: tuple[str, ...] = ()  # substrings of the one error line
     hardlinks: tuple[tuple[str, ...], ...] = ()  # groups of paths that are one inode
     steps: tuple[str, ...] = ()  # step names the progress must show, exactly
+    # the last entries of the image's history: created_by holds "contains" and not
+    # "lacks", empty_layer as given
+    history: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def parse(cls, where: str, value: Mapping[str, Any]) -> Expectations:
@@ -139,6 +153,7 @@ class Expectations:
             error=(error,) if isinstance(error, str) else tuple(error),
             hardlinks=tuple(tuple(g) for g in value.get("hardlinks", ())),
             steps=tuple(value.get("steps", ())),
+            history=tuple(_history_entry(where, h) for h in value.get("history", ())),
         )
 
     @property
@@ -147,7 +162,7 @@ class Expectations:
 
     @property
     def needs_config(self) -> bool:
-        return bool(self.config or self.env)
+        return bool(self.config or self.env or self.history)
 
 
 @dataclass(frozen=True)
@@ -198,6 +213,7 @@ class Case:
     build_args: Mapping[str, str] = field(default_factory=dict)
     target: str | None = None
     platform: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, str] = field(default_factory=dict)
     modes: Mapping[str, int] = field(default_factory=dict)
     sockets: tuple[str, ...] = ()
@@ -226,6 +242,7 @@ class Case:
             build_args=dict(data.get("build_args", {})),
             target=data.get("target"),
             platform=data.get("platform"),
+            labels=dict(data.get("labels", {})),
             secrets=dict(data.get("secrets", {})),
             modes={p: int(m, 8) for p, m in data.get("modes", {}).items()},
             sockets=tuple(data.get("sockets", ())),
@@ -354,6 +371,7 @@ def run_build(
     build_args: Mapping[str, str],
     target: str | None = None,
     platform: str | None = None,
+    labels: Mapping[str, str] = {},
     secrets: Mapping[str, str] = {},
     local: bool = False,
     oci: bool = False,
@@ -370,6 +388,8 @@ def run_build(
         argv += ["--target", target]
     if platform:
         argv += ["--platform", platform]
+    for key, value in labels.items():
+        argv += ["--label", f"{key}={value}"]
     secret_env = {sid: f"CONFORMANCE_SECRET_{n}" for n, sid in enumerate(secrets)}
     for sid, variable in secret_env.items():
         argv += ["--secret", f"id={sid},env={variable}"]
@@ -425,9 +445,12 @@ def build_case(case: Case, env: Environment, workdir: Path) -> CaseResult:
     """Build the case (parents first, then the case, then its rebuild if it has one)."""
     started = time.monotonic()
     result = CaseResult()
-    if case.rebuild is not None:
-        # Which steps a second build runs must depend on this case's first build only,
-        # never on another case that happened to build the same steps before.
+    if case.rebuild is not None or case.expect.needs_config:
+        # A state directory of its own: which steps a second build runs must depend on
+        # this case's first build only, never on another case that built the same steps
+        # before. And an OCI export downloads the base layers into a scratch directory
+        # (staging/export-*) that another build starting in the same state directory
+        # removes as a dead build's leftover (a lazybuild bug, see the README).
         env = dataclasses.replace(env, state_dir=workdir / "state")
     context = prepare_context(case, workdir / "context", env.registry)
     args = dict(case.build_args)
@@ -459,6 +482,7 @@ def build_case(case: Case, env: Environment, workdir: Path) -> CaseResult:
         build_args={**auto_args(env, case, text), **args},
         target=case.target,
         platform=case.platform,
+        labels=case.labels,
         secrets=case.secrets,
         local=first_local and not wanted.error,
         oci=wanted.needs_config and not wanted.error,
@@ -495,6 +519,7 @@ def build_case(case: Case, env: Environment, workdir: Path) -> CaseResult:
         build_args={**auto_args(env, case, text), **second_args},
         target=case.target,
         platform=case.platform,
+        labels=case.labels,
         secrets=case.secrets,
         local=rebuild.expect.needs_rootfs or bool(rebuild.same or rebuild.differ),
         oci=rebuild.expect.needs_config,
@@ -578,6 +603,20 @@ def check_config(config: Mapping[str, Any], wanted: Expectations) -> list[str]:
     for key, value in wanted.env.items():
         if env.get(key) != value:
             problems.append(f"config Env {key}: {env.get(key)!r}, not {value!r}")
+    history = list(config.get("history") or [])
+    if wanted.history:
+        tail = history[-len(wanted.history) :]
+        shown = [(h.get("created_by"), bool(h.get("empty_layer"))) for h in tail]
+        if len(tail) < len(wanted.history):
+            problems.append(f"history has {len(history)} entries: {shown}")
+        for entry, want in zip(tail, wanted.history, strict=False):
+            created_by = str(entry.get("created_by", ""))
+            if "contains" in want and want["contains"] not in created_by:
+                problems.append(f"history {created_by!r} lacks {want['contains']!r}")
+            if "lacks" in want and want["lacks"] in created_by:
+                problems.append(f"history {created_by!r} holds {want['lacks']!r}")
+            if "empty_layer" in want and bool(entry.get("empty_layer")) != want["empty_layer"]:
+                problems.append(f"history {created_by!r}: empty_layer is not {want['empty_layer']}")
     return problems
 
 
