@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, BinaryIO, Protocol, cast
 
 import trio
 
@@ -47,7 +47,7 @@ class RemoteBuildError(LazybuildError):
 
 
 def _refuse_unsupported(args: argparse.Namespace, outputs: list[OutputSpec]) -> None:
-    from lazybuild.exporter.outputs import DockerOutput, LocalOutput, OciOutput
+    from lazybuild.exporter.outputs import DockerOutput, OciOutput
 
     for flag, given in (
         ("--depfile", args.depfile),
@@ -58,8 +58,8 @@ def _refuse_unsupported(args: argparse.Namespace, outputs: list[OutputSpec]) -> 
         if given is not None:
             raise UsageError(f"{flag} is not supported through --builder yet")
     for output in outputs:
-        if isinstance(output, LocalOutput) or (isinstance(output, OciOutput) and not output.tar):
-            raise UsageError("directory outputs are not supported through --builder yet")
+        if isinstance(output, OciOutput) and not output.tar and output.dest == "-":
+            raise UsageError("an OCI layout directory cannot go to standard output")
         if isinstance(output, DockerOutput) and output.dest is None:
             raise UsageError("--load is not supported through --builder yet")
 
@@ -70,7 +70,13 @@ def build_header(
     """The call's header, the context directory, the outputs (as parsed here)."""
     from lazybuild.api.control.v1 import control_pb2
     from lazybuild.cli import build_flags
-    from lazybuild.exporter.outputs import DockerOutput, ImageOutput, OciOutput, outputs_from_flags
+    from lazybuild.exporter.outputs import (
+        DockerOutput,
+        ImageOutput,
+        LocalOutput,
+        OciOutput,
+        outputs_from_flags,
+    )
     from lazybuild.frontend.dockerignore import find_dockerignore
     from lazybuild.remotecache.spec import cache_exports, cache_imports
 
@@ -133,7 +139,11 @@ def build_header(
                 control_pb2.ImageOutput(names=output.names, push=output.push)
             )
         elif isinstance(output, OciOutput):
-            header.outputs.add().oci.CopyFrom(control_pb2.ArchiveOutput(names=output.names))
+            header.outputs.add().oci.CopyFrom(
+                control_pb2.ArchiveOutput(names=output.names, directory=not output.tar)
+            )
+        elif isinstance(output, LocalOutput):
+            header.outputs.add().local.CopyFrom(control_pb2.LocalOutput())
         elif isinstance(output, DockerOutput):
             header.outputs.add().docker.CopyFrom(control_pb2.ArchiveOutput(names=output.names))
     return header, context_dir, outputs
@@ -182,18 +192,24 @@ def _requests(
 
 
 class _Outputs:
-    """Archive outputs arriving in pieces, each written beside its destination and
-    renamed into place once the build succeeded ("-": standard output)."""
+    """Outputs arriving in pieces: an archive written beside its destination and
+    renamed into place once the build succeeded ("-": standard output); a directory's
+    tar kept aside and unpacked into the directory then (with ``untar``: nothing lands
+    outside it; owners kept when this process is root, else its own)."""
 
     def __init__(self, outputs: list[OutputSpec]) -> None:
-        from lazybuild.exporter.outputs import DockerOutput, OciOutput
+        from lazybuild.exporter.outputs import DockerOutput, LocalOutput, OciOutput
 
-        # Only archives come back (``_refuse_unsupported`` left no other kind with a dest).
-        self._dests = {
-            i: str(o.dest)
-            for i, o in enumerate(outputs)
-            if isinstance(o, OciOutput | DockerOutput) and o.dest is not None
-        }
+        self._dests: dict[int, str] = {}
+        self._directories: set[int] = set()
+        for index, output in enumerate(outputs):
+            if isinstance(output, LocalOutput):
+                self._dests[index] = str(output.dest)
+                self._directories.add(index)
+            elif isinstance(output, OciOutput | DockerOutput) and output.dest is not None:
+                self._dests[index] = output.dest
+                if isinstance(output, OciOutput) and not output.tar:
+                    self._directories.add(index)
         self._open: dict[int, tuple[IO[bytes], Path | None]] = {}
 
     def write(self, index: int, data: bytes) -> None:
@@ -203,6 +219,9 @@ class _Outputs:
             dest = self._dests[index]
             if dest == "-":
                 self._open[index] = (sys.stdout.buffer, None)
+            elif index in self._directories:
+                # Closed by commit or discard, as the partial archives are.
+                self._open[index] = (tempfile.TemporaryFile(), None)  # noqa: SIM115
             else:
                 final = Path(dest)
                 partial = final.with_name(f".{final.name}.partial")
@@ -211,20 +230,34 @@ class _Outputs:
 
     def commit(self) -> None:
         for index, (file, partial) in self._open.items():
-            if partial is None:
+            if index in self._directories:
+                _unpack_directory(file, Path(self._dests[index]))
+                file.close()
+            elif partial is None:
                 file.flush()
-                continue
-            file.close()
-            partial.rename(Path(self._dests[index]))
+            else:
+                file.close()
+                partial.rename(Path(self._dests[index]))
         self._open.clear()
 
     def discard(self) -> None:
-        for file, partial in self._open.values():
-            if partial is not None:
+        for index, (file, partial) in self._open.items():
+            if index in self._directories:
+                file.close()
+            elif partial is not None:
                 file.close()
                 with contextlib.suppress(FileNotFoundError):
                     partial.unlink()
         self._open.clear()
+
+
+def _unpack_directory(tar: IO[bytes], dest: Path) -> None:
+    from lazybuild.untar.extract import archive_policy, extract
+
+    dest.mkdir(parents=True, exist_ok=True)
+    tar.seek(0)
+    owner = None if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    extract(cast(BinaryIO, tar), dest, archive_policy(owner), f"the output for {dest}")
 
 
 def _render(progress: BuildProgress, line: str) -> None:

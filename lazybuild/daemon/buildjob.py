@@ -53,16 +53,17 @@ class _EventLines(io.TextIOBase):
 
 @dataclass(frozen=True)
 class ArchiveDest:
-    """Where the daemon writes the archive of ``outputs[index]``."""
+    """Where the daemon writes the archive (or the directory) of ``outputs[index]``."""
 
     index: int
     path: Path
+    directory: bool = False
 
 
 def _outputs(
     header: control_pb2.BuildHeader, workdir: Path
 ) -> tuple[list[OutputSpec], list[ArchiveDest]]:
-    from lazybuild.exporter.outputs import DockerOutput, ImageOutput, OciOutput
+    from lazybuild.exporter.outputs import DockerOutput, ImageOutput, LocalOutput, OciOutput
 
     specs: list[OutputSpec] = []
     archives: list[ArchiveDest] = []
@@ -71,12 +72,15 @@ def _outputs(
         if kind == "image":
             specs.append(ImageOutput(tuple(output.image.names), output.image.push))
             continue
-        path = workdir / f"output-{index}.tar"
-        archives.append(ArchiveDest(index, path))
+        directory = kind == "local" or (kind == "oci" and output.oci.directory)
+        path = workdir / f"output-{index}{'' if directory else '.tar'}"
+        archives.append(ArchiveDest(index, path, directory))
         if kind == "oci":
-            specs.append(OciOutput(str(path), True, tuple(output.oci.names)))
+            specs.append(OciOutput(str(path), not directory, tuple(output.oci.names)))
         elif kind == "docker":
             specs.append(DockerOutput(str(path), tuple(output.docker.names)))
+        elif kind == "local":
+            specs.append(LocalOutput(path))
         else:
             raise UsageError(f"output {index}: no kind given")
     return specs, archives

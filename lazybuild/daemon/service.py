@@ -145,7 +145,16 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
 
 def _archive_chunks(archive: ArchiveDest) -> Iterator[control_pb2.BuildResponse]:
-    with archive.path.open("rb") as file:
+    path = archive.path
+    if archive.directory:
+        # A directory goes as a tar of it: owners, modes, xattrs, hardlinks, symlinks
+        # and devices kept (the layer writer's, whose tree is a plain one here).
+        from lazybuild.snapshot.diff import write_upper_as_tar
+
+        path = archive.path.with_name(f"{archive.path.name}.tar")
+        with path.open("wb") as out:
+            write_upper_as_tar(archive.path, out)
+    with path.open("rb") as file:
         while chunk := file.read(_OUTPUT_CHUNK_BYTES):
             yield control_pb2.BuildResponse(
                 output=control_pb2.OutputChunk(index=archive.index, data=chunk)

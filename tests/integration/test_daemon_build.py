@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 _LAZYBUILD = [sys.executable, "-m", "lazybuild"]
+_EPOCH = 1_700_000_000
 
 DOCKERFILE = """\
 ARG BASE
@@ -166,7 +167,7 @@ def test_a_build_through_the_daemon_makes_the_same_image(
             # Pins the config's and the new layers' timestamps: two builds of the same
             # inputs then make the same image, wherever they run.
             "--build-arg",
-            "SOURCE_DATE_EPOCH=1700000000",
+            f"SOURCE_DATE_EPOCH={_EPOCH}",
             "-t",
             f"{registry.host}/daemon-build/app:{where}",
             "--push",
@@ -176,6 +177,8 @@ def test_a_build_through_the_daemon_makes_the_same_image(
             str(out / "iid"),
             "--metadata-file",
             str(out / "metadata.json"),
+            "-o",
+            f"type=local,dest={out / 'rootfs'}",
             str(context),
         ]
         if where == "local":
@@ -191,7 +194,31 @@ def test_a_build_through_the_daemon_makes_the_same_image(
             (out / "image.tar").stat().st_size,
         )
     assert results["daemon"] == results["local"]
+    # type=local: the same tree, file for file (mtimes to the second: the tar it travels
+    # in keeps whole seconds; those the steps set are the time each build ran them).
+    assert _tree(tmp_path / "daemon" / "rootfs") == _tree(tmp_path / "local" / "rootfs")
+    assert (tmp_path / "daemon" / "rootfs" / "app" / "shout.txt").read_text() == (
+        "BUILT THROUGH THE DAEMON\n"
+    )
     assert_nothing_left(daemon_state)
+
+
+def _tree(root: Path) -> dict[str, tuple[object, ...]]:
+    found: dict[str, tuple[object, ...]] = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        link = os.readlink(path) if path.is_symlink() else ""
+        size = info.st_size if path.is_file() and not path.is_symlink() else 0
+        found[str(path.relative_to(root))] = (
+            info.st_mode,
+            info.st_uid,
+            info.st_gid,
+            size,
+            link,
+            int(info.st_mtime) if info.st_mtime < _EPOCH and not path.is_symlink() else 0,
+            info.st_nlink if not path.is_dir() else 0,
+        )
+    return found
 
 
 def test_a_failing_step_fails_the_same_way(tmp_path: Path, base_image: str, daemon) -> None:

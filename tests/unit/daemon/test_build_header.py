@@ -136,7 +136,7 @@ def test_what_a_builder_cannot_do_yet_is_one_line(tmp_path: Path) -> None:
     context = _context(tmp_path)
     for flags, expected in (
         (["--load"], "--load is not supported through --builder yet"),
-        (["-o", str(tmp_path / "rootfs")], "directory outputs are not supported"),
+        (["-o", "type=oci,tar=false"], "an OCI layout directory cannot go to standard output"),
         (["--depfile", "deps.mk"], "--depfile is not supported through --builder yet"),
         (["--cache-to", f"type=local,dest={tmp_path}"], "local caches are not supported"),
     ):
@@ -145,3 +145,22 @@ def test_what_a_builder_cannot_do_yet_is_one_line(tmp_path: Path) -> None:
         )
         with pytest.raises(UsageError, match=expected):
             build_header(args)
+
+
+def test_directory_outputs_come_back_as_directories(tmp_path: Path) -> None:
+    context = _context(tmp_path)
+    args = build_parser().parse_args(
+        [
+            "build",
+            "--builder",
+            "unix:///run/x.sock",
+            "-o",
+            str(tmp_path / "rootfs"),
+            "-o",
+            f"type=oci,tar=false,dest={tmp_path / 'layout'}",
+            str(context),
+        ]
+    )
+    header, _, _ = build_header(args)
+    assert [o.WhichOneof("kind") for o in header.outputs] == ["local", "oci"]
+    assert header.outputs[1].oci.directory

@@ -379,7 +379,8 @@ Global___BuildHeader: _TypeAlias = BuildHeader  # noqa: Y015
 @_typing.final
 class Output(_message.Message):
     """Where the result goes. Archives are written by the daemon and streamed back in
-    OutputChunks, for the client to put where it was asked.
+    OutputChunks, for the client to put where it was asked; a directory (type=local, an
+    OCI layout with tar=false) comes back as a PAX tar of it, for the client to unpack.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -387,28 +388,49 @@ class Output(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     OCI_FIELD_NUMBER: _builtins.int
     DOCKER_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def image(self) -> Global___ImageOutput: ...
     @_builtins.property
     def oci(self) -> Global___ArchiveOutput: ...
     @_builtins.property
     def docker(self) -> Global___ArchiveOutput: ...
+    @_builtins.property
+    def local(self) -> Global___LocalOutput: ...
     def __init__(
         self,
         *,
         image: Global___ImageOutput | None = ...,
         oci: Global___ArchiveOutput | None = ...,
         docker: Global___ArchiveOutput | None = ...,
+        local: Global___LocalOutput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["docker", b"docker", "image", b"image", "kind", b"kind", "oci", b"oci"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["docker", b"docker", "image", b"image", "kind", b"kind", "local", b"local", "oci", b"oci"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["docker", b"docker", "image", b"image", "kind", b"kind", "oci", b"oci"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["docker", b"docker", "image", b"image", "kind", b"kind", "local", b"local", "oci", b"oci"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["image", "oci", "docker"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["image", "oci", "docker", "local"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Output: _TypeAlias = Output  # noqa: Y015
+
+@_typing.final
+class LocalOutput(_message.Message):
+    """The built root filesystem, file for file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalOutput: _TypeAlias = LocalOutput  # noqa: Y015
 
 @_typing.final
 class ImageOutput(_message.Message):
@@ -438,16 +460,20 @@ class ArchiveOutput(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMES_FIELD_NUMBER: _builtins.int
+    DIRECTORY_FIELD_NUMBER: _builtins.int
+    directory: _builtins.bool
+    """An OCI layout directory rather than a tar of it (oci only)."""
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         names: _abc.Iterable[_builtins.str] | None = ...,
+        directory: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "names", b"names"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -557,7 +583,9 @@ Global___BuildResponse: _TypeAlias = BuildResponse  # noqa: Y015
 
 @_typing.final
 class OutputChunk(_message.Message):
-    """A piece of the archive of outputs[index] (in BuildHeader.outputs order)."""
+    """A piece of the archive of outputs[index] (in BuildHeader.outputs order); of a
+    directory output, a piece of the tar of the directory.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
