@@ -242,6 +242,7 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
                         progress=progress.line,
                         learned=result.learned_reads,
                         mounts=result.cache_mounts,
+                        mounter=result.mounter,
                     )
 
         try:

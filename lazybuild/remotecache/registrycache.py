@@ -51,6 +51,7 @@ from lazybuild.solver.cachestore import CacheRecord
 from lazybuild.worker.cachemounts import MountContent
 from lazybuild.worker.layers import LocalLayer, RemoteLayer, Snapshot
 from lazybuild.worker.layerstore import LayerStore
+from lazybuild.worker.rootfs import LayerMounter
 
 __all__ = ["export_cache", "import_cache"]
 
@@ -71,9 +72,11 @@ async def export_cache(
     progress: Callable[[str], None],
     learned: Mapping[str, Sequence[Sequence[str]]] | None = None,
     mounts: Mapping[str, MountContent] | None = None,
+    mounter: LayerMounter | None = None,
 ) -> str:
     """Push ``entries`` (and the ``learned`` reads of the build's RUN steps) as the cache
-    ``export.ref``; returns the manifest digest."""
+    ``export.ref``; returns the manifest digest. ``mounter`` (the build's) lets a cache
+    mount whose stack of imported layers has grown too deep go as one layer again."""
     local = [
         layer
         for entry in entries
@@ -99,12 +102,21 @@ async def export_cache(
         for name, content in (mounts or {}).items():
             if not export.exports_mount(content.mount_id):
                 continue
-            blob = await trio.to_thread.run_sync(_changes_blob, store, name, content.changes)
+            if mounter is not None and len(content.lowers) >= export.cache_mount_layers:
+                progress(
+                    f"cache mount {content.mount_id}: {len(content.lowers) + 1} layers, "
+                    "exported as one"
+                )
+                blob = await _merged_mount_blob(mounter, store, name, content)
+                chain = [CachedLayer(blob.descriptor, blob.diff_id)]
+            else:
+                blob = await trio.to_thread.run_sync(_changes_blob, store, name, content.changes)
+                chain = [
+                    replace(_cached_layer(layer, blobs), from_cache=True)
+                    for layer in content.lowers
+                ]
+                chain.append(CachedLayer(blob.descriptor, blob.diff_id))
             blobs[f"cache-mount:{name}"] = blob
-            chain = [
-                replace(_cached_layer(layer, blobs), from_cache=True) for layer in content.lowers
-            ]
-            chain.append(CachedLayer(blob.descriptor, blob.diff_id))
             for layer in chain:
                 layers.setdefault((layer.descriptor.digest, layer.source), layer)
             mount_layers[name] = chain
@@ -204,6 +216,20 @@ def _changes_blob(store: LayerStore, name: str, changes: Path) -> LayerBlob:
         lambda tar: write_upper_as_tar(changes, tar),
         WriterOptions(),
     )
+
+
+async def _merged_mount_blob(
+    mounter: LayerMounter, store: LayerStore, name: str, content: MountContent
+) -> LayerBlob:
+    """The cache mount's whole content (its imported layers and this build's changes
+    merged) as one layer: every lower is read, so it is fetched whole first, in large
+    requests rather than a round trip per file."""
+    lowers = Snapshot(content.lowers)
+    await mounter.fetch_whole(lowers)
+    changes = LocalLayer(f"cache-mount-{name}", content.changes)
+    with store.staging() as area:
+        async with mounter.mounted(Snapshot((*content.lowers, changes)), area.merged) as merged:
+            return await trio.to_thread.run_sync(_changes_blob, store, name, merged)
 
 
 def _cached_layer(layer: LocalLayer | RemoteLayer, blobs: dict[str, LayerBlob]) -> CachedLayer:

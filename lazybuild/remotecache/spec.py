@@ -5,7 +5,9 @@ reference, for ``--cache-to``), and ``type=local,dest=DIR`` / ``type=local,src=D
 
 Values are CSV fields, as buildx reads them, so a list is one quoted field:
 ``'type=registry,ref=REF,"cache-mounts=go-build,go-mod"'`` exports those cache mounts
-only (by ``id``, or by target for a mount without one); ``cache-mounts=true`` all."""
+only (by ``id``, or by target for a mount without one); ``cache-mounts=true`` all.
+``cache-mount-layers=N`` (default 8): a cache mount exported over N imported layers goes
+as one merged layer."""
 
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ class CacheExport:
     dest: Path | None = None
     # Only the cache mounts of these ids (or targets); None: all of them.
     cache_mount_ids: frozenset[str] | None = None
+    # A cache mount with this many imported layers is exported as one layer again:
+    # each exporting runner adds one, and every lookup walks the stack, but merging
+    # reads the whole mount (large caches want a higher bound).
+    cache_mount_layers: int = 8
 
     def exports_mount(self, mount_id: str) -> bool:
         return self.cache_mounts and (
@@ -59,20 +65,29 @@ def cache_exports(specs: Iterable[str]) -> list[CacheExport]:
     exports = []
     for spec in specs:
         fields = _fields(
-            spec, "--cache-to", allowed={"type", "ref", "dest", "mode", "cache-mounts"}
+            spec,
+            "--cache-to",
+            allowed={"type", "ref", "dest", "mode", "cache-mounts", "cache-mount-layers"},
         )
         mode = fields.get("mode", "min")
         if mode not in ("min", "max"):
             raise UsageError(f"--cache-to {spec!r}: mode must be min or max, not {mode!r}")
         enabled, ids = _cache_mounts(fields.get("cache-mounts", "false"), spec)
+        depth = _positive(fields.get("cache-mount-layers", "8"), "cache-mount-layers", spec)
         chosen: Mode = "max" if mode == "max" else "min"
         if fields["type"] == "local":
             dest = _directory(fields, "dest", spec, "--cache-to")
-            exports.append(CacheExport(None, chosen, enabled, dest, ids))
+            exports.append(CacheExport(None, chosen, enabled, dest, ids, depth))
         else:
             ref = _ref(fields, spec, "--cache-to")
-            exports.append(CacheExport(ref, chosen, enabled, cache_mount_ids=ids))
+            exports.append(CacheExport(ref, chosen, enabled, None, ids, depth))
     return exports
+
+
+def _positive(value: str, key: str, spec: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"--cache-to {spec!r}: {key} must be a whole number of at least 1")
+    return int(value)
 
 
 def _cache_mounts(value: str, spec: str) -> tuple[bool, frozenset[str] | None]:

@@ -236,6 +236,31 @@ def test_cache_mounts_travel_lazily_and_only_changes_are_exported(
         assert_nothing_left(tmp_path / state)
 
 
+def test_a_cache_mount_stack_grown_deep_is_exported_as_one_layer_again(
+    registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    """Each exporting runner adds a layer to a travelling cache mount; at
+    cache-mount-layers imported layers the export merges them into one, nothing lost."""
+    cache = f"{registry.host}/e2e-remote-cache/deep-mount:buildcache"
+    export = f"type=registry,ref={cache},mode=max,cache-mounts=true,cache-mount-layers=2"
+    context = write_context(tmp_path / "ctx", WRITES_CACHE, {"name": "r0\n"})
+    _seen(tmp_path / "r0", context, base_image, "--cache-to", export)
+    stacks = []
+    for n in range(1, 3):
+        (context / "name").write_text(f"r{n}\n")
+        _seen(tmp_path / f"r{n}", context, base_image, "--cache-from", cache, "--cache-to", export)
+        document = _cache_document(registry, "e2e-remote-cache/deep-mount", "buildcache")
+        ((_, positions),) = document["mounts"].items()
+        stacks.append(len(positions))
+    assert stacks == [2, 1], stacks  # r1 adds one; r2 finds 2 imported: merged
+    (context / "name").write_text("last\n")
+    seen = _seen(tmp_path / "last", context, base_image, "--cache-from", cache)
+    names = ["r0", "r1", "r2"]
+    assert seen == [*names, *(f"written by {name}" for name in names)], seen
+    for n in range(3):
+        assert_nothing_left(tmp_path / f"r{n}")
+
+
 def test_cache_to_can_take_chosen_cache_mounts_only(
     registry: Registry, base_image: str, tmp_path: Path
 ) -> None:

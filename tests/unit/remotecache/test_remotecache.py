@@ -55,13 +55,16 @@ def test_cache_mounts_are_chosen_by_id_in_one_quoted_csv_field() -> None:
     assert single.exports_mount("/root/.cache") and not single.exports_mount("go-build")
     (none,) = cache_exports(["ref=r.example/a:c"])
     assert not none.exports_mount("go-build")
+    assert none.cache_mount_layers == 8
+    assert cache_exports(["ref=r.example/a:c,cache-mount-layers=3"])[0].cache_mount_layers == 3
 
 
 @pytest.mark.parametrize(
     ("flag", "spec", "says"),
     [
         ("to", "type=registry,ref=r.example/a:c,mode=all", "mode must be min or max"),
-        ("to", "ref=r.example/a:c,\"cache-mounts= , \"", "true, false or mount ids"),
+        ("to", 'ref=r.example/a:c,"cache-mounts= , "', "true, false or mount ids"),
+        ("to", "ref=r.example/a:c,cache-mount-layers=0", "cache-mount-layers must be"),
         ("to", "type=s3,bucket=x", "not supported"),
         ("to", "type=local", "needs dest=DIR"),
         ("from", "type=local,dest=/x", "unknown key 'dest'"),
