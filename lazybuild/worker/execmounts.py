@@ -324,10 +324,24 @@ class _SubtreeDigest:
 
     async def __call__(self, result: Result) -> str:
         assert isinstance(result, Snapshot)
+        by_layers = remote_snapshot_key(result, self._paths)
+        if by_layers is not None:
+            return by_layers
         with self._resources.store.staging() as area:
             async with self._resources.mounter.mounted(result, area.scratch / "keyed") as root:
                 text = await trio.to_thread.run_sync(_subtrees_text, root, self._paths)
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def remote_snapshot_key(snapshot: Snapshot, paths: Sequence[str]) -> str | None:
+    """For a snapshot of remote layers only (an image, imported hits), a key from their
+    digests: they already say what every directory holds, and hashing the directories
+    would fetch them whole (a toolchain mounted from an image is hundreds of MB, read
+    lazily only as used). None when a layer was made here."""
+    if not snapshot.layers or not all(isinstance(layer, RemoteLayer) for layer in snapshot.layers):
+        return None
+    text = "\n".join(["layers", *(layer.key for layer in snapshot.layers), "paths", *paths])
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _subtrees_text(root: Path, paths: Sequence[str]) -> str:

@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 
 from lazybuild.graph.ops import Exec, ExecMount, Input
+from lazybuild.oci.descriptor import Descriptor
 from lazybuild.worker.execmounts import (
     MountSetupError,
     _cache_subpath,
     content_keyed_inputs,
+    remote_snapshot_key,
     subtree_digest,
 )
+from lazybuild.worker.layers import LocalLayer, RemoteLayer, Snapshot
 
 
 def cache_mount(source_path: str = "/") -> ExecMount:
@@ -77,3 +80,20 @@ def test_subtree_digest_follows_content_not_times(tmp_path: Path) -> None:
     os.chmod(tree / "sub/file", 0o600)
     assert subtree_digest(tree) != changed
     assert subtree_digest(tmp_path / "none") == "missing"
+
+
+def test_a_directory_of_remote_layers_is_keyed_by_their_digests_without_reading() -> None:
+    """`--mount=from=IMAGE,src=/usr/local/go` must not fetch the toolchain to key it."""
+
+    def remote(n: int) -> RemoteLayer:
+        digest = f"sha256:{n:064x}"
+        descriptor = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", digest, 1)
+        return RemoteLayer(descriptor, "registry.example/golang:1", digest)
+
+    image = Snapshot((remote(1), remote(2)))
+    key = remote_snapshot_key(image, ("/usr/local/go",))
+    assert key is not None and key == remote_snapshot_key(image, ("/usr/local/go",))
+    assert key != remote_snapshot_key(Snapshot((remote(1), remote(3))), ("/usr/local/go",))
+    assert key != remote_snapshot_key(image, ("/usr",))
+    built = Snapshot((remote(1), LocalLayer("x", Path("/nonexistent"))))
+    assert remote_snapshot_key(built, ("/usr",)) is None  # made here: keyed by content
