@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import secrets
+import shutil
 import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Protocol, cast
 
@@ -47,7 +49,7 @@ class RemoteBuildError(LazybuildError):
 
 
 def _refuse_unsupported(args: argparse.Namespace, outputs: list[OutputSpec]) -> None:
-    from lazybuild.exporter.outputs import DockerOutput, OciOutput
+    from lazybuild.exporter.outputs import OciOutput
 
     for flag, given in (
         ("--depfile", args.depfile),
@@ -60,8 +62,6 @@ def _refuse_unsupported(args: argparse.Namespace, outputs: list[OutputSpec]) -> 
     for output in outputs:
         if isinstance(output, OciOutput) and not output.tar and output.dest == "-":
             raise UsageError("an OCI layout directory cannot go to standard output")
-        if isinstance(output, DockerOutput) and output.dest is None:
-            raise UsageError("--load is not supported through --builder yet")
 
 
 def build_header(
@@ -140,12 +140,18 @@ def build_header(
             )
         elif isinstance(output, OciOutput):
             header.outputs.add().oci.CopyFrom(
-                control_pb2.ArchiveOutput(names=output.names, directory=not output.tar)
+                control_pb2.ArchiveOutput(
+                    names=output.names, directory=not output.tar, dest=output.dest
+                )
             )
         elif isinstance(output, LocalOutput):
-            header.outputs.add().local.CopyFrom(control_pb2.LocalOutput())
+            header.outputs.add().local.CopyFrom(control_pb2.LocalOutput(dest=str(output.dest)))
         elif isinstance(output, DockerOutput):
-            header.outputs.add().docker.CopyFrom(control_pb2.ArchiveOutput(names=output.names))
+            header.outputs.add().docker.CopyFrom(
+                control_pb2.ArchiveOutput(
+                    names=output.names, dest=output.dest or "", load=output.dest is None
+                )
+            )
     return header, context_dir, outputs
 
 
@@ -202,15 +208,21 @@ class _Outputs:
 
         self._dests: dict[int, str] = {}
         self._directories: set[int] = set()
+        self._loads: set[int] = set()  # docker tarballs for this machine's Docker engine
         for index, output in enumerate(outputs):
             if isinstance(output, LocalOutput):
                 self._dests[index] = str(output.dest)
                 self._directories.add(index)
+            elif isinstance(output, DockerOutput) and output.dest is None:
+                self._dests[index] = ""
+                self._loads.add(index)
             elif isinstance(output, OciOutput | DockerOutput) and output.dest is not None:
                 self._dests[index] = output.dest
                 if isinstance(output, OciOutput) and not output.tar:
                     self._directories.add(index)
         self._open: dict[int, tuple[IO[bytes], Path | None]] = {}
+        # Tarballs to load once the call is over (``commit`` hands them over, open).
+        self.to_load: list[IO[bytes]] = []
 
     def write(self, index: int, data: bytes) -> None:
         if index not in self._dests:
@@ -219,8 +231,9 @@ class _Outputs:
             dest = self._dests[index]
             if dest == "-":
                 self._open[index] = (sys.stdout.buffer, None)
-            elif index in self._directories:
-                # Closed by commit or discard, as the partial archives are.
+            elif index in self._directories or index in self._loads:
+                # Closed by commit or discard (or, to load, by the caller), as the
+                # partial archives are.
                 self._open[index] = (tempfile.TemporaryFile(), None)  # noqa: SIM115
             else:
                 final = Path(dest)
@@ -233,6 +246,9 @@ class _Outputs:
             if index in self._directories:
                 _unpack_directory(file, Path(self._dests[index]))
                 file.close()
+            elif index in self._loads:
+                file.seek(0)
+                self.to_load.append(file)
             elif partial is None:
                 file.flush()
             else:
@@ -242,7 +258,7 @@ class _Outputs:
 
     def discard(self) -> None:
         for index, (file, partial) in self._open.items():
-            if index in self._directories:
+            if index in self._directories or index in self._loads:
                 file.close()
             elif partial is not None:
                 file.close()
@@ -320,6 +336,8 @@ class _Call:
 
     build_id: str = ""
     stub: ControlStub | None = None
+    # Docker tarballs for --load, open, once the build succeeded.
+    to_load: list[IO[bytes]] = field(default_factory=list)
     responses: _Cancellable | None = None  # the Build call
 
 
@@ -366,6 +384,7 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
             received.discard()
             raise RemoteBuildError(result.error, result.exit_code)
         received.commit()
+        call.to_load = received.to_load
         return result
 
 
@@ -397,6 +416,12 @@ async def run_remote_build(args: argparse.Namespace) -> int:
     except BaseException:
         _cancel(call)
         raise
+    for tarball in call.to_load:
+        # --load: into this machine's Docker engine, as a local build loads it.
+        from lazybuild.exporter.dockerload import load_into_docker
+
+        with tarball:
+            await load_into_docker(functools.partial(shutil.copyfileobj, tarball))
     quiet = args.quiet or args.progress == "quiet"
     if result.fetch_report and not quiet:
         print(result.fetch_report, file=sys.stderr)

@@ -12,6 +12,7 @@ docs/daemon.md).
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -58,6 +59,8 @@ class ArchiveDest:
     index: int
     path: Path
     directory: bool = False
+    # Where the client puts it: the build's messages say that rather than ``path``.
+    shown_as: str = ""
 
 
 def _outputs(
@@ -74,16 +77,40 @@ def _outputs(
             continue
         directory = kind == "local" or (kind == "oci" and output.oci.directory)
         path = workdir / f"output-{index}{'' if directory else '.tar'}"
-        archives.append(ArchiveDest(index, path, directory))
         if kind == "oci":
             specs.append(OciOutput(str(path), not directory, tuple(output.oci.names)))
+            shown = output.oci.dest
         elif kind == "docker":
             specs.append(DockerOutput(str(path), tuple(output.docker.names)))
+            shown = output.docker.dest
         elif kind == "local":
             specs.append(LocalOutput(path))
+            shown = output.local.dest
         else:
             raise UsageError(f"output {index}: no kind given")
+        archives.append(ArchiveDest(index, path, directory, shown))
     return specs, archives
+
+
+def _naming_client_paths(
+    emit: Callable[[str], None], archives: list[ArchiveDest]
+) -> Callable[[str], None]:
+    """``emit`` of events whose mentions of the daemon's output paths name the client's
+    destinations instead ("copying the root filesystem to ./rootfs")."""
+    renames = [
+        (json.dumps(str(a.path))[1:-1], json.dumps(a.shown_as)[1:-1])
+        for a in archives
+        if a.shown_as
+    ]
+    if not renames:
+        return emit
+
+    def renamed(line: str) -> None:
+        for daemon_path, client_path in renames:
+            line = line.replace(daemon_path, client_path)
+        emit(line)
+
+    return renamed
 
 
 def _network(value: str) -> Literal["default", "host", "none"]:
@@ -165,8 +192,9 @@ async def run_job(
         optimize_base=wanted.optimize_base,
     )
     export_result: list[ExportResult] = []
+    events = _EventLines(_naming_client_paths(emit_event, archives))
     # An io.TextIOBase is a text stream; typeshed's typing.TextIO is a separate class.
-    with BuildProgress("rawjson", cast(TextIO, _EventLines(emit_event))) as progress:
+    with BuildProgress("rawjson", cast(TextIO, events)) as progress:
         if not outputs:
             progress.line(
                 "no output specified: the result stays in the build cache "
@@ -244,8 +272,6 @@ async def run_job(
     if outcome.fetch_report is not None:
         answer.fetch_report = render_fetch_report(outcome.fetch_report)
     if export_result:
-        import json
-
         exported = export_result[0]
         answer.config_digest = exported.config_digest or ""
         answer.metadata_json = json.dumps(exported.metadata(), indent=2) + "\n"

@@ -21,6 +21,7 @@ from lazybuild.api.control.v1 import control_pb2
 from lazybuild.api.control.v1.control_pb2_grpc import ControlStub
 from lazybuild.cli.main import main
 from tests.e2e.buildsupport import assert_nothing_left, runc_containers, write_context
+from tests.support.dockerd import Dockerd
 from tests.support.procs import mounts_under
 from tests.support.registry import Registry
 
@@ -394,4 +395,30 @@ def test_the_cancel_rpc_cancels_a_build_by_its_id(tmp_path: Path, base_image: st
         assert ended.value.code() == grpc.StatusCode.CANCELLED
         assert ended.value.details() == "the build was cancelled"
         assert not stub.Cancel(control_pb2.CancelRequest(build_id=header.build_id)).found
+    assert_nothing_left(daemon_state)
+
+
+def test_load_puts_the_image_into_the_client_s_docker(
+    tmp_path: Path, base_image: str, dockerd: Dockerd, daemon
+) -> None:
+    address, daemon_state, _ = daemon
+    context = _context(tmp_path, DOCKERFILE)
+    iidfile = tmp_path / "iid"
+    done = _lazybuild(
+        "build",
+        "--builder",
+        address,
+        "--build-arg",
+        f"BASE={base_image}",
+        "--load",
+        "-t",
+        "daemon-load/app:1",
+        "--iidfile",
+        str(iidfile),
+        str(context),
+        env=dockerd.env(),
+    )
+    assert done.returncode == 0, done.stderr
+    inspected = json.loads(dockerd.docker("image", "inspect", "daemon-load/app:1").stdout)[0]
+    assert inspected["Id"] == iidfile.read_text()
     assert_nothing_left(daemon_state)

@@ -135,7 +135,6 @@ def test_the_header_carries_the_flags_as_read_locally(
 def test_what_a_builder_cannot_do_yet_is_one_line(tmp_path: Path) -> None:
     context = _context(tmp_path)
     for flags, expected in (
-        (["--load"], "--load is not supported through --builder yet"),
         (["-o", "type=oci,tar=false"], "an OCI layout directory cannot go to standard output"),
         (["--depfile", "deps.mk"], "--depfile is not supported through --builder yet"),
         (["--cache-to", f"type=local,dest={tmp_path}"], "local caches are not supported"),
@@ -164,3 +163,15 @@ def test_directory_outputs_come_back_as_directories(tmp_path: Path) -> None:
     header, _, _ = build_header(args)
     assert [o.WhichOneof("kind") for o in header.outputs] == ["local", "oci"]
     assert header.outputs[1].oci.directory
+
+
+def test_load_asks_for_a_docker_tarball_to_load_here(tmp_path: Path) -> None:
+    context = _context(tmp_path)
+    args = build_parser().parse_args(
+        ["build", "--builder", "unix:///run/x.sock", "--load", "-t", "app:1", str(context)]
+    )
+    header, _, _ = build_header(args)
+    [output] = header.outputs
+    assert output.WhichOneof("kind") == "docker"
+    assert output.docker.load and not output.docker.dest
+    assert list(output.docker.names) == ["app:1"]

@@ -421,12 +421,17 @@ class LocalOutput(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    DEST_FIELD_NUMBER: _builtins.int
+    dest: _builtins.str
+    """Where the client puts it (the daemon's messages name it so)."""
     def __init__(
         self,
+        *,
+        dest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dest", b"dest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -461,8 +466,14 @@ class ArchiveOutput(_message.Message):
 
     NAMES_FIELD_NUMBER: _builtins.int
     DIRECTORY_FIELD_NUMBER: _builtins.int
+    DEST_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
     directory: _builtins.bool
     """An OCI layout directory rather than a tar of it (oci only)."""
+    dest: _builtins.str
+    """Where the client puts it (the daemon's messages name it so)."""
+    load: _builtins.bool
+    """The client loads it into its Docker engine (docker only: --load)."""
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -470,10 +481,12 @@ class ArchiveOutput(_message.Message):
         *,
         names: _abc.Iterable[_builtins.str] | None = ...,
         directory: _builtins.bool = ...,
+        dest: _builtins.str = ...,
+        load: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "names", b"names"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dest", b"dest", "directory", b"directory", "load", b"load", "names", b"names"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
