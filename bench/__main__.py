@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import build, convert, hotreads, optimized, rebuild, secondrunner, startup
+from bench import build, ciday, convert, hotreads, optimized, rebuild, secondrunner, startup
 from bench.infra import BenchInfra
 from bench.report import Section, write_section
 
@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, Callable[[BenchInfra, int, bool], Section]] = {
     "optimized": lambda infra, repeat, wan: optimized.run(infra, repeat=repeat, wan=wan),
     "rebuild": lambda infra, repeat, wan: rebuild.run(infra, repeat=repeat, wan=wan),
     "secondrunner": lambda infra, repeat, wan: secondrunner.run(infra, repeat=repeat, wan=wan),
+    "ciday": lambda infra, repeat, wan: ciday.run(infra, repeat=repeat, wan=wan),
 }
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
