@@ -1,8 +1,11 @@
-"""One build, start to end: graph, solve, hand the result over, clean up.
+"""One build, start to end: run the frontend, hand its result over, clean up.
 
-Everything the build mounts (the lazy filesystem process, overlays of steps) lives in
-one ``AsyncExitStack`` and is gone when ``run_build`` returns or raises, whatever
-happened; staging directories a killed build left are removed before a new one starts.
+The frontend (``# syntax=`` picks it; the built-in Dockerfile frontend by default) gets
+the build through a gateway (``lazybuild.gateway``): its solves run here, through one
+worker and cache store set up on the first solve. Everything the build mounts (the lazy
+filesystem process, overlays of steps, views of results the frontend read) lives in one
+``AsyncExitStack`` and is gone when ``run_build`` returns or raises, whatever happened;
+staging directories a killed build left are removed before a new one starts.
 """
 
 from __future__ import annotations
@@ -16,13 +19,19 @@ from pathlib import Path
 import trio
 
 from lazybuild.build.filesystem import build_filesystem
-from lazybuild.build.graphing import BuildGraph, build_graph
+from lazybuild.build.graphing import BuildGraph
 from lazybuild.build.request import BuildRequest
 from lazybuild.cache.space import StateDirFullError, is_no_space, names_a_file
 from lazybuild.context import BuildContext
 from lazybuild.errors import LazybuildError, UsageError
-from lazybuild.frontend.dockerfile.tograph import ImageConfigState
-from lazybuild.frontend.dockerignore import DockerIgnore
+from lazybuild.frontend.dockerignore import DockerIgnore, find_dockerignore, parse_dockerignore
+from lazybuild.gateway.bridge import BuildGateway
+from lazybuild.gateway.contract import FrontendInputs
+from lazybuild.gateway.dockerfile import DockerfileFrontend
+from lazybuild.gateway.imageconfig import ImageConfig
+from lazybuild.gateway.running import run_frontend
+from lazybuild.gateway.selection import select_frontend, syntax_of
+from lazybuild.graph import Definition, OpMetadata
 from lazybuild.lazyfs.client import (
     FetchReport,
     LazyMountService,
@@ -31,6 +40,7 @@ from lazybuild.lazyfs.client import (
 )
 from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.oci.platform import Platform, host_platform
+from lazybuild.registry.client import RegistryClient, ResolvedImage
 from lazybuild.registryoptions import RegistryOptions
 from lazybuild.remotecache.records import ImportedCacheStore, ObservedCacheStore, TouchedRecord
 from lazybuild.remotecache.registrycache import ImportedCache, import_caches
@@ -56,7 +66,7 @@ _FETCH_POLL_SECONDS = 1.0
 
 
 class BuildFailedError(LazybuildError):
-    """A step failed; the message names the Dockerfile line and the step.
+    """A step failed; the message names the source line (the Dockerfile's) and the step.
 
     ``tail`` is the end of a failed RUN step's output, shown above the error line.
     """
@@ -68,12 +78,14 @@ class BuildFailedError(LazybuildError):
 
 @dataclass(frozen=True)
 class BuildResult:
-    """The built filesystem and its image config, and the tools to look at it while the
-    build's mounts are still up (``mounter`` mounts ``snapshot`` for a local export)."""
+    """The built filesystem and its image config (an OCI image config, as data), and the
+    tools to look at it while the build's mounts are still up (``mounter`` mounts
+    ``snapshot`` for a local export). ``graph`` is the Dockerfile frontend's plan; None
+    when another frontend built."""
 
     snapshot: Snapshot
-    config: ImageConfigState
-    graph: BuildGraph
+    config: ImageConfig
+    graph: BuildGraph | None
     mounter: LayerMounter
     store: LayerStore
     # The cache records this build loaded or saved (and those they derive from), for a
@@ -90,7 +102,7 @@ Finish = Callable[[BuildResult], Awaitable[None]]
 
 @dataclass(frozen=True)
 class BuildOutcome:
-    config: ImageConfigState
+    config: ImageConfig
     snapshot: Snapshot
     fetch_report: FetchReport | None
     # What the build read from this machine: the Dockerfile, its .dockerignore, every
@@ -129,6 +141,13 @@ async def run_build(
     the caller spawned already (``build_filesystem``); the build stops it at the end."""
     platform = _platform(request)
     BuildContext(request.context_dir, None)  # a missing context fails here, first
+    source_path = request.dockerfile_path
+    source = _read_source(source_path)
+    selected = select_frontend(syntax_of(source, source_path.name, request.build_args))
+    ignore_file = find_dockerignore(request.context_dir, source_path)
+    excludes = (
+        tuple(parse_dockerignore(ignore_file.read_bytes(), ignore_file.name)) if ignore_file else ()
+    )
     await trio.to_thread.run_sync(cleanup_stale_mounts, state_dir)
     store = LayerStore(state_dir)
     await trio.to_thread.run_sync(store.clean_staging)
@@ -151,9 +170,9 @@ async def run_build(
             stack,
             on_unpacked=on_line,
         )
-        # The filesystem process starts while the Dockerfile is read and base images are
-        # resolved, and their layers are opened while the first steps are keyed: the
-        # first RUN then finds its mounts ready.
+        # The filesystem process starts while the frontend reads its source and resolves
+        # base images, and each image's layers are opened as soon as it is resolved,
+        # while the first steps are keyed: the first RUN then finds its mounts ready.
         warm_ups.start_soon(mounter.warm_up, ())
         if on_fetch is not None:
             warm_ups.start_soon(_report_fetches, mounter, on_fetch)
@@ -163,28 +182,17 @@ async def run_build(
             records=ImageRecords(store.root / "images"),
             pull=request.pull,
         )
-        graph = await build_graph(
-            context_dir=request.context_dir,
-            dockerfile=request.dockerfile_path,
-            build_args=dict(request.build_args),
-            target=request.target,
-            platform=platform,
-            labels=dict(request.labels),
-            resolver=resolver,
-        )
-        warm_ups.start_soon(
-            mounter.warm_up,
-            [layer for image in graph.images.values() for layer in image_layers(image)],
-        )
-        context = BuildContext(
-            request.context_dir, DockerIgnore(graph.excludes), hidden=(state_dir,)
-        )
+
+        def warm_up(image: ResolvedImage) -> None:
+            warm_ups.start_soon(mounter.warm_up, image_layers(image))
+
+        context = BuildContext(request.context_dir, DockerIgnore(excludes), hidden=(state_dir,))
         cache_mounts = state_dir / "build" / "cache-mounts"
         resources = WorkerResources(
             store=store,
             mounter=mounter,
             images=resolver,
-            contexts={"context": context},
+            contexts={_CONTEXT: context},
             secrets=dict(request.secrets),
             cache_mounts=cache_mounts,
             platform=platform,
@@ -194,50 +202,45 @@ async def run_build(
             on_cache_miss=on_line,
             learn_cache_mount_writes=request.export_cache,
         )
-        worker = Worker(resources)
-        imported = await import_caches(request.cache_from, client, on_line)
-        learned = resources.learned
-        if learned is not None and imported.learned:
-            await trio.to_thread.run_sync(_adopt_learned, learned, imported.learned)
-        mounts = resources.cache_mount_state
-        if mounts is not None and imported.mounts:
-            adopted = await trio.to_thread.run_sync(mounts.adopt, imported.mounts)
-            if adopted:
-                on_line(f"{len(adopted)} cache mount(s) from the imported cache, mounted lazily")
-        with _no_space_reported(state_dir, "opening the build cache"):
-            cache = SQLiteCacheStore(store.root / "cache.db")
+        solving = _Solving(
+            request, state_dir, client, resources, mounter, progress=progress, on_line=on_line
+        )
+        inputs = FrontendInputs(
+            context=_CONTEXT,
+            source=source,
+            source_name=source_path.name,
+            platform=str(platform),
+            build_args=dict(request.build_args),
+            target=request.target,
+            labels=dict(request.labels),
+            context_excludes=excludes,
+            syntax=None if selected.builtin else selected.name,
+        )
+        gateway = BuildGateway(
+            inputs,
+            solve=solving.solve,
+            resolver=resolver,
+            mounter=mounter,
+            store=store,
+            on_image=warm_up,
+        )
+        dockerfile = DockerfileFrontend()
         try:
-            store_used: CacheStore = cache
-            if imported.records:
-                store_used = ImportedCacheStore(cache, imported.records)
-            # Which records the build touched matters only to a cache export.
-            observed = ObservedCacheStore(store_used) if request.export_cache else None
-            while True:
-                solver = Solver(
-                    worker.resolve_op, observed or store_used, load_result=worker.load_result
-                )
-                try:
-                    with _no_space_reported(state_dir, "building"):
-                        result = await solver.solve(
-                            graph.graph.definition, no_cache=request.no_cache, progress=progress
-                        )
-                    break
-                except VertexFailedError as failure:
-                    # A hit's layer is verified chunk by chunk as it is read: a corrupt
-                    # chunk shows only when a later step reads it. That hit's steps run
-                    # again (what succeeded meanwhile is cached locally now).
-                    corrupt = await _newly_corrupt_hits(mounter, imported, resources)
-                    if not corrupt:
-                        raise _build_failure(failure, graph, state_dir) from None
-                    resources.refused_layers.update(failure.layer for failure in corrupt)
-                    on_line(
-                        "warning: an imported cache hit is corrupt "
-                        f"({describe_read_failures(corrupt)}); running its steps again"
-                    )
-            touched = tuple(observed.touched_records()) if observed is not None else ()
+            output = await run_frontend(
+                selected.name,
+                selected.frontend or dockerfile,
+                gateway,
+                builtin=selected.builtin,
+            )
+            touched = solving.touched_records()
         finally:
-            cache.close()
-        snapshot = result if isinstance(result, Snapshot) else Snapshot()
+            # Results the frontend read are unmounted, references released; the one
+            # it returned is the driver's now, by snapshot.
+            await gateway.aclose()
+            solving.close()
+        snapshot = output.snapshot
+        learned = resources.learned
+        mounts = resources.cache_mount_state
         with _no_space_reported(state_dir, "exporting the image", "the output's destination"):
             learned_reads: Mapping[str, Sequence[Sequence[str]]] = {}
             mount_contents: Mapping[str, MountContent] = {}
@@ -249,8 +252,8 @@ async def run_build(
             await finish(
                 BuildResult(
                     snapshot,
-                    graph.graph.config,
-                    graph,
+                    output.config,
+                    dockerfile.graph,
                     mounter,
                     store,
                     touched,
@@ -260,11 +263,112 @@ async def run_build(
             )
         report = await mounter.fetch_report()
         warm_ups.cancel_scope.cancel()
-    inputs = [request.dockerfile_path]
-    if graph.ignore_file is not None:
-        inputs.append(graph.ignore_file)
-    inputs += [context.root / rel for rel in sorted(context.selected)]
-    return BuildOutcome(graph.graph.config, snapshot, report, tuple(inputs))
+    inputs_read = [source_path]
+    if ignore_file is not None:
+        inputs_read.append(ignore_file)
+    inputs_read += [context.root / rel for rel in sorted(context.selected)]
+    return BuildOutcome(output.config, snapshot, report, tuple(inputs_read))
+
+
+# The name of the build context's local source (``State.local``).
+_CONTEXT = "context"
+
+
+def _read_source(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"cannot read Dockerfile {path}: {error.strerror}") from None
+
+
+class _Solving:
+    """The build's solves: one worker and cache store for all of them. Set up on the
+    first solve (remote caches imported, the SQLite store opened), so a frontend that
+    fails before it solves costs no cache import; a failed step becomes
+    ``BuildFailedError`` naming the source line its op's metadata gives."""
+
+    def __init__(
+        self,
+        request: BuildRequest,
+        state_dir: Path,
+        client: RegistryClient,
+        resources: WorkerResources,
+        mounter: LayerMounter,
+        *,
+        progress: ProgressWriter | None,
+        on_line: Callable[[str], None],
+    ) -> None:
+        self._request = request
+        self._state_dir = state_dir
+        self._client = client
+        self._resources = resources
+        self._mounter = mounter
+        self._progress = progress
+        self._on_line = on_line
+        self._worker = Worker(resources)
+        self._setup_lock = trio.Lock()
+        self._cache: SQLiteCacheStore | None = None
+        self._store: CacheStore | None = None
+        self._observed: ObservedCacheStore | None = None
+        self._imported = ImportedCache()
+
+    async def _cache_store(self) -> CacheStore:
+        async with self._setup_lock:
+            if self._store is not None:
+                return self._store
+            request, resources = self._request, self._resources
+            imported = await import_caches(request.cache_from, self._client, self._on_line)
+            self._imported = imported
+            learned = resources.learned
+            if learned is not None and imported.learned:
+                await trio.to_thread.run_sync(_adopt_learned, learned, imported.learned)
+            mounts = resources.cache_mount_state
+            if mounts is not None and imported.mounts:
+                adopted = await trio.to_thread.run_sync(mounts.adopt, imported.mounts)
+                if adopted:
+                    self._on_line(
+                        f"{len(adopted)} cache mount(s) from the imported cache, mounted lazily"
+                    )
+            with _no_space_reported(self._state_dir, "opening the build cache"):
+                self._cache = SQLiteCacheStore(resources.store.root / "cache.db")
+            store_used: CacheStore = self._cache
+            if imported.records:
+                store_used = ImportedCacheStore(self._cache, imported.records)
+            # Which records the build touched matters only to a cache export.
+            if request.export_cache:
+                self._observed = ObservedCacheStore(store_used)
+            self._store = self._observed or store_used
+            return self._store
+
+    async def solve(self, definition: Definition) -> Snapshot:
+        store = await self._cache_store()
+        while True:
+            solver = Solver(self._worker.resolve_op, store, load_result=self._worker.load_result)
+            try:
+                with _no_space_reported(self._state_dir, "building"):
+                    result = await solver.solve(
+                        definition, no_cache=self._request.no_cache, progress=self._progress
+                    )
+                return result if isinstance(result, Snapshot) else Snapshot()
+            except VertexFailedError as failure:
+                # A hit's layer is verified chunk by chunk as it is read: a corrupt
+                # chunk shows only when a later step reads it. That hit's steps run
+                # again (what succeeded meanwhile is cached locally now).
+                corrupt = await _newly_corrupt_hits(self._mounter, self._imported, self._resources)
+                if not corrupt:
+                    raise _build_failure(failure, definition.metadata, self._state_dir) from None
+                self._resources.refused_layers.update(failure.layer for failure in corrupt)
+                self._on_line(
+                    "warning: an imported cache hit is corrupt "
+                    f"({describe_read_failures(corrupt)}); running its steps again"
+                )
+
+    def touched_records(self) -> tuple[TouchedRecord, ...]:
+        return tuple(self._observed.touched_records()) if self._observed is not None else ()
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
 
 
 async def _newly_corrupt_hits(
@@ -329,9 +433,9 @@ def _no_space_reported(state_dir: Path, doing: str, or_at: str | None = None) ->
 
 
 def _build_failure(
-    failure: VertexFailedError, graph: BuildGraph, state_dir: Path
+    failure: VertexFailedError, metadata_by_op: Mapping[str, OpMetadata], state_dir: Path
 ) -> BuildFailedError:
-    metadata = graph.graph.definition.metadata.get(failure.digest)
+    metadata = metadata_by_op.get(failure.digest)
     where = ""
     if metadata is not None and metadata.source_locations:
         location = metadata.source_locations[0]

@@ -2,27 +2,26 @@
 
 Planning needs the base images' configs (``FROM golang`` then ``WORKDIR $GOPATH``), and
 which images there are is known only after ARGs are expanded, so the Dockerfile is
-planned twice: once to learn the image references, which are then resolved together,
-and once with their configs.
+planned twice: once to learn the image references, which are then resolved together
+(``resolve``: the gateway's ``resolve_image_config``), and once with their configs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import trio
 
-from lazybuild.errors import UsageError
+from lazybuild.errors import UsageError, one_error
 from lazybuild.frontend.dockerfile import parse
 from lazybuild.frontend.dockerfile.stages import BaseRef, BuildPlan, plan_build
 from lazybuild.frontend.dockerfile.tograph import GraphResult, plan_to_graph
-from lazybuild.frontend.dockerignore import find_dockerignore, parse_dockerignore
 from lazybuild.oci.platform import Platform
-from lazybuild.registry.client import ResolvedImage
-from lazybuild.worker.resources import ImageResolver
+
+# An image reference → its OCI image config.
+ResolveConfig = Callable[[str], Awaitable[Mapping[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -30,8 +29,7 @@ class BuildGraph:
     graph: GraphResult
     plan: BuildPlan
     excludes: tuple[str, ...]
-    images: dict[str, ResolvedImage]
-    ignore_file: Path | None = None  # the .dockerignore the excludes came from
+    images: dict[str, Mapping[str, Any]]  # the configs of the images the plan names
 
 
 def image_refs(plan: BuildPlan) -> list[str]:
@@ -46,19 +44,20 @@ def image_refs(plan: BuildPlan) -> list[str]:
     return list(dict.fromkeys(ref.ref for ref in refs if ref.kind == "image"))
 
 
-async def _resolve_all(refs: Iterable[str], resolver: ImageResolver) -> dict[str, ResolvedImage]:
-    resolved: dict[str, ResolvedImage] = {}
+async def _resolve_all(refs: Iterable[str], resolve: ResolveConfig) -> dict[str, Mapping[str, Any]]:
+    resolved: dict[str, Mapping[str, Any]] = {}
 
-    async def resolve(ref: str) -> None:
-        resolved[ref] = await resolver.resolve(ref)
+    async def one(ref: str) -> None:
+        resolved[ref] = await resolve(ref)
 
-    async with trio.open_nursery() as nursery:
-        for ref in refs:
-            nursery.start_soon(resolve, ref)
+    with one_error():
+        async with trio.open_nursery() as nursery:
+            for ref in refs:
+                nursery.start_soon(one, ref)
     return resolved
 
 
-def _env_pairs(config: dict[str, Any]) -> list[tuple[str, str]]:
+def _env_pairs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     env = (config.get("config") or {}).get("Env") or []
     pairs = []
     for item in env:
@@ -69,50 +68,43 @@ def _env_pairs(config: dict[str, Any]) -> list[tuple[str, str]]:
 
 async def build_graph(
     *,
-    context_dir: Path,
-    dockerfile: Path,
-    build_args: dict[str, str],
+    source: bytes,
+    filename: str,
+    build_args: Mapping[str, str],
     target: str | None,
     platform: Platform,
-    labels: dict[str, str],
-    resolver: ImageResolver,
+    labels: Mapping[str, str],
+    excludes: tuple[str, ...],
+    resolve: ResolveConfig,
 ) -> BuildGraph:
-    try:
-        source = dockerfile.read_bytes()
-    except OSError as error:
-        raise UsageError(f"cannot read Dockerfile {dockerfile}: {error.strerror}") from None
-    filename = dockerfile.name
     parsed = parse(source, filename=filename)
+    args = dict(build_args)
     first = plan_build(
-        parsed, build_args=build_args, target=target, target_platform=platform, filename=filename
+        parsed, build_args=args, target=target, target_platform=platform, filename=filename
     )
-    images = await _resolve_all(image_refs(first), resolver)
+    images = await _resolve_all(image_refs(first), resolve)
 
     def image_env(ref: str, stage_platform: str | None) -> list[tuple[str, str]]:
-        return _env_pairs(images[ref].config) if ref in images else []
+        return _env_pairs(images[ref]) if ref in images else []
 
     def image_triggers(ref: str, stage_platform: str | None) -> list[str]:
         if ref not in images:
             return []
-        return [str(t) for t in (images[ref].config.get("config") or {}).get("OnBuild") or []]
+        return [str(t) for t in (images[ref].get("config") or {}).get("OnBuild") or []]
 
     def base_config(ref: str, stage_platform: str) -> dict[str, Any]:
         if ref not in images:
             raise UsageError(f"{filename}: image {ref} was not resolved")
-        return images[ref].config
+        return dict(images[ref])
 
     plan = plan_build(
         parsed,
-        build_args=build_args,
+        build_args=args,
         target=target,
         target_platform=platform,
         image_env=image_env,
         image_triggers=image_triggers,
         filename=filename,
-    )
-    ignore_file = find_dockerignore(context_dir, dockerfile)
-    excludes = (
-        tuple(parse_dockerignore(ignore_file.read_bytes(), ignore_file.name)) if ignore_file else ()
     )
     graph = plan_to_graph(
         plan,
@@ -126,4 +118,4 @@ async def build_graph(
         for key, value in labels.items():
             config = replace(config, labels=config.with_label(key, value))
         graph = replace(graph, config=config)
-    return BuildGraph(graph, plan, excludes, images, ignore_file)
+    return BuildGraph(graph, plan, excludes, images)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import trio
 
@@ -43,7 +43,6 @@ from lazybuild.exporter.outputs import (
 )
 from lazybuild.exporter.registrypush import PushReport, WorkloadRecordAttachment, push_image
 from lazybuild.exporter.rootfscopy import copy_rootfs
-from lazybuild.frontend.dockerfile.imageconfig import ImageConfigState
 from lazybuild.oci.platform import Platform, host_platform
 from lazybuild.progress import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
@@ -59,14 +58,22 @@ __all__ = ["BuiltImage", "ExportResult", "export_image"]
 _DOWNLOAD_CONCURRENCY = 4
 
 
+class RendersOciConfig(Protocol):
+    """A config value that writes itself as an OCI image config dict (callers that
+    still hold a frontend's own config type)."""
+
+    def to_oci_config(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class BuiltImage:
     """What a build produced: ``layers`` bottom first (the base image's first), the
-    config as the frontend made it (``ImageConfigState`` or its ``to_oci_config()``
-    dict), SOURCE_DATE_EPOCH, and the platform (None: this host's)."""
+    image config as data (an OCI image config: ``config``, ``history``, ``author``; or
+    a value that renders itself as one), SOURCE_DATE_EPOCH, and the platform (None:
+    this host's)."""
 
     layers: tuple[Layer, ...]
-    config: ImageConfigState | Mapping[str, Any]
+    config: Mapping[str, Any] | RendersOciConfig
     source_date_epoch: int | None = None
     platform: Platform | None = None
     # Local layer id -> the files to write first (a workload profile); others: none.
@@ -78,9 +85,9 @@ class BuiltImage:
     base_prioritized: Mapping[str, Sequence[str]] | None = None
 
     def oci_config(self) -> Mapping[str, Any]:
-        if isinstance(self.config, ImageConfigState):
-            return self.config.to_oci_config()
-        return self.config
+        if isinstance(self.config, Mapping):
+            return self.config
+        return self.config.to_oci_config()
 
     @property
     def base_layer_count(self) -> int:

@@ -139,6 +139,21 @@ def parse(source: bytes | str, *, filename: str = "Dockerfile") -> Dockerfile:
     return _Parser(lines, filename).parse()
 
 
+def parse_directives(source: bytes | str, *, filename: str = "Dockerfile") -> Directives:
+    """Only the parser directives at the top of ``source``: ``syntax`` chooses the
+    frontend before the rest is read, and the rest need not be a Dockerfile."""
+    parser = _Parser([], filename)
+    for number, raw in enumerate(_decode(source, filename).split("\n"), start=1):
+        parser._directive(raw.removesuffix("\r"), number)
+        if parser.directives_done:
+            break
+    return Directives(
+        escape=parser.escape,
+        syntax=parser.directives.get("syntax"),
+        check=parser.directives.get("check"),
+    )
+
+
 def parse_heredoc_marker(word: str) -> tuple[str, bool, bool] | None:
     """``(name, expand, chomp)`` when ``word`` (quotes kept) opens a heredoc, else None."""
     match = _HEREDOC_WORD.match(word)
