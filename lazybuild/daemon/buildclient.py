@@ -48,26 +48,19 @@ class RemoteBuildError(LazybuildError):
         self.exit_code = exit_code or 1
 
 
-def _refuse_unsupported(args: argparse.Namespace, outputs: list[OutputSpec]) -> None:
+def _refuse_unsupported(outputs: list[OutputSpec]) -> None:
     from lazybuild.exporter.outputs import OciOutput
 
-    for flag, given in (
-        ("--depfile", args.depfile),
-        ("--record-in", args.record_in),
-        ("--record-out", args.record_out),
-        ("--fetch-report", args.fetch_report),
-    ):
-        if given is not None:
-            raise UsageError(f"{flag} is not supported through --builder yet")
     for output in outputs:
         if isinstance(output, OciOutput) and not output.tar and output.dest == "-":
             raise UsageError("an OCI layout directory cannot go to standard output")
 
 
 def build_header(
-    args: argparse.Namespace,
+    args: argparse.Namespace, secret_files: list[Path] | None = None
 ) -> tuple[control_pb2.BuildHeader, Path, list[OutputSpec]]:
-    """The call's header, the context directory, the outputs (as parsed here)."""
+    """The call's header, the context directory, the outputs (as parsed here); the
+    secret files read are added to ``secret_files``."""
     from lazybuild.api.control.v1 import control_pb2
     from lazybuild.cli import build_flags
     from lazybuild.exporter.outputs import (
@@ -86,7 +79,7 @@ def build_header(
     if not context_dir.is_dir():
         raise UsageError(f"build context {context_dir} is not a directory")
     outputs = outputs_from_flags(args.output, args.tag, args.push, args.load)
-    _refuse_unsupported(args, outputs)
+    _refuse_unsupported(outputs)
     if args.record_in is not None and args.workload_cmd is not None:
         raise UsageError("--record-in and --workload-cmd exclude each other")
     if args.optimize_base and not args.optimize:
@@ -111,7 +104,7 @@ def build_header(
         platform=args.platform or "",
         no_cache=args.no_cache,
         pull=args.pull,
-        secrets=build_flags.secrets(args.secret, environ),
+        secrets=build_flags.secrets(args.secret, environ, secret_files),
         labels=build_flags.labels(args.label),
         network=args.network,
         cache_from=args.cache_from,
@@ -125,8 +118,14 @@ def build_header(
             timeout_seconds=args.workload_timeout,
             ready_pattern=args.workload_ready.pattern if args.workload_ready else "",
             network=args.workload_network,
+            record_out=args.record_out is not None,
         ),
     )
+    if args.record_in is not None:
+        try:
+            header.profiling.record_in = args.record_in.read_bytes()
+        except OSError as error:
+            raise UsageError(f"--record-in {args.record_in}: {error.strerror}") from None
     epoch = build_flags.source_date_epoch(build_args, environ)
     if epoch is not None:
         header.source_date_epoch = epoch
@@ -338,6 +337,24 @@ class _Call:
     stub: ControlStub | None = None
     # Docker tarballs for --load, open, once the build succeeded.
     to_load: list[IO[bytes]] = field(default_factory=list)
+    # What the build's inputs are named by, for --depfile.
+    secret_files: list[Path] = field(default_factory=list)
+    context_dir: Path = Path()
+    dockerfile: Path = Path()
+
+    def input_path(self, name: str) -> Path | None:
+        """The file here that the daemon's input ``name`` (``BuildResult.inputs``) is."""
+        from lazybuild.frontend.dockerignore import find_dockerignore
+
+        if name == "dockerfile":
+            return self.dockerfile
+        if name == "dockerignore":
+            return find_dockerignore(self.context_dir, self.dockerfile)
+        relative = name.removeprefix("context/")
+        if relative == name or relative.startswith("/") or ".." in relative.split("/"):
+            return None  # not a name this client sent
+        return self.context_dir / relative
+
     responses: _Cancellable | None = None  # the Build call
 
 
@@ -348,8 +365,9 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
     from lazybuild.buildprogress import BuildProgress, Mode
     from lazybuild.daemon.client import BuilderError, control_stub, describe_rpc_error
 
-    header, context_dir, outputs = build_header(args)
+    header, context_dir, outputs = build_header(args, call.secret_files)
     dockerfile = args.file if args.file is not None else context_dir / "Dockerfile"
+    call.context_dir, call.dockerfile = context_dir, dockerfile
     mode: Mode = "quiet" if args.quiet else args.progress
     received = _Outputs(outputs)
     with tempfile.TemporaryFile() as tar, control_stub(args.builder) as stub:
@@ -422,13 +440,24 @@ async def run_remote_build(args: argparse.Namespace) -> int:
 
         with tarball:
             await load_into_docker(functools.partial(shutil.copyfileobj, tarball))
+    if args.record_out is not None and result.HasField("record"):
+        args.record_out.write_bytes(result.record)
     quiet = args.quiet or args.progress == "quiet"
     if result.fetch_report and not quiet:
         print(result.fetch_report, file=sys.stderr)
+    if args.fetch_report is not None:
+        empty = json.dumps({"layers": []}, indent=2) + "\n"
+        args.fetch_report.write_text(result.fetch_report_json or empty)
     if args.iidfile is not None and result.config_digest:
         write_atomic(args.iidfile, result.config_digest.encode())
     if args.metadata_file is not None and result.metadata_json:
         args.metadata_file.write_text(result.metadata_json)
     if args.quiet and result.config_digest:
         print(result.config_digest)
+    if args.depfile is not None:
+        from lazybuild.build.depfile import write_depfile
+
+        inputs = [path for name in result.inputs if (path := call.input_path(name)) is not None]
+        target = args.iidfile or args.metadata_file or args.depfile
+        write_depfile(args.depfile, target, [*inputs, *call.secret_files])
     return 0

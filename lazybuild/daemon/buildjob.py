@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +113,19 @@ def _naming_client_paths(
     return renamed
 
 
+def _sent_inputs(inputs: Iterable[Path], received: ReceivedBuild) -> list[str]:
+    """The build's inputs (``--depfile``) as names of what the client sent."""
+    names = []
+    for path in inputs:
+        if path == received.dockerfile:
+            names.append("dockerfile")
+        elif path.parent == received.dockerfile.parent:
+            names.append("dockerignore")  # the only other file written beside it
+        elif path.is_relative_to(received.context_dir):
+            names.append(f"context/{path.relative_to(received.context_dir).as_posix()}")
+    return names
+
+
 def _network(value: str) -> Literal["default", "host", "none"]:
     if value not in ("", "default", "host", "none"):
         raise UsageError(f"--network {value}: expected default, host or none")
@@ -183,6 +196,12 @@ async def run_job(
     cache_exports_wanted = cache_exports(header.cache_to)
     outputs, archives = _outputs(header, workdir)
     wanted = header.profiling
+    record_in = record_out = None
+    if wanted.HasField("record_in"):
+        record_in = workdir / "record-in.json"
+        record_in.write_bytes(wanted.record_in)
+    if wanted.record_out:
+        record_out = workdir / "record-out.json"
     profile = ProfileRequest(
         command=tuple(wanted.command) or None,
         env=tuple(wanted.env),
@@ -190,6 +209,8 @@ async def run_job(
         ready=re.compile(wanted.ready_pattern) if wanted.ready_pattern else None,
         network="host" if wanted.network == "host" else "none",
         optimize_base=wanted.optimize_base,
+        record_in=record_in,
+        record_out=record_out,
     )
     export_result: list[ExportResult] = []
     events = _EventLines(_naming_client_paths(emit_event, archives))
@@ -268,9 +289,12 @@ async def run_job(
         finally:
             if filesystem is not None:
                 await filesystem.close()
-    answer = control_pb2.BuildResult()
+    answer = control_pb2.BuildResult(inputs=_sent_inputs(outcome.inputs, received))
     if outcome.fetch_report is not None:
         answer.fetch_report = render_fetch_report(outcome.fetch_report)
+        answer.fetch_report_json = json.dumps(outcome.fetch_report.to_json(), indent=2) + "\n"
+    if record_out is not None and record_out.is_file():
+        answer.record = record_out.read_bytes()
     if export_result:
         exported = export_result[0]
         answer.config_digest = exported.config_digest or ""

@@ -180,6 +180,12 @@ def test_a_build_through_the_daemon_makes_the_same_image(
             str(out / "metadata.json"),
             "-o",
             f"type=local,dest={out / 'rootfs'}",
+            "--depfile",
+            str(out / "deps.mk"),
+            "--fetch-report",
+            str(out / "fetch.json"),
+            "--record-out",
+            str(out / "record.json"),
             str(context),
         ]
         if where == "local":
@@ -195,6 +201,19 @@ def test_a_build_through_the_daemon_makes_the_same_image(
             (out / "image.tar").stat().st_size,
         )
     assert results["daemon"] == results["local"]
+    # The files a local build writes beside its outputs, written by the client.
+    local, remote = tmp_path / "local", tmp_path / "daemon"
+    depfile = (remote / "deps.mk").read_text()
+    assert depfile == (local / "deps.mk").read_text().replace(str(local), str(remote))
+    assert f"{context / 'message.txt'}" in depfile and "ignored.log" not in depfile
+    assert f"{context / 'Dockerfile'}" in depfile and f"{context / '.dockerignore'}" in depfile
+
+    def fetched_layers(out: Path) -> list[str]:
+        report = json.loads((out / "fetch.json").read_text())
+        return sorted(layer["digest"] for layer in report["layers"])
+
+    assert fetched_layers(remote) == fetched_layers(local)
+    assert (remote / "record.json").stat().st_size > 0
     # type=local: the same tree, file for file (mtimes to the second: the tar it travels
     # in keeps whole seconds; those the steps set are the time each build ran them).
     assert _tree(tmp_path / "daemon" / "rootfs") == _tree(tmp_path / "local" / "rootfs")

@@ -136,7 +136,6 @@ def test_what_a_builder_cannot_do_yet_is_one_line(tmp_path: Path) -> None:
     context = _context(tmp_path)
     for flags, expected in (
         (["-o", "type=oci,tar=false"], "an OCI layout directory cannot go to standard output"),
-        (["--depfile", "deps.mk"], "--depfile is not supported through --builder yet"),
         (["--cache-to", f"type=local,dest={tmp_path}"], "local caches are not supported"),
     ):
         args = build_parser().parse_args(

@@ -507,6 +507,8 @@ class Profiling(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     READY_PATTERN_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
+    RECORD_IN_FIELD_NUMBER: _builtins.int
+    RECORD_OUT_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
     optimize_base: _builtins.bool
     timeout_seconds: _builtins.float
@@ -514,6 +516,10 @@ class Profiling(_message.Message):
     """empty: none"""
     network: _builtins.str
     """"none" or "host" """
+    record_in: _builtins.bytes
+    """--record-in: a workload record to order the layers by instead (its content)."""
+    record_out: _builtins.bool
+    """--record-out: send the workload's record back (BuildResult.record)."""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """empty: the image's own"""
@@ -530,12 +536,16 @@ class Profiling(_message.Message):
         timeout_seconds: _builtins.float = ...,
         ready_pattern: _builtins.str = ...,
         network: _builtins.str = ...,
+        record_in: _builtins.bytes | None = ...,
+        record_out: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_record_in", b"_record_in", "record_in", b"record_in"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "enabled", b"enabled", "env", b"env", "network", b"network", "optimize_base", b"optimize_base", "ready_pattern", b"ready_pattern", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_record_in", b"_record_in", "command", b"command", "enabled", b"enabled", "env", b"env", "network", b"network", "optimize_base", b"optimize_base", "ready_pattern", b"ready_pattern", "record_in", b"record_in", "record_out", b"record_out", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__record_in: _TypeAlias = _typing.Literal["record_in"]  # noqa: Y015
+    _WhichOneofArgType__record_in: _TypeAlias = _typing.Literal["_record_in", b"_record_in"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__record_in) -> _WhichOneofReturnType__record_in | None: ...
 
 Global___Profiling: _TypeAlias = Profiling  # noqa: Y015
 
@@ -630,6 +640,9 @@ class BuildResult(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     ERROR_TAIL_FIELD_NUMBER: _builtins.int
     EXIT_CODE_FIELD_NUMBER: _builtins.int
+    FETCH_REPORT_JSON_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
     config_digest: _builtins.str
     """Empty when the build failed."""
     metadata_json: _builtins.str
@@ -639,8 +652,20 @@ class BuildResult(_message.Message):
     error: _builtins.str
     """A failure: its one line, the end of the failed step's output, the exit status."""
     exit_code: _builtins.int
+    fetch_report_json: _builtins.str
+    """The fetch report as --fetch-report writes it (JSON; empty: nothing was mounted
+    lazily).
+    """
+    record: _builtins.bytes
+    """The workload's record, when Profiling.record_out asked for it and one was made."""
     @_builtins.property
     def error_tail(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the build read of what the client sent (--depfile): "dockerfile",
+        "dockerignore", or "context/" and a path in the context.
+        """
+
     def __init__(
         self,
         *,
@@ -650,12 +675,17 @@ class BuildResult(_message.Message):
         error: _builtins.str = ...,
         error_tail: _abc.Iterable[_builtins.str] | None = ...,
         exit_code: _builtins.int = ...,
+        fetch_report_json: _builtins.str = ...,
+        inputs: _abc.Iterable[_builtins.str] | None = ...,
+        record: _builtins.bytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_record", b"_record", "record", b"record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_digest", b"config_digest", "error", b"error", "error_tail", b"error_tail", "exit_code", b"exit_code", "fetch_report", b"fetch_report", "metadata_json", b"metadata_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_record", b"_record", "config_digest", b"config_digest", "error", b"error", "error_tail", b"error_tail", "exit_code", b"exit_code", "fetch_report", b"fetch_report", "fetch_report_json", b"fetch_report_json", "inputs", b"inputs", "metadata_json", b"metadata_json", "record", b"record"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__record: _TypeAlias = _typing.Literal["record"]  # noqa: Y015
+    _WhichOneofArgType__record: _TypeAlias = _typing.Literal["_record", b"_record"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__record) -> _WhichOneofReturnType__record | None: ...
 
 Global___BuildResult: _TypeAlias = BuildResult  # noqa: Y015
 
