@@ -329,8 +329,10 @@ def test_after_a_sigkill_mid_build_the_next_daemon_cleans_up(
     assert runc_containers(daemons.state)
     process.kill()
     process.wait(timeout=60)
-    client.communicate(timeout=60)
-    assert client.returncode != 0
+    _, rest = client.communicate(timeout=60)
+    assert client.returncode == 1
+    assert rest.splitlines()[-1].startswith("lazybuild: error: "), rest
+    assert "Traceback" not in rest
     assert mounts_under(daemons.state)  # what the killed daemon's build left mounted
 
     daemons.start()
