@@ -335,6 +335,7 @@ class _Call:
 
     build_id: str = ""
     stub: ControlStub | None = None
+    responses: _Cancellable | None = None  # the Build call
     # Docker tarballs for --load, open, once the build succeeded.
     to_load: list[IO[bytes]] = field(default_factory=list)
     # What the build's inputs are named by, for --depfile.
@@ -354,8 +355,6 @@ class _Call:
         if relative == name or relative.startswith("/") or ".." in relative.split("/"):
             return None  # not a name this client sent
         return self.context_dir / relative
-
-    responses: _Cancellable | None = None  # the Build call
 
 
 def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildResult:
