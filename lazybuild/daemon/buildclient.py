@@ -379,7 +379,10 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
             with BuildProgress(mode) as progress:
                 for response in responses:
                     part = response.WhichOneof("part")
-                    if part == "progress_event":
+                    if part == "progress_event" and mode == "rawjson":
+                        # Already the very line a local build prints, timestamps and all.
+                        print(response.progress_event, file=sys.stderr, flush=True)
+                    elif part == "progress_event":
                         _render(progress, response.progress_event)
                     elif part == "output":
                         received.write(response.output.index, response.output.data)

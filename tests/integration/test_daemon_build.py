@@ -157,6 +157,7 @@ def test_a_build_through_the_daemon_makes_the_same_image(
     address, daemon_state, _ = daemon
     context = _context(tmp_path, DOCKERFILE)
     results = {}
+    steps: dict[str, list[tuple[str, str]]] = {}
     for where in ("local", "daemon"):
         out = tmp_path / where
         out.mkdir()
@@ -195,12 +196,15 @@ def test_a_build_through_the_daemon_makes_the_same_image(
         assert done.returncode == 0, done.stderr
         events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
         assert any(e["type"] == "log" and "built" in e["data"] for e in events), done.stderr
+        steps[where] = [(e["vertex"], e["name"]) for e in events if e["type"] == "started"]
         results[where] = (
             (out / "iid").read_text(),
             json.loads((out / "metadata.json").read_text())["containerimage.digest"],
             (out / "image.tar").stat().st_size,
         )
     assert results["daemon"] == results["local"]
+    # --progress=rawjson: the same steps, by the same vertex digests.
+    assert steps["daemon"] == steps["local"]
     # The files a local build writes beside its outputs, written by the client.
     local, remote = tmp_path / "local", tmp_path / "daemon"
     depfile = (remote / "deps.mk").read_text()
