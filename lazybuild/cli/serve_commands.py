@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lazybuild.cli.options import registry_options
+
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser(
@@ -39,10 +41,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         for key, value in (("cert", args.tls_cert), ("key", args.tls_key), ("ca", args.tls_ca))
         if value is not None
     }
+    # The global registry flags, with $LAZYBUILD_INSECURE_REGISTRIES, as every command
+    # reads them.
+    registry = registry_options(args)
     return {
         "addresses": args.addr,
         "state_dir": args.state_dir,
-        "insecure_registries": args.insecure_registry or None,
+        "insecure_registries": registry.insecure_registries or None,
+        "docker_config": registry.docker_config,
         "socket_group": args.socket_group,
         "tls": tls or None,
     }

@@ -157,6 +157,9 @@ class DaemonConfig(_Section):
     # The largest build context (the tar a client sends) the daemon takes.
     max_context_size: ByteSize = 8 << 30
     insecure_registries: tuple[str, ...] = ()
+    # Registry credentials for pulls and pushes (a docker config.json); None: as the
+    # CLI finds them ($DOCKER_CONFIG, else ~/.docker of the daemon's user).
+    docker_config: Path | None = None
     # The group that may use the unix socket (mode 0660); None: root's group only.
     socket_group: str | int | None = None
 

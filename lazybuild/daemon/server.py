@@ -61,7 +61,7 @@ async def serve(config: DaemonConfig) -> int:
                 state.builds = Builds(
                     nursery,
                     state_dir=state_dir,
-                    registry=RegistryOptions(config.insecure_registries),
+                    registry=RegistryOptions(config.insecure_registries, config.docker_config),
                     max_parallel=config.max_parallel_builds,
                     cache_max_bytes=config.cache_size,
                 )

@@ -46,6 +46,7 @@ state_dir = "{tmp_path / "state"}"
 cache_size = "20GiB"
 max_parallel_builds = 8
 insecure_registries = ["registry.local:5000"]
+docker_config = "/etc/lazybuild/docker-config.json"
 socket_group = 0
 
 [tls]
@@ -67,6 +68,7 @@ keep_duration = "7d"
     assert config.gc.keep_duration == timedelta(days=7)
     assert config.max_parallel_builds == 8
     assert config.insecure_registries == ("registry.local:5000",)
+    assert config.docker_config == Path("/etc/lazybuild/docker-config.json")
     assert config.socket_gid == 0
     assert config.tls is not None and config.tls.ca == tls["ca"]
 
