@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, Self, TypeAlias, TypedDict
 
-from lazybuild.frontend.dockerfile.mounts import MountError, RunMount, parse_mount
+from lazybuild.frontend.dockerfile.mounts import (
+    MountError,
+    RunMount,
+    check_mount_from_literal,
+    parse_mount,
+)
 from lazybuild.frontend.dockerfile.parser import (
     INSTRUCTIONS,
     Dockerfile,
@@ -25,6 +30,7 @@ from lazybuild.frontend.dockerfile.parser import (
     ParseError,
     parse_heredoc_marker,
 )
+from lazybuild.frontend.dockerfile.shell import ExpansionError, Lexer
 from lazybuild.frontend.dockerfile.suggest import did_you_mean
 
 __all__ = [
@@ -561,6 +567,24 @@ def _parse_duration_ns(node: Node, flag: str, text: str | None) -> int | None:
     return duration
 
 
+def _literal_from(node: Node, value: str | None, escape: str) -> str | None:
+    """``COPY --from`` as written: BuildKit refuses any variable in it (the stage graph
+    is fixed before variables are known), whatever the variable's scope."""
+    if value is None:
+        return None
+    try:
+        literal = Lexer(escape).process_word(value, {}) == value
+    except ExpansionError:
+        literal = False
+    if not literal:
+        raise _error(
+            node,
+            "variable expansion is not supported for --from, define a new stage with FROM "
+            "using ARG from global scope as a workaround",
+        )
+    return value
+
+
 def _parse_mounts(
     specs: Sequence[str], location: Location, expand: Callable[[str], str] | None = None
 ) -> tuple[RunMount, ...]:
@@ -568,6 +592,8 @@ def _parse_mounts(
     use variables cannot be checked yet and are left out; :meth:`Run.expand` reads all."""
     try:
         if expand is None:
+            for spec in specs:
+                check_mount_from_literal(spec)
             return tuple(parse_mount(spec) for spec in specs if "$" not in spec)
         return tuple(parse_mount(spec, expand) for spec in specs)
     except MountError as error:
@@ -700,6 +726,10 @@ def _parse_onbuild(node: Node, common: _Common) -> Instruction:
         raise _error(node, f"{trigger} isn't allowed as an ONBUILD trigger")
     if trigger not in INSTRUCTIONS:
         raise _error(node, f"unknown instruction in ONBUILD: {trigger}")
+    # The trigger keeps its heredoc bodies, each followed by its delimiter, as BuildKit
+    # stores it in the image config: parsed again when it fires, it is the same instruction.
+    for heredoc in node.heredocs:
+        expression += "\n" + heredoc.content + heredoc.name
     return Onbuild(expression=expression, **common)
 
 
@@ -720,7 +750,7 @@ def parse_instruction(node: Node, escape: str = "\\") -> Instruction:
     if keyword == "COPY":
         fields = _file_copy_fields(node, flags)
         result: Instruction = Copy(
-            from_=flags.string("from"),
+            from_=_literal_from(node, flags.string("from"), escape),
             parents=flags.boolean("parents"),
             **fields,
             **common,

@@ -14,7 +14,7 @@ from typing import Literal, cast
 
 from lazybuild.frontend.dockerfile.suggest import did_you_mean
 
-__all__ = ["MOUNT_TYPES", "MountError", "RunMount", "parse_mount"]
+__all__ = ["MOUNT_TYPES", "MountError", "RunMount", "check_mount_from_literal", "parse_mount"]
 
 MountType = Literal["bind", "cache", "tmpfs", "secret", "ssh"]
 Sharing = Literal["shared", "private", "locked"]
@@ -87,6 +87,21 @@ def _parse_size(value: str) -> int:
         return int(float(number) * _SIZE_UNITS.get(unit, 1))
     except ValueError:
         raise MountError(f"invalid value for size: {value!r}") from None
+
+
+def check_mount_from_literal(spec: str) -> None:
+    """A mount's ``from=`` takes no variables, as in BuildKit (checked as written, before
+    expansion): a ``$`` followed by anything is refused."""
+    try:
+        fields = next(csv.reader([spec]))
+    except (csv.Error, StopIteration):
+        return  # parse_mount reports it
+    for field_text in fields:
+        key, sep, value = field_text.partition("=")
+        if sep and key.strip().lower() == "from" and "$" in value[:-1]:
+            raise MountError(
+                "'from' doesn't support variable expansion, define alias stage instead"
+            )
 
 
 def parse_mount(spec: str, expand: Callable[[str], str] = lambda word: word) -> RunMount:

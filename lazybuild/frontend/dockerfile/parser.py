@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from lazybuild.errors import FormatError
 from lazybuild.frontend.dockerfile.shell import ExpansionError, Lexer
+from lazybuild.frontend.dockerfile.suggest import did_you_mean
 
 __all__ = [
     "HEREDOC_INSTRUCTIONS",
@@ -263,11 +264,23 @@ class _Parser:
         keyword = parts[0].upper()
         rest = parts[1] if len(parts) > 1 else ""
         if keyword not in INSTRUCTIONS:
-            raise self.error(f"unknown instruction: {parts[0]}", start)
+            message = f"unknown instruction: {parts[0]}"
+            raise self.error(did_you_mean(message, keyword, sorted(INSTRUCTIONS)), start)
         flags, args = _split_flags(rest)
         heredocs: tuple[Heredoc, ...] = ()
-        if keyword in HEREDOC_INSTRUCTIONS and "<<" in args and not _is_json_array(args):
-            heredocs = self._read_heredocs(args, start)
+        heredoc_args = args
+        if keyword == "ONBUILD":
+            # As BuildKit: a RUN/COPY/ADD trigger may carry heredocs (``ONBUILD RUN <<EOF``);
+            # its own flags and arguments are read as the trigger's.
+            inner = args.strip().split(None, 1)
+            if inner and inner[0].upper() in HEREDOC_INSTRUCTIONS:
+                heredoc_args = _split_flags(inner[1] if len(inner) > 1 else "")[1]
+            else:
+                heredoc_args = ""
+        elif keyword not in HEREDOC_INSTRUCTIONS:
+            heredoc_args = ""
+        if "<<" in heredoc_args and not _is_json_array(heredoc_args):
+            heredocs = self._read_heredocs(heredoc_args, start)
             end = self.position
         return Node(keyword, tuple(flags), args.strip(), line.strip(), start, end, heredocs)
 

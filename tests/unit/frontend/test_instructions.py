@@ -114,6 +114,37 @@ def test_run_errors(line: str, message: str) -> None:
         one(line)
 
 
+_NO_VARIABLE_FROM = (
+    "variable expansion is not supported for --from, define a new stage with FROM "
+    "using ARG from global scope as a workaround"
+)
+_NO_VARIABLE_MOUNT_FROM = "'from' doesn't support variable expansion, define alias stage instead"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        # BuildKit's testDockerfileCopyFromArgs and testMountFromError.
+        ("COPY --from=$FOO . .", _NO_VARIABLE_FROM),
+        ("COPY --from=img:${TAG} /a /b", _NO_VARIABLE_FROM),
+        ("RUN --mount=from=$ttt,type=cache,target=/tmp ls", _NO_VARIABLE_MOUNT_FROM),
+        ("RUN --mount=type=bind,target=/m,FROM=${S} ls", _NO_VARIABLE_MOUNT_FROM),
+    ],
+)
+def test_from_flags_take_no_variables(line: str, message: str) -> None:
+    with pytest.raises(ParseError) as caught:
+        one(line)
+    assert str(caught.value) == f"Dockerfile:1: {message}"
+
+
+def test_from_flags_without_variables_are_kept() -> None:
+    copy = one("COPY --from=img$ /a /b")  # a trailing "$" is no variable
+    assert isinstance(copy, Copy)
+    assert copy.from_ == "img$"
+    run = one("RUN --mount=from=build,target=/m,source=$DIR ls")
+    assert isinstance(run, Run)
+
+
 def test_copy_and_add_flags() -> None:
     copy = one("COPY --from=build --chown=1:2 --chmod=0755 --link --parents --exclude=*.md a b /d/")
     assert isinstance(copy, Copy)

@@ -195,10 +195,30 @@ def test_unterminated_heredoc() -> None:
 # ---------------------------------------------------------------------- errors
 
 
+def test_mistyped_instruction_gets_a_did_you_mean_hint() -> None:
+    # BuildKit's testDockerfileInvalidInstruction.
+    with pytest.raises(ParseError) as caught:
+        parse("FROM a\nFNTRYPOINT [\"/bin/true\"]\n")
+    assert str(caught.value) == (
+        "Dockerfile:2: unknown instruction: FNTRYPOINT (did you mean ENTRYPOINT?)"
+    )
+
+
+def test_onbuild_trigger_keeps_its_heredoc() -> None:
+    # BuildKit's testOnBuildHeredoc: the body is the trigger's, not instructions of its own.
+    dockerfile = parse(
+        "FROM a\nONBUILD RUN --network=none <<EOF\necho hi >> /dest\nEOF\nRUN x\n"
+    )
+    onbuild = dockerfile.nodes[1]
+    assert (onbuild.keyword, onbuild.start_line, onbuild.end_line) == ("ONBUILD", 2, 4)
+    assert onbuild.heredocs == (Heredoc("EOF", "echo hi >> /dest\n", True, False),)
+    assert [n.keyword for n in dockerfile.nodes] == ["FROM", "ONBUILD", "RUN"]
+
+
 def test_unknown_instruction_names_the_line() -> None:
     with pytest.raises(ParseError) as caught:
-        parse("FROM a\nRUN x \\\n  y\nFOO bar\n", filename="app.Dockerfile")
-    assert str(caught.value) == "app.Dockerfile:4: unknown instruction: FOO"
+        parse("FROM a\nRUN x \\\n  y\nXYZZY bar\n", filename="app.Dockerfile")
+    assert str(caught.value) == "app.Dockerfile:4: unknown instruction: XYZZY"
     assert caught.value.line == 4
     assert isinstance(caught.value, FormatError)
     assert isinstance(caught.value, LazybuildError)

@@ -17,6 +17,7 @@ from lazybuild.frontend.dockerfile import (
     Expose,
     From,
     Label,
+    Onbuild,
     ParseError,
     ResolvedStage,
     Run,
@@ -224,7 +225,7 @@ def test_expansion_applies_to_supported_instructions_only() -> None:
         "EXPOSE $P\n"
         "VOLUME $D/v\n"
         'VOLUME ["$D/j"]\n'
-        "COPY --from=$N --chown=$U --chmod=${M:-644} $D/s $D/d\n"
+        "COPY --from=x --chown=$U --chmod=${M:-644} $D/s $D/d\n"
         "ADD --checksum=sha256:$N $D/a $D/b\n"
         "RUN --mount=type=cache,target=$D/c,id=$N echo $D\n"
         'CMD ["$D"]\n'
@@ -437,6 +438,19 @@ def test_stage_onbuild_trigger_copying_from_another_stage_depends_on_it() -> Non
     copy = result.stage(2).steps[0].instruction
     assert isinstance(copy, Copy)
     assert (copy.from_, copy.dest) == ("src", "/out/foo")
+
+
+def test_onbuild_heredoc_trigger_fires_as_a_heredoc() -> None:
+    # BuildKit's testOnBuildHeredoc: the trigger is stored with its body and delimiter.
+    result = plan("FROM a AS base\nONBUILD RUN <<EOF\necho hi >> /dest\nEOF\nFROM base\n")
+    trigger = result.stage(0).steps[0].instruction
+    assert isinstance(trigger, Onbuild)
+    assert trigger.expression == "RUN <<EOF\necho hi >> /dest\nEOF"
+    run = result.target.steps[0].instruction
+    assert isinstance(run, Run)
+    script = run.heredoc_script
+    assert script is not None
+    assert script.body == "echo hi >> /dest\n"
 
 
 def test_broken_stage_onbuild_trigger_names_the_stage_at_the_from_line() -> None:
