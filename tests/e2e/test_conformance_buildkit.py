@@ -15,7 +15,7 @@ import functools
 import http.server
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -146,9 +146,14 @@ def builds(
 
 
 @pytest.mark.parametrize("name", [_param(name) for name in CASE_NAMES])
-def test_case(name: str, builds: dict[str, Future[CaseResult]]) -> None:
+def test_case(
+    name: str,
+    builds: dict[str, Future[CaseResult]],
+    record_property: Callable[[str, object], None],
+) -> None:
     case = Case.load(name)
     result = builds[name].result()
+    record_property("build_seconds", round(result.seconds, 2))
     try:
         problems = check_case(case, result)
     finally:
