@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -102,13 +103,19 @@ def socket_dir() -> Iterator[Path]:
 def start_daemon(tmp_path: Path) -> Iterator[object]:
     started: list[Daemon] = []
 
-    def start(*serve_args: str, state_dir: Path | None = None, ready: bool = True) -> Daemon:
+    def start(
+        *serve_args: str,
+        state_dir: Path | None = None,
+        ready: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> Daemon:
         state = state_dir or tmp_path / "state"
         process = subprocess.Popen(
             _lazybuild("--state-dir", str(state), "serve", *serve_args),
             cwd=REPO,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         daemon = Daemon(process, state)
         started.append(daemon)
@@ -453,3 +460,23 @@ def test_a_context_over_the_daemon_s_bound_is_refused_in_one_line(
     assert not any((daemon.state_dir / "daemon-builds").glob("*"))
     status, log = daemon.stop()
     assert status == 0, log
+
+
+def test_it_tells_systemd_when_it_is_ready_and_when_it_stops(
+    start_daemon, socket_dir: Path
+) -> None:
+    notify_path = socket_dir / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(60)
+        sock = socket_dir / "lazybuild.sock"
+        daemon: Daemon = start_daemon(
+            "--addr",
+            f"unix://{sock}",
+            env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
+        )
+        assert notify.recv(256) == b"READY=1"
+        assert sock.exists()  # ready means listening
+        status, log = daemon.stop()
+        assert status == 0, log
+        assert notify.recv(256) == b"STOPPING=1"
