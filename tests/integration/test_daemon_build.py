@@ -447,3 +447,23 @@ def test_load_puts_the_image_into_the_client_s_docker(
     inspected = json.loads(dockerd.docker("image", "inspect", "daemon-load/app:1").stdout)[0]
     assert inspected["Id"] == iidfile.read_text()
     assert_nothing_left(daemon_state)
+
+
+def test_a_second_build_through_the_daemon_hits_its_step_cache(
+    tmp_path: Path, base_image: str, daemon
+) -> None:
+    address, daemon_state, _ = daemon
+    context = _context(tmp_path, DOCKERFILE)
+    args = ["build", "--builder", address, "--progress=rawjson"]
+    args += ["--build-arg", f"BASE={base_image}", str(context)]
+    first, second = _lazybuild(*args), _lazybuild(*args)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+
+    def completed(done: subprocess.CompletedProcess[str]) -> dict[str, bool]:
+        events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+        return {e["name"]: e["cached"] for e in events if e["type"] == "completed"}
+
+    run_step = next(name for name in completed(first) if "tr a-z A-Z" in name)
+    assert not completed(first)[run_step]
+    assert completed(second)[run_step]
+    assert_nothing_left(daemon_state)
