@@ -667,12 +667,13 @@ class _CopyRun:
         action = self._action
         if not (action.allow_wildcard and _has_wildcard(action.src)):
             return [_clean(action.src)]
-        base, matches = _glob(self._source_root, action.src, follow_base=action.follow_symlinks)
-        prefix_length = len(base.rstrip("/")) + 1
-        kept = [m for m in matches if not self._settings.selection.is_excluded(m[prefix_length:])]
-        if not kept and not action.allow_empty_wildcard:
+        _base, matches = _glob(self._source_root, action.src, follow_base=action.follow_symlinks)
+        if not matches and not action.allow_empty_wildcard:
             raise FileActionError(f"COPY source not found: nothing matches {action.src}")
-        return kept
+        # As fsutil's copy: include/exclude patterns select below each match, relative to
+        # it; a match itself is always copied (a directory whose every entry is excluded
+        # still makes the destination directory).
+        return matches
 
     def _dest_dir_to_make(self, dest: str) -> Path:
         """fsutil makes ``dest`` itself when it names a directory, else its parent."""

@@ -149,6 +149,8 @@ class BuildPlan:
     unused_build_args: tuple[str, ...]
     proxy_env: tuple[KeyValue, ...]
     directives: Directives
+    # BUILDKIT_SANDBOX_HOSTNAME: the host name RUN steps see ("" = the default).
+    hostname: str = ""
 
     @property
     def target(self) -> ResolvedStage:
@@ -415,6 +417,22 @@ class _Planner:
             mount_from = tuple(refs)
         return Step(expanded, build_args, copy_from, mount_from)
 
+    def _check_copy_order(self, stage: ResolvedStage) -> None:
+        """BuildKit builds stages in the order they are written: ``COPY --from`` may name
+        only an earlier one (checked after cycles, which BuildKit reports first)."""
+        for step in stage.steps:
+            ref, ins = step.copy_from, step.instruction
+            if ref is None or ref.stage_index is None or ref.stage_index < stage.index:
+                continue
+            assert isinstance(ins, Copy)
+            name = stage.name or f"stage-{stage.index}"
+            raise ParseError(
+                f'cannot copy from stage "{ins.from_}", it needs to be defined before '
+                f'current stage "{name}"',
+                ins.location.start_line,
+                self.filename,
+            )
+
     def _check_not_self(self, ref: BaseRef, index: int, instruction: Instruction) -> None:
         if ref.stage_index == index:
             raise ParseError(
@@ -454,12 +472,14 @@ class _Planner:
             order.append(index)
 
         visit(target_index)
+        for index in order:
+            self._check_copy_order(self.resolved[index])
         unused = sorted(
             name
             for name in self.build_args
             if name not in self.declared
             and name.upper() not in _PROXY_NAMES
-            and name not in (*PLATFORM_ARGS, "TARGETSTAGE")
+            and name not in (*PLATFORM_ARGS, "TARGETSTAGE", HOSTNAME_ARG)
         )
         proxy_env = _proxy_env(self.build_args)
         return BuildPlan(
@@ -468,7 +488,12 @@ class _Planner:
             unused_build_args=tuple(unused),
             proxy_env=proxy_env,
             directives=self.dockerfile.directives,
+            hostname=self.build_args.get(HOSTNAME_ARG, ""),
         )
+
+
+# The build arg BuildKit's Dockerfile frontend reads as the RUN steps' host name.
+HOSTNAME_ARG = "BUILDKIT_SANDBOX_HOSTNAME"
 
 
 def _proxy_env(build_args: Mapping[str, str]) -> tuple[KeyValue, ...]:

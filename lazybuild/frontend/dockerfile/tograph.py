@@ -210,6 +210,31 @@ def _normalize_port(port: str) -> list[str]:
     return [f"{number}/{proto}"]
 
 
+def _url_filename(source: str) -> str:
+    """The file an ``ADD <url>`` writes: the URL path's last element, as BuildKit names it;
+    ``__unnamed__`` when the path has none (``/`` or empty)."""
+    base = posixpath.basename(urlparse(source).path.rstrip("/"))
+    return base if base not in ("", ".") else "__unnamed__"
+
+
+def _from_is_step(stage: ResolvedStage) -> bool:
+    return stage.base.kind not in ("scratch", "stage")
+
+
+def _is_numbered(ins: Instruction, config: ImageConfigState) -> bool:
+    """Whether ``ins`` makes a vertex of its own, and so takes a step number."""
+    if isinstance(ins, Workdir):
+        return posixpath.normpath(posixpath.join(config.workdir or "/", ins.path)) != "/"
+    return isinstance(ins, Run | Copy | Add)
+
+
+def _step_total(stage: ResolvedStage) -> int:
+    """BuildKit's step count for a stage: its FROM when that is an image, then every RUN,
+    COPY, ADD and WORKDIR (counted even when the WORKDIR turns out to be "/")."""
+    counted = sum(isinstance(s.instruction, Run | Copy | Add | Workdir) for s in stage.steps)
+    return counted + (1 if _from_is_step(stage) else 0)
+
+
 def _unique(items: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
@@ -242,7 +267,7 @@ class _Converter:
         self, stage: ResolvedStage, position: int, text: str, lines: Location
     ) -> OpMetadata:
         name = stage.name or f"stage-{stage.index}"
-        total = len(stage.steps) + 1
+        total = _step_total(stage)
         summary = " ".join(text.split())
         return OpMetadata(
             description=f"[{name} {position}/{total}] {summary}",
@@ -277,7 +302,11 @@ class _Converter:
         self.stage_platform = platform
         base = stage.base
         from_text = f"FROM {base.ref}"
+        # As BuildKit numbers steps: a FROM of an image is step 1; FROM scratch and FROM
+        # <stage> make no vertex and are not counted. Only the instructions that make a
+        # vertex (RUN, COPY, ADD, WORKDIR other than "/") take a number.
         from_meta = self.metadata(stage, 1, from_text, stage.location)
+        position = 1 if _from_is_step(stage) else 0
         if base.kind == "stage":
             assert base.stage_index is not None
             parent = self.results.get(base.stage_index)
@@ -300,7 +329,9 @@ class _Converter:
             # them there); they are not passed on.
             config = replace(self.image_config(base.ref, platform), onbuild=())
             state, cmd_set = State.image(base.ref, platform, metadata=from_meta), False
-        for position, step in enumerate(stage.steps, start=2):
+        for step in stage.steps:
+            if _is_numbered(step.instruction, config):
+                position += 1
             meta = self.metadata(
                 stage, position, step.instruction.original, step.instruction.location
             )
@@ -342,6 +373,9 @@ class _Converter:
         if isinstance(ins, Workdir):
             workdir = posixpath.normpath(posixpath.join(config.workdir or "/", ins.path))
             config = replace(config, workdir=workdir)
+            if workdir == "/":
+                # As BuildKit: "/" always exists, so no mkdir and an empty layer.
+                return state, replace(config, history=history("WORKDIR /", True)), cmd_set
             chown = _parse_chown(config.user)
             state = _with_settings(state, config).file(
                 Mkdir(path=workdir, mode=0o755, make_parents=True, chown=chown), metadata=meta
@@ -354,10 +388,11 @@ class _Converter:
             text = " ".join(f"{p.key}={p.value}" for p in ins.pairs)
             return state, replace(env, history=history(f"ENV {text}", True)), cmd_set
         if isinstance(ins, Arg):
-            parts = []
-            for declaration in ins.declarations:
-                value = dict((kv.key, kv.value) for kv in step.build_args).get(declaration.name)
-                parts.append(declaration.name if value is None else f"{declaration.name}={value}")
+            # The value each declaration gives (build arg, default or global value), as
+            # the planner resolved it; the name alone when it has none.
+            parts = [
+                d.name if d.default is None else f"{d.name}={d.default}" for d in ins.declarations
+            ]
             return state, replace(config, history=history(f"ARG {' '.join(parts)}", True)), cmd_set
         if isinstance(ins, User):
             config = replace(config, user=ins.user)
@@ -374,7 +409,8 @@ class _Converter:
         if isinstance(ins, Expose):
             ports = [port for raw in ins.ports for port in _normalize_port(raw)]
             config = replace(config, exposed_ports=_unique([*config.exposed_ports, *ports]))
-            text = f"EXPOSE {' '.join(ports)}"
+            # BuildKit's text: the ports of this instruction, sorted, in brackets.
+            text = f"EXPOSE [{' '.join(sorted(set(ports)))}]"
             return state, replace(config, history=history(text, True)), cmd_set
         if isinstance(ins, Volume):
             config = replace(config, volumes=_unique([*config.volumes, *ins.paths]))
@@ -485,6 +521,8 @@ class _Converter:
             # As buildkit: the first ssh mount is the agent the process talks to.
             build_env.append(f"SSH_AUTH_SOCK={ssh.dest}")
         runner = _with_settings(state, config, build_env)
+        if self.plan.hostname:
+            runner = runner.with_hostname(self.plan.hostname)
         result = runner.run(
             args,
             mounts=mounts,
@@ -604,7 +642,7 @@ class _Converter:
             if is_add and _is_git(source):
                 raise self.error(ins, f"ADD of a git repository is not supported yet: {source}")
             if is_add and _is_url(source):
-                name = posixpath.basename(urlparse(source).path.rstrip("/")) or "index.html"
+                name = _url_filename(source)
                 http = State.http(source, checksum=checksum, filename=name, metadata=meta)
                 # A remote archive is unpacked only when asked (--unpack, Dockerfile 1.17),
                 # and then into the destination, as a local one is.

@@ -198,7 +198,7 @@ def test_unterminated_heredoc() -> None:
 def test_mistyped_instruction_gets_a_did_you_mean_hint() -> None:
     # BuildKit's testDockerfileInvalidInstruction.
     with pytest.raises(ParseError) as caught:
-        parse("FROM a\nFNTRYPOINT [\"/bin/true\"]\n")
+        parse('FROM a\nFNTRYPOINT ["/bin/true"]\n')
     assert str(caught.value) == (
         "Dockerfile:2: unknown instruction: FNTRYPOINT (did you mean ENTRYPOINT?)"
     )
@@ -206,9 +206,7 @@ def test_mistyped_instruction_gets_a_did_you_mean_hint() -> None:
 
 def test_onbuild_trigger_keeps_its_heredoc() -> None:
     # BuildKit's testOnBuildHeredoc: the body is the trigger's, not instructions of its own.
-    dockerfile = parse(
-        "FROM a\nONBUILD RUN --network=none <<EOF\necho hi >> /dest\nEOF\nRUN x\n"
-    )
+    dockerfile = parse("FROM a\nONBUILD RUN --network=none <<EOF\necho hi >> /dest\nEOF\nRUN x\n")
     onbuild = dockerfile.nodes[1]
     assert (onbuild.keyword, onbuild.start_line, onbuild.end_line) == ("ONBUILD", 2, 4)
     assert onbuild.heredocs == (Heredoc("EOF", "echo hi >> /dest\n", True, False),)

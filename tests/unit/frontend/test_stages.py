@@ -363,9 +363,24 @@ def test_target_builds_only_needed_stages_in_dependency_order() -> None:
     assert result.target.name == "app"
 
 
-def test_copy_from_later_stage_is_allowed_and_ordered_first() -> None:
-    result = plan("FROM a AS first\nCOPY --from=second /x /x\nFROM b AS second\n", target="first")
-    assert [s.name for s in result.stages] == ["second", "first"]
+def test_copy_from_a_later_stage_is_buildkits_error() -> None:
+    # BuildKit's testOutOfOrderStage: stages are built in the order they are written.
+    for source in ("second", "1"):
+        with pytest.raises(ParseError) as caught:
+            plan(f"FROM a AS first\nCOPY --from={source} /x /x\nFROM b AS second\n", target="first")
+        assert str(caught.value) == (
+            f'Dockerfile:2: cannot copy from stage "{source}", it needs to be defined before '
+            'current stage "first"'
+        )
+    with pytest.raises(ParseError, match='before current stage "stage-0"'):
+        plan("FROM a\nCOPY --from=later / /out\nFROM b AS later\nFROM 0\n")
+
+
+def test_sandbox_hostname_build_arg_is_the_plans_hostname() -> None:
+    result = plan("FROM a\nRUN hostname\n", {"BUILDKIT_SANDBOX_HOSTNAME": "foo"})
+    assert result.hostname == "foo"
+    assert result.unused_build_args == ()
+    assert plan("FROM a\n").hostname == ""
 
 
 def test_from_a_later_stage_name_is_an_image() -> None:

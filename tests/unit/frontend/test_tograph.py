@@ -303,6 +303,70 @@ def test_descriptions_and_locations() -> None:
     assert run_meta.source_locations[0].end_line == 4
 
 
+def _descriptions(result: GraphResult) -> list[str]:
+    return [m.description for m in result.definition.metadata.values() if m.description]
+
+
+def test_step_numbers_count_only_vertices_as_buildkit() -> None:
+    # BuildKit's testStepNames: FROM scratch and FROM <stage> are no steps; ENV, ARG and
+    # the other config-only instructions take no number; WORKDIR / makes no vertex but
+    # is counted in the total.
+    result = _convert(
+        "FROM debian AS base\nWORKDIR /out\nENV A=1\nRUN echo base > base\n"
+        "FROM base AS mid\nWORKDIR /\nRUN true\n"
+        "FROM scratch\nCOPY --from=mid --chmod=0644 /out /out\n"
+    )
+    assert sorted(_descriptions(result)) == [
+        "[base 1/3] FROM debian",
+        "[base 2/3] WORKDIR /out",
+        "[base 3/3] RUN echo base > base",
+        "[mid 1/2] RUN true",
+        "[stage-2 1/1] COPY --from=mid --chmod=0644 /out /out",
+    ]
+
+
+def test_history_text_as_buildkit_writes_it() -> None:
+    # testExportedHistory and testExportedHistoryFlattenArgs.
+    result = _convert(
+        "FROM debian\nARG foo=bar\nARG bar=123\nARG foo=bar2\nARG unset\n"
+        "EXPOSE 2375 5000 1234/udp 5000\nWORKDIR /\nRUN ls\n"
+    )
+    entries = [(h.created_by, h.empty_layer) for h in result.config.history[1:]]
+    assert entries == [
+        ("ARG foo=bar", True),
+        ("ARG bar=123", True),
+        ("ARG foo=bar2", True),
+        ("ARG unset", True),
+        ("EXPOSE [1234/udp 2375/tcp 5000/tcp]", True),
+        ("WORKDIR /", True),
+        ("RUN |2 foo=bar2 bar=123 /bin/sh -c ls # buildkit", False),
+    ]
+    # WORKDIR / makes no file op: the RUN's only input is the image.
+    assert _of(result.definition, File) == []
+
+
+def test_build_arg_value_is_the_arg_history_value() -> None:
+    result = _convert("FROM debian\nARG foo=bar\n", build_args={"foo": "given"})
+    assert result.config.history[-1].created_by == "ARG foo=given"
+
+
+def test_add_of_a_url_without_a_file_name_is_unnamed() -> None:
+    # testDockerfileADDFromURL: a URL whose path is "/" names the file __unnamed__.
+    for url in ("http://example.test/", "http://example.test"):
+        result = _convert(f"FROM scratch\nADD {url} /dest/\n")
+        (http,) = _of(result.definition, HttpSource)
+        assert http.filename == "__unnamed__"
+        (action,) = _copies(result.definition)
+        assert (action.src, action.dest) == ("/__unnamed__", "/dest/__unnamed__")
+
+
+def test_sandbox_hostname_build_arg_sets_every_run_steps_host_name() -> None:
+    text = "FROM debian AS a\nRUN a\nFROM debian\nCOPY --from=a /x /x\nRUN b\n"
+    result = _convert(text, build_args={"BUILDKIT_SANDBOX_HOSTNAME": "foo"})
+    assert [run.hostname for run in _of(result.definition, Exec)] == ["foo", "foo"]
+    assert [run.hostname for run in _of(_convert(text).definition, Exec)] == ["", ""]
+
+
 def test_entrypoint_in_child_stage_drops_parent_cmd() -> None:
     result = _convert((DOCKERFILES / "entrypoint-cmd" / "Dockerfile").read_text())
     assert result.config.entrypoint == ("/bin/echo",)

@@ -653,19 +653,42 @@ def test_excluded_directory_is_made_for_a_re_included_entry(app_tree: Path, dest
     assert "y/drop.md" not in listing(dest / "out")
 
 
-def test_exclusions_apply_to_wildcard_matches(src: Path, dest: Path) -> None:
-    write(src, "home.txt", "t")
-    write(src, "home.md", "m")
+def test_exclusions_apply_below_each_wildcard_match(src: Path, dest: Path) -> None:
+    # As fsutil (BuildKit's testExcludedFilesOnCopy): patterns are relative to each match
+    # and select what is below it; the match itself is copied.
+    write(src, "dir1/a.txt", "a")
+    write(src, "dir1/b.md", "b")
+    write(src, "dir2/c.txt", "c")
     copy(
         dest,
         src,
-        src="/hom*",
+        src="/dir*",
         dest="/out/",
+        dir_copy_contents=True,
         allow_wildcard=True,
         create_dest_path=True,
         exclude_patterns=("*.txt",),
     )
-    assert os.listdir(dest / "out") == ["home.md"]
+    assert listing(dest / "out") == ["b.md"]
+
+
+def test_every_entry_excluded_still_makes_the_destination(src: Path, dest: Path) -> None:
+    # testExcludedFilesOnCopy's builder6: ADD --exclude=* dir* /6 makes /6, empty.
+    write(src, "dir1/a.png", "a")
+    write(src, "dir2/sub/b.txt", "b")
+    copy(
+        dest,
+        src,
+        src="/dir*",
+        dest="/6",
+        dir_copy_contents=True,
+        allow_wildcard=True,
+        allow_empty_wildcard=True,
+        create_dest_path=True,
+        exclude_patterns=("*",),
+    )
+    assert (dest / "6").is_dir()
+    assert os.listdir(dest / "6") == []
 
 
 def test_parents_style_copy_keeps_the_path(src: Path, dest: Path) -> None:
