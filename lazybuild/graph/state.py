@@ -67,7 +67,8 @@ class RunMount:
     """An extra mount for ``State.run``: ``source`` (``None``: scratch) at ``dest``.
 
     The fields mean what they mean on ``ExecMount``; a writable bind mount becomes an
-    output of the run, reachable with ``ExecState.get_mount(dest)``.
+    output of the run, reachable with ``ExecState.get_mount(dest)``, unless
+    ``no_output`` (BuildKit's ``ForceNoOutput``): then its writes are thrown away.
     """
 
     dest: str
@@ -83,6 +84,7 @@ class RunMount:
     gid: int | None = None
     size: int | None = None
     required: bool = False
+    no_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,7 @@ class State:
         mount_outputs: dict[str, int] = {}
         for mount in mounts:
             output = None
-            if mount.kind == "bind" and not mount.readonly:
+            if mount.kind == "bind" and not mount.readonly and not mount.no_output:
                 output = mount_outputs[mount.dest] = len(exec_mounts)
             exec_mounts.append(_exec_mount(mount, inputs.index(mount.source), output))
         outputs = [m.output for m in exec_mounts if m.output is not None]

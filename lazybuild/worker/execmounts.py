@@ -284,8 +284,10 @@ def _names_subtree(path: str) -> bool:
 
 def content_keyed_inputs(op: Exec) -> dict[int, tuple[str, ...]]:
     """The inputs of ``op`` keyed by the content of directories of them, with those
-    directories: inputs whose every use is a read-only bind of a subdirectory. The
-    others (the root, writable and whole-snapshot mounts) key by the input's own key."""
+    directories: inputs whose every use is a bind of a subdirectory whose writes are
+    thrown away (read-only, or writable without an output: the step sees only what the
+    directory holds, as BuildKit keys it). The others (the root, mounts whose writes
+    become an output, whole-snapshot mounts) key by the input's own key."""
     selected: dict[int, list[str]] = {}
     whole: set[int] = set()
     for position, mount in enumerate(op.mounts):
@@ -294,7 +296,7 @@ def content_keyed_inputs(op: Exec) -> dict[int, tuple[str, ...]]:
         by_content = (
             position > 0
             and mount.kind == "bind"
-            and mount.readonly
+            and (mount.readonly or mount.output is None)
             and _names_subtree(mount.source_path)
         )
         if by_content:

@@ -71,8 +71,12 @@ def copy_context(context: BuildContext, dest: Path) -> None:
             os.symlink(entry.linkname, target)
         elif entry.type == "file":
             shutil.copyfile(source, target, follow_symlinks=False)
+        elif entry.type == "socket":
+            # As BuildKit's context transfer (fsutil): a socket arrives as an empty
+            # regular file with the socket's permission bits.
+            target.touch(exist_ok=False)
         else:
-            continue  # devices, fifos and sockets are not sent by a context transfer
+            continue  # devices and fifos are not sent by a context transfer
         os.lchown(target, 0, 0)
         if entry.type != "symlink":
             os.chmod(target, info.st_mode & 0o7777)

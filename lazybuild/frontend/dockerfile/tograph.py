@@ -556,6 +556,8 @@ class _Converter:
                 source=source if not source.is_scratch else None,
                 source_path=posixpath.join("/", mount.source or "/"),
                 readonly=mount.readonly,
+                # As BuildKit: what a step writes to a bind mount is thrown away.
+                no_output=not mount.readonly,
             )
         if mount.type == "cache":
             seed = None

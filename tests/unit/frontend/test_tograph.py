@@ -149,7 +149,7 @@ def test_run_mounts() -> None:
     assert root.dest == "/" and root.output == 0
     assert (ctx.dest, ctx.source_path, ctx.readonly, ctx.kind) == ("/src/ctx", "/a", True, "bind")
     assert ctx.input is not None and ctx.output is None
-    assert (tools.dest, tools.readonly, tools.output) == ("/t", False, 1)
+    assert (tools.dest, tools.readonly, tools.output) == ("/t", False, None)  # ForceNoOutput
     assert (cache.kind, cache.cache_id, cache.sharing, cache.uid) == (
         "cache",
         "/root/.cache",
@@ -365,6 +365,22 @@ def test_sandbox_hostname_build_arg_sets_every_run_steps_host_name() -> None:
     result = _convert(text, build_args={"BUILDKIT_SANDBOX_HOSTNAME": "foo"})
     assert [run.hostname for run in _of(result.definition, Exec)] == ["foo", "foo"]
     assert [run.hostname for run in _of(_convert(text).definition, Exec)] == ["", ""]
+
+
+def test_writable_bind_mount_has_no_output() -> None:
+    # BuildKit's ForceNoOutput for rw binds: their writes are discarded, so the step can
+    # be keyed on the mounted directory's content (testMountRWCache).
+    result = _convert(
+        "FROM debian AS build\nRUN mkdir out\nFROM debian\n"
+        "RUN --mount=from=build,src=out,target=/out,rw touch /out/bar\n"
+        "RUN --mount=from=build,src=out,target=/ro true\n"
+    )
+    rw_run, ro_run = [op for op in _of(result.definition, Exec) if len(op.mounts) > 1]
+    assert [(m.dest, m.readonly, m.output) for m in rw_run.mounts] == [
+        ("/", False, 0),
+        ("/out", False, None),
+    ]
+    assert [(m.dest, m.readonly, m.output) for m in ro_run.mounts][1] == ("/ro", True, None)
 
 
 def test_entrypoint_in_child_stage_drops_parent_cmd() -> None:

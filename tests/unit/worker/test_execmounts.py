@@ -57,13 +57,23 @@ def test_readonly_binds_of_a_subdirectory_key_on_content() -> None:
     assert content_keyed_inputs(op) == {1: ("/src", "/lib")}
 
 
-def test_whole_or_writable_uses_keep_the_inputs_key() -> None:
+def test_whole_or_output_uses_keep_the_inputs_key() -> None:
     op = exec_op(
         ExecMount(input=1, dest="/a", source_path="/src", readonly=True),
-        ExecMount(input=1, dest="/b", source_path="/src", readonly=False),
+        ExecMount(input=1, dest="/b", source_path="/src", readonly=False, output=1),
         ExecMount(input=0, dest="/r", source_path="/src", readonly=True),
     )
     assert content_keyed_inputs(op) == {}
+
+
+def test_writable_binds_whose_writes_are_discarded_key_on_content() -> None:
+    # BuildKit's testMountRWCache: RUN --mount=from=build,src=out,target=/out,rw is keyed
+    # on /out's content, so a change elsewhere in the stage leaves the step cached.
+    op = exec_op(
+        ExecMount(input=1, dest="/out", source_path="/out", readonly=False),
+        ExecMount(input=2, dest="/all", source_path="/", readonly=False),
+    )
+    assert content_keyed_inputs(op) == {1: ("/out",)}
 
 
 def test_subtree_digest_follows_content_not_times(tmp_path: Path) -> None:
