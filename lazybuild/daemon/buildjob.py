@@ -270,6 +270,7 @@ async def run_job(
                         progress=progress.line,
                         learned=result.learned_reads,
                         mounts=result.cache_mounts,
+                        mounter=result.mounter,
                     )
 
         filesystem = _filesystem(state_dir, registry, cache_max_bytes)
