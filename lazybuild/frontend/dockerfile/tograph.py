@@ -257,6 +257,8 @@ class _Converter:
         self.results: dict[int, _StageResult] = {}
         self.stage_platform = platform
         self.proxy_env = tuple(f"{kv.key}={kv.value}" for kv in plan.proxy_env)
+        # The ARG names the stage being converted has declared so far, in order.
+        self.declared_args: dict[str, None] = {}
 
     # Helpers.
 
@@ -307,6 +309,7 @@ class _Converter:
         # vertex (RUN, COPY, ADD, WORKDIR other than "/") take a number.
         from_meta = self.metadata(stage, 1, from_text, stage.location)
         position = 1 if _from_is_step(stage) else 0
+        self.declared_args = {}
         if base.kind == "stage":
             assert base.stage_index is not None
             parent = self.results.get(base.stage_index)
@@ -393,6 +396,7 @@ class _Converter:
             parts = [
                 d.name if d.default is None else f"{d.name}={d.default}" for d in ins.declarations
             ]
+            self.declared_args.update((d.name, None) for d in ins.declarations)
             return state, replace(config, history=history(f"ARG {' '.join(parts)}", True)), cmd_set
         if isinstance(ins, User):
             config = replace(config, user=ins.user)
@@ -532,8 +536,15 @@ class _Converter:
             metadata=meta,
         )
         prefix = ""
-        if step.build_args:
-            shown = [f"{kv.key}={kv.value}" for kv in step.build_args]
+        if self.declared_args:
+            # As BuildKit's history: every ARG the stage declared, in the order first
+            # declared, with the value the step sees (an ENV of the same name wins; one
+            # without a value is "name=").
+            values = {kv.key: kv.value for kv in step.build_args}
+            shown = [
+                f"{name}={values.get(name, config.get_env(name) or '')}"
+                for name in self.declared_args
+            ]
             prefix = f"|{len(shown)} {' '.join(shown)} "
         return result.root(), f"RUN {prefix}{' '.join(args)} # buildkit"
 

@@ -339,10 +339,18 @@ def test_history_text_as_buildkit_writes_it() -> None:
         ("ARG unset", True),
         ("EXPOSE [1234/udp 2375/tcp 5000/tcp]", True),
         ("WORKDIR /", True),
-        ("RUN |2 foo=bar2 bar=123 /bin/sh -c ls # buildkit", False),
+        ("RUN |3 foo=bar2 bar=123 unset= /bin/sh -c ls # buildkit", False),
     ]
     # WORKDIR / makes no file op: the RUN's only input is the image.
     assert _of(result.definition, File) == []
+
+
+def test_run_history_lists_every_declared_arg_as_buildkit() -> None:
+    # An ENV of the same name gives the value; the prefix is the stage's own ARGs.
+    result = _convert("FROM debian\nARG A=1 B\nENV A=2\nRUN x\nFROM debian\nRUN y\n")
+    assert [h.created_by for h in result.config.history[1:]] == ["RUN /bin/sh -c y # buildkit"]
+    first = _convert("FROM debian\nARG A=1 B\nENV A=2\nRUN x\n")
+    assert first.config.history[-1].created_by == "RUN |2 A=2 B= /bin/sh -c x # buildkit"
 
 
 def test_build_arg_value_is_the_arg_history_value() -> None:
