@@ -162,6 +162,21 @@ class BuildPlan:
                 return stage
         raise KeyError(index)
 
+    def image_lines(self) -> dict[str, int]:
+        """Each registry image the plan uses, with the first Dockerfile line that names
+        it (a FROM, a ``COPY --from`` or a mount's ``from=``): where BuildKit reports a
+        failure to resolve it."""
+        lines: dict[str, int] = {}
+        for stage in self.stages:
+            named = [(stage.base, stage.location.start_line)]
+            for step in stage.steps:
+                line = step.instruction.location.start_line
+                named += [(ref, line) for ref in (step.copy_from, *step.mount_from) if ref]
+            for ref, line in named:
+                if ref.kind == "image" and ref.ref not in lines:
+                    lines[ref.ref] = line
+        return lines
+
 
 def platform_args(target: Platform, build: Platform) -> dict[str, str]:
     """The predefined platform ARG values for a build."""

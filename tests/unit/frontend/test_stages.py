@@ -376,6 +376,17 @@ def test_copy_from_a_later_stage_is_buildkits_error() -> None:
         plan("FROM a\nCOPY --from=later / /out\nFROM b AS later\nFROM 0\n")
 
 
+def test_image_lines_name_where_each_image_is_used_first() -> None:
+    # For errors resolving an image (BuildKit's testErrorsSourceMap: Dockerfile:3).
+    result = plan(
+        "FROM scratch\nENV foo=bar\nCOPY --from=reg/invalid foo bar\n"
+        "RUN --mount=from=tools:1,target=/t --mount=from=reg/invalid,target=/u true\n"
+        "FROM base:1 AS second\nCOPY --from=0 / /\n",
+        target=None,
+    )
+    assert result.image_lines() == {"base:1": 5, "reg/invalid": 3, "tools:1": 4}
+
+
 def test_sandbox_hostname_build_arg_is_the_plans_hostname() -> None:
     result = plan("FROM a\nRUN hostname\n", {"BUILDKIT_SANDBOX_HOSTNAME": "foo"})
     assert result.hostname == "foo"
