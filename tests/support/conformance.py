@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +68,22 @@ CASE_KEYS = frozenset(
     }
 )
 EXPECT_KEYS = frozenset(
-    {"files", "absent", "config", "env", "error", "hardlinks", "steps", "history"}
+    {"files", "absent", "config", "env", "error", "hardlinks", "steps", "history", "created"}
 )
 HISTORY_KEYS = frozenset({"contains", "lacks", "empty_layer"})
 REBUILD_KEYS = frozenset(
-    {"change", "remove", "build_args", "cached", "rerun", "same", "differ", "expect"}
+    {
+        "change",
+        "remove",
+        "build_args",
+        "no_cache",
+        "cached",
+        "rerun",
+        "same",
+        "differ",
+        "same_image",
+        "expect",
+    }
 )
 FILE_KEYS = frozenset({"content", "contains", "mode", "uid", "gid", "type", "target"})
 
@@ -138,6 +150,8 @@ class Expectations:
     # the last entries of the image's history: created_by holds "contains" and not
     # "lacks", empty_layer as given
     history: tuple[Mapping[str, Any], ...] = ()
+    # seconds since the epoch of the image's created time and of every history entry's
+    created: int | None = None
 
     @classmethod
     def parse(cls, where: str, value: Mapping[str, Any]) -> Expectations:
@@ -154,6 +168,7 @@ class Expectations:
             hardlinks=tuple(tuple(g) for g in value.get("hardlinks", ())),
             steps=tuple(value.get("steps", ())),
             history=tuple(_history_entry(where, h) for h in value.get("history", ())),
+            created=value.get("created"),
         )
 
     @property
@@ -162,7 +177,7 @@ class Expectations:
 
     @property
     def needs_config(self) -> bool:
-        return bool(self.config or self.env or self.history)
+        return bool(self.config or self.env or self.history or self.created is not None)
 
 
 @dataclass(frozen=True)
@@ -173,10 +188,12 @@ class Rebuild:
     change: Mapping[str, str] = field(default_factory=dict)  # context path -> new content
     remove: tuple[str, ...] = ()  # context paths removed (a directory with its content)
     build_args: Mapping[str, str] | None = None  # replaces the first build's
+    no_cache: bool = False  # the second build runs with --no-cache
     cached: tuple[str, ...] = ()  # substrings of step names that must be cached
     rerun: tuple[str, ...] = ()  # ... and that must run again
     same: tuple[str, ...] = ()  # result files equal to the first build's
     differ: tuple[str, ...] = ()  # result files different from the first build's
+    same_image: bool = False  # both builds write the same image (index.json, byte for byte)
     expect: Expectations = field(default_factory=Expectations)
 
     @classmethod
@@ -187,10 +204,12 @@ class Rebuild:
             change=dict(value.get("change", {})),
             remove=tuple(value.get("remove", ())),
             build_args=None if args is None else dict(args),
+            no_cache=bool(value.get("no_cache", False)),
             cached=tuple(value.get("cached", ())),
             rerun=tuple(value.get("rerun", ())),
             same=tuple(value.get("same", ())),
             differ=tuple(value.get("differ", ())),
+            same_image=bool(value.get("same_image", False)),
             expect=Expectations.parse(f"{where}.expect", value.get("expect", {})),
         )
 
@@ -284,6 +303,7 @@ class BuildRun:
     seconds: float
     rootfs: Path | None = None
     config: dict[str, Any] | None = None
+    index_json: bytes | None = None  # the OCI layout's index.json
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -376,6 +396,7 @@ def run_build(
     local: bool = False,
     oci: bool = False,
     push: str | None = None,
+    no_cache: bool = False,
 ) -> BuildRun:
     """``lazybuild build`` of ``context`` with the given outputs; never raises for the
     build's own failure."""
@@ -386,6 +407,8 @@ def run_build(
         argv += ["--build-arg", f"{key}={value}"]
     if target:
         argv += ["--target", target]
+    if no_cache:
+        argv.append("--no-cache")
     if platform:
         argv += ["--platform", platform]
     for key, value in labels.items():
@@ -426,6 +449,7 @@ def run_build(
             run.rootfs = rootfs
         if oci:
             _manifest, run.config = read_oci_image(layout)
+            run.index_json = (layout / "index.json").read_bytes()
             shutil.rmtree(layout, ignore_errors=True)  # the config is all a case reads
     return run
 
@@ -485,7 +509,7 @@ def build_case(case: Case, env: Environment, workdir: Path) -> CaseResult:
         labels=case.labels,
         secrets=case.secrets,
         local=first_local and not wanted.error,
-        oci=wanted.needs_config and not wanted.error,
+        oci=(wanted.needs_config or bool(rebuild and rebuild.same_image)) and not wanted.error,
     )
     if rebuild is None or result.first.returncode != 0:
         result.seconds = time.monotonic() - started
@@ -522,7 +546,8 @@ def build_case(case: Case, env: Environment, workdir: Path) -> CaseResult:
         labels=case.labels,
         secrets=case.secrets,
         local=rebuild.expect.needs_rootfs or bool(rebuild.same or rebuild.differ),
-        oci=rebuild.expect.needs_config,
+        oci=rebuild.expect.needs_config or rebuild.same_image,
+        no_cache=rebuild.no_cache,
     )
     result.seconds = time.monotonic() - started
     return result
@@ -620,6 +645,26 @@ def check_config(config: Mapping[str, Any], wanted: Expectations) -> list[str]:
     return problems
 
 
+def _epoch(text: Any) -> int | None:
+    if not isinstance(text, str):
+        return None
+    # RFC 3339, perhaps with nanoseconds (Python reads microseconds at most).
+    main, _, rest = text.replace("Z", "+00:00").partition(".")
+    zone = rest[rest.index("+") :] if "+" in rest else ""
+    return int(datetime.fromisoformat(main + zone).timestamp())
+
+
+def check_created(config: Mapping[str, Any], epoch: int) -> list[str]:
+    """The image's created time and every history entry's are ``epoch``."""
+    problems = []
+    if _epoch(config.get("created")) != epoch:
+        problems.append(f"created {config.get('created')!r}, not {epoch}")
+    for entry in config.get("history") or []:
+        if _epoch(entry.get("created")) != epoch:
+            problems.append(f"history {entry.get('created_by')!r} created {entry.get('created')!r}")
+    return problems
+
+
 def check_build(run: BuildRun, wanted: Expectations, what: str) -> list[str]:
     """Whether one build did what the expectations say."""
     if wanted.error:
@@ -641,6 +686,9 @@ def check_build(run: BuildRun, wanted: Expectations, what: str) -> list[str]:
     if wanted.needs_config:
         assert run.config is not None
         problems += [f"{what}: {p}" for p in check_config(run.config, wanted)]
+    if wanted.created is not None:
+        assert run.config is not None
+        problems += [f"{what}: {p}" for p in check_created(run.config, wanted.created)]
     names = run.step_cached()
     for step in wanted.steps:
         if step not in names:
@@ -682,6 +730,10 @@ def check_case(case: Case, result: CaseResult) -> list[str]:
         if not found:
             problems.append(f"rebuild: no step named like {needle!r} in {sorted(steps)}")
         problems += [f"rebuild: {n!r} was cached, expected to run again" for n, c in found if c]
+    if rebuild.same_image and result.first.index_json != second.index_json:
+        problems.append(
+            f"rebuild: another image ({result.first.index_json!r} -> {second.index_json!r})"
+        )
     for path in (*rebuild.same, *rebuild.differ):
         assert second.rootfs is not None
         before = result.first_files.get(path)
