@@ -26,9 +26,10 @@ from lazybuild.context import BuildContext
 from lazybuild.errors import LazybuildError, UsageError
 from lazybuild.frontend.dockerignore import DockerIgnore, find_dockerignore, parse_dockerignore
 from lazybuild.gateway.bridge import BuildGateway
-from lazybuild.gateway.contract import FrontendInputs
+from lazybuild.gateway.contract import Frontend, FrontendInputs
 from lazybuild.gateway.dockerfile import DockerfileFrontend
 from lazybuild.gateway.imageconfig import ImageConfig
+from lazybuild.gateway.imagefrontend import ImageFrontend
 from lazybuild.gateway.running import run_frontend
 from lazybuild.gateway.selection import select_frontend, syntax_of
 from lazybuild.graph import Definition, OpMetadata
@@ -225,13 +226,13 @@ async def run_build(
             on_image=warm_up,
         )
         dockerfile = DockerfileFrontend()
-        try:
-            output = await run_frontend(
-                selected.name,
-                selected.frontend or dockerfile,
-                gateway,
-                builtin=selected.builtin,
+        frontend: Frontend = selected.frontend or dockerfile
+        if selected.image is not None:
+            frontend = ImageFrontend(
+                selected.image, resolver=resolver, mounter=mounter, store=store, on_line=on_line
             )
+        try:
+            output = await run_frontend(selected.name, frontend, gateway, builtin=selected.builtin)
             touched = solving.touched_records()
         finally:
             # Results the frontend read are unmounted, references released; the one

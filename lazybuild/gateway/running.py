@@ -64,9 +64,13 @@ async def run_frontend(
 def _failure(name: str, error: Exception, gateway: BuildGateway, builtin: bool) -> Exception:
     leaves = [leaf for leaf in leaf_errors(error) if isinstance(leaf, Exception)]
     leaf = leaves[0] if leaves else error
-    # The build's own failure first, wherever it sits among concurrent ones.
+    # The build's own failure first, wherever it sits among concurrent ones; then what
+    # a frontend runner said of its frontend already.
     for candidate in leaves:
         if gateway.raised(candidate) and isinstance(candidate, LazybuildError):
+            return candidate
+    for candidate in leaves:
+        if isinstance(candidate, FrontendFailedError):
             return candidate
     if builtin:
         # Its errors are the project's own (a Dockerfile line) or a bug, which keeps

@@ -3,8 +3,12 @@ arg, which overrides it as in BuildKit.
 
 No name, or a ``docker/dockerfile`` image name (any tag or digest, BuildKit's own
 frontend images), means the built-in Dockerfile frontend, in process. Any other name
-must be an installed Python entry point of the ``lazybuild.frontends`` group: ``pip
-install`` a frontend package and its name becomes a ``# syntax=`` value.
+is first looked up among the installed Python entry points of the ``lazybuild.frontends``
+group: ``pip install`` a frontend package and its name becomes a ``# syntax=`` value.
+A name no entry point has that reads as an image reference (it has a ``/``, a tag or a
+digest) is a frontend image, run in a container with the gateway on its stdio
+(``imagefrontend``); a bare word no entry point has is an unknown frontend (it is not
+looked up on Docker Hub: a typo should not pull an image).
 """
 
 from __future__ import annotations
@@ -42,14 +46,16 @@ class FrontendFailedError(LazybuildError):
 
 @dataclass(frozen=True)
 class SelectedFrontend:
-    """``frontend`` None is the built-in Dockerfile frontend; ``name`` is for messages."""
+    """An installed ``frontend``, a frontend ``image``, or (neither) the built-in
+    Dockerfile frontend; ``name`` is for messages."""
 
     name: str
     frontend: Frontend | None = None
+    image: str | None = None
 
     @property
     def builtin(self) -> bool:
-        return self.frontend is None
+        return self.frontend is None and self.image is None
 
 
 def syntax_of(source: bytes, source_name: str, build_args: Mapping[str, str]) -> str | None:
@@ -76,6 +82,8 @@ def select_frontend(syntax: str | None) -> SelectedFrontend:
         return SelectedFrontend("dockerfile")
     installed = entry_points(group=ENTRY_POINT_GROUP)
     found = [point for point in installed if point.name == syntax]
+    if not found and any(mark in syntax for mark in "/:@"):
+        return SelectedFrontend(syntax, image=syntax)
     if not found:
         names = ", ".join(sorted({point.name for point in installed})) or "none"
         raise UnknownFrontendError(

@@ -1,8 +1,12 @@
-"""Frontends through the gateway, end to end: ``# syntax=`` picks an installed entry point.
+"""Frontends through the gateway, end to end: ``# syntax=`` picks an installed entry point
+or a frontend image.
 
 The Go-module frontend (``frontends/gomodule``, installed by ``just setup``) builds
 examples/go-ci's program with the real golang builder, lazily mounted from the test
-registry, with no Dockerfile; the image is pushed and run. Frontends that crash or
+registry, with no Dockerfile; the image is pushed and run. The same frontend, made into
+a frontend image by lazybuild itself (a Python base from the fixtures, the gateway
+client and the frontend copied in), builds it again from inside a container with no
+network, talking to the build over its stdio. Frontends that crash or
 return garbage are real entry points too, installed for one command through
 ``PYTHONPATH`` (a ``.dist-info`` next to their module): each fails the build with one
 line naming it, after solving, running a step and reading a result, and leaves nothing
@@ -19,12 +23,31 @@ import pytest
 
 from tests.e2e.buildsupport import assert_nothing_left, lazybuild
 from tests.e2e.test_build_lazy import builder_layout  # noqa: F401 - the shared fixture
+from tests.support.imagebuild import cached_rootfs_image
 from tests.support.push import push_oci_layout
 from tests.support.registry import Registry
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "go-ci"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "go-ci"
+# What a frontend image needs of lazybuild: the graph contract and the gateway client.
+CLIENT_FILES = [
+    "lazybuild/__init__.py",
+    "lazybuild/errors.py",
+    *(str(path.relative_to(REPO)) for path in sorted((REPO / "lazybuild/graph").glob("*.py"))),
+    "lazybuild/gateway/__init__.py",
+    "lazybuild/gateway/contract.py",
+    "lazybuild/gateway/wire.py",
+    "lazybuild/gateway/stdio.py",
+]
+FRONTEND_IMAGE_DOCKERFILE = """\
+ARG BASE
+FROM ${BASE}
+COPY . /opt/frontend/
+ENV PYTHONPATH=/opt/frontend PYTHONDONTWRITEBYTECODE=1
+ENTRYPOINT ["python3", "-m", "lazybuild.gateway.stdio", "lazybuild_gomodule:build"]
+"""
 
 # Frontends that go wrong, after doing real work through the gateway: a step run in
 # runc, a result mounted and read.
@@ -82,6 +105,31 @@ def plugins(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "returns-nothing = e2e_misbehaving:nothing\n"
     )
     return root
+
+
+@pytest.fixture(scope="module")
+def python_base(registry: Registry, python_rootfs: Path) -> str:
+    push_oci_layout(cached_rootfs_image(python_rootfs), registry.host, "e2e-frontends/py", "gz")
+    return f"{registry.host}/e2e-frontends/py:gz"
+
+
+def _frontend_image(
+    registry: Registry, python_base: str, tmp_path: Path, name: str, dockerfile: str
+) -> str:
+    """A frontend image built by lazybuild, pushed to the test registry."""
+    context = tmp_path / f"{name}-image"
+    for rel in CLIENT_FILES:
+        (context / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / rel, context / rel)
+    package = REPO / "frontends" / "gomodule" / "lazybuild_gomodule"
+    shutil.copytree(package, context / "lazybuild_gomodule", ignore=shutil.ignore_patterns("*.pyc"))
+    (context / "Dockerfile").write_text(dockerfile)
+    image = f"{registry.host}/e2e-frontends/{name}:1"
+    lazybuild(
+        tmp_path / "image-state", "build", "--build-arg", f"BASE={python_base}", "-t", image,
+        "--push", "--no-optimize", str(context),
+    )  # fmt: skip
+    return image
 
 
 def test_the_gomodule_frontend_builds_a_go_program_onto_an_empty_image(
@@ -160,4 +208,48 @@ def test_a_frontend_that_crashes_or_returns_garbage_fails_with_one_line_and_leav
     assert "Traceback" not in result.stderr
     # The step really ran before the frontend went wrong.
     assert any(line.endswith(" ran") for line in result.stderr.splitlines()), result.stderr
+    assert_nothing_left(state)
+
+
+def test_the_gomodule_frontend_as_a_frontend_image(
+    builder: str, python_base: str, registry: Registry, tmp_path: Path
+) -> None:
+    frontend = _frontend_image(
+        registry, python_base, tmp_path, "gomodule-frontend", FRONTEND_IMAGE_DOCKERFILE
+    )
+    context = tmp_path / "go-ci"
+    shutil.copytree(EXAMPLE, context)
+    (context / "Dockerfile").unlink()
+    build_file = tmp_path / "build.toml"
+    build_file.write_text(f'# syntax={frontend}\nbuilder = "{builder}"\nargs = ["image"]\n')
+    state = tmp_path / "state"
+    image = f"{registry.host}/e2e-frontends/goci:from-image"
+    built = lazybuild(
+        state, "build", "--progress=plain", "-f", str(build_file), "-t", image, "--push",
+        str(context), timeout=900,
+    )  # fmt: skip
+    assert "[gomodule] go build . (example.com/goci)" in built.stderr, built.stderr
+    ran = lazybuild(state, "run", image)
+    assert "hello, image, from a Go program built in CI by lazybuild" in ran.stdout
+    assert_nothing_left(state)
+
+
+def test_a_frontend_image_that_writes_garbage_fails_with_one_line_and_leaves_nothing(
+    python_base: str, registry: Registry, tmp_path: Path
+) -> None:
+    garbage = FRONTEND_IMAGE_DOCKERFILE.replace(
+        '["python3", "-m", "lazybuild.gateway.stdio", "lazybuild_gomodule:build"]',
+        '["python3", "-c", "import sys, time; sys.stdout.write(\'garbage!\'); '
+        'sys.stdout.flush(); time.sleep(600)"]',
+    )
+    frontend = _frontend_image(registry, python_base, tmp_path, "garbage-frontend", garbage)
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"# syntax={frontend}\n")
+    state = tmp_path / "state"
+    result = lazybuild(state, "build", str(context), check=False, timeout=120)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"lazybuild: error: frontend {frontend}: protocol error: "), last
+    assert "Traceback" not in result.stderr
     assert_nothing_left(state)

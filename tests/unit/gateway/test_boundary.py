@@ -30,6 +30,26 @@ def test_importing_the_gateway_contract_loads_only_the_graph() -> None:
     assert "trio" not in loaded
 
 
+def test_the_stdio_client_of_frontend_images_needs_no_more_than_the_contract() -> None:
+    # Exactly the files a frontend image carries (tests/e2e/test_frontends.py).
+    probe = (
+        "import sys, lazybuild.gateway.stdio\n"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('lazybuild'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert [m for m in loaded if not m.startswith("lazybuild.graph")] == [
+        "lazybuild",
+        "lazybuild.errors",
+        "lazybuild.gateway",
+        "lazybuild.gateway.contract",
+        "lazybuild.gateway.stdio",
+        "lazybuild.gateway.wire",
+    ]
+    assert "trio" not in loaded
+
+
 def test_the_gomodule_frontend_imports_only_the_graph_and_the_gateway() -> None:
     sources = sorted((FRONTENDS / "gomodule").rglob("*.py"))
     assert sources

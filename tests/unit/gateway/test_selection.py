@@ -73,6 +73,21 @@ def test_an_installed_entry_point_is_found_by_name() -> None:
     assert callable(selected.frontend)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "registry.example:5000/frontends/gomodule:1",
+        "example.com/docker/dockerfile:1",
+        "frontends/gomodule",
+        "gomodule@sha256:" + "b" * 64,
+    ],
+)
+def test_an_image_reference_no_entry_point_has_is_a_frontend_image(name: str) -> None:
+    selected = select_frontend(name)
+    assert selected.image == name
+    assert selected.frontend is None and not selected.builtin
+
+
 def test_an_unknown_frontend_is_one_line_that_names_it_and_what_is_installed() -> None:
     with pytest.raises(UnknownFrontendError) as failure:
         select_frontend("no-such-frontend")
