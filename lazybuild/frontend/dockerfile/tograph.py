@@ -228,10 +228,20 @@ def _is_numbered(ins: Instruction, config: ImageConfigState) -> bool:
     return isinstance(ins, Run | Copy | Add)
 
 
+def _is_trigger(stage: ResolvedStage, step: Step) -> bool:
+    """A base's ONBUILD trigger fired in ``stage``: the planner puts those first, located
+    at the FROM line, where no instruction of the stage itself can be."""
+    return step.instruction.location.start_line == stage.location.start_line
+
+
 def _step_total(stage: ResolvedStage) -> int:
     """BuildKit's step count for a stage: its FROM when that is an image, then every RUN,
-    COPY, ADD and WORKDIR (counted even when the WORKDIR turns out to be "/")."""
-    counted = sum(isinstance(s.instruction, Run | Copy | Add | Workdir) for s in stage.steps)
+    COPY, ADD and WORKDIR (counted even when the WORKDIR turns out to be "/"), and every
+    fired ONBUILD trigger, whatever its instruction."""
+    counted = sum(
+        _is_trigger(stage, s) or isinstance(s.instruction, Run | Copy | Add | Workdir)
+        for s in stage.steps
+    )
     return counted + (1 if _from_is_step(stage) else 0)
 
 
@@ -335,9 +345,10 @@ class _Converter:
         for step in stage.steps:
             if _is_numbered(step.instruction, config):
                 position += 1
-            meta = self.metadata(
-                stage, position, step.instruction.original, step.instruction.location
-            )
+            text = step.instruction.original
+            if _is_trigger(stage, step):
+                text = f"ONBUILD {text}"  # as BuildKit names a fired trigger's step
+            meta = self.metadata(stage, position, text, step.instruction.location)
             state, config, cmd_set = self.step(
                 step, state=state, config=config, cmd_set=cmd_set, meta=meta
             )

@@ -325,6 +325,19 @@ def test_step_numbers_count_only_vertices_as_buildkit() -> None:
     ]
 
 
+def test_fired_triggers_are_named_and_counted_as_buildkit() -> None:
+    # Every trigger counts in the total (an ENV one too); a fired trigger's step says
+    # ONBUILD; only instructions that make a vertex take a number.
+    result = _convert(
+        "FROM debian AS base\nONBUILD ENV A=1\nONBUILD RUN echo $A\nFROM base\nRUN echo child\n"
+    )
+    assert sorted(_descriptions(result)) == [
+        "[base 1/1] FROM debian",
+        "[stage-1 1/3] ONBUILD RUN echo $A",
+        "[stage-1 2/3] RUN echo child",
+    ]
+
+
 def test_history_text_as_buildkit_writes_it() -> None:
     # testExportedHistory and testExportedHistoryFlattenArgs.
     result = _convert(
