@@ -234,22 +234,51 @@ def test_the_gomodule_frontend_as_a_frontend_image(
     assert_nothing_left(state)
 
 
-def test_a_frontend_image_that_writes_garbage_fails_with_one_line_and_leaves_nothing(
-    python_base: str, registry: Registry, tmp_path: Path
+GOMODULE_ENTRYPOINT = '["python3", "-m", "lazybuild.gateway.stdio", "lazybuild_gomodule:build"]'
+
+
+@pytest.mark.parametrize(
+    ("name", "entrypoint", "source", "expected"),
+    [
+        (
+            "garbage-frontend",
+            '["python3", "-c", "import sys, time; sys.stdout.write(\'garbage!\'); '
+            'sys.stdout.flush(); time.sleep(600)"]',
+            "",
+            "protocol error: a message of 1734439522 bytes announced, over ",
+        ),
+        (
+            "exiting-frontend",
+            '["python3", "-c", "import sys; print(\'no luck\', file=sys.stderr); sys.exit(3)"]',
+            "",
+            "exited with code 3 without a result: no luck",
+        ),
+        (
+            "gomodule-frontend",
+            GOMODULE_ENTRYPOINT,
+            'builder = "unused"\n',
+            "the build context holds no go.mod: not a Go module",
+        ),
+    ],
+)
+def test_a_frontend_image_that_goes_wrong_fails_with_one_line_and_leaves_nothing(
+    name: str,
+    entrypoint: str,
+    source: str,
+    expected: str,
+    python_base: str,
+    registry: Registry,
+    tmp_path: Path,
 ) -> None:
-    garbage = FRONTEND_IMAGE_DOCKERFILE.replace(
-        '["python3", "-m", "lazybuild.gateway.stdio", "lazybuild_gomodule:build"]',
-        '["python3", "-c", "import sys, time; sys.stdout.write(\'garbage!\'); '
-        'sys.stdout.flush(); time.sleep(600)"]',
-    )
-    frontend = _frontend_image(registry, python_base, tmp_path, "garbage-frontend", garbage)
+    dockerfile = FRONTEND_IMAGE_DOCKERFILE.replace(GOMODULE_ENTRYPOINT, entrypoint)
+    frontend = _frontend_image(registry, python_base, tmp_path, name, dockerfile)
     context = tmp_path / "ctx"
     context.mkdir()
-    (context / "Dockerfile").write_text(f"# syntax={frontend}\n")
+    (context / "Dockerfile").write_text(f"# syntax={frontend}\n{source}")
     state = tmp_path / "state"
-    result = lazybuild(state, "build", str(context), check=False, timeout=120)
+    result = lazybuild(state, "build", str(context), check=False, timeout=300)
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"lazybuild: error: frontend {frontend}: protocol error: "), last
+    assert last.startswith(f"lazybuild: error: frontend {frontend}: {expected}"), last
     assert "Traceback" not in result.stderr
     assert_nothing_left(state)
