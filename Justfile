@@ -34,7 +34,7 @@ setup:
         touch "$stamp"
     fi
     # The out-of-tree Go-module frontend, as a user installs a frontend (`# syntax=gomodule`).
-    "{{py}}" -c 'import lazybuild_gomodule' 2>/dev/null || "{{py}}" -m pip install -q --no-deps --no-build-isolation -e frontends/gomodule
+    "{{py}}" -c 'import lazybuild_gomodule' 2>/dev/null || "{{py}}" -m pip install -q --no-deps -e frontends/gomodule
     # Bytecode for the editable install, as pip writes it for a wheel: every lazybuild
     # process (the CLI, each filesystem process) would otherwise compile every module on
     # start where the environment sets PYTHONDONTWRITEBYTECODE. Only changed files are redone.
