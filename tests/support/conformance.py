@@ -85,7 +85,7 @@ REBUILD_KEYS = frozenset(
         "expect",
     }
 )
-FILE_KEYS = frozenset({"content", "contains", "mode", "uid", "gid", "type", "target"})
+FILE_KEYS = frozenset({"content", "contains", "mode", "uid", "gid", "type", "target", "mtime_of"})
 
 
 class CaseError(Exception):
@@ -110,6 +110,7 @@ class FileExpectation:
     gid: int | None = None
     type: str | None = None  # "file", "dir", "symlink"
     target: str | None = None  # a symlink's target
+    mtime_of: str | None = None  # a file of the case directory whose mtime it must have
 
     @classmethod
     def parse(cls, where: str, path: str, value: Any) -> FileExpectation:
@@ -128,6 +129,7 @@ class FileExpectation:
             gid=value.get("gid"),
             type=value.get("type"),
             target=value.get("target"),
+            mtime_of=value.get("mtime_of"),
         )
 
 
@@ -568,7 +570,7 @@ def _file_type(mode: int) -> str:
     return "other"
 
 
-def check_files(rootfs: Path, wanted: Expectations) -> list[str]:
+def check_files(rootfs: Path, wanted: Expectations, case_dir: Path) -> list[str]:
     problems: list[str] = []
     for want in wanted.files:
         path = rootfs / want.path
@@ -594,6 +596,11 @@ def check_files(rootfs: Path, wanted: Expectations) -> list[str]:
             problems.append(
                 f"/{want.path}: mode {stat.S_IMODE(info.st_mode):04o}, not {want.mode:04o}"
             )
+        if want.mtime_of is not None:
+            expected_mtime = int((case_dir / want.mtime_of).stat().st_mtime)
+            if int(info.st_mtime) != expected_mtime:
+                got_mtime = int(info.st_mtime)
+                problems.append(f"/{want.path}: mtime {got_mtime}, not {expected_mtime}")
         if want.uid is not None and info.st_uid != want.uid:
             problems.append(f"/{want.path}: uid {info.st_uid}, not {want.uid}")
         if want.gid is not None and info.st_gid != want.gid:
@@ -665,7 +672,7 @@ def check_created(config: Mapping[str, Any], epoch: int) -> list[str]:
     return problems
 
 
-def check_build(run: BuildRun, wanted: Expectations, what: str) -> list[str]:
+def check_build(run: BuildRun, wanted: Expectations, what: str, case_dir: Path) -> list[str]:
     """Whether one build did what the expectations say."""
     if wanted.error:
         if run.returncode == 0:
@@ -682,7 +689,7 @@ def check_build(run: BuildRun, wanted: Expectations, what: str) -> list[str]:
     problems: list[str] = []
     if wanted.needs_rootfs:
         assert run.rootfs is not None
-        problems += [f"{what}: {p}" for p in check_files(run.rootfs, wanted)]
+        problems += [f"{what}: {p}" for p in check_files(run.rootfs, wanted, case_dir)]
     if wanted.needs_config:
         assert run.config is not None
         problems += [f"{what}: {p}" for p in check_config(run.config, wanted)]
@@ -707,13 +714,13 @@ def check_case(case: Case, result: CaseResult) -> list[str]:
         if parent.returncode != 0:
             return [f"parent image {number} ({case.parents[number].dockerfile}) failed"]
     assert result.first is not None
-    problems = check_build(result.first, case.expect, "build")
+    problems = check_build(result.first, case.expect, "build", case.directory)
     rebuild = case.rebuild
     if rebuild is None or problems:
         return problems
     second = result.second
     assert second is not None
-    problems += check_build(second, rebuild.expect, "rebuild")
+    problems += check_build(second, rebuild.expect, "rebuild", case.directory)
     if second.returncode != 0:
         return problems
     steps = second.step_cached()
