@@ -151,6 +151,8 @@ class BuildPlan:
     directives: Directives
     # BUILDKIT_SANDBOX_HOSTNAME: the host name RUN steps see ("" = the default).
     hostname: str = ""
+    # How many stages the Dockerfile has, needed or not.
+    stage_count: int = 0
 
     @property
     def target(self) -> ResolvedStage:
@@ -504,6 +506,7 @@ class _Planner:
             proxy_env=proxy_env,
             directives=self.dockerfile.directives,
             hostname=self.build_args.get(HOSTNAME_ARG, ""),
+            stage_count=len(self.stages),
         )
 
 

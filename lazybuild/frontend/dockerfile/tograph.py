@@ -228,6 +228,18 @@ def _is_numbered(ins: Instruction, config: ImageConfigState) -> bool:
     return isinstance(ins, Run | Copy | Add)
 
 
+def _step_text(ins: Instruction) -> str:
+    """A step's name as BuildKit shows it: the instruction as written with its keyword
+    in upper case; a RUN whose command is one heredoc adds the body's first line."""
+    parts = ins.original.split(None, 1)
+    text = " ".join([parts[0].upper(), *parts[1:]]) if parts else ins.keyword
+    script = ins.heredoc_script if isinstance(ins, Run) else None
+    if script is not None:
+        lines = script.content.strip().split("\n")
+        text += f" ({lines[0]}{'...' if len(lines) > 1 else ''})"
+    return text
+
+
 def _is_trigger(stage: ResolvedStage, step: Step) -> bool:
     """A base's ONBUILD trigger fired in ``stage``: the planner puts those first, located
     at the FROM line, where no instruction of the stage itself can be."""
@@ -267,6 +279,15 @@ class _Converter:
         self.results: dict[int, _StageResult] = {}
         self.stage_platform = platform
         self.proxy_env = tuple(f"{kv.key}={kv.value}" for kv in plan.proxy_env)
+        # BuildKit leaves a stage unnamed in step names when it is the only one: the
+        # Dockerfile has one stage and copies or mounts no image (each such image is a
+        # stage of its own to BuildKit).
+        self.single_stage = plan.stage_count == 1 and not any(
+            ref is not None and ref.kind == "image"
+            for stage in plan.stages
+            for step in stage.steps
+            for ref in (step.copy_from, *step.mount_from)
+        )
         # The ARG names the stage being converted has declared so far, in order.
         self.declared_args: dict[str, None] = {}
 
@@ -279,10 +300,12 @@ class _Converter:
         self, stage: ResolvedStage, position: int, text: str, lines: Location
     ) -> OpMetadata:
         name = stage.name or f"stage-{stage.index}"
+        if self.single_stage:
+            name = ""  # as BuildKit: the only stage goes unnamed, "[1/2] FROM ..."
         total = _step_total(stage)
         summary = " ".join(text.split())
         return OpMetadata(
-            description=f"[{name} {position}/{total}] {summary}",
+            description=f"[{name}{' ' if name else ''}{position}/{total}] {summary}",
             source_locations=(SourceLocation(self.filename, lines.start_line, lines.end_line),),
         )
 
@@ -345,7 +368,7 @@ class _Converter:
         for step in stage.steps:
             if _is_numbered(step.instruction, config):
                 position += 1
-            text = step.instruction.original
+            text = _step_text(step.instruction)
             if _is_trigger(stage, step):
                 text = f"ONBUILD {text}"  # as BuildKit names a fired trigger's step
             meta = self.metadata(stage, position, text, step.instruction.location)

@@ -298,7 +298,7 @@ def test_descriptions_and_locations() -> None:
     result = _convert("FROM debian AS b\n\nRUN echo \\\n  hi\n")
     metadata = list(result.definition.metadata.values())
     run_meta = next(m for m in metadata if "RUN" in m.description)
-    assert run_meta.description == "[b 2/2] RUN echo hi"
+    assert run_meta.description == "[2/2] RUN echo hi"  # the only stage goes unnamed
     assert run_meta.source_locations[0].start_line == 3
     assert run_meta.source_locations[0].end_line == 4
 
@@ -322,6 +322,20 @@ def test_step_numbers_count_only_vertices_as_buildkit() -> None:
         "[base 3/3] RUN echo base > base",
         "[mid 1/2] RUN true",
         "[stage-2 1/1] COPY --from=mid --chmod=0644 /out /out",
+    ]
+
+
+def test_step_names_upper_case_the_keyword_and_summarize_a_heredoc() -> None:
+    result = _convert(
+        "from debian\nrun <<EOF\n  echo one\necho two\nEOF\n"
+        "RUN <<EOF\nonly\nEOF\nRUN cat <<EOF\nx\nEOF\ncopy a b\n"
+    )
+    assert sorted(_descriptions(result)) == [
+        "[1/5] FROM debian",
+        "[2/5] RUN <<EOF (echo one...)",
+        "[3/5] RUN <<EOF (only)",
+        "[4/5] RUN cat <<EOF",
+        "[5/5] COPY a b",
     ]
 
 
