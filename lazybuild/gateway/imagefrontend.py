@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from lazybuild.errors import LazybuildError, one_error
-from lazybuild.executor.runc import run_container
+from lazybuild.executor.runc import RunResult, run_container
 from lazybuild.executor.spec import ProcessSpec, generate_spec
 from lazybuild.executor.users import resolve_user
 from lazybuild.gateway.contract import FrontendResult, Gateway, GatewayError, Ref
@@ -65,7 +65,7 @@ class ImageFrontend:
         self._resolver = resolver
         self._mounter = mounter
         self._store = store
-        self._on_line = on_line
+        self.on_line = on_line
 
     async def __call__(self, gateway: Gateway) -> FrontendResult:
         # Through the gateway first: a registry's refusal is the build's error, as is.
@@ -79,7 +79,7 @@ class ImageFrontend:
                 try:
                     settings = run_settings(image.config)
                 except LazybuildError as error:
-                    raise self._failed(str(error)) from None
+                    raise self.failure(str(error)) from None
                 user = await trio.to_thread.run_sync(resolve_user, area.merged, settings.user)
                 spec = generate_spec(
                     rootfs=area.merged,
@@ -91,7 +91,8 @@ class ImageFrontend:
                 run = _Conversation(self, gateway, spec, area.scratch / "bundle")
                 return await run.result()
 
-    def _failed(self, why: str) -> FrontendFailedError:
+    def failure(self, why: str) -> FrontendFailedError:
+        """The one line a failure of this frontend is."""
         return FrontendFailedError(f"frontend {self._image}: {' '.join(why.split())}")
 
 
@@ -139,15 +140,10 @@ class _Conversation:
 
     async def _container(self, child_ends: list[int]) -> None:
         try:
-            result = await run_container(
-                container_id="lazybuild-frontend-" + secrets.token_hex(6),
-                bundle_dir=self._bundle,
-                spec=self._spec,
-                stdin=child_ends[0],
-                stdout=child_ends[1],
-                stderr=child_ends[2],
-                forward_signals=False,
-            )
+            try:
+                result = await self._run(child_ends)
+            except LazybuildError as error:  # runc could not start its entrypoint
+                raise self._owner.failure(f"cannot start: {error}") from None
             self._exit_code = result.exit_code
         finally:
             # Our copies of the child's ends closed: its pipes now end when it does.
@@ -155,6 +151,17 @@ class _Conversation:
                 os.close(fd)
                 child_ends[position] = -1
             self._exited.set()
+
+    async def _run(self, child_ends: list[int]) -> RunResult:
+        return await run_container(
+            container_id="lazybuild-frontend-" + secrets.token_hex(6),
+            bundle_dir=self._bundle,
+            spec=self._spec,
+            stdin=child_ends[0],
+            stdout=child_ends[1],
+            stderr=child_ends[2],
+            forward_signals=False,
+        )
 
     async def _log(self, stream: trio.lowlevel.FdStream) -> None:
         pending = b""
@@ -164,7 +171,7 @@ class _Conversation:
             for line in lines:
                 text = line.decode("utf-8", "replace").rstrip()
                 self._stderr.append(text)
-                self._owner._on_line(f"[frontend] {text}")
+                self._owner.on_line(f"[frontend] {text}")
             pending = pending[-_READ_SIZE:]  # a line that never ends is cut, not kept
 
     async def _converse(
@@ -180,17 +187,17 @@ class _Conversation:
                 if "return" in message:
                     return _returned(message["return"])
                 if "fail" in message:
-                    raise owner._failed(str(message["fail"]))
+                    raise owner.failure(str(message["fail"]))
                 if "method" not in message:
                     raise ProtocolError("a message that is neither a call nor a result")
                 await writer.send_all(encode_message(await self._answer(message)))
         except ProtocolError as error:
-            raise owner._failed(f"protocol error: {error}") from None
+            raise owner.failure(f"protocol error: {error}") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # it is gone: said below, with its exit code
         await self._exited.wait()
         last = f": {self._stderr[-1]}" if self._stderr else ""
-        raise owner._failed(f"exited with code {self._exit_code} without a result{last}")
+        raise owner.failure(f"exited with code {self._exit_code} without a result{last}")
 
     async def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
         call = message.get("id")

@@ -237,6 +237,8 @@ def test_the_gomodule_frontend_as_a_frontend_image(
 GOMODULE_ENTRYPOINT = '["python3", "-m", "lazybuild.gateway.stdio", "lazybuild_gomodule:build"]'
 
 
+# Garbage on stdout, an exit without a result, an entrypoint runc cannot start, the
+# frontend's own error for its input.
 @pytest.mark.parametrize(
     ("name", "entrypoint", "source", "expected"),
     [
@@ -253,6 +255,7 @@ GOMODULE_ENTRYPOINT = '["python3", "-m", "lazybuild.gateway.stdio", "lazybuild_g
             "",
             "exited with code 3 without a result: no luck",
         ),
+        ("missing-frontend", '["/no/such/frontend"]', "", "cannot start: "),
         (
             "gomodule-frontend",
             GOMODULE_ENTRYPOINT,
