@@ -6,10 +6,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lazybuild.cli import build_flags
 from lazybuild.cli.optimize_commands import add_workload_arguments
@@ -135,17 +133,15 @@ async def run_build_command(args: argparse.Namespace) -> int:
 async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
     from lazybuild.atomicfile import write_atomic
     from lazybuild.build.depfile import write_depfile
-    from lazybuild.build.driver import BuildFailedError, BuildResult, run_build
-    from lazybuild.build.profiling import Profile, ProfileRequest, profile_image
+    from lazybuild.build.driver import BuildFailedError, run_build
+    from lazybuild.build.exporting import ExportPlan, exporting_finish
+    from lazybuild.build.profiling import ProfileRequest
     from lazybuild.build.request import BuildRequest
     from lazybuild.buildprogress import BuildProgress, Mode
     from lazybuild.errors import UsageError
-    from lazybuild.estargz.writer import WriterOptions
-    from lazybuild.exporter import BuiltImage, export_image
-    from lazybuild.exporter.outputs import LocalOutput, outputs_from_flags
+    from lazybuild.exporter import ExportResult
+    from lazybuild.exporter.outputs import outputs_from_flags
     from lazybuild.imagemount import render_fetch_report
-    from lazybuild.remotecache.records import select_for_export
-    from lazybuild.remotecache.registrycache import export_cache
     from lazybuild.remotecache.spec import cache_exports, cache_imports
 
     environ = dict(os.environ)
@@ -186,7 +182,7 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
     )
     registry = registry_options(args)
     mode: Mode = "quiet" if args.quiet else args.progress
-    export_result: list[Any] = []
+    export_result: list[ExportResult] = []
     with BuildProgress(mode) as progress:
         if not outputs:
             progress.line(
@@ -198,52 +194,19 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
             progress.fetch_status(image, fetched, size)
             progress.tick()
 
-        async def finish(result: BuildResult) -> None:
-            profiled = Profile({}, None)
-            if args.optimize and any(not isinstance(o, LocalOutput) for o in outputs):
-                profiled = await profile_image(result, profile, progress.line)
-
-            @asynccontextmanager
-            async def rootfs() -> AsyncIterator[Path]:
-                await result.mounter.fetch_whole(result.snapshot)
-                with result.store.staging() as area:
-                    async with result.mounter.mounted(result.snapshot, area.merged) as path:
-                        yield path
-
-            async with registry.client() as client:
-                export_result.append(
-                    await export_image(
-                        BuiltImage(
-                            result.snapshot.layers,
-                            result.config,
-                            source_date_epoch=request.source_date_epoch,
-                            prioritized=profiled.prioritized,
-                            record=profiled.record,
-                            base_prioritized=profiled.base_prioritized,
-                        ),
-                        outputs,
-                        store=result.store,
-                        registry=client,
-                        rootfs=rootfs,
-                        writer_options=WriterOptions(),
-                        progress=progress.line,
-                        assemble=args.iidfile is not None,
-                    )
-                )
-                for export in cache_exports_wanted:
-                    await export_cache(
-                        select_for_export(result.cache_records, export.mode, result.snapshot),
-                        export,
-                        store=result.store,
-                        registry=client,
-                        writer_options=WriterOptions(),
-                        prioritized=profiled.prioritized,
-                        source_date_epoch=request.source_date_epoch,
-                        progress=progress.line,
-                        learned=result.learned_reads,
-                        mounts=result.cache_mounts,
-                        mounter=result.mounter,
-                    )
+        finish = exporting_finish(
+            ExportPlan(
+                outputs,
+                cache_exports_wanted,
+                profile,
+                profile_workload=args.optimize,
+                source_date_epoch=request.source_date_epoch,
+                assemble=args.iidfile is not None,
+                registry=registry,
+            ),
+            progress.line,
+            export_result,
+        )
 
         try:
             outcome = await run_build(

@@ -14,8 +14,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO, cast
@@ -163,16 +162,12 @@ async def run_job(
 ) -> tuple[control_pb2.BuildResult, list[ArchiveDest]]:
     """Builds and exports; raises what the build raised (``BuildFailedError`` with its
     tail, other ``LazybuildError``s), for the caller to answer with."""
-    from lazybuild.build.driver import BuildResult, run_build
-    from lazybuild.build.profiling import Profile, ProfileRequest, profile_image
+    from lazybuild.build.driver import run_build
+    from lazybuild.build.exporting import ExportPlan, exporting_finish
+    from lazybuild.build.profiling import ProfileRequest
     from lazybuild.build.request import BuildRequest
     from lazybuild.buildprogress import BuildProgress
-    from lazybuild.estargz.writer import WriterOptions
-    from lazybuild.exporter import BuiltImage, export_image
-    from lazybuild.exporter.outputs import LocalOutput
     from lazybuild.imagemount import render_fetch_report
-    from lazybuild.remotecache.records import select_for_export
-    from lazybuild.remotecache.registrycache import export_cache
     from lazybuild.remotecache.spec import cache_exports, cache_imports
 
     header = received.header
@@ -226,52 +221,19 @@ async def run_job(
             progress.fetch_status(image, fetched, size)
             progress.tick()
 
-        async def finish(result: BuildResult) -> None:
-            profiled = Profile({}, None)
-            if wanted.enabled and any(not isinstance(o, LocalOutput) for o in outputs):
-                profiled = await profile_image(result, profile, progress.line)
-
-            @asynccontextmanager
-            async def rootfs() -> AsyncIterator[Path]:
-                await result.mounter.fetch_whole(result.snapshot)
-                with result.store.staging() as area:
-                    async with result.mounter.mounted(result.snapshot, area.merged) as path:
-                        yield path
-
-            async with registry.client() as client:
-                export_result.append(
-                    await export_image(
-                        BuiltImage(
-                            result.snapshot.layers,
-                            result.config,
-                            source_date_epoch=request.source_date_epoch,
-                            prioritized=profiled.prioritized,
-                            record=profiled.record,
-                            base_prioritized=profiled.base_prioritized,
-                        ),
-                        outputs,
-                        store=result.store,
-                        registry=client,
-                        rootfs=rootfs,
-                        writer_options=WriterOptions(),
-                        progress=progress.line,
-                        assemble=header.assemble,
-                    )
-                )
-                for export in cache_exports_wanted:
-                    await export_cache(
-                        select_for_export(result.cache_records, export.mode, result.snapshot),
-                        export,
-                        store=result.store,
-                        registry=client,
-                        writer_options=WriterOptions(),
-                        prioritized=profiled.prioritized,
-                        source_date_epoch=request.source_date_epoch,
-                        progress=progress.line,
-                        learned=result.learned_reads,
-                        mounts=result.cache_mounts,
-                        mounter=result.mounter,
-                    )
+        finish = exporting_finish(
+            ExportPlan(
+                outputs,
+                cache_exports_wanted,
+                profile,
+                profile_workload=wanted.enabled,
+                source_date_epoch=request.source_date_epoch,
+                assemble=header.assemble,
+                registry=registry,
+            ),
+            progress.line,
+            export_result,
+        )
 
         filesystem = _filesystem(state_dir, registry, cache_max_bytes)
         if filesystem is not None:
