@@ -281,11 +281,13 @@ class _Converter:
         self.proxy_env = tuple(f"{kv.key}={kv.value}" for kv in plan.proxy_env)
         # BuildKit leaves a stage unnamed in step names when it is the only one: the
         # Dockerfile has one stage and copies or mounts no image (each such image is a
-        # stage of its own to BuildKit).
+        # stage of its own to BuildKit; those of fired triggers come later and do not
+        # count).
         self.single_stage = plan.stage_count == 1 and not any(
             ref is not None and ref.kind == "image"
             for stage in plan.stages
             for step in stage.steps
+            if not _is_trigger(stage, step)
             for ref in (step.copy_from, *step.mount_from)
         )
         # The ARG names the stage being converted has declared so far, in order.

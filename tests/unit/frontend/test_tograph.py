@@ -339,6 +339,13 @@ def test_step_names_upper_case_the_keyword_and_summarize_a_heredoc() -> None:
     ]
 
 
+def test_a_stage_is_named_when_an_image_it_copies_from_is_a_stage_too() -> None:
+    names = _descriptions(_convert("FROM debian\nCOPY --from=tools:1 /t /t\n"))
+    assert "[stage-0 2/2] COPY --from=tools:1 /t /t" in names
+    names = _descriptions(_convert("FROM debian\nRUN --mount=from=tools:1,target=/t true\n"))
+    assert "[stage-0 2/2] RUN --mount=from=tools:1,target=/t true" in names
+
+
 def test_fired_triggers_are_named_and_counted_as_buildkit() -> None:
     # Every trigger counts in the total (an ENV one too); a fired trigger's step says
     # ONBUILD; only instructions that make a vertex take a number.
