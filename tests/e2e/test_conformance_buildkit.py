@@ -54,10 +54,31 @@ def _param(name: str) -> Any:
     return pytest.param(name, id=name, marks=marks)
 
 
+# The items of issue 17: every one has cases (case.json "issue17").
+ISSUE_17_ITEMS = (
+    "ADD --unpack",
+    "proxy build args in both spellings",
+    "COPY --parents with wildcards before ./ and **",
+    "${var#…}/##/%/%% and ${var/…/…} expansion",
+    "'${name}' in an unquoted heredoc",
+    "ONBUILD when a stage of the same Dockerfile is the base",
+    "heredocs on other fds (3<<IN1)",
+    "TARGETSTAGE",
+    "cache mount source=",
+    "ADD --checksum format validation before fetching",
+    "--mount=from=STAGE,src=DIR keyed on the directory's content",
+    "did-you-mean hints",
+    "FROM scratch WorkingDir /",
+)
+
+
 def test_the_suite_is_whole() -> None:
     """At least 80 cases (issue 17), each with its origin; a deliberate difference
-    says why, and an unfinished fix names its issue item."""
+    says why, an unfinished fix names its issue item, and every item has cases."""
     assert len(CASE_NAMES) >= 80, len(CASE_NAMES)
+    covered = {Case.load(name).issue17 for name in CASE_NAMES}
+    assert not set(ISSUE_17_ITEMS) - covered, set(ISSUE_17_ITEMS) - covered
+    assert not covered - set(ISSUE_17_ITEMS) - {None}, covered - set(ISSUE_17_ITEMS)
     for name in CASE_NAMES:
         case = Case.load(name)
         assert "_test.go" in case.origin, f"{name}: origin {case.origin!r}"
