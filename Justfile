@@ -45,6 +45,7 @@ check: setup
     {{venv}}/bin/ruff check lazybuild frontends tests bench examples
     {{venv}}/bin/ruff format --check lazybuild
     {{venv}}/bin/mypy --strict lazybuild
+    MYPYPATH=frontends/gomodule {{venv}}/bin/mypy --strict -p lazybuild_gomodule
 
 # Regenerate the Python of the daemon's API from its .proto files (checked in; a unit test
 # fails when they are out of sync).
