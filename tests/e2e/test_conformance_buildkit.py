@@ -3,14 +3,17 @@
 what the Go tests assert. One case per directory of tests/conformance/buildkit; what a
 case.json may say is in tests/conformance/README.md.
 
-One registry (the session's), one lazybuild state directory and one HTTP server (for
-ADD <url>) serve the whole module. Builds run two at a time in a thread pool, started
-for every selected case when the first test asks for a result, so the module's wall
-time is about half the sum of its builds.
+One registry (the session's) and one HTTP server (for ADD <url>) serve the whole module.
+Builds run two at a time in a thread pool, started for every selected case when the
+first test asks for a result, so the module's wall time is about half the sum of its
+builds. Each of the two threads keeps one lazybuild state directory for its builds (so
+base layers are fetched twice, not once per case): two builds starting together in one
+state directory are not reliable yet (tests/conformance/README.md, "Failures found").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
 import shutil
@@ -145,7 +148,8 @@ def builds(
     environment: Environment,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Future[CaseResult]]]:
-    """Every selected case's build, started in order on a pool of PARALLEL_BUILDS."""
+    """Every selected case's build, started in order on a pool of PARALLEL_BUILDS
+    threads, each with a lazybuild state directory of its own."""
     selected: list[str] = []
     for item in request.session.items:
         if isinstance(item, pytest.Function) and item.module is request.module:
@@ -153,11 +157,22 @@ def builds(
             if "name" in params:
                 selected.append(str(params["name"]))
     root = tmp_path_factory.mktemp("conformance")
+    worker_states: dict[int, Path] = {}
+    states_lock = threading.Lock()
+
+    def build(name: str) -> CaseResult:
+        # One state directory per worker thread: builds of one state directory never
+        # run at once here (see the README: two builds starting together in one state
+        # directory can remove each other's mount record or export scratch directory).
+        with states_lock:
+            state = worker_states.setdefault(
+                threading.get_ident(), environment.state_dir / f"worker-{len(worker_states)}"
+            )
+        env = dataclasses.replace(environment, state_dir=state)
+        return build_case(Case.load(name), env, root / name)
+
     with ThreadPoolExecutor(max_workers=PARALLEL_BUILDS) as pool:
-        futures = {
-            name: pool.submit(build_case, Case.load(name), environment, root / name)
-            for name in dict.fromkeys(selected)
-        }
+        futures = {name: pool.submit(build, name) for name in dict.fromkeys(selected)}
         try:
             yield futures
         finally:

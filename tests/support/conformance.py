@@ -472,12 +472,10 @@ def build_case(case: Case, env: Environment, workdir: Path) -> CaseResult:
     """Build the case (parents first, then the case, then its rebuild if it has one)."""
     started = time.monotonic()
     result = CaseResult()
-    if case.rebuild is not None or case.expect.needs_config:
+    if case.rebuild is not None:
         # A state directory of its own: which steps a second build runs must depend on
         # this case's first build only, never on another case that built the same steps
-        # before. And an OCI export downloads the base layers into a scratch directory
-        # (staging/export-*) that another build starting in the same state directory
-        # removes as a dead build's leftover (a lazybuild bug, see the README).
+        # before.
         env = dataclasses.replace(env, state_dir=workdir / "state")
     context = prepare_context(case, workdir / "context", env.registry)
     args = dict(case.build_args)
