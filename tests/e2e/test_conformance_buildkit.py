@@ -27,7 +27,6 @@ import pytest
 
 from tests.support import imagebuild
 from tests.support.conformance import (
-    CASES_DIR,
     ROOT_CONTENT,
     Case,
     CaseResult,
@@ -93,8 +92,8 @@ def test_the_suite_is_whole() -> None:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Files under CASES_DIR; the root path answers ROOT_CONTENT (a URL with no file
-    name, for ADD's __unnamed__)."""
+    """Files of the cases' context copies; the root path answers ROOT_CONTENT (a URL with
+    no file name, for ADD's __unnamed__)."""
 
     def do_GET(self) -> None:
         if self.path != "/":
@@ -111,9 +110,18 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def http_url() -> Iterator[str]:
-    """CASES_DIR over HTTP on loopback (each case's served/ directory, for ADD <url>)."""
-    handler = functools.partial(_Handler, directory=str(CASES_DIR))
+def work_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where each case is built: <case>/context (its copy of the context), outputs."""
+    root = tmp_path_factory.mktemp("conformance")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def http_url(work_root: Path) -> Iterator[str]:
+    """The cases' copies of their contexts over HTTP on loopback (each case's served/
+    directory, for ADD <url>, which a rebuild may change)."""
+    handler = functools.partial(_Handler, directory=str(work_root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -130,6 +138,7 @@ def environment(
     debian_rootfs: Path,
     registry: Registry,
     http_url: str,
+    work_root: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Environment:
     layout = cached_slim_debian_layout(debian_rootfs)
@@ -139,14 +148,13 @@ def environment(
         registry=registry.host,
         base_image=f"{registry.host}/test/debian:bookworm-slim",
         http_url=http_url,
+        served_root=work_root,
     )
 
 
 @pytest.fixture(scope="module")
 def builds(
-    request: pytest.FixtureRequest,
-    environment: Environment,
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, environment: Environment, work_root: Path
 ) -> Iterator[dict[str, Future[CaseResult]]]:
     """Every selected case's build, started in order on a pool of PARALLEL_BUILDS
     threads, each with a lazybuild state directory of its own."""
@@ -156,7 +164,7 @@ def builds(
             params = item.callspec.params if hasattr(item, "callspec") else {}
             if "name" in params:
                 selected.append(str(params["name"]))
-    root = tmp_path_factory.mktemp("conformance")
+    root = work_root
     worker_states: dict[int, Path] = {}
     states_lock = threading.Lock()
 
@@ -178,7 +186,6 @@ def builds(
         finally:
             for future in futures.values():
                 future.cancel()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("name", [_param(name) for name in CASE_NAMES])

@@ -40,7 +40,8 @@ BUILD_TIMEOUT = 300.0
 #   BASE      the Debian slim base image in the local registry (BuildKit's tests use
 #             busybox or alpine; every tool they call is in Debian's base too)
 #   REGISTRY  the local registry's host:port, for cases that spell image names out
-#   SERVED    the URL of the case's served/ directory on the local HTTP server
+#   SERVED    the URL of served/ in the case's copy of its context (a rebuild's change
+#             of a served file is what the server serves then)
 #   SERVER    the local HTTP server's root URL (its path / answers ROOT_CONTENT)
 AUTO_ARGS = ("BASE", "REGISTRY", "SERVED", "SERVER")
 ERROR_PREFIX = "lazybuild: error: "  # how the command line says why it failed
@@ -292,7 +293,8 @@ class Environment:
     state_dir: Path
     registry: str  # host:port
     base_image: str
-    http_url: str  # serves CASES_DIR
+    http_url: str  # serves served_root
+    served_root: Path  # holds the cases' copies of their contexts
 
 
 @dataclass
@@ -375,11 +377,12 @@ def prepare_context(case: Case, dest: Path, registry: str) -> Path:
     return dest
 
 
-def auto_args(env: Environment, case: Case, text: str) -> dict[str, str]:
+def auto_args(env: Environment, context: Path, text: str) -> dict[str, str]:
+    served = (context / "served").relative_to(env.served_root)
     values = {
         "BASE": env.base_image,
         "REGISTRY": env.registry,
-        "SERVED": f"{env.http_url}/{case.directory.name}/served",
+        "SERVED": f"{env.http_url}/{served}",
         "SERVER": env.http_url,
     }
     return {k: values[k] for k in AUTO_ARGS if k in text}
@@ -487,7 +490,7 @@ def build_case(case: Case, env: Environment, workdir: Path) -> CaseResult:
             context,
             workdir / f"parent-{number}",
             dockerfile=parent.dockerfile,
-            build_args={**auto_args(env, case, text), **args},
+            build_args={**auto_args(env, context, text), **args},
             push=ref,
         )
         result.parents.append(run)
@@ -504,7 +507,7 @@ def build_case(case: Case, env: Environment, workdir: Path) -> CaseResult:
         context,
         workdir / "first",
         dockerfile=case.dockerfile,
-        build_args={**auto_args(env, case, text), **args},
+        build_args={**auto_args(env, context, text), **args},
         target=case.target,
         platform=case.platform,
         labels=case.labels,
@@ -541,7 +544,7 @@ def build_case(case: Case, env: Environment, workdir: Path) -> CaseResult:
         context,
         workdir / "second",
         dockerfile=case.dockerfile,
-        build_args={**auto_args(env, case, text), **second_args},
+        build_args={**auto_args(env, context, text), **second_args},
         target=case.target,
         platform=case.platform,
         labels=case.labels,
