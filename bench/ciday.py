@@ -1,14 +1,17 @@
 """`ciday`: a CI day in miniature, through the build daemon.
 
-Ten builds, one after another, of small variants of `examples/hello-go` (one string of
-`main.go` differs, so each build's `go build` step runs) on the golang builder, each
-pushed to a new repository, over the emulated WAN link:
+Ten builds, one after another, of small variants of `examples/go-ci` (a Go service
+linking net/http, Go's build and module caches as cache mounts; one string of its
+greeting package differs, so each build's `go build` step runs) on the golang builder,
+each pushed to a new repository, over the emulated WAN link:
 
 - through `lazybuild serve` (started before the clock runs, on a fresh state dir: the
   first build is cold), with `lazybuild build --builder unix://...`;
 - with one-shot `lazybuild build` commands sharing one state directory (a runner host
   that keeps its state between jobs, but no process);
-- with docker's legacy builder (its daemon keeps the base image after the first pull).
+- with docker's legacy builder (its daemon keeps the base image after the first pull;
+  it has no cache mounts, so it builds the Dockerfile with the `--mount` flags taken
+  out, each `go build` starting from an empty build cache).
 
 Also a trivial build (`FROM debian`, `RUN true`, `--no-cache`) through the warm daemon.
 """
@@ -30,14 +33,18 @@ from bench.convert import lazybuild_argv
 from bench.infra import WAN_DESCRIPTION, BenchInfra
 from bench.machine import describe, load_line
 from bench.report import Section, ratio, seconds, verdict
+from bench.secondrunner import LEGACY_DOCKERFILE, without_mount_flags
 from bench.timing import Timed, median, timed_run
 from tests.support.dockerd import DOCKER_CLI
 
-EXAMPLE: Example = next(example for example in EXAMPLES if example.name == "hello-go")
+EXAMPLE_DIR = "go-ci"
+# The golang builder images of the hello-go example serve go-ci too.
+BUILDER_OF: Example = next(example for example in EXAMPLES if example.name == "hello-go")
 BUILDS = 10
 TOTAL_GOAL = 0.5  # the daemon's ten builds / docker's, at most
 TRIVIAL_GOAL_S = 0.5  # a trivial build through a warm daemon, at most
-CHANGED = "hello from a Go program built by lazybuild"  # the string each variant changes
+CHANGED = "from a Go program built in CI by lazybuild"  # the string each variant changes
+CHANGED_FILE = "internal/greeting/greeting.go"
 DAEMON_START_TIMEOUT = 60.0
 
 
@@ -57,12 +64,14 @@ def _variants(scratch: Path) -> list[Path]:
     contexts = []
     for n in range(BUILDS):
         context = scratch / f"variant-{n}"
-        shutil.copytree(EXAMPLES_DIR / EXAMPLE.name, context)
-        main = context / "main.go"
-        text = main.read_text()
+        shutil.copytree(EXAMPLES_DIR / EXAMPLE_DIR, context)
+        changed = context / CHANGED_FILE
+        text = changed.read_text()
         if CHANGED not in text:
-            raise RuntimeError(f"main.go of {EXAMPLE.name} has no {CHANGED!r} to change")
-        main.write_text(text.replace(CHANGED, f"{CHANGED} (variant {n})", 1))
+            raise RuntimeError(f"{CHANGED_FILE} of {EXAMPLE_DIR} has no {CHANGED!r} to change")
+        changed.write_text(text.replace(CHANGED, f"{CHANGED} (variant {n})", 1))
+        dockerfile = (context / "Dockerfile").read_text()
+        (context / LEGACY_DOCKERFILE).write_text(without_mount_flags(dockerfile))
         contexts.append(context)
     return contexts
 
@@ -183,7 +192,8 @@ def _docker(infra: BenchInfra, builder: str, contexts: list[Path], into: Measure
             refs.append(ref)
             build = timed_run(
                 [DOCKER_CLI, "build", "-q", "--network", "none",
-                 "--build-arg", f"BUILDER={builder}", "-t", ref, str(context)],
+                 "--build-arg", f"BUILDER={builder}", "-f", str(context / LEGACY_DOCKERFILE),
+                 "-t", ref, str(context)],
                 env={**env, "DOCKER_BUILDKIT": "0"},
                 timeout=STEP_TIMEOUT,
             )  # fmt: skip
@@ -202,7 +212,7 @@ def run(infra: BenchInfra, repeat: int = 1, wan: bool = True) -> Section:
     """One CI day per tool (ten builds each: ``repeat`` is not used, the day is the
     repetition)."""
     load_before = os.getloadavg()[0]
-    images = _images(infra, EXAMPLE)
+    images = _images(infra, BUILDER_OF)
     direct, host = infra.registry.host, infra.wan.host
     estargz = images.builder_estargz.replace(direct, host, 1)
     gzip = images.builder_gzip.replace(direct, host, 1)
@@ -265,9 +275,11 @@ def run(infra: BenchInfra, repeat: int = 1, wan: bool = True) -> Section:
             ),
             load_line(load_before),
             f"- Link: {WAN_DESCRIPTION} (every pull and push)",
-            f"- Builds: {BUILDS} variants of `examples/{EXAMPLE.name}` (one string of `main.go` "
-            "differs, so each `go build` runs) on the golang builder (eStargz for lazybuild, "
-            "gzip for docker), one after another, each pushed to a new repository",
+            f"- Builds: {BUILDS} variants of `examples/{EXAMPLE_DIR}` (one string of "
+            f"`{CHANGED_FILE}` differs, so each `go build` runs; GOCACHE and GOMODCACHE are "
+            "cache mounts) on the golang builder (eStargz for lazybuild, gzip for docker), "
+            "one after another, each pushed to a new repository; docker's legacy builder has "
+            "no cache mounts and builds the Dockerfile without the `--mount` flags",
             "- The daemon is started (untimed) on a fresh state dir: its first build is cold; "
             "one-shot builds share a fresh state dir; docker starts with no image and keeps "
             "the base after its first pull",

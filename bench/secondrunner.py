@@ -73,11 +73,11 @@ def _changed_context(scratch: Path) -> tuple[Path, Path]:
         raise RuntimeError(f"main.go of {EXAMPLE_DIR} has no {CHANGE[0]!r} to change")
     main.write_text(text.replace(CHANGE[0], CHANGE[1], 1))
     dockerfile = (after / "Dockerfile").read_text()
-    (after / LEGACY_DOCKERFILE).write_text(_without_mount_flags(dockerfile))
+    (after / LEGACY_DOCKERFILE).write_text(without_mount_flags(dockerfile))
     return before, after
 
 
-def _without_mount_flags(dockerfile: str) -> str:
+def without_mount_flags(dockerfile: str) -> str:
     """The Dockerfile for a builder without `RUN --mount` (docker's legacy builder):
     the flags dropped, so the step runs with its caches inside the container."""
     return re.sub(r"--mount=\S+\s+(\\\n\s*)?", "", dockerfile)
