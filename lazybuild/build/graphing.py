@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from lazybuild.errors import UsageError, one_error
+from lazybuild.errors import LazybuildError, UsageError, one_error
 from lazybuild.frontend.dockerfile import parse
 from lazybuild.frontend.dockerfile.stages import BaseRef, BuildPlan, plan_build
 from lazybuild.frontend.dockerfile.tograph import GraphResult, plan_to_graph
@@ -32,6 +32,11 @@ class BuildGraph:
     images: dict[str, Mapping[str, Any]]  # the configs of the images the plan names
 
 
+# Each round resolves images that ONBUILD triggers brought in; triggers of those images
+# can bring more, but a chain deeper than this is a loop, not a Dockerfile.
+MAX_PLANNING_ROUNDS = 8
+
+
 def image_refs(plan: BuildPlan) -> list[str]:
     """Every registry image the plan uses: stage bases, ``COPY --from`` and mount ``from``."""
     refs: list[BaseRef] = []
@@ -44,11 +49,25 @@ def image_refs(plan: BuildPlan) -> list[str]:
     return list(dict.fromkeys(ref.ref for ref in refs if ref.kind == "image"))
 
 
-async def _resolve_all(refs: Iterable[str], resolve: ResolveConfig) -> dict[str, Mapping[str, Any]]:
+class ImageNotResolvedError(LazybuildError):
+    """An image the Dockerfile names could not be resolved; the message starts with the
+    first line naming it, as BuildKit points at it."""
+
+
+async def _resolve_all(
+    refs: Iterable[str], resolve: ResolveConfig, plan: BuildPlan, filename: str
+) -> dict[str, Mapping[str, Any]]:
     resolved: dict[str, Mapping[str, Any]] = {}
+    lines = plan.image_lines()
 
     async def one(ref: str) -> None:
-        resolved[ref] = await resolve(ref)
+        try:
+            resolved[ref] = await resolve(ref)
+        except LazybuildError as exc:
+            line = lines.get(ref)
+            if line is None:
+                raise
+            raise ImageNotResolvedError(f"{filename}:{line}: {exc}") from exc
 
     with one_error():
         async with trio.open_nursery() as nursery:
@@ -82,7 +101,7 @@ async def build_graph(
     first = plan_build(
         parsed, build_args=args, target=target, target_platform=platform, filename=filename
     )
-    images = await _resolve_all(image_refs(first), resolve)
+    images = dict(await _resolve_all(image_refs(first), resolve, first, filename))
 
     def image_env(ref: str, stage_platform: str | None) -> list[tuple[str, str]]:
         return _env_pairs(images[ref]) if ref in images else []
@@ -97,15 +116,26 @@ async def build_graph(
             raise UsageError(f"{filename}: image {ref} was not resolved")
         return dict(images[ref])
 
-    plan = plan_build(
-        parsed,
-        build_args=args,
-        target=target,
-        target_platform=platform,
-        image_env=image_env,
-        image_triggers=image_triggers,
-        filename=filename,
-    )
+    def planned() -> BuildPlan:
+        return plan_build(
+            parsed,
+            build_args=args,
+            target=target,
+            target_platform=platform,
+            image_env=image_env,
+            image_triggers=image_triggers,
+            filename=filename,
+        )
+
+    plan = planned()
+    # ONBUILD triggers of the base images can name images (and stages on images) the
+    # first plan could not see: resolve those and plan again, until none is new.
+    for _ in range(MAX_PLANNING_ROUNDS):
+        new = [ref for ref in image_refs(plan) if ref not in images]
+        if not new:
+            break
+        images.update(await _resolve_all(new, resolve, plan, filename))
+        plan = planned()
     graph = plan_to_graph(
         plan,
         base_config=base_config,
