@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
@@ -234,6 +235,7 @@ class _Exporter:
             base_layer_count=self.image.base_layer_count,
             platform=self.image.platform or host_platform(),
             source_date_epoch=self.image.source_date_epoch,
+            now=_made_at(self.image.layers),
         )
         self.blob_files = BlobFiles(self.registry, self.layers, self.scratch, self.progress)
         self.progress(
@@ -355,3 +357,20 @@ def _write_file(archive: ImageArchive, dest: Path) -> None:
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
+
+
+def _made_at(layers: Sequence[Layer]) -> datetime | None:
+    """When the newest layer this machine made was committed (its directory's time): the
+    image's ``created`` and its new history entries' time, so a rebuild whose steps all
+    come from the cache writes the same image, as BuildKit dates an image by its
+    layers. None (now) when no layer was made here."""
+    times = []
+    for layer in layers:
+        if isinstance(layer, LocalLayer):
+            try:
+                times.append(os.stat(layer.path).st_mtime_ns)
+            except OSError:
+                continue
+    if not times:
+        return None
+    return datetime.fromtimestamp(max(times) / 1e9, UTC)
