@@ -45,6 +45,7 @@ from lazybuild.exporter.outputs import (
 from lazybuild.exporter.registrypush import PushReport, WorkloadRecordAttachment, push_image
 from lazybuild.exporter.rootfscopy import copy_rootfs
 from lazybuild.oci.platform import Platform, host_platform
+from lazybuild.processes import ProcessId
 from lazybuild.progress import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
 from lazybuild.worker.layers import Layer, LocalLayer, RemoteLayer
@@ -148,7 +149,11 @@ async def export_image(
     """Write ``image`` to each of ``outputs``. ``rootfs`` mounts the final root
     filesystem read-only (for ``type=local``); ``docker_client`` reaches the engine for
     ``--load``; ``assemble`` makes the image (its id) even when no output needs it."""
-    scratch = Path(tempfile.mkdtemp(prefix="export-", dir=store.staging_dir))
+    # Named by this process like a staging area: another build starting meanwhile
+    # removes only areas whose owner is gone.
+    scratch = Path(
+        tempfile.mkdtemp(prefix=f"{ProcessId.current().tag}-export-", dir=store.staging_dir)
+    )
     try:
         exporter = _Exporter(
             image,

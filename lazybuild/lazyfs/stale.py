@@ -189,7 +189,7 @@ def tear_down(record: MountRecord) -> None:
     if record.pid == 0:
         return  # local overlays only: no filesystem process, no FUSE mount
     mountpoint = Path(record.mountpoint)
-    if _alive(record.pid, record.pid_identity) and _is_our_service(record.pid):
+    if _alive(record.pid, record.pid_identity) and _is_our_service(record.pid, record.owner_pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.pid, signal.SIGKILL)
     for path in _mounted_below(mountpoint):
@@ -229,7 +229,10 @@ def _alive(pid: int, identity: str) -> bool:
 def _is_stale(record: MountRecord) -> bool:
     if record.pid == 0:
         return not _alive(record.owner_pid, record.owner_identity)
-    if not _alive(record.pid, record.pid_identity) or not _is_our_service(record.pid):
+    owner_running = not record.owner_pid or _alive(record.owner_pid, record.owner_identity)
+    # The owner's child counts only while the owner runs (a dead owner's pid is reused).
+    owner = record.owner_pid if owner_running else 0
+    if not _alive(record.pid, record.pid_identity) or not _is_our_service(record.pid, owner):
         return True
     if record.owner_pid and not _alive(record.owner_pid, record.owner_identity):
         # Its owner was killed: the process is on its way out (it exits when its owner
@@ -288,10 +291,12 @@ def _remove_leftover(path: Path) -> None:
             path.unlink()
 
 
-def _is_our_service(pid: int) -> bool:
+def _is_our_service(pid: int, owner_pid: int = 0) -> bool:
     """The pid is alive and is a filesystem process (not a recycled pid): one started as
     ``python -m SERVICE_MODULE``, one forked from a CLI that named itself ``SERVICE_NAME``,
-    or a child of this process that has not named itself yet."""
+    or a child of this process or of the record's (live) owner that has not named itself
+    yet: the record is written as soon as the fork returns, and another command that
+    looks in that moment must not take a starting filesystem for a recycled pid."""
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
         status = Path(f"/proc/{pid}/stat").read_text()
@@ -301,7 +306,8 @@ def _is_our_service(pid: int) -> bool:
     state, parent = status.rpartition(")")[2].split()[:2]
     if state == "Z":
         return False
-    return SERVICE_MODULE.encode() in command or name == SERVICE_NAME or int(parent) == os.getpid()
+    parents = {os.getpid(), owner_pid} - {0}
+    return SERVICE_MODULE.encode() in command or name == SERVICE_NAME or int(parent) in parents
 
 
 def _fuse_connection_dead(mountpoint: Path) -> bool:

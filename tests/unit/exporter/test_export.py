@@ -151,3 +151,38 @@ def test_a_failed_tarball_leaves_no_file(
     with pytest.raises(OSError, match="disk full"):
         _export(store, FakeRegistry(), [OciOutput(str(tmp_path / "o.tar"))])
     assert list(tmp_path.glob("*o.tar*")) == []
+
+
+def test_a_build_starting_meanwhile_leaves_an_export_running(
+    store: LayerStore, tmp_path: Path
+) -> None:
+    """Another build's start cleans the staging areas of builds that are gone; this
+    export's scratch directory is named by its (live) process, so it stays."""
+    registry = FakeRegistry()
+    outputs: list[OutputSpec] = [DockerOutput(str(tmp_path / "image.tar"), ("app:1",))]
+    cleaned: list[int] = []
+
+    def progress(line: str) -> None:
+        store.clean_staging()  # as a build starting in this state dir does
+        cleaned.append(len(list(store.staging_dir.iterdir())))
+
+    async def main() -> ExportResult:
+        return await export_image(
+            _built(store, registry),
+            outputs,
+            store=store,
+            registry=cast(RegistryClient, registry),
+            rootfs=_no_rootfs,
+            writer_options=WriterOptions(chunk_size=1 << 16, workers=1),
+            progress=progress,
+        )
+
+    assert trio.run(main).image is not None
+    assert cleaned and all(count >= 1 for count in cleaned), cleaned  # the scratch stayed
+    assert (tmp_path / "image.tar").is_file()
+
+
+@contextlib.asynccontextmanager
+async def _no_rootfs() -> AsyncIterator[Path]:
+    raise AssertionError("no local output here")
+    yield Path()
