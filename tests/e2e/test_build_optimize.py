@@ -319,16 +319,12 @@ def test_the_places_read_of_a_big_base_file_go_into_the_record_and_come_first_in
         reference,
     )
     assert run.stdout == "first line\n"
-    # The first 4 MiB chunk of random bytes is in the prefetch (the record's other
-    # files are a few hundred KB): megabytes scheduled, not kilobytes. The filesystem
-    # process starts on the record itself as soon as the layers open; on a fast link it
-    # may have everything by the time the CLI asks, which then finds nothing left.
+    # The filesystem process starts on the record itself as soon as the layers open, so
+    # how much is still to fetch when the CLI asks is a race (anything from nothing to
+    # all of it); what was fetched in the end is not: the first 4 MiB chunk of random
+    # bytes (the record's other files are a few hundred KB).
     scheduled = [line for line in run.stderr.splitlines() if "prefetching" in line]
     assert len(scheduled) == 1, scheduled
-    not_cached = scheduled[0].split(": ")[-1]
-    assert not_cached == "0 B not cached yet" or (
-        not_cached.endswith(" MB not cached yet") and float(not_cached.split()[0]) >= 4.0
-    ), scheduled
     report = json.loads(report_path.read_text())
     assert sum(layer["bytes_fetched"] for layer in report["layers"]) >= 4 << 20
     assert_nothing_left(tmp_path / "state")
