@@ -13,8 +13,8 @@ Whatever the mode, the last output lines of every step are kept for ``tail()``.
 
 Nothing here waits or needs trio: every method is synchronous and cheap, to be called from
 whichever task has news. The live view is redrawn at most once per ``redraw_interval``, so
-the driver calls ``tick()`` now and then (along with ``fetch_status``) to let the elapsed
-times move and to show what arrived since the last redraw.
+the driver calls ``fetch_status`` (which redraws when due) or ``tick()`` now and then to
+let the elapsed times move and to show what arrived since the last redraw.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class BuildProgress:
     """Shows a build's progress on ``stream`` (default: ``sys.stderr``) in ``mode``.
 
     Pass it as the solver's ``progress=`` (it is a ``ProgressWriter``: call it with an
-    event); wrap the driver's own work in ``phase()``; call ``fetch_status`` and ``tick``
+    event); wrap the driver's own work in ``phase()``; call ``fetch_status`` (or ``tick``)
     about once a second; ``close()`` (or leave the ``with`` block) when the build ends.
     ``clock`` gives the time in the solver's timebase (``time.time``).
     """
@@ -138,9 +138,11 @@ class BuildProgress:
         self._renderer.message(message, self.clock())
 
     def fetch_status(self, image: str, fetched_bytes: int, total_bytes: int | None) -> None:
-        """Bytes of a lazily mounted image fetched so far, of ``total_bytes`` (its size)."""
+        """Bytes of a lazily mounted image fetched so far, of ``total_bytes`` (its size);
+        the live view is redrawn if that is due (as ``tick``)."""
         fetch = self._board.fetches[image] = Fetch(image, fetched_bytes, total_bytes)
         self._renderer.fetch(fetch)
+        self._renderer.tick()
 
     def tick(self) -> None:
         """Redraws the live view if it is due (tty); does nothing in the other modes."""

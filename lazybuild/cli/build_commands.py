@@ -190,10 +190,6 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
                 "(use -o, --push or --load)"
             )
 
-        def show_fetch(image: str, fetched: int, size: int) -> None:
-            progress.fetch_status(image, fetched, size)
-            progress.tick()
-
         finish = exporting_finish(
             ExportPlan(
                 outputs,
@@ -216,7 +212,7 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
                 progress=progress,
                 finish=finish,
                 on_line=progress.line,
-                on_fetch=show_fetch,
+                on_fetch=progress.fetch_status,
                 filesystem=filesystem,
             )
         except BuildFailedError as failure:

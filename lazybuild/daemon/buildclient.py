@@ -322,7 +322,6 @@ def _render(progress: BuildProgress, line: str) -> None:
         progress.line(event["data"])
     elif kind == "fetch":
         progress.fetch_status(event["image"], event["fetched"], event["total"])
-        progress.tick()
 
 
 class _Cancellable(Protocol):

@@ -217,10 +217,6 @@ async def run_job(
                 "(use -o, --push or --load)"
             )
 
-        def show_fetch(image: str, fetched: int, size: int) -> None:
-            progress.fetch_status(image, fetched, size)
-            progress.tick()
-
         finish = exporting_finish(
             ExportPlan(
                 outputs,
@@ -246,7 +242,7 @@ async def run_job(
                 progress=progress,
                 finish=finish,
                 on_line=progress.line,
-                on_fetch=show_fetch,
+                on_fetch=progress.fetch_status,
                 filesystem=filesystem,
             )
         finally:
