@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from lazybuild.build.filesystem import build_filesystem
+from lazybuild.build.filesystem import OwnedFilesystem, build_filesystem
 from lazybuild.build.graphing import BuildGraph
 from lazybuild.build.request import BuildRequest
 from lazybuild.cache.space import StateDirFullError, is_no_space, names_a_file
@@ -39,6 +39,7 @@ from lazybuild.lazyfs.client import (
     ReadFailure,
     describe_read_failures,
 )
+from lazybuild.lazyfs.shared import SharedFilesystem
 from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.oci.platform import Platform, host_platform
 from lazybuild.registry.client import RegistryClient, ResolvedImage
@@ -134,12 +135,16 @@ async def run_build(
     on_line: Callable[[str], None] = lambda text: None,
     on_fetch: Callable[[str, int, int], None] | None = None,
     filesystem: LazyMountService | None = None,
+    shared_filesystem: SharedFilesystem | None = None,
 ) -> BuildOutcome:
     """Build ``request``; ``finish`` exports the result before the mounts come down.
 
     ``on_fetch(image, fetched, size)`` hears, about once a second, how much of each
     lazily mounted base image has been fetched. ``filesystem`` is a lazy filesystem
-    the caller spawned already (``build_filesystem``); the build stops it at the end."""
+    the caller spawned already (``build_filesystem``); the build stops it at the end.
+    ``shared_filesystem`` (a daemon's) lends one that outlives the build instead."""
+    if filesystem is not None and shared_filesystem is not None:
+        raise ValueError("run_build: a build's own filesystem or a shared one, not both")
     platform = _platform(request)
     BuildContext(request.context_dir, None)  # a missing context fails here, first
     source_path = request.dockerfile_path
@@ -167,7 +172,7 @@ async def run_build(
 
         mounter = LayerMounter(
             store,
-            next_filesystem,
+            shared_filesystem or OwnedFilesystem(next_filesystem),
             stack,
             on_unpacked=on_line,
         )

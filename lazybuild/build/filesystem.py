@@ -6,15 +6,19 @@ build machinery, so that the two start-ups overlap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 from lazybuild.lazyfs.client import LazyMountService
 from lazybuild.registryoptions import RegistryOptions
 
-__all__ = ["build_filesystem"]
+__all__ = ["OwnedFilesystem", "build_filesystem"]
 
 
-def build_filesystem(state_dir: Path, registry: RegistryOptions) -> LazyMountService:
+def build_filesystem(
+    state_dir: Path, registry: RegistryOptions, *, cache_max_bytes: int | None = None
+) -> LazyMountService:
     return LazyMountService(
         state_dir,
         insecure_registries=registry.insecure_registries,
@@ -25,4 +29,19 @@ def build_filesystem(state_dir: Path, registry: RegistryOptions) -> LazyMountSer
         # image the next builds mount without the filesystem process.
         background_fetch=False,
         complete_reused_layers=True,
+        cache_max_bytes=cache_max_bytes,
     )
+
+
+class OwnedFilesystem:
+    """A filesystem process of one build's own: started when the build first mounts a
+    lazy layer, stopped when it ends. ``factory`` makes it; the first one it makes may
+    be running already (spawned early by the CLI)."""
+
+    shared = False
+
+    def __init__(self, factory: Callable[[], LazyMountService]) -> None:
+        self._factory = factory
+
+    async def open(self, stack: AsyncExitStack) -> LazyMountService:
+        return await stack.enter_async_context(self._factory())

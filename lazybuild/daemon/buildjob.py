@@ -27,7 +27,7 @@ from lazybuild.registryoptions import RegistryOptions
 if TYPE_CHECKING:
     from lazybuild.exporter import ExportResult
     from lazybuild.exporter.outputs import OutputSpec
-    from lazybuild.lazyfs.client import LazyMountService
+    from lazybuild.lazyfs.shared import SharedFilesystem
 
 
 class _EventLines(io.TextIOBase):
@@ -131,26 +131,6 @@ def _network(value: str) -> Literal["default", "host", "none"]:
     return cast(Literal["default", "host", "none"], value or "default")
 
 
-def _filesystem(
-    state_dir: Path, registry: RegistryOptions, cache_max_bytes: int | None
-) -> LazyMountService | None:
-    """With the configured ``cache_size``, the build's filesystem process as the driver
-    would start it (``build_filesystem``), its chunk cache bounded so; else None: the
-    driver starts its own."""
-    if cache_max_bytes is None:
-        return None
-    from lazybuild.lazyfs.client import LazyMountService
-
-    return LazyMountService(
-        state_dir,
-        insecure_registries=registry.insecure_registries,
-        docker_config=registry.docker_config,
-        background_fetch=False,
-        complete_reused_layers=True,
-        cache_max_bytes=cache_max_bytes,
-    )
-
-
 async def run_job(
     received: ReceivedBuild,
     *,
@@ -158,10 +138,12 @@ async def run_job(
     state_dir: Path,
     registry: RegistryOptions,
     emit_event: Callable[[str], None],
-    cache_max_bytes: int | None = None,
+    filesystem: SharedFilesystem | None = None,
 ) -> tuple[control_pb2.BuildResult, list[ArchiveDest]]:
-    """Builds and exports; raises what the build raised (``BuildFailedError`` with its
-    tail, other ``LazybuildError``s), for the caller to answer with."""
+    """Builds and exports, its lazy layers served by the daemon's ``filesystem`` (a
+    build of its own starts one without); raises what the build raised
+    (``BuildFailedError`` with its tail, other ``LazybuildError``s), for the caller to
+    answer with."""
     from lazybuild.build.driver import run_build
     from lazybuild.build.exporting import ExportPlan, exporting_finish
     from lazybuild.build.profiling import ProfileRequest
@@ -231,23 +213,16 @@ async def run_job(
             export_result,
         )
 
-        filesystem = _filesystem(state_dir, registry, cache_max_bytes)
-        if filesystem is not None:
-            await filesystem.spawn()
-        try:
-            outcome = await run_build(
-                request,
-                state_dir=state_dir,
-                registry=registry,
-                progress=progress,
-                finish=finish,
-                on_line=progress.line,
-                on_fetch=progress.fetch_status,
-                filesystem=filesystem,
-            )
-        finally:
-            if filesystem is not None:
-                await filesystem.close()
+        outcome = await run_build(
+            request,
+            state_dir=state_dir,
+            registry=registry,
+            progress=progress,
+            finish=finish,
+            on_line=progress.line,
+            on_fetch=progress.fetch_status,
+            shared_filesystem=filesystem,
+        )
     answer = control_pb2.BuildResult(inputs=_sent_inputs(outcome.inputs, received))
     if outcome.fetch_report is not None:
         answer.fetch_report = render_fetch_report(outcome.fetch_report)

@@ -24,6 +24,7 @@ from lazybuild.api.control.v1 import control_pb2
 from lazybuild.daemon.buildcontext import ReceivedBuild
 from lazybuild.daemon.buildjob import ArchiveDest, run_job
 from lazybuild.errors import LazybuildError, UsageError, reported_error
+from lazybuild.lazyfs.shared import SharedFilesystem
 from lazybuild.registryoptions import RegistryOptions
 
 log = logging.getLogger(__name__)
@@ -74,13 +75,13 @@ class Builds:
         state_dir: Path,
         registry: RegistryOptions,
         max_parallel: int,
-        cache_max_bytes: int | None = None,
+        filesystem: SharedFilesystem | None = None,
     ) -> None:
         self._nursery = nursery
         self._token = trio.lowlevel.current_trio_token()
         self._state_dir = state_dir
         self._registry = registry
-        self._cache_max_bytes = cache_max_bytes
+        self._filesystem = filesystem
         self._slots = trio.Semaphore(max_parallel)
         self._running: dict[str, Job] = {}
         self._lock = threading.Lock()
@@ -142,7 +143,7 @@ class Builds:
                         state_dir=self._state_dir,
                         registry=self._registry,
                         emit_event=job.reports.put,
-                        cache_max_bytes=self._cache_max_bytes,
+                        filesystem=self._filesystem,
                     )
                 finished = Finished(result, archives)
         except Exception as error:  # answered to the client, never raised in the loop

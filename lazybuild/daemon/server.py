@@ -28,6 +28,7 @@ import grpc
 import trio
 
 from lazybuild.api.control.v1 import control_pb2_grpc
+from lazybuild.build.filesystem import build_filesystem
 from lazybuild.cli.cache_commands import PruneEntry, prune_line
 from lazybuild.daemon.builds import Builds
 from lazybuild.daemon.config import DaemonConfig
@@ -35,6 +36,7 @@ from lazybuild.daemon.gc import collect_periodically
 from lazybuild.daemon.listeners import Bound, bind_tcp, bind_unix, remove_socket
 from lazybuild.daemon.service import BUILDS_DIR, ControlService, DaemonState
 from lazybuild.daemon.statelock import StateLock
+from lazybuild.lazyfs.shared import SharedFilesystem
 from lazybuild.registryoptions import RegistryOptions
 
 # Each Build call takes a thread while it runs (waiting ones too, and a Cancel may come
@@ -57,14 +59,27 @@ async def serve(config: DaemonConfig) -> int:
         await trio.to_thread.run_sync(_clean_up_after_killed_runs, state_dir)
         state = DaemonState(state_dir, config.max_context_size)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with _running_server(config, state) as bound, trio.open_nursery() as nursery:
+            registry = RegistryOptions(config.insecure_registries, config.docker_config)
+            # One filesystem process serves every build's lazy layers, warm between
+            # builds; it stops after the builds (their overlays are on its mounts).
+            filesystem = SharedFilesystem(
+                functools.partial(
+                    build_filesystem, state_dir, registry, cache_max_bytes=config.cache_size
+                )
+            )
+            async with (
+                _running_server(config, state) as bound,
+                contextlib.aclosing(filesystem),
+                trio.open_nursery() as nursery,
+            ):
                 state.builds = Builds(
                     nursery,
                     state_dir=state_dir,
-                    registry=RegistryOptions(config.insecure_registries, config.docker_config),
+                    registry=registry,
                     max_parallel=config.max_parallel_builds,
-                    cache_max_bytes=config.cache_size,
+                    filesystem=filesystem,
                 )
+                nursery.start_soon(filesystem.run)
                 nursery.start_soon(collect_periodically, state_dir, config.gc, _say_collected)
                 for served in bound:
                     say(f"serving on {served.reachable}")

@@ -9,13 +9,14 @@ async with LazyMountService(state_dir) as service:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -84,6 +85,16 @@ class LayerFetch:
             seconds=float(data.get("fetch_seconds", 0.0)),
         )
 
+    def minus(self, earlier: LayerFetch) -> LayerFetch:
+        """The fetching done since ``earlier``, a report of the same layer."""
+        return dataclasses.replace(
+            self,
+            bytes_fetched=max(0, self.bytes_fetched - earlier.bytes_fetched),
+            requests=max(0, self.requests - earlier.requests),
+            cache_hits=max(0, self.cache_hits - earlier.cache_hits),
+            seconds=max(0.0, self.seconds - earlier.seconds),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "digest": self.digest,
@@ -147,6 +158,25 @@ class FetchReport:
     @property
     def size(self) -> int:
         return sum(layer.size for layer in self.layers)
+
+    def since(self, earlier: FetchReport, layers: Collection[str]) -> FetchReport:
+        """What this report adds to ``earlier`` (of the same process), over ``layers``
+        only: one build's share of a filesystem process that serves several (the
+        daemon's). Two builds running at once may each count a fetch they shared."""
+        before = {layer.digest: layer for layer in earlier.layers}
+        known_failures = set(earlier.failures)
+        return FetchReport(
+            tuple(
+                layer.minus(before[layer.digest]) if layer.digest in before else layer
+                for layer in self.layers
+                if layer.digest in layers
+            ),
+            tuple(
+                failure
+                for failure in self.failures
+                if failure.layer in layers and failure not in known_failures
+            ),
+        )
 
     def to_json(self) -> dict[str, Any]:
         report: dict[str, Any] = {

@@ -1,9 +1,10 @@
 """Snapshots mounted as root filesystems: overlayfs over local and lazily served layers.
 
-Base image layers come from one lazy filesystem process per build
-(``LazyMountService``), started the first time a snapshot with a remote layer is
-mounted and added to once per layer; local layers are used where they lie. Every mount
-is undone on the way out, including on errors and cancellation.
+Base image layers come from a lazy filesystem process (``LazyMountService``), opened
+the first time a snapshot with a remote layer is mounted and added to once per layer:
+the build's own (``build.filesystem``), or one a daemon lends to all its builds
+(``lazyfs.shared``). Local layers are used where they lie. Every mount is undone on
+the way out, including on errors and cancellation.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -26,24 +28,38 @@ from lazybuild.worker.layerstore import LayerStore
 log = logging.getLogger(__name__)
 
 
+class FilesystemSource(Protocol):
+    """Where a build's lazy filesystem process comes from."""
+
+    # Whether other builds use the process too: then this build's fetch report is its
+    # share, counted from when it opened the process.
+    shared: bool
+
+    async def open(self, stack: AsyncExitStack) -> LazyMountService:
+        """The running process, for as long as ``stack`` is open."""
+        ...
+
+
 class LayerMounter:
     """Lower directories for snapshots, and overlay mounts of them.
 
-    ``service_factory`` makes the (not yet started) lazy filesystem service; ``stack``
-    owns it, so it lives until the build ends. ``on_unpacked`` hears of base layers that
-    are not eStargz and were downloaded whole (never silent).
+    ``filesystem`` gives the lazy filesystem process, kept until ``stack`` (the
+    build's) closes. ``on_unpacked`` hears of base layers that are not eStargz and were
+    downloaded whole (never silent).
     """
 
     def __init__(
         self,
         store: LayerStore,
-        service_factory: Callable[[], LazyMountService],
+        filesystem: FilesystemSource,
         stack: AsyncExitStack,
         on_unpacked: Callable[[str], None] = lambda message: None,
     ) -> None:
         self._store = store
-        self._service_factory = service_factory
+        self._filesystem = filesystem
         self._stack = stack
+        # What the process had fetched before this build opened it (a shared one).
+        self._fetched_before: FetchReport | None = None
         self._on_unpacked = on_unpacked
         self._service: LazyMountService | None = None
         self._service_lock = trio.Lock()
@@ -69,10 +85,14 @@ class LayerMounter:
         return totals
 
     async def fetch_report(self) -> FetchReport | None:
-        """What the lazy filesystem fetched so far (``None``: no base layer was mounted)."""
+        """What the lazy filesystem fetched so far for this build's layers (``None``: no
+        base layer was mounted)."""
         if self._service is None or not self._service.running:
             return None
-        return await self._service.stats()
+        report = await self._service.stats()
+        if self._fetched_before is None:
+            return report
+        return report.since(self._fetched_before, self._layers)
 
     async def warm_up(self, layers: Sequence[RemoteLayer]) -> None:
         """Start the filesystem and open ``layers`` (fetch and verify their TOCs) ahead
@@ -89,8 +109,9 @@ class LayerMounter:
     async def _started_service(self) -> LazyMountService:
         async with self._service_lock:
             if self._service is None:
-                service = self._service_factory()
-                await self._stack.enter_async_context(service)
+                service = await self._filesystem.open(self._stack)
+                if self._filesystem.shared:
+                    self._fetched_before = await service.stats()
                 self._service = service
             return self._service
 

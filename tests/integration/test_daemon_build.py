@@ -20,10 +20,16 @@ import pytest
 from lazybuild.api.control.v1 import control_pb2
 from lazybuild.api.control.v1.control_pb2_grpc import ControlStub
 from lazybuild.cli.main import main
-from tests.e2e.buildsupport import assert_nothing_left, runc_containers, write_context
+from tests.e2e.buildsupport import (
+    assert_nothing_left,
+    filesystem_processes,
+    runc_containers,
+    write_context,
+)
 from tests.support.dockerd import Dockerd
 from tests.support.procs import mounts_under
 from tests.support.registry import Registry
+from tests.support.wanproxy import WanProxy
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -82,7 +88,7 @@ class Daemons:
         self.address = f"unix://{self.sock}"
         self.log_path = tmp_path / "daemon.log"
         self.started: list[subprocess.Popen[str]] = []
-        # The chunk cache's bound: the daemon then starts each build's filesystem itself.
+        # The chunk cache's bound, which the daemon's shared filesystem process keeps.
         self.config = tmp_path / "lazybuild.toml"
         self.config.write_text('cache_size = "4GiB"\nmax_parallel_builds = 2\n')
 
@@ -149,6 +155,17 @@ def _context(tmp_path: Path, dockerfile: str) -> Path:
     )
     os.utime(context / "message.txt", ns=(1_600_000_000_123_456_789,) * 2)
     return context
+
+
+def _builds_left_nothing(state: Path) -> None:
+    """What finished builds leave in a running daemon: nothing but its shared
+    filesystem (one process, its FUSE mount and the layers' EROFS mounts under it)."""
+    shared = state / "mnt"
+    assert [point for point in mounts_under(state) if not point.is_relative_to(shared)] == []
+    assert runc_containers(state) == []
+    assert len(filesystem_processes(state)) <= 1
+    staging = state / "build" / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
 
 
 def test_a_build_through_the_daemon_makes_the_same_image(
@@ -224,7 +241,7 @@ def test_a_build_through_the_daemon_makes_the_same_image(
     assert (tmp_path / "daemon" / "rootfs" / "app" / "shout.txt").read_text() == (
         "BUILT THROUGH THE DAEMON\n"
     )
-    assert_nothing_left(daemon_state)
+    _builds_left_nothing(daemon_state)
 
 
 def _tree(root: Path) -> dict[str, tuple[object, ...]]:
@@ -282,9 +299,13 @@ def test_ctrl_c_cancels_the_build_in_the_daemon(tmp_path: Path, base_image: str,
     _, rest = client.communicate(timeout=120)
     assert client.returncode == 130, "".join(seen) + rest
     deadline = time.monotonic() + 60
-    while runc_containers(daemon_state) or mounts_under(daemon_state):
+    shared = daemon_state / "mnt"
+    while runc_containers(daemon_state) or any(
+        not point.is_relative_to(shared) for point in mounts_under(daemon_state)
+    ):
         assert time.monotonic() < deadline, "the daemon's build was not cancelled"
         time.sleep(0.2)
+    _builds_left_nothing(daemon_state)
     assert process.poll() is None  # and it keeps serving
     du = _lazybuild("du", "--builder", address)
     assert du.returncode == 0, du.stderr
@@ -385,7 +406,73 @@ def test_two_builds_at_once_both_succeed(
         assert client.returncode == 0, err
     iids = {(tmp_path / name / "iid").read_text() for name in ("one", "two")}
     assert len(iids) == 2  # two different images
-    assert_nothing_left(daemon_state)
+    _builds_left_nothing(daemon_state)
+
+
+READER = """\
+ARG BASE
+FROM ${BASE}
+COPY message.txt /message.txt
+RUN cat /usr/bin/perl* /usr/lib/x86_64-linux-gnu/*.so* > /dev/null && cat /message.txt
+"""
+
+
+def _build_through(daemons: Daemons, contexts: list[Path], base: str) -> None:
+    """One build per context through the daemon, all at once; each must succeed."""
+    clients = [
+        subprocess.Popen(
+            [
+                *_LAZYBUILD,
+                "build",
+                "--builder",
+                daemons.address,
+                "--progress=plain",
+                "--build-arg",
+                f"BASE={base}",
+                str(context),
+            ],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for context in contexts
+    ]
+    for client in clients:
+        _, err = client.communicate(timeout=600)
+        assert client.returncode == 0, err
+
+
+def test_two_builds_on_one_cold_image_fetch_it_once(
+    tmp_path: Path, base_image: str, registry: Registry
+) -> None:
+    """The daemon's builds share one filesystem process: two builds at once on a cold
+    image cost the wire what one build costs (the TOCs and chunks fetched once)."""
+    proxy = WanProxy.counting(registry.host).start()
+    base = base_image.replace(registry.host, proxy.host, 1)
+    contexts = []
+    for name in ("one", "two", "three"):
+        context = _context(tmp_path / name, READER)
+        (context / "message.txt").write_text(f"build {name}\n")
+        contexts.append(context)
+    fetched = []
+    try:
+        for run, wanted in (("alone", contexts[:1]), ("together", contexts[1:])):
+            (tmp_path / run).mkdir()
+            daemons = Daemons(tmp_path / run)
+            try:
+                daemons.start()
+                proxy.reset_counters()
+                _build_through(daemons, wanted, base)
+                fetched.append(proxy.bytes_to_client)
+                _builds_left_nothing(daemons.state)
+            finally:
+                daemons.stop_all()
+            assert_nothing_left(daemons.state)
+    finally:
+        proxy.stop()
+    alone, together = fetched
+    assert alone > 1_000_000  # the step read megabytes of the image
+    assert together <= 1.1 * alone, (alone, together)
 
 
 def test_the_cancel_rpc_cancels_a_build_by_its_id(tmp_path: Path, base_image: str, daemon) -> None:
@@ -420,7 +507,7 @@ def test_the_cancel_rpc_cancels_a_build_by_its_id(tmp_path: Path, base_image: st
         assert ended.value.code() == grpc.StatusCode.CANCELLED
         assert ended.value.details() == "the build was cancelled"
         assert not stub.Cancel(control_pb2.CancelRequest(build_id=header.build_id)).found
-    assert_nothing_left(daemon_state)
+    _builds_left_nothing(daemon_state)
 
 
 def test_load_puts_the_image_into_the_client_s_docker(
@@ -446,7 +533,7 @@ def test_load_puts_the_image_into_the_client_s_docker(
     assert done.returncode == 0, done.stderr
     inspected = json.loads(dockerd.docker("image", "inspect", "daemon-load/app:1").stdout)[0]
     assert inspected["Id"] == iidfile.read_text()
-    assert_nothing_left(daemon_state)
+    _builds_left_nothing(daemon_state)
 
 
 def test_a_second_build_through_the_daemon_hits_its_step_cache(
@@ -466,4 +553,4 @@ def test_a_second_build_through_the_daemon_hits_its_step_cache(
     run_step = next(name for name in completed(first) if "tr a-z A-Z" in name)
     assert not completed(first)[run_step]
     assert completed(second)[run_step]
-    assert_nothing_left(daemon_state)
+    _builds_left_nothing(daemon_state)

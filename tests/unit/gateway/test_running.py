@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from lazybuild.build.filesystem import OwnedFilesystem
 from lazybuild.errors import InvalidReferenceError
 from lazybuild.frontend.dockerfile.parser import ParseError
 from lazybuild.gateway import (
@@ -48,7 +49,7 @@ def _no_filesystem() -> LazyMountService:
 async def _gateway(tmp_path: Path, source: bytes = b"") -> AsyncIterator[BuildGateway]:
     async with RegistryClient() as client, AsyncExitStack() as stack:
         store = LayerStore(tmp_path / "state")
-        mounter = LayerMounter(store, _no_filesystem, stack)
+        mounter = LayerMounter(store, OwnedFilesystem(_no_filesystem), stack)
         resolver = ImageResolver(client, host_platform())
         resources = WorkerResources(
             store=store,
