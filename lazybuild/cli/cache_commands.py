@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import trio
-
 from lazybuild.cli.options import size, state_dir
 from lazybuild.progress import human_size
 
@@ -188,6 +186,8 @@ def prune_line(entry: PruneEntry) -> str:
 
 
 async def run_du(args: argparse.Namespace) -> int:
+    import trio
+
     if args.builder is not None:
         from lazybuild.daemon.client import remote_usage
 
@@ -201,6 +201,8 @@ async def run_du(args: argparse.Namespace) -> int:
 
 
 async def run_prune(args: argparse.Namespace) -> int:
+    import trio
+
     def show(entry: PruneEntry) -> None:
         print(prune_line(entry))
 

@@ -11,8 +11,6 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import trio
-
 from lazybuild import __version__
 from lazybuild.cli import (
     build_commands,
@@ -53,6 +51,8 @@ async def _run_with_cleanup(args: argparse.Namespace) -> int:
         _clean_up_after_killed_runs(args)
         exit_code: int = await args.run(args)
         return exit_code
+    import trio
+
     with trio.open_signal_receiver(signal.SIGTERM) as terminations:
         if _termination.requested:
             raise KeyboardInterrupt
@@ -94,11 +94,13 @@ def _add_builder(build: argparse.ArgumentParser) -> None:
 
 
 def _route_to_builder(args: argparse.Namespace) -> None:
-    """A build given a builder is the daemon's: no filesystem here, the client runs."""
+    """A build given a builder is the daemon's: no filesystem here, the client runs,
+    without trio (``run_blocking``)."""
+    args.run_blocking = None
     if args.command == "build" and args.builder is not None:
         from lazybuild.daemon.buildclient import run_remote_build
 
-        args.run = run_remote_build
+        args.run_blocking = run_remote_build
         args.make_filesystem = None
 
 
@@ -218,8 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.ERROR if args.quiet else logging.WARNING,
             format="lazybuild: %(message)s",
         )
+        if args.run_blocking is not None:
+            args.filesystem = None
+            blocking_exit: int = args.run_blocking(args, lambda: _termination.requested)
+            return blocking_exit
         # Only from the command line: a caller of main() may not expect a fork of itself.
         args.filesystem = _forked_filesystem(args) if argv is None else None
+        import trio
+
         exit_code: int = trio.run(_run_command, args)
         return exit_code
     except BaseException as exc:

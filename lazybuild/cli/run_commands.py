@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import trio
-
 from lazybuild.cli.options import registry_options, state_dir
 from lazybuild.errors import UsageError
 
@@ -84,6 +82,8 @@ def _finish_report(args: argparse.Namespace, report: FetchReport) -> None:
 
 
 async def run_mount(args: argparse.Namespace) -> int:
+    import trio
+
     from lazybuild.imagemount import mounted_image
     from lazybuild.lazyfs.client import FilesystemServiceError
     from lazybuild.progress import Progress
@@ -152,6 +152,8 @@ async def run_mount(args: argparse.Namespace) -> int:
 
 
 async def run_umount(args: argparse.Namespace) -> int:
+    import trio
+
     from lazybuild.lazyfs.stale import read_record, records_dir
     from lazybuild.snapshot.overlay import is_mounted, unmount
 

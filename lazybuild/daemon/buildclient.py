@@ -22,12 +22,11 @@ import shutil
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Protocol, cast
-
-import trio
 
 from lazybuild.errors import LazybuildError, UsageError
 
@@ -38,6 +37,8 @@ if TYPE_CHECKING:
     from lazybuild.exporter.outputs import OutputSpec
 
 _CHUNK_BYTES = 1 << 20
+# How soon a SIGTERM noted meanwhile cancels the build.
+_INTERRUPT_POLL_SECONDS = 0.1
 
 
 class RemoteBuildError(LazybuildError):
@@ -426,21 +427,42 @@ def _cancel(call: _Call) -> None:
             call.stub.Cancel(control_pb2.CancelRequest(build_id=call.build_id), timeout=5)
 
 
-async def run_remote_build(args: argparse.Namespace) -> int:
+def run_remote_build(args: argparse.Namespace, terminated: Callable[[], bool]) -> int:
+    """The build, done by the daemon; blocking, without trio (a client's start-up counts
+    in every build it asks for). The call runs in a thread of its own, so that this one
+    sees a Ctrl-C (or ``terminated()``, a SIGTERM) at once, and cancels the build."""
     from lazybuild.atomicfile import write_atomic
 
     call = _Call()
+    ended: list[control_pb2.BuildResult | BaseException] = []
+
+    def converse() -> None:
+        try:
+            ended.append(_build_through(args, call))
+        except BaseException as error:  # handed to the waiting thread
+            ended.append(error)
+
+    caller = threading.Thread(target=converse, name="lazybuild-build-call", daemon=True)
+    caller.start()
     try:
-        result = await trio.to_thread.run_sync(_build_through, args, call, abandon_on_cancel=True)
-    except BaseException:
+        while caller.is_alive():
+            caller.join(_INTERRUPT_POLL_SECONDS)
+            if terminated():
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
         _cancel(call)
         raise
+    if isinstance(ended[0], BaseException):
+        raise ended[0]
+    result = ended[0]
     for tarball in call.to_load:
         # --load: into this machine's Docker engine, as a local build loads it.
+        import trio
+
         from lazybuild.exporter.dockerload import load_into_docker
 
         with tarball:
-            await load_into_docker(functools.partial(shutil.copyfileobj, tarball))
+            trio.run(load_into_docker, functools.partial(shutil.copyfileobj, tarball))
     if args.record_out is not None and result.HasField("record"):
         args.record_out.write_bytes(result.record)
     quiet = args.quiet or args.progress == "quiet"

@@ -44,7 +44,7 @@ def add_builder_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _address(text: str) -> str:
-    from lazybuild.daemon.config import parse_address
+    from lazybuild.daemon.address import parse_address
 
     try:
         return parse_address(text)
@@ -56,7 +56,7 @@ def open_channel(address: str) -> grpc.Channel:
     """A channel to the daemon at ``address`` (``unix://`` or ``tcp://`` with mutual TLS)."""
     import grpc
 
-    from lazybuild.daemon.config import Address
+    from lazybuild.daemon.address import Address
 
     parsed = Address(_address(address))
     if parsed.is_unix:

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from lazybuild.daemon.address import Address, parse_address
 from lazybuild.errors import UsageError
 from lazybuild.statedir import default_state_dir
 
@@ -34,7 +35,6 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_TCP = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d+)")
 
 
 class ConfigError(UsageError):
@@ -102,42 +102,6 @@ class GCPolicy(_Section):
         if value is not None and value <= timedelta(0):
             raise ValueError("must be longer than 0s")
         return value
-
-
-class Address(str):
-    """``unix:///ABSOLUTE/PATH`` or ``tcp://HOST:PORT``."""
-
-    __slots__ = ()
-
-    @property
-    def is_unix(self) -> bool:
-        return self.startswith("unix://")
-
-    @property
-    def socket_path(self) -> Path:
-        return Path(self.removeprefix("unix://"))
-
-    @property
-    def grpc_target(self) -> str:
-        """The spelling grpc's ``add_*_port`` and channels take."""
-        if self.is_unix:
-            return f"unix:{self.socket_path}"
-        return self.removeprefix("tcp://")
-
-
-def parse_address(text: str) -> Address:
-    """``text`` as an ``Address``; ``ValueError`` saying what is wrong otherwise."""
-    if text.startswith("unix://"):
-        path = text.removeprefix("unix://")
-        if not path.startswith("/") or path.endswith("/"):
-            raise ValueError(f"{text!r}: a unix address names an absolute socket path")
-        return Address(text)
-    match = _TCP.fullmatch(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not unix:///PATH or tcp://HOST:PORT")
-    if not 0 <= int(match.group("port")) < 1 << 16:
-        raise ValueError(f"{text!r}: port out of range")
-    return Address(text)
 
 
 def _address(value: object) -> object:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import grpc
 
-from lazybuild.daemon.config import Address, TLSConfig
+from lazybuild.daemon.address import Address
+from lazybuild.daemon.config import TLSConfig
 from lazybuild.errors import UsageError
 
 SOCKET_MODE = 0o660

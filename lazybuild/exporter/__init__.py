@@ -7,19 +7,47 @@
 archive), ``dockerload`` and ``rootfscopy``.
 """
 
-from lazybuild.exporter.export import BuiltImage, ExportResult, export_image
-from lazybuild.exporter.image import AssembledImage
-from lazybuild.exporter.layerblobs import LayerBlob, local_layer_blob
-from lazybuild.exporter.outputs import (
-    DockerOutput,
-    ImageOutput,
-    LocalOutput,
-    OciOutput,
-    OutputSpec,
-    outputs_from_flags,
-    parse_output,
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lazybuild.lazyexports import lazy_exports
+
+if TYPE_CHECKING:
+    from lazybuild.exporter.export import BuiltImage, ExportResult, export_image
+    from lazybuild.exporter.image import AssembledImage
+    from lazybuild.exporter.layerblobs import LayerBlob, local_layer_blob
+    from lazybuild.exporter.outputs import (
+        DockerOutput,
+        ImageOutput,
+        LocalOutput,
+        OciOutput,
+        OutputSpec,
+        outputs_from_flags,
+        parse_output,
+    )
+    from lazybuild.exporter.registrypush import PushReport
+
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "AssembledImage": "image",
+        "BuiltImage": "export",
+        "DockerOutput": "outputs",
+        "ExportResult": "export",
+        "ImageOutput": "outputs",
+        "LayerBlob": "layerblobs",
+        "LocalOutput": "outputs",
+        "OciOutput": "outputs",
+        "OutputSpec": "outputs",
+        "PushReport": "registrypush",
+        "export_image": "export",
+        "local_layer_blob": "layerblobs",
+        "outputs_from_flags": "outputs",
+        "parse_output": "outputs",
+    },
 )
-from lazybuild.exporter.registrypush import PushReport
+
 
 __all__ = [
     "AssembledImage",

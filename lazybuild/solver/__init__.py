@@ -5,35 +5,78 @@ worker plugs in with ``resolve_op`` (vertex -> ``Op``) and ``load_result`` (cach
 -> ``Result``).
 """
 
-from lazybuild.solver.cachekey import DepKey, cache_key
-from lazybuild.solver.cachestore import (
-    CacheLink,
-    CacheRecord,
-    CacheStore,
-    MemoryCacheStore,
-    SQLiteCacheStore,
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lazybuild.lazyexports import lazy_exports
+
+if TYPE_CHECKING:
+    from lazybuild.solver.cachekey import DepKey, cache_key
+    from lazybuild.solver.cachestore import (
+        CacheLink,
+        CacheRecord,
+        CacheStore,
+        MemoryCacheStore,
+        SQLiteCacheStore,
+    )
+    from lazybuild.solver.errors import CacheStoreError, VertexFailedError
+    from lazybuild.solver.op import (
+        CacheDep,
+        CacheMap,
+        ContentDigestFunc,
+        Job,
+        Op,
+        PreparesToRun,
+        Result,
+    )
+    from lazybuild.solver.progress import (
+        ProgressEvent,
+        ProgressSink,
+        ProgressWriter,
+        VertexCompleted,
+        VertexLog,
+        VertexStarted,
+        VertexStatus,
+    )
+    from lazybuild.solver.scheduler import LoadResult, ResolveOp, Solver
+    from lazybuild.solver.vertex import Edge, Vertex, VertexGraph, load_definition
+
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "CacheDep": "op",
+        "CacheLink": "cachestore",
+        "CacheMap": "op",
+        "CacheRecord": "cachestore",
+        "CacheStore": "cachestore",
+        "CacheStoreError": "errors",
+        "ContentDigestFunc": "op",
+        "DepKey": "cachekey",
+        "Edge": "vertex",
+        "Job": "op",
+        "LoadResult": "scheduler",
+        "MemoryCacheStore": "cachestore",
+        "Op": "op",
+        "PreparesToRun": "op",
+        "ProgressEvent": "progress",
+        "ProgressSink": "progress",
+        "ProgressWriter": "progress",
+        "ResolveOp": "scheduler",
+        "Result": "op",
+        "SQLiteCacheStore": "cachestore",
+        "Solver": "scheduler",
+        "Vertex": "vertex",
+        "VertexCompleted": "progress",
+        "VertexFailedError": "errors",
+        "VertexGraph": "vertex",
+        "VertexLog": "progress",
+        "VertexStarted": "progress",
+        "VertexStatus": "progress",
+        "cache_key": "cachekey",
+        "load_definition": "vertex",
+    },
 )
-from lazybuild.solver.errors import CacheStoreError, VertexFailedError
-from lazybuild.solver.op import (
-    CacheDep,
-    CacheMap,
-    ContentDigestFunc,
-    Job,
-    Op,
-    PreparesToRun,
-    Result,
-)
-from lazybuild.solver.progress import (
-    ProgressEvent,
-    ProgressSink,
-    ProgressWriter,
-    VertexCompleted,
-    VertexLog,
-    VertexStarted,
-    VertexStatus,
-)
-from lazybuild.solver.scheduler import LoadResult, ResolveOp, Solver
-from lazybuild.solver.vertex import Edge, Vertex, VertexGraph, load_definition
 
 __all__ = [
     "CacheDep",

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
-import trio
+if TYPE_CHECKING:
+    import trio
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,11 @@ class VertexStatus:
 
 
 ProgressEvent = VertexStarted | VertexCompleted | VertexLog | VertexStatus
-ProgressWriter = Callable[[ProgressEvent], None] | trio.MemorySendChannel[ProgressEvent]
+# Light to import without trio (a daemon's client renders these events): trio's
+# channel type is named for the type checker only.
+ProgressWriter: TypeAlias = (
+    "Callable[[ProgressEvent], None] | trio.MemorySendChannel[ProgressEvent]"
+)
 
 
 class ProgressSink:
@@ -80,6 +85,8 @@ class ProgressSink:
         writer = self._writer
         if writer is None:
             return
+        import trio  # the solver's caller runs trio: imported already
+
         if isinstance(writer, trio.MemorySendChannel):
             try:
                 await writer.send(event)
