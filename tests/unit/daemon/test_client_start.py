@@ -1,0 +1,34 @@
+"""A daemon's client starts light: every build it asks for pays its start-up, so
+``build --builder`` imports neither trio nor pydantic (nor the exporter, the solver)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+_PROBE = """
+import sys
+from lazybuild.cli.main import main
+code = main(["build", "--builder", "unix:///nonexistent/lazybuild.sock", sys.argv[1]])
+heavy = sorted(
+    name for name in ("trio", "pydantic", "lazybuild.exporter.export", "lazybuild.solver.scheduler")
+    if name in sys.modules
+)
+print(code, ",".join(heavy))
+"""
+
+
+def test_build_through_a_builder_imports_no_trio_no_pydantic(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    code, heavy = done.stdout.split(" ", 1)
+    assert code == "1"  # no daemon there: one line, exit 1
+    assert "lazybuild: error: " in done.stderr and "Traceback" not in done.stderr
+    assert heavy.strip() == ""
