@@ -6,7 +6,9 @@ this process's environment and files, outputs and cache specs checked with the s
 messages), the context is sent as a tar of what ``.dockerignore`` leaves (modes and
 nanosecond mtimes kept: copied context files keep their mtimes in layers), the
 daemon's progress events are rendered in the chosen ``--progress`` mode, archive outputs
-land where they were asked, and a failure ends with the same line and exit status.
+land where they were asked, local build caches (``type=local``) go to the daemon and
+come back as tars of their layouts, and a failure ends with the same line and exit
+status.
 Ctrl-C cancels the call and sends ``Cancel``.
 """
 
@@ -14,9 +16,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import functools
+import hashlib
+import io
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -85,12 +91,16 @@ def build_header(
         raise UsageError("--record-in and --workload-cmd exclude each other")
     if args.optimize_base and not args.optimize:
         raise UsageError("--optimize-base and --no-optimize exclude each other")
-    local_caches = [
-        *(str(s) for s in cache_imports(args.cache_from) if s.ref is None),
-        *(str(s) for s in cache_exports(args.cache_to) if s.ref is None),
+    # A local cache's directory goes by its absolute path: the daemon names it so in
+    # its messages (its own working directory is not this one).
+    cache_from = [
+        _absolute_local(spec, "src", wanted.src)
+        for spec, wanted in zip(args.cache_from, cache_imports(args.cache_from), strict=True)
     ]
-    if local_caches:
-        raise UsageError(f"{local_caches[0]}: local caches are not supported through --builder yet")
+    cache_to = [
+        _absolute_local(spec, "dest", wanted.dest)
+        for spec, wanted in zip(args.cache_to, cache_exports(args.cache_to), strict=True)
+    ]
     dockerfile = args.file if args.file is not None else context_dir / "Dockerfile"
     try:
         dockerfile_bytes = dockerfile.read_bytes()
@@ -108,8 +118,8 @@ def build_header(
         secrets=build_flags.secrets(args.secret, environ, secret_files),
         labels=build_flags.labels(args.label),
         network=args.network,
-        cache_from=args.cache_from,
-        cache_to=args.cache_to,
+        cache_from=cache_from,
+        cache_to=cache_to,
         assemble=args.iidfile is not None,
         profiling=control_pb2.Profiling(
             enabled=args.optimize,
@@ -155,6 +165,99 @@ def build_header(
     return header, context_dir, outputs
 
 
+def _absolute_local(spec: str, key: str, directory: Path | None) -> str:
+    """``spec`` with its ``src=``/``dest=`` directory made absolute (a registry cache's
+    spec as it is), in buildx's CSV."""
+    if directory is None:
+        return spec
+    (parts,) = csv.reader([spec])
+    fields = [
+        f"{key}={directory}" if part.partition("=")[0].strip().lower() == key else part
+        for part in parts
+    ]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(fields)
+    return out.getvalue()
+
+
+def write_cache_tar(src: Path, out: IO[bytes]) -> bool:
+    """The local cache ``src`` as a tar of what a local build's import reads of it: the
+    layout's marker and index, and the blobs its cache manifest names (not the blobs
+    of earlier exports the directory keeps). What is missing or malformed is left for
+    the daemon's import to report, as a local build reports it. False when there is
+    no such directory (nothing to send)."""
+    from lazybuild.remotecache.registrycache import LOCAL_CACHE_TAG, MAX_MANIFEST_SIZE
+
+    if not src.is_dir():
+        return False
+    names = ["oci-layout", "index.json"]
+    manifest_digest = _tagged_digest(src / "index.json", LOCAL_CACHE_TAG)
+    if manifest_digest is not None:
+        names.append(_blob_name(manifest_digest))
+        manifest = _json_file(src / _blob_name(manifest_digest), MAX_MANIFEST_SIZE)
+        if isinstance(manifest, dict):
+            described = [manifest.get("config"), *_list(manifest.get("layers"))]
+            names += [
+                _blob_name(d["digest"])
+                for d in described
+                if isinstance(d, dict) and _is_digest(d.get("digest"))
+            ]
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for directory in ("blobs", "blobs/sha256"):
+            member = tarfile.TarInfo(directory)
+            member.type, member.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(member)
+        for name in dict.fromkeys(names):
+            try:
+                file = (src / name).open("rb")
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                continue
+            with file:
+                member = tarfile.TarInfo(name)
+                member.size = os.fstat(file.fileno()).st_size
+                member.mode = 0o644
+                tar.addfile(member, file)
+    return True
+
+
+def _is_digest(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", value) is not None
+
+
+def _blob_name(digest: str) -> str:
+    return f"blobs/sha256/{digest.removeprefix('sha256:')}"
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+def _json_file(path: Path, max_bytes: int) -> object:
+    try:
+        with path.open("rb") as file:
+            data = file.read(max_bytes + 1)
+        return None if len(data) > max_bytes else json.loads(data)
+    except (OSError, ValueError):
+        return None
+
+
+def _tagged_digest(index_path: Path, tag: str) -> str | None:
+    """The digest index.json names ``tag`` by (as ``OciLayout.resolve`` finds it)."""
+    from lazybuild.oci.mediatypes import REF_NAME_ANNOTATION
+
+    index = _json_file(index_path, 4 << 20)
+    if not isinstance(index, dict):
+        return None
+    for entry in _list(index.get("manifests")):
+        if not isinstance(entry, dict):
+            continue
+        annotations = entry.get("annotations")
+        if isinstance(annotations, dict) and annotations.get(REF_NAME_ANNOTATION) == tag:
+            digest = entry.get("digest")
+            return digest if _is_digest(digest) else None
+    return None
+
+
 def write_context_tar(context_dir: Path, dockerfile: Path, out: IO[bytes]) -> None:
     """The context as the build sees it (``.dockerignore`` applied) as a PAX tar."""
     from lazybuild.context import BuildContext
@@ -187,14 +290,22 @@ def write_context_tar(context_dir: Path, dockerfile: Path, out: IO[bytes]) -> No
 
 
 def _requests(
-    header: control_pb2.BuildHeader, tar: IO[bytes]
+    header: control_pb2.BuildHeader, tar: IO[bytes], caches: dict[int, IO[bytes]]
 ) -> Iterator[control_pb2.BuildRequest]:
+    """The header, the context, then each local cache to import (by its position in
+    ``header.cache_from``)."""
     from lazybuild.api.control.v1 import control_pb2
 
     yield control_pb2.BuildRequest(header=header)
     tar.seek(0)
     while chunk := tar.read(_CHUNK_BYTES):
         yield control_pb2.BuildRequest(context_chunk=chunk)
+    for index, cache in sorted(caches.items()):
+        cache.seek(0)
+        while chunk := cache.read(_CHUNK_BYTES):
+            yield control_pb2.BuildRequest(
+                cache_chunk=control_pb2.CacheChunk(index=index, data=chunk)
+            )
 
 
 class _Outputs:
@@ -203,8 +314,14 @@ class _Outputs:
     tar kept aside and unpacked into the directory then (with ``untar``: nothing lands
     outside it; owners kept when this process is root, else its own)."""
 
-    def __init__(self, outputs: list[OutputSpec]) -> None:
+    def __init__(self, outputs: list[OutputSpec], cache_dests: dict[int, Path]) -> None:
         from lazybuild.exporter.outputs import DockerOutput, LocalOutput, OciOutput
+
+        # Local cache exports by their position in --cache-to: each a tar of the
+        # exported layout, kept aside and merged into its directory once the build
+        # succeeded.
+        self._cache_dests = cache_dests
+        self._caches: dict[int, IO[bytes]] = {}
 
         self._dests: dict[int, str] = {}
         self._directories: set[int] = set()
@@ -241,7 +358,18 @@ class _Outputs:
                 self._open[index] = (partial.open("wb"), partial)
         self._open[index][0].write(data)
 
+    def write_cache(self, index: int, data: bytes) -> None:
+        if index not in self._cache_dests:
+            raise UsageError(f"the builder sent cache {index}, which was not asked for")
+        if index not in self._caches:
+            self._caches[index] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by commit or discard)
+        self._caches[index].write(data)
+
     def commit(self) -> None:
+        for index, cache in self._caches.items():
+            with cache:
+                _merge_cache(cache, self._cache_dests[index])
+        self._caches.clear()
         for index, (file, partial) in self._open.items():
             if index in self._directories:
                 _unpack_directory(file, Path(self._dests[index]))
@@ -257,6 +385,9 @@ class _Outputs:
         self._open.clear()
 
     def discard(self) -> None:
+        for cache in self._caches.values():
+            cache.close()
+        self._caches.clear()
         for index, (file, partial) in self._open.items():
             if index in self._directories or index in self._loads:
                 file.close()
@@ -274,6 +405,49 @@ def _unpack_directory(tar: IO[bytes], dest: Path) -> None:
     tar.seek(0)
     owner = None if os.geteuid() == 0 else (os.getuid(), os.getgid())
     extract(cast(BinaryIO, tar), dest, archive_policy(owner), f"the output for {dest}")
+
+
+def _merge_cache(tar: IO[bytes], dest: Path) -> None:
+    """The exported layout into the directory ``dest`` as a local export writes it
+    (``remotecache.registrycache``): the blobs, each checked against its digest, then
+    index.json naming the new cache manifest, replaced whole; earlier blobs and other
+    entries of index.json stay, so a reader of the old index still finds what it
+    names. Unpacked with ``untar`` in the layout's staging directory (its filesystem,
+    so blobs are renamed into place, and where a local export stages its blobs)."""
+    from lazybuild.oci.layout import OciLayout
+    from lazybuild.remotecache.registrycache import LOCAL_CACHE_TAG
+    from lazybuild.untar.extract import archive_policy, extract
+
+    layout = OciLayout.create(dest)
+    staging = dest / "blobs" / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    received = Path(tempfile.mkdtemp(prefix="received-", dir=staging))
+    try:
+        tar.seek(0)
+        owner = None if os.geteuid() == 0 else (os.getuid(), os.getgid())
+        where = f"the cache exported for {dest}"
+        extract(cast(BinaryIO, tar), received, archive_policy(owner), where)
+        cache = OciLayout.open(received).resolve(LOCAL_CACHE_TAG)
+        blobs = received / "blobs" / "sha256"
+        for blob in sorted(blobs.iterdir()) if blobs.is_dir() else ():
+            digest = f"sha256:{blob.name}"
+            if blob.is_file() and not blob.is_symlink() and _is_digest(digest):
+                _check_digest(blob, digest, where)
+                layout.adopt_blob_file(blob, digest)
+        if not layout.has_blob(cache.digest):
+            raise RemoteBuildError(f"{where} lacks its manifest {cache.digest}", 1)
+        layout.add_ref(cache, LOCAL_CACHE_TAG)
+    finally:
+        shutil.rmtree(received, ignore_errors=True)
+
+
+def _check_digest(path: Path, digest: str, where: str) -> None:
+    hasher = hashlib.sha256()
+    with path.open("rb") as file:
+        while piece := file.read(_CHUNK_BYTES):
+            hasher.update(piece)
+    if f"sha256:{hasher.hexdigest()}" != digest:
+        raise RemoteBuildError(f"{where}: blob {digest} does not match its digest", 1)
 
 
 def _render(progress: BuildProgress, line: str) -> None:
@@ -363,16 +537,30 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
 
     from lazybuild.buildprogress import BuildProgress, Mode
     from lazybuild.daemon.client import BuilderError, control_stub, describe_rpc_error
+    from lazybuild.remotecache.spec import cache_exports, cache_imports
 
     header, context_dir, outputs = build_header(args, call.secret_files)
     dockerfile = args.file if args.file is not None else context_dir / "Dockerfile"
     call.context_dir, call.dockerfile = context_dir, dockerfile
     mode: Mode = "quiet" if args.quiet else args.progress
-    received = _Outputs(outputs)
-    with tempfile.TemporaryFile() as tar, control_stub(args.builder) as stub:
+    cache_dests = {
+        index: export.dest
+        for index, export in enumerate(cache_exports(header.cache_to))
+        if export.dest is not None
+    }
+    received = _Outputs(outputs, cache_dests)
+    with contextlib.ExitStack() as stack:
+        tar = stack.enter_context(tempfile.TemporaryFile())
         write_context_tar(context_dir, dockerfile, tar)
+        caches: dict[int, IO[bytes]] = {}
+        for index, wanted in enumerate(cache_imports(header.cache_from)):
+            if wanted.src is not None:
+                cache_tar = stack.enter_context(tempfile.TemporaryFile())
+                if write_cache_tar(wanted.src, cache_tar):
+                    caches[index] = cache_tar
+        stub = stack.enter_context(control_stub(args.builder))
         call.stub, call.build_id = stub, header.build_id
-        responses = stub.Build(_requests(header, tar))
+        responses = stub.Build(_requests(header, tar, caches))
         call.responses = responses
         result = None
         try:
@@ -386,6 +574,8 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
                         _render(progress, response.progress_event)
                     elif part == "output":
                         received.write(response.output.index, response.output.data)
+                    elif part == "cache":
+                        received.write_cache(response.cache.index, response.cache.data)
                     elif part == "result":
                         result = response.result
                 if result is not None and result.error and result.error_tail and mode != "quiet":

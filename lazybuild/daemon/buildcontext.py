@@ -1,7 +1,10 @@
-"""A build's inputs as the daemon receives them: the header, then the context tar,
-written to the build's private directory with bounds, and unpacked there with the one
-tar extractor (``untar``, its archive policy: every entry root-owned, symlinks resolved
-inside the root, nothing outside it).
+"""A build's inputs as the daemon receives them: the header, the context tar, then the
+tars of the local caches to import, written to the build's private directory with
+bounds, and unpacked there with the one tar extractor (``untar``, its archive policy:
+every entry root-owned, symlinks resolved inside the root, nothing outside it).
+
+A local cache's directory is named by the client and lives on the client's machine:
+the daemon never reads a path the header names, only what the call carries.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from lazybuild.api.control.v1 import control_pb2
-from lazybuild.errors import UsageError
+from lazybuild.errors import FormatError, UsageError
 
 CONTEXT_TAR = "context.tar"
 
@@ -28,12 +32,24 @@ class ReceivedBuild:
     dockerfile: Path
 
 
+def cache_import_dir(workdir: Path, index: int) -> Path:
+    """Where the layout of ``header.cache_from[index]`` is unpacked (absent when the
+    client had no such directory, as a local build finds none)."""
+    return workdir / f"cache-from-{index}"
+
+
+def cache_export_dir(workdir: Path, index: int) -> Path:
+    """Where the cache of ``header.cache_to[index]`` is exported, to be sent back."""
+    return workdir / f"cache-to-{index}"
+
+
 def receive(
     requests: Iterator[control_pb2.BuildRequest], workdir: Path, max_context_bytes: int
 ) -> ReceivedBuild:
     """Reads the call's messages (blocking) into ``workdir``: the context unpacked in
     ``workdir/context``, the Dockerfile (and the ignore file the client applied) in
-    ``workdir/dockerfile``."""
+    ``workdir/dockerfile``, each local cache sent in ``cache_import_dir``.
+    ``max_context_bytes`` bounds all the tars together."""
     first = next(requests, None)
     if first is None or first.WhichOneof("part") != "header":
         raise BuildRequestError("a build starts with its header")
@@ -43,23 +59,48 @@ def receive(
         raise BuildRequestError(f"dockerfile name {name!r} is not a file name")
     received = 0
     tar_path = workdir / CONTEXT_TAR
-    with tar_path.open("wb") as tar:
+    cache_tars: dict[int, Path] = {}
+    tar = tar_path.open("wb")
+    try:
         for request in requests:
-            if request.WhichOneof("part") != "context_chunk":
-                raise BuildRequestError("a build sends one header, then its context")
-            received += len(request.context_chunk)
+            part = request.WhichOneof("part")
+            if part == "context_chunk" and not cache_tars:
+                data = request.context_chunk
+            elif part == "cache_chunk":
+                data = request.cache_chunk.data
+                index = request.cache_chunk.index
+                if index not in cache_tars:
+                    if cache_tars and index < max(cache_tars):
+                        raise BuildRequestError("a build sends each local cache in one piece")
+                    _check_local_import(header, index)
+                    tar.close()
+                    cache_tars[index] = workdir / f"cache-from-{index}.tar"
+                    tar = cache_tars[index].open("wb")
+            else:
+                raise BuildRequestError(
+                    "a build sends one header, then its context, then its local caches"
+                )
+            received += len(data)
             if received > max_context_bytes:
                 raise BuildRequestError(
-                    f"the build context is larger than the daemon takes ({max_context_bytes} "
-                    "bytes; max_context_size in its configuration)"
+                    f"the build context and caches are larger than the daemon takes "
+                    f"({max_context_bytes} bytes; max_context_size in its configuration)"
                 )
-            tar.write(request.context_chunk)
+            tar.write(data)
+    finally:
+        tar.close()
     context_dir = workdir / "context"
     context_dir.mkdir()
-    if received:
-        _unpack(tar_path, context_dir)
+    if tar_path.stat().st_size:
+        _unpack(tar_path, context_dir, "the build context", _CONTEXT_KINDS)
     with contextlib.suppress(FileNotFoundError):
         tar_path.unlink()
+    for index, cache_tar in cache_tars.items():
+        layout = cache_import_dir(workdir, index)
+        layout.mkdir()
+        where = f"the local cache --cache-from {header.cache_from[index]!r}"
+        _unpack(cache_tar, layout, where, _CACHE_KINDS)
+        cache_tar.unlink()
     dockerfile_dir = workdir / "dockerfile"
     dockerfile_dir.mkdir()
     dockerfile = dockerfile_dir / name
@@ -71,8 +112,51 @@ def receive(
     return ReceivedBuild(header, context_dir, dockerfile)
 
 
-def _unpack(tar_path: Path, dest: Path) -> None:
+def _check_local_import(header: control_pb2.BuildHeader, index: int) -> None:
+    from lazybuild.remotecache.spec import cache_imports
+
+    if index >= len(header.cache_from):
+        raise BuildRequestError(f"a build sent local cache {index}, which it did not name")
+    (spec,) = cache_imports([header.cache_from[index]])
+    if spec.src is None:
+        raise BuildRequestError(f"--cache-from {header.cache_from[index]!r} is not a local cache")
+
+
+def _unpack(tar_path: Path, dest: Path, where: str, kinds: tuple[frozenset[str], str]) -> None:
     from lazybuild.untar.extract import archive_policy, extract
 
     with tar_path.open("rb") as stream:
-        extract(stream, dest, archive_policy((0, 0)), "the build context")
+        _refuse_other_kinds(stream, where, kinds)
+        stream.seek(0)
+        extract(stream, dest, archive_policy((0, 0)), where)
+
+
+# The kinds of entry a client sends (``buildclient``), and how to say so.
+_CONTEXT_KINDS = (
+    frozenset({"file", "directory", "symlink", "hardlink"}),
+    "a build context holds files, directories and links only",
+)
+# A cache's files are read by the daemon as root (its import, the lazy filesystem, an
+# export copying imported blobs): a symlink there would have it read a file of its
+# own host that the client named (and send it back in an export).
+_CACHE_KINDS = (frozenset({"file", "directory"}), "a local cache holds files and directories only")
+
+
+def _refuse_other_kinds(stream: BinaryIO, where: str, kinds: tuple[frozenset[str], str]) -> None:
+    """Refuses the whole call for an entry of another kind: a device node (or fifo)
+    made as root in the daemon's directories, and from there copied into a layer, or
+    a cache's symlink, could only be a way to reach the daemon's host."""
+    from lazybuild.untar.tarreader import TarReader
+
+    allowed, rule = kinds
+    name = ""
+    try:
+        for entry in TarReader(stream):
+            name = entry.name
+            if entry.kind not in allowed:
+                raise BuildRequestError(f"{where}: entry {name[:200]!r} is a {entry.kind}: {rule}")
+    except BuildRequestError:
+        raise
+    except FormatError as error:
+        about = f"entry {name[:200]!r}: " if name else ""
+        raise FormatError(f"{where}: {about}{error}") from None

@@ -15,12 +15,12 @@ import io
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO, cast
 
 from lazybuild.api.control.v1 import control_pb2
-from lazybuild.daemon.buildcontext import ReceivedBuild
+from lazybuild.daemon.buildcontext import ReceivedBuild, cache_export_dir, cache_import_dir
 from lazybuild.errors import UsageError
 from lazybuild.registryoptions import RegistryOptions
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from lazybuild.exporter import ExportResult
     from lazybuild.exporter.outputs import OutputSpec
     from lazybuild.lazyfs.shared import SharedFilesystem
+    from lazybuild.remotecache.spec import CacheExport, CacheImport
 
 
 class _EventLines(io.TextIOBase):
@@ -60,6 +61,8 @@ class ArchiveDest:
     directory: bool = False
     # Where the client puts it: the build's messages say that rather than ``path``.
     shown_as: str = ""
+    # A local cache export (``index`` in ``cache_to``), sent back as ``CacheChunk``s.
+    cache: bool = False
 
 
 def _outputs(
@@ -91,15 +94,43 @@ def _outputs(
     return specs, archives
 
 
+def _local_caches(
+    header: control_pb2.BuildHeader, workdir: Path
+) -> tuple[list[CacheImport], list[CacheExport], list[ArchiveDest], list[tuple[Path, str]]]:
+    """The cache specs with each local directory replaced by the build's own copy (what
+    the client sent, or where the export is made to be sent back): the client's paths
+    name its machine, never read or written here. Also the exports to send back, and
+    the daemon's paths with the client's names for them."""
+    from lazybuild.remotecache.spec import cache_exports, cache_imports
+
+    imports = cache_imports(header.cache_from)
+    exports = cache_exports(header.cache_to)
+    names: list[tuple[Path, str]] = []
+    for index, wanted in enumerate(imports):
+        if wanted.src is not None:
+            src = cache_import_dir(workdir, index)
+            imports[index] = replace(wanted, src=src)
+            names.append((src, str(wanted.src)))
+    sent_back = []
+    for index, export in enumerate(exports):
+        if export.dest is not None:
+            dest = cache_export_dir(workdir, index)
+            exports[index] = replace(export, dest=dest)
+            names.append((dest, str(export.dest)))
+            sent_back.append(ArchiveDest(index, dest, True, str(export.dest), cache=True))
+    return imports, exports, sent_back, names
+
+
 def _naming_client_paths(
-    emit: Callable[[str], None], archives: list[ArchiveDest]
+    emit: Callable[[str], None], archives: list[ArchiveDest], names: list[tuple[Path, str]]
 ) -> Callable[[str], None]:
-    """``emit`` of events whose mentions of the daemon's output paths name the client's
-    destinations instead ("copying the root filesystem to ./rootfs")."""
+    """``emit`` of events whose mentions of the daemon's output and cache paths name the
+    client's destinations instead ("copying the root filesystem to ./rootfs")."""
+    pairs = [(a.path, a.shown_as) for a in archives if a.shown_as] + names
     renames = [
-        (json.dumps(str(a.path))[1:-1], json.dumps(a.shown_as)[1:-1])
-        for a in archives
-        if a.shown_as
+        (json.dumps(str(path))[1:-1], json.dumps(shown)[1:-1])
+        # The longest first, lest cache-from-1 be renamed inside cache-from-10.
+        for path, shown in sorted(pairs, key=lambda pair: -len(str(pair[0])))
     ]
     if not renames:
         return emit
@@ -150,9 +181,9 @@ async def run_job(
     from lazybuild.build.request import BuildRequest
     from lazybuild.buildprogress import BuildProgress
     from lazybuild.imagemount import render_fetch_report
-    from lazybuild.remotecache.spec import cache_exports, cache_imports
 
     header = received.header
+    cache_from, cache_exports_wanted, cache_archives, cache_names = _local_caches(header, workdir)
     request = BuildRequest(
         context_dir=received.context_dir,
         dockerfile=received.dockerfile,
@@ -167,10 +198,9 @@ async def run_job(
             header.source_date_epoch if header.HasField("source_date_epoch") else None
         ),
         network=_network(header.network),
-        cache_from=tuple(cache_imports(header.cache_from)),
+        cache_from=tuple(cache_from),
         export_cache=bool(header.cache_to),
     )
-    cache_exports_wanted = cache_exports(header.cache_to)
     outputs, archives = _outputs(header, workdir)
     wanted = header.profiling
     record_in = record_out = None
@@ -190,7 +220,7 @@ async def run_job(
         record_out=record_out,
     )
     export_result: list[ExportResult] = []
-    events = _EventLines(_naming_client_paths(emit_event, archives))
+    events = _EventLines(_naming_client_paths(emit_event, archives, cache_names))
     # An io.TextIOBase is a text stream; typeshed's typing.TextIO is a separate class.
     with BuildProgress("rawjson", cast(TextIO, events)) as progress:
         if not outputs:
@@ -233,4 +263,5 @@ async def run_job(
         exported = export_result[0]
         answer.config_digest = exported.config_digest or ""
         answer.metadata_json = json.dumps(exported.metadata(), indent=2) + "\n"
-    return answer, archives
+    # A cache that was not exported (the build never got that far) is not sent.
+    return answer, archives + [a for a in cache_archives if a.path.is_dir()]

@@ -1,8 +1,9 @@
 """The ``Control`` service: each RPC runs in one of the grpc server's worker threads.
 
-``Build`` receives the header and the context in its thread, then has the build run
-on the daemon's trio loop (``builds``) and relays its progress, archive outputs and
-result; the build's private directory goes when the call ends, however it ends.
+``Build`` receives the header, the context and the local caches to import in its
+thread, then has the build run on the daemon's trio loop (``builds``) and relays its
+progress, archive outputs, local cache exports and result; the build's private
+directory goes when the call ends, however it ends.
 
 ``DiskUsage`` and ``Prune`` are ``lazybuild du`` / ``prune`` on the daemon's state
 directory, the very functions the commands run (``cli.cache_commands``). A user error
@@ -147,8 +148,9 @@ class ControlService(control_pb2_grpc.ControlServicer):
 def _archive_chunks(archive: ArchiveDest) -> Iterator[control_pb2.BuildResponse]:
     path = archive.path
     if archive.directory:
-        # A directory goes as a tar of it: owners, modes, xattrs, hardlinks, symlinks
-        # and devices kept (the layer writer's, whose tree is a plain one here).
+        # A directory (a local cache's OCI layout too) goes as a tar of it: owners,
+        # modes, xattrs, hardlinks, symlinks and devices kept (the layer writer's,
+        # whose tree is a plain one here).
         from lazybuild.snapshot.diff import write_upper_as_tar
 
         path = archive.path.with_name(f"{archive.path.name}.tar")
@@ -156,9 +158,14 @@ def _archive_chunks(archive: ArchiveDest) -> Iterator[control_pb2.BuildResponse]
             write_upper_as_tar(archive.path, out)
     with path.open("rb") as file:
         while chunk := file.read(_OUTPUT_CHUNK_BYTES):
-            yield control_pb2.BuildResponse(
-                output=control_pb2.OutputChunk(index=archive.index, data=chunk)
-            )
+            if archive.cache:
+                yield control_pb2.BuildResponse(
+                    cache=control_pb2.CacheChunk(index=archive.index, data=chunk)
+                )
+            else:
+                yield control_pb2.BuildResponse(
+                    output=control_pb2.OutputChunk(index=archive.index, data=chunk)
+                )
 
 
 def _answering(context: grpc.ServicerContext, work: Callable[[], _T]) -> _T:

@@ -554,3 +554,209 @@ def test_a_second_build_through_the_daemon_hits_its_step_cache(
     assert not completed(first)[run_step]
     assert completed(second)[run_step]
     _builds_left_nothing(daemon_state)
+
+
+def _completed(done: subprocess.CompletedProcess[str]) -> dict[str, bool]:
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    return {e["name"]: e["cached"] for e in events if e["type"] == "completed"}
+
+
+def _messages(done: subprocess.CompletedProcess[str]) -> list[str]:
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    return [e["data"] for e in events if e["type"] == "message"]
+
+
+def _blobs(layout: Path) -> set[str]:
+    return {blob.name for blob in (layout / "blobs" / "sha256").iterdir()}
+
+
+def test_a_local_cache_exported_through_the_daemon_is_hit_through_another_and_locally(
+    tmp_path: Path, base_image: str, daemon
+) -> None:
+    """A CI job's cache directory: exported through one daemon, restored on a runner
+    whose daemon has a fresh state directory, and by a local build; the same format."""
+    address, daemon_state, _ = daemon
+    context = _context(tmp_path, DOCKERFILE)
+    cache = tmp_path / "ci-cache"
+    build = ["build", "--progress=rawjson", "--build-arg", f"BASE={base_image}"]
+    first = _lazybuild(
+        *build, "--builder", address, "--cache-to", f"type=local,dest={cache}", str(context)
+    )
+    assert first.returncode == 0, first.stderr
+    run_step = next(name for name in _completed(first) if "tr a-z A-Z" in name)
+    assert not _completed(first)[run_step]
+    exported = [m for m in _messages(first) if m.startswith("cache exported to")]
+    assert exported and f"local cache {cache}@" in exported[0], _messages(first)
+    assert "daemon-builds" not in first.stderr  # the daemon's paths are its own
+    index = json.loads((cache / "index.json").read_text())
+    assert [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]] == [
+        "buildcache"
+    ]
+    blobs_before = _blobs(cache)
+    _builds_left_nothing(daemon_state)
+
+    (tmp_path / "2").mkdir()
+    second = Daemons(tmp_path / "2")
+    try:
+        second.start()
+        missing = tmp_path / "no-such-cache"
+        again = _lazybuild(
+            *build,
+            "--builder",
+            second.address,
+            "--cache-from",
+            f"type=local,src={missing}",
+            "--cache-from",
+            f"type=local,src={cache}",
+            "--cache-to",
+            f"type=local,dest={cache},mode=max",
+            str(context),
+        )
+        assert again.returncode == 0, again.stderr
+        assert _completed(again)[run_step], again.stderr
+        # A missing directory is what it is to a local build: a warning naming it.
+        warned = [m for m in _messages(again) if m.startswith("warning: --cache-from")]
+        assert warned == [
+            f"warning: --cache-from local cache {missing}: {missing} is not an OCI image "
+            "layout (no oci-layout file); not used"
+        ]
+        assert "daemon-builds" not in again.stderr
+        _builds_left_nothing(second.state)
+    finally:
+        second.stop_all()
+    # Exported into the same directory, merged as a local export merges: earlier blobs
+    # stay, index.json names the new cache manifest.
+    assert blobs_before <= _blobs(cache)
+    index = json.loads((cache / "index.json").read_text())
+    assert len(index["manifests"]) == 1
+    manifest_digest = index["manifests"][0]["digest"].removeprefix("sha256:")
+    assert manifest_digest in _blobs(cache)
+    assert not list((cache / "blobs" / ".staging").iterdir())
+
+    local = _lazybuild(
+        "--state-dir",
+        str(tmp_path / "local-state"),
+        *build,
+        "--cache-from",
+        f"type=local,src={cache}",
+        str(context),
+    )
+    assert local.returncode == 0, local.stderr
+    assert _completed(local)[run_step], local.stderr
+
+
+def _hostile_tars(outside: Path, victim: Path) -> dict[str, bytes]:
+    """Tars a client could send instead of its context or cache, each trying one way
+    out of the directory it is unpacked in; ``outside`` and ``victim`` are what they
+    would reach."""
+    import io
+    import tarfile
+
+    def tar(*members: tuple[str, bytes | None, dict[str, object]]) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            for name, data, attributes in members:
+                member = tarfile.TarInfo(name)
+                for key, value in attributes.items():
+                    setattr(member, key, value)
+                member.size = len(data or b"")
+                archive.addfile(member, io.BytesIO(data) if data is not None else None)
+        return out.getvalue()
+
+    file: dict[str, object] = {}
+    up = "../" * 16  # from any depth, up to the root
+    blob = f"blobs/sha256/{'0' * 64}"
+    return {
+        "dot-dot": tar((f"{up}{outside}/dot-dot".replace("//", "/"), b"escaped", file)),
+        "absolute": tar((f"{outside}/absolute", b"escaped", file)),
+        "symlink": tar(
+            ("link", None, {"type": tarfile.SYMTYPE, "linkname": str(outside)}),
+            ("link/through-symlink", b"escaped", file),
+        ),
+        "hardlink-passwd": tar(
+            ("passwd", None, {"type": tarfile.LNKTYPE, "linkname": "/etc/passwd"})
+        ),
+        "hardlink-write": tar(
+            ("victim", None, {"type": tarfile.LNKTYPE, "linkname": str(victim)}),
+            ("victim", b"overwritten", file),
+        ),
+        "symlink-blob": tar((blob, None, {"type": tarfile.SYMTYPE, "linkname": "/etc/shadow"})),
+        "device": tar(
+            ("disk", None, {"type": tarfile.BLKTYPE, "devmajor": 8, "devminor": 0}),
+        ),
+        "device-outside": tar(
+            (f"{outside}/device", None, {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}),
+        ),
+    }
+
+
+def test_hostile_context_and_cache_tars_write_nothing_outside_the_build(
+    tmp_path: Path, base_image: str, daemon
+) -> None:
+    """The raw API, as a hostile client would use it: whatever a tar holds, nothing
+    lands outside the build's directory, and a refusal is one line."""
+    from lazybuild.cli.main import build_parser
+    from lazybuild.daemon.buildclient import build_header
+
+    address, daemon_state, _ = daemon
+    context = _context(tmp_path, "ARG BASE\nFROM ${BASE}\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("original\n")
+    passwd = os.stat("/etc/passwd")
+    args = build_parser().parse_args(
+        [
+            "build",
+            "--builder",
+            address,
+            "--build-arg",
+            f"BASE={base_image}",
+            "--cache-from",
+            f"type=local,src={tmp_path / 'cache'}",
+            str(context),
+        ]
+    )
+    header, _, _ = build_header(args)
+    target = address.replace("unix://", "unix:")
+    refused: dict[str, str] = {}
+    with grpc.insecure_channel(target) as channel:
+        stub = ControlStub(channel)
+        for name, hostile in _hostile_tars(outside, victim).items():
+            for sent_as in ("context", "cache"):
+                if sent_as == "context":
+                    parts = [control_pb2.BuildRequest(context_chunk=hostile)]
+                else:
+                    chunk = control_pb2.CacheChunk(index=0, data=hostile)
+                    parts = [control_pb2.BuildRequest(cache_chunk=chunk)]
+                header.build_id = f"{name}-{sent_as}"
+                requests = [control_pb2.BuildRequest(header=header), *parts]
+                try:
+                    responses = list(stub.Build(iter(requests)))
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error
+                    assert "\n" not in error.details() and "Traceback" not in error.details()
+                    refused[f"{name} as {sent_as}"] = error.details()
+                else:
+                    result = responses[-1].result
+                    assert not result.error, (name, sent_as, result.error)
+                assert list(outside.iterdir()) == [], (name, sent_as)
+                assert victim.read_text() == "original\n", (name, sent_as)
+                assert os.stat("/etc/passwd").st_nlink == passwd.st_nlink
+                assert list((daemon_state / "daemon-builds").iterdir()) == []
+    # Absolute names and paths through symlinks stay inside (untar resolves them in the
+    # root); what cannot be neutralised is refused with a line naming the entry.
+    for sent_as in ("context", "cache"):
+        assert "points outside" in refused[f"dot-dot as {sent_as}"]
+        assert "entry 'disk' is a block-device" in refused[f"device as {sent_as}"]
+        assert "is a char-device" in refused[f"device-outside as {sent_as}"]
+    for name in ("hardlink-passwd", "hardlink-write"):
+        assert "hardlink to missing" in refused[f"{name} as context"]
+        assert "is a hardlink: a local cache holds files" in refused[f"{name} as cache"]
+    # A cache's files are read by the daemon: a symlink there would read its own host.
+    for name in ("symlink-blob", "symlink"):
+        assert "is a symlink: a local cache holds files and" in refused[f"{name} as cache"]
+    assert refused["device as cache"].startswith(
+        f"the local cache --cache-from 'type=local,src={tmp_path / 'cache'}': "
+    )
+    _builds_left_nothing(daemon_state)

@@ -136,7 +136,7 @@ def test_what_a_builder_cannot_do_yet_is_one_line(tmp_path: Path) -> None:
     context = _context(tmp_path)
     for flags, expected in (
         (["-o", "type=oci,tar=false"], "an OCI layout directory cannot go to standard output"),
-        (["--cache-to", f"type=local,dest={tmp_path}"], "local caches are not supported"),
+        (["--cache-to", "type=local"], "type=local needs dest=DIR"),
     ):
         args = build_parser().parse_args(
             ["build", "--builder", "unix:///run/x.sock", *flags, str(context)]
@@ -174,3 +174,31 @@ def test_load_asks_for_a_docker_tarball_to_load_here(tmp_path: Path) -> None:
     assert output.WhichOneof("kind") == "docker"
     assert output.docker.load and not output.docker.dest
     assert list(output.docker.names) == ["app:1"]
+
+
+def test_local_caches_travel_by_their_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = _context(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(
+        [
+            "build",
+            "--builder",
+            "unix:///run/x.sock",
+            "--cache-from",
+            "type=local,src=ci-cache",
+            "--cache-from",
+            "registry.example/cache:main",
+            "--cache-to",
+            'type=local,dest=out,mode=max,"cache-mounts=a,b"',
+            str(context),
+        ]
+    )
+    header, _, _ = build_header(args)
+    assert list(header.cache_from) == [
+        f"type=local,src={tmp_path / 'ci-cache'}",
+        "registry.example/cache:main",
+    ]
+    out = tmp_path / "out"
+    assert list(header.cache_to) == [f'type=local,dest={out},mode=max,"cache-mounts=a,b"']

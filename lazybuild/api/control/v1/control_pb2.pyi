@@ -331,7 +331,11 @@ class BuildHeader(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def cache_from(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """--cache-from / --cache-to values, as given (registry caches only)."""
+        """--cache-from / --cache-to values, as given. A local cache's directory is the
+        client's: the daemon never reads or writes it. A `type=local,src=` import comes
+        as CacheChunks (none: the client has no such directory), a `type=local,dest=`
+        export goes back as CacheChunks.
+        """
 
     @_builtins.property
     def cache_to(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -555,20 +559,28 @@ class BuildRequest(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     CONTEXT_CHUNK_FIELD_NUMBER: _builtins.int
+    CACHE_CHUNK_FIELD_NUMBER: _builtins.int
     context_chunk: _builtins.bytes
     @_builtins.property
     def header(self) -> Global___BuildHeader: ...
+    @_builtins.property
+    def cache_chunk(self) -> Global___CacheChunk:
+        """After the context: a piece of the tar of the OCI layout of
+        BuildHeader.cache_from[index] (what its cache manifest names).
+        """
+
     def __init__(
         self,
         *,
         header: Global___BuildHeader | None = ...,
         context_chunk: _builtins.bytes = ...,
+        cache_chunk: Global___CacheChunk | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context_chunk", b"context_chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_chunk", b"cache_chunk", "context_chunk", b"context_chunk", "header", b"header", "part", b"part"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_chunk", b"context_chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_chunk", b"cache_chunk", "context_chunk", b"context_chunk", "header", b"header", "part", b"part"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "context_chunk"]  # noqa: Y015
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "context_chunk", "cache_chunk"]  # noqa: Y015
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
@@ -581,28 +593,62 @@ class BuildResponse(_message.Message):
     PROGRESS_EVENT_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     progress_event: _builtins.str
     """One event exactly as `--progress=rawjson` prints it (a JSON object)."""
     @_builtins.property
     def output(self) -> Global___OutputChunk: ...
     @_builtins.property
     def result(self) -> Global___BuildResult: ...
+    @_builtins.property
+    def cache(self) -> Global___CacheChunk:
+        """A piece of the tar of the OCI layout exported for BuildHeader.cache_to[index],
+        for the client to merge into its directory as a local export does.
+        """
+
     def __init__(
         self,
         *,
         progress_event: _builtins.str = ...,
         output: Global___OutputChunk | None = ...,
         result: Global___BuildResult | None = ...,
+        cache: Global___CacheChunk | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "part", b"part", "progress_event", b"progress_event", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "output", b"output", "part", b"part", "progress_event", b"progress_event", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "part", b"part", "progress_event", b"progress_event", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "output", b"output", "part", b"part", "progress_event", b"progress_event", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["progress_event", "output", "result"]  # noqa: Y015
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["progress_event", "output", "result", "cache"]  # noqa: Y015
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
 Global___BuildResponse: _TypeAlias = BuildResponse  # noqa: Y015
+
+@_typing.final
+class CacheChunk(_message.Message):
+    """A piece of a tar of a local build cache (an OCI layout directory); `index` is its
+    position in BuildHeader.cache_from (requests) or BuildHeader.cache_to (responses).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheChunk: _TypeAlias = CacheChunk  # noqa: Y015
 
 @_typing.final
 class OutputChunk(_message.Message):

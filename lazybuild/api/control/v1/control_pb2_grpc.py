@@ -88,8 +88,9 @@ class ControlServicer:
     def Build(self, request_iterator, context):
         """One build: the client sends a BuildHeader, then the context as a tar (chunks of
         an uncompressed tar of the files .dockerignore leaves, modes and mtimes kept),
-        then closes its side. The daemon answers with progress events, the files of
-        client-side outputs, and last the result.
+        then each local cache to import as a tar of its OCI layout (CacheChunks), then
+        closes its side. The daemon answers with progress events, the files of
+        client-side outputs and local cache exports, and last the result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,8 +44,9 @@ class ControlStub:
     Build: _grpc.StreamStreamMultiCallable[_control_pb2.BuildRequest, _control_pb2.BuildResponse]
     """One build: the client sends a BuildHeader, then the context as a tar (chunks of
     an uncompressed tar of the files .dockerignore leaves, modes and mtimes kept),
-    then closes its side. The daemon answers with progress events, the files of
-    client-side outputs, and last the result.
+    then each local cache to import as a tar of its OCI layout (CacheChunks), then
+    closes its side. The daemon answers with progress events, the files of
+    client-side outputs and local cache exports, and last the result.
     """
     Cancel: _grpc.UnaryUnaryMultiCallable[_control_pb2.CancelRequest, _control_pb2.CancelResponse]
     """Cancels a running build (its containers and mounts come down); the build's own
@@ -64,8 +65,9 @@ class ControlAsyncStub(ControlStub):
     Build: _aio.StreamStreamMultiCallable[_control_pb2.BuildRequest, _control_pb2.BuildResponse]  # type: ignore[assignment]
     """One build: the client sends a BuildHeader, then the context as a tar (chunks of
     an uncompressed tar of the files .dockerignore leaves, modes and mtimes kept),
-    then closes its side. The daemon answers with progress events, the files of
-    client-side outputs, and last the result.
+    then each local cache to import as a tar of its OCI layout (CacheChunks), then
+    closes its side. The daemon answers with progress events, the files of
+    client-side outputs and local cache exports, and last the result.
     """
     Cancel: _aio.UnaryUnaryMultiCallable[_control_pb2.CancelRequest, _control_pb2.CancelResponse]  # type: ignore[assignment]
     """Cancels a running build (its containers and mounts come down); the build's own
@@ -105,8 +107,9 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_control_pb2.BuildResponse], _abc.AsyncIterator[_control_pb2.BuildResponse]]:
         """One build: the client sends a BuildHeader, then the context as a tar (chunks of
         an uncompressed tar of the files .dockerignore leaves, modes and mtimes kept),
-        then closes its side. The daemon answers with progress events, the files of
-        client-side outputs, and last the result.
+        then each local cache to import as a tar of its OCI layout (CacheChunks), then
+        closes its side. The daemon answers with progress events, the files of
+        client-side outputs and local cache exports, and last the result.
         """
 
     @_abc_1.abstractmethod
