@@ -10,14 +10,15 @@ import bisect
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from lazybuild.estargz.index import Node
 
 
-@dataclass(frozen=True)
-class Extent:
+class Extent(NamedTuple):
     """A regular file's data: image bytes ``[offset, offset + size)`` are the file's
-    bytes ``[0, size)``. ``offset`` is block-aligned."""
+    bytes ``[0, size)``. ``offset`` is block-aligned. A tuple, as an image has one per
+    file and makes them all at once (a frozen dataclass takes twice as long)."""
 
     offset: int
     size: int

@@ -19,10 +19,18 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
+from operator import itemgetter
 
 from lazybuild.erofs import ondisk
 from lazybuild.erofs.extents import Extent, ExtentTable, Piece
-from lazybuild.erofs.tree import FILE_TYPE_BY_TYPE, ImageInode, UnrepresentableError, present
+from lazybuild.erofs.tree import (
+    FILE_TYPE_BY_TYPE,
+    ImageInode,
+    UnrepresentableError,
+    present,
+    release,
+)
+from lazybuild.estargz.gcpause import collector_paused
 from lazybuild.estargz.index import LayerIndex
 
 BLOCK_SIZE = ondisk.BLOCK_SIZE
@@ -95,21 +103,17 @@ class ErofsLayout:
         return bytes(out)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Placed:
     inode: ImageInode
     extended: bool
     xattrs: bytes
+    core_size: int  # the inode's own record: compact or extended
     layout: int = ondisk.LAYOUT_FLAT_PLAIN
     nid: int = 0
     raw_block: int = 0
-    # directories: the entries of each block, as (name, inode) lists; symlinks: target
+    # directories: the entries of each block, as (name, inode) lists
     blocks: list[list[tuple[bytes, ImageInode]]] | None = None
-    tail: bytes | None = None  # inline tail (after it is encoded), or None
-
-    @property
-    def core_size(self) -> int:
-        return ondisk.EXTENDED_INODE_SIZE if self.extended else ondisk.COMPACT_INODE_SIZE
 
 
 def _build_time(inodes: list[ImageInode]) -> int:
@@ -127,15 +131,18 @@ def _directory_blocks(
     """The directory's entries (``.`` and ``..`` included, sorted by bytes) cut into
     blocks as mkfs cuts them, and its ``i_size`` (not rounded up)."""
     parent = directory.parent or directory
-    entries = sorted([(b".", directory), (b"..", parent), *directory.entries], key=lambda e: e[0])
-    blocks: list[list[tuple[bytes, ImageInode]]] = [[]]
+    # The entries are sorted already: sorting again with the two dots is linear.
+    entries = sorted([(b".", directory), (b"..", parent), *directory.entries], key=itemgetter(0))
+    block: list[tuple[bytes, ImageInode]] = []
+    blocks = [block]
     used = 0
     for entry in entries:
         need = ondisk.DIRENT_SIZE + len(entry[0])
         if used + need > BLOCK_SIZE:
-            blocks.append([])
+            block = []
+            blocks.append(block)
             used = 0
-        blocks[-1].append(entry)
+        block.append(entry)
         used += need
     return blocks, (len(blocks) - 1) * BLOCK_SIZE + used
 
@@ -153,20 +160,23 @@ def _tail_size(placed: _Placed) -> int:
 
 def _place_inodes(placed: list[_Placed]) -> int:
     """Give every inode its nid (root first); returns the end of the inode area."""
+    slot = ondisk.INODE_SLOT
     position = ondisk.FIRST_INODE_OFFSET
     for item in placed:
-        record = item.core_size + len(item.xattrs)
-        tail = _tail_size(item)
+        core_size = item.core_size
+        record = core_size + len(item.xattrs)
+        kind = item.inode.type
+        tail = _tail_size(item) if kind in {"dir", "symlink"} else 0
         inline = tail > 0 and record + tail <= BLOCK_SIZE
         if inline:
             record += tail
             item.layout = ondisk.LAYOUT_FLAT_INLINE
         # An inline tail must not cross a block; keep the inode core in one block too.
-        keep = record if inline else item.core_size
+        keep = record if inline else core_size
         if position % BLOCK_SIZE + keep > BLOCK_SIZE:
             position = ondisk.align(position, BLOCK_SIZE)
-        item.nid = position // ondisk.INODE_SLOT
-        position = ondisk.align(position + record, ondisk.INODE_SLOT)
+        item.nid = position // slot
+        position = -(-(position + record) // slot) * slot
     return position
 
 
@@ -190,24 +200,36 @@ def build_layout(index: LayerIndex, toc_digest: str | None = None) -> ErofsLayou
     the same bytes; ``toc_digest`` seeds the superblock's UUID (without it, the
     metadata's own hash does). Raises ``UnrepresentableError`` for a layer an EROFS
     image cannot hold."""
-    inodes = present(index)
+    with collector_paused():
+        inodes = present(index)
+        try:
+            return _build_layout(inodes, toc_digest)
+        finally:
+            release(inodes)
+
+
+def _build_layout(inodes: list[ImageInode], toc_digest: str | None) -> ErofsLayout:
     build_time = _build_time(inodes)
     placed: list[_Placed] = []
     by_inode: dict[ImageInode, _Placed] = {}
     for inode in inodes:
-        body = ondisk.xattr_body(inode.xattrs)
-        if ondisk.xattr_icount(len(body)) > ondisk.MAX_XATTR_ICOUNT:
-            raise UnrepresentableError(f"{inode.node.name!r}: xattrs take {len(body)} bytes")
-        item = _Placed(inode=inode, extended=False, xattrs=body)
+        body = b""
+        if inode.xattrs:
+            body = ondisk.xattr_body(inode.xattrs)
+            if ondisk.xattr_icount(len(body)) > ondisk.MAX_XATTR_ICOUNT:
+                raise UnrepresentableError(f"{inode.node.name!r}: xattrs take {len(body)} bytes")
+        blocks = None
         if inode.type == "dir":
-            item.blocks, inode.size = _directory_blocks(inode)
-        item.extended = (
+            blocks, inode.size = _directory_blocks(inode)
+        extended = (
             inode.uid > _U16
             or inode.gid > _U16
             or inode.nlink > _U16
             or inode.size > _U32
             or inode.mtime != build_time
         )
+        core_size = ondisk.EXTENDED_INODE_SIZE if extended else ondisk.COMPACT_INODE_SIZE
+        item = _Placed(inode, extended, body, core_size, blocks=blocks)
         placed.append(item)
         by_inode[inode] = item
 
@@ -238,8 +260,9 @@ def build_layout(index: LayerIndex, toc_digest: str | None = None) -> ErofsLayou
             raise UnrepresentableError("the image would be over 2^32 blocks (16 TiB)")
 
     metadata = bytearray(data_start)
+    nids = {inode: item.nid for inode, item in by_inode.items()}
     for sequence, item in enumerate(placed, start=1):
-        _encode_inode(metadata, item, sequence, by_inode)
+        _encode_inode(metadata, item, sequence, nids)
     feature_compat = ondisk.COMPAT_MTIME | ondisk.COMPAT_SB_CHKSUM
     superblock = {
         "feature_compat": feature_compat,
@@ -255,11 +278,12 @@ def build_layout(index: LayerIndex, toc_digest: str | None = None) -> ErofsLayou
         uuid = image_uuid(None, bytes(metadata))
     ondisk.pack_superblock(metadata, uuid=uuid, **superblock)
     ondisk.set_superblock_checksum(metadata)  # last: it covers the inodes in block 0
+    extended_inodes = sum(1 for p in placed if p.extended)
     stats = LayoutStats(
         inodes=len(placed),
-        compact_inodes=sum(1 for p in placed if not p.extended),
-        extended_inodes=sum(1 for p in placed if p.extended),
-        directories=sum(1 for p in placed if p.inode.type == "dir"),
+        compact_inodes=len(placed) - extended_inodes,
+        extended_inodes=extended_inodes,
+        directories=sum(1 for i in inodes if i.type == "dir"),
         directory_blocks=directory_blocks,
         inline_symlinks=sum(
             1 for p in placed if p.inode.type == "symlink" and p.layout == ondisk.LAYOUT_FLAT_INLINE
@@ -279,49 +303,65 @@ def build_layout(index: LayerIndex, toc_digest: str | None = None) -> ErofsLayou
 
 
 def _encode_inode(
-    metadata: bytearray, item: _Placed, sequence: int, by_inode: dict[ImageInode, _Placed]
+    metadata: bytearray, item: _Placed, sequence: int, nids: dict[ImageInode, int]
 ) -> None:
     inode = item.inode
+    kind = inode.type
     offset = item.nid * ondisk.INODE_SLOT
-    i_u = inode.rdev if inode.type in ("char", "block") else item.raw_block
-    if inode.type in ("fifo", "reg") and inode.size == 0:
+    if kind in {"char", "block"}:
+        i_u = inode.rdev
+    elif kind in {"reg", "fifo"} and inode.size == 0:
         i_u = 0
-    fields = {
-        "layout": item.layout,
-        "xattr_icount": ondisk.xattr_icount(len(item.xattrs)),
-        "mode": inode.mode,
-        "nlink": inode.nlink,
-        "size": inode.size,
-        "i_u": i_u,
-        "ino": sequence & 0xFFFFFFFF,
-        "uid": inode.uid,
-        "gid": inode.gid,
-    }
-    if item.extended:
-        ondisk.pack_extended_inode(metadata, offset, mtime=inode.mtime, **fields)
     else:
-        ondisk.pack_compact_inode(metadata, offset, **fields)
+        i_u = item.raw_block
+    xattrs = item.xattrs
+    if item.extended:
+        ondisk.pack_extended_inode(
+            metadata,
+            offset,
+            layout=item.layout,
+            xattr_icount=ondisk.xattr_icount(len(xattrs)),
+            mode=inode.mode,
+            nlink=inode.nlink,
+            size=inode.size,
+            i_u=i_u,
+            ino=sequence & 0xFFFFFFFF,
+            uid=inode.uid,
+            gid=inode.gid,
+            mtime=inode.mtime,
+        )
+    else:
+        ondisk.pack_compact_inode(
+            metadata,
+            offset,
+            layout=item.layout,
+            xattr_icount=ondisk.xattr_icount(len(xattrs)),
+            mode=inode.mode,
+            nlink=inode.nlink,
+            size=inode.size,
+            i_u=i_u,
+            ino=sequence & 0xFFFFFFFF,
+            uid=inode.uid,
+            gid=inode.gid,
+        )
     after = offset + item.core_size
-    metadata[after : after + len(item.xattrs)] = item.xattrs
-    after += len(item.xattrs)
+    if xattrs:
+        metadata[after : after + len(xattrs)] = xattrs
+        after += len(xattrs)
     inline = item.layout == ondisk.LAYOUT_FLAT_INLINE
-    if inode.type == "symlink":
+    if kind == "symlink":
         if inline:
             metadata[after : after + inode.size] = inode.target
         else:
             start = item.raw_block * BLOCK_SIZE
             metadata[start : start + inode.size] = inode.target
-    elif inode.type == "dir":
+    elif kind == "dir":
         assert item.blocks is not None
         last = len(item.blocks) - 1
         for number, block in enumerate(item.blocks):
-            raw = [
-                (name, by_inode[child].nid, FILE_TYPE_BY_TYPE[child.type]) for name, child in block
-            ]
+            raw = [(name, nids[child], FILE_TYPE_BY_TYPE[child.type]) for name, child in block]
             if inline and number == last:
-                encoded = ondisk.encode_dir_block(raw, padded=False)
-                metadata[after : after + len(encoded)] = encoded
+                ondisk.pack_dir_block_into(metadata, after, raw)
             else:
-                encoded = ondisk.encode_dir_block(raw, padded=True)
-                start = (item.raw_block + number) * BLOCK_SIZE
-                metadata[start : start + BLOCK_SIZE] = encoded
+                # The metadata starts zeroed: what follows the names is the block's padding.
+                ondisk.pack_dir_block_into(metadata, (item.raw_block + number) * BLOCK_SIZE, raw)

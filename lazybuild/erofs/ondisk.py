@@ -230,6 +230,22 @@ def encode_dir_block(entries: list[tuple[bytes, int, int]], padded: bool) -> byt
     return block + bytes(BLOCK_SIZE - len(block)) if padded else block
 
 
+def pack_dir_block_into(
+    buffer: bytearray, offset: int, entries: list[tuple[bytes, int, int]]
+) -> None:
+    """``encode_dir_block(entries, padded=False)`` written into ``buffer`` at ``offset``
+    (a zeroed buffer needs no padding written)."""
+    nameoff = DIRENT_SIZE * len(entries)
+    position = offset
+    pack_into = _DIRENT.pack_into
+    for name, nid, file_type in entries:
+        pack_into(buffer, position, nid, nameoff, file_type, 0)
+        position += DIRENT_SIZE
+        nameoff += len(name)
+    names = b"".join([name for name, _, _ in entries])
+    buffer[position : position + len(names)] = names
+
+
 def _crc32c_table() -> list[int]:
     table = []
     for byte in range(256):

@@ -25,6 +25,7 @@ from lazybuild.erofs import ondisk
 from lazybuild.erofs.extents import Extent, ExtentTable
 from lazybuild.erofs.layout import ErofsLayout, LayoutStats, image_uuid
 from lazybuild.errors import FormatError
+from lazybuild.estargz.gcpause import collector_paused
 from lazybuild.estargz.index import LayerIndex, Node
 
 BLOCK_SIZE = ondisk.BLOCK_SIZE
@@ -72,7 +73,9 @@ def restore_layout(index: LayerIndex, toc_digest: str, parts: LayoutParts) -> Er
         raise StoredLayoutError(f"the image is not of TOC {toc_digest}")
     if superblock.inodes != parts.stats.inodes or len(parts.files) != parts.stats.files_with_data:
         raise StoredLayoutError("the stats do not match the image")
-    extents = _extents(index, data_start, parts.files)
+    with collector_paused():
+        extents = _extents(index, data_start, parts.files)
+        table = ExtentTable(extents)
     end = extents[-1].offset + ondisk.blocks_for(extents[-1].size) * BLOCK_SIZE if extents else 0
     image_size = max(data_start, end)
     if image_size != superblock.blocks * BLOCK_SIZE:
@@ -83,7 +86,7 @@ def restore_layout(index: LayerIndex, toc_digest: str, parts: LayoutParts) -> Er
         metadata=metadata,
         data_start=data_start,
         image_size=image_size,
-        extents=ExtentTable(extents),
+        extents=table,
         build_time=superblock.build_time,
         uuid=superblock.uuid,
         root_nid=superblock.root_nid,

@@ -105,11 +105,14 @@ def encode_xattrs(node: Node, xattrs: dict[str, bytes]) -> list[tuple[int, bytes
 
 def _inode_for(node: Node) -> ImageInode:
     kind = node.type
-    if kind not in S_IFMT_BY_TYPE:
+    type_bits = S_IFMT_BY_TYPE.get(kind)
+    if type_bits is None:
         raise _fail(node, f"type {kind!r} has no EROFS form")
-    for what, value in (("uid", node.uid), ("gid", node.gid)):
-        if not 0 <= value <= _U32:
-            raise _fail(node, f"{what} {value} does not fit in 32 bits")
+    uid = node.uid
+    gid = node.gid
+    if not (0 <= uid <= _U32 and 0 <= gid <= _U32):
+        what, value = ("uid", uid) if not 0 <= uid <= _U32 else ("gid", gid)
+        raise _fail(node, f"{what} {value} does not fit in 32 bits")
     seconds = node.mtime or 0
     if not -_S64 <= seconds <= _S64:
         raise _fail(node, f"mtime {seconds} does not fit in 64 bits")
@@ -119,13 +122,15 @@ def _inode_for(node: Node) -> ImageInode:
     inode = ImageInode(
         node=node,
         type=kind,
-        mode=S_IFMT_BY_TYPE[kind] | permissions,
-        uid=node.uid,
-        gid=node.gid,
+        mode=type_bits | permissions,
+        uid=uid,
+        gid=gid,
         mtime=seconds,
         size=node.size if kind == "reg" else 0,
         xattrs=encode_xattrs(node, node.xattrs) if node.xattrs else [],
     )
+    if kind == "reg":
+        return inode
     if kind == "symlink":
         inode.target = node.link_name.encode("utf-8")
         if not 0 < len(inode.target) <= ondisk.MAX_SYMLINK_LENGTH:
@@ -215,3 +220,13 @@ def present(index: LayerIndex) -> list[ImageInode]:
         directory.entries = entries
         directory.nlink = 2 + subdirectories
     return ordered
+
+
+def release(inodes: list[ImageInode]) -> None:
+    """Unlink the inodes from each other (a directory and its children refer to each
+    other), so that reference counting frees them once the image is encoded instead of
+    leaving tens of thousands of cycles to the garbage collector."""
+    for inode in inodes:
+        if inode.type == "dir":
+            inode.parent = None
+            inode.entries = []

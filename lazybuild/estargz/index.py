@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Literal
 
 from lazybuild.errors import FormatError
+from lazybuild.estargz.gcpause import collector_paused
 from lazybuild.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC, TOCEntry
 
 IMPLICIT_DIR_MODE = 0o755
@@ -94,6 +95,10 @@ class IndexStats:
 
 def clean_name(name: str) -> str:
     """``strings.TrimPrefix(path.Clean("/"+name), "/")``: ``./a/b/`` -> ``a/b``, root -> ``""``."""
+    # Writers clean their names already: a name with no empty, "." or ".." component
+    # (no leading "." or "/", no "//", no "/.", no trailing "/") is its own clean form.
+    if name and name[0] not in "./" and name[-1] != "/" and "//" not in name and "/." not in name:
+        return name
     return posixpath.normpath("/" + name).lstrip("/")
 
 
@@ -108,7 +113,8 @@ def _parse_modtime(text: str) -> int | None:
 
 
 def _parent(path: str) -> str:
-    return posixpath.dirname(path)
+    """The parent of a clean path (``posixpath.dirname`` of it)."""
+    return path.rpartition("/")[0]
 
 
 class _OwnerNames:
@@ -126,20 +132,23 @@ class _OwnerNames:
 
 
 def _node_for(entry: TOCEntry, path: str, owners: _OwnerNames) -> Node:
+    kind = entry.type
+    uid = entry.uid
+    gid = entry.gid
     return Node(
         name=path,
-        type=entry.type,
+        type=kind,
         mode=entry.mode & _PERMISSION_BITS,
-        uid=entry.uid,
-        gid=entry.gid,
-        user_name=owners.users.get(entry.uid, ""),
-        group_name=owners.groups.get(entry.gid, ""),
+        uid=uid,
+        gid=gid,
+        user_name=owners.users.get(uid, ""),
+        group_name=owners.groups.get(gid, ""),
         mtime=_parse_modtime(entry.modtime),
         link_name=entry.link_name,
         dev_major=entry.dev_major,
         dev_minor=entry.dev_minor,
-        xattrs=dict(entry.xattrs),
-        size=entry.size if entry.type == "reg" else 0,
+        xattrs=dict(entry.xattrs) if entry.xattrs else {},
+        size=entry.size if kind == "reg" else 0,
         digest=entry.digest,
     )
 
@@ -157,7 +166,8 @@ class LayerIndex:
         self._implicit_budget = MAX_IMPLICIT_PATH_BYTES
         self._prioritized_files = 0
         self.root = Node(name="", type="dir", mode=IMPLICIT_DIR_MODE, implicit=True)
-        self._build(toc.entries)
+        with collector_paused():
+            self._build(toc.entries)
 
     # -- queries ---------------------------------------------------------------
 
@@ -219,23 +229,25 @@ class LayerIndex:
         current_file: str | None = None  # the reg entry that chunk entries attach to
         landmark_seen = False
         for index, entry in enumerate(entries):
-            if entry.type == "chunk":
+            kind = entry.type
+            if kind == "chunk":
                 if current_file is None:
                     raise self._fail(f"TOC entry #{index}: chunk of {entry.name!r} follows no file")
                 pieces[current_file].append(entry)
                 continue
             path = clean_name(entry.name)
-            if path == "" and entry.type != "dir":
-                raise self._fail(f"TOC entry #{index}: the root is a {entry.type}, not a dir")
+            if path == "" and kind != "dir":
+                raise self._fail(f"TOC entry #{index}: the root is a {kind}, not a dir")
             nodes.pop(path, None)
-            hardlinks.pop(path, None)
+            if hardlinks:
+                hardlinks.pop(path, None)
             owners.note(entry)
             current_file = None
-            if entry.type == "hardlink":
+            if kind == "hardlink":
                 hardlinks[path] = clean_name(entry.link_name)
                 continue
             nodes[path] = _node_for(entry, path, owners)
-            if entry.type == "reg":
+            if kind == "reg":
                 current_file = path
                 pieces[path] = [entry]
                 self._note_landmark(path, entry, landmark_seen)
@@ -263,60 +275,61 @@ class LayerIndex:
     def _chunks(
         self, node: Node, entries: list[TOCEntry], member_starts: list[int]
     ) -> list[ChunkRef]:
-        if node.size == 0:
+        file_size = node.size
+        if file_size == 0:
             if len(entries) > 1:
                 raise self._fail(f"empty file {node.name!r} has chunk entries")
             return []
+        data_end = self._data_end
+        last = len(entries) - 1
         chunks = []
         expected_offset = 0
         for position, entry in enumerate(entries):
-            is_last = position == len(entries) - 1
-            if entry.chunk_offset != expected_offset:
+            chunk_offset = entry.chunk_offset
+            inner_offset = entry.inner_offset
+            offset = entry.offset
+            if chunk_offset != expected_offset:
                 raise self._fail(
-                    f"file {node.name!r}: chunk at {entry.chunk_offset} where {expected_offset} "
+                    f"file {node.name!r}: chunk at {chunk_offset} where {expected_offset} "
                     "was expected"
                 )
             size = entry.chunk_size
             if size == 0:
-                if not is_last:
-                    raise self._fail(
-                        f"file {node.name!r}: chunk at {entry.chunk_offset} has no size"
-                    )
-                size = node.size - entry.chunk_offset
-            if size > MAX_CHUNK_SIZE or entry.inner_offset + size > MAX_CHUNK_INFLATE:
+                if position != last:
+                    raise self._fail(f"file {node.name!r}: chunk at {chunk_offset} has no size")
+                size = file_size - chunk_offset
+            if size > MAX_CHUNK_SIZE or inner_offset + size > MAX_CHUNK_INFLATE:
                 raise self._fail(
-                    f"file {node.name!r}: chunk at {entry.chunk_offset} of {size} bytes "
-                    f"(inner offset {entry.inner_offset}) is over the {MAX_CHUNK_SIZE >> 20} MiB "
+                    f"file {node.name!r}: chunk at {chunk_offset} of {size} bytes "
+                    f"(inner offset {inner_offset}) is over the {MAX_CHUNK_SIZE >> 20} MiB "
                     "chunk limit"
                 )
-            if size <= 0 or entry.chunk_offset + size > node.size:
+            if size <= 0 or chunk_offset + size > file_size:
                 raise self._fail(
-                    f"file {node.name!r}: chunk [{entry.chunk_offset}, +{size}) "
-                    f"beyond size {node.size}"
+                    f"file {node.name!r}: chunk [{chunk_offset}, +{size}) beyond size {file_size}"
                 )
-            if entry.offset >= self._data_end:
+            if offset >= data_end:
                 raise self._fail(
-                    f"file {node.name!r}: chunk offset {entry.offset} "
-                    f"beyond TOC offset {self._data_end}"
+                    f"file {node.name!r}: chunk offset {offset} beyond TOC offset {data_end}"
                 )
             # Legacy stargz has no chunkDigest; a one-piece file can use the file digest.
-            digest = entry.chunk_digest or (node.digest if len(entries) == 1 else "")
-            end = member_starts[bisect.bisect_right(member_starts, entry.offset)]
-            end = min(end, entry.offset + MAX_CHUNK_SPAN)
+            digest = entry.chunk_digest or (node.digest if last == 0 else "")
+            end = member_starts[bisect.bisect_right(member_starts, offset)]
+            # Positional: a layer makes one per chunk, and keywords cost a third more.
             chunks.append(
                 ChunkRef(
-                    offset=entry.offset,
-                    end=end,
-                    inner_offset=entry.inner_offset,
-                    chunk_offset=entry.chunk_offset,
-                    size=size,
-                    digest=digest,
+                    offset,
+                    min(end, offset + MAX_CHUNK_SPAN),
+                    inner_offset,
+                    chunk_offset,
+                    size,
+                    digest,
                 )
             )
-            expected_offset = entry.chunk_offset + size
-        if expected_offset != node.size:
+            expected_offset = chunk_offset + size
+        if expected_offset != file_size:
             raise self._fail(
-                f"file {node.name!r}: chunks cover {expected_offset} of {node.size} bytes"
+                f"file {node.name!r}: chunks cover {expected_offset} of {file_size} bytes"
             )
         return chunks
 
@@ -334,9 +347,19 @@ class LayerIndex:
             target = self._resolve_hardlink(path, nodes, hardlinks)
             target.nlink += 1
             self._attach(path, target)
-        for node in self.walk():
-            if node.type == "dir":
-                node.nlink = 2 + sum(1 for c in node.children.values() if c.type == "dir")
+        for node in self._reachable_directories():
+            node.nlink = 2 + sum(1 for c in node.children.values() if c.type == "dir")
+
+    def _reachable_directories(self) -> Iterator[Node]:
+        """Every directory ``walk`` reaches, in no particular order (no names sorted)."""
+        seen: set[int] = set()
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            if id(node) not in seen:
+                seen.add(id(node))
+                yield node
+                stack.extend(c for c in node.children.values() if c.type == "dir")
 
     def _resolve_hardlink(
         self, path: str, nodes: dict[str, Node], hardlinks: dict[str, str]
@@ -357,8 +380,9 @@ class LayerIndex:
         existing = self._paths.get(path)
         if existing is not None and existing.type == "dir" and node.type == "dir":
             node.children.update(existing.children)  # an implicit parent made explicit
-        parent = self._directory(_parent(path))
-        parent.children[posixpath.basename(path)] = node
+        parent_path, _, base = path.rpartition("/")
+        parent = self._directory(parent_path)
+        parent.children[base] = node
         self._paths[path] = node
 
     def _directory(self, path: str) -> Node:
@@ -383,7 +407,7 @@ class LayerIndex:
             path = _parent(path)
         for name in reversed(missing):
             implicit = Node(name=name, type="dir", mode=IMPLICIT_DIR_MODE, implicit=True)
-            parent.children[posixpath.basename(name)] = implicit
+            parent.children[name.rpartition("/")[2]] = implicit
             self._paths[name] = implicit
             parent = implicit
         return parent

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from lazybuild.errors import DigestMismatchError, FormatError
 from lazybuild.estargz.footer import FOOTER_SIZE, Footer, parse_footer
+from lazybuild.estargz.gcpause import collector_paused
 from lazybuild.estargz.gzipmembers import inflate_prefix
 from lazybuild.estargz.index import MAX_CHUNK_INFLATE, MAX_CHUNK_SIZE, ChunkRef, LayerIndex
 from lazybuild.estargz.toc import decode_toc_json
@@ -125,8 +126,8 @@ def parse_layer(
         raise DigestMismatchError(
             f"{where}: TOC digest is {toc_digest}, expected {expected_toc_digest}"
         )
-    toc = decode_toc_json(toc_json)
-    index = LayerIndex(toc, data_end=toc_offset, where=where)
+    with collector_paused():  # the entries are alive until the index is made of them
+        index = LayerIndex(decode_toc_json(toc_json), data_end=toc_offset, where=where)
     return OpenedLayer(index, toc_digest, toc_json, footer, toc_offset)
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lazybuild.errors import FormatError
+from lazybuild.estargz import tocschema
+from lazybuild.estargz.gcpause import collector_paused
 from lazybuild.estargz.gojson import quote
 
 TOC_TAR_NAME = "stargz.index.json"
@@ -176,6 +178,10 @@ def _check_value(attr: str, value: object, index: int) -> object:
     # xattrs: an object of base64 strings
     if not isinstance(value, dict):
         raise FormatError(f"TOC entry #{index}: xattrs must be an object")
+    return _decode_xattrs(value, index)
+
+
+def _decode_xattrs(value: dict[Any, Any], index: int) -> dict[str, bytes]:
     decoded: dict[str, bytes] = {}
     for name, encoded in value.items():
         _check_text(name, f"TOC entry #{index}: xattr name")
@@ -224,6 +230,61 @@ def decode_toc_json(data: bytes) -> TOC:
     # Arrays cannot be counted while decoding; a TOC has one (names may hold more "[").
     if data.count(b"[") > MAX_TOC_ENTRIES + 1:
         raise FormatError(f"TOC has more than {MAX_TOC_ENTRIES} arrays")
+    with collector_paused():
+        return _decode_by_schema(data) or _decode_toc(data)
+
+
+def _decode_by_schema(data: bytes) -> TOC | None:
+    """The TOC by ``tocschema``, when it takes it and nothing in it needs a check of
+    the general way; None sends it that way."""
+    # A NUL can only come from an escape (the schema cannot see it in a string); the
+    # objects are bounded as ``_ObjectCounter`` bounds them. A name holding either
+    # text only takes the general way.
+    if b"\\u0000" in data or data.count(b"{") > 2 * MAX_TOC_ENTRIES + 1:
+        return None
+    decoded = tocschema.decode(data)
+    if decoded is None:
+        return None
+    version, raw_entries = decoded
+    if len(raw_entries) > MAX_TOC_ENTRIES:
+        return None
+    entries = []
+    for index, raw in enumerate(raw_entries):
+        if raw.type not in ENTRY_TYPES:
+            return None
+        xattrs: dict[str, bytes] = {}
+        if raw.xattrs:
+            try:
+                xattrs = _decode_xattrs(raw.xattrs, index)
+            except FormatError:
+                return None
+        entries.append(
+            TOCEntry(
+                name=raw.name,
+                type=raw.type,
+                size=raw.size,
+                modtime=raw.modtime,
+                link_name=raw.link_name,
+                mode=raw.mode,
+                uid=raw.uid,
+                gid=raw.gid,
+                user_name=raw.user_name,
+                group_name=raw.group_name,
+                offset=raw.offset,
+                inner_offset=raw.inner_offset,
+                dev_major=raw.dev_major,
+                dev_minor=raw.dev_minor,
+                xattrs=xattrs,
+                digest=raw.digest,
+                chunk_offset=raw.chunk_offset,
+                chunk_size=raw.chunk_size,
+                chunk_digest=raw.chunk_digest,
+            )
+        )
+    return TOC(version=version, entries=entries)
+
+
+def _decode_toc(data: bytes) -> TOC:
     try:
         document = json.loads(data, object_hook=_ObjectCounter())
     except (UnicodeDecodeError, ValueError) as error:

@@ -23,6 +23,7 @@ import trio
 
 from lazybuild.errors import FormatError
 from lazybuild.estargz.footer import FOOTER_SIZE, parse_footer
+from lazybuild.estargz.gcpause import collector_paused
 from lazybuild.estargz.hints import toc_offset_hint
 from lazybuild.estargz.index import LayerIndex
 from lazybuild.estargz.reader import parse_layer, read_toc_region, sha256_digest
@@ -136,7 +137,8 @@ async def open_index(
             await trio.to_thread.run_sync(_keep_offset, tocs, descriptor.digest, toc_offset, where)
 
         def index_from_stored() -> LayerIndex:
-            return LayerIndex(decode_toc_json(stored), data_end=toc_offset, where=where)
+            with collector_paused():  # the entries are alive until the index is made
+                return LayerIndex(decode_toc_json(stored), data_end=toc_offset, where=where)
 
         index = await trio.to_thread.run_sync(index_from_stored)
         return OpenedIndex(index, fetched, requests, stored=True)
