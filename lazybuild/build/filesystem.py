@@ -17,8 +17,14 @@ __all__ = ["OwnedFilesystem", "build_filesystem"]
 
 
 def build_filesystem(
-    state_dir: Path, registry: RegistryOptions, *, cache_max_bytes: int | None = None
+    state_dir: Path,
+    registry: RegistryOptions,
+    *,
+    cache_max_bytes: int | None = None,
+    base_image: str | None = None,
 ) -> LazyMountService:
+    """``base_image``: the image the build will mount first (``baseahead``), opened by
+    the process as soon as it starts."""
     return LazyMountService(
         state_dir,
         insecure_registries=registry.insecure_registries,
@@ -30,6 +36,8 @@ def build_filesystem(
         background_fetch=False,
         complete_reused_layers=True,
         cache_max_bytes=cache_max_bytes,
+        open_image=base_image,
+        open_image_record=False,
     )
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from lazybuild.cli import build_flags
 from lazybuild.cli.optimize_commands import add_workload_arguments
 from lazybuild.cli.options import registry_options, state_dir
+from lazybuild.errors import LazybuildError
 
 if TYPE_CHECKING:
     from lazybuild.lazyfs.client import LazyMountService
@@ -115,7 +116,20 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def build_command_filesystem(args: argparse.Namespace) -> LazyMountService:
     from lazybuild.build.filesystem import build_filesystem
 
-    return build_filesystem(state_dir(args), registry_options(args))
+    return build_filesystem(state_dir(args), registry_options(args), base_image=_base_ahead(args))
+
+
+def _base_ahead(args: argparse.Namespace) -> str | None:
+    """The base image the build will mount first, for its filesystem process to open
+    while this one starts; None when unsure (the build then opens it when it gets there)."""
+    from lazybuild.build.baseahead import first_base_image
+
+    dockerfile: Path = args.file if args.file is not None else args.context / "Dockerfile"
+    try:
+        build_args = build_flags.key_values(args.build_arg, "--build-arg", os.environ)
+        return first_base_image(dockerfile.read_bytes(), build_args)
+    except (OSError, LazybuildError):  # the build reports it, in its own words
+        return None
 
 
 async def run_build_command(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -203,10 +203,12 @@ class LazyMountService:
         complete_reused_layers: bool = False,
         cache_max_bytes: int | None = None,
         open_image: str | None = None,
+        open_image_record: bool = True,
     ) -> None:
         """``open_image``: the image the caller is about to mount, which the process
-        then resolves and opens as soon as it runs, while the caller still starts up.
-        ``whole_images=False`` serves every lazy layer through the filesystem process,
+        then resolves and opens as soon as it runs, while the caller still starts up
+        (and, with ``open_image_record``, prefetches what its published workload record
+        lists). ``whole_images=False`` serves every lazy layer through the filesystem process,
         even one whose whole image is local, so that its read recorder sees every read
         (``lazyfs.whole_images``). ``complete_reused_layers``: without ``background_fetch``,
         still fetch whole, in the background, each layer opened before on this machine,
@@ -221,6 +223,7 @@ class LazyMountService:
         self._complete_reused_layers = complete_reused_layers
         self._cache_max_bytes = cache_max_bytes
         self._open_image = open_image
+        self._open_image_record = open_image_record
         self._log_path = state_dir / "mounts" / f"{self.id}.log"
         self._socket_dir: Path | None = None
         self.control_path = state_dir / "mounts" / f"{self.id}.sock"
@@ -387,6 +390,8 @@ class LazyMountService:
             command += ["--cache-max-bytes", str(self._cache_max_bytes)]
         if self._open_image is not None:
             command += ["--open-image", self._open_image]
+            if not self._open_image_record:
+                command.append("--no-open-image-record")
         return command
 
     async def _stop(self) -> None:
@@ -481,12 +486,21 @@ class LazyMountService:
         }
 
     async def prefetch_files(
-        self, files: dict[str, list[str]], ranges: control.LayerRanges | None = None
+        self,
+        files: dict[str, list[str]],
+        ranges: control.LayerRanges | None = None,
+        *,
+        layers: Mapping[str, tuple[Reference | str, Descriptor]] | None = None,
     ) -> tuple[int, int]:
         """Start fetching these files of added layers, big ones only in their ``ranges``;
         the chunks and compressed bytes scheduled (what was neither cached nor being
-        fetched)."""
-        reply = await self._request(control.PrefetchFiles(files, ranges or {}))
+        fetched). ``layers`` names where layers not added yet are: the process opens
+        them itself, and prefetches as soon as their TOC is verified."""
+        sources = {
+            digest: control.AddLayer(str(ref), descriptor.to_json())
+            for digest, (ref, descriptor) in (layers or {}).items()
+        }
+        reply = await self._request(control.PrefetchFiles(files, ranges or {}, sources))
         return int(reply.get("chunks", 0)), int(reply.get("bytes", 0))
 
     async def stats(self) -> FetchReport:

@@ -68,12 +68,15 @@ class ReadsSince:
 
 @dataclass(frozen=True)
 class PrefetchFiles:
-    """Start fetching these files of these (added) layers, in the order given; the answer
-    is ``{"chunks": n, "bytes": n}``, what was scheduled (nothing cached or in flight)."""
+    """Start fetching these files of these layers, in the order given; the answer is
+    ``{"chunks": n, "bytes": n}``, what was scheduled (nothing cached or in flight)."""
 
     files: dict[str, list[str]]  # layer digest -> paths
     # Big files are fetched only in these places (without any, not at all).
     ranges: LayerRanges = field(default_factory=dict)
+    # Where the layers not added yet are (the add_layer each would get), so that the
+    # prefetch can open them itself rather than wait for the owner to add them.
+    layers: dict[str, AddLayer] = field(default_factory=dict)
     op: Literal["prefetch_files"] = "prefetch_files"
 
 
@@ -106,7 +109,13 @@ def encode_request(request: Request) -> bytes:
     if isinstance(request, MarkReads):
         return encode({"op": request.op, "reread_big_files": request.reread_big_files})
     if isinstance(request, PrefetchFiles):
-        return encode({"op": request.op, "files": request.files, "ranges": request.ranges})
+        layers = {
+            digest: {"ref": where.ref, "descriptor": where.descriptor}
+            for digest, where in request.layers.items()
+        }
+        return encode(
+            {"op": request.op, "files": request.files, "ranges": request.ranges, "layers": layers}
+        )
     return encode({"op": request.op})
 
 
@@ -146,10 +155,26 @@ def decode_request(line: bytes) -> Request:
         return PrefetchFiles(
             files=layer_files(message.get("files"), "prefetch_files"),
             ranges=layer_ranges(message.get("ranges", {}), "prefetch_files"),
+            layers=_layer_sources(message.get("layers", {})),
         )
     if op == "shutdown":
         return Shutdown()
     raise FormatError(f"unknown control operation {op!r}")
+
+
+def _layer_sources(value: Any) -> dict[str, AddLayer]:
+    """``{layer digest: {"ref", "descriptor"}}`` of a prefetch_files request."""
+    if not isinstance(value, dict):
+        raise FormatError("prefetch_files: 'layers' must be an object")
+    sources = {}
+    for digest, where in value.items():
+        if not isinstance(where, dict):
+            raise FormatError("prefetch_files: each of 'layers' must be an object")
+        ref, descriptor = where.get("ref"), where.get("descriptor")
+        if not isinstance(ref, str) or not isinstance(descriptor, dict):
+            raise FormatError("prefetch_files: a layer needs a string 'ref' and a 'descriptor'")
+        sources[str(digest)] = AddLayer(ref=ref, descriptor=descriptor)
+    return sources
 
 
 def layer_files(value: Any, what: str) -> dict[str, list[str]]:

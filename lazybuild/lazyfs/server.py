@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,6 +94,11 @@ class LayerSource:
         self._complete_reused_layers = complete_reused_layers
         self._mounted: dict[str, _Mounted] = {}
         self._pending: dict[str, trio.Event] = {}
+        # Layers being added whose verified index is ready: a prefetch needs no more, so
+        # it does not wait for the EROFS layout and mount. Each pending add's event is
+        # set once its index is (or once the add ended, however it ended).
+        self._indexed: dict[str, LazyLayer] = {}
+        self._index_ready: dict[str, trio.Event] = {}
         self._layers = LayerSet()
         # Layers served as EROFS images: layer name -> (its mount, the layer; None for a
         # whole image, which is not served from here).
@@ -113,10 +118,13 @@ class LayerSource:
             pending = self._pending.get(digest)
             if pending is None:
                 done = self._pending[digest] = trio.Event()
+                self._index_ready.setdefault(digest, trio.Event())
                 try:
                     self._mounted[digest] = await self._open(ref, ref_text, descriptor)
                 finally:
                     del self._pending[digest]
+                    self._indexed.pop(digest, None)
+                    self._index_ready.pop(digest).set()
                     done.set()
             else:
                 await pending.wait()  # then retry: the other request may have failed
@@ -138,20 +146,55 @@ class LayerSource:
                         nursery.start_soon(self._fetch_whole, mounted.layer, mounted.layout)
 
     async def prefetch_files(
-        self, files: dict[str, list[str]], ranges: control.LayerRanges
+        self,
+        files: dict[str, list[str]],
+        ranges: control.LayerRanges,
+        layers: Mapping[str, control.AddLayer] | None = None,
     ) -> tuple[int, int]:
-        """Start fetching these files of added lazy layers (others are skipped: unknown
-        or unpacked layers have nothing to fetch), big ones in the ``ranges`` given for
-        them; the chunks and bytes scheduled."""
+        """Start fetching these files of lazy layers, big ones in the ``ranges`` given for
+        them; the chunks and bytes scheduled. A layer not added yet is opened first when
+        ``layers`` says where it is (else skipped, as unpacked layers are: nothing to
+        fetch); one being added is prefetched as soon as its index is verified, before
+        its EROFS image is laid out and mounted."""
+        for digest, where in (layers or {}).items():
+            if digest in files and digest not in self._mounted and digest not in self._pending:
+                # Expected now, so the wait below does not miss an add not yet begun.
+                self._index_ready.setdefault(digest, trio.Event())
+                self._nursery.start_soon(self._add_for_prefetch, digest, where)
         chunks = size = 0
         for digest, paths in files.items():
-            mounted = self._mounted.get(digest)
-            if mounted is not None and mounted.layer is not None:
-                scheduled, scheduled_bytes = await mounted.layer.prefetch_files(
+            layer = await self._prefetchable(digest)
+            if layer is not None:
+                scheduled, scheduled_bytes = await layer.prefetch_files(
                     paths, ranges.get(digest, {})
                 )
                 chunks, size = chunks + scheduled, size + scheduled_bytes
         return chunks, size
+
+    async def _add_for_prefetch(self, digest: str, where: control.AddLayer) -> None:
+        try:
+            await self.add(where.ref, where.descriptor)
+        except Exception as exc:  # a hint: the owner's own add_layer reports it
+            log.info("opening a layer to prefetch from failed: %s", exc)
+        finally:
+            # However the add went (a descriptor of another digest, a failure before it
+            # began), no prefetch waits for this digest past it.
+            if digest not in self._pending:
+                ready = self._index_ready.pop(digest, None)
+                if ready is not None:
+                    ready.set()
+
+    async def _prefetchable(self, digest: str) -> LazyLayer | None:
+        """The lazy layer ``digest`` once its index is verified; None for a layer that
+        is not lazy, not known, or failed to open."""
+        ready = self._index_ready.get(digest)
+        if ready is not None:
+            await ready.wait()
+            layer = self._indexed.get(digest)
+            if layer is not None:
+                return layer
+        mounted = self._mounted.get(digest)
+        return mounted.layer if mounted is not None else None
 
     async def forget_big_file_pages(self) -> None:
         """Make the kernel read big files through the filesystem again, so that the read
@@ -210,13 +253,19 @@ class LayerSource:
                 nursery=self._nursery,
                 foreground=self._gate.foreground,
             )
+        self._indexed[descriptor.digest] = layer
+        ready = self._index_ready.get(descriptor.digest)
+        if ready is not None:
+            ready.set()
         try:
             layout = await self._layout(layer)
             path = None if layout is None else await self._present(digest_hex, layer, layout)
         except BaseException:
+            self._indexed.pop(descriptor.digest, None)
             await _close(layer)
             raise
         if layout is None or path is None:
+            self._indexed.pop(descriptor.digest, None)
             await _close(layer)  # not served: its early region would go on downloading
             return await self._unpack(ref, descriptor)
         self._layers.add(layer, image)
@@ -229,6 +278,7 @@ class LayerSource:
         except BaseException:
             self._withdraw(digest_hex)  # so that a retry can add it again
             self._layers.discard(layer)
+            self._indexed.pop(descriptor.digest, None)
             await _close(layer)
             raise
         if self._background_fetch or (
@@ -496,7 +546,10 @@ class Layers(Protocol):
     async def fetch_all(self, digests: Sequence[str]) -> None: ...
 
     async def prefetch_files(
-        self, files: dict[str, list[str]], ranges: control.LayerRanges
+        self,
+        files: dict[str, list[str]],
+        ranges: control.LayerRanges,
+        layers: Mapping[str, control.AddLayer] | None = None,
     ) -> tuple[int, int]: ...
 
     async def forget_big_file_pages(self) -> None: ...
@@ -569,7 +622,9 @@ class ControlServer:
                     ranges={f"sha256:{name}": places for name, places in ranges.items()},
                 )
             if isinstance(request, control.PrefetchFiles):
-                chunks, size = await self._layers.prefetch_files(request.files, request.ranges)
+                chunks, size = await self._layers.prefetch_files(
+                    request.files, request.ranges, request.layers
+                )
                 return control.ok(chunks=chunks, bytes=size)
             return control.ok(shutdown=True)
         except LazybuildError as exc:
@@ -617,7 +672,9 @@ def announce_ready(ready_fd: int | None) -> None:
         os.close(ready_fd)
 
 
-async def open_image_ahead(ahead: ImageAhead, layers: Layers, client: RegistryClient) -> None:
+async def open_image_ahead(
+    ahead: ImageAhead, layers: Layers, client: RegistryClient, with_record: bool = True
+) -> None:
     """Open the layers of the image the owner is about to mount (TOCs, prefetch regions)
     while the owner still starts up, and start fetching the files its published workload
     record lists in each layer as soon as that layer is open: the owner's own add_layer
@@ -632,6 +689,9 @@ async def open_image_ahead(ahead: ImageAhead, layers: Layers, client: RegistryCl
 
     async def fetch_record() -> None:
         nonlocal plan
+        if not with_record:  # a build reads what its steps read, not the image's workload
+            recorded.set()
+            return
         try:
             entries = await published_record(client, image)
             plan = prefetch_plan(entries, image) if entries else None
@@ -722,7 +782,9 @@ async def serve(options: ServiceOptions, client: RegistryClient, ahead: ImageAhe
                 complete_reused_layers=options.complete_reused_layers,
             )
             if ahead is not None:
-                nursery.start_soon(open_image_ahead, ahead, layers, client)
+                nursery.start_soon(
+                    open_image_ahead, ahead, layers, client, options.open_image_record
+                )
             nursery.start_soon(run_fuse, stop)
             control_server = ControlServer(layers, stop, reads, filesystem.read_failures)
             await nursery.start(serve_control, options.control, control_server)

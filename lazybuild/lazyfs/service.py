@@ -49,6 +49,9 @@ class ServiceOptions:
     owner_pid: int | None = None  # exit when this process is gone
     ready_fd: int | None = None  # written to, then closed, once requests are served
     open_image: str | None = None  # the image the owner will mount, opened ahead
+    # Whether the files ``open_image``'s published workload record lists are prefetched
+    # too: for a container of the image, not for a build on it.
+    open_image_record: bool = True
 
 
 def parse_args(argv: Sequence[str]) -> ServiceOptions:
@@ -69,6 +72,7 @@ def parse_args(argv: Sequence[str]) -> ServiceOptions:
     parser.add_argument(
         "--open-image", metavar="REF", help="the image the owner will mount: open its layers now"
     )
+    parser.add_argument("--open-image-record", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
     return ServiceOptions(
         mountpoint=args.mountpoint,
@@ -83,6 +87,7 @@ def parse_args(argv: Sequence[str]) -> ServiceOptions:
         owner_pid=args.owner_pid,
         ready_fd=args.ready_fd,
         open_image=args.open_image,
+        open_image_record=args.open_image_record,
     )
 
 

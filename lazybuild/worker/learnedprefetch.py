@@ -17,11 +17,13 @@ A record is a hint: failures here cost time, never the step.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,22 +77,39 @@ async def prefetch_learned(op: Exec, root: Snapshot, resources: WorkerResources)
     key = step_key(op.args, op.cwd, root)
     if learned is None or key is None:
         return Prefetched(0, 0)
-    try:
+    totals = [0, 0]  # files, bytes scheduled
+
+    async def base_layers() -> None:
         wanted = await trio.to_thread.run_sync(learned.load, key)
-        scheduled, files = 0, 0
         if wanted:
             _, scheduled = await resources.mounter.prefetch_files(root, wanted)
-            files = sum(len(paths) for paths in wanted)
-        for name, lowers, _ in await trio.to_thread.run_sync(_learned_cache_mounts, op, resources):
-            paths = await trio.to_thread.run_sync(learned.load, cache_mount_key(key, name))
-            if paths and lowers:
-                flat = [path for layer in paths for path in layer]
-                scheduled += await resources.mounter.prefetch_in_layers(lowers, flat)
-                files += len(flat)
-    except LazybuildError as exc:
-        log.warning("learned prefetch failed: %s", exc)
-        return Prefetched(0, 0)
-    return Prefetched(files, scheduled)
+            totals[0] += sum(len(paths) for paths in wanted)
+            totals[1] += scheduled
+
+    async def cache_mount(name: str, lowers: tuple[RemoteLayer, ...]) -> None:
+        paths = await trio.to_thread.run_sync(learned.load, cache_mount_key(key, name))
+        if paths and lowers:
+            flat = [path for layer in paths for path in layer]
+            totals[1] += await resources.mounter.prefetch_in_layers(lowers, flat)
+            totals[0] += len(flat)
+
+    async def hint(prefetch: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await prefetch()
+        except LazybuildError as exc:
+            log.warning("learned prefetch failed: %s", exc)
+
+    # All at once: each waits for its own layers' TOCs, which arrive in parallel.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hint, base_layers)
+        try:
+            mounts = await trio.to_thread.run_sync(_learned_cache_mounts, op, resources)
+        except LazybuildError as exc:
+            log.warning("learned prefetch failed: %s", exc)
+            mounts = []
+        for name, lowers, _ in mounts:
+            nursery.start_soon(hint, functools.partial(cache_mount, name, tuple(lowers)))
+    return Prefetched(totals[0], totals[1])
 
 
 async def start_learning(

@@ -162,24 +162,36 @@ class LayerMounter:
         """Start fetching, for each base layer of ``snapshot`` (bottom first), the files
         listed for its position; the chunks and compressed bytes scheduled."""
         remote = snapshot.base_layers
-        if self._service is None or len(remote) != len(files_by_base_layer):
+        if len(remote) != len(files_by_base_layer):
             return 0, 0
-        await self.lower_dirs(snapshot)
-        files = {
-            layer.descriptor.digest: list(paths)
+        wanted = [
+            (layer, list(paths))
             for layer, paths in zip(remote, files_by_base_layer, strict=True)
             if paths
-        }
-        return await self._service.prefetch_files(files)
+        ]
+        return await self._prefetch(wanted)
 
     async def prefetch_in_layers(self, layers: Sequence[RemoteLayer], paths: Sequence[str]) -> int:
         """Start fetching ``paths`` from whichever of ``layers`` (lazy lowers of a cache
         mount) hold them; the compressed bytes scheduled."""
-        if self._service is None or not layers or not paths:
+        if not layers or not paths:
             return 0
-        await self.lower_dirs(Snapshot(tuple(layers)))
-        files = {layer.descriptor.digest: list(paths) for layer in layers}
-        return (await self._service.prefetch_files(files))[1]
+        return (await self._prefetch([(layer, list(paths)) for layer in layers]))[1]
+
+    async def _prefetch(self, wanted: Sequence[tuple[RemoteLayer, list[str]]]) -> tuple[int, int]:
+        """The filesystem process opens the layers it has not added yet itself and
+        starts as soon as each one's TOC is verified: a prefetch need not wait for the
+        layer's EROFS image to be laid out and mounted."""
+        if not wanted:
+            return 0, 0
+        service = await self._started_service()
+        files = {layer.descriptor.digest: paths for layer, paths in wanted}
+        sources = {
+            layer.descriptor.digest: (layer.source, layer.descriptor)
+            for layer, _ in wanted
+            if layer.descriptor.digest not in self._layers
+        }
+        return await service.prefetch_files(files, layers=sources)
 
     async def reads_in_layers(self, layers: Sequence[RemoteLayer], mark: int) -> list[str] | None:
         """The files read from ``layers`` since ``mark``, top-most layer's first."""

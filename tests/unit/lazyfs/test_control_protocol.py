@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -42,7 +42,10 @@ class FakeLayers:
         self.fetched.extend(digests)
 
     async def prefetch_files(
-        self, files: dict[str, list[str]], ranges: control.LayerRanges
+        self,
+        files: dict[str, list[str]],
+        ranges: control.LayerRanges,
+        layers: Mapping[str, control.AddLayer] | None = None,
     ) -> tuple[int, int]:
         self.prefetched_ranges.append(ranges)
         return sum(len(paths) for paths in files.values()), 1000
@@ -70,6 +73,10 @@ def test_requests_round_trip() -> None:
             files={DIGEST: ["usr/lib/modules"]},
             ranges={DIGEST: {"usr/lib/modules": [(0, 65536), (1 << 30, 131072)]}},
         ),
+        control.PrefetchFiles(
+            files={DIGEST: ["usr/bin/go"]},
+            layers={DIGEST: control.AddLayer(ref="r/golang:1", descriptor={"digest": DIGEST})},
+        ),
         control.Shutdown(),
     ]
     for request in requests:
@@ -89,6 +96,8 @@ def test_requests_round_trip() -> None:
         (b'{"op":"prefetch_files","files":{"d":"p"}}', "lists of paths"),
         (b'{"op":"prefetch_files","files":{},"ranges":{"d":{"p":[[1]]}}}', "to ranges"),
         (b'{"op":"prefetch_files","files":{},"ranges":{"d":{"p":[[0,-1]]}}}', "to ranges"),
+        (b'{"op":"prefetch_files","files":{},"layers":[]}', "'layers' must be an object"),
+        (b'{"op":"prefetch_files","files":{},"layers":{"d":{"ref":1}}}', "needs a string 'ref'"),
     ],
 )
 def test_bad_requests_are_format_errors(line: bytes, message: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any, cast
 
 import pytest
@@ -46,12 +47,18 @@ class FakeClient:
         return ResolvedManifest(ref.with_digest(MANIFEST), None, MANIFEST, manifest, b"")
 
 
-async def open_image_ahead(client: FakeClient, layers: FakeLayers, image: str) -> None:
+async def open_image_ahead(
+    client: FakeClient, layers: FakeLayers, image: str, with_record: bool = True
+) -> None:
     """Resolve and open as the process does: the layers wait for the resolve."""
     ahead = ImageAhead(cast(RegistryClient, client), image)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
-            server.open_image_ahead, ahead, cast(Layers, layers), cast(RegistryClient, client)
+            server.open_image_ahead,
+            ahead,
+            cast(Layers, layers),
+            cast(RegistryClient, client),
+            with_record,
         )
         await trio.sleep(0.01)  # the layers are asked for before the image is resolved
         await ahead.resolve()
@@ -71,7 +78,10 @@ class FakeLayers:
         return control.LayerAdded(path="/mnt/x", mode="lazy", digest=digest)
 
     async def prefetch_files(
-        self, files: dict[str, list[str]], ranges: control.LayerRanges
+        self,
+        files: dict[str, list[str]],
+        ranges: control.LayerRanges,
+        layers: Mapping[str, control.AddLayer] | None = None,
     ) -> tuple[int, int]:
         for digest in files:
             assert digest in {added for _, added in self.added}, "prefetch before its add"
@@ -108,6 +118,20 @@ def test_each_layer_prefetches_its_recorded_files_once_it_is_open(
     assert layers.prefetched == [
         ({top: ["usr/bin/java", "lib/modules"]}, {top: {"lib/modules": [(0, 4096)]}})
     ]
+
+
+def test_a_build_opens_its_base_ahead_without_the_image_s_workload_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def published(client: object, image: ResolvedManifest) -> list[RecordEntry]:
+        raise AssertionError("a build on the image does not run its workload")
+
+    monkeypatch.setattr(server, "published_record", published)
+    layers = FakeLayers()
+    trio.run(open_image_ahead, FakeClient(), layers, "r.example/app:1", False)
+    assert len(layers.added) == len(LAYERS) and layers.prefetched == []
+    base = ["--mountpoint", "/m", "--control", "/c", "--state-dir", "/s"]
+    assert parse_args([*base, "--no-open-image-record"]).open_image_record is False
 
 
 def test_a_broken_record_is_only_logged(
