@@ -59,7 +59,7 @@ fmt: setup
 
 # Static checks, then unit, integration and end-to-end tests against real parts.
 test *ARGS: check
-    {{py}} -m pytest -q -ra {{ARGS}}
+    {{py}} -m pytest -q -ra --durations=25 {{ARGS}}
 
 # The main job on a built-in example (see README).
 demo: setup
