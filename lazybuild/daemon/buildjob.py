@@ -11,9 +11,14 @@ docs/daemon.md).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import re
+import secrets
+import shutil
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -94,13 +99,88 @@ def _outputs(
     return specs, archives
 
 
+class KeptImports:
+    """The local caches builds imported, kept after their builds for as long as the
+    daemon's shared filesystem process that may have opened their layers runs.
+
+    That process opens a layer once, by digest, reading its blob from the layout of
+    the first build that needed it; a later build that sends the same layer in its own
+    copy of the cache is given that open layer, whose reads go to the first build's
+    layout. So a layout goes only once the process it was used with has stopped (seen
+    when a later build ends; the daemon's start removes what is left). Blobs are
+    hardlinks to one store (each checked against its digest before it joins), so a
+    cache that every job of a CI runner sends takes its space once."""
+
+    def __init__(self, root: Path) -> None:
+        self._layouts = root / "imported-caches"
+        self._store = root / "imported-blobs"
+        self._lock = threading.Lock()
+        self._released: list[tuple[Path, object]] = []
+
+    def place(self, received: Path) -> Path:
+        """Moves the layout a build received out of its directory; where it is now."""
+        with self._lock:
+            self._layouts.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._store.mkdir(mode=0o700, exist_ok=True)
+            layout = self._layouts / secrets.token_hex(8)
+            received.rename(layout)
+            blobs = layout / "blobs" / "sha256"
+            for blob in sorted(blobs.iterdir()) if blobs.is_dir() else ():
+                if not re.fullmatch(r"[0-9a-f]{64}", blob.name) or not blob.is_file():
+                    continue
+                stored = self._store / blob.name
+                if stored.is_file():
+                    linked = blob.with_name(f".{blob.name}.link")
+                    os.link(stored, linked)
+                    os.replace(linked, blob)
+                elif _sha256_hex(blob) == blob.name:
+                    os.link(blob, stored)
+            return layout
+
+    def release(self, layouts: Iterable[Path], holder: object | None) -> None:
+        """The build that used ``layouts`` is over; ``holder`` is the filesystem process
+        it used (None: none runs). Removes what no running process may read."""
+        with self._lock:
+            self._released += [(layout, holder) for layout in layouts]
+            kept = []
+            for layout, used_with in self._released:
+                if holder is not None and used_with is holder:
+                    kept.append((layout, used_with))
+                else:
+                    shutil.rmtree(layout, ignore_errors=True)
+            self._released = kept
+            for stored in self._store.iterdir() if self._store.is_dir() else ():
+                if stored.stat().st_nlink == 1:  # in no layout any more
+                    stored.unlink()
+
+
+def _sha256_hex(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as file:
+        while piece := file.read(1 << 20):
+            hasher.update(piece)
+    return hasher.hexdigest()
+
+
+_kept_imports: dict[Path, KeptImports] = {}
+_kept_imports_lock = threading.Lock()
+
+
+def kept_imports(state_dir: Path) -> KeptImports:
+    """The daemon's one ``KeptImports`` (in its builds' directory)."""
+    from lazybuild.daemon.service import BUILDS_DIR
+
+    with _kept_imports_lock:
+        return _kept_imports.setdefault(state_dir, KeptImports(state_dir / BUILDS_DIR))
+
+
 def _local_caches(
-    header: control_pb2.BuildHeader, workdir: Path
+    header: control_pb2.BuildHeader, workdir: Path, placed: dict[int, Path]
 ) -> tuple[list[CacheImport], list[CacheExport], list[ArchiveDest], list[tuple[Path, str]]]:
-    """The cache specs with each local directory replaced by the build's own copy (what
-    the client sent, or where the export is made to be sent back): the client's paths
-    name its machine, never read or written here. Also the exports to send back, and
-    the daemon's paths with the client's names for them."""
+    """The cache specs with each local directory replaced by the daemon's own copy
+    (what the client sent, ``placed`` by position, or where the export is made to be
+    sent back): the client's paths name its machine, never read or written here. Also
+    the exports to send back, and the daemon's paths with the client's names for them."""
     from lazybuild.remotecache.spec import cache_exports, cache_imports
 
     imports = cache_imports(header.cache_from)
@@ -108,7 +188,9 @@ def _local_caches(
     names: list[tuple[Path, str]] = []
     for index, wanted in enumerate(imports):
         if wanted.src is not None:
-            src = cache_import_dir(workdir, index)
+            # Not sent (the client has no such directory): a path that does not exist,
+            # for the import's own warning.
+            src = placed.get(index, cache_import_dir(workdir, index))
             imports[index] = replace(wanted, src=src)
             names.append((src, str(wanted.src)))
     sent_back = []
@@ -175,6 +257,40 @@ async def run_job(
     build of its own starts one without); raises what the build raised
     (``BuildFailedError`` with its tail, other ``LazybuildError``s), for the caller to
     answer with."""
+    import trio
+
+    kept = kept_imports(state_dir)
+    placed: dict[int, Path] = {}
+    try:
+        for index in range(len(received.header.cache_from)):
+            sent = cache_import_dir(workdir, index)
+            if sent.is_dir():
+                placed[index] = await trio.to_thread.run_sync(kept.place, sent)
+        return await _build(
+            received,
+            placed,
+            workdir=workdir,
+            state_dir=state_dir,
+            registry=registry,
+            emit_event=emit_event,
+            filesystem=filesystem,
+        )
+    finally:
+        holder = filesystem.service if filesystem is not None else None
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(kept.release, placed.values(), holder)
+
+
+async def _build(
+    received: ReceivedBuild,
+    placed: dict[int, Path],
+    *,
+    workdir: Path,
+    state_dir: Path,
+    registry: RegistryOptions,
+    emit_event: Callable[[str], None],
+    filesystem: SharedFilesystem | None,
+) -> tuple[control_pb2.BuildResult, list[ArchiveDest]]:
     from lazybuild.build.driver import run_build
     from lazybuild.build.exporting import ExportPlan, exporting_finish
     from lazybuild.build.profiling import ProfileRequest
@@ -183,7 +299,9 @@ async def run_job(
     from lazybuild.imagemount import render_fetch_report
 
     header = received.header
-    cache_from, cache_exports_wanted, cache_archives, cache_names = _local_caches(header, workdir)
+    cache_from, cache_exports_wanted, cache_archives, cache_names = _local_caches(
+        header, workdir, placed
+    )
     request = BuildRequest(
         context_dir=received.context_dir,
         dockerfile=received.dockerfile,

@@ -743,7 +743,7 @@ def test_hostile_context_and_cache_tars_write_nothing_outside_the_build(
                 assert list(outside.iterdir()) == [], (name, sent_as)
                 assert victim.read_text() == "original\n", (name, sent_as)
                 assert os.stat("/etc/passwd").st_nlink == passwd.st_nlink
-                assert list((daemon_state / "daemon-builds").iterdir()) == []
+                assert list((daemon_state / "daemon-builds").glob("build-*")) == []
     # Absolute names and paths through symlinks stay inside (untar resolves them in the
     # root); what cannot be neutralised is refused with a line naming the entry.
     for sent_as in ("context", "cache"):
@@ -759,4 +759,54 @@ def test_hostile_context_and_cache_tars_write_nothing_outside_the_build(
     assert refused["device as cache"].startswith(
         f"the local cache --cache-from 'type=local,src={tmp_path / 'cache'}': "
     )
+    _builds_left_nothing(daemon_state)
+
+
+MANY_FILES = """\
+ARG BASE
+FROM ${BASE}
+RUN mkdir /d && for i in $(seq 1 400); do head -c 100000 /dev/urandom > /d/$i; done
+ARG READ
+RUN cat /d/${READ} > /dev/null && echo read
+"""
+
+
+def test_builds_that_send_the_same_local_cache_one_after_another_all_hit_it(
+    tmp_path: Path, base_image: str, daemon
+) -> None:
+    """A CI runner's jobs each restore the cache and send it: the daemon's filesystem
+    process, warm between builds, opened a layer from the first job's copy, and later
+    jobs read it through that copy, so it outlives the first job."""
+    address, daemon_state, _ = daemon
+    context = write_context(tmp_path / "context", MANY_FILES, {})
+    cache = tmp_path / "ci-cache"
+    build = ["build", "--progress=rawjson", "--build-arg", f"BASE={base_image}", str(context)]
+    exported = _lazybuild(
+        "--state-dir",
+        str(tmp_path / "local-state"),
+        *build,
+        "--build-arg",
+        "READ=1",
+        "--cache-to",
+        f"type=local,dest={cache}",
+    )
+    assert exported.returncode == 0, exported.stderr
+    for read in ("7", "395", "200"):
+        done = _lazybuild(
+            *build,
+            "--builder",
+            address,
+            "--build-arg",
+            f"READ={read}",
+            "--cache-from",
+            f"type=local,src={cache}",
+        )
+        assert done.returncode == 0, done.stderr
+        steps = _completed(done)
+        assert next(cached for name, cached in steps.items() if "seq 1 400" in name), read
+        assert [m for m in _messages(done) if m.startswith("warning")] == [], read
+    # The copies share their blobs.
+    blobs = {p.name for p in (cache / "blobs" / "sha256").iterdir()}
+    stored = {p.name for p in (daemon_state / "daemon-builds" / "imported-blobs").iterdir()}
+    assert stored <= blobs
     _builds_left_nothing(daemon_state)
