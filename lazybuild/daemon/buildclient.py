@@ -366,10 +366,18 @@ class _Outputs:
         self._caches[index].write(data)
 
     def commit(self) -> None:
-        for index, cache in self._caches.items():
-            with cache:
+        self._commit_outputs()
+        # After the outputs, as a local build exports its caches after its image (a
+        # cache that cannot be written then fails the build with the outputs there).
+        caches, self._caches = self._caches, {}
+        try:
+            for index, cache in caches.items():
                 _merge_cache(cache, self._cache_dests[index])
-        self._caches.clear()
+        finally:
+            for cache in caches.values():
+                cache.close()
+
+    def _commit_outputs(self) -> None:
         for index, (file, partial) in self._open.items():
             if index in self._directories:
                 _unpack_directory(file, Path(self._dests[index]))
