@@ -126,3 +126,11 @@ def test_a_blob_that_does_not_match_its_digest_is_refused(tmp_path: Path) -> Non
         _merge_cache(_tar_of(exported), dest)
     assert not (dest / "blobs" / "sha256" / _hex(b"new layer")).exists()
     assert OciLayout.open(dest).index().manifests == ()
+
+
+def test_the_client_names_the_cache_as_the_import_does() -> None:
+    from lazybuild.daemon import buildclient
+    from lazybuild.remotecache import registrycache
+
+    assert buildclient.LOCAL_CACHE_TAG == registrycache.LOCAL_CACHE_TAG
+    assert buildclient.MAX_MANIFEST_SIZE == registrycache.MAX_MANIFEST_SIZE
