@@ -300,8 +300,13 @@ def test_ctrl_c_cancels_the_build_in_the_daemon(tmp_path: Path, base_image: str,
     assert client.returncode == 130, "".join(seen) + rest
     deadline = time.monotonic() + 60
     shared = daemon_state / "mnt"
-    while runc_containers(daemon_state) or any(
-        not point.is_relative_to(shared) for point in mounts_under(daemon_state)
+    staging = daemon_state / "build" / "staging"
+    # The build's clean-up runs after the client's call ended: its container, its
+    # mounts, then its staging directory.
+    while (
+        runc_containers(daemon_state)
+        or any(not point.is_relative_to(shared) for point in mounts_under(daemon_state))
+        or (staging.exists() and any(staging.iterdir()))
     ):
         assert time.monotonic() < deadline, "the daemon's build was not cancelled"
         time.sleep(0.2)
