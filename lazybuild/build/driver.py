@@ -211,6 +211,7 @@ async def run_build(
         solving = _Solving(
             request, state_dir, client, resources, mounter, progress=progress, on_line=on_line
         )
+        warm_ups.start_soon(solving.prepare)
         inputs = FrontendInputs(
             context=_CONTEXT,
             source=source,
@@ -288,10 +289,10 @@ def _read_source(path: Path) -> bytes:
 
 
 class _Solving:
-    """The build's solves: one worker and cache store for all of them. Set up on the
-    first solve (remote caches imported, the SQLite store opened), so a frontend that
-    fails before it solves costs no cache import; a failed step becomes
-    ``BuildFailedError`` naming the source line its op's metadata gives."""
+    """The build's solves: one worker and cache store for all of them. Set up
+    (remote caches imported, the SQLite store opened) by ``prepare`` while the frontend
+    plans, or by the first solve; a failed step becomes ``BuildFailedError`` naming the
+    source line its op's metadata gives."""
 
     def __init__(
         self,
@@ -317,6 +318,14 @@ class _Solving:
         self._store: CacheStore | None = None
         self._observed: ObservedCacheStore | None = None
         self._imported = ImportedCache()
+
+    async def prepare(self) -> None:
+        """Import the remote caches and open the store now, while the frontend plans: a
+        RUN step's learned prefetch, which comes with an imported cache, then starts as
+        soon as the solver knows the step runs. A failure here is the first solve's to
+        report (a frontend that fails first reports its own error)."""
+        with contextlib.suppress(Exception):
+            await self._cache_store()
 
     async def _cache_store(self) -> CacheStore:
         async with self._setup_lock:
