@@ -30,6 +30,12 @@ def _factory(state_dir: Path, registry: Registry) -> LazyMountService:
     return LazyMountService(state_dir, insecure_registries=[registry.host], background_fetch=False)
 
 
+async def _until_stopped(service: LazyMountService) -> None:
+    with trio.fail_after(10):
+        while service.running:
+            await trio.sleep(0.05)
+
+
 def test_builds_share_one_process_that_outlives_them(
     state_dir: Path, registry: Registry, tiny_image: str
 ) -> None:
@@ -70,9 +76,7 @@ def test_an_idle_process_is_stopped_and_the_next_build_starts_another(
                 first = await shared.open(build)
                 await trio.sleep(1.0)  # held: not idle, however long
                 assert first.running
-            with trio.fail_after(10):
-                while first.running:
-                    await trio.sleep(0.1)
+            await _until_stopped(first)
             assert shared.service is None
             assert mounts_under(state_dir) == []
             async with AsyncExitStack() as build:
@@ -96,9 +100,7 @@ def test_a_process_with_many_layers_is_stopped_as_soon_as_it_is_idle(
             async with AsyncExitStack() as build:
                 service = await shared.open(build)
                 await service.add_layer(ref, layers[0])
-            with trio.fail_after(10):
-                while service.running:
-                    await trio.sleep(0.1)
+            await _until_stopped(service)
             nursery.cancel_scope.cancel()
         await shared.aclose()
         assert mounts_under(state_dir) == []
@@ -119,9 +121,7 @@ def test_a_process_that_died_is_replaced_and_its_mounts_cleaned_up(
                 await dead.add_layer(ref, layers[0])
             assert dead.pid is not None
             os.kill(dead.pid, signal.SIGKILL)
-            with trio.fail_after(10):
-                while dead.running:
-                    await trio.sleep(0.05)
+            await _until_stopped(dead)
             async with AsyncExitStack() as build:
                 alive = await shared.open(build)
                 assert alive is not dead and alive.running
