@@ -14,7 +14,7 @@ from lazybuild.build.driver import BuildResult, Finish
 from lazybuild.build.profiling import Profile, ProfileRequest, profile_image
 from lazybuild.estargz.writer import WriterOptions
 from lazybuild.exporter import BuiltImage, ExportResult, export_image
-from lazybuild.exporter.outputs import LocalOutput, OutputSpec
+from lazybuild.exporter.outputs import LocalOutput, OutputSpec, TarOutput
 from lazybuild.registryoptions import RegistryOptions
 from lazybuild.remotecache.records import select_for_export
 from lazybuild.remotecache.registrycache import export_cache
@@ -44,7 +44,9 @@ def exporting_finish(
 
     async def finish(result: BuildResult) -> None:
         profiled = Profile({}, None)
-        if plan.profile_workload and any(not isinstance(o, LocalOutput) for o in plan.outputs):
+        if plan.profile_workload and any(
+            not isinstance(o, LocalOutput | TarOutput) for o in plan.outputs
+        ):
             profiled = await profile_image(result, plan.profile, progress)
 
         @asynccontextmanager

@@ -60,11 +60,16 @@ class RemoteBuildError(LazybuildError):
 
 
 def _refuse_unsupported(outputs: list[OutputSpec]) -> None:
-    from lazybuild.exporter.outputs import OciOutput
+    from lazybuild.exporter.outputs import OciOutput, TarOutput
 
     for output in outputs:
         if isinstance(output, OciOutput) and not output.tar and output.dest == "-":
             raise UsageError("an OCI layout directory cannot go to standard output")
+        if isinstance(output, TarOutput) and output.dest == "-" and sys.stdout.isatty():
+            raise UsageError(
+                "dest file is required for the tar exporter: refusing to write to a "
+                "terminal; redirect stdout or give dest="
+            )
 
 
 def build_header(
@@ -79,6 +84,7 @@ def build_header(
         ImageOutput,
         LocalOutput,
         OciOutput,
+        TarOutput,
         outputs_from_flags,
     )
     from lazybuild.frontend.dockerignore import find_dockerignore
@@ -160,6 +166,8 @@ def build_header(
             )
         elif isinstance(output, LocalOutput):
             header.outputs.add().local.CopyFrom(control_pb2.LocalOutput(dest=str(output.dest)))
+        elif isinstance(output, TarOutput):
+            header.outputs.add().tar.CopyFrom(control_pb2.LocalOutput(dest=output.dest))
         elif isinstance(output, DockerOutput):
             header.outputs.add().docker.CopyFrom(
                 control_pb2.ArchiveOutput(
@@ -317,7 +325,7 @@ class _Outputs:
     outside it; owners kept when this process is root, else its own)."""
 
     def __init__(self, outputs: list[OutputSpec], cache_dests: dict[int, Path]) -> None:
-        from lazybuild.exporter.outputs import DockerOutput, LocalOutput, OciOutput
+        from lazybuild.exporter.outputs import DockerOutput, LocalOutput, OciOutput, TarOutput
 
         # Local cache exports by their position in --cache-to: each a tar of the
         # exported layout, kept aside and merged into its directory once the build
@@ -335,6 +343,8 @@ class _Outputs:
             elif isinstance(output, DockerOutput) and output.dest is None:
                 self._dests[index] = ""
                 self._loads.add(index)
+            elif isinstance(output, TarOutput):
+                self._dests[index] = output.dest
             elif isinstance(output, OciOutput | DockerOutput) and output.dest is not None:
                 self._dests[index] = output.dest
                 if isinstance(output, OciOutput) and not output.tar:

@@ -73,7 +73,13 @@ class ArchiveDest:
 def _outputs(
     header: control_pb2.BuildHeader, workdir: Path
 ) -> tuple[list[OutputSpec], list[ArchiveDest]]:
-    from lazybuild.exporter.outputs import DockerOutput, ImageOutput, LocalOutput, OciOutput
+    from lazybuild.exporter.outputs import (
+        DockerOutput,
+        ImageOutput,
+        LocalOutput,
+        OciOutput,
+        TarOutput,
+    )
 
     specs: list[OutputSpec] = []
     archives: list[ArchiveDest] = []
@@ -93,6 +99,9 @@ def _outputs(
         elif kind == "local":
             specs.append(LocalOutput(path))
             shown = output.local.dest
+        elif kind == "tar":
+            specs.append(TarOutput(str(path)))
+            shown = output.tar.dest
         else:
             raise UsageError(f"output {index}: no kind given")
         archives.append(ArchiveDest(index, path, directory, shown))

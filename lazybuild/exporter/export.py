@@ -41,9 +41,11 @@ from lazybuild.exporter.outputs import (
     LocalOutput,
     OciOutput,
     OutputSpec,
+    TarOutput,
 )
 from lazybuild.exporter.registrypush import PushReport, WorkloadRecordAttachment, push_image
 from lazybuild.exporter.rootfscopy import copy_rootfs
+from lazybuild.exporter.rootfstar import write_rootfs_tar_to
 from lazybuild.oci.platform import Platform, host_platform
 from lazybuild.processes import ProcessId
 from lazybuild.progress import human_size, short_digest
@@ -163,7 +165,7 @@ async def export_image(
             progress=progress,
             scratch=scratch,
         )
-        if assemble or any(not isinstance(spec, LocalOutput) for spec in outputs):
+        if assemble or any(not isinstance(spec, LocalOutput | TarOutput) for spec in outputs):
             await exporter.assemble(compression_concurrency)
         for spec in outputs:
             if isinstance(spec, ImageOutput):
@@ -172,6 +174,8 @@ async def export_image(
                 await exporter.oci(spec)
             elif isinstance(spec, DockerOutput):
                 await exporter.docker(spec, docker_client)
+            elif isinstance(spec, TarOutput):
+                await exporter.rootfs_tar(spec, rootfs)
             else:
                 await exporter.local(spec, rootfs)
         return exporter.result()
@@ -305,6 +309,17 @@ class _Exporter:
                 f"; {stats.unset_owners} owners and {stats.unset_xattrs} xattrs could not be "
                 "set (not root?)"
             )
+        self.progress(note)
+        self.notes.append(note)
+
+    async def rootfs_tar(
+        self, spec: TarOutput, rootfs: Callable[[], AbstractAsyncContextManager[Path]]
+    ) -> None:
+        shown = "standard output" if spec.dest == STDOUT else spec.dest
+        self.progress(f"writing the root filesystem as a tar to {shown}")
+        async with rootfs() as root:
+            stats = await trio.to_thread.run_sync(write_rootfs_tar_to, root, spec.dest)
+        note = f"wrote {stats.entries} entries ({human_size(stats.bytes)}) as a tar to {shown}"
         self.progress(note)
         self.notes.append(note)
 

@@ -27,6 +27,7 @@ __all__ = [
     "LocalOutput",
     "OciOutput",
     "OutputSpec",
+    "TarOutput",
     "outputs_from_flags",
     "parse_output",
 ]
@@ -68,7 +69,15 @@ class LocalOutput:
     dest: Path
 
 
-OutputSpec = ImageOutput | OciOutput | DockerOutput | LocalOutput
+@dataclass(frozen=True)
+class TarOutput:
+    """The final root filesystem as one tar at ``dest`` ("-" for stdout): what
+    ``type=local`` writes, as an archive."""
+
+    dest: str
+
+
+OutputSpec = ImageOutput | OciOutput | DockerOutput | LocalOutput | TarOutput
 
 # Options accepted and what they may be; every layer lazybuild writes is eStargz, which
 # is gzip to every other tool, and manifests are always OCI.
@@ -78,6 +87,7 @@ _OPTIONS: Mapping[str, frozenset[str]] = {
     "oci": frozenset({"name", "dest", "tar", *_COMMON_OPTIONS}),
     "docker": frozenset({"name", "dest", *_COMMON_OPTIONS}),
     "local": frozenset({"dest"}),
+    "tar": frozenset({"dest"}),
 }
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
@@ -89,22 +99,19 @@ def parse_output(text: str) -> OutputSpec:
         raise UsageError("empty --output value")
     if "=" not in text and "," not in text:
         if text == STDOUT:
-            raise UsageError(
-                "-o - (the root filesystem as a tar on stdout) is not supported; "
-                "use -o DIR or -o type=oci,dest=-"
-            )
+            return TarOutput(STDOUT)  # buildx: -o - is type=tar,dest=-
         return LocalOutput(Path(text))
     fields = _csv_fields(text)
     kind = fields.pop("type", None)
     if kind is None:
         raise UsageError(
-            f"output {text!r}: type= is required (image, registry, oci, docker, local)"
+            f"output {text!r}: type= is required (image, registry, oci, docker, local, tar)"
         )
     if kind == "registry":
         kind = "image"
         fields.setdefault("push", "true")
     if kind not in _OPTIONS:
-        supported = "image, registry, oci, docker, local"
+        supported = "image, registry, oci, docker, local, tar"
         raise UsageError(f"output {text!r}: unknown type {kind!r} (supported: {supported})")
     _check_options(text, kind, fields)
     names = _names(fields.get("name", ""))
@@ -117,9 +124,16 @@ def parse_output(text: str) -> OutputSpec:
         return OciOutput(archive, _bool(text, fields, "tar", default=True), names)
     if kind == "docker":
         return DockerOutput(fields.get("dest") or None, names)
+    if kind == "tar":
+        # buildx writes to stdout when dest= is absent, but refuses a terminal there.
+        return TarOutput(fields.get("dest") or STDOUT)
     directory = fields.get("dest")
     if not directory:
         raise UsageError(f"output {text!r}: type=local needs dest=DIR")
+    if directory == STDOUT:
+        # buildx turns type=local,dest=- into a tar on stdout (its local exporter
+        # cannot write a directory there).
+        return TarOutput(STDOUT)
     return LocalOutput(Path(directory))
 
 

@@ -12,6 +12,7 @@ from lazybuild.exporter.outputs import (
     ImageOutput,
     LocalOutput,
     OciOutput,
+    TarOutput,
     outputs_from_flags,
     parse_output,
 )
@@ -34,6 +35,11 @@ from lazybuild.exporter.outputs import (
         ("type=docker,dest=img.tar,name=x", DockerOutput("img.tar", ("x",))),
         ("type=docker", DockerOutput(None)),
         ("TYPE=docker,compression=estargz,oci-mediatypes=true", DockerOutput(None)),
+        # buildx: -o - is type=tar,dest=-, and so is type=local,dest=-.
+        ("-", TarOutput("-")),
+        ("type=tar,dest=root.tar", TarOutput("root.tar")),
+        ("type=tar", TarOutput("-")),
+        ("type=local,dest=-", TarOutput("-")),
     ],
 )
 def test_specs(text: str, expected: object) -> None:
@@ -44,7 +50,7 @@ def test_specs(text: str, expected: object) -> None:
     ("text", "message"),
     [
         ("", "empty"),
-        ("-", "not supported"),
+        ("type=tar,dest=a,name=b", "has no option 'name'"),
         ("dest=out", "type= is required"),
         ("type=s3,dest=x", "unknown type 's3'"),
         ("type=local", "needs dest=DIR"),

@@ -393,6 +393,7 @@ class Output(_message.Message):
     OCI_FIELD_NUMBER: _builtins.int
     DOCKER_FIELD_NUMBER: _builtins.int
     LOCAL_FIELD_NUMBER: _builtins.int
+    TAR_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def image(self) -> Global___ImageOutput: ...
     @_builtins.property
@@ -401,6 +402,10 @@ class Output(_message.Message):
     def docker(self) -> Global___ArchiveOutput: ...
     @_builtins.property
     def local(self) -> Global___LocalOutput: ...
+    @_builtins.property
+    def tar(self) -> Global___LocalOutput:
+        """The root filesystem as one tar (buildx's type=tar, -o -): an archive like oci's."""
+
     def __init__(
         self,
         *,
@@ -408,12 +413,13 @@ class Output(_message.Message):
         oci: Global___ArchiveOutput | None = ...,
         docker: Global___ArchiveOutput | None = ...,
         local: Global___LocalOutput | None = ...,
+        tar: Global___LocalOutput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["docker", b"docker", "image", b"image", "kind", b"kind", "local", b"local", "oci", b"oci"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["docker", b"docker", "image", b"image", "kind", b"kind", "local", b"local", "oci", b"oci", "tar", b"tar"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["docker", b"docker", "image", b"image", "kind", b"kind", "local", b"local", "oci", b"oci"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["docker", b"docker", "image", b"image", "kind", b"kind", "local", b"local", "oci", b"oci", "tar", b"tar"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["image", "oci", "docker", "local"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["image", "oci", "docker", "local", "tar"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
