@@ -1,0 +1,361 @@
+"""Where ``lazybuild build``'s context and Dockerfile come from, as ``docker build`` and
+``docker buildx build`` take them: a directory; ``-`` (standard input holding either a
+Dockerfile, then there is no context, or a tar, plain or gzip/bzip2/xz/zstd, which is
+the context); a git URL (``https://host/repo.git#ref:subdir``, ``git@host:repo``,
+``git://``, ``ssh://``, ``github.com/owner/repo``), cloned with the system's git; and
+``-f -``, the Dockerfile from standard input.
+
+Whatever is not a directory already is materialised here, in the client, into a private
+temporary directory, and from then on the build (local, or through a daemon) sees an
+ordinary context directory and Dockerfile. Everything read is bounded and extracted by
+:mod:`lazybuild.untar` (nothing lands outside the temporary directory); failures are one
+line, and the temporary directory goes with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import gzip
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from lazybuild.errors import LazybuildError, UsageError
+
+__all__ = [
+    "STDIN",
+    "ContextSourceError",
+    "GitRef",
+    "cleanup_sources",
+    "is_git_url",
+    "parse_git_ref",
+    "prepare_sources",
+]
+
+STDIN = "-"
+# What standard input or a git checkout may hold, unpacked: well above any sane context,
+# well below filling the disk of the machine the client runs on.
+MAX_CONTEXT_BYTES = int(os.environ.get("LAZYBUILD_MAX_CONTEXT_BYTES", str(8 << 30)))
+_GIT_TIMEOUT_SECONDS = 600.0
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_BZIP2_MAGIC = b"BZh"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class ContextSourceError(LazybuildError):
+    """A context or Dockerfile that could not be read from where it was said to be."""
+
+
+@dataclass(frozen=True)
+class GitRef:
+    """``remote#ref:subdir`` as BuildKit splits it."""
+
+    remote: str
+    ref: str = ""
+    subdir: str = ""
+
+
+# moby's urlutil.IsGitURL, which buildx and BuildKit's Dockerfile frontend follow: an
+# http(s) URL whose path ends in .git (a #fragment allowed), or one of these prefixes.
+_GIT_PREFIXES = ("git://", "git@", "ssh://", "github.com/")
+_GIT_HTTP = re.compile(r"^https?://[^#]*\.git(?:#.*)?$")
+
+
+def is_git_url(text: str) -> bool:
+    return text.startswith(_GIT_PREFIXES) or bool(_GIT_HTTP.match(text))
+
+
+def parse_git_ref(text: str) -> GitRef:
+    remote, _, fragment = text.partition("#")
+    ref, _, subdir = fragment.partition(":")
+    if remote.startswith("github.com/"):
+        remote = f"https://{remote}"
+    if remote.startswith("-") or ref.startswith("-"):
+        raise UsageError(f"git context {text!r}: a remote or ref cannot start with '-'")
+    return GitRef(remote, ref, subdir.strip("/"))
+
+
+def prepare_sources(args: argparse.Namespace) -> None:
+    """Turn ``args.context`` (as given) and ``args.file`` into a context directory and a
+    Dockerfile path, materialising stdin and git sources into a temporary directory
+    (``args.source_dir``, removed by :func:`cleanup_sources`). Done once per command."""
+    if getattr(args, "sources_prepared", False):
+        return
+    context = str(args.context)
+    file = None if args.file is None else str(args.file)
+    if context == STDIN and file == STDIN:
+        # docker build's words.
+        raise UsageError("invalid argument: can't use stdin for both build context and dockerfile")
+    args.source_dir = None
+    if STDIN not in (context, file) and not is_git_url(context):
+        args.context, args.sources_prepared = Path(context), True
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="lazybuild-context-"))
+    try:
+        if context == STDIN:
+            args.context, args.file = _from_stdin(scratch, file)
+        elif is_git_url(context) and not Path(context).is_dir():
+            args.context = _clone(context, scratch, _keep_git_dir(args.build_arg))
+            if file not in (None, STDIN) and not Path(file).is_file():
+                args.file = args.context / file  # buildx: -f names a file of the repository
+        else:
+            args.context = Path(context)
+        if file == STDIN:
+            args.file = _dockerfile_from_stdin(scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    args.source_dir = scratch
+    args.sources_prepared = True
+
+
+def cleanup_sources(args: argparse.Namespace) -> None:
+    scratch = getattr(args, "source_dir", None)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        args.source_dir = None
+
+
+def _keep_git_dir(build_args: list[str]) -> bool:
+    # BuildKit's build arg for keeping .git in a git context (dropped by default).
+    for item in build_args:
+        key, _, value = item.partition("=")
+        if key == "BUILDKIT_CONTEXT_KEEP_GIT_DIR":
+            return value.lower() in {"1", "true", "t"}
+    return False
+
+
+# -- standard input ----------------------------------------------------------------------
+
+
+def _read_stdin_to(path: Path) -> bytes:
+    """Standard input copied to ``path`` (bounded); its first bytes."""
+    stdin = sys.stdin.buffer
+    total, head = 0, b""
+    with path.open("xb") as out:
+        while chunk := stdin.read(1 << 20):
+            total += len(chunk)
+            if total > MAX_CONTEXT_BYTES:
+                raise ContextSourceError(
+                    f"standard input holds more than {MAX_CONTEXT_BYTES} bytes "
+                    "(LAZYBUILD_MAX_CONTEXT_BYTES)"
+                )
+            if len(head) < 512:
+                head += chunk[: 512 - len(head)]
+            out.write(chunk)
+    return head
+
+
+def _dockerfile_from_stdin(scratch: Path) -> Path:
+    # Named Dockerfile so that messages say Dockerfile:LINE as for one on disk; in a
+    # directory of its own, so that no <name>.dockerignore is found beside it.
+    directory = scratch / "dockerfile"
+    directory.mkdir()
+    dockerfile = directory / "Dockerfile"
+    _read_stdin_to(dockerfile)
+    return dockerfile
+
+
+def _from_stdin(scratch: Path, file: str | None) -> tuple[Path, Path]:
+    """``build -``: a tar on stdin is the context (``-f`` names its Dockerfile); anything
+    else is the Dockerfile, with an empty context (as buildx: the legacy builder puts it
+    in the context as its only file)."""
+    received = scratch / "stdin"
+    head = _read_stdin_to(received)
+    context = scratch / "context"
+    context.mkdir()
+    if not _is_archive(head):
+        dockerfile_dir = scratch / "dockerfile"
+        dockerfile_dir.mkdir()
+        dockerfile = dockerfile_dir / "Dockerfile"
+        received.rename(dockerfile)
+        return context, dockerfile
+    _extract(received, context)
+    received.unlink()
+    relative = file or "Dockerfile"
+    return context, context / relative
+
+
+def _is_archive(head: bytes) -> bool:
+    """moby's archive.IsArchive: a compression magic, or a tar header with a good checksum."""
+    if head.startswith((_GZIP_MAGIC, _BZIP2_MAGIC, _XZ_MAGIC, _ZSTD_MAGIC)):
+        return True
+    from lazybuild.errors import FormatError
+    from lazybuild.untar.tarheader import parse_header
+
+    if len(head) < 512:
+        return False
+    try:
+        parse_header(head[:512])
+    except FormatError:  # not a header: a Dockerfile
+        return False
+    return True
+
+
+class _Bounded:
+    """A reader that fails once more than ``limit`` bytes came through (a small archive
+    that unpacks to fill the disk)."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self._stream, self._left = stream, limit
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._left -= len(data)
+        if self._left < 0:
+            raise ContextSourceError(
+                f"the context on standard input unpacks to more than {MAX_CONTEXT_BYTES} "
+                "bytes (LAZYBUILD_MAX_CONTEXT_BYTES)"
+            )
+        return data
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    import zstandard
+
+    from lazybuild.errors import FormatError
+    from lazybuild.untar.extract import archive_policy, extract
+
+    decode_errors = (EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError)
+    with archive.open("rb") as raw:
+        head = raw.read(6)
+        raw.seek(0)
+        stream: BinaryIO
+        if head.startswith(_GZIP_MAGIC):
+            stream = cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+        elif head.startswith(_BZIP2_MAGIC):
+            stream = cast(BinaryIO, bz2.BZ2File(raw, mode="rb"))
+        elif head.startswith(_XZ_MAGIC):
+            stream = cast(BinaryIO, lzma.LZMAFile(raw, mode="rb"))  # noqa: SIM115 (closed with raw)
+        elif head.startswith(_ZSTD_MAGIC):
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            stream = cast(BinaryIO, reader)
+        else:
+            stream = raw
+        bounded = cast(BinaryIO, _Bounded(stream, MAX_CONTEXT_BYTES))
+        try:
+            extract(bounded, dest, archive_policy(None), "the context on standard input")
+        except FormatError as error:
+            raise ContextSourceError(str(error)) from None
+        except (OSError, *decode_errors) as error:
+            if isinstance(error, OSError) and error.errno is not None:
+                raise
+            raise ContextSourceError(
+                f"the context on standard input is not a readable archive: {error}"
+            ) from None
+
+
+# -- git ---------------------------------------------------------------------------------
+
+# No prompts, no helpers from the user's configuration that run programs, no ext:: or
+# file transports smuggled in through a redirect or a submodule.
+_GIT_CONFIG = (
+    "-c",
+    "protocol.ext.allow=never",
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "advice.detachedHead=false",
+)
+
+
+def _git_environment() -> Mapping[str, str]:
+    env = dict(os.environ)
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", LC_ALL="C")
+    env.pop("GIT_DIR", None)
+    env.pop("GIT_WORK_TREE", None)
+    return env
+
+
+def _git(args: list[str], where: str, cwd: Path | None = None) -> str:
+    git = shutil.which("git")
+    if git is None:
+        raise ContextSourceError(f"{where}: git is not installed")
+    try:
+        done = subprocess.run(
+            [git, *_GIT_CONFIG, *args],
+            cwd=cwd,
+            env=_git_environment(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=_GIT_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ContextSourceError(f"{where}: git took over {_GIT_TIMEOUT_SECONDS:.0f} s") from None
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        reason = lines[-1] if lines else f"git exited with {done.returncode}"
+        raise ContextSourceError(f"{where}: {reason.removeprefix('fatal: ')}")
+    return done.stdout.decode(errors="replace").strip()
+
+
+def _clone(url: str, scratch: Path, keep_git_dir: bool) -> Path:
+    ref = parse_git_ref(url)
+    where = f"git context {ref.remote}"
+    checkout = scratch / "git"
+    _git(["clone", "--quiet", "--no-checkout", "--", ref.remote, str(checkout)], where)
+    if ref.ref:
+        commit = _resolve(checkout, ref.ref, where)
+    else:
+        commit = _git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], where, checkout)
+    _git(["checkout", "--quiet", "--detach", commit], where, checkout)
+    if _tree_bytes(checkout) > MAX_CONTEXT_BYTES:
+        raise ContextSourceError(
+            f"{where}: the checkout holds more than {MAX_CONTEXT_BYTES} bytes "
+            "(LAZYBUILD_MAX_CONTEXT_BYTES)"
+        )
+    if not keep_git_dir:
+        shutil.rmtree(checkout / ".git")
+    if not ref.subdir:
+        return checkout
+    # The subdirectory must be a directory of the checkout itself, not reached through
+    # a symlink pointing elsewhere.
+    root = checkout.resolve()
+    context = (checkout / ref.subdir).resolve()
+    if not context.is_relative_to(root) or not context.is_dir():
+        raise ContextSourceError(f"{where}: {ref.subdir!r} is not a directory of the repository")
+    return context
+
+
+def _resolve(checkout: Path, ref: str, where: str) -> str:
+    """A branch, a tag, a full ref or a commit, as BuildKit's git source takes them."""
+    for candidate in (f"refs/remotes/origin/{ref}", f"refs/tags/{ref}", ref):
+        try:
+            return _git(
+                ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{candidate}^{{commit}}"],
+                where,
+                checkout,
+            )
+        except ContextSourceError:
+            continue
+    if ref.startswith("refs/"):
+        # refs/pull/N/head and the like are not cloned: fetched by name.
+        _git(["fetch", "--quiet", "origin", "--", ref], where, checkout)
+        return _git(["rev-parse", "--verify", "--quiet", "FETCH_HEAD^{commit}"], where, checkout)
+    raise ContextSourceError(f"{where}: no branch, tag or commit {ref!r}")
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except OSError:
+                continue
+    return total
