@@ -207,6 +207,9 @@ async def run_build(
             cache_mount_state=CacheMounts(cache_mounts),
             on_cache_miss=on_line,
             learn_cache_mount_writes=request.export_cache,
+            extra_hosts=request.extra_hosts,
+            shm_size=request.shm_size,
+            ulimits=request.ulimits,
         )
         solving = _Solving(
             request, state_dir, client, resources, mounter, progress=progress, on_line=on_line

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lazybuild.executor.spec import Ulimit
 from lazybuild.remotecache.spec import CacheImport
 
 
@@ -31,6 +32,11 @@ class BuildRequest:
     cache_from: tuple[CacheImport, ...] = ()  # remote build caches, consulted after ours
     # A cache export follows (``--cache-to``): collect what it takes (``BuildResult``).
     export_cache: bool = False
+    # The RUN container (``--add-host`` name/address pairs, ``--shm-size`` bytes,
+    # ``--ulimit``); each enters the RUN steps' keys when given.
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+    shm_size: int | None = None
+    ulimits: tuple[Ulimit, ...] = ()
 
     @property
     def dockerfile_path(self) -> Path:

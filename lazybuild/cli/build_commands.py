@@ -6,8 +6,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from lazybuild.cli import build_flags
 from lazybuild.cli.optimize_commands import add_workload_arguments
@@ -42,7 +43,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="SPEC",
         help="type=registry|oci|docker|local,dest=...,name=...",
     )
-    build.add_argument("--progress", choices=MODES, default="auto")
+    build.add_argument(
+        "--progress",
+        choices=MODES,
+        default=None,
+        help="progress display (default: $BUILDKIT_PROGRESS, else auto)",
+    )
     build.add_argument(
         "-q",
         "--quiet",
@@ -71,6 +77,34 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         choices=("default", "host", "none"),
         default="default",
         help="network of RUN steps (default: the host's; there is no bridge)",
+    )
+    build.add_argument(
+        "--add-host",
+        action="append",
+        default=[],
+        metavar="HOST:IP",
+        help="add a line to RUN steps' /etc/hosts (repeatable; HOST=IP too)",
+    )
+    build.add_argument(
+        "--shm-size",
+        metavar="BYTES",
+        help="size of RUN steps' /dev/shm (e.g. 64m, 1g; default 64m)",
+    )
+    build.add_argument(
+        "--ulimit",
+        action="append",
+        default=[],
+        metavar="TYPE=SOFT[:HARD]",
+        help="a resource limit of RUN steps, as docker spells it (e.g. nofile=1024:2048)",
+    )
+    build.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="ENTITLEMENT",
+        help="network.host (RUN --network=host; always granted: RUN steps use the host's "
+        "network by default) or security.insecure (accepted; RUN --security=insecure is "
+        "not supported)",
     )
     build.add_argument(
         "--fetch-report", type=Path, metavar="FILE", help="write the fetch report as JSON"
@@ -116,7 +150,19 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def build_command_filesystem(args: argparse.Namespace) -> LazyMountService:
     from lazybuild.build.filesystem import build_filesystem
 
+    # Called before anything is forked or spawned: a bad value ends the build here.
+    check_container_flags(args, os.environ)
     return build_filesystem(state_dir(args), registry_options(args), base_image=_base_ahead(args))
+
+
+def check_container_flags(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """The values of --add-host, --shm-size, --ulimit, --allow and BUILDKIT_PROGRESS,
+    checked (``UsageError``) before a build starts anything."""
+    build_flags.extra_hosts(args.add_host)
+    build_flags.shm_size(args.shm_size)
+    build_flags.ulimits(args.ulimit)
+    build_flags.entitlements(args.allow)
+    build_flags.progress_mode(args.progress, environ)
 
 
 def _base_ahead(args: argparse.Namespace) -> str | None:
@@ -173,6 +219,9 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
         labels=build_flags.labels(args.label),
         source_date_epoch=build_flags.source_date_epoch(build_args, environ),
         network=args.network,
+        extra_hosts=build_flags.extra_hosts(args.add_host),
+        shm_size=build_flags.shm_size(args.shm_size),
+        ulimits=build_flags.ulimits(args.ulimit),
         cache_from=tuple(cache_imports(args.cache_from)),
         export_cache=bool(args.cache_to),
     )
@@ -195,7 +244,8 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
         optimize_base=args.optimize_base,
     )
     registry = registry_options(args)
-    mode: Mode = "quiet" if args.quiet else args.progress
+    build_flags.entitlements(args.allow)
+    mode = cast(Mode, "quiet" if args.quiet else build_flags.progress_mode(args.progress, environ))
     export_result: list[ExportResult] = []
     with BuildProgress(mode) as progress:
         if not outputs:

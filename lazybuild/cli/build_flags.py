@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazybuild.errors import UsageError
+
+if TYPE_CHECKING:
+    from lazybuild.executor.spec import Ulimit
 
 
 def key_values(items: Iterable[str], flag: str, env: Mapping[str, str]) -> dict[str, str]:
@@ -98,4 +102,145 @@ def source_date_epoch(
         raise UsageError(f"SOURCE_DATE_EPOCH {text!r} is not a number of seconds") from None
     if value < 0:
         raise UsageError(f"SOURCE_DATE_EPOCH {text!r} must not be negative")
+    return value
+
+
+def extra_hosts(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """``--add-host HOST:IP`` (or buildx's ``HOST=IP``) → (name, address) pairs in order.
+
+    The address is checked as Docker checks it: an IPv4 or IPv6 address, the latter
+    optionally in brackets. Docker's ``host-gateway`` names the bridge's gateway, which
+    lazybuild has no bridge for."""
+    import ipaddress
+
+    hosts: list[tuple[str, str]] = []
+    for item in items:
+        # "=" first: an IPv6 address is full of colons (Docker's rule).
+        name, sep, address = item.partition("=")
+        if not sep:
+            name, sep, address = item.partition(":")
+        if not sep or not name or not address:
+            raise UsageError(f"--add-host {item!r}: expected HOST:IP (or HOST=IP)")
+        if any(c.isspace() or c == "#" for c in name):
+            raise UsageError(f"--add-host {item!r}: {name!r} is not a host name")
+        if address == "host-gateway":
+            raise UsageError(
+                f"--add-host {item!r}: host-gateway is not supported (RUN steps use the "
+                "host's network: name 127.0.0.1 instead)"
+            )
+        bare = address[1:-1] if address.startswith("[") and address.endswith("]") else address
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            raise UsageError(f"--add-host {item!r}: {address!r} is not an IP address") from None
+        hosts.append((name, bare))
+    return tuple(hosts)
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def shm_size(text: str | None) -> int | None:
+    """``--shm-size`` as Docker reads it (``67108864``, ``64m``, ``1g``, ``1.5GiB``:
+    binary units); None or 0 keeps the default of 64 MiB."""
+    import re
+
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise UsageError(f"--shm-size {text!r}: not a size (e.g. 67108864, 64m, 1g)")
+    value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    return value or None
+
+
+# Docker's --ulimit names (go-units), each the RLIMIT_ of its upper-case name.
+ULIMIT_NAMES = frozenset(
+    (
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+    )
+)
+
+
+def ulimits(items: Iterable[str]) -> tuple[Ulimit, ...]:
+    """``--ulimit NAME=SOFT[:HARD]`` (HARD defaults to SOFT, -1 is unlimited); a name
+    given twice keeps its last value, as Docker's option map does."""
+    from lazybuild.executor.spec import Ulimit
+
+    limits: dict[str, Ulimit] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep:
+            raise UsageError(f"--ulimit {item!r}: expected TYPE=SOFT[:HARD], e.g. nofile=1024:2048")
+        if name not in ULIMIT_NAMES:
+            raise UsageError(f"--ulimit {item!r}: invalid ulimit type {name!r}")
+        soft_text, colon, hard_text = values.partition(":")
+        try:
+            soft = int(soft_text)
+            hard = int(hard_text) if colon else soft
+        except ValueError:
+            raise UsageError(f"--ulimit {item!r}: limits must be integers") from None
+        if soft < -1 or hard < -1:
+            raise UsageError(f"--ulimit {item!r}: limits must be -1 (unlimited) or more")
+        if _unlimited(soft) > _unlimited(hard):
+            raise UsageError(
+                f"--ulimit {item!r}: the soft limit must be less than or equal to the hard limit"
+            )
+        limits[name] = Ulimit(name, soft, hard)
+    return tuple(limits.values())
+
+
+def _unlimited(value: int) -> float:
+    return float("inf") if value == -1 else value
+
+
+ENTITLEMENTS = ("network.host", "security.insecure")
+
+
+def entitlements(items: Iterable[str]) -> tuple[str, ...]:
+    """``--allow`` values, checked (buildx's ``invalid entitlement`` for others); a
+    comma-separated list counts as several, as buildx splits it."""
+    allowed: list[str] = []
+    for item in items:
+        for part in item.split(","):
+            value = part.strip()
+            if value not in ENTITLEMENTS:
+                raise UsageError(
+                    f"--allow {value!r}: invalid entitlement (expected one of "
+                    f"{', '.join(ENTITLEMENTS)})"
+                )
+            if value not in allowed:
+                allowed.append(value)
+    return tuple(allowed)
+
+
+def progress_mode(flag: str | None, env: Mapping[str, str]) -> str:
+    """``--progress``, else ``BUILDKIT_PROGRESS`` (buildx's default), else ``auto``;
+    a bad value from the environment is named as such."""
+    from lazybuild.progressmodes import MODES
+
+    if flag is not None:
+        return flag
+    value = env.get("BUILDKIT_PROGRESS", "")
+    if not value:
+        return "auto"
+    if value not in MODES:
+        raise UsageError(
+            f"BUILDKIT_PROGRESS={value!r}: invalid progress mode (expected one of "
+            f"{', '.join(MODES)})"
+        )
     return value

@@ -141,7 +141,19 @@ def build_header(
             network=args.workload_network,
             record_out=args.record_out is not None,
         ),
+        extra_hosts=[
+            control_pb2.HostAddress(name=name, address=address)
+            for name, address in build_flags.extra_hosts(args.add_host)
+        ],
+        ulimits=[
+            control_pb2.Ulimit(name=limit.name, soft=limit.soft, hard=limit.hard)
+            for limit in build_flags.ulimits(args.ulimit)
+        ],
     )
+    shm_size = build_flags.shm_size(args.shm_size)
+    if shm_size is not None:
+        header.shm_size = shm_size
+    build_flags.entitlements(args.allow)  # grants nothing the daemon would refuse
     if args.record_in is not None:
         try:
             header.profiling.record_in = args.record_in.read_bytes()
@@ -555,13 +567,16 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
     import grpc
 
     from lazybuild.buildprogress import BuildProgress, Mode
+    from lazybuild.cli import build_flags
     from lazybuild.daemon.client import BuilderError, control_stub, describe_rpc_error
     from lazybuild.remotecache.spec import cache_exports, cache_imports
 
     header, context_dir, outputs = build_header(args, call.secret_files)
     dockerfile = args.file if args.file is not None else context_dir / "Dockerfile"
     call.context_dir, call.dockerfile = context_dir, dockerfile
-    mode: Mode = "quiet" if args.quiet else args.progress
+    mode = cast(
+        Mode, "quiet" if args.quiet else build_flags.progress_mode(args.progress, os.environ)
+    )
     cache_dests = {
         index: export.dest
         for index, export in enumerate(cache_exports(header.cache_to))

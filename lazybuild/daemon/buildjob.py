@@ -305,6 +305,7 @@ async def _build(
     from lazybuild.build.profiling import ProfileRequest
     from lazybuild.build.request import BuildRequest
     from lazybuild.buildprogress import BuildProgress
+    from lazybuild.cli import build_flags
     from lazybuild.imagemount import render_fetch_report
 
     header = received.header
@@ -325,6 +326,10 @@ async def _build(
             header.source_date_epoch if header.HasField("source_date_epoch") else None
         ),
         network=_network(header.network),
+        # Checked again as the client checks them: a header is outside input.
+        extra_hosts=build_flags.extra_hosts(f"{h.name}={h.address}" for h in header.extra_hosts),
+        shm_size=header.shm_size if header.HasField("shm_size") else None,
+        ulimits=build_flags.ulimits(f"{u.name}={u.soft}:{u.hard}" for u in header.ulimits),
         cache_from=tuple(cache_from),
         export_cache=bool(header.cache_to),
     )

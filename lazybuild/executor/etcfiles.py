@@ -6,6 +6,7 @@ does, so the image's own copies stay untouched (and out of the layer a RUN produ
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from lazybuild.executor.mounts import MountSpec
@@ -26,12 +27,18 @@ ff02::2\tip6-allrouters
 _FALLBACK_RESOLV_CONF = "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
 
 
-def prepare_etc_files(bundle_dir: Path, hostname: str, network: str) -> list[MountSpec]:
+def prepare_etc_files(
+    bundle_dir: Path,
+    hostname: str,
+    network: str,
+    extra_hosts: Sequence[tuple[str, str]] = (),
+) -> list[MountSpec]:
     """Write the files under `bundle_dir/etc` and return the mounts that place them.
 
     Host networking sees the host's hosts and resolv.conf; "none" has only loopback,
     so it gets a loopback-only hosts file (resolv.conf is copied for both: harmless
-    without a network, and what Docker does).
+    without a network, and what Docker does). ``extra_hosts`` (``--add-host``: name,
+    address) are appended whatever the network, as BuildKit and Docker append them.
     """
     if network not in ("host", "none"):
         raise ValueError(f"unknown network mode {network!r}")
@@ -39,7 +46,7 @@ def prepare_etc_files(bundle_dir: Path, hostname: str, network: str) -> list[Mou
     etc.mkdir(parents=True, exist_ok=True)
     hosts = _host_file(HOST_HOSTS, _LOOPBACK_HOSTS) if network == "host" else _LOOPBACK_HOSTS
     files = {
-        "hosts": _with_hostname(hosts, hostname),
+        "hosts": _with_extra_hosts(_with_hostname(hosts, hostname), extra_hosts),
         "hostname": hostname + "\n",
         "resolv.conf": _host_file(HOST_RESOLV_CONF, _FALLBACK_RESOLV_CONF),
     }
@@ -65,3 +72,10 @@ def _with_hostname(hosts: str, hostname: str) -> str:
     if hostname in names:
         return hosts
     return hosts.rstrip("\n") + f"\n127.0.0.1\t{hostname}\n"
+
+
+def _with_extra_hosts(hosts: str, extra_hosts: Sequence[tuple[str, str]]) -> str:
+    if not extra_hosts:
+        return hosts
+    lines = "".join(f"{address}\t{name}\n" for name, address in extra_hosts)
+    return hosts.rstrip("\n") + "\n" + lines

@@ -8,7 +8,7 @@ Dockerfiles are written against what `docker build` gives a RUN step.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +80,50 @@ _PRIVATE_NETWORK_SYSCTLS = {
 
 
 @dataclass(frozen=True)
+class Ulimit:
+    """``--ulimit NAME=SOFT[:HARD]`` as Docker spells it (``nofile``, ``nproc``...);
+    -1 is unlimited."""
+
+    name: str
+    soft: int
+    hard: int
+
+    def to_oci(self) -> dict[str, Any]:
+        return {
+            "type": "RLIMIT_" + self.name.upper(),
+            "soft": _rlimit_value(self.soft),
+            "hard": _rlimit_value(self.hard),
+        }
+
+
+def _rlimit_value(value: int) -> int:
+    # The runtime spec's limits are unsigned: Docker's -1 is RLIM_INFINITY.
+    return value if value >= 0 else (1 << 64) - 1
+
+
+def _rlimits(ulimits: Sequence[Ulimit]) -> list[dict[str, Any]]:
+    given = {limit.name for limit in ulimits}
+    limits = (
+        []
+        if "nofile" in given
+        else [{"type": "RLIMIT_NOFILE", "soft": NOFILE_SOFT, "hard": NOFILE_HARD}]
+    )
+    return limits + [limit.to_oci() for limit in ulimits]
+
+
+def _with_shm_size(mounts: Sequence[MountSpec], size: int) -> tuple[MountSpec, ...]:
+    return tuple(
+        replace(
+            m,
+            options=(*(o for o in m.options if not o.startswith("size=")), f"size={size}"),
+        )
+        if m.destination == "/dev/shm"
+        else m
+        for m in mounts
+    )
+
+
+@dataclass(frozen=True)
 class ProcessSpec:
     args: Sequence[str]
     env: Sequence[str]
@@ -96,9 +140,12 @@ def generate_spec(
     network: Network,
     readonly_rootfs: bool = False,
     extra_mounts: Sequence[MountSpec] = (),
+    shm_size: int | None = None,
+    ulimits: Sequence[Ulimit] = (),
 ) -> dict[str, Any]:
     """config.json for `process` in `rootfs`; `cgroupsPath` is left to the runner,
-    which knows the container id."""
+    which knows the container id. ``shm_size`` (bytes) sizes /dev/shm instead of
+    Docker's 64 MiB; ``ulimits`` replace the default limit of the same kind."""
     if network not in ("host", "none"):
         raise ValueError(f"unknown network mode {network!r}")
     if not process.args:
@@ -113,12 +160,13 @@ def generate_spec(
     }
     if network == "none":
         linux["sysctl"] = dict(_PRIVATE_NETWORK_SYSCTLS)
+    defaults = DEFAULT_MOUNTS if shm_size is None else _with_shm_size(DEFAULT_MOUNTS, shm_size)
     return {
         "ociVersion": "1.0.2",
-        "process": _process(process),
+        "process": _process(process, ulimits),
         "root": {"path": str(rootfs), "readonly": readonly_rootfs},
         "hostname": hostname,
-        "mounts": [m.to_oci() for m in _merge_mounts(DEFAULT_MOUNTS, extra_mounts)],
+        "mounts": [m.to_oci() for m in _merge_mounts(defaults, extra_mounts)],
         "linux": linux,
     }
 
@@ -136,7 +184,7 @@ def process_env(process: ProcessSpec) -> list[str]:
     return env
 
 
-def _process(process: ProcessSpec) -> dict[str, Any]:
+def _process(process: ProcessSpec, ulimits: Sequence[Ulimit] = ()) -> dict[str, Any]:
     capabilities = list(DEFAULT_CAPABILITIES)
     user: dict[str, Any] = {"uid": process.user.uid, "gid": process.user.gid}
     if process.user.additional_gids:
@@ -154,7 +202,7 @@ def _process(process: ProcessSpec) -> dict[str, Any]:
             "effective": list(capabilities),
             "permitted": list(capabilities),
         },
-        "rlimits": [{"type": "RLIMIT_NOFILE", "soft": NOFILE_SOFT, "hard": NOFILE_HARD}],
+        "rlimits": _rlimits(ulimits),
         "noNewPrivileges": False,
     }
 

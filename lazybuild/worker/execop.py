@@ -97,9 +97,11 @@ class ExecOp:
 
     async def cache_map(self, job: Job, index: int) -> CacheMap:
         # Proxy settings do not change what a step makes (Docker's rule); secret values
-        # are never part of the op at all, only their ids.
+        # are never part of the op at all, only their ids. Extra hosts, /dev/shm's size
+        # and ulimits are, as in BuildKit's exec op (its meta and a /dev/shm tmpfs
+        # mount): salted in only when given, so other builds keep their keys.
         return CacheMap(
-            digest=op_digest(replace(self._op, proxy_env=())),
+            digest=op_digest(replace(self._op, proxy_env=()), _container_salt(self._resources)),
             deps=mount_cache_deps(self._op, self._resources),
         )
 
@@ -178,13 +180,15 @@ class ExecOp:
         )
         hostname = op.hostname or DEFAULT_HOSTNAME
         user = await trio.to_thread.run_sync(resolve_user, rootfs, op.user)
-        etc_mounts = prepare_etc_files(area.scratch, hostname, network)
+        etc_mounts = prepare_etc_files(area.scratch, hostname, network, self._resources.extra_hosts)
         spec = generate_spec(
             rootfs=rootfs,
             process=ProcessSpec(op.args, env, op.cwd, user),
             hostname=hostname,
             network=network,
             extra_mounts=[*etc_mounts, *ordered_specs(mounts)],
+            shm_size=self._resources.shm_size,
+            ulimits=self._resources.ulimits,
         )
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         stdout_read, stdout_write = os.pipe()
@@ -236,6 +240,17 @@ class ExecOp:
                 continue
             env.append(f"{secret.name}={value.decode(errors='replace')}")
         return env
+
+
+def _container_salt(resources: WorkerResources) -> str:
+    parts = []
+    if resources.extra_hosts:
+        parts.append("hosts=" + ",".join(f"{n}:{a}" for n, a in resources.extra_hosts))
+    if resources.shm_size is not None:
+        parts.append(f"shm={resources.shm_size}")
+    if resources.ulimits:
+        parts.append("ulimit=" + ",".join(f"{u.name}={u.soft}:{u.hard}" for u in resources.ulimits))
+    return "\x00" + "\x00".join(parts) if parts else ""
 
 
 async def _pump(

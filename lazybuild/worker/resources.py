@@ -11,6 +11,7 @@ import trio
 
 from lazybuild.context import BuildContext
 from lazybuild.errors import LazybuildError
+from lazybuild.executor.spec import Ulimit
 from lazybuild.oci.platform import Platform
 from lazybuild.registry.client import RegistryClient, ResolvedImage
 from lazybuild.registry.reference import Reference
@@ -94,5 +95,10 @@ class WorkerResources:
     refused_layers: set[str] = field(default_factory=set)
     # Learn what steps write to cache mounts (for a cache export that takes them).
     learn_cache_mount_writes: bool = False
+    # RUN containers as ``--add-host`` (name, address), ``--shm-size`` (bytes) and
+    # ``--ulimit`` shape them; part of every RUN step's key (see ExecOp.cache_map).
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+    shm_size: int | None = None
+    ulimits: tuple[Ulimit, ...] = ()
     exec_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
     file_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(4))

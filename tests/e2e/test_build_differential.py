@@ -1153,3 +1153,83 @@ def test_run_mount_selectors(
     keyed = first.entries["keyed.txt"].sha256
     second = build("second", "two")
     assert second.entries["keyed.txt"].sha256 == keyed, "rerun for an unrelated change"
+
+
+# --- buildx flags that shape the RUN container (issue 18) ----------------------------------
+
+_CONTAINER_FLAGS_DOCKERFILE = """\
+ARG BASE
+FROM ${BASE}
+RUN grep flags- /etc/hosts > /hosts.txt; \\
+    df -k /dev/shm | awk 'NR == 2 { print $2 }' > /shm.txt; \\
+    { ulimit -Sn; ulimit -Hn; ulimit -Sc; ulimit -Hc; } > /limits.txt
+"""
+_CONTAINER_FLAGS = [
+    "--add-host", "flags-one.test:10.1.2.3",
+    "--add-host", "flags-two.test:10.4.5.6",
+    "--shm-size", "128m",
+    "--ulimit", "nofile=1000:2000",
+    "--ulimit", "core=0:0",
+]  # fmt: skip
+_CONTAINER_FILES = ("hosts.txt", "shm.txt", "limits.txt")
+
+
+def test_add_host_shm_size_ulimit(
+    dockerd: Dockerd,
+    base_image: str,
+    state_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """--add-host, --shm-size and --ulimit: what RUN sees of them is what dockerd's
+    legacy builder gives it for the same flags (one build each, all flags at once); a
+    changed --add-host reruns the step, as BuildKit keys its exec op on extra hosts."""
+    cases = tmp_path / "cases"
+    (cases / "container-flags").mkdir(parents=True)
+    (cases / "container-flags" / "Dockerfile").write_text(_CONTAINER_FLAGS_DOCKERFILE)
+    case = Case.load("container-flags", cases)
+    args = {"BASE": base_image}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        docker_future = pool.submit(
+            docker_build,
+            dockerd,
+            case,
+            tmp_path / "docker",
+            tag="lazybuild-differential/container-flags:default",
+            build_args=args,
+            extra=_CONTAINER_FLAGS,
+        )
+        lazy = lazybuild_build(
+            case,
+            tmp_path / "lazy",
+            state_dir=state_dir,
+            build_args=args,
+            extra=_CONTAINER_FLAGS,
+            outputs=("local", "oci"),
+        )
+        docker = docker_future.result()
+    for name in _CONTAINER_FILES:
+        assert (lazy.rootfs / name).read_text() == (docker.rootfs / name).read_text(), name
+    assert (lazy.rootfs / "hosts.txt").read_text() == (
+        "10.1.2.3\tflags-one.test\n10.4.5.6\tflags-two.test\n"
+    )
+    assert (lazy.rootfs / "shm.txt").read_text() == "131072\n"
+    assert (lazy.rootfs / "limits.txt").read_text() == "1000\n2000\n0\n0\n"
+    # buildx's HOST=IP spelling, another address: the step is keyed on it and runs again.
+    changed = [
+        *_CONTAINER_FLAGS[:2],
+        "--add-host",
+        "flags-two.test=10.7.8.9",
+        *_CONTAINER_FLAGS[4:],
+    ]
+    run_lazybuild(
+        case,
+        tmp_path / "lazy-again",
+        state_dir=state_dir,
+        build_args=args,
+        extra=changed,
+        outputs=("local",),
+    )
+    assert (tmp_path / "lazy-again" / "lazybuild-rootfs" / "hosts.txt").read_text() == (
+        "10.1.2.3\tflags-one.test\n10.7.8.9\tflags-two.test\n"
+    )
+    _drop_rootfs_copies(docker, lazy)

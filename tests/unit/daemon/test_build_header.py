@@ -33,6 +33,9 @@ CARRIED_BY = {
     "network": "network",
     "cache_from": "cache_from",
     "export_cache": "cache_to",
+    "extra_hosts": "extra_hosts",
+    "shm_size": "shm_size",
+    "ulimits": "ulimits",
 }
 
 

@@ -303,6 +303,11 @@ class BuildHeader(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     ASSEMBLE_FIELD_NUMBER: _builtins.int
     PROFILING_FIELD_NUMBER: _builtins.int
+    EXTRA_HOSTS_FIELD_NUMBER: _builtins.int
+    SHM_SIZE_FIELD_NUMBER: _builtins.int
+    ULIMITS_FIELD_NUMBER: _builtins.int
+    NO_CACHE_FILTER_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
     build_id: _builtins.str
     """Chosen by the client, to name the build in Cancel."""
     dockerfile_name: _builtins.str
@@ -321,6 +326,7 @@ class BuildHeader(_message.Message):
     """"default", "host" or "none"."""
     assemble: _builtins.bool
     """Whether the client wants the image id even without an image output (--iidfile)."""
+    shm_size: _builtins.int
     @_builtins.property
     def build_args(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -343,6 +349,22 @@ class BuildHeader(_message.Message):
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Output]: ...
     @_builtins.property
     def profiling(self) -> Global___Profiling: ...
+    @_builtins.property
+    def extra_hosts(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostAddress]:
+        """The RUN container: --add-host (parsed), --shm-size in bytes (absent: Docker's
+        64 MiB), --ulimit (parsed); each enters the RUN steps' cache keys when given.
+        """
+
+    @_builtins.property
+    def ulimits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ulimit]: ...
+    @_builtins.property
+    def no_cache_filter(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """--no-cache-filter: the stages whose steps ignore the cache."""
+
+    @_builtins.property
+    def annotations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """--annotation values as given ("KEY=VALUE", "manifest:KEY=VALUE", ...)."""
+
     def __init__(
         self,
         *,
@@ -364,21 +386,79 @@ class BuildHeader(_message.Message):
         outputs: _abc.Iterable[Global___Output] | None = ...,
         assemble: _builtins.bool = ...,
         profiling: Global___Profiling | None = ...,
+        extra_hosts: _abc.Iterable[Global___HostAddress] | None = ...,
+        shm_size: _builtins.int | None = ...,
+        ulimits: _abc.Iterable[Global___Ulimit] | None = ...,
+        no_cache_filter: _abc.Iterable[_builtins.str] | None = ...,
+        annotations: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore", "_source_date_epoch", b"_source_date_epoch", "dockerignore", b"dockerignore", "profiling", b"profiling", "source_date_epoch", b"source_date_epoch"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore", "_shm_size", b"_shm_size", "_source_date_epoch", b"_source_date_epoch", "dockerignore", b"dockerignore", "profiling", b"profiling", "shm_size", b"shm_size", "source_date_epoch", b"source_date_epoch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore", "_source_date_epoch", b"_source_date_epoch", "assemble", b"assemble", "build_args", b"build_args", "build_id", b"build_id", "cache_from", b"cache_from", "cache_to", b"cache_to", "dockerfile", b"dockerfile", "dockerfile_name", b"dockerfile_name", "dockerignore", b"dockerignore", "labels", b"labels", "network", b"network", "no_cache", b"no_cache", "outputs", b"outputs", "platform", b"platform", "profiling", b"profiling", "pull", b"pull", "secrets", b"secrets", "source_date_epoch", b"source_date_epoch", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore", "_shm_size", b"_shm_size", "_source_date_epoch", b"_source_date_epoch", "annotations", b"annotations", "assemble", b"assemble", "build_args", b"build_args", "build_id", b"build_id", "cache_from", b"cache_from", "cache_to", b"cache_to", "dockerfile", b"dockerfile", "dockerfile_name", b"dockerfile_name", "dockerignore", b"dockerignore", "extra_hosts", b"extra_hosts", "labels", b"labels", "network", b"network", "no_cache", b"no_cache", "no_cache_filter", b"no_cache_filter", "outputs", b"outputs", "platform", b"platform", "profiling", b"profiling", "pull", b"pull", "secrets", b"secrets", "shm_size", b"shm_size", "source_date_epoch", b"source_date_epoch", "target", b"target", "ulimits", b"ulimits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dockerignore: _TypeAlias = _typing.Literal["dockerignore"]  # noqa: Y015
     _WhichOneofArgType__dockerignore: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore"]  # noqa: Y015
+    _WhichOneofReturnType__shm_size: _TypeAlias = _typing.Literal["shm_size"]  # noqa: Y015
+    _WhichOneofArgType__shm_size: _TypeAlias = _typing.Literal["_shm_size", b"_shm_size"]  # noqa: Y015
     _WhichOneofReturnType__source_date_epoch: _TypeAlias = _typing.Literal["source_date_epoch"]  # noqa: Y015
     _WhichOneofArgType__source_date_epoch: _TypeAlias = _typing.Literal["_source_date_epoch", b"_source_date_epoch"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__dockerignore) -> _WhichOneofReturnType__dockerignore | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shm_size) -> _WhichOneofReturnType__shm_size | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__source_date_epoch) -> _WhichOneofReturnType__source_date_epoch | None: ...
 
 Global___BuildHeader: _TypeAlias = BuildHeader  # noqa: Y015
+
+@_typing.final
+class HostAddress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    address: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostAddress: _TypeAlias = HostAddress  # noqa: Y015
+
+@_typing.final
+class Ulimit(_message.Message):
+    """-1 is unlimited, as Docker writes it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SOFT_FIELD_NUMBER: _builtins.int
+    HARD_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    soft: _builtins.int
+    hard: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        soft: _builtins.int = ...,
+        hard: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hard", b"hard", "name", b"name", "soft", b"soft"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Ulimit: _TypeAlias = Ulimit  # noqa: Y015
 
 @_typing.final
 class Output(_message.Message):
