@@ -25,8 +25,22 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     build = commands.add_parser(
         "build", help="build an image from a Dockerfile, base images mounted lazily"
     )
-    build.add_argument("context", type=Path, help="the build context directory")
-    build.add_argument("-f", "--file", type=Path, metavar="FILE", help="the Dockerfile")
+    build.add_argument(
+        "context",
+        metavar="CONTEXT",
+        help="the build context: a directory; a git URL (https://HOST/REPO.git#REF:SUBDIR, "
+        "git@HOST:REPO, git://, ssh://, github.com/OWNER/REPO), cloned with git; or - "
+        "(standard input: a tar, plain or gzip/bzip2/xz/zstd, is the context; anything "
+        "else is the Dockerfile, with no context)",
+    )
+    build.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        metavar="FILE",
+        help="the Dockerfile (default CONTEXT/Dockerfile; in a tar or git context, a path "
+        "in it; - reads it from standard input)",
+    )
     build.add_argument("-t", "--tag", action="append", default=[], metavar="NAME")
     build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
     build.add_argument("--target", metavar="STAGE", help="the stage to build")
@@ -149,10 +163,20 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def build_command_filesystem(args: argparse.Namespace) -> LazyMountService:
     from lazybuild.build.filesystem import build_filesystem
+    from lazybuild.cli.contexts import cleanup_sources, prepare_sources
 
     # Called before anything is forked or spawned: a bad value ends the build here.
     check_container_flags(args, os.environ)
-    return build_filesystem(state_dir(args), registry_options(args), base_image=_base_ahead(args))
+
+    # Stdin and git contexts become a directory first: the base image ahead is read
+    # from their Dockerfile (run_build_command removes it, or this when it fails).
+    prepare_sources(args)
+    try:
+        base = _base_ahead(args)
+        return build_filesystem(state_dir(args), registry_options(args), base_image=base)
+    except BaseException:
+        cleanup_sources(args)
+        raise
 
 
 def check_container_flags(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
@@ -182,12 +206,17 @@ async def run_build_command(args: argparse.Namespace) -> int:
     # Forked by main before trio started when it could be (see lazyfs.forkedservice);
     # else started here, before the build machinery is imported and the Dockerfile
     # read: the filesystem process's own start-up overlaps with ours either way.
-    filesystem = args.filesystem or build_command_filesystem(args)
-    await filesystem.spawn()
+    from lazybuild.cli.contexts import cleanup_sources
+
     try:
-        return await _build(args, filesystem)
+        filesystem = args.filesystem or build_command_filesystem(args)
+        await filesystem.spawn()
+        try:
+            return await _build(args, filesystem)
+        finally:
+            await filesystem.close()
     finally:
-        await filesystem.close()
+        cleanup_sources(args)
 
 
 async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:

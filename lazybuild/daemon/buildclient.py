@@ -655,6 +655,17 @@ def run_remote_build(args: argparse.Namespace, terminated: Callable[[], bool]) -
     """The build, done by the daemon; blocking, without trio (a client's start-up counts
     in every build it asks for). The call runs in a thread of its own, so that this one
     sees a Ctrl-C (or ``terminated()``, a SIGTERM) at once, and cancels the build."""
+    from lazybuild.cli.contexts import cleanup_sources, prepare_sources
+
+    # A stdin or git context is made a directory here and sent like any other.
+    prepare_sources(args)
+    try:
+        return _run_remote_build(args, terminated)
+    finally:
+        cleanup_sources(args)
+
+
+def _run_remote_build(args: argparse.Namespace, terminated: Callable[[], bool]) -> int:
     from lazybuild.atomicfile import write_atomic
 
     call = _Call()
