@@ -225,6 +225,7 @@ async def run_build(
             labels=dict(request.labels),
             context_excludes=excludes,
             syntax=None if selected.builtin else selected.name,
+            no_cache_filter=request.no_cache_filter,
         )
         gateway = BuildGateway(
             inputs,

@@ -95,6 +95,7 @@ async def build_graph(
     labels: Mapping[str, str],
     excludes: tuple[str, ...],
     resolve: ResolveConfig,
+    no_cache_stages: tuple[str, ...] = (),
 ) -> BuildGraph:
     parsed = parse(source, filename=filename)
     args = dict(build_args)
@@ -142,6 +143,7 @@ async def build_graph(
         context_excludes=excludes,
         target_platform=str(platform),
         filename=filename,
+        no_cache_stages=no_cache_stages,
     )
     if labels:
         config = graph.config

@@ -46,6 +46,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     build.add_argument("--target", metavar="STAGE", help="the stage to build")
     build.add_argument("--platform", metavar="OS/ARCH", help="only the host's platform")
     build.add_argument("--no-cache", action="store_true", help="run every step")
+    build.add_argument(
+        "--no-cache-filter",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="run every step of this stage, cache or not (repeatable; by name)",
+    )
     build.add_argument("--pull", action="store_true", help="check base images for newer versions")
     build.add_argument("--push", action="store_true", help="push to the registry (-t names)")
     build.add_argument("--load", action="store_true", help="load into the local Docker engine")
@@ -251,6 +258,7 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
         extra_hosts=build_flags.extra_hosts(args.add_host),
         shm_size=build_flags.shm_size(args.shm_size),
         ulimits=build_flags.ulimits(args.ulimit),
+        no_cache_filter=build_flags.stage_names(args.no_cache_filter),
         cache_from=tuple(cache_imports(args.cache_from)),
         export_cache=bool(args.cache_to),
     )

@@ -244,3 +244,14 @@ def progress_mode(flag: str | None, env: Mapping[str, str]) -> str:
             f"{', '.join(MODES)})"
         )
     return value
+
+
+def stage_names(items: Iterable[str]) -> tuple[str, ...]:
+    """``--no-cache-filter`` values: stage names, each flag possibly a comma-separated
+    list (buildx splits them so)."""
+    names: list[str] = []
+    for item in items:
+        for part in item.split(","):
+            if name := part.strip():
+                names.append(name)
+    return tuple(names)

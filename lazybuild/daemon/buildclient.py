@@ -150,6 +150,7 @@ def build_header(
             for limit in build_flags.ulimits(args.ulimit)
         ],
     )
+    header.no_cache_filter.extend(build_flags.stage_names(args.no_cache_filter))
     shm_size = build_flags.shm_size(args.shm_size)
     if shm_size is not None:
         header.shm_size = shm_size

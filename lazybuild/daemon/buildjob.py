@@ -330,6 +330,7 @@ async def _build(
         extra_hosts=build_flags.extra_hosts(f"{h.name}={h.address}" for h in header.extra_hosts),
         shm_size=header.shm_size if header.HasField("shm_size") else None,
         ulimits=build_flags.ulimits(f"{u.name}={u.soft}:{u.hard}" for u in header.ulimits),
+        no_cache_filter=tuple(header.no_cache_filter),
         cache_from=tuple(cache_from),
         export_cache=bool(header.cache_to),
     )

@@ -75,6 +75,8 @@ class FrontendInputs:
     context_excludes: tuple[str, ...] = ()
     # The frontend's name as ``# syntax=`` (or BUILDKIT_SYNTAX) gave it.
     syntax: str | None = None
+    # --no-cache-filter: the stages (by name) whose steps ignore the cache.
+    no_cache_filter: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class DockerfileFrontend:
             labels=inputs.labels,
             excludes=inputs.context_excludes,
             resolve=resolve,
+            no_cache_stages=inputs.no_cache_filter,
         )
         self.graph = graph
         ref = await gateway.solve(graph.graph.definition)

@@ -107,8 +107,13 @@ def plan_to_graph(
     context_excludes: Sequence[str] = (),
     target_platform: str | None = None,
     filename: str = "Dockerfile",
+    no_cache_stages: Sequence[str] = (),
 ) -> GraphResult:
     """Convert ``plan`` (dependencies first, target last) into a graph.
+
+    ``no_cache_stages`` (``--no-cache-filter``): every step of a stage of one of these
+    names (any case, as BuildKit compares them) ignores the cache; unknown names and
+    unnamed stages are passed over, as in BuildKit.
 
     ``context_excludes`` are the ``.dockerignore`` patterns for the context source;
     ``target_platform`` (default: the host's) is the platform of stages without
@@ -120,6 +125,7 @@ def plan_to_graph(
         context=State.local(context_name, exclude_patterns=context_excludes),
         platform=target_platform or str(host_platform()),
         filename=filename,
+        no_cache_stages=no_cache_stages,
     )
     for stage in plan.stages:
         converter.convert(stage)
@@ -270,8 +276,10 @@ class _Converter:
         context: State,
         platform: str,
         filename: str,
+        no_cache_stages: Sequence[str] = (),
     ) -> None:
         self.plan = plan
+        self.no_cache_stages = frozenset(name.lower() for name in no_cache_stages)
         self.base_config = base_config
         self.context = context
         self.platform = platform
@@ -308,6 +316,7 @@ class _Converter:
         summary = " ".join(text.split())
         return OpMetadata(
             description=f"[{name}{' ' if name else ''}{position}/{total}] {summary}",
+            ignore_cache=bool(stage.name) and str(stage.name).lower() in self.no_cache_stages,
             source_locations=(SourceLocation(self.filename, lines.start_line, lines.end_line),),
         )
 
@@ -342,7 +351,9 @@ class _Converter:
         # As BuildKit numbers steps: a FROM of an image is step 1; FROM scratch and FROM
         # <stage> make no vertex and are not counted. Only the instructions that make a
         # vertex (RUN, COPY, ADD, WORKDIR other than "/") take a number.
-        from_meta = self.metadata(stage, 1, from_text, stage.location)
+        # The base image's vertex is shared by every stage FROM it: ignoring its cache
+        # would rerun those too. The stage's first step reruns, and all after it.
+        from_meta = replace(self.metadata(stage, 1, from_text, stage.location), ignore_cache=False)
         position = 1 if _from_is_step(stage) else 0
         self.declared_args = {}
         if base.kind == "stage":

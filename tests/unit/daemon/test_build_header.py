@@ -36,6 +36,7 @@ CARRIED_BY = {
     "extra_hosts": "extra_hosts",
     "shm_size": "shm_size",
     "ulimits": "ulimits",
+    "no_cache_filter": "no_cache_filter",
 }
 
 
