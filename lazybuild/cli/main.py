@@ -15,6 +15,7 @@ from lazybuild import __version__
 from lazybuild.cli import (
     build_commands,
     cache_commands,
+    check_commands,
     image_commands,
     optimize_commands,
     run_commands,
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache_commands.add_parsers(commands)
     serve_commands.add_parsers(commands)
     _add_builder(commands.choices["build"])
+    check_commands.add_check_arguments(commands.choices["build"])
     return parser
 
 
@@ -102,6 +104,8 @@ def _route_to_builder(args: argparse.Namespace) -> None:
 
         args.run_blocking = run_remote_build
         args.make_filesystem = None
+    if args.command == "build":
+        check_commands.route_build_checks(args)
 
 
 # Commands that touch mounts or caches first undo what killed runs left behind.
