@@ -41,8 +41,22 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="the Dockerfile (default CONTEXT/Dockerfile; in a tar or git context, a path "
         "in it; - reads it from standard input)",
     )
-    build.add_argument("-t", "--tag", action="append", default=[], metavar="NAME")
-    build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
+    build.add_argument(
+        "-t",
+        "--tag",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="name the image (repeatable; a registry reference such as "
+        "registry.example/app:1.0, used by --push and -o type=registry|docker|oci)",
+    )
+    build.add_argument(
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set an ARG (repeatable; a bare KEY takes its value from the environment)",
+    )
     build.add_argument("--target", metavar="STAGE", help="the stage to build")
     build.add_argument("--platform", metavar="OS/ARCH", help="only the host's platform")
     build.add_argument("--no-cache", action="store_true", help="run every step")
@@ -90,9 +104,28 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="write the build's inputs as a Make dependency rule for the --iidfile (the "
         "Dockerfile, .dockerignore, every context file COPY/ADD selected, secret files)",
     )
-    build.add_argument("--metadata-file", type=Path, metavar="FILE")
-    build.add_argument("--secret", action="append", default=[], metavar="id=ID[,src=FILE|,env=VAR]")
-    build.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    build.add_argument(
+        "--metadata-file",
+        type=Path,
+        metavar="FILE",
+        help="write the build result's metadata as JSON, as buildx does "
+        "(containerimage.digest, image.name, ...)",
+    )
+    build.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="id=ID[,src=FILE|,env=VAR]",
+        help="a secret for RUN --mount=type=secret (repeatable; without src or env: the "
+        "variable ID, else the file ID)",
+    )
+    build.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="add a label to the image's config (repeatable)",
+    )
     build.add_argument(
         "--network",
         choices=("default", "host", "none"),

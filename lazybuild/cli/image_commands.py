@@ -12,21 +12,34 @@ from lazybuild.oci.platform import Platform
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     inspect = commands.add_parser("inspect", help="show an image's manifests and layer formats")
-    inspect.add_argument("image", help="registry reference or oci:DIR[:tag]")
+    inspect.add_argument("image", metavar="IMAGE", help="registry reference or oci:DIR[:tag]")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(run=run_inspect)
 
     convert = commands.add_parser("convert", help="convert an image's layers to eStargz")
-    convert.add_argument("source", help="registry reference or oci:DIR[:tag]")
-    convert.add_argument("destination", help="registry reference or oci:DIR[:tag]")
+    convert.add_argument("source", metavar="SOURCE", help="registry reference or oci:DIR[:tag]")
     convert.add_argument(
-        "--chunk-size", type=positive_size, default=4 << 20, help="eStargz chunk size (4MiB)"
+        "destination", metavar="DESTINATION", help="registry reference or oci:DIR[:tag]"
     )
     convert.add_argument(
-        "--compression-level", type=compression_level, help="gzip level 1-9 (default 6)"
+        "--chunk-size",
+        type=positive_size,
+        default=4 << 20,
+        metavar="SIZE",
+        help="eStargz chunk size (default 4MiB)",
     )
-    convert.add_argument("--platform", help="convert only this platform of an index (os/arch)")
-    convert.add_argument("--tmpdir", type=Path, help="directory for temporary layer files")
+    convert.add_argument(
+        "--compression-level",
+        type=compression_level,
+        metavar="N",
+        help="gzip level 1-9 (default 6)",
+    )
+    convert.add_argument(
+        "--platform", metavar="OS/ARCH", help="convert only this platform of an index"
+    )
+    convert.add_argument(
+        "--tmpdir", type=Path, metavar="DIR", help="directory for temporary layer files"
+    )
     convert.set_defaults(run=run_convert)
 
 

@@ -21,6 +21,7 @@ from lazybuild.cli import (
     run_commands,
     serve_commands,
 )
+from lazybuild.cli.examples import add_examples
 from lazybuild.cli.options import add_global_options, state_dir
 from lazybuild.errors import LazybuildError, reported_error
 
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_commands.add_parsers(commands)
     _add_builder(commands.choices["build"])
     check_commands.add_check_arguments(commands.choices["build"])
+    add_examples(parser, commands)
     return parser
 
 

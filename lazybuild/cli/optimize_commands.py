@@ -30,8 +30,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "it opens or reads, and write every layer as eStargz with those files first "
         "(like `ctr-remote image optimize`).",
     )
-    optimize.add_argument("source", help="registry reference or oci:DIR[:tag]")
-    optimize.add_argument("destination", help="registry reference or oci:DIR[:tag]")
+    optimize.add_argument("source", metavar="SOURCE", help="registry reference or oci:DIR[:tag]")
+    optimize.add_argument(
+        "destination", metavar="DESTINATION", help="registry reference or oci:DIR[:tag]"
+    )
     add_workload_arguments(optimize, network_flags=("--network", "--workload-network"))
     optimize.add_argument(
         "--record-out", type=Path, metavar="FILE", help="write the record (ctr-remote's format)"
@@ -49,12 +51,21 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="do not put the record in the image (default: an artifact in the image's index)",
     )
     optimize.add_argument(
-        "--chunk-size", type=positive_size, default=4 << 20, help="eStargz chunk size (4MiB)"
+        "--chunk-size",
+        type=positive_size,
+        default=4 << 20,
+        metavar="SIZE",
+        help="eStargz chunk size (default 4MiB)",
     )
     optimize.add_argument(
-        "--compression-level", type=compression_level, help="gzip level 1-9 (default 6)"
+        "--compression-level",
+        type=compression_level,
+        metavar="N",
+        help="gzip level 1-9 (default 6)",
     )
-    optimize.add_argument("--tmpdir", type=Path, help="directory for temporary layer files")
+    optimize.add_argument(
+        "--tmpdir", type=Path, metavar="DIR", help="directory for temporary layer files"
+    )
     optimize.set_defaults(run=run_optimize)
 
 

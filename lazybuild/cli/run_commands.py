@@ -23,8 +23,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     mount = commands.add_parser(
         "mount", help="mount an image's root filesystem until interrupted or unmounted"
     )
-    mount.add_argument("image", help="registry reference")
-    mount.add_argument("directory", type=Path, help="where to mount it")
+    mount.add_argument("image", metavar="IMAGE", help="registry reference or oci:DIR[:tag]")
+    mount.add_argument("directory", type=Path, metavar="DIR", help="where to mount it")
     mount.add_argument(
         "--upper", type=Path, metavar="DIR", help="make it writable, keeping changes in DIR"
     )
@@ -38,13 +38,30 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     mount.set_defaults(run=run_mount)
 
     umount = commands.add_parser("umount", help="unmount what `lazybuild mount` mounted")
-    umount.add_argument("directory", type=Path)
+    umount.add_argument(
+        "directory", type=Path, metavar="DIR", help="the directory `lazybuild mount` mounted"
+    )
     umount.set_defaults(run=run_umount)
 
     run = commands.add_parser("run", help="run an image's command like `docker run --rm`")
-    run.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
-    run.add_argument("-w", "--workdir", metavar="DIR")
-    run.add_argument("-u", "--user", metavar="USER[:GROUP]")
+    run.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable, over the image's (repeatable; a bare K takes "
+        "its value from this environment)",
+    )
+    run.add_argument(
+        "-w", "--workdir", metavar="DIR", help="working directory (default: the image's)"
+    )
+    run.add_argument(
+        "-u",
+        "--user",
+        metavar="USER[:GROUP]",
+        help="user (and group) to run as, by name or id (default: the image's)",
+    )
     run.add_argument("--entrypoint", metavar="PROGRAM", help="replace the image's entrypoint")
     run.add_argument(
         "--network",
@@ -52,14 +69,16 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default="host",
         help="host (default: there is no bridge network) or none",
     )
-    run.add_argument("--hostname", metavar="NAME")
+    run.add_argument(
+        "--hostname", metavar="NAME", help="the container's host name (default: its id)"
+    )
     run.add_argument(
         "--background-fetch",
         action="store_true",
         help="also fetch the rest of the image when reads go quiet (default: only what is read)",
     )
     _add_fetch_report(run)
-    run.add_argument("image", help="registry reference")
+    run.add_argument("image", metavar="IMAGE", help="registry reference or oci:DIR[:tag]")
     run.add_argument(
         "process_args", nargs=argparse.REMAINDER, metavar="COMMAND", help="command and arguments"
     )
