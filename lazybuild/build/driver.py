@@ -198,7 +198,7 @@ async def run_build(
             store=store,
             mounter=mounter,
             images=resolver,
-            contexts={_CONTEXT: context},
+            contexts={_CONTEXT: context, **_named_local_contexts(request, state_dir)},
             secrets=dict(request.secrets),
             cache_mounts=cache_mounts,
             platform=platform,
@@ -225,6 +225,7 @@ async def run_build(
             labels=dict(request.labels),
             context_excludes=excludes,
             syntax=None if selected.builtin else selected.name,
+            named_contexts=_named_contexts(request),
             no_cache_filter=request.no_cache_filter,
         )
         gateway = BuildGateway(
@@ -283,6 +284,32 @@ async def run_build(
 
 # The name of the build context's local source (``State.local``).
 _CONTEXT = "context"
+_NAMED_CONTEXT_PREFIX = "context:"  # + the --build-context name: its local source
+_IMAGE_SCHEME = "docker-image://"
+
+
+def _named_local_contexts(request: BuildRequest, state_dir: Path) -> dict[str, BuildContext]:
+    """The --build-context directories as local sources, each with its own .dockerignore."""
+    found: dict[str, BuildContext] = {}
+    for name, value in request.named_contexts.items():
+        if value.startswith(_IMAGE_SCHEME):
+            continue
+        directory = Path(value)
+        ignore_file = find_dockerignore(directory)
+        patterns = (
+            parse_dockerignore(ignore_file.read_bytes(), str(ignore_file)) if ignore_file else ()
+        )
+        found[_NAMED_CONTEXT_PREFIX + name] = BuildContext(
+            directory, DockerIgnore(tuple(patterns)), hidden=(state_dir,)
+        )
+    return found
+
+
+def _named_contexts(request: BuildRequest) -> dict[str, str]:
+    return {
+        name: value if value.startswith(_IMAGE_SCHEME) else f"local:{_NAMED_CONTEXT_PREFIX}{name}"
+        for name, value in request.named_contexts.items()
+    }
 
 
 def _read_source(path: Path) -> bytes:

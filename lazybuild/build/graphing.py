@@ -95,12 +95,18 @@ async def build_graph(
     labels: Mapping[str, str],
     excludes: tuple[str, ...],
     resolve: ResolveConfig,
+    named_contexts: Mapping[str, str] | None = None,
     no_cache_stages: tuple[str, ...] = (),
 ) -> BuildGraph:
     parsed = parse(source, filename=filename)
     args = dict(build_args)
     first = plan_build(
-        parsed, build_args=args, target=target, target_platform=platform, filename=filename
+        parsed,
+        build_args=args,
+        target=target,
+        target_platform=platform,
+        filename=filename,
+        named_contexts=named_contexts,
     )
     images = dict(await _resolve_all(image_refs(first), resolve, first, filename))
 
@@ -126,6 +132,7 @@ async def build_graph(
             image_env=image_env,
             image_triggers=image_triggers,
             filename=filename,
+            named_contexts=named_contexts,
         )
 
     plan = planned()

@@ -37,6 +37,8 @@ class BuildRequest:
     extra_hosts: tuple[tuple[str, str], ...] = ()
     shm_size: int | None = None
     ulimits: tuple[Ulimit, ...] = ()
+    # --build-context, by name: a local directory, or ``docker-image://REF``.
+    named_contexts: Mapping[str, str] = field(default_factory=dict)
     # --no-cache-filter: stages (by name) whose steps run whatever the cache holds.
     no_cache_filter: tuple[str, ...] = ()
 

@@ -42,6 +42,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "in it; - reads it from standard input)",
     )
     build.add_argument(
+        "--build-context",
+        action="append",
+        default=[],
+        metavar="NAME=DIR|NAME=docker-image://REF",
+        help="a named context: FROM NAME, COPY --from=NAME and RUN --mount from=NAME get "
+        "it instead of the image or stage of that name (repeatable)",
+    )
+    build.add_argument(
         "-t",
         "--tag",
         action="append",
@@ -276,7 +284,10 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
     environ = dict(os.environ)
     secret_files: list[Path] = []
     build_args = build_flags.key_values(args.build_arg, "--build-arg", environ)
+    from lazybuild.cli.contexts import named_contexts
+
     request = BuildRequest(
+        named_contexts=named_contexts(args.build_context),
         context_dir=args.context,
         dockerfile=args.file,
         build_args=build_args,

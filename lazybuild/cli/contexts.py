@@ -38,6 +38,7 @@ __all__ = [
     "GitRef",
     "cleanup_sources",
     "is_git_url",
+    "named_contexts",
     "parse_git_ref",
     "prepare_sources",
 ]
@@ -135,6 +136,46 @@ def _keep_git_dir(build_args: list[str]) -> bool:
         if key == "BUILDKIT_CONTEXT_KEEP_GIT_DIR":
             return value.lower() in {"1", "true", "t"}
     return False
+
+
+# -- --build-context --------------------------------------------------------------------
+
+IMAGE_SCHEME = "docker-image://"
+
+
+def named_contexts(items: list[str]) -> dict[str, str]:
+    """``--build-context NAME=VALUE`` values: a directory (made absolute) or
+    ``docker-image://REF``, by name; ``UsageError`` (one line) for anything else."""
+    from lazybuild.errors import InvalidReferenceError
+    from lazybuild.registry.reference import Reference
+
+    found: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not value:
+            raise UsageError(f"--build-context {item!r}: expected NAME=VALUE")
+        if name in found:
+            raise UsageError(f"--build-context {name}= is given twice")
+        if value.startswith(IMAGE_SCHEME):
+            ref = value.removeprefix(IMAGE_SCHEME)
+            try:
+                Reference.parse(ref)
+            except InvalidReferenceError as error:
+                raise UsageError(f"--build-context {name}: {error}") from None
+            found[name] = value
+            continue
+        if "://" in value or is_git_url(value):
+            scheme = value.split("://", 1)[0] if "://" in value else "git"
+            raise UsageError(
+                f"--build-context {name}: {scheme} sources are not supported (a directory "
+                "or docker-image://REF)"
+            )
+        directory = Path(value).expanduser()
+        if not directory.is_dir():
+            raise UsageError(f"--build-context {name}: {value} is not a directory")
+        found[name] = str(directory.resolve())
+    return found
 
 
 # -- standard input ----------------------------------------------------------------------

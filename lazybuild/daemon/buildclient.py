@@ -79,6 +79,7 @@ def build_header(
     secret files read are added to ``secret_files``."""
     from lazybuild.api.control.v1 import control_pb2
     from lazybuild.cli import build_flags
+    from lazybuild.cli.contexts import IMAGE_SCHEME, named_contexts
     from lazybuild.exporter.outputs import (
         DockerOutput,
         ImageOutput,
@@ -163,6 +164,8 @@ def build_header(
     epoch = build_flags.source_date_epoch(build_args, environ)
     if epoch is not None:
         header.source_date_epoch = epoch
+    for name, value in named_contexts(args.build_context).items():
+        header.named_contexts[name] = value if value.startswith(IMAGE_SCHEME) else "local"
     ignore_file = find_dockerignore(context_dir, dockerfile)
     if ignore_file is not None:
         header.dockerignore = ignore_file.read_bytes()
@@ -281,7 +284,7 @@ def _tagged_digest(index_path: Path, tag: str) -> str | None:
     return None
 
 
-def write_context_tar(context_dir: Path, dockerfile: Path, out: IO[bytes]) -> None:
+def write_context_tar(context_dir: Path, dockerfile: Path | None, out: IO[bytes]) -> None:
     """The context as the build sees it (``.dockerignore`` applied) as a PAX tar."""
     from lazybuild.context import BuildContext
     from lazybuild.frontend.dockerignore import load_dockerignore
@@ -313,7 +316,10 @@ def write_context_tar(context_dir: Path, dockerfile: Path, out: IO[bytes]) -> No
 
 
 def _requests(
-    header: control_pb2.BuildHeader, tar: IO[bytes], caches: dict[int, IO[bytes]]
+    header: control_pb2.BuildHeader,
+    tar: IO[bytes],
+    caches: dict[int, IO[bytes]],
+    named: dict[str, IO[bytes]] | None = None,
 ) -> Iterator[control_pb2.BuildRequest]:
     """The header, the context, then each local cache to import (by its position in
     ``header.cache_from``)."""
@@ -323,6 +329,12 @@ def _requests(
     tar.seek(0)
     while chunk := tar.read(_CHUNK_BYTES):
         yield control_pb2.BuildRequest(context_chunk=chunk)
+    for name, named_tar in sorted((named or {}).items()):
+        named_tar.seek(0)
+        while chunk := named_tar.read(_CHUNK_BYTES):
+            yield control_pb2.BuildRequest(
+                named_context_chunk=control_pb2.NamedContextChunk(name=name, data=chunk)
+            )
     for index, cache in sorted(caches.items()):
         cache.seek(0)
         while chunk := cache.read(_CHUNK_BYTES):
@@ -569,6 +581,7 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
 
     from lazybuild.buildprogress import BuildProgress, Mode
     from lazybuild.cli import build_flags
+    from lazybuild.cli.contexts import IMAGE_SCHEME, named_contexts
     from lazybuild.daemon.client import BuilderError, control_stub, describe_rpc_error
     from lazybuild.remotecache.spec import cache_exports, cache_imports
 
@@ -587,6 +600,12 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
     with contextlib.ExitStack() as stack:
         tar = stack.enter_context(tempfile.TemporaryFile())
         write_context_tar(context_dir, dockerfile, tar)
+        named: dict[str, IO[bytes]] = {}
+        for name, value in named_contexts(args.build_context).items():
+            if not value.startswith(IMAGE_SCHEME):
+                # Its own .dockerignore applies, as to a local build's named context.
+                named[name] = stack.enter_context(tempfile.TemporaryFile())
+                write_context_tar(Path(value), None, named[name])
         caches: dict[int, IO[bytes]] = {}
         for index, wanted in enumerate(cache_imports(header.cache_from)):
             if wanted.src is not None:
@@ -595,7 +614,7 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
                     caches[index] = cache_tar
         stub = stack.enter_context(control_stub(args.builder))
         call.stub, call.build_id = stub, header.build_id
-        responses = stub.Build(_requests(header, tar, caches))
+        responses = stub.Build(_requests(header, tar, caches, named))
         call.responses = responses
         result = None
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +30,8 @@ class ReceivedBuild:
     header: control_pb2.BuildHeader
     context_dir: Path
     dockerfile: Path
+    # --build-context directories, by name, unpacked like the context.
+    named_contexts: dict[str, Path] = field(default_factory=dict)
 
 
 def cache_import_dir(workdir: Path, index: int) -> Path:
@@ -60,12 +62,27 @@ def receive(
     received = 0
     tar_path = workdir / CONTEXT_TAR
     cache_tars: dict[int, Path] = {}
+    named_tars: dict[str, Path] = {}
     tar = tar_path.open("wb")
     try:
         for request in requests:
             part = request.WhichOneof("part")
-            if part == "context_chunk" and not cache_tars:
+            if part == "context_chunk" and not cache_tars and not named_tars:
                 data = request.context_chunk
+            elif part == "named_context_chunk" and not cache_tars:
+                data = request.named_context_chunk.data
+                named = request.named_context_chunk.name
+                if named not in named_tars:
+                    if named_tars and named < max(named_tars):
+                        raise BuildRequestError("a build sends each named context in one piece")
+                    if header.named_contexts.get(named) != "local":
+                        raise BuildRequestError(
+                            f"a build sent named context {named[:100]!r}, which it did not name "
+                            "as a local one"
+                        )
+                    tar.close()
+                    named_tars[named] = workdir / f"named-context-{len(named_tars)}.tar"
+                    tar = named_tars[named].open("wb")
             elif part == "cache_chunk":
                 data = request.cache_chunk.data
                 index = request.cache_chunk.index
@@ -95,6 +112,19 @@ def receive(
         _unpack(tar_path, context_dir, "the build context", _CONTEXT_KINDS)
     with contextlib.suppress(FileNotFoundError):
         tar_path.unlink()
+    named_dirs: dict[str, Path] = {}
+    for named, value in sorted(header.named_contexts.items()):
+        if value == "local":
+            # One sent empty (an empty directory) sends no chunk at all.
+            named_dirs[named] = workdir / f"named-context-{len(named_dirs)}"
+            named_dirs[named].mkdir()
+            named_tar = named_tars.get(named)
+            if named_tar is not None:
+                where = f"the build context {named[:100]!r}"
+                _unpack(named_tar, named_dirs[named], where, _CONTEXT_KINDS)
+                named_tar.unlink()
+        elif not value.startswith("docker-image://"):
+            raise BuildRequestError(f"named context {named[:100]!r}: {value[:100]!r} is not one")
     for index, cache_tar in cache_tars.items():
         layout = cache_import_dir(workdir, index)
         layout.mkdir()
@@ -109,7 +139,7 @@ def receive(
         # Beside the Dockerfile, where it wins over the context's own (as it did for
         # the client, whichever file it came from).
         dockerfile.with_name(f"{name}.dockerignore").write_bytes(header.dockerignore)
-    return ReceivedBuild(header, context_dir, dockerfile)
+    return ReceivedBuild(header, context_dir, dockerfile, named_dirs)
 
 
 def _check_local_import(header: control_pb2.BuildHeader, index: int) -> None:

@@ -313,6 +313,11 @@ async def _build(
         header, workdir, placed
     )
     request = BuildRequest(
+        # A local one as the daemon received it; an image as named (checked on use).
+        named_contexts={
+            name: str(received.named_contexts[name]) if value == "local" else value
+            for name, value in header.named_contexts.items()
+        },
         context_dir=received.context_dir,
         dockerfile=received.dockerfile,
         build_args=dict(header.build_args),

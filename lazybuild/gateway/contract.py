@@ -75,6 +75,9 @@ class FrontendInputs:
     context_excludes: tuple[str, ...] = ()
     # The frontend's name as ``# syntax=`` (or BUILDKIT_SYNTAX) gave it.
     syntax: str | None = None
+    # --build-context, by name: ``docker-image://REF``, or ``local:SOURCE`` (a local
+    # source of the build, for ``State.local``).
+    named_contexts: Mapping[str, str] = field(default_factory=dict)
     # --no-cache-filter: the stages (by name) whose steps ignore the cache.
     no_cache_filter: tuple[str, ...] = ()
 

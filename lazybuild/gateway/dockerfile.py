@@ -36,6 +36,7 @@ class DockerfileFrontend:
             labels=inputs.labels,
             excludes=inputs.context_excludes,
             resolve=resolve,
+            named_contexts=inputs.named_contexts,
             no_cache_stages=inputs.no_cache_filter,
         )
         self.graph = graph

@@ -235,9 +235,11 @@ class _Planner:
         *,
         image_triggers: ImageTriggersResolver | None = None,
         target: str | None = None,
+        named_contexts: Mapping[str, str] | None = None,
     ) -> None:
         self.dockerfile = dockerfile
         self.image_triggers = image_triggers
+        self.named_contexts = dict(named_contexts or {})
         self.filename = dockerfile.filename
         self.lexer = Lexer(dockerfile.escape)
         self.build_args = dict(build_args)
@@ -287,7 +289,11 @@ class _Planner:
         return values
 
     def stage_ref(self, text: str, current: int, *, earlier_only: bool) -> BaseRef:
-        """Resolve a stage name (case-insensitive) or index; anything else is an image."""
+        """Resolve a stage name (case-insensitive) or index; anything else is an image.
+        A named context (``--build-context``) of that name wins, over a stage too."""
+        named = self.named_contexts.get(text)
+        if named is not None:
+            return _named_context_ref(named)
         if text.isdigit():
             index = int(text)
             if index >= len(self.stages) or (earlier_only and index >= current):
@@ -533,6 +539,17 @@ def _proxy_env(build_args: Mapping[str, str]) -> tuple[KeyValue, ...]:
     )
 
 
+NAMED_IMAGE_PREFIX = "docker-image://"
+NAMED_LOCAL_PREFIX = "local:"
+
+
+def _named_context_ref(value: str) -> BaseRef:
+    """``docker-image://REF`` is that image; ``local:SOURCE`` the local source SOURCE."""
+    if value.startswith(NAMED_IMAGE_PREFIX):
+        return BaseRef("image", value.removeprefix(NAMED_IMAGE_PREFIX))
+    return BaseRef("context", value.removeprefix(NAMED_LOCAL_PREFIX))
+
+
 def plan_build(
     dockerfile: Dockerfile | bytes | str,
     *,
@@ -543,8 +560,12 @@ def plan_build(
     image_env: ImageEnvResolver | None = None,
     image_triggers: ImageTriggersResolver | None = None,
     filename: str = "Dockerfile",
+    named_contexts: Mapping[str, str] | None = None,
 ) -> BuildPlan:
     """Parse (if needed), scope ARGs, expand words and pick the stages ``target`` needs.
+
+    ``named_contexts`` (``--build-context``): by name, ``docker-image://REF`` or
+    ``local:SOURCE``; a FROM, ``COPY --from`` or mount ``from=`` naming one gets it.
 
     Platforms default to the host's. ``image_env`` lets the caller supply a base
     image's ENV (BuildKit reads the image config for this): ``FROM golang`` then
@@ -561,5 +582,6 @@ def plan_build(
         image_env,
         image_triggers=image_triggers,
         target=target,
+        named_contexts=named_contexts,
     )
     return planner.plan(target)

@@ -285,6 +285,26 @@ class BuildHeader(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class NamedContextsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     BUILD_ID_FIELD_NUMBER: _builtins.int
     DOCKERFILE_NAME_FIELD_NUMBER: _builtins.int
     DOCKERFILE_FIELD_NUMBER: _builtins.int
@@ -306,6 +326,7 @@ class BuildHeader(_message.Message):
     EXTRA_HOSTS_FIELD_NUMBER: _builtins.int
     SHM_SIZE_FIELD_NUMBER: _builtins.int
     ULIMITS_FIELD_NUMBER: _builtins.int
+    NAMED_CONTEXTS_FIELD_NUMBER: _builtins.int
     NO_CACHE_FILTER_FIELD_NUMBER: _builtins.int
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     build_id: _builtins.str
@@ -358,6 +379,12 @@ class BuildHeader(_message.Message):
     @_builtins.property
     def ulimits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ulimit]: ...
     @_builtins.property
+    def named_contexts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """--build-context, by name: "docker-image://REF", or "local": a directory of the
+        client's, which follows the context as NamedContextChunks.
+        """
+
+    @_builtins.property
     def no_cache_filter(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """--no-cache-filter: the stages whose steps ignore the cache."""
 
@@ -389,12 +416,13 @@ class BuildHeader(_message.Message):
         extra_hosts: _abc.Iterable[Global___HostAddress] | None = ...,
         shm_size: _builtins.int | None = ...,
         ulimits: _abc.Iterable[Global___Ulimit] | None = ...,
+        named_contexts: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         no_cache_filter: _abc.Iterable[_builtins.str] | None = ...,
         annotations: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore", "_shm_size", b"_shm_size", "_source_date_epoch", b"_source_date_epoch", "dockerignore", b"dockerignore", "profiling", b"profiling", "shm_size", b"shm_size", "source_date_epoch", b"source_date_epoch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore", "_shm_size", b"_shm_size", "_source_date_epoch", b"_source_date_epoch", "annotations", b"annotations", "assemble", b"assemble", "build_args", b"build_args", "build_id", b"build_id", "cache_from", b"cache_from", "cache_to", b"cache_to", "dockerfile", b"dockerfile", "dockerfile_name", b"dockerfile_name", "dockerignore", b"dockerignore", "extra_hosts", b"extra_hosts", "labels", b"labels", "network", b"network", "no_cache", b"no_cache", "no_cache_filter", b"no_cache_filter", "outputs", b"outputs", "platform", b"platform", "profiling", b"profiling", "pull", b"pull", "secrets", b"secrets", "shm_size", b"shm_size", "source_date_epoch", b"source_date_epoch", "target", b"target", "ulimits", b"ulimits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore", "_shm_size", b"_shm_size", "_source_date_epoch", b"_source_date_epoch", "annotations", b"annotations", "assemble", b"assemble", "build_args", b"build_args", "build_id", b"build_id", "cache_from", b"cache_from", "cache_to", b"cache_to", "dockerfile", b"dockerfile", "dockerfile_name", b"dockerfile_name", "dockerignore", b"dockerignore", "extra_hosts", b"extra_hosts", "labels", b"labels", "named_contexts", b"named_contexts", "network", b"network", "no_cache", b"no_cache", "no_cache_filter", b"no_cache_filter", "outputs", b"outputs", "platform", b"platform", "profiling", b"profiling", "pull", b"pull", "secrets", b"secrets", "shm_size", b"shm_size", "source_date_epoch", b"source_date_epoch", "target", b"target", "ulimits", b"ulimits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dockerignore: _TypeAlias = _typing.Literal["dockerignore"]  # noqa: Y015
     _WhichOneofArgType__dockerignore: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore"]  # noqa: Y015
@@ -646,6 +674,7 @@ class BuildRequest(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     CONTEXT_CHUNK_FIELD_NUMBER: _builtins.int
     CACHE_CHUNK_FIELD_NUMBER: _builtins.int
+    NAMED_CONTEXT_CHUNK_FIELD_NUMBER: _builtins.int
     context_chunk: _builtins.bytes
     @_builtins.property
     def header(self) -> Global___BuildHeader: ...
@@ -655,22 +684,51 @@ class BuildRequest(_message.Message):
         BuildHeader.cache_from[index] (what its cache manifest names).
         """
 
+    @_builtins.property
+    def named_context_chunk(self) -> Global___NamedContextChunk:
+        """After the context, before the caches: a piece of the tar of a local named
+        context (BuildHeader.named_contexts), each sent whole, in name order.
+        """
+
     def __init__(
         self,
         *,
         header: Global___BuildHeader | None = ...,
         context_chunk: _builtins.bytes = ...,
         cache_chunk: Global___CacheChunk | None = ...,
+        named_context_chunk: Global___NamedContextChunk | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_chunk", b"cache_chunk", "context_chunk", b"context_chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_chunk", b"cache_chunk", "context_chunk", b"context_chunk", "header", b"header", "named_context_chunk", b"named_context_chunk", "part", b"part"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_chunk", b"cache_chunk", "context_chunk", b"context_chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_chunk", b"cache_chunk", "context_chunk", b"context_chunk", "header", b"header", "named_context_chunk", b"named_context_chunk", "part", b"part"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "context_chunk", "cache_chunk"]  # noqa: Y015
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "context_chunk", "cache_chunk", "named_context_chunk"]  # noqa: Y015
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
 Global___BuildRequest: _TypeAlias = BuildRequest  # noqa: Y015
+
+@_typing.final
+class NamedContextChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamedContextChunk: _TypeAlias = NamedContextChunk  # noqa: Y015
 
 @_typing.final
 class BuildResponse(_message.Message):
