@@ -5,9 +5,9 @@ caller of ``run_build`` that exports (the CLI, the daemon): a ``Finish`` made fr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazybuild.build.driver import BuildResult, Finish
@@ -34,6 +34,8 @@ class ExportPlan:
     source_date_epoch: int | None
     assemble: bool
     registry: RegistryOptions
+    # --annotation: the image manifest's annotations.
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 def exporting_finish(
@@ -66,6 +68,7 @@ def exporting_finish(
                         prioritized=profiled.prioritized,
                         record=profiled.record,
                         base_prioritized=profiled.base_prioritized,
+                        annotations=plan.annotations,
                     ),
                     plan.outputs,
                     store=result.store,

@@ -135,6 +135,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="add a label to the image's config (repeatable)",
     )
     build.add_argument(
+        "--annotation",
+        action="append",
+        default=[],
+        metavar="[manifest:]KEY=VALUE",
+        help="an annotation on the image manifest (repeatable; index and descriptor "
+        "annotations are not supported)",
+    )
+    build.add_argument(
         "--network",
         choices=("default", "host", "none"),
         default="default",
@@ -235,6 +243,7 @@ def check_container_flags(args: argparse.Namespace, environ: Mapping[str, str]) 
     build_flags.ulimits(args.ulimit)
     build_flags.entitlements(args.allow)
     build_flags.progress_mode(args.progress, environ)
+    build_flags.manifest_annotations(args.annotation)
 
 
 def _base_ahead(args: argparse.Namespace) -> str | None:
@@ -344,6 +353,7 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
                 source_date_epoch=request.source_date_epoch,
                 assemble=args.iidfile is not None,
                 registry=registry,
+                annotations=build_flags.manifest_annotations(args.annotation),
             ),
             progress.line,
             export_result,

@@ -255,3 +255,31 @@ def stage_names(items: Iterable[str]) -> tuple[str, ...]:
             if name := part.strip():
                 names.append(name)
     return tuple(names)
+
+
+# buildx's annotation levels; lazybuild writes one manifest per image (and an index
+# only around a workload record), so only the manifest's can be honoured.
+_ANNOTATION_LEVELS = ("manifest", "index", "manifest-descriptor", "index-descriptor")
+
+
+def manifest_annotations(items: Iterable[str]) -> dict[str, str]:
+    """``--annotation [TYPE:]KEY=VALUE`` → the manifest's annotations. As buildx, no
+    type means the manifest; ``index:`` and the descriptor levels (and a platform in
+    brackets) are refused in one line rather than dropped."""
+    values: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--annotation {item!r}: expected [TYPE:]KEY=VALUE")
+        level, colon, rest = key.partition(":")
+        level_name = level.partition("[")[0]
+        if colon and level_name in _ANNOTATION_LEVELS:
+            if level != "manifest":
+                raise UsageError(
+                    f"--annotation {item!r}: only manifest annotations are supported (not {level})"
+                )
+            key = rest
+            if not key:
+                raise UsageError(f"--annotation {item!r}: expected [TYPE:]KEY=VALUE")
+        values[key] = value
+    return values

@@ -152,6 +152,8 @@ def build_header(
         ],
     )
     header.no_cache_filter.extend(build_flags.stage_names(args.no_cache_filter))
+    build_flags.manifest_annotations(args.annotation)  # checked here, sent as given
+    header.annotations.extend(args.annotation)
     shm_size = build_flags.shm_size(args.shm_size)
     if shm_size is not None:
         header.shm_size = shm_size

@@ -376,6 +376,7 @@ async def _build(
                 source_date_epoch=request.source_date_epoch,
                 assemble=header.assemble,
                 registry=registry,
+                annotations=build_flags.manifest_annotations(header.annotations),
             ),
             progress.line,
             export_result,

@@ -87,6 +87,8 @@ class BuiltImage:
     # None: base layers are kept byte for byte. Otherwise every base layer is rewritten
     # with the files listed under its blob digest first (``--optimize-base``).
     base_prioritized: Mapping[str, Sequence[str]] | None = None
+    # --annotation: the image manifest's annotations.
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     def oci_config(self) -> Mapping[str, Any]:
         if isinstance(self.config, Mapping):
@@ -245,6 +247,7 @@ class _Exporter:
             platform=self.image.platform or host_platform(),
             source_date_epoch=self.image.source_date_epoch,
             now=_made_at(self.image.layers),
+            annotations=self.image.annotations,
         )
         self.blob_files = BlobFiles(self.registry, self.layers, self.scratch, self.progress)
         self.progress(

@@ -151,10 +151,12 @@ def assemble_image(
     platform: Platform,
     source_date_epoch: int | None,
     now: datetime | None = None,
+    annotations: Mapping[str, str] | None = None,
 ) -> AssembledImage:
     """Config and manifest for ``layers`` (bottom first); ``oci_config`` is what
     ``ImageConfigState.to_oci_config()`` returns; the bottom ``base_layer_count`` layers
-    are the base image's."""
+    are the base image's. ``annotations`` (``--annotation``) go on the manifest: they
+    change its digest, never the config's (the image id)."""
     created = created_timestamp(source_date_epoch, now)
     history, warning = consistent_history(
         list(oci_config.get("history") or ()),
@@ -185,6 +187,7 @@ def assemble_image(
         mediatypes.OCI_MANIFEST,
         config_descriptor,
         tuple(oci_layer_descriptor(layer.descriptor) for layer in layers),
+        annotations=dict(annotations or {}),
     )
     manifest_bytes = manifest.encode()
     return AssembledImage(

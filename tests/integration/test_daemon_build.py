@@ -815,3 +815,68 @@ def test_builds_that_send_the_same_local_cache_one_after_another_all_hit_it(
     stored = {p.name for p in (daemon_state / "daemon-builds" / "imported-blobs").iterdir()}
     assert stored <= blobs
     _builds_left_nothing(daemon_state)
+
+
+# --- buildx flags CI scripts use (issue 18) ------------------------------------------------
+
+_FLAGS_DOCKERFILE = """\
+ARG BASE
+FROM ${BASE} AS deps
+RUN echo deps > /deps
+FROM ${BASE} AS final
+COPY --from=deps /deps /deps
+RUN grep flags- /etc/hosts > /hosts.txt; \\
+    df -k /dev/shm | awk 'NR == 2 { print $2 }' > /shm.txt; \\
+    { ulimit -Sn; ulimit -Hn; } > /nofile.txt
+RUN cat /proc/sys/kernel/random/uuid > /run-id
+"""
+
+
+def test_container_flags_annotations_no_cache_filter_through_the_daemon(
+    tmp_path: Path, base_image: str, daemon
+) -> None:
+    """--add-host, --shm-size, --ulimit, --annotation, --allow and BUILDKIT_PROGRESS reach
+    a build through the daemon as they reach a local one (checked against the same
+    values in tests/e2e/test_build_differential.py::test_add_host_shm_size_ulimit); a
+    second build with --no-cache-filter final reruns that stage's steps only (buildx:
+    "Do not cache specified stages")."""
+    address, daemon_state, _ = daemon
+    context = write_context(tmp_path / "context", _FLAGS_DOCKERFILE, {})
+    flags = [
+        *("--add-host", "flags-one.test:10.1.2.3", "--add-host", "flags-six.test=::1"),
+        *("--shm-size", "128m", "--ulimit", "nofile=1000:2000", "--allow", "network.host"),
+        *("--annotation", "org.example.a=1", "--annotation", "manifest:org.example.b=2"),
+        "--no-optimize",  # the workload's profile is no part of this and costs time
+    ]
+
+    def build(name: str, *extra: str) -> dict[str, bool]:
+        out = tmp_path / name
+        done = _lazybuild(
+            *("build", "--builder", address, "--build-arg", f"BASE={base_image}", *flags),
+            *("-o", f"type=local,dest={out / 'rootfs'}"),
+            *("-o", f"type=oci,dest={out / 'oci'},tar=false", *extra, str(context)),
+            env={**os.environ, "BUILDKIT_PROGRESS": "rawjson"},
+        )
+        assert done.returncode == 0, done.stderr
+        return _completed(done)  # rawjson events: BUILDKIT_PROGRESS chose the mode
+
+    first = build("first")
+    rootfs = tmp_path / "first" / "rootfs"
+    assert (rootfs / "hosts.txt").read_text() == ("10.1.2.3\tflags-one.test\n::1\tflags-six.test\n")
+    assert (rootfs / "shm.txt").read_text() == "131072\n"
+    assert (rootfs / "nofile.txt").read_text() == "1000\n2000\n"
+    layout = tmp_path / "first" / "oci"
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"].removeprefix("sha256:")
+    manifest = json.loads((layout / "blobs" / "sha256" / digest).read_text())
+    assert manifest["annotations"] == {"org.example.a": "1", "org.example.b": "2"}
+    assert not any(first.values())
+
+    second = build("second", "--no-cache-filter", "final")
+    assert {name for name, cached in second.items() if not cached and "RUN" in name} == {
+        name for name in second if name.startswith("[final") and "RUN" in name
+    }
+    assert second[next(name for name in second if "echo deps" in name)]
+    run_ids = [(tmp_path / n / "rootfs" / "run-id").read_text() for n in ("first", "second")]
+    assert run_ids[0] != run_ids[1]
+    _builds_left_nothing(daemon_state)

@@ -3,6 +3,7 @@ values as docker/buildx spell them, and one line with exit 1 for a bad one."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,45 @@ def test_a_bad_value_is_one_line_and_exit_1(
     assert completed.stderr.startswith("lazybuild: error: ")
     assert said in completed.stderr
     assert completed.stderr.count("\n") == 1, completed.stderr
+
+
+def test_annotation_levels_as_buildx() -> None:
+    """buildx: no type prefix annotates the image manifest, as ``manifest:`` does."""
+    assert build_flags.manifest_annotations(
+        ["org.opencontainers.image.title=app", "manifest:a.b=c=d", "empty="]
+    ) == {"org.opencontainers.image.title": "app", "a.b": "c=d", "empty": ""}
+    for refused in ("index:a=b", "manifest-descriptor:a=b", "manifest[linux/amd64]:a=b"):
+        with pytest.raises(UsageError, match="only manifest annotations are supported"):
+            build_flags.manifest_annotations([refused])
+    for malformed in ("novalue", "=x", "manifest:=x"):
+        with pytest.raises(UsageError, match="expected \\[TYPE:\\]KEY=VALUE"):
+            build_flags.manifest_annotations([malformed])
+
+
+def test_annotations_change_the_manifest_not_the_image_id() -> None:
+    from lazybuild.exporter.image import ExportedLayer, assemble_image
+    from lazybuild.oci.descriptor import Descriptor
+    from lazybuild.oci.platform import Platform
+
+    layer = ExportedLayer(
+        Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", "sha256:" + "a" * 64, 1),
+        "sha256:" + "b" * 64,
+    )
+
+    def assembled(annotations: dict[str, str]) -> tuple[str, dict[str, object], str]:
+        image = assemble_image(
+            {"config": {}},
+            [layer],
+            base_layer_count=0,
+            platform=Platform("linux", "amd64"),
+            source_date_epoch=0,
+            annotations=annotations,
+        )
+        manifest = json.loads(image.manifest_bytes)
+        return image.image_id, manifest, image.manifest_descriptor.digest
+
+    plain_id, plain, plain_digest = assembled({})
+    annotated_id, annotated, annotated_digest = assembled({"a.b": "c"})
+    assert "annotations" not in plain
+    assert annotated["annotations"] == {"a.b": "c"}
+    assert annotated_id == plain_id and annotated_digest != plain_digest
