@@ -204,7 +204,8 @@ def run_filesystem(args: argparse.Namespace) -> LazyMountService:
         insecure_registries=registry.insecure_registries,
         docker_config=registry.docker_config,
         background_fetch=args.background_fetch,
-        open_image=args.image,
+        # An OCI layout's image is opened by the command itself (imagemount).
+        open_image=None if args.image.startswith("oci:") else args.image,
     )
 
 
