@@ -93,7 +93,7 @@ def build_header(
 
     environ = dict(os.environ)
     build_args = build_flags.key_values(args.build_arg, "--build-arg", environ)
-    context_dir: Path = args.context
+    context_dir = Path(args.context)  # a str when prepare_sources has not run
     if not context_dir.is_dir():
         raise UsageError(f"build context {context_dir} is not a directory")
     outputs = outputs_from_flags(args.output, args.tag, args.push, args.load)

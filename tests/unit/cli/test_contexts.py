@@ -221,3 +221,26 @@ def test_git_contexts_follow_ref_and_subdir(scratch_tmp: Path, tmp_path: Path) -
     with pytest.raises(ContextSourceError, match="git context"):
         prepare_sources(_args(f"{server}/r.git"))  # nothing listens there any more
     assert list(scratch_tmp.iterdir()) == []
+
+
+def test_named_contexts_are_directories_or_images(tmp_path: Path) -> None:
+    from lazybuild.cli.contexts import named_contexts
+
+    assert named_contexts([f"src={tmp_path}", "base=docker-image://alpine:3"]) == {
+        "src": str(tmp_path.resolve()),
+        "base": "docker-image://alpine:3",
+    }
+    for item, message in [
+        ("src", "expected NAME=VALUE"),
+        ("=x", "expected NAME=VALUE"),
+        ("src=", "expected NAME=VALUE"),
+        (f"src={tmp_path / 'missing'}", "is not a directory"),
+        ("base=docker-image://a b", "invalid image reference"),
+        ("base=oci-layout:///some/layout:tag", "oci-layout sources are not supported"),
+        ("src=https://host/repo.git", "https sources are not supported"),
+    ]:
+        with pytest.raises(UsageError, match=message) as caught:
+            named_contexts([item])
+        assert "\n" not in str(caught.value)
+    with pytest.raises(UsageError, match="given twice"):
+        named_contexts([f"a={tmp_path}", "a=docker-image://x"])

@@ -37,6 +37,7 @@ CARRIED_BY = {
     "shm_size": "shm_size",
     "ulimits": "ulimits",
     "no_cache_filter": "no_cache_filter",
+    "named_contexts": "named_contexts",  # local ones' content as NamedContextChunks
 }
 
 
