@@ -99,8 +99,13 @@ def receive(
                 )
             received += len(data)
             if received > max_context_bytes:
+                # Named as the client knows what it sent: the context alone, or with
+                # what came after it.
+                sent = "the build context"
+                if cache_tars or named_tars:
+                    sent += " with its named contexts and local caches"
                 raise BuildRequestError(
-                    f"the build context and caches are larger than the daemon takes "
+                    f"{sent} is larger than the daemon takes "
                     f"({max_context_bytes} bytes; max_context_size in its configuration)"
                 )
             tar.write(data)
