@@ -193,3 +193,26 @@ def test_annotations_change_the_manifest_not_the_image_id() -> None:
     assert "annotations" not in plain
     assert annotated["annotations"] == {"a.b": "c"}
     assert annotated_id == plain_id and annotated_digest != plain_digest
+
+
+def test_container_flags_salt_run_keys_only_when_given() -> None:
+    """BuildKit's exec op holds extra hosts, ulimits and the /dev/shm mount, so they key
+    RUN steps; without them a step keeps the key it had before these flags existed."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from lazybuild.worker.execop import _container_salt
+
+    def salt(**given: Any) -> str:
+        fields = {"extra_hosts": (), "shm_size": None, "ulimits": (), **given}
+        return _container_salt(cast(Any, SimpleNamespace(**fields)))
+
+    assert salt() == ""
+    salts = {
+        salt(extra_hosts=(("a", "10.0.0.1"),)),
+        salt(extra_hosts=(("a", "10.0.0.2"),)),
+        salt(shm_size=1 << 27),
+        salt(ulimits=(Ulimit("nofile", 1, 2),)),
+        salt(ulimits=(Ulimit("nofile", 1, 3),)),
+    }
+    assert len(salts) == 5 and "" not in salts
