@@ -360,11 +360,15 @@ def _keyword_as_written(node: Node) -> str:
 
 
 def _casing(checker: _Checker) -> None:
-    written = [_keyword_as_written(node) for node in checker.dockerfile.nodes]
+    # As BuildKit, which counts the stages' instructions: global ARGs are left out.
+    nodes = list(checker.dockerfile.nodes)
+    first_from = next((i for i, node in enumerate(nodes) if node.keyword == "FROM"), len(nodes))
+    nodes = nodes[first_from:]
+    written = [_keyword_as_written(node) for node in nodes]
     lower = sum(1 for word in written if word == word.lower())
     upper = sum(1 for word in written if word == word.upper() and word != word.lower())
     majority_lower = lower > upper
-    for node, word in zip(checker.dockerfile.nodes, written, strict=True):
+    for node, word in zip(nodes, written, strict=True):
         if majority_lower and word != word.lower():
             casing = "lowercase"
         elif not majority_lower and word != word.upper():
@@ -436,8 +440,8 @@ class _Globals:
     stages: dict[str, _Stage] = field(default_factory=dict)
 
     def declare(self, checker: _Checker, instruction: Arg) -> None:
+        # BuildKit looks for secrets in a stage's ARGs only, not in these.
         for declaration in instruction.declarations:
-            _secret(checker, "ARG", declaration.name, instruction)
             self.declared.add(declaration.name)
             default = None
             if declaration.default is not None:

@@ -40,7 +40,12 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         "ConsistentInstructionCasing",
         "FROM alpine\nRUN echo hello\ncopy Dockerfile /\n",
         "Command 'copy' should match the case of the command majority (uppercase)",
-        ["FROM alpine\nRUN echo hello\nCOPY Dockerfile /\n", "from alpine\nrun echo hello\n"],
+        [
+            "FROM alpine\nRUN echo hello\nCOPY Dockerfile /\n",
+            "from alpine\nrun echo hello\n",
+            # Global ARGs are not counted (BuildKit counts the stages' instructions).
+            "arg BASE=alpine\nFROM $BASE\nRUN true\n",
+        ],
     ),
     (
         "DuplicateStageName",
@@ -124,7 +129,11 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         "SecretsUsedInArgOrEnv",
         "FROM alpine\nARG AWS_SECRET_ACCESS_KEY\n",
         'Do not use ARG or ENV instructions for sensitive data (ARG "AWS_SECRET_ACCESS_KEY")',
-        ["FROM alpine\nARG PUBLIC_KEY\nENV GPG_KEY_FILE=x\nARG TOKEN_VERSION=1\n"],
+        [
+            "FROM alpine\nARG PUBLIC_KEY\nENV GPG_KEY_FILE=x\nARG TOKEN_VERSION=1\n",
+            # Only a stage's ARGs are looked at, as in BuildKit.
+            "ARG GITHUB_TOKEN=x\nFROM alpine\n",
+        ],
     ),
     (
         "InvalidDefaultArgInFrom",
