@@ -689,6 +689,7 @@ def run_remote_build(args: argparse.Namespace, terminated: Callable[[], bool]) -
 
 def _run_remote_build(args: argparse.Namespace, terminated: Callable[[], bool]) -> int:
     from lazybuild.atomicfile import write_atomic
+    from lazybuild.cli import build_flags
 
     call = _Call()
     ended: list[control_pb2.BuildResult | BaseException] = []
@@ -722,7 +723,8 @@ def _run_remote_build(args: argparse.Namespace, terminated: Callable[[], bool]) 
             trio.run(load_into_docker, functools.partial(shutil.copyfileobj, tarball))
     if args.record_out is not None and result.HasField("record"):
         args.record_out.write_bytes(result.record)
-    quiet = args.quiet or args.progress == "quiet"
+    # BUILDKIT_PROGRESS=quiet silences the report too, as --progress=quiet does.
+    quiet = args.quiet or build_flags.progress_mode(args.progress, os.environ) == "quiet"
     if result.fetch_report and not quiet:
         print(result.fetch_report, file=sys.stderr)
     if args.fetch_report is not None:

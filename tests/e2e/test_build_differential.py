@@ -47,6 +47,7 @@ from tests.support.differential import (
     lazybuild_build,
     lazybuild_image,
     oci_layout_bytes,
+    read_oci_image,
     run_lazybuild,
 )
 from tests.support.dockerd import Dockerd
@@ -1203,10 +1204,14 @@ def test_add_host_shm_size_ulimit(
             tmp_path / "lazy",
             state_dir=state_dir,
             build_args=args,
-            extra=_CONTAINER_FLAGS,
+            # The legacy builder has no --annotation (buildx: the manifest's by default).
+            extra=[*_CONTAINER_FLAGS, "--annotation", "org.example.a=1"],
             outputs=("local", "oci"),
         )
         docker = docker_future.result()
+    assert lazy.oci_layout is not None
+    manifest, _ = read_oci_image(lazy.oci_layout)
+    assert manifest["annotations"] == {"org.example.a": "1"}
     for name in _CONTAINER_FILES:
         assert (lazy.rootfs / name).read_text() == (docker.rootfs / name).read_text(), name
     assert (lazy.rootfs / "hosts.txt").read_text() == (
