@@ -97,8 +97,7 @@ def _context(args: argparse.Namespace) -> Path:
 
 
 def _dockerfile(args: argparse.Namespace) -> Path:
-    """The Dockerfile as given: a context from standard input or git is not read here
-    (the checks then have no file, and a build reports no warnings)."""
+    """The Dockerfile (a stdin or git source is a file by now: ``prepare_sources``)."""
     return Path(str(args.file)) if args.file is not None else _context(args) / "Dockerfile"
 
 
@@ -135,11 +134,16 @@ def _report(args: argparse.Namespace) -> CheckReport:
 def run_check_command(args: argparse.Namespace, interrupted: Callable[[], bool]) -> int:
     """``build --check``: the findings on stdout, as buildx prints them; status 1 when
     there is any (unless ``ignorestatus=true``); ``error=true`` makes them an error."""
+    from lazybuild.cli.contexts import cleanup_sources, prepare_sources
     from lazybuild.frontend.dockerfile.checks import render_check
 
     call = parse_call(args.call)
     assert call is not None
-    report = _report(args)
+    prepare_sources(args)  # a Dockerfile on stdin, a git context: made files first
+    try:
+        report = _report(args)
+    finally:
+        cleanup_sources(args)
     if report.error is not None:
         message, line = report.error
         raise UsageError(f"{report.filename}:{line}: {message}")
@@ -255,12 +259,17 @@ def route_build_checks(args: argparse.Namespace) -> None:
     if blocking is not None:
 
         def run_blocking(args: argparse.Namespace, interrupted: Callable[[], bool]) -> int:
-            checks.start(background=not _may_error(args))
+            from lazybuild.cli.contexts import cleanup_sources, prepare_sources
+
+            # The build prepares them too (once: it finds them ready) and removes them.
+            prepare_sources(args)
             try:
+                checks.start(background=not _may_error(args))
                 code: int = blocking(args, interrupted)
                 return code
             finally:
                 checks.print_warnings()
+                cleanup_sources(args)
 
         args.run_blocking = run_blocking
         return

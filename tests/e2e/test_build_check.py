@@ -4,6 +4,8 @@ build (a scratch build: no registry, under a second)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,16 @@ def test_build_prints_the_warnings_and_builds(tmp_path: Path) -> None:
         " - JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended "
         "behavior related to OS signals (line 3)\n"
     )
+
+
+def test_check_reads_a_dockerfile_from_stdin(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lazybuild", "build", "--check", "-f", "-", str(tmp_path)],
+        input="FROM alpine\nCMD echo hi\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "WARNING: JSONArgsRecommended - " in result.stdout
