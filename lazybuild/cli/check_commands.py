@@ -276,10 +276,14 @@ def route_build_checks(args: argparse.Namespace) -> None:
     run: Callable[[argparse.Namespace], Awaitable[int]] = args.run
 
     async def run_with_checks(args: argparse.Namespace) -> int:
-        checks.start(background=False)
+        from lazybuild.cli.contexts import cleanup_sources, prepare_sources
+
+        prepare_sources(args)  # done already when main forked the filesystem process
         try:
+            checks.start(background=False)
             return await run(args)
         finally:
             checks.print_warnings()
+            cleanup_sources(args)
 
     args.run = run_with_checks
