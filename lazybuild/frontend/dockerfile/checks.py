@@ -35,7 +35,7 @@ from lazybuild.frontend.dockerfile.instructions import (
 )
 from lazybuild.frontend.dockerfile.parser import Dockerfile, Node, ParseError, parse
 from lazybuild.frontend.dockerfile.shell import ExpansionError, Lexer
-from lazybuild.frontend.dockerfile.stages import PLATFORM_ARGS
+from lazybuild.frontend.dockerfile.stages import platform_args
 from lazybuild.frontend.dockerfile.suggest import suggestion
 
 __all__ = [
@@ -428,12 +428,21 @@ def _expand_defaults(lexer: Lexer, text: str, env: Mapping[str, str]) -> tuple[s
         return text, set()
 
 
+def _host_platform_args() -> dict[str, str]:
+    """The platform ARGs of a build here (``FROM build_${TARGETARCH}`` must name a
+    stage that exists with them, not ``build_``)."""
+    from lazybuild.oci.platform import host_platform
+
+    host = host_platform()
+    return platform_args(host, host)
+
+
 @dataclass
 class _Globals:
     """The global ARGs: declared names, their defaults, and their values in this build."""
 
     lexer: Lexer
-    predefined: dict[str, str] = field(default_factory=lambda: dict.fromkeys(PLATFORM_ARGS, ""))
+    predefined: dict[str, str] = field(default_factory=_host_platform_args)
     declared: set[str] = field(default_factory=set)
     defaults: dict[str, str] = field(default_factory=dict)
     values: dict[str, str] = field(default_factory=dict)

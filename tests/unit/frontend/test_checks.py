@@ -143,6 +143,8 @@ CASES: list[tuple[str, str, str, list[str]]] = [
             "ARG TAG=latest\nFROM busybox:${TAG}\n",
             "ARG VARIANT\nFROM busybox:stable${VARIANT}\n",
             "ARG TAG\nFROM alpine:${TAG:-3.14}\n",
+            # The platform ARGs have this machine's values.
+            "FROM alpine AS build_amd64\nFROM alpine AS build_arm64\nFROM build_${TARGETARCH}\n",
         ],
     ),
     (
