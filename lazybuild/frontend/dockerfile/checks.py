@@ -162,6 +162,27 @@ EXPOSE_INVALID_FORMAT = _rule(
     "become an error in a future release",
 )
 
+# BuildKit checks these as it dispatches an instruction, with the instruction's own
+# `# check=` comment applied; the others (found while parsing, or across the file) see
+# the file's directive only.
+_INSTRUCTION_RULES = frozenset(
+    {
+        UNDEFINED_ARG_IN_FROM,
+        REDUNDANT_TARGET_PLATFORM,
+        FROM_PLATFORM_FLAG_CONST_DISALLOWED,
+        UNDEFINED_VAR,
+        LEGACY_KEY_VALUE_FORMAT,
+        SECRETS_USED_IN_ARG_OR_ENV,
+        JSON_ARGS_RECOMMENDED,
+        MULTIPLE_INSTRUCTIONS_DISALLOWED,
+        WORKDIR_RELATIVE_PATH,
+        EXPOSE_PROTO_CASING,
+        EXPOSE_INVALID_FORMAT,
+        COPY_IGNORED_FILE,
+    }
+)
+_CHECK_COMMENT = re.compile(r"^check\s*=\s*(.+?)\s*$", re.IGNORECASE)
+
 RULES: tuple[Rule, ...] = (
     STAGE_NAME_CASING,
     FROM_AS_CASING,
@@ -287,14 +308,48 @@ class _Checker:
     ignored: Callable[[str], bool] | None
     findings: list[Finding] = field(default_factory=list)
 
+    current: Node | None = None  # the instruction being looked at, for its comments
+    previous_end: int = 0  # the last line of the instruction before it
+
     def report(self, rule: Rule, node: Node | Instruction, message: str) -> None:
-        if not self.config.enabled(rule):
+        config = self.config
+        if rule in _INSTRUCTION_RULES and self.current is not None:
+            config = self._with_comments(self.current)
+        if not config.enabled(rule):
             return
         if isinstance(node, Node):
             start, end = node.start_line, node.end_line
         else:
             start, end = node.location.start_line, node.location.end_line
         self.findings.append(Finding(rule, message, start, end))
+
+    def _with_comments(self, node: Node) -> CheckConfig:
+        """The config with a ``# check=`` comment just above ``node`` merged in: as in
+        BuildKit, it may skip or enable rules for that instruction (not make them
+        errors); ``# check=skip=X // why`` keeps what follows a space as a remark."""
+        comments: list[str] = []
+        for raw in self.lines[self.previous_end : node.start_line - 1]:
+            line = raw.strip()
+            if not line.startswith("#"):
+                continue
+            text = line[1:].strip()
+            comments = [*comments, text] if text else []
+        for text in comments:
+            match = _CHECK_COMMENT.match(text)
+            if match is None:
+                continue
+            try:
+                local = parse_check_options(match.group(1).split(" ", 1)[0])
+            except UsageError:
+                return self.config
+            return CheckConfig(
+                skip_all=self.config.skip_all or local.skip_all,
+                skip=self.config.skip | local.skip,
+                experimental_all=self.config.experimental_all or local.experimental_all,
+                experimental=self.config.experimental | local.experimental,
+                error=self.config.error,
+            )
+        return self.config
 
 
 def check_dockerfile(
@@ -463,10 +518,10 @@ class _Globals:
 
 
 def _stages(checker: _Checker, instructions: list[Instruction]) -> None:
-    escape = checker.dockerfile.escape
-    globals_ = _Globals(Lexer(escape))
+    globals_ = _Globals(Lexer(checker.dockerfile.escape))
     stage: _Stage | None = None
     for node, instruction in zip(checker.dockerfile.nodes, instructions, strict=True):
+        checker.current = node
         if isinstance(instruction, From):
             stage = _from(checker, node, instruction, globals_)
         elif stage is None:
@@ -474,6 +529,8 @@ def _stages(checker: _Checker, instructions: list[Instruction]) -> None:
                 globals_.declare(checker, instruction)
         else:
             _instruction(checker, node, instruction, stage, globals_.values)
+        checker.previous_end = node.end_line
+    checker.current = None
 
 
 def _from(checker: _Checker, node: Node, instruction: From, globals_: _Globals) -> _Stage:

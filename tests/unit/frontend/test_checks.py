@@ -288,3 +288,27 @@ def test_render_as_buildx() -> None:
         "behavior related to OS signals (line 2)"
     )
     assert render_check(check_dockerfile("FROM alpine\n")) == "Check complete, no warnings found.\n"
+
+
+def test_a_check_comment_above_an_instruction_applies_to_it_only() -> None:
+    # From BuildKit's testSecretsUsedInArgOrEnv: the comment skips a rule for the next
+    # instruction; "// ..." is a remark; an empty "#" line drops the comments before it.
+    source = (
+        "FROM scratch\n"
+        "# check=skip=SecretsUsedInArgOrEnv // allow secret in environment\n"
+        "ENV password=bar\n"
+        "# check=skip=all // is local to only this instruction\n"
+        "ARG alternate_password\n"
+        "ENV db_password=bar\n"
+        "# check=skip=all\n"
+        "#\n"
+        "ENV token=1\n"
+        "# check=skip=all\n"
+        "MAINTAINER me\n"  # found while parsing: only the file's directive applies
+    )
+    findings = check_dockerfile(source).findings
+    assert [(f.rule.name, f.start_line) for f in findings] == [
+        ("SecretsUsedInArgOrEnv", 6),
+        ("SecretsUsedInArgOrEnv", 9),
+        ("MaintainerDeprecated", 11),
+    ]
