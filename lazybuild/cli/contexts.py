@@ -109,12 +109,18 @@ def prepare_sources(args: argparse.Namespace) -> None:
             args.context, args.file = _from_stdin(scratch, file)
         elif is_git_url(context) and not Path(context).is_dir():
             args.context = _clone(context, scratch, _keep_git_dir(args.build_arg))
-            if file not in (None, STDIN) and not Path(file).is_file():
-                args.file = args.context / file  # buildx: -f names a file of the repository
+            if file is None:
+                args.file = _dockerfile_apart(scratch, args.context / "Dockerfile")
+            elif file != STDIN and not Path(file).is_file():
+                # buildx: -f names a file of the repository
+                args.file = _dockerfile_apart(scratch, args.context / file)
         else:
             args.context = Path(context)
         if file == STDIN:
             args.file = _dockerfile_from_stdin(scratch)
+            if is_git_url(context) and not Path(context).is_dir():
+                # As for a git context's own Dockerfile (see _dockerfile_apart).
+                args.file.with_name(f"{args.file.name}.dockerignore").write_bytes(b"")
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
@@ -226,7 +232,22 @@ def _from_stdin(scratch: Path, file: str | None) -> tuple[Path, Path]:
     _extract(received, context)
     received.unlink()
     relative = file or "Dockerfile"
-    return context, context / relative
+    return context, _dockerfile_apart(scratch, context / relative)
+
+
+def _dockerfile_apart(scratch: Path, dockerfile: Path) -> Path:
+    """A tar or git context's Dockerfile, copied out beside an empty ignore file: BuildKit
+    applies no .dockerignore to a context it did not read from the client's disk (nor
+    does the legacy builder to a tar), and the Dockerfile-specific ignore file, which
+    wins over the context's own, says so without touching the context."""
+    if not dockerfile.is_file():
+        return dockerfile  # the build says it is missing, naming it
+    directory = scratch / "dockerfile"
+    directory.mkdir()
+    apart = directory / dockerfile.name
+    shutil.copyfile(dockerfile, apart)
+    apart.with_name(f"{apart.name}.dockerignore").write_bytes(b"")
+    return apart
 
 
 def _is_archive(head: bytes) -> bool:

@@ -76,8 +76,13 @@ def test_git_and_stdin_sources_build_alike_with_and_without_a_daemon(
                             "--progress=plain", "-f", "-", url, "-o", "-",
                             stdin=DOCKERFILE)  # fmt: skip
         assert remote.returncode == 0, remote.stderr.decode()
-    expected = {"ctx": None, "ctx/Dockerfile": b"FROM scratch\nCOPY . /src/\n",
-                "ctx/f.txt": b"v1\n"}  # fmt: skip
+    expected = {
+        "ctx": None,
+        "ctx/Dockerfile": b"FROM scratch\nCOPY . /src/\n",
+        "ctx/f.txt": b"v1\n",
+        "ctx/.dockerignore": b"*.log\n",
+        "ctx/build.log": b"log\n",
+    }  # fmt: skip (no .dockerignore for git, as BuildKit)
     assert _contents(local.stdout) == expected
     assert _contents(remote.stdout) == expected
 

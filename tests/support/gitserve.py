@@ -20,13 +20,16 @@ def git(cwd: Path, *args: str) -> str:
 
 
 def make_repository(root: Path) -> Path:
-    """``root/r.git``: tag v1 has app/Dockerfile and app/f.txt ("v1"); branch main, one
-    commit on, has f.txt "v2" and app/new.txt."""
+    """``root/r.git``: tag v1 has app/Dockerfile, app/f.txt ("v1"), app/build.log and
+    app/.dockerignore naming it; branch main, one commit on, has f.txt "v2" and
+    app/new.txt."""
     repo = root / "r.git"
     (repo / "app").mkdir(parents=True)
     git(repo, "init", "-q", "-b", "main", ".")
     (repo / "app" / "Dockerfile").write_text("FROM scratch\nCOPY . /src/\n")
     (repo / "app" / "f.txt").write_text("v1\n")
+    (repo / "app" / "build.log").write_text("log\n")
+    (repo / "app" / ".dockerignore").write_text("*.log\n")
     (repo / "top.txt").write_text("outside app\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "one")

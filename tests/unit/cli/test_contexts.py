@@ -105,7 +105,11 @@ def test_a_tar_on_stdin_is_the_context(
     args = _args("-")
     prepare_sources(args)
     assert (args.context / "sub" / "a.txt").read_bytes() == b"a\n"
-    assert args.file == args.context / "Dockerfile"
+    # Copied out, beside an empty ignore file: no .dockerignore applies to a tar
+    # context (BuildKit; the legacy builder neither).
+    assert args.file.read_bytes() == _FILES["Dockerfile"]
+    assert args.file.with_name("Dockerfile.dockerignore").read_bytes() == b""
+    assert not args.file.is_relative_to(args.context)
     cleanup_sources(args)
     assert list(scratch_tmp.iterdir()) == []
 
@@ -193,7 +197,10 @@ def test_git_contexts_follow_ref_and_subdir(scratch_tmp: Path, tmp_path: Path) -
     with git_daemon(tmp_path / "repos") as server:
         tagged = _args(f"{server}/r.git#v1:app")
         prepare_sources(tagged)
-        assert sorted(p.name for p in tagged.context.iterdir()) == ["Dockerfile", "f.txt"]
+        names = sorted(p.name for p in tagged.context.iterdir())
+        assert names == [".dockerignore", "Dockerfile", "build.log", "f.txt"]
+        # No .dockerignore applies to a git context (BuildKit): an empty one says so.
+        assert tagged.file.with_name("Dockerfile.dockerignore").read_bytes() == b""
         assert (tagged.context / "f.txt").read_text() == "v1\n"
         cleanup_sources(tagged)
 
@@ -205,7 +212,7 @@ def test_git_contexts_follow_ref_and_subdir(scratch_tmp: Path, tmp_path: Path) -
 
         named = _args(f"{server}/r.git#main", "app/Dockerfile")
         prepare_sources(named)
-        assert named.file == named.context / "app" / "Dockerfile"
+        assert named.file.read_text() == "FROM scratch\nCOPY . /src/\n"
         assert not (named.context / ".git").exists()  # as BuildKit: dropped unless kept
         cleanup_sources(named)
 
