@@ -156,6 +156,10 @@ def outputs_from_flags(
     specs = [_with_default_names(spec, tag_names) for spec in specs]
     for spec in specs:
         _validate(spec)
+    to_stdout = [s for s in specs if isinstance(s, OciOutput | DockerOutput | TarOutput)]
+    if sum(spec.dest == STDOUT for spec in to_stdout) > 1:
+        # Two archives on one stream could not be told apart.
+        raise UsageError("only one output can go to standard output (dest=-)")
     return specs
 
 

@@ -70,6 +70,15 @@ def test_bad_specs_are_one_line_usage_errors(text: str, message: str) -> None:
     assert "\n" not in str(caught.value)
 
 
+def test_one_output_at_most_goes_to_stdout() -> None:
+    with pytest.raises(UsageError, match="only one output can go to standard output"):
+        outputs_from_flags(["-", "type=oci"], [], push=False, load=False)
+    assert outputs_from_flags(["-", "type=oci,dest=o.tar"], [], push=False, load=False) == [
+        TarOutput("-"),
+        OciOutput("o.tar"),
+    ]
+
+
 def test_push_with_tags_pushes_every_tag() -> None:
     assert outputs_from_flags([], ["r.io/a:1", "r.io/a:2"], push=True, load=False) == [
         ImageOutput(("r.io/a:1", "r.io/a:2"), push=True)
