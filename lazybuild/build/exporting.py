@@ -42,7 +42,12 @@ def exporting_finish(
     plan: ExportPlan, progress: Callable[[str], None], results: list[ExportResult]
 ) -> Finish:
     """The ``finish`` for ``run_build`` that carries out ``plan``; the image export's
-    result is appended to ``results``."""
+    result is appended to ``results``. A plan without outputs is said at once, before
+    the build starts."""
+    if not plan.outputs:
+        progress(
+            "no output specified: the result stays in the build cache (use -o, --push or --load)"
+        )
 
     async def finish(result: BuildResult) -> None:
         profiled = Profile({}, None)

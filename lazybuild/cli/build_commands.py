@@ -338,12 +338,6 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
     mode = cast(Mode, "quiet" if args.quiet else build_flags.progress_mode(args.progress, environ))
     export_result: list[ExportResult] = []
     with BuildProgress(mode) as progress:
-        if not outputs:
-            progress.line(
-                "no output specified: the result stays in the build cache "
-                "(use -o, --push or --load)"
-            )
-
         finish = exporting_finish(
             ExportPlan(
                 outputs,

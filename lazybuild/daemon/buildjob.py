@@ -361,12 +361,6 @@ async def _build(
     events = _EventLines(_naming_client_paths(emit_event, archives, cache_names))
     # An io.TextIOBase is a text stream; typeshed's typing.TextIO is a separate class.
     with BuildProgress("rawjson", cast(TextIO, events)) as progress:
-        if not outputs:
-            progress.line(
-                "no output specified: the result stays in the build cache "
-                "(use -o, --push or --load)"
-            )
-
         finish = exporting_finish(
             ExportPlan(
                 outputs,
