@@ -216,7 +216,15 @@ class _Converter:
         probe = await probe_layer(self.source, layer, where)
         if probe.format is LayerFormat.ESTARGZ:
             result, transfer = await self._keep_estargz(probe, where)
-            outcome = LayerOutcome(layer, probe.format, result, diff_id, False, transfer, 0.0)
+            outcome = LayerOutcome(
+                layer,
+                probe.format,
+                result,
+                diff_id,
+                converted=False,
+                transfer=transfer,
+                seconds=0.0,
+            )
             self.progress.line(
                 f"{where}: {short_digest(layer.digest)} is eStargz already, kept "
                 f"({human_size(layer.size)})"
@@ -242,7 +250,15 @@ class _Converter:
             f"{human_size(layer.size)} -> eStargz {short_digest(written.digest)} "
             f"{human_size(written.size)} in {seconds:.1f}s"
         )
-        return LayerOutcome(layer, probe.format, result, written.diff_id, True, transfer, seconds)
+        return LayerOutcome(
+            layer,
+            probe.format,
+            result,
+            written.diff_id,
+            converted=True,
+            transfer=transfer,
+            seconds=seconds,
+        )
 
     def _write_estargz(self, raw: Path, probe: LayerProbe) -> WrittenLayer:
         options: dict[str, Any] = {"chunk_size": self.options.chunk_size}

@@ -504,7 +504,12 @@ class _Optimizer:
             result, transfer = await self._keep(layer)
             self.progress.line(f"{where}: eStargz already laid out so ({plan}), kept")
             return OptimizedLayer(
-                layer.descriptor, result, layer.diff_id, tuple(wanted), False, transfer
+                layer.descriptor,
+                result,
+                layer.diff_id,
+                tuple(wanted),
+                rewritten=False,
+                transfer=transfer,
             )
         await self._prepare_tar(layer)
         assert layer.tar is not None
@@ -525,7 +530,12 @@ class _Optimizer:
             f"in {time.monotonic() - started:.1f}s"
         )
         return OptimizedLayer(
-            layer.descriptor, result, written.diff_id, tuple(wanted), True, transfer
+            layer.descriptor,
+            result,
+            written.diff_id,
+            tuple(wanted),
+            rewritten=True,
+            transfer=transfer,
         )
 
     def _write(self, layer: _Layer, wanted: list[str]) -> WrittenLayer:

@@ -104,7 +104,9 @@ class BuildProgress:
             vertex = board.vertex(event.vertex)
             status = vertex.statuses.get(event.id)
             if status is None:
-                status = vertex.statuses[event.id] = Status("", 0, None, event.timestamp, False)
+                status = vertex.statuses[event.id] = Status(
+                    "", 0, None, event.timestamp, completed=False
+                )
             status.name, status.current, status.total = event.name, event.current, event.total
             status.completed = event.completed
             renderer.status(vertex, status, event)
@@ -129,9 +131,22 @@ class BuildProgress:
             yield phase
         except Exception as error:
             message = str(error) or type(error).__name__
-            self(VertexCompleted(phase.vertex, name, False, started, self.clock(), message))
+            self(
+                VertexCompleted(
+                    phase.vertex,
+                    name,
+                    cached=False,
+                    started_at=started,
+                    completed_at=self.clock(),
+                    error=message,
+                )
+            )
             raise
-        self(VertexCompleted(phase.vertex, name, False, started, self.clock()))
+        self(
+            VertexCompleted(
+                phase.vertex, name, cached=False, started_at=started, completed_at=self.clock()
+            )
+        )
 
     def line(self, message: str) -> None:
         """Shows a message that belongs to no step (``resolving image ...``)."""

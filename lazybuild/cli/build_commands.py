@@ -318,7 +318,7 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
     cache_exports_wanted = cache_exports(args.cache_to)
     if not request.context_dir.is_dir():
         raise UsageError(f"build context {request.context_dir} is not a directory")
-    outputs = outputs_from_flags(args.output, args.tag, args.push, args.load)
+    outputs = outputs_from_flags(args.output, args.tag, push=args.push, load=args.load)
     if args.record_in is not None and args.workload_cmd is not None:
         raise UsageError("--record-in and --workload-cmd exclude each other")
     if args.optimize_base and not args.optimize:

@@ -108,7 +108,7 @@ def prepare_sources(args: argparse.Namespace) -> None:
         if context == STDIN:
             args.context, args.file = _from_stdin(scratch, file)
         elif is_git_url(context) and not Path(context).is_dir():
-            args.context = _clone(context, scratch, _keep_git_dir(args.build_arg))
+            args.context = _clone(context, scratch, keep_git_dir=_keep_git_dir(args.build_arg))
             if file is None:
                 args.file = _dockerfile_apart(scratch, args.context / "Dockerfile")
             elif file != STDIN and not Path(file).is_file():
@@ -366,7 +366,7 @@ def _git(args: list[str], where: str, cwd: Path | None = None) -> str:
     return done.stdout.decode(errors="replace").strip()
 
 
-def _clone(url: str, scratch: Path, keep_git_dir: bool) -> Path:
+def _clone(url: str, scratch: Path, *, keep_git_dir: bool) -> Path:
     ref = parse_git_ref(url)
     where = f"git context {ref.remote}"
     checkout = scratch / "git"

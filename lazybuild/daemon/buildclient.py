@@ -96,7 +96,7 @@ def build_header(
     context_dir = Path(args.context)  # a str when prepare_sources has not run
     if not context_dir.is_dir():
         raise UsageError(f"build context {context_dir} is not a directory")
-    outputs = outputs_from_flags(args.output, args.tag, args.push, args.load)
+    outputs = outputs_from_flags(args.output, args.tag, push=args.push, load=args.load)
     _refuse_unsupported(outputs)
     if args.record_in is not None and args.workload_cmd is not None:
         raise UsageError("--record-in and --workload-cmd exclude each other")

@@ -208,7 +208,9 @@ def _local_caches(
             dest = cache_export_dir(workdir, index)
             exports[index] = replace(export, dest=dest)
             names.append((dest, str(export.dest)))
-            sent_back.append(ArchiveDest(index, dest, True, str(export.dest), cache=True))
+            sent_back.append(
+                ArchiveDest(index, dest, directory=True, shown_as=str(export.dest), cache=True)
+            )
     return imports, exports, sent_back, names
 
 

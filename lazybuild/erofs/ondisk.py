@@ -217,7 +217,7 @@ def xattr_icount(body_size: int) -> int:
     return 0 if body_size == 0 else (body_size - XATTR_HEADER_SIZE) // 4 + 1
 
 
-def encode_dir_block(entries: list[tuple[bytes, int, int]], padded: bool) -> bytes:
+def encode_dir_block(entries: list[tuple[bytes, int, int]], *, padded: bool) -> bytes:
     """One directory block: ``(name, nid, file_type)`` entries (sorted), then the names
     back to back; zero-padded to a whole block when ``padded`` (a zero after the last
     name is what ends it)."""

@@ -156,7 +156,7 @@ def _whiteout(marker: Node) -> ImageInode:
 
 
 def _shown_children(
-    directory: Node, at_layer_root: bool
+    directory: Node, *, at_layer_root: bool
 ) -> tuple[dict[bytes, Node], dict[bytes, Node], bool]:
     """(real children, whiteout markers by the name they hide, opaque?)."""
     shown: dict[bytes, Node] = {}
@@ -186,7 +186,7 @@ def present(index: LayerIndex) -> list[ImageInode]:
     queue: deque[ImageInode] = deque([root])
     while queue:
         directory = queue.popleft()
-        shown, whiteouts, opaque = _shown_children(directory.node, directory is root)
+        shown, whiteouts, opaque = _shown_children(directory.node, at_layer_root=directory is root)
         if opaque:
             xattrs = dict(directory.node.xattrs)
             xattrs[OPAQUE_XATTR] = b"y"

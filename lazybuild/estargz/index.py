@@ -250,7 +250,7 @@ class LayerIndex:
             if kind == "reg":
                 current_file = path
                 pieces[path] = [entry]
-                self._note_landmark(path, entry, landmark_seen)
+                self._note_landmark(path, entry, landmark_seen=landmark_seen)
                 landmark_seen = landmark_seen or path == PREFETCH_LANDMARK
         member_starts = self._member_starts(entries)
         for path, node in nodes.items():
@@ -258,7 +258,7 @@ class LayerIndex:
                 node.chunks = self._chunks(node, pieces[path], member_starts)
         self._link_tree(nodes, hardlinks)
 
-    def _note_landmark(self, path: str, entry: TOCEntry, landmark_seen: bool) -> None:
+    def _note_landmark(self, path: str, entry: TOCEntry, *, landmark_seen: bool) -> None:
         if path == PREFETCH_LANDMARK:
             self.prefetch_landmark_offset = entry.offset
         elif path == NO_PREFETCH_LANDMARK:

@@ -131,7 +131,7 @@ def _check_bounded(source: BinaryIO) -> None:
 
 
 def prioritize(
-    entries: list[InputEntry], prioritized: Sequence[str], allow_missing: bool
+    entries: list[InputEntry], prioritized: Sequence[str], *, allow_missing: bool
 ) -> tuple[list[InputEntry], list[InputEntry], list[str]]:
     """Split entries into (prioritized with their parents and hardlink targets, rest, missing).
 

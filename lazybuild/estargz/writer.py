@@ -217,6 +217,7 @@ def _write_entries_in_layout_order(
     source: PayloadSource,
     prioritized: list[InputEntry],
     rest: list[InputEntry],
+    *,
     has_prioritized_list: bool,
 ) -> TOCEntry:
     """Returns the landmark entry (its offset, once known, ends the prefetch region)."""
@@ -258,13 +259,17 @@ def write_estargz(
         entries = read_entries(source_file)
         prioritized_paths = list(options.prioritized_files or ())
         first, rest, missing = prioritize(
-            entries, prioritized_paths, options.allow_missing_prioritized
+            entries, prioritized_paths, allow_missing=options.allow_missing_prioritized
         )
         members = OrderedMemberWriter(out, options.compression_level, max(1, options.workers))
         builder = _BlobBuilder(members, options.chunk_size, options.big_file_chunk_size)
         try:
             landmark = _write_entries_in_layout_order(
-                builder, PayloadSource(source_file), first, rest, bool(prioritized_paths)
+                builder,
+                PayloadSource(source_file),
+                first,
+                rest,
+                has_prioritized_list=bool(prioritized_paths),
             )
             toc_json, toc_offset = _write_toc_and_footer(builder, members)
         except BaseException:

@@ -138,7 +138,7 @@ def parse_output(text: str) -> OutputSpec:
 
 
 def outputs_from_flags(
-    outputs: Sequence[str], tags: Sequence[str], push: bool, load: bool
+    outputs: Sequence[str], tags: Sequence[str], *, push: bool, load: bool
 ) -> list[OutputSpec]:
     """The outputs of ``-o`` values, ``-t`` tags and ``--push``/``--load``, as buildx
     combines them. An empty list means the result goes nowhere (the caller warns)."""

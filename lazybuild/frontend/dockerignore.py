@@ -44,7 +44,7 @@ class IgnorePattern:
     tokens: tuple[_Token, ...] = ()
 
     @classmethod
-    def compile(cls, pattern: str, exception: bool) -> IgnorePattern:
+    def compile(cls, pattern: str, *, exception: bool) -> IgnorePattern:
         """Raises ``FormatError`` for a pattern Go's ``filepath.Match`` calls malformed."""
         reason = bad_pattern_reason(pattern)
         if reason is not None:
@@ -128,7 +128,7 @@ def bad_pattern_reason(pattern: str) -> str | None:
     return None
 
 
-def _class_regex(negated: bool, ranges: list[tuple[str, str]]) -> str:
+def _class_regex(ranges: list[tuple[str, str]], *, negated: bool) -> str:
     body = "".join(
         re.escape(lo) if lo == hi else f"{re.escape(lo)}-{re.escape(hi)}"
         for lo, hi in ranges
@@ -196,7 +196,7 @@ def _regex(tokens: Sequence[_Token]) -> str:
         else:
             negated, ranges = token[1], token[2]
             assert isinstance(ranges, tuple)
-            out.append(_class_regex(bool(negated), list(ranges)))
+            out.append(_class_regex(list(ranges), negated=bool(negated)))
     out.append(r"\Z")
     return "".join(out)
 
@@ -278,7 +278,7 @@ class DockerIgnore:
             body = text[1:].strip() if exception else text
             if not body:
                 continue
-            compiled.append(IgnorePattern.compile(_clean(body), exception))
+            compiled.append(IgnorePattern.compile(_clean(body), exception=exception))
         self.patterns: tuple[IgnorePattern, ...] = tuple(compiled)
 
     def is_excluded(self, path: str) -> bool:

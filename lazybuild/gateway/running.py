@@ -41,7 +41,7 @@ async def run_frontend(
     try:
         result = await frontend(gateway)
     except Exception as error:
-        raise _failure(name, error, gateway, builtin) from None
+        raise _failure(name, error, gateway, builtin=builtin) from None
     if not isinstance(result, FrontendResult):
         raise FrontendFailedError(
             f"frontend {name} returned a {type(result).__name__}, not a FrontendResult"
@@ -61,7 +61,7 @@ async def run_frontend(
     return FrontendOutput(snapshot, config)
 
 
-def _failure(name: str, error: Exception, gateway: BuildGateway, builtin: bool) -> Exception:
+def _failure(name: str, error: Exception, gateway: BuildGateway, *, builtin: bool) -> Exception:
     leaves = [leaf for leaf in leaf_errors(error) if isinstance(leaf, Exception)]
     leaf = leaves[0] if leaves else error
     # The build's own failure first, wherever it sits among concurrent ones; then what

@@ -15,6 +15,7 @@ books and slices.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -181,7 +182,9 @@ class ChunkFetcher:
                     with self._flights.claim(site.digest for site in mine) as flights:
                         if on_miss is not None:
                             await on_miss(mine)
-                        await self._fetch_claimed(flights, mine, remember, loaded, background)
+                        await self._fetch_claimed(
+                            flights, mine, loaded, remember=remember, background=background
+                        )
             unique = []
             for site, flight in theirs:
                 await flight.done.wait()
@@ -227,7 +230,9 @@ class ChunkFetcher:
         arrive. The flights are registered now, so a reader of one of these chunks
         waits for this request instead of fetching it again."""
         claimed = self._flights.register(site.digest for site in sites)
-        self._tasks.start_soon(self._fetch_optional, sites, claimed, True)
+        self._tasks.start_soon(
+            functools.partial(self._fetch_optional, remember=True), sites, claimed
+        )
 
     def fetch_in_batches(
         self,
@@ -253,7 +258,7 @@ class ChunkFetcher:
         pending = iter(batches)
 
         async def fetch(batch: tuple[Sequence[ChunkSite], dict[str, Flight]]) -> None:
-            await self._fetch_optional(*batch, False, source)
+            await self._fetch_optional(*batch, source, remember=False)
 
         try:
             await in_order(pending, concurrency, fetch)
@@ -268,15 +273,16 @@ class ChunkFetcher:
         self,
         sites: Sequence[ChunkSite],
         claimed: dict[str, Flight],
-        remember: bool,
         source: EarlyRegion | None = None,
+        *,
+        remember: bool,
     ) -> None:
         """However this ends, the flights land. A chunk that did not come (the request
         failed, or broke off before it) lands empty, so a reader waiting for it
         fetches it itself; one that came wrong fails its readers."""
         with self._flights.flying(claimed) as flights:
             try:
-                fetched = await self._fetch_into(flights, sites, remember, source)
+                fetched = await self._fetch_into(flights, sites, source, remember=remember)
             except Exception:  # only a head start: see above
                 log.debug("%s: read-ahead fetch failed", self._where, exc_info=True)
                 return
@@ -291,13 +297,14 @@ class ChunkFetcher:
         self,
         flights: dict[str, Flight],
         sites: Sequence[ChunkSite],
-        remember: bool,
         loaded: Loaded,
+        *,
+        remember: bool,
         background: bool,
     ) -> None:
         """Fetch ``sites`` (their ``flights`` claimed) in one request into ``loaded``;
         every chunk's flight gets its content or its failure."""
-        fetched = await self._fetch_into(flights, sites, remember, background=background)
+        fetched = await self._fetch_into(flights, sites, remember=remember, background=background)
         for digest, failure in fetched.failures.items():
             flights[digest].error = failure
         loaded.contents.update(fetched.contents)
@@ -307,9 +314,9 @@ class ChunkFetcher:
         self,
         flights: dict[str, Flight],
         sites: Sequence[ChunkSite],
-        remember: bool,
         source: EarlyRegion | None = None,
         *,
+        remember: bool,
         background: bool = False,
     ) -> Loaded:
         """Fetch ``sites`` in one request and land each chunk as its bytes come in: a
@@ -322,7 +329,7 @@ class ChunkFetcher:
             async with arrivals:
                 async for first in arrivals:
                     verified, failed = await self._land(
-                        _take_arrived(arrivals, first), flights, remember
+                        _take_arrived(arrivals, first), flights, remember=remember
                     )
                     fetched.contents.update(verified)
                     fetched.failures.update(failed)
@@ -356,6 +363,7 @@ class ChunkFetcher:
         self,
         group: Sequence[tuple[ChunkSite, bytes]],
         flights: dict[str, Flight],
+        *,
         remember: bool,
     ) -> tuple[dict[str, bytes], dict[str, LazybuildError]]:
         """Verify one group of fetched chunks in a worker thread and wake their waiters

@@ -673,7 +673,7 @@ def announce_ready(ready_fd: int | None) -> None:
 
 
 async def open_image_ahead(
-    ahead: ImageAhead, layers: Layers, client: RegistryClient, with_record: bool = True
+    ahead: ImageAhead, layers: Layers, client: RegistryClient, *, with_record: bool = True
 ) -> None:
     """Open the layers of the image the owner is about to mount (TOCs, prefetch regions)
     while the owner still starts up, and start fetching the files its published workload
@@ -783,7 +783,13 @@ async def serve(options: ServiceOptions, client: RegistryClient, ahead: ImageAhe
             )
             if ahead is not None:
                 nursery.start_soon(
-                    open_image_ahead, ahead, layers, client, options.open_image_record
+                    functools.partial(
+                        open_image_ahead,
+                        ahead,
+                        layers,
+                        client,
+                        with_record=options.open_image_record,
+                    )
                 )
             nursery.start_soon(run_fuse, stop)
             control_server = ControlServer(layers, stop, reads, filesystem.read_failures)

@@ -305,7 +305,7 @@ async def import_cache(cache: CacheImport, registry: RegistryClient) -> Imported
     remote = [
         RemoteLayer(layer.descriptor, layer.source or pinned, layer.diff_id)
         if layer.source is not None and not layer.from_cache
-        else RemoteLayer(layer.descriptor, layer.source or pinned, layer.diff_id, True)
+        else RemoteLayer(layer.descriptor, layer.source or pinned, layer.diff_id, from_cache=True)
         for layer in document.layers
     ]
     records = {

@@ -139,9 +139,9 @@ class _Writer:
                 continue
             xattrs = _xattrs(path)
             if _is_whiteout(info, xattrs):
-                children.append(_Child(WHITEOUT_PREFIX + name, path, info, xattrs, True))
+                children.append(_Child(WHITEOUT_PREFIX + name, path, info, xattrs, whiteout=True))
             else:
-                children.append(_Child(name, path, info, xattrs, False))
+                children.append(_Child(name, path, info, xattrs, whiteout=False))
         children.sort(key=lambda child: os.fsencode(child.tar_name))
         return children
 

@@ -236,7 +236,13 @@ class _SolveRun:
             if cached is not None:
                 await self._progress.emit(self._started(vertex, started_at))
                 await self._progress.emit(
-                    VertexCompleted(vertex.digest, vertex.name, True, started_at, now())
+                    VertexCompleted(
+                        vertex.digest,
+                        vertex.name,
+                        cached=True,
+                        started_at=started_at,
+                        completed_at=now(),
+                    )
                 )
                 return cached
         op = self._op(vertex)
@@ -256,16 +262,22 @@ class _SolveRun:
                     VertexCompleted(
                         vertex.digest,
                         vertex.name,
-                        False,
-                        started_at,
-                        now(),
+                        cached=False,
+                        started_at=started_at,
+                        completed_at=now(),
                         error=str(reported_error(error, also=(Exception,)) or error),
                     )
                 )
                 raise self._failed(vertex, "exec", error) from error
         self._save(keys, outputs)
         await self._progress.emit(
-            VertexCompleted(vertex.digest, vertex.name, False, started_at, now())
+            VertexCompleted(
+                vertex.digest,
+                vertex.name,
+                cached=False,
+                started_at=started_at,
+                completed_at=now(),
+            )
         )
         return outputs
 

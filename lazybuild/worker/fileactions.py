@@ -59,9 +59,10 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from lazybuild.context import _go_match_regex as go_match_regex
 from lazybuild.errors import LazybuildError, UsageError
@@ -242,8 +243,12 @@ def _matching_children(directory: Path, regex: re.Pattern[str]) -> list[Path]:
 
 # -- chmod -------------------------------------------------------------------------------
 
-# (permission bits, is a directory) -> new permission bits
-ModeChange = Callable[[int, bool], int]
+
+class ModeChange(Protocol):
+    """What ``--chmod`` makes of an entry's permission bits (``is_dir``: a directory)."""
+
+    def __call__(self, bits: int, *, is_dir: bool) -> int: ...
+
 
 _OCTAL_MODE = re.compile(r"[0-7]{1,4}")
 _SYMBOLIC_CLAUSE = re.compile(r"([ugoa]*)((?:[-+=][rwxXst]*)+)")
@@ -265,8 +270,12 @@ def _parse_chmod(text: str | None) -> ModeChange | None:
     if text is None:
         return None
     if _OCTAL_MODE.fullmatch(text):
-        bits = int(text, 8)
-        return lambda _bits, _is_dir: bits
+        fixed = int(text, 8)
+
+        def octal(bits: int, *, is_dir: bool) -> int:  # the same for every entry
+            return fixed
+
+        return octal
     clauses: list[_SymbolicClause] = []
     for clause in text.split(","):
         match = _SYMBOLIC_CLAUSE.fullmatch(clause)
@@ -280,10 +289,10 @@ def _parse_chmod(text: str | None) -> ModeChange | None:
     return functools.partial(_apply_symbolic_mode, tuple(clauses))
 
 
-def _apply_symbolic_mode(clauses: tuple[_SymbolicClause, ...], bits: int, is_dir: bool) -> int:
+def _apply_symbolic_mode(clauses: tuple[_SymbolicClause, ...], bits: int, *, is_dir: bool) -> int:
     for who, actions in clauses:
         for operator, letters in actions:
-            change = _permission_bits(letters, bits, is_dir) & who
+            change = _permission_bits(letters, bits, is_dir=is_dir) & who
             if operator == "+":
                 bits |= change
             elif operator == "-":
@@ -293,7 +302,7 @@ def _apply_symbolic_mode(clauses: tuple[_SymbolicClause, ...], bits: int, is_dir
     return bits
 
 
-def _permission_bits(letters: str, bits: int, is_dir: bool) -> int:
+def _permission_bits(letters: str, bits: int, *, is_dir: bool) -> int:
     value = 0
     for letter in letters:
         if letter != "X":
@@ -342,7 +351,7 @@ class _Selection:
     def is_excluded(self, path: str) -> bool:
         return self._exclude is not None and self._exclude.is_excluded(path)
 
-    def verdict(self, path: str, is_dir: bool) -> _Verdict:
+    def verdict(self, path: str, *, is_dir: bool) -> _Verdict:
         excluded = self.is_excluded(path)
         included = self._include is None or self._include.is_excluded(path)
         if included and not excluded:
@@ -447,7 +456,7 @@ class _TreeCopier:
             src, dst = src_dir / name, dst_dir / name
             st = os.lstat(src)
             is_dir = stat.S_ISDIR(st.st_mode)
-            verdict = self._settings.selection.verdict(rel, is_dir)
+            verdict = self._settings.selection.verdict(rel, is_dir=is_dir)
             if verdict is _Verdict.SKIP:
                 continue
             if is_dir:
@@ -545,7 +554,7 @@ class _TreeCopier:
     def _mode(self, st: os.stat_result) -> int:
         bits = stat.S_IMODE(st.st_mode)
         chmod = self._settings.chmod
-        return bits if chmod is None else chmod(bits, stat.S_ISDIR(st.st_mode))
+        return bits if chmod is None else chmod(bits, is_dir=stat.S_ISDIR(st.st_mode))
 
     def _times(self, st: os.stat_result) -> tuple[int, int]:
         mtime = self._settings.mtime_ns
@@ -683,7 +692,7 @@ class _CopyRun:
     def _make_dirs(self, path: Path) -> None:
         # Directories the copy creates take --chmod too (BuildKit since fsutil 183e7fb).
         chmod = self._settings.chmod
-        mode = chmod(_DEFAULT_DIR_MODE, True) if chmod else _DEFAULT_DIR_MODE
+        mode = chmod(_DEFAULT_DIR_MODE, is_dir=True) if chmod else _DEFAULT_DIR_MODE
         self._made += _make_dirs(
             self._dest_root,
             path,

@@ -93,7 +93,7 @@ def test_pattern_matchers_agree(pattern: str, path: str) -> None:
     regex means."""
     if bad_pattern_reason(pattern) is not None:
         return
-    compiled = IgnorePattern.compile(pattern, False)
+    compiled = IgnorePattern.compile(pattern, exception=False)
     tokens = _tokens(pattern)
     if compiled.regex is not None:
         assert (compiled.regex.match(path) is not None) == _match_tokens(tokens, path)

@@ -313,9 +313,9 @@ class _Expansion:
             pattern = pattern[1:]
         value = self._lookup(name) or ""
         if operator == "#":
-            return _trim_prefix(pattern, value, greedy)
+            return _trim_prefix(pattern, value, greedy=greedy)
         # The shortest or longest match at the end is the same search on reversed strings.
-        return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy)[::-1]
+        return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy=greedy)[::-1]
 
     def _replace(self, name: str) -> str:
         """``${name/pat/repl}`` replaces the first (longest) match; ``${name//pat/repl}`` all."""
@@ -359,7 +359,7 @@ def _pattern_regex(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[
     return re.compile("".join(out), re.DOTALL)
 
 
-def _trim_prefix(pattern: str, value: str, greedy: bool) -> str:
+def _trim_prefix(pattern: str, value: str, *, greedy: bool) -> str:
     match = _pattern_regex(pattern, greedy=greedy, anchored=True).search(value)
     return value[match.end() :] if match else value
 

@@ -402,7 +402,7 @@ class _Converter:
         ins = step.instruction
         shell = config.shell or DEFAULT_SHELL
 
-        def history(created_by: str, empty: bool) -> tuple[HistoryEntry, ...]:
+        def history(created_by: str, *, empty: bool) -> tuple[HistoryEntry, ...]:
             return (*config.history, HistoryEntry(created_by, empty, HISTORY_COMMENT))
 
         def command(form: ShellOrExec) -> tuple[str, ...]:
@@ -414,29 +414,33 @@ class _Converter:
             state, created_by = self.run(
                 step, ins, state=state, config=config, shell=shell, meta=meta
             )
-            return state, replace(config, history=history(created_by, False)), cmd_set
+            return state, replace(config, history=history(created_by, empty=False)), cmd_set
         if isinstance(ins, Copy | Add):
             state = self.copy(step, ins, state, config, meta)
             sources = [*ins.sources, *(doc.name for doc in ins.heredocs)]
             created_by = f"{ins.keyword} {' '.join(sources)} {ins.dest} # buildkit"
-            return state, replace(config, history=history(created_by, False)), cmd_set
+            return state, replace(config, history=history(created_by, empty=False)), cmd_set
         if isinstance(ins, Workdir):
             workdir = posixpath.normpath(posixpath.join(config.workdir or "/", ins.path))
             config = replace(config, workdir=workdir)
             if workdir == "/":
                 # As BuildKit: "/" always exists, so no mkdir and an empty layer.
-                return state, replace(config, history=history("WORKDIR /", True)), cmd_set
+                return state, replace(config, history=history("WORKDIR /", empty=True)), cmd_set
             chown = _parse_chown(config.user)
             state = _with_settings(state, config).file(
                 Mkdir(path=workdir, mode=0o755, make_parents=True, chown=chown), metadata=meta
             )
-            return state, replace(config, history=history(f"WORKDIR {workdir}", False)), cmd_set
+            return (
+                state,
+                replace(config, history=history(f"WORKDIR {workdir}", empty=False)),
+                cmd_set,
+            )
         if isinstance(ins, Env):
             env = config
             for pair in ins.pairs:
                 env = replace(env, env=env.with_env(pair.key, pair.value))
             text = " ".join(f"{p.key}={p.value}" for p in ins.pairs)
-            return state, replace(env, history=history(f"ENV {text}", True)), cmd_set
+            return state, replace(env, history=history(f"ENV {text}", empty=True)), cmd_set
         if isinstance(ins, Arg):
             # The value each declaration gives (build arg, default or global value), as
             # the planner resolved it; the name alone when it has none.
@@ -444,34 +448,42 @@ class _Converter:
                 d.name if d.default is None else f"{d.name}={d.default}" for d in ins.declarations
             ]
             self.declared_args.update((d.name, None) for d in ins.declarations)
-            return state, replace(config, history=history(f"ARG {' '.join(parts)}", True)), cmd_set
+            return (
+                state,
+                replace(config, history=history(f"ARG {' '.join(parts)}", empty=True)),
+                cmd_set,
+            )
         if isinstance(ins, User):
             config = replace(config, user=ins.user)
-            return state, replace(config, history=history(f"USER {ins.user}", True)), cmd_set
+            return state, replace(config, history=history(f"USER {ins.user}", empty=True)), cmd_set
         if isinstance(ins, Label):
             labeled = config
             for pair in ins.pairs:
                 labeled = replace(labeled, labels=labeled.with_label(pair.key, pair.value))
             text = " ".join(f"{p.key}={p.value}" for p in ins.pairs)
-            return state, replace(labeled, history=history(f"LABEL {text}", True)), cmd_set
+            return state, replace(labeled, history=history(f"LABEL {text}", empty=True)), cmd_set
         if isinstance(ins, Maintainer):
             config = replace(config, author=ins.name)
-            return state, replace(config, history=history(f"MAINTAINER {ins.name}", True)), cmd_set
+            return (
+                state,
+                replace(config, history=history(f"MAINTAINER {ins.name}", empty=True)),
+                cmd_set,
+            )
         if isinstance(ins, Expose):
             ports = [port for raw in ins.ports for port in _normalize_port(raw)]
             config = replace(config, exposed_ports=_unique([*config.exposed_ports, *ports]))
             # BuildKit's text: the ports of this instruction, sorted, in brackets.
             text = f"EXPOSE [{' '.join(sorted(set(ports)))}]"
-            return state, replace(config, history=history(text, True)), cmd_set
+            return state, replace(config, history=history(text, empty=True)), cmd_set
         if isinstance(ins, Volume):
             config = replace(config, volumes=_unique([*config.volumes, *ins.paths]))
             text = f"VOLUME {json.dumps(list(ins.paths))}"
-            return state, replace(config, history=history(text, True)), cmd_set
+            return state, replace(config, history=history(text, empty=True)), cmd_set
         if isinstance(ins, StopSignal):
             config = replace(config, stop_signal=ins.signal)
             return (
                 state,
-                replace(config, history=history(f"STOPSIGNAL {ins.signal}", True)),
+                replace(config, history=history(f"STOPSIGNAL {ins.signal}", empty=True)),
                 cmd_set,
             )
         if isinstance(ins, Entrypoint):
@@ -479,29 +491,29 @@ class _Converter:
             # As Docker: an ENTRYPOINT drops the CMD unless this stage set that CMD.
             config = replace(config, entrypoint=args, cmd=config.cmd if cmd_set else None)
             text = f"ENTRYPOINT {json.dumps(list(args))}"
-            return state, replace(config, history=history(text, True)), cmd_set
+            return state, replace(config, history=history(text, empty=True)), cmd_set
         if isinstance(ins, Cmd):
             args = command(ins.command)
             config = replace(config, cmd=args)
             return (
                 state,
-                replace(config, history=history(f"CMD {json.dumps(list(args))}", True)),
+                replace(config, history=history(f"CMD {json.dumps(list(args))}", empty=True)),
                 True,
             )
         if isinstance(ins, Shell):
             config = replace(config, shell=ins.args)
             text = f"SHELL {json.dumps(list(ins.args))}"
-            return state, replace(config, history=history(text, True)), cmd_set
+            return state, replace(config, history=history(text, empty=True)), cmd_set
         if isinstance(ins, Healthcheck):
             health = self.healthcheck(ins)
             config = replace(config, healthcheck=health)
             text = f"HEALTHCHECK {json.dumps(list(health.test))}"
-            return state, replace(config, history=history(text, True)), cmd_set
+            return state, replace(config, history=history(text, empty=True)), cmd_set
         if isinstance(ins, Onbuild):
             config = replace(config, onbuild=(*config.onbuild, ins.expression))
             return (
                 state,
-                replace(config, history=history(f"ONBUILD {ins.expression}", True)),
+                replace(config, history=history(f"ONBUILD {ins.expression}", empty=True)),
                 cmd_set,
             )
         raise self.error(ins, f"{ins.keyword} is not supported in a stage")

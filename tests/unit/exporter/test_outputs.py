@@ -101,7 +101,9 @@ def test_load_keeps_an_existing_docker_output() -> None:
 
 
 def test_explicit_names_win_over_tags() -> None:
-    specs = outputs_from_flags(["type=registry,name=r.io/own:1"], ["r.io/tag:1"], False, False)
+    specs = outputs_from_flags(
+        ["type=registry,name=r.io/own:1"], ["r.io/tag:1"], push=False, load=False
+    )
     assert specs == [ImageOutput(("r.io/own:1",), push=True)]
 
 

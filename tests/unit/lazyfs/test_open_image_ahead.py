@@ -3,6 +3,7 @@ the files its workload record lists, as a head start."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
 import sys
@@ -48,17 +49,19 @@ class FakeClient:
 
 
 async def open_image_ahead(
-    client: FakeClient, layers: FakeLayers, image: str, with_record: bool = True
+    client: FakeClient, layers: FakeLayers, image: str, *, with_record: bool = True
 ) -> None:
     """Resolve and open as the process does: the layers wait for the resolve."""
     ahead = ImageAhead(cast(RegistryClient, client), image)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
-            server.open_image_ahead,
-            ahead,
-            cast(Layers, layers),
-            cast(RegistryClient, client),
-            with_record,
+            functools.partial(
+                server.open_image_ahead,
+                ahead,
+                cast(Layers, layers),
+                cast(RegistryClient, client),
+                with_record=with_record,
+            )
         )
         await trio.sleep(0.01)  # the layers are asked for before the image is resolved
         await ahead.resolve()
@@ -128,7 +131,11 @@ def test_a_build_opens_its_base_ahead_without_the_image_s_workload_record(
 
     monkeypatch.setattr(server, "published_record", published)
     layers = FakeLayers()
-    trio.run(open_image_ahead, FakeClient(), layers, "r.example/app:1", False)
+    trio.run(
+        functools.partial(
+            open_image_ahead, FakeClient(), layers, "r.example/app:1", with_record=False
+        )
+    )
     assert len(layers.added) == len(LAYERS) and layers.prefetched == []
     base = ["--mountpoint", "/m", "--control", "/c", "--state-dir", "/s"]
     assert parse_args([*base, "--no-open-image-record"]).open_image_record is False
