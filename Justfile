@@ -12,7 +12,10 @@ default:
     @just --list
 
 # Install Debian packages that are missing (needs root) and the project's virtualenv.
-setup:
+setup: debs venv
+
+# The Debian packages the tool, its tests and benchmarks run against (needs root).
+debs:
     #!/usr/bin/env bash
     set -euo pipefail
     missing=()
@@ -25,6 +28,11 @@ setup:
         apt-get update -qq
         apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
     fi
+
+# The project's virtualenv alone (all that `check` and `unit` need).
+venv:
+    #!/usr/bin/env bash
+    set -euo pipefail
     if [ ! -x "{{py}}" ]; then python3 -m venv "{{venv}}"; fi
     stamp="{{venv}}/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
     if [ ! -f "$stamp" ]; then
@@ -40,8 +48,8 @@ setup:
     # start where the environment sets PYTHONDONTWRITEBYTECODE. Only changed files are redone.
     "{{py}}" -m compileall -q -j 0 lazybuild frontends >/dev/null
 
-# ruff and mypy --strict on the package.
-check: setup
+# ruff and mypy --strict on the package (needs only the virtualenv).
+check: venv
     {{venv}}/bin/ruff check lazybuild frontends tests bench examples
     {{venv}}/bin/ruff format --check lazybuild
     {{venv}}/bin/mypy --strict lazybuild
@@ -49,17 +57,21 @@ check: setup
 
 # Regenerate the Python of the daemon's API from its .proto files (checked in; a unit test
 # fails when they are out of sync).
-proto: setup
+proto: venv
     {{py}} -m lazybuild.api.generate
 
 # Format the code.
-fmt: setup
+fmt: venv
     {{venv}}/bin/ruff format lazybuild tests bench frontends
     {{venv}}/bin/ruff check --fix lazybuild tests bench frontends
 
 # Static checks, then unit, integration and end-to-end tests against real parts.
-test *ARGS: check
+test *ARGS: setup check
     {{py}} -m pytest -q -ra --durations=25 {{ARGS}}
+
+# The fast tests only (no root, no Debian packages, no daemons).
+unit *ARGS: venv
+    {{py}} -m pytest -q -ra tests/unit {{ARGS}}
 
 # The main job on a built-in example (see README).
 demo: setup
