@@ -228,7 +228,7 @@ def _images(infra: BenchInfra, example: Example) -> Images:
     )
 
 
-def _build_args(images: Images, estargz: bool, host: str, direct: str) -> list[str]:
+def _build_args(images: Images, host: str, direct: str, *, estargz: bool) -> list[str]:
     builder = images.builder_estargz if estargz else images.builder_gzip
     args = ["--build-arg", f"BUILDER={builder.replace(direct, host, 1)}"]
     runtime = images.runtime_estargz if estargz else images.runtime_gzip
@@ -405,7 +405,7 @@ def _interpreter(root: Path, program: str) -> str | None:
     return _resolve_in(root, found.interpreter)
 
 
-def _in_chroot(example: Example, workdir: Path, trace: bool) -> tuple[set[str], float]:
+def _in_chroot(example: Example, workdir: Path, *, trace: bool) -> tuple[set[str], float]:
     """Run the example's build step in a chroot on an overlay of the builder's root
     filesystem (no lazy filesystem, no container): how long it took, and with `trace`
     the paths (relative to /) of the files it opened or executed, seen by strace."""
@@ -545,8 +545,8 @@ class Run:
     def direct(self, ref: str) -> str:
         return ref.replace(self.host, self.infra.registry.host, 1)
 
-    def build_args(self, estargz: bool) -> list[str]:
-        return _build_args(self.images, estargz, self.host, self.infra.registry.host)
+    def build_args(self, *, estargz: bool) -> list[str]:
+        return _build_args(self.images, self.host, self.infra.registry.host, estargz=estargz)
 
 
 def _record(run: Run, into: Measured, build: Timed, push: Timed | None) -> bool:
@@ -748,7 +748,7 @@ def _layers(count: int) -> str:
     return f"{count} layer" if count == 1 else f"{count} layers"
 
 
-def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
+def run(infra: BenchInfra, repeat: int = 3, *, wan: bool = True) -> Section:
     load_before = os.getloadavg()[0]
     direct = infra.registry.host
     host = infra.wan.host if wan else direct

@@ -208,7 +208,7 @@ def _docker(infra: BenchInfra, builder: str, contexts: list[Path], into: Measure
             dockerd.docker(*args, check=False)
 
 
-def run(infra: BenchInfra, repeat: int = 1, wan: bool = True) -> Section:
+def run(infra: BenchInfra, repeat: int = 1, *, wan: bool = True) -> Section:
     """One CI day per tool (ten builds each: ``repeat`` is not used, the day is the
     repetition)."""
     load_before = os.getloadavg()[0]

@@ -146,7 +146,7 @@ def _check_output_runs(infra: BenchInfra) -> str:
     )
 
 
-def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
+def run(infra: BenchInfra, repeat: int = 3, *, wan: bool = True) -> Section:
     load_before = os.getloadavg()[0]
     source = infra.base_image(IMAGE)
     source_size = infra.compressed_size(source)

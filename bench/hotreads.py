@@ -232,7 +232,7 @@ def _measure(
     return lazy, disk, lazy_again, disk_again, warmed
 
 
-def _goal(label: str, value: float | None, goal: float, at_least: bool) -> str:
+def _goal(label: str, value: float | None, goal: float, *, at_least: bool) -> str:
     bound = "≥" if at_least else "≤"
     if value is None:
         return f"{label} goal ({bound} {goal}): not measured."
@@ -240,7 +240,7 @@ def _goal(label: str, value: float | None, goal: float, at_least: bool) -> str:
     return f"{label} goal ({bound} {goal}): **{'met' if met else 'missed'}** ({value:.2f})."
 
 
-def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
+def run(infra: BenchInfra, repeat: int = 3, *, wan: bool = True) -> Section:
     del wan  # local reads only: the registry is on loopback and only used for warming
     load_before = os.getloadavg()[0]
     big_tree = cached_dir("bench-hotreads-big-v1", _build_big)
@@ -324,15 +324,15 @@ def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
             "Sequential read throughput lazybuild / local, fresh mount",
             big_ratio,
             THROUGHPUT_GOAL,
-            True,
+            at_least=True,
         ),
         _goal(
             "Sequential read throughput lazybuild / local, second pass",
             again_ratio,
             SECOND_PASS_GOAL,
-            True,
+            at_least=True,
         ),
-        _goal("Metadata walk time lazybuild / local", small_ratio, METADATA_GOAL, False),
+        _goal("Metadata walk time lazybuild / local", small_ratio, METADATA_GOAL, at_least=False),
         "Each first pass (both sides) starts right after `sync; echo 3 > "
         "/proc/sys/vm/drop_caches`, so the local file, the local tree and lazybuild's chunk "
         "cache are all read from disk, and dentries/inodes are not cached; the second pass "

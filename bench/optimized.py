@@ -119,19 +119,21 @@ class Mode:
 
 
 MODES = [
-    Mode("gzip", "plain gzip: docker pull + create + start", "plain gzip\n(docker)", True),
-    Mode("estargz", "eStargz, not optimized: lazybuild run", "eStargz\n(lazybuild run)", False),
+    Mode("gzip", "plain gzip: docker pull + create + start", "plain gzip\n(docker)", docker=True),
+    Mode(
+        "estargz", "eStargz, not optimized: lazybuild run", "eStargz\n(lazybuild run)", docker=False
+    ),
     Mode(
         "optimized",
         "eStargz, optimized by lazybuild build: lazybuild run",
         "eStargz optimized\n(lazybuild run)",
-        False,
+        docker=False,
     ),
     Mode(
         "optimized-base",
         "eStargz, optimized by lazybuild build --optimize-base (base layers too): lazybuild run",
         "optimized with\n--optimize-base",
-        False,
+        docker=False,
     ),
 ]
 OPTIMIZED_MODES = ("optimized", "optimized-base")
@@ -632,7 +634,7 @@ def _measure(
                     print(f"  {phases} s{extra}", file=sys.stderr, flush=True)
 
 
-def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
+def run(infra: BenchInfra, repeat: int = 3, *, wan: bool = True) -> Section:
     load_before = os.getloadavg()[0]
     host = infra.wan.host if wan else infra.registry.host
     infra.dockerd  # noqa: B018 - started before the clock runs, not inside a repetition

@@ -232,7 +232,7 @@ def _docker(setup: Setup, into: Measured) -> None:
 # --- the same step with runc on local disk ------------------------------------------------
 
 
-def _native_run(setup: Setup, check: bool = False) -> tuple[Timed, str]:
+def _native_run(setup: Setup, *, check: bool = False) -> tuple[Timed, str]:
     """`runc run` of the example's RUN command on a fresh overlay of the builder's root
     filesystem (unpacked by debootstrap on local disk) with the example's files in its
     working dir: the timed run, and with `check` what the built program printed."""
@@ -391,7 +391,7 @@ TOOLS: list[tuple[str, str, Callable[[Setup, Measured], None]]] = [
 ]
 
 
-def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
+def run(infra: BenchInfra, repeat: int = 3, *, wan: bool = True) -> Section:
     del wan  # the steady state has everything local: loopback only
     load_before = os.getloadavg()[0]
     infra.dockerd  # noqa: B018 - started before the clock runs, not inside a repetition

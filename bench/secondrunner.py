@@ -220,7 +220,7 @@ def _docker(
 Tool = Callable[[BenchInfra, str, tuple[Path, Path], int, Measured], None]
 
 
-def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
+def run(infra: BenchInfra, repeat: int = 3, *, wan: bool = True) -> Section:
     load_before = os.getloadavg()[0]
     images = _images(infra, BUILDER_OF)
     direct = infra.registry.host

@@ -129,7 +129,7 @@ def _docker_run(infra: BenchInfra, ref: str, into: Measured) -> None:
     into.steps.setdefault("run", []).append(run.wall_s)
 
 
-def run(infra: BenchInfra, repeat: int = 3, wan: bool = True) -> Section:
+def run(infra: BenchInfra, repeat: int = 3, *, wan: bool = True) -> Section:
     load_before = os.getloadavg()[0]
     gzip_ref, estargz_ref = _push_images(infra)
     gzip_size = infra.compressed_size(gzip_ref)

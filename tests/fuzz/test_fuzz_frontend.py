@@ -48,17 +48,17 @@ _WORD_PIECES = st.sampled_from(
 
 
 @given(
-    st.one_of(
+    word=st.one_of(
         text_like("dockerfile", max_size=300),
         st.lists(_WORD_PIECES, max_size=40).map("".join),
     ),
-    st.sampled_from(["\\", "`"]),
-    st.booleans(),
+    escape=st.sampled_from(["\\", "`"]),
+    raw=st.booleans(),
 )
-@example("${A:-${A:-${A:-${A}}}}" * 3, "\\", False)
-@example("$" * 1000 + "{", "\\", False)
-@example("${" * 2000, "\\", False)
-def test_word_expansion(word: str, escape: str, raw: bool) -> None:
+@example(word="${A:-${A:-${A:-${A}}}}" * 3, escape="\\", raw=False)
+@example(word="$" * 1000 + "{", escape="\\", raw=False)
+@example(word="${" * 2000, escape="\\", raw=False)
+def test_word_expansion(word: str, escape: str, *, raw: bool) -> None:
     lexer = Lexer(escape, raw_quotes=raw, raw_escapes=raw)
     env = {"A": "a b", "B": "", "x": "$A"}
     holds_invariant(lambda: lexer.process_words(word, env))

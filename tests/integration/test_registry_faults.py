@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import json
 import subprocess
 import sys
@@ -129,13 +130,13 @@ def test_range_reads_resume_after_resets_and_give_up_with_one_line(
     blob = registry_blob(registry, layer.digest)
     span = min(len(blob), 300_000)
 
-    async def read(ranges: list[tuple[int, int]], multi: bool = True) -> list[bytes]:
+    async def read(ranges: list[tuple[int, int]], *, multi: bool = True) -> list[bytes]:
         options = {} if multi else {"single_range_registries": [ref.registry]}
         async with RegistryClient(**options) as client:  # type: ignore[arg-type]
             return await client.open_blob(ref, layer).read_ranges(ranges)
 
     proxy.add(reset_after(20_000, method="GET", path=layer.digest, ranged=True, times=3))
-    assert trio.run(read, [(0, span)], False) == [blob[:span]]
+    assert trio.run(functools.partial(read, [(0, span)], multi=False)) == [blob[:span]]
     asked = [s.range for s in proxy.requests("GET", layer.digest)]
     assert asked[0] == f"bytes=0-{span - 1}"
     assert len(asked) == 4 and all(r.endswith(f"-{span - 1}") for r in asked)
@@ -150,7 +151,7 @@ def test_range_reads_resume_after_resets_and_give_up_with_one_line(
     proxy.clear()
     proxy.add(reset_after(1000, method="GET", path=layer.digest, ranged=True, times=None))
     with pytest.raises(RegistryError) as caught:
-        trio.run(read, [(0, span)], False)
+        trio.run(functools.partial(read, [(0, span)], multi=False))
     assert "(4 attempts)" in str(caught.value) and "\n" not in str(caught.value)
     assert len(proxy.requests("GET", layer.digest)) == 4
 

@@ -141,6 +141,7 @@ class CommandFailed(subprocess.CalledProcessError):
 def run(
     argv: Sequence[str | os.PathLike[str]],
     timeout: float = 600.0,
+    *,
     check: bool = True,
     env: dict[str, str] | None = None,
     input_text: str | None = None,

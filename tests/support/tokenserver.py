@@ -173,7 +173,7 @@ def _make_handler(tokens: TokenServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _grant(self, username: str | None, scopes: list[str], oauth: bool) -> None:
+        def _grant(self, username: str | None, scopes: list[str], *, oauth: bool) -> None:
             if username is None and not tokens.anonymous_actions:
                 self._reply(401, {"errors": [{"code": "UNAUTHORIZED"}]})
                 return

@@ -188,11 +188,12 @@ class WanProxy:
         writer: asyncio.StreamWriter,
         link: LinkDirection,
         stats: ConnectionStats,
+        *,
         to_client: bool,
     ) -> None:
         loop = asyncio.get_running_loop()
         in_flight: asyncio.Queue[tuple[float, bytes] | object] = asyncio.Queue()
-        deliver = asyncio.create_task(self._deliver(in_flight, writer, stats, to_client))
+        deliver = asyncio.create_task(self._deliver(in_flight, writer, stats, to_client=to_client))
         try:
             while chunk := await reader.read(CHUNK):
                 now = loop.time()
@@ -213,6 +214,7 @@ class WanProxy:
         in_flight: asyncio.Queue[tuple[float, bytes] | object],
         writer: asyncio.StreamWriter,
         stats: ConnectionStats,
+        *,
         to_client: bool,
     ) -> None:
         loop = asyncio.get_running_loop()

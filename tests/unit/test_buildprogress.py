@@ -129,8 +129,8 @@ def test_plain_prints_finished_statuses_and_unfinished_ones_now_and_then() -> No
     progress(started("v", "pull", 0))
     for at, current in ((0, 0), (1, 10_000), (6, 2_000_000), (7, 3_000_000)):
         progress(VertexStatus("v", "l1", "sha256:aaa", current, 5_000_000, T0 + at))
-    progress(VertexStatus("v", "l1", "sha256:aaa", 5_000_000, 5_000_000, T0 + 8, True))
-    progress(VertexStatus("v", "x", "extracting", 0, None, T0 + 8, True))
+    progress(VertexStatus("v", "l1", "sha256:aaa", 5_000_000, 5_000_000, T0 + 8, completed=True))
+    progress(VertexStatus("v", "x", "extracting", 0, None, T0 + 8, completed=True))
     progress(done("v", "pull", 0, 9))
     assert stream.getvalue() == (
         "#1 pull\n"

@@ -31,5 +31,5 @@ def test_a_build_without_outputs_says_so_before_it_starts() -> None:
 
 def test_a_build_with_an_output_says_nothing_yet() -> None:
     lines: list[str] = []
-    exporting_finish(_plan((ImageOutput(("r.example/app:1",), True),)), lines.append, [])
+    exporting_finish(_plan((ImageOutput(("r.example/app:1",), push=True),)), lines.append, [])
     assert lines == []

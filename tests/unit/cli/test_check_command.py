@@ -73,7 +73,9 @@ def test_copy_ignored_file_reads_dockerignore(
 def test_parse_call() -> None:
     assert parse_call("build") is None
     assert parse_call("check") == CallFunction("check")
-    assert parse_call("check,format=json,ignorestatus=1") == CallFunction("check", "json", True)
+    assert parse_call("check,format=json,ignorestatus=1") == CallFunction(
+        "check", "json", ignore_status=True
+    )
     with pytest.raises(UsageError, match="not supported"):
         parse_call("outline")
     with pytest.raises(UsageError, match="invalid print field"):

@@ -44,7 +44,7 @@ from tests.support.gitserve import git_daemon, make_repository
         ("dir/repo.git", False),
     ],
 )
-def test_git_urls_as_moby_recognises_them(text: str, git: bool) -> None:
+def test_git_urls_as_moby_recognises_them(text: str, *, git: bool) -> None:
     assert is_git_url(text) is git
 
 

@@ -26,7 +26,7 @@ print(code, ",".join(heavy))
 
 @pytest.mark.parametrize("local_caches", [False, True])
 def test_build_through_a_builder_imports_no_trio_no_pydantic(
-    tmp_path: Path, local_caches: bool
+    tmp_path: Path, *, local_caches: bool
 ) -> None:
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
     flags = []

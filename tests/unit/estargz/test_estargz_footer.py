@@ -40,9 +40,9 @@ def test_legacy_footer_bytes() -> None:
 @pytest.mark.parametrize("offset", [0, 1, 0x1234, 2**40 + 17, 2**63 - 1])
 def test_round_trip_both_kinds(offset: int) -> None:
     prefix = b"\x00" * 100  # parse_footer gets a longer tail than the footer
-    assert parse_footer(prefix + encode_footer(offset)) == Footer(offset, FOOTER_SIZE, False)
+    assert parse_footer(prefix + encode_footer(offset)) == Footer(offset, FOOTER_SIZE, legacy=False)
     assert parse_footer(prefix + encode_legacy_footer(offset)) == Footer(
-        offset, LEGACY_FOOTER_SIZE, True
+        offset, LEGACY_FOOTER_SIZE, legacy=True
     )
     assert parse_footer(encode_legacy_footer(offset)).legacy  # exactly 47 bytes
 

@@ -18,7 +18,7 @@ from lazybuild.oci.layout import OciLayout
 from tests.unit.exporter.helpers import SmallImage, small_image
 
 
-def _archive(tmp_path: Path, names: list[str], docker: bool) -> tuple[SmallImage, ImageArchive]:
+def _archive(tmp_path: Path, names: list[str], *, docker: bool) -> tuple[SmallImage, ImageArchive]:
     image = small_image(tmp_path)
     files = {}
     for digest, data in image.blobs.items():
@@ -54,7 +54,9 @@ def test_oci_tar_is_a_layout_our_reader_opens(tmp_path: Path) -> None:
 
 
 def test_docker_tar_has_a_manifest_json_for_docker_load(tmp_path: Path) -> None:
-    image, archive = _archive(tmp_path, ["r.example/app:v1", "docker.io/library/app:2"], True)
+    image, archive = _archive(
+        tmp_path, ["r.example/app:v1", "docker.io/library/app:2"], docker=True
+    )
     with tarfile.open(fileobj=io.BytesIO(_tar_bytes(archive))) as tar:
         manifest_file = tar.extractfile("manifest.json")
         assert manifest_file is not None

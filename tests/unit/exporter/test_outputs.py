@@ -27,7 +27,10 @@ from lazybuild.exporter.outputs import (
         ("type=registry,name=r.io/a:1", ImageOutput(("r.io/a:1",), push=True)),
         ("type=registry,name=r.io/a:1,push=false", ImageOutput(("r.io/a:1",), push=False)),
         ("type=image,name=r.io/a:1,push=true", ImageOutput(("r.io/a:1",), push=True)),
-        ('type=image,"name=r.io/a:1,r.io/b:2",push=1', ImageOutput(("r.io/a:1", "r.io/b:2"), True)),
+        (
+            'type=image,"name=r.io/a:1,r.io/b:2",push=1',
+            ImageOutput(("r.io/a:1", "r.io/b:2"), push=True),
+        ),
         ("type=oci,dest=out.tar", OciOutput("out.tar")),
         ("type=oci", OciOutput("-")),
         ("type=oci,dest=layout,tar=false", OciOutput("layout", tar=False)),

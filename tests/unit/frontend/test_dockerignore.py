@@ -99,7 +99,7 @@ MATCH_CASES = [
 
 
 @pytest.mark.parametrize(("patterns", "path", "excluded"), MATCH_CASES)
-def test_is_excluded(patterns: list[str], path: str, excluded: bool) -> None:
+def test_is_excluded(patterns: list[str], path: str, *, excluded: bool) -> None:
     assert DockerIgnore(parse_dockerignore("\n".join(patterns))).is_excluded(path) is excluded
 
 

@@ -133,7 +133,7 @@ def test_heredoc_basic() -> None:
     ("marker", "expand"),
     [("<<EOF", True), ('<<"EOF"', False), ("<<'EOF'", False), ("<<-EOF", True)],
 )
-def test_heredoc_quoting(marker: str, expand: bool) -> None:
+def test_heredoc_quoting(marker: str, *, expand: bool) -> None:
     (heredoc,) = _heredocs(f"RUN cat {marker}\n$HOME\nEOF\n")
     assert heredoc.name == "EOF"
     assert heredoc.expand is expand
@@ -209,7 +209,7 @@ def test_onbuild_trigger_keeps_its_heredoc() -> None:
     dockerfile = parse("FROM a\nONBUILD RUN --network=none <<EOF\necho hi >> /dest\nEOF\nRUN x\n")
     onbuild = dockerfile.nodes[1]
     assert (onbuild.keyword, onbuild.start_line, onbuild.end_line) == ("ONBUILD", 2, 4)
-    assert onbuild.heredocs == (Heredoc("EOF", "echo hi >> /dest\n", True, False),)
+    assert onbuild.heredocs == (Heredoc("EOF", "echo hi >> /dest\n", expand=True, chomp=False),)
     assert [n.keyword for n in dockerfile.nodes] == ["FROM", "ONBUILD", "RUN"]
 
 

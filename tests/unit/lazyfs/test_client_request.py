@@ -17,7 +17,7 @@ from lazybuild.lazyfs.client import LazyMountService
 
 @pytest.mark.parametrize("read_first", [False, True])
 def test_a_connection_reset_mid_request_is_a_filesystem_error(
-    tmp_path: Path, read_first: bool
+    tmp_path: Path, *, read_first: bool
 ) -> None:
     service = LazyMountService(tmp_path / "state")
     service.control_path = tmp_path / "c.sock"

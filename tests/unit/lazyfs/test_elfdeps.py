@@ -20,7 +20,7 @@ def reader(data: bytes, available: int | None = None) -> Callable[[int, int], by
 
 
 @pytest.mark.parametrize(("wide", "little"), [(True, True), (False, False)])
-def test_loader_libraries_and_run_path(wide: bool, little: bool) -> None:
+def test_loader_libraries_and_run_path(*, wide: bool, little: bool) -> None:
     data = make_elf(
         needed=("libfoo.so.1", "libc.so.6"),
         interpreter="/lib64/ld-linux-x86-64.so.2",

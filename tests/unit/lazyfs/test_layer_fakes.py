@@ -105,6 +105,7 @@ def build_layer(
     files: dict[str, bytes] | None = None,
     prioritized: list[str] | None = None,
     chunk_size: int = CHUNK,
+    *,
     annotate: bool = True,
     extra_members: list[Member] | None = None,
     hints: bool = False,

@@ -24,7 +24,7 @@ def one_request_per_region(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("hints", [False, True], ids=["prefetch request", "early region"])
-def test_the_first_file_of_a_stalled_region_is_served(tmp_path: Path, hints: bool) -> None:
+def test_the_first_file_of_a_stalled_region_is_served(tmp_path: Path, *, hints: bool) -> None:
     built = build_layer(prioritized=PRIORITIZED, hints=hints)
     blob = MemoryBlob(built.blob)
     stalled = trio.Event()

@@ -184,7 +184,7 @@ def test_unreachable_registry_fails_fast() -> None:
         ("insecure.test:5000", True),
     ],
 )
-def test_plain_http_only_for_loopback_and_insecure_registries(host: str, plain: bool) -> None:
+def test_plain_http_only_for_loopback_and_insecure_registries(host: str, *, plain: bool) -> None:
     fake = FakeRegistry()
     fake.add_manifest("x", "v1", image(fake, "x"))
     call(

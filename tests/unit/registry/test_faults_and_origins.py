@@ -207,7 +207,7 @@ def test_a_huge_config_is_refused_before_it_is_fetched() -> None:
 class _UploadRegistry:
     """An open registry whose upload answers can be lost or fail once."""
 
-    def __init__(self, lose_put_answer: bool = False, fail_first_patch: bool = False) -> None:
+    def __init__(self, *, lose_put_answer: bool = False, fail_first_patch: bool = False) -> None:
         self.lose_put_answer = lose_put_answer
         self.fail_first_patch = fail_first_patch
         self.blobs: dict[str, bytes] = {}

@@ -930,7 +930,7 @@ def test_add_xattrs_from_pax_records(src: Path, dest: Path) -> None:
         (b"\x1f\x8b\x08" + b"garbage" * 100, False),
     ],
 )
-def test_is_tar_archive(tmp_path: Path, content: bytes, expected: bool) -> None:
+def test_is_tar_archive(tmp_path: Path, content: bytes, *, expected: bool) -> None:
     path = write(tmp_path, "f", content)
     assert is_tar_archive(path) is expected
 
@@ -969,7 +969,7 @@ def test_mkdir_without_parents_needs_the_parent(dest: Path) -> None:
 
 
 @pytest.mark.parametrize("make_parents", [False, True])
-def test_mkdir_over_a_file_is_an_error(dest: Path, make_parents: bool) -> None:
+def test_mkdir_over_a_file_is_an_error(dest: Path, *, make_parents: bool) -> None:
     write(dest, "f", "x")
     with pytest.raises(FileActionError, match="/f"):
         apply(dest, Mkdir(path="/f", make_parents=make_parents))
