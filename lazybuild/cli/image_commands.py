@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from lazybuild.cli.options import compression_level, positive_size, registry_options
+from lazybuild.cli.options import add_layer_writer_options, registry_options
 from lazybuild.oci.platform import Platform
 
 
@@ -22,24 +21,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "destination", metavar="DESTINATION", help="registry reference or oci:DIR[:tag]"
     )
     convert.add_argument(
-        "--chunk-size",
-        type=positive_size,
-        default=4 << 20,
-        metavar="SIZE",
-        help="eStargz chunk size (default 4MiB)",
-    )
-    convert.add_argument(
-        "--compression-level",
-        type=compression_level,
-        metavar="N",
-        help="gzip level 1-9 (default 6)",
-    )
-    convert.add_argument(
         "--platform", metavar="OS/ARCH", help="convert only this platform of an index"
     )
-    convert.add_argument(
-        "--tmpdir", type=Path, metavar="DIR", help="directory for temporary layer files"
-    )
+    add_layer_writer_options(convert)
     convert.set_defaults(run=run_convert)
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lazybuild.cli.options import compression_level, positive_size, registry_options, state_dir
+from lazybuild.cli.options import add_layer_writer_options, registry_options, state_dir
 
 if TYPE_CHECKING:
     from lazybuild.optimize import WorkloadOptions
@@ -50,22 +50,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action="store_false",
         help="do not put the record in the image (default: an artifact in the image's index)",
     )
-    optimize.add_argument(
-        "--chunk-size",
-        type=positive_size,
-        default=4 << 20,
-        metavar="SIZE",
-        help="eStargz chunk size (default 4MiB)",
-    )
-    optimize.add_argument(
-        "--compression-level",
-        type=compression_level,
-        metavar="N",
-        help="gzip level 1-9 (default 6)",
-    )
-    optimize.add_argument(
-        "--tmpdir", type=Path, metavar="DIR", help="directory for temporary layer files"
-    )
+    add_layer_writer_options(optimize)
     optimize.set_defaults(run=run_optimize)
 
 

@@ -43,6 +43,26 @@ def compression_level(text: str) -> int:
     return value
 
 
+def add_layer_writer_options(parser: argparse.ArgumentParser) -> None:
+    """How a command that rewrites layers (convert, optimize) writes its eStargz blobs."""
+    parser.add_argument(
+        "--chunk-size",
+        type=positive_size,
+        default=4 << 20,
+        metavar="SIZE",
+        help="eStargz chunk size (default 4MiB)",
+    )
+    parser.add_argument(
+        "--compression-level",
+        type=compression_level,
+        metavar="N",
+        help="gzip level 1-9 (default 6)",
+    )
+    parser.add_argument(
+        "--tmpdir", type=Path, metavar="DIR", help="directory for temporary layer files"
+    )
+
+
 def add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--insecure-registry",

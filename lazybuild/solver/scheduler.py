@@ -235,15 +235,7 @@ class _SolveRun:
             cached = await self._load_cached(vertex, keys.outputs)
             if cached is not None:
                 await self._progress.emit(self._started(vertex, started_at))
-                await self._progress.emit(
-                    VertexCompleted(
-                        vertex.digest,
-                        vertex.name,
-                        cached=True,
-                        started_at=started_at,
-                        completed_at=now(),
-                    )
-                )
+                await self._progress.emit(self._completed(vertex, started_at, cached=True))
                 return cached
         op = self._op(vertex)
         if isinstance(op, PreparesToRun):
@@ -259,26 +251,15 @@ class _SolveRun:
                     raise ValueError(f"{len(outputs)} outputs, expected {vertex.output_count}")
             except Exception as error:
                 await self._progress.emit(
-                    VertexCompleted(
-                        vertex.digest,
-                        vertex.name,
-                        cached=False,
-                        started_at=started_at,
-                        completed_at=now(),
+                    self._completed(
+                        vertex,
+                        started_at,
                         error=str(reported_error(error, also=(Exception,)) or error),
                     )
                 )
                 raise self._failed(vertex, "exec", error) from error
         self._save(keys, outputs)
-        await self._progress.emit(
-            VertexCompleted(
-                vertex.digest,
-                vertex.name,
-                cached=False,
-                started_at=started_at,
-                completed_at=now(),
-            )
-        )
+        await self._progress.emit(self._completed(vertex, started_at))
         return outputs
 
     async def _prepare(self, vertex: Vertex, op: PreparesToRun) -> None:
@@ -328,6 +309,18 @@ class _SolveRun:
         inputs = tuple(edge.vertex.digest for edge in vertex.inputs)
         group = vertex.metadata.progress_group
         return VertexStarted(vertex.digest, vertex.name, inputs, started_at, group)
+
+    def _completed(
+        self, vertex: Vertex, started_at: float, *, cached: bool = False, error: str | None = None
+    ) -> VertexCompleted:
+        return VertexCompleted(
+            vertex.digest,
+            vertex.name,
+            cached=cached,
+            started_at=started_at,
+            completed_at=now(),
+            error=error,
+        )
 
     async def _call_op(self, vertex: Vertex, action: str, call: Awaitable[T]) -> T:
         try:
