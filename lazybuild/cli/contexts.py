@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ STDIN = "-"
 # well below filling the disk of the machine the client runs on.
 MAX_CONTEXT_BYTES = int(os.environ.get("LAZYBUILD_MAX_CONTEXT_BYTES", str(8 << 30)))
 _GIT_TIMEOUT_SECONDS = 600.0
+# How often a running git's output directory is measured against the bound.
+_GIT_POLL_SECONDS = 0.25
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _BZIP2_MAGIC = b"BZh"
@@ -343,44 +346,68 @@ def _git_environment() -> Mapping[str, str]:
     return env
 
 
-def _git(args: list[str], where: str, cwd: Path | None = None) -> str:
+def _git(
+    args: list[str], where: str, cwd: Path | None = None, *, bounded: Path | None = None
+) -> str:
+    """Runs git; with ``bounded``, a directory git writes into, that directory is kept
+    under ``MAX_CONTEXT_BYTES`` while git runs (a repository's packs are compressed: a
+    small clone may check out to any size), git stopped as soon as it is over."""
     git = shutil.which("git")
     if git is None:
         raise ContextSourceError(f"{where}: git is not installed")
-    try:
-        done = subprocess.run(
-            [git, *_GIT_CONFIG, *args],
-            cwd=cwd,
-            env=_git_environment(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=_GIT_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise ContextSourceError(f"{where}: git took over {_GIT_TIMEOUT_SECONDS:.0f} s") from None
-    if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        reason = lines[-1] if lines else f"git exited with {done.returncode}"
+    deadline = time.monotonic() + _GIT_TIMEOUT_SECONDS
+    with subprocess.Popen(
+        [git, *_GIT_CONFIG, *args],
+        cwd=cwd,
+        env=_git_environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        while True:
+            try:
+                stdout, stderr = process.communicate(timeout=_GIT_POLL_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                problem = None
+                if time.monotonic() > deadline:
+                    problem = f"{where}: git took over {_GIT_TIMEOUT_SECONDS:.0f} s"
+                elif bounded is not None and _tree_bytes(bounded) > MAX_CONTEXT_BYTES:
+                    problem = _too_big(where)
+                if problem is not None:
+                    process.kill()
+                    process.communicate()
+                    raise ContextSourceError(problem) from None
+    if process.returncode != 0:
+        lines = stderr.decode(errors="replace").strip().splitlines()
+        reason = lines[-1] if lines else f"git exited with {process.returncode}"
         raise ContextSourceError(f"{where}: {reason.removeprefix('fatal: ')}")
-    return done.stdout.decode(errors="replace").strip()
+    if bounded is not None and _tree_bytes(bounded) > MAX_CONTEXT_BYTES:
+        raise ContextSourceError(_too_big(where))
+    return stdout.decode(errors="replace").strip()
+
+
+def _too_big(where: str) -> str:
+    return (
+        f"{where}: the checkout holds more than {MAX_CONTEXT_BYTES} bytes "
+        "(LAZYBUILD_MAX_CONTEXT_BYTES)"
+    )
 
 
 def _clone(url: str, scratch: Path, *, keep_git_dir: bool) -> Path:
     ref = parse_git_ref(url)
     where = f"git context {ref.remote}"
     checkout = scratch / "git"
-    _git(["clone", "--quiet", "--no-checkout", "--", ref.remote, str(checkout)], where)
+    _git(
+        ["clone", "--quiet", "--no-checkout", "--", ref.remote, str(checkout)],
+        where,
+        bounded=scratch,
+    )
     if ref.ref:
         commit = _resolve(checkout, ref.ref, where)
     else:
         commit = _git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], where, checkout)
-    _git(["checkout", "--quiet", "--detach", commit], where, checkout)
-    if _tree_bytes(checkout) > MAX_CONTEXT_BYTES:
-        raise ContextSourceError(
-            f"{where}: the checkout holds more than {MAX_CONTEXT_BYTES} bytes "
-            "(LAZYBUILD_MAX_CONTEXT_BYTES)"
-        )
+    _git(["checkout", "--quiet", "--detach", commit], where, checkout, bounded=checkout)
     if not keep_git_dir:
         shutil.rmtree(checkout / ".git")
     if not ref.subdir:
@@ -407,7 +434,7 @@ def _resolve(checkout: Path, ref: str, where: str) -> str:
             continue
     if ref.startswith("refs/"):
         # refs/pull/N/head and the like are not cloned: fetched by name.
-        _git(["fetch", "--quiet", "origin", "--", ref], where, checkout)
+        _git(["fetch", "--quiet", "origin", "--", ref], where, checkout, bounded=checkout)
         return _git(["rev-parse", "--verify", "--quiet", "FETCH_HEAD^{commit}"], where, checkout)
     raise ContextSourceError(f"{where}: no branch, tag or commit {ref!r}")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from lazybuild.cli import contexts
 from lazybuild.cli.contexts import (
     ContextSourceError,
     GitRef,
@@ -24,7 +25,7 @@ from lazybuild.cli.contexts import (
     prepare_sources,
 )
 from lazybuild.errors import LazybuildError, UsageError
-from tests.support.gitserve import git_daemon, make_repository
+from tests.support.gitserve import git, git_daemon, make_repository
 
 
 @pytest.mark.parametrize(
@@ -251,3 +252,23 @@ def test_named_contexts_are_directories_or_images(tmp_path: Path) -> None:
         assert "\n" not in str(caught.value)
     with pytest.raises(UsageError, match="given twice"):
         named_contexts([f"a={tmp_path}", "a=docker-image://x"])
+
+
+def test_a_git_context_is_bounded_while_git_writes_it(
+    scratch_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pack compresses: 8 MiB of zeros clone small and check out large.
+    repo = tmp_path / "repos" / "big.git"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main", ".")
+    (repo / "zeros.bin").write_bytes(bytes(8 << 20))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "big")
+    monkeypatch.setattr(contexts, "MAX_CONTEXT_BYTES", 1 << 20)
+    with (
+        git_daemon(tmp_path / "repos") as server,
+        pytest.raises(ContextSourceError, match="holds more than 1048576 bytes") as caught,
+    ):
+        prepare_sources(_args(f"{server}/big.git"))
+    assert "\n" not in str(caught.value)
+    assert list(scratch_tmp.iterdir()) == []
