@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lazybuild.progress import human_size
+from lazybuild.progress.lines import human_size
 from tests.support.imagebuild import cached_builder_image, cached_runtime_image
 from tests.support.push import push_oci_layout
 from tests.support.registry import Registry

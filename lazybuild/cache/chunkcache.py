@@ -47,7 +47,7 @@ from pathlib import Path
 
 from zlib_ng import zlib_ng
 
-from lazybuild.processes import ProcessId, owner_alive
+from lazybuild.state.processes import ProcessId, owner_alive
 
 log = logging.getLogger(__name__)
 

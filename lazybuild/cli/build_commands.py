@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from lazybuild.progressmodes import MODES
+    from lazybuild.progress.modes import MODES
 
     build = commands.add_parser(
         "build", help="build an image from a Dockerfile, base images mounted lazily"
@@ -218,8 +218,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def build_command_filesystem(args: argparse.Namespace) -> LazyMountService:
-    from lazybuild.build.filesystem import build_filesystem
-    from lazybuild.cli.contexts import cleanup_sources, prepare_sources
+    from lazybuild.context.sources import cleanup_sources, prepare_sources
+    from lazybuild.imagebuild.filesystem import build_filesystem
 
     # Called before anything is forked or spawned: a bad value ends the build here.
     check_container_flags(args, os.environ)
@@ -249,7 +249,7 @@ def check_container_flags(args: argparse.Namespace, environ: Mapping[str, str]) 
 def _base_ahead(args: argparse.Namespace) -> str | None:
     """The base image the build will mount first, for its filesystem process to open
     while this one starts; None when unsure (the build then opens it when it gets there)."""
-    from lazybuild.build.baseahead import first_base_image
+    from lazybuild.imagebuild.baseahead import first_base_image
 
     dockerfile: Path = args.file if args.file is not None else args.context / "Dockerfile"
     try:
@@ -263,7 +263,7 @@ async def run_build_command(args: argparse.Namespace) -> int:
     # Forked by main before trio started when it could be (see lazyfs.forkedservice);
     # else started here, before the build machinery is imported and the Dockerfile
     # read: the filesystem process's own start-up overlaps with ours either way.
-    from lazybuild.cli.contexts import cleanup_sources
+    from lazybuild.context.sources import cleanup_sources
 
     try:
         filesystem = args.filesystem or build_command_filesystem(args)
@@ -277,23 +277,23 @@ async def run_build_command(args: argparse.Namespace) -> int:
 
 
 async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
-    from lazybuild.atomicfile import write_atomic
-    from lazybuild.build.depfile import write_depfile
-    from lazybuild.build.driver import BuildFailedError, run_build
-    from lazybuild.build.exporting import ExportPlan, exporting_finish
-    from lazybuild.build.profiling import ProfileRequest
-    from lazybuild.build.request import BuildRequest
-    from lazybuild.buildprogress import BuildProgress, Mode
     from lazybuild.errors import UsageError
     from lazybuild.exporter import ExportResult
     from lazybuild.exporter.outputs import outputs_from_flags
-    from lazybuild.imagemount import render_fetch_report
+    from lazybuild.imagebuild.depfile import write_depfile
+    from lazybuild.imagebuild.driver import BuildFailedError, run_build
+    from lazybuild.imagebuild.exporting import ExportPlan, exporting_finish
+    from lazybuild.imagebuild.profiling import ProfileRequest
+    from lazybuild.imagebuild.request import BuildRequest
+    from lazybuild.progress.buildview import BuildProgress, Mode
     from lazybuild.remotecache.spec import cache_exports, cache_imports
+    from lazybuild.run.imagemount import render_fetch_report
+    from lazybuild.state.atomicfile import write_atomic
 
     environ = dict(os.environ)
     secret_files: list[Path] = []
     build_args = build_flags.key_values(args.build_arg, "--build-arg", environ)
-    from lazybuild.cli.contexts import named_contexts
+    from lazybuild.context.sources import named_contexts
 
     request = BuildRequest(
         named_contexts=named_contexts(args.build_context),

@@ -231,7 +231,7 @@ def entitlements(items: Iterable[str]) -> tuple[str, ...]:
 def progress_mode(flag: str | None, env: Mapping[str, str]) -> str:
     """``--progress``, else ``BUILDKIT_PROGRESS`` (buildx's default), else ``auto``;
     a bad value from the environment is named as such."""
-    from lazybuild.progressmodes import MODES
+    from lazybuild.progress.modes import MODES
 
     if flag is not None:
         return flag

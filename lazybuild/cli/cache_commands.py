@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lazybuild.cli.options import size, state_dir
-from lazybuild.progress import human_size
+from lazybuild.progress.lines import human_size
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -110,7 +110,7 @@ def _build_args(args: argparse.Namespace) -> dict[str, str]:
 def _ignored(args: argparse.Namespace) -> Callable[[str], bool] | None:
     """What ``.dockerignore`` excludes, for ``CopyIgnoredFile``; None when there is no
     such file, or when it re-includes anything (as BuildKit, which cannot tell then)."""
-    from lazybuild.frontend.dockerignore import DockerIgnore, find_dockerignore, parse_dockerignore
+    from lazybuild.context.dockerignore import DockerIgnore, find_dockerignore, parse_dockerignore
 
     path = find_dockerignore(_context(args), _dockerfile(args))
     if path is None:
@@ -134,7 +134,7 @@ def _report(args: argparse.Namespace) -> CheckReport:
 def run_check_command(args: argparse.Namespace, interrupted: Callable[[], bool]) -> int:
     """``build --check``: the findings on stdout, as buildx prints them; status 1 when
     there is any (unless ``ignorestatus=true``); ``error=true`` makes them an error."""
-    from lazybuild.cli.contexts import cleanup_sources, prepare_sources
+    from lazybuild.context.sources import cleanup_sources, prepare_sources
     from lazybuild.frontend.dockerfile.checks import render_check
 
     call = parse_call(args.call)
@@ -259,7 +259,7 @@ def route_build_checks(args: argparse.Namespace) -> None:
     if blocking is not None:
 
         def run_blocking(args: argparse.Namespace, interrupted: Callable[[], bool]) -> int:
-            from lazybuild.cli.contexts import cleanup_sources, prepare_sources
+            from lazybuild.context.sources import cleanup_sources, prepare_sources
 
             # The build prepares them too (once: it finds them ready) and removes them.
             prepare_sources(args)
@@ -276,7 +276,7 @@ def route_build_checks(args: argparse.Namespace) -> None:
     run: Callable[[argparse.Namespace], Awaitable[int]] = args.run
 
     async def run_with_checks(args: argparse.Namespace) -> int:
-        from lazybuild.cli.contexts import cleanup_sources, prepare_sources
+        from lazybuild.context.sources import cleanup_sources, prepare_sources
 
         prepare_sources(args)  # done already when main forked the filesystem process
         try:

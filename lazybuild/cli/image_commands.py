@@ -28,8 +28,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 async def run_inspect(args: argparse.Namespace) -> int:
-    from lazybuild.imagestore import open_source
-    from lazybuild.inspect import inspect_image
+    from lazybuild.image.inspect import inspect_image
+    from lazybuild.image.store import open_source
 
     registry = registry_options(args)
     async with registry.client() as client:
@@ -39,9 +39,9 @@ async def run_inspect(args: argparse.Namespace) -> int:
 
 
 async def run_convert(args: argparse.Namespace) -> int:
-    from lazybuild.convert import ConvertOptions, convert_image
-    from lazybuild.imagestore import open_source, open_target
-    from lazybuild.progress import Progress, human_size
+    from lazybuild.image.convert import ConvertOptions, convert_image
+    from lazybuild.image.store import open_source, open_target
+    from lazybuild.progress.lines import Progress, human_size
 
     progress = Progress(quiet=args.quiet)
     options = ConvertOptions(

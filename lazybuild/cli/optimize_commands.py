@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from lazybuild.cli.options import add_layer_writer_options, registry_options, state_dir
 
 if TYPE_CHECKING:
-    from lazybuild.optimize import WorkloadOptions
+    from lazybuild.image.optimize import WorkloadOptions
 
 DEFAULT_WORKLOAD_TIMEOUT = 10.0
 
@@ -130,7 +130,7 @@ def ready_pattern(text: str) -> re.Pattern[str]:
 
 
 def workload_options(args: argparse.Namespace) -> WorkloadOptions:
-    from lazybuild.optimize import WorkloadOptions
+    from lazybuild.image.optimize import WorkloadOptions
 
     return WorkloadOptions(
         command=args.workload_cmd,
@@ -143,8 +143,8 @@ def workload_options(args: argparse.Namespace) -> WorkloadOptions:
 
 async def run_optimize(args: argparse.Namespace) -> int:
     from lazybuild.errors import UsageError
-    from lazybuild.optimize import OptimizeRequest, optimize_image
-    from lazybuild.progress import Progress
+    from lazybuild.image.optimize import OptimizeRequest, optimize_image
+    from lazybuild.progress.lines import Progress
 
     if args.record_in is not None and args.workload_cmd is not None:
         raise UsageError("--record-in and --workload-cmd exclude each other")

@@ -6,8 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from lazybuild.registryoptions import RegistryOptions
-from lazybuild.statedir import default_state_dir
+from lazybuild.registry.options import RegistryOptions
+from lazybuild.state.statedir import default_state_dir
 
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

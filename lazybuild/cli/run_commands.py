@@ -92,7 +92,7 @@ def _add_fetch_report(parser: argparse.ArgumentParser) -> None:
 
 
 def _finish_report(args: argparse.Namespace, report: FetchReport) -> None:
-    from lazybuild.imagemount import render_fetch_report
+    from lazybuild.run.imagemount import render_fetch_report
 
     if not args.quiet:
         print(render_fetch_report(report), file=sys.stderr)
@@ -103,9 +103,9 @@ def _finish_report(args: argparse.Namespace, report: FetchReport) -> None:
 async def run_mount(args: argparse.Namespace) -> int:
     import trio
 
-    from lazybuild.imagemount import mounted_image
     from lazybuild.lazyfs.client import FilesystemServiceError
-    from lazybuild.progress import Progress
+    from lazybuild.progress.lines import Progress
+    from lazybuild.run.imagemount import mounted_image
     from lazybuild.snapshot.overlay import is_mounted
 
     progress = Progress(quiet=args.quiet)
@@ -222,8 +222,8 @@ async def run_run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, service: LazyMountService) -> int:
-    from lazybuild.containerrun import RunRequest, run_image
-    from lazybuild.progress import Progress
+    from lazybuild.progress.lines import Progress
+    from lazybuild.run.container import RunRequest, run_image
 
     request = RunRequest(
         image=args.image,

@@ -39,8 +39,8 @@ from lazybuild.errors import LazybuildError, UsageError
 if TYPE_CHECKING:
     from lazybuild.api.control.v1 import control_pb2
     from lazybuild.api.control.v1.control_pb2_grpc import ControlStub
-    from lazybuild.buildprogress import BuildProgress
     from lazybuild.exporter.outputs import OutputSpec
+    from lazybuild.progress.buildview import BuildProgress
 
 _CHUNK_BYTES = 1 << 20
 # remotecache.registrycache's LOCAL_CACHE_TAG and MAX_MANIFEST_SIZE (a unit test keeps
@@ -79,7 +79,8 @@ def build_header(
     secret files read are added to ``secret_files``."""
     from lazybuild.api.control.v1 import control_pb2
     from lazybuild.cli import build_flags
-    from lazybuild.cli.contexts import IMAGE_SCHEME, named_contexts
+    from lazybuild.context.dockerignore import find_dockerignore
+    from lazybuild.context.sources import IMAGE_SCHEME, named_contexts
     from lazybuild.exporter.outputs import (
         DockerOutput,
         ImageOutput,
@@ -88,7 +89,6 @@ def build_header(
         TarOutput,
         outputs_from_flags,
     )
-    from lazybuild.frontend.dockerignore import find_dockerignore
     from lazybuild.remotecache.spec import cache_exports, cache_imports
 
     environ = dict(os.environ)
@@ -288,8 +288,8 @@ def _tagged_digest(index_path: Path, tag: str) -> str | None:
 
 def write_context_tar(context_dir: Path, dockerfile: Path | None, out: IO[bytes]) -> None:
     """The context as the build sees it (``.dockerignore`` applied) as a PAX tar."""
-    from lazybuild.context import BuildContext
-    from lazybuild.frontend.dockerignore import load_dockerignore
+    from lazybuild.context.dockerignore import load_dockerignore
+    from lazybuild.context.listing import BuildContext
 
     context = BuildContext(context_dir, load_dockerignore(context_dir, dockerfile))
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -565,7 +565,7 @@ class _Call:
 
     def input_path(self, name: str) -> Path | None:
         """The file here that the daemon's input ``name`` (``BuildResult.inputs``) is."""
-        from lazybuild.frontend.dockerignore import find_dockerignore
+        from lazybuild.context.dockerignore import find_dockerignore
 
         if name == "dockerfile":
             return self.dockerfile
@@ -581,10 +581,10 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
     """The whole call, blocking (a worker thread's): returns the final BuildResult."""
     import grpc
 
-    from lazybuild.buildprogress import BuildProgress, Mode
     from lazybuild.cli import build_flags
-    from lazybuild.cli.contexts import IMAGE_SCHEME, named_contexts
+    from lazybuild.context.sources import IMAGE_SCHEME, named_contexts
     from lazybuild.daemon.client import BuilderError, control_stub, describe_rpc_error
+    from lazybuild.progress.buildview import BuildProgress, Mode
     from lazybuild.remotecache.spec import cache_exports, cache_imports
 
     header, context_dir, outputs = build_header(args, call.secret_files)
@@ -677,7 +677,7 @@ def run_remote_build(args: argparse.Namespace, terminated: Callable[[], bool]) -
     """The build, done by the daemon; blocking, without trio (a client's start-up counts
     in every build it asks for). The call runs in a thread of its own, so that this one
     sees a Ctrl-C (or ``terminated()``, a SIGTERM) at once, and cancels the build."""
-    from lazybuild.cli.contexts import cleanup_sources, prepare_sources
+    from lazybuild.context.sources import cleanup_sources, prepare_sources
 
     # A stdin or git context is made a directory here and sent like any other.
     prepare_sources(args)
@@ -688,8 +688,8 @@ def run_remote_build(args: argparse.Namespace, terminated: Callable[[], bool]) -
 
 
 def _run_remote_build(args: argparse.Namespace, terminated: Callable[[], bool]) -> int:
-    from lazybuild.atomicfile import write_atomic
     from lazybuild.cli import build_flags
+    from lazybuild.state.atomicfile import write_atomic
 
     call = _Call()
     ended: list[control_pb2.BuildResult | BaseException] = []
@@ -737,7 +737,7 @@ def _run_remote_build(args: argparse.Namespace, terminated: Callable[[], bool]) 
     if args.quiet and result.config_digest:
         print(result.config_digest)
     if args.depfile is not None:
-        from lazybuild.build.depfile import write_depfile
+        from lazybuild.imagebuild.depfile import write_depfile
 
         inputs = [path for name in result.inputs if (path := call.input_path(name)) is not None]
         target = args.iidfile or args.metadata_file or args.depfile

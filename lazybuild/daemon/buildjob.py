@@ -1,4 +1,4 @@
-"""One build in the daemon: the driver (``build.driver.run_build``) and the export, as
+"""One build in the daemon: the driver (``imagebuild.driver.run_build``) and the export, as
 ``lazybuild build`` runs them (``cli.build_commands``), with progress as
 ``--progress=rawjson`` events for the client to render, and archive outputs written to
 the build's private directory for the call to stream back.
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal, TextIO, cast
 from lazybuild.api.control.v1 import control_pb2
 from lazybuild.daemon.buildcontext import ReceivedBuild, cache_export_dir, cache_import_dir
 from lazybuild.errors import UsageError
-from lazybuild.registryoptions import RegistryOptions
+from lazybuild.registry.options import RegistryOptions
 
 if TYPE_CHECKING:
     from lazybuild.exporter import ExportResult
@@ -302,13 +302,13 @@ async def _build(
     emit_event: Callable[[str], None],
     filesystem: SharedFilesystem | None,
 ) -> tuple[control_pb2.BuildResult, list[ArchiveDest]]:
-    from lazybuild.build.driver import run_build
-    from lazybuild.build.exporting import ExportPlan, exporting_finish
-    from lazybuild.build.profiling import ProfileRequest
-    from lazybuild.build.request import BuildRequest
-    from lazybuild.buildprogress import BuildProgress
     from lazybuild.cli import build_flags
-    from lazybuild.imagemount import render_fetch_report
+    from lazybuild.imagebuild.driver import run_build
+    from lazybuild.imagebuild.exporting import ExportPlan, exporting_finish
+    from lazybuild.imagebuild.profiling import ProfileRequest
+    from lazybuild.imagebuild.request import BuildRequest
+    from lazybuild.progress.buildview import BuildProgress
+    from lazybuild.run.imagemount import render_fetch_report
 
     header = received.header
     cache_from, cache_exports_wanted, cache_archives, cache_names = _local_caches(

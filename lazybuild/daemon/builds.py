@@ -25,7 +25,7 @@ from lazybuild.daemon.buildcontext import ReceivedBuild
 from lazybuild.daemon.buildjob import ArchiveDest, run_job
 from lazybuild.errors import LazybuildError, UsageError, reported_error
 from lazybuild.lazyfs.shared import SharedFilesystem
-from lazybuild.registryoptions import RegistryOptions
+from lazybuild.registry.options import RegistryOptions
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Builds:
 def _failure(error: Exception) -> control_pb2.BuildResult:
     """The result of a build that raised ``error``: the one line ``lazybuild build``
     would print, the failed step's output tail, the exit status."""
-    from lazybuild.build.driver import BuildFailedError
+    from lazybuild.imagebuild.driver import BuildFailedError
 
     found = reported_error(error, also=(OSError,))
     if isinstance(found, LazybuildError):

@@ -27,7 +27,7 @@ from pydantic import (
 
 from lazybuild.daemon.address import Address, parse_address
 from lazybuild.errors import UsageError
-from lazybuild.statedir import default_state_dir
+from lazybuild.state.statedir import default_state_dir
 
 DEFAULT_ADDRESS = "unix:///run/lazybuild/lazybuild.sock"
 

@@ -28,7 +28,6 @@ import grpc
 import trio
 
 from lazybuild.api.control.v1 import control_pb2_grpc
-from lazybuild.build.filesystem import build_filesystem
 from lazybuild.cli.cache_commands import PruneEntry, prune_line
 from lazybuild.daemon.builds import Builds
 from lazybuild.daemon.config import DaemonConfig
@@ -36,8 +35,9 @@ from lazybuild.daemon.gc import collect_periodically
 from lazybuild.daemon.listeners import Bound, bind_tcp, bind_unix, remove_socket
 from lazybuild.daemon.service import BUILDS_DIR, ControlService, DaemonState
 from lazybuild.daemon.statelock import StateLock
+from lazybuild.imagebuild.filesystem import build_filesystem
 from lazybuild.lazyfs.shared import SharedFilesystem
-from lazybuild.registryoptions import RegistryOptions
+from lazybuild.registry.options import RegistryOptions
 
 # Each Build call takes a thread while it runs (waiting ones too, and a Cancel may come
 # for each); Info, DiskUsage and Prune take one of the spare ones.

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 from lazybuild.errors import UsageError
-from lazybuild.processes import ProcessId
+from lazybuild.state.processes import ProcessId
 
 PID_FILE = "daemon.pid"
 

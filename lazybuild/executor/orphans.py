@@ -15,7 +15,7 @@ import logging
 import subprocess
 from pathlib import Path
 
-from lazybuild.processes import identity_alive
+from lazybuild.state.processes import identity_alive
 
 __all__ = ["OWNER_ANNOTATION", "reap_orphaned_containers"]
 

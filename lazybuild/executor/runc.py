@@ -30,7 +30,7 @@ from lazybuild.executor.limits import fit_rlimits
 from lazybuild.executor.mountstubs import missing_mount_points, remove_mount_stubs
 from lazybuild.executor.orphans import OWNER_ANNOTATION
 from lazybuild.executor.rootpath import ensure_working_dir
-from lazybuild.processes import process_identity
+from lazybuild.state.processes import process_identity
 
 __all__ = [
     "CGROUP_PARENT",

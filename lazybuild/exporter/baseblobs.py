@@ -30,7 +30,7 @@ from lazybuild.exporter.layerblobs import (
     cached_blob_or_none,
     writer_fingerprint,
 )
-from lazybuild.progress import human_size, short_digest
+from lazybuild.progress.lines import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 from lazybuild.worker.layers import RemoteLayer

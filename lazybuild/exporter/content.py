@@ -22,7 +22,7 @@ from lazybuild.exporter.layerblobs import LayerBlob
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.layout import OciLayout
 from lazybuild.oci.localblob import layout_of
-from lazybuild.progress import human_size, short_digest
+from lazybuild.progress.lines import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 from lazybuild.worker.layers import Layer, LocalLayer, RemoteLayer

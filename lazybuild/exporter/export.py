@@ -47,9 +47,9 @@ from lazybuild.exporter.registrypush import PushReport, WorkloadRecordAttachment
 from lazybuild.exporter.rootfscopy import copy_rootfs
 from lazybuild.exporter.rootfstar import write_rootfs_tar_to
 from lazybuild.oci.platform import Platform, host_platform
-from lazybuild.processes import ProcessId
-from lazybuild.progress import human_size, short_digest
+from lazybuild.progress.lines import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
+from lazybuild.state.processes import ProcessId
 from lazybuild.worker.layers import Layer, LocalLayer, RemoteLayer
 from lazybuild.worker.layerstore import LayerStore
 

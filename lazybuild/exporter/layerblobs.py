@@ -34,12 +34,12 @@ from typing import Any, BinaryIO
 
 import trio
 
-from lazybuild.atomicfile import write_atomic
-from lazybuild.convert import estargz_layer_descriptor
 from lazybuild.errors import LazybuildError, one_error
 from lazybuild.estargz.writer import WriterOptions, WrittenLayer, write_estargz
+from lazybuild.image.convert import estargz_layer_descriptor
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.snapshot.diff import write_upper_as_tar
+from lazybuild.state.atomicfile import write_atomic
 from lazybuild.worker.layers import LocalLayer
 from lazybuild.worker.layerstore import LayerStore
 

@@ -24,7 +24,7 @@ from lazybuild.exporter.image import AssembledImage
 from lazybuild.oci.localblob import layout_of
 from lazybuild.oci.platform import Platform
 from lazybuild.profile.artifact import index_with_record, record_artifact
-from lazybuild.progress import human_size, short_digest
+from lazybuild.progress.lines import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 

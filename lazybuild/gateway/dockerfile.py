@@ -1,7 +1,7 @@
 """The built-in Dockerfile frontend, behind the same gateway as any other frontend.
 
 It runs in process: base images are resolved through the gateway, all at once, between
-the two plans (``build.graphing``), and the graph is solved in one ``solve``. The graph
+the two plans (``imagebuild.graphing``), and the graph is solved in one ``solve``. The graph
 it planned stays on the object for the driver (``BuildResult.graph``).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lazybuild.build.graphing import BuildGraph, build_graph
 from lazybuild.gateway.contract import FrontendResult, Gateway
+from lazybuild.imagebuild.graphing import BuildGraph, build_graph
 from lazybuild.oci.platform import Platform
 
 __all__ = ["DockerfileFrontend"]

@@ -36,7 +36,7 @@ from lazybuild.gateway.wire import (
     length_of,
 )
 from lazybuild.graph import Definition, DefinitionError
-from lazybuild.imageconfig import run_settings
+from lazybuild.run.settings import run_settings
 from lazybuild.worker.imageop import image_layers
 from lazybuild.worker.layers import Snapshot
 from lazybuild.worker.layerstore import LayerStore

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import trio
 
 from lazybuild.errors import FormatError
-from lazybuild.offsetranges import decode_offset_ranges
+from lazybuild.profile.offsetranges import decode_offset_ranges
 
 # Lists of read files travel in one line (reads_since, prefetch_files).
 MAX_LINE = 16 << 20

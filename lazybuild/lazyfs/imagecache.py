@@ -43,7 +43,6 @@ import lazybuild.erofs.stored
 import lazybuild.erofs.tree
 import lazybuild.estargz.index
 import lazybuild.estargz.toc
-from lazybuild.atomicfile import write_atomic
 from lazybuild.cache.chunkcache import CacheUsage
 from lazybuild.erofs import (
     ErofsLayout,
@@ -55,7 +54,8 @@ from lazybuild.erofs import (
     restore_layout,
 )
 from lazybuild.estargz.index import LayerIndex
-from lazybuild.processes import owner_alive
+from lazybuild.state.atomicfile import write_atomic
+from lazybuild.state.processes import owner_alive
 
 __all__ = [
     "ENTRY_SUFFIX",

@@ -51,7 +51,7 @@ from lazybuild.lazyfs.priority import ForegroundGate
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.mediatypes import TOC_DIGEST_ANNOTATION
 from lazybuild.registry.blob import RandomAccessBlob
-from lazybuild.statedir import default_state_dir
+from lazybuild.state.statedir import default_state_dir
 
 # The prefetch batch sizes stay importable from here: tests predict request counts by them.
 __all__ = [

@@ -8,7 +8,7 @@ A command that stacks overlays of local directories only (``optimize`` of an OCI
 layout) keeps a record with ``pid`` 0, which is stale once its ``owner_pid`` is gone.
 
 A record also names both processes by identity (``pid_identity``, ``owner_identity``:
-pid, start time and boot, see ``lazybuild.processes``), filled in when it is written, so
+pid, start time and boot, see ``lazybuild.state.processes``), filled in when it is written, so
 a process that got a dead one's pid does not keep its record alive. Records without
 them (written by older versions) are judged by their pids, as before.
 
@@ -34,8 +34,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lazybuild.atomicfile import write_atomic
-from lazybuild.processes import ProcessId, owner_alive, process_alive
+from lazybuild.state.atomicfile import write_atomic
+from lazybuild.state.processes import ProcessId, owner_alive, process_alive
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ from lazybuild.estargz.layerformat import decompressed_stream
 from lazybuild.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
-from lazybuild.processes import ProcessId, owner_alive
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
+from lazybuild.state.processes import ProcessId, owner_alive
 from lazybuild.untar.extract import extract, layer_policy
 
 _PARTIAL_PREFIX = ".partial-"

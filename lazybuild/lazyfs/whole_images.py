@@ -56,7 +56,7 @@ from lazybuild.lazyfs.imagecache import (
     allocated_bytes,
     writer_fingerprint,
 )
-from lazybuild.processes import ProcessId
+from lazybuild.state.processes import ProcessId
 
 __all__ = [
     "WHOLE_IMAGE_SUFFIX",

@@ -13,12 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from lazybuild.atomicfile import write_atomic
 from lazybuild.errors import FormatError, NotFoundError
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.digest import validate_digest, verify_digest
 from lazybuild.oci.manifest import Index, encode_json, parse_document
+from lazybuild.state.atomicfile import write_atomic
 
 LAYOUT_VERSION = "1.0.0"
 

@@ -33,7 +33,7 @@ from lazybuild.estargz.toc import (
     TOC_TAR_NAME,
 )
 from lazybuild.profile.record import ReadRanges, RecordEntry
-from lazybuild.progress import human_size
+from lazybuild.progress.lines import human_size
 from lazybuild.untar import tarreader
 from lazybuild.untar.tarheader import TarFormatError
 from lazybuild.untar.tarreader import TarReader

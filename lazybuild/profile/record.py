@@ -23,11 +23,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazybuild.atomicfile import write_atomic
 from lazybuild.errors import FormatError
 from lazybuild.estargz.gojson import quote
 from lazybuild.estargz.index import clean_name
-from lazybuild.offsetranges import decode_offset_ranges
+from lazybuild.profile.offsetranges import decode_offset_ranges
+from lazybuild.state.atomicfile import write_atomic
 
 RECORD_MEDIA_TYPE = "application/vnd.lazybuild.workload-record.v1+jsonl"
 

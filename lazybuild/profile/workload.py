@@ -30,8 +30,8 @@ from lazybuild.executor.etcfiles import prepare_etc_files
 from lazybuild.executor.runc import RunResult, run_container
 from lazybuild.executor.spec import Network, ProcessSpec, generate_spec
 from lazybuild.executor.users import resolve_user
-from lazybuild.imageconfig import run_settings
 from lazybuild.profile.fanotify import AccessLog, FanotifyError, FilesystemWatch
+from lazybuild.run.settings import run_settings
 from lazybuild.snapshot.mountinfo import mount_points
 
 DEFAULT_TIMEOUT = 10.0

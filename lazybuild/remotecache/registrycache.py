@@ -32,7 +32,7 @@ from lazybuild.oci.digest import sha256_digest
 from lazybuild.oci.layout import OciLayout
 from lazybuild.oci.localblob import layout_of, layout_source
 from lazybuild.oci.manifest import Index, Manifest, parse_document
-from lazybuild.progress import human_size, short_digest
+from lazybuild.progress.lines import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 from lazybuild.remotecache.document import (

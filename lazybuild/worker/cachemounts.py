@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lazybuild.atomicfile import write_atomic
 from lazybuild.errors import FormatError
 from lazybuild.graph.ops import ExecMount
+from lazybuild.state.atomicfile import write_atomic
 from lazybuild.worker.layers import RemoteLayer, Snapshot
 
 __all__ = ["CacheMounts", "MountContent", "cache_mount_name"]

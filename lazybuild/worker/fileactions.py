@@ -64,12 +64,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from lazybuild.context import _go_match_regex as go_match_regex
+from lazybuild.context.dockerignore import DockerIgnore, IgnorePattern
+from lazybuild.context.listing import _go_match_regex as go_match_regex
 from lazybuild.errors import LazybuildError, UsageError
 from lazybuild.executor.errors import ContainerError
 from lazybuild.executor.rootpath import resolve_in_root
 from lazybuild.executor.users import resolve_user
-from lazybuild.frontend.dockerignore import DockerIgnore, IgnorePattern
 from lazybuild.graph.ops import ChownOpt, Copy, FileAction, Mkdir, Mkfile, Rm
 from lazybuild.untar.extract import set_xattr
 from lazybuild.worker.archive import ArchiveError, extract_tar, is_tar_archive

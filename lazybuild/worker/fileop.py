@@ -15,7 +15,7 @@ from pathlib import Path
 
 import trio
 
-from lazybuild.context import BuildContext
+from lazybuild.context.listing import BuildContext
 from lazybuild.graph.ops import Copy, File, FileAction
 from lazybuild.solver import CacheDep, CacheMap, Job, Result
 from lazybuild.worker.fileactions import apply_actions

@@ -13,12 +13,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from lazybuild.atomicfile import write_atomic
 from lazybuild.errors import LazybuildError
 from lazybuild.oci.manifest import Manifest, load_config, parse_document
 from lazybuild.oci.platform import Platform
 from lazybuild.registry.client import ResolvedImage
 from lazybuild.registry.reference import Reference
+from lazybuild.state.atomicfile import write_atomic
 
 
 def _sha256(data: bytes) -> str:

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazybuild.processes import ProcessId, owner_alive
 from lazybuild.snapshot.mountinfo import mounts_under
 from lazybuild.snapshot.overlay import unmount
+from lazybuild.state.processes import ProcessId, owner_alive
 from lazybuild.worker.layers import LocalLayer
 
 _LOCK_NAME = ".in-use"

@@ -31,7 +31,7 @@ import trio
 
 from lazybuild.errors import LazybuildError
 from lazybuild.graph.ops import Exec
-from lazybuild.progress import human_size
+from lazybuild.progress.lines import human_size
 from lazybuild.solver import Job
 from lazybuild.worker.cachemounts import cache_mount_name
 from lazybuild.worker.layers import RemoteLayer, Snapshot

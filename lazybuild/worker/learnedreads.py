@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lazybuild.atomicfile import write_atomic
 from lazybuild.registry.reference import Reference
+from lazybuild.state.atomicfile import write_atomic
 from lazybuild.worker.layers import Snapshot
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from lazybuild.context import BuildContext, ContextError
+from lazybuild.context.listing import BuildContext, ContextError
 from lazybuild.graph.ops import LocalSource
 from lazybuild.solver import CacheMap, Job, Result
 from lazybuild.worker.layers import LocalLayer, Snapshot

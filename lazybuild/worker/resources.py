@@ -9,7 +9,7 @@ from typing import Literal
 
 import trio
 
-from lazybuild.context import BuildContext
+from lazybuild.context.listing import BuildContext
 from lazybuild.errors import LazybuildError
 from lazybuild.executor.spec import Ulimit
 from lazybuild.oci.platform import Platform

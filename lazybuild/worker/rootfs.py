@@ -2,7 +2,7 @@
 
 Base image layers come from a lazy filesystem process (``LazyMountService``), opened
 the first time a snapshot with a remote layer is mounted and added to once per layer:
-the build's own (``build.filesystem``), or one a daemon lends to all its builds
+the build's own (``imagebuild.filesystem``), or one a daemon lends to all its builds
 (``lazyfs.shared``). Local layers are used where they lie. Every mount is undone on
 the way out, including on errors and cancellation.
 """
@@ -19,7 +19,7 @@ import trio
 
 from lazybuild.lazyfs.client import FetchReport, LayerMount, LazyMountService
 from lazybuild.oci.localblob import layout_of
-from lazybuild.progress import short_digest
+from lazybuild.progress.lines import short_digest
 from lazybuild.registry.reference import Reference
 from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
 from lazybuild.worker.layers import LocalLayer, RemoteLayer, Snapshot

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from lazybuild.context import BuildContext
+from lazybuild.context.listing import BuildContext
 from lazybuild.errors import FormatError, LazybuildError, reported_error
 from lazybuild.graph.ops import Diff, Exec, File, HttpSource, ImageSource, LocalSource, Merge
 from lazybuild.solver import CacheRecord, Op, Vertex

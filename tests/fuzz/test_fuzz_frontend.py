@@ -6,8 +6,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from lazybuild.frontend.dockerfile import Lexer, parse, parse_stages, plan_build
-from lazybuild.frontend.dockerignore import (
+from lazybuild.context.dockerignore import (
     DockerIgnore,
     IgnorePattern,
     _match_tokens,
@@ -15,6 +14,7 @@ from lazybuild.frontend.dockerignore import (
     bad_pattern_reason,
     parse_dockerignore,
 )
+from lazybuild.frontend.dockerfile import Lexer, parse, parse_stages, plan_build
 from lazybuild.oci.platform import Platform
 from tests.fuzz.fuzzkit import TEST_TIMEOUT_SECONDS, bytes_like, holds_invariant, text_like
 

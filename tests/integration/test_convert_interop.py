@@ -17,10 +17,10 @@ import pytest
 import trio
 
 from lazybuild.cli.main import main
-from lazybuild.convert import ConvertOptions, ConvertResult, convert_image
 from lazybuild.estargz.layerformat import LayerFormat
-from lazybuild.imagestore import open_source, open_target
-from lazybuild.progress import Progress
+from lazybuild.image.convert import ConvertOptions, ConvertResult, convert_image
+from lazybuild.image.store import open_source, open_target
+from lazybuild.progress.lines import Progress
 from lazybuild.registry.client import RegistryClient
 from tests.support.containerd import Containerd
 from tests.support.dockerd import Dockerd

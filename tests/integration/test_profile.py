@@ -16,12 +16,12 @@ import pytest
 import trio
 
 from lazybuild.cli.main import main
-from lazybuild.imagemount import mounted_image
 from lazybuild.oci import mediatypes
 from lazybuild.profile.fanotify import AccessLog, FilesystemWatch
 from lazybuild.profile.workload import WorkloadRecord, record_workload
-from lazybuild.progress import Progress
-from lazybuild.registryoptions import RegistryOptions
+from lazybuild.progress.lines import Progress
+from lazybuild.registry.options import RegistryOptions
+from lazybuild.run.imagemount import mounted_image
 from tests.support.imagebuild import cached_rootfs_image, push_oci_layout
 from tests.support.registry import Registry
 

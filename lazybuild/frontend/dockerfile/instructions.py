@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, Self, TypeAlias, TypedDict
 
 from lazybuild.frontend.dockerfile.mounts import (
-    MountError,
+    MountSpecError,
     RunMount,
     check_mount_from_literal,
     parse_mount,
@@ -596,7 +596,7 @@ def _parse_mounts(
                 check_mount_from_literal(spec)
             return tuple(parse_mount(spec) for spec in specs if "$" not in spec)
         return tuple(parse_mount(spec, expand) for spec in specs)
-    except MountError as error:
+    except MountSpecError as error:
         raise ParseError(str(error), location.start_line) from None
 
 

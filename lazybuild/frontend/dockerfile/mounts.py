@@ -14,7 +14,7 @@ from typing import Literal, cast
 
 from lazybuild.frontend.dockerfile.suggest import did_you_mean
 
-__all__ = ["MOUNT_TYPES", "MountError", "RunMount", "check_mount_from_literal", "parse_mount"]
+__all__ = ["MOUNT_TYPES", "MountSpecError", "RunMount", "check_mount_from_literal", "parse_mount"]
 
 MountType = Literal["bind", "cache", "tmpfs", "secret", "ssh"]
 Sharing = Literal["shared", "private", "locked"]
@@ -28,7 +28,7 @@ _MOUNT_KEYS = (
 )  # fmt: skip
 
 
-class MountError(ValueError):
+class MountSpecError(ValueError):
     """A ``--mount`` value that makes no sense; the caller adds the line number."""
 
 
@@ -67,14 +67,14 @@ def _parse_bool(key: str, value: str | None) -> bool:
         return True
     if lowered in ("0", "f", "false"):
         return False
-    raise MountError(f"invalid value for {key}: {value!r}")
+    raise MountSpecError(f"invalid value for {key}: {value!r}")
 
 
 def _parse_int(key: str, value: str, base: int = 10) -> int:
     try:
         return int(value, base)
     except ValueError:
-        raise MountError(f"invalid value for {key}: {value!r}") from None
+        raise MountSpecError(f"invalid value for {key}: {value!r}") from None
 
 
 def _parse_size(value: str) -> int:
@@ -86,7 +86,7 @@ def _parse_size(value: str) -> int:
     try:
         return int(float(number) * _SIZE_UNITS.get(unit, 1))
     except ValueError:
-        raise MountError(f"invalid value for size: {value!r}") from None
+        raise MountSpecError(f"invalid value for size: {value!r}") from None
 
 
 def check_mount_from_literal(spec: str) -> None:
@@ -99,7 +99,7 @@ def check_mount_from_literal(spec: str) -> None:
     for field_text in fields:
         key, sep, value = field_text.partition("=")
         if sep and key.strip().lower() == "from" and "$" in value[:-1]:
-            raise MountError(
+            raise MountSpecError(
                 "'from' doesn't support variable expansion, define alias stage instead"
             )
 
@@ -109,7 +109,7 @@ def parse_mount(spec: str, expand: Callable[[str], str] = lambda word: word) -> 
     try:
         fields = next(csv.reader([spec]))
     except (csv.Error, StopIteration):
-        raise MountError(f"invalid mount specification {spec!r}") from None
+        raise MountSpecError(f"invalid mount specification {spec!r}") from None
     values: dict[str, str | None] = {}
     for field_text in fields:
         key, sep, raw_value = field_text.partition("=")
@@ -119,7 +119,7 @@ def parse_mount(spec: str, expand: Callable[[str], str] = lambda word: word) -> 
         values[key] = expand(raw_value) if sep else None
     mount_type = values.pop("type", None) or "bind"
     if mount_type not in MOUNT_TYPES:
-        raise MountError(
+        raise MountSpecError(
             did_you_mean(f"unsupported mount type {mount_type!r}", mount_type, MOUNT_TYPES)
         )
     target = source = from_ = mount_id = env = None
@@ -139,7 +139,7 @@ def parse_mount(spec: str, expand: Callable[[str], str] = lambda word: word) -> 
             continue
         if value is None:
             message = f"unexpected key {key!r} without a value in {spec!r}"
-            raise MountError(did_you_mean(message, key, _MOUNT_KEYS))
+            raise MountSpecError(did_you_mean(message, key, _MOUNT_KEYS))
         if key in ("target", "dst", "destination"):
             target = value
         elif key in ("source", "src"):
@@ -151,7 +151,7 @@ def parse_mount(spec: str, expand: Callable[[str], str] = lambda word: word) -> 
         elif key == "sharing":
             if value not in _SHARING_MODES:
                 message = f"unsupported sharing value {value!r}"
-                raise MountError(did_you_mean(message, value, _SHARING_MODES))
+                raise MountSpecError(did_you_mean(message, value, _SHARING_MODES))
             sharing = value
         elif key == "mode":
             mode = _parse_int(key, value, 8)
@@ -164,11 +164,13 @@ def parse_mount(spec: str, expand: Callable[[str], str] = lambda word: word) -> 
         elif key == "env":
             env = value
         else:
-            raise MountError(did_you_mean(f"unexpected key {key!r} in {spec!r}", key, _MOUNT_KEYS))
+            raise MountSpecError(
+                did_you_mean(f"unexpected key {key!r} in {spec!r}", key, _MOUNT_KEYS)
+            )
     if "sharing" in values and mount_type != "cache":
-        raise MountError(f"invalid cache sharing set for {mount_type} mount")
+        raise MountSpecError(f"invalid cache sharing set for {mount_type} mount")
     if from_ is not None and mount_type in ("secret", "ssh", "tmpfs"):
-        raise MountError(f"{mount_type} mount should not have a from")
+        raise MountSpecError(f"{mount_type} mount should not have a from")
     if mount_type == "secret":
         if mount_id is None and source is not None:
             mount_id = source
@@ -176,13 +178,13 @@ def parse_mount(spec: str, expand: Callable[[str], str] = lambda word: word) -> 
         if mount_id is None and target is not None:
             mount_id = target.rstrip("/").rsplit("/", 1)[-1]
         if mount_id is None:
-            raise MountError("secret mount needs an id or a target")
+            raise MountSpecError("secret mount needs an id or a target")
         if target is None and env is None:
             target = f"/run/secrets/{mount_id}"
     elif mount_type == "ssh":
         mount_id = mount_id or "default"
     elif target is None:
-        raise MountError(f"mount type={mount_type} needs a target")
+        raise MountSpecError(f"mount type={mount_type} needs a target")
     if mount_type == "cache":
         sharing = sharing or "shared"
         # BuildKit keys an anonymous cache mount by its target path.

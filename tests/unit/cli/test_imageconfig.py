@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lazybuild.errors import UsageError
-from lazybuild.imageconfig import DEFAULT_PATH, merge_env, run_settings
+from lazybuild.run.settings import DEFAULT_PATH, merge_env, run_settings
 
 CONFIG = {
     "config": {

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lazybuild.context import BuildContext, ContextError
+from lazybuild.context.dockerignore import DockerIgnore, load_dockerignore
+from lazybuild.context.listing import BuildContext, ContextError
 from lazybuild.errors import LazybuildError
-from lazybuild.frontend.dockerignore import DockerIgnore, load_dockerignore
 
 
 def _write(root: Path, rel: str, data: str = "x", mode: int = 0o644) -> Path:

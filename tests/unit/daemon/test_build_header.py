@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from lazybuild.api.control.v1 import control_pb2
-from lazybuild.build.request import BuildRequest
 from lazybuild.cli.main import build_parser
 from lazybuild.daemon.buildclient import build_header, write_context_tar
 from lazybuild.errors import UsageError
+from lazybuild.imagebuild.request import BuildRequest
 
 # BuildRequest's fields and the header fields that carry them. A field added to the
 # request fails this test until the daemon's header (and buildjob.py) carry it too.

@@ -12,7 +12,7 @@ import trio
 
 from lazybuild.errors import DigestMismatchError, UsageError
 from lazybuild.exporter.imagetar import ImageArchive, docker_repo_tags, write_layout_dir
-from lazybuild.imagestore import LayoutSource, RootDocument
+from lazybuild.image.store import LayoutSource, RootDocument
 from lazybuild.oci import mediatypes
 from lazybuild.oci.layout import OciLayout
 from tests.unit.exporter.helpers import SmallImage, small_image

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lazybuild.frontend.dockerignore import (
+from lazybuild.context.dockerignore import (
     DockerIgnore,
     find_dockerignore,
     load_dockerignore,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lazybuild.context.dockerignore import DockerIgnore, load_dockerignore, parse_dockerignore
 from lazybuild.errors import FormatError, LazybuildError
-from lazybuild.frontend.dockerignore import DockerIgnore, load_dockerignore, parse_dockerignore
 
 
 def test_not_utf8_names_file_and_line(tmp_path: Path) -> None:

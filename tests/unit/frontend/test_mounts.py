@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lazybuild.frontend.dockerfile import ParseError, parse, parse_instruction
-from lazybuild.frontend.dockerfile.mounts import MountError, RunMount, parse_mount
+from lazybuild.frontend.dockerfile.mounts import MountSpecError, RunMount, parse_mount
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_values_expanded_before_interpretation() -> None:
     ],
 )
 def test_invalid(spec: str) -> None:
-    with pytest.raises(MountError):
+    with pytest.raises(MountSpecError):
         parse_mount(spec)
 
 
@@ -116,7 +116,7 @@ def test_invalid(spec: str) -> None:
     ],
 )
 def test_mistyped_names_get_a_hint(spec: str, message: str) -> None:
-    with pytest.raises(MountError) as caught:
+    with pytest.raises(MountSpecError) as caught:
         parse_mount(spec)
     assert str(caught.value) == message
 

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import trio
 
-from lazybuild.build.filesystem import OwnedFilesystem
 from lazybuild.errors import InvalidReferenceError
 from lazybuild.frontend.dockerfile.parser import ParseError
 from lazybuild.gateway import (
@@ -28,6 +27,7 @@ from lazybuild.gateway.dockerfile import DockerfileFrontend
 from lazybuild.gateway.running import FrontendOutput, run_frontend
 from lazybuild.gateway.selection import FrontendFailedError
 from lazybuild.graph import Definition, State, marshal
+from lazybuild.imagebuild.filesystem import OwnedFilesystem
 from lazybuild.lazyfs.client import LazyMountService
 from lazybuild.oci.platform import host_platform
 from lazybuild.registry.client import RegistryClient

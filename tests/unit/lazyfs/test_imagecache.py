@@ -31,7 +31,7 @@ from lazybuild.lazyfs.imagecache import (
     usage,
     writer_fingerprint,
 )
-from lazybuild.processes import ProcessId
+from lazybuild.state.processes import ProcessId
 from tests.unit.erofs.test_erofs_stored import TOC_DIGEST, assert_same, fresh_index
 
 OTHER_DIGEST = "sha256:" + "cd" * 32

@@ -90,8 +90,8 @@ def test_stats_carry_the_read_failures() -> None:
 
 
 def test_the_fetch_report_lists_failed_reads() -> None:
-    from lazybuild.imagemount import render_fetch_report
     from lazybuild.lazyfs.client import FetchReport, LayerFetch
+    from lazybuild.run.imagemount import render_fetch_report
 
     digest = f"sha256:{LAYER}"
     layer = LayerFetch(digest, "lazy", 1000, 10, 1, 0, 0.1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lazybuild.context import BuildContext
+from lazybuild.context.listing import BuildContext
 from lazybuild.worker.localop import copy_context
 
 

@@ -219,7 +219,7 @@ Global___PruneResponse: _TypeAlias = PruneResponse  # noqa: Y015
 
 @_typing.final
 class BuildHeader(_message.Message):
-    """What `lazybuild build` was asked (lazybuild/build/request.py's BuildRequest, the
+    """What `lazybuild build` was asked (lazybuild/imagebuild/request.py's BuildRequest, the
     outputs, and the workload profiling that orders new layers).
     """
 

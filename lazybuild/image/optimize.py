@@ -1,0 +1,677 @@
+"""`lazybuild optimize SRC DST`: an image rewritten so that its workload starts fast.
+
+Like ``ctr-remote image optimize``: the image's workload runs (``profile.workload``)
+over a lazy mount of SRC (eStargz layers are served on demand, others are downloaded
+whole; an ``oci:DIR`` source is unpacked locally), and every file it opens or reads is
+recorded in order. Each layer is then written as eStargz with the recorded files it
+serves first, in access order, and ``.prefetch.landmark`` after them, so a runtime
+fetches all of them with one request per layer; a layer the workload read nothing
+from gets ``.no.prefetch.landmark``. Base layers are rewritten too. An eStargz layer
+whose layout already is exactly that is kept byte for byte.
+
+Reordering changes a layer's uncompressed tar, so rewritten layers get new diff_ids;
+the config's ``rootfs.diff_ids`` follow (history is untouched). The record goes to
+``--record-out`` and, as a small artifact in an OCI index next to the image
+(``profile.artifact``), with the image. ``--record-in`` takes a record (ours or
+ctr-remote's) instead of running the workload. Only the host's platform is optimized
+(the workload has to run here), so the result has one image manifest.
+
+A workload that fails to start, exits non-zero, crashes or hangs does not fail the
+command: its outcome is reported and the image is written with what it read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from lazybuild.errors import FormatError, UsageError, one_error
+from lazybuild.estargz.index import clean_name
+from lazybuild.estargz.layerformat import LayerFormat, decompressed_stream
+from lazybuild.estargz.toc import BIG_FILE_CHUNK_SIZE, PREFETCH_LANDMARK, decode_toc_json
+from lazybuild.estargz.writer import DEFAULT_CHUNK_SIZE, WriterOptions, WrittenLayer, write_estargz
+from lazybuild.executor.spec import Network
+from lazybuild.image.convert import estargz_layer_descriptor
+from lazybuild.image.layerprobe import LayerProbe, probe_layer
+from lazybuild.image.store import (
+    ImageSource,
+    ImageTarget,
+    LayoutSource,
+    RegistrySource,
+    copy_blob,
+    listed_as_estargz,
+    open_source,
+    open_target,
+)
+from lazybuild.lazyfs.client import LazyMountService
+from lazybuild.lazyfs.stale import local_overlays_recorded, register_overlay
+from lazybuild.lazyfs.unpack import (
+    extract_tar_file,
+    is_lazy_layer,
+    unpack_verified_tar,
+    unpacked_root,
+)
+from lazybuild.oci import mediatypes
+from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.manifest import (
+    Index,
+    Manifest,
+    config_diff_ids,
+    encode_json,
+    load_config,
+    parse_document,
+)
+from lazybuild.oci.platform import Platform, host_platform
+from lazybuild.profile.artifact import (
+    RECORD_ANNOTATION,
+    descriptor_for,
+    index_with_record,
+    record_artifact,
+    record_descriptor,
+)
+from lazybuild.profile.layers import (
+    LayerAssignment,
+    TarLayerContents,
+    assign_to_layers,
+    left_out_note,
+    prefetchable,
+)
+from lazybuild.profile.record import (
+    ReadRanges,
+    RecordEntry,
+    encode_record,
+    read_record,
+    record_paths,
+    record_read_ranges,
+    write_record,
+)
+from lazybuild.profile.workload import (
+    DEFAULT_TIMEOUT,
+    OutputSink,
+    WorkloadRecord,
+    record_workload,
+)
+from lazybuild.progress.lines import Progress, human_size, short_digest
+from lazybuild.registry.options import RegistryOptions
+from lazybuild.run.imagemount import mounted_image
+from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
+
+_TRANSFER_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class WorkloadOptions:
+    command: tuple[str, ...] | None = None  # None: the image's entrypoint and cmd
+    env: tuple[str, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT
+    ready: re.Pattern[str] | None = None
+    network: Network = "none"
+
+
+@dataclass(frozen=True)
+class OptimizeRequest:
+    source: str
+    destination: str
+    workload: WorkloadOptions = field(default_factory=WorkloadOptions)
+    record_in: Path | None = None
+    record_out: Path | None = None
+    attach_record: bool = True
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    compression_level: int | None = None
+    tmpdir: Path | None = None
+
+
+@dataclass(frozen=True)
+class OptimizedLayer:
+    source: Descriptor
+    result: Descriptor
+    diff_id: str
+    prioritized: tuple[str, ...]  # the recorded files it serves, in access order
+    rewritten: bool  # False: an eStargz layer already laid out this way, kept
+    transfer: str  # what the target did with the blob: exists, mounted or uploaded
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    root: Descriptor  # what DST now names: the index, or the manifest alone
+    manifest: Descriptor
+    source_manifest: str
+    record: tuple[RecordEntry, ...]
+    workload: WorkloadRecord | None  # None with --record-in
+    layers: tuple[OptimizedLayer, ...]
+    unassigned: tuple[str, ...]  # recorded files no layer has (the workload wrote them)
+    record_artifact: Descriptor | None
+
+
+@dataclass
+class _Layer:
+    position: int
+    descriptor: Descriptor
+    diff_id: str
+    probe: LayerProbe | None = None
+    tar: Path | None = None
+    contents: TarLayerContents | None = None
+
+    @property
+    def is_estargz(self) -> bool:
+        return self.probe is not None and self.probe.format is LayerFormat.ESTARGZ
+
+
+@dataclass(frozen=True)
+class _SourceImage:
+    descriptor: Descriptor
+    manifest: Manifest
+    config: dict[str, Any]
+    platform: Platform
+    where: str
+
+
+async def optimize_image(
+    request: OptimizeRequest,
+    *,
+    state_dir: Path,
+    registry: RegistryOptions,
+    progress: Progress,
+    output: OutputSink | None = None,
+) -> OptimizeResult:
+    if request.workload.timeout <= 0:
+        raise UsageError("--workload-timeout must be positive")
+    async with registry.client() as client:
+        source = open_source(request.source, client)
+        target = open_target(request.destination, client, source)
+        progress.line(f"optimizing {source.description} -> {target.description}")
+        with tempfile.TemporaryDirectory(prefix="lazybuild-optimize-", dir=request.tmpdir) as tmp:
+            job = _Optimizer(request, source, target, Path(tmp), progress)
+            return await job.run(state_dir, registry, output)
+
+
+class _Optimizer:
+    def __init__(
+        self,
+        request: OptimizeRequest,
+        source: ImageSource,
+        target: ImageTarget,
+        workdir: Path,
+        progress: Progress,
+    ) -> None:
+        self.request = request
+        self.source = source
+        self.target = target
+        self.workdir = workdir
+        self.progress = progress
+        self.transfers = trio.CapacityLimiter(_TRANSFER_CONCURRENCY)
+        self.compressor = trio.CapacityLimiter(1)
+
+    async def run(
+        self, state_dir: Path, registry: RegistryOptions, output: OutputSink | None
+    ) -> OptimizeResult:
+        image = await self._resolve()
+        layers = [
+            _Layer(i, descriptor, diff_id)
+            for i, (descriptor, diff_id) in enumerate(
+                zip(image.manifest.layers, config_diff_ids(image.config), strict=True)
+            )
+        ]
+        await self._each(layers, self._probe)
+        local = isinstance(self.source, LayoutSource)
+        # Layers that are not eStargz are rewritten from their tar in any case; a layout
+        # is unpacked from its tars to run the workload.
+        await self._each([la for la in layers if local or not la.is_estargz], self._prepare_tar)
+        workload: WorkloadRecord | None = None
+        if self.request.record_in is not None:
+            paths, read_ranges = self._paths_from_record(self.request.record_in, image)
+        else:
+            if not local:
+                # The lazy mount that runs the workload unpacks the layers it cannot serve
+                # lazily: from the tars at hand, not by downloading those blobs again.
+                unpacked = [la for la in layers if la.tar and not is_lazy_layer(la.descriptor)]
+                await self._each(unpacked, partial(self._unpack_for_mount, state_dir))
+            workload, read_ranges = await self._record(image, layers, state_dir, registry, output)
+            paths = list(workload.files)
+        for layer in layers:
+            layer.contents = self._contents(layer)
+        contents = [la.contents for la in layers if la.contents]
+        assignment = assign_to_layers(paths, contents)
+        self._report_assignment(assignment, len(paths))
+        left_out: list[str] = []
+        prioritized = [
+            prefetchable(assignment.per_layer[position], layer_contents.size, left_out)
+            for position, layer_contents in enumerate(contents)
+        ]
+        if left_out:
+            self.progress.line(left_out_note(left_out))
+        entries = tuple(assignment.entries(image.descriptor.digest, read_ranges))
+        record = encode_record(entries)
+        if self.request.record_out is not None:
+            await trio.to_thread.run_sync(write_record, self.request.record_out, entries)
+            self.progress.line(f"record: {len(entries)} file(s) -> {self.request.record_out}")
+        outcomes: list[OptimizedLayer | None] = [None] * len(layers)
+
+        too_big = set(left_out)
+
+        async def optimize_one(layer: _Layer) -> None:
+            read_in_places = [p for p in assignment.per_layer[layer.position] if p in too_big]
+            outcomes[layer.position] = await self._optimize_layer(
+                layer, prioritized[layer.position], read_in_places, len(layers)
+            )
+
+        await self._each(layers, optimize_one)
+        done = [o for o in outcomes if o is not None]
+        root, manifest, artifact = await self._write_image(image, done, record, workload)
+        return OptimizeResult(
+            root=root,
+            manifest=manifest,
+            source_manifest=image.descriptor.digest,
+            record=entries,
+            workload=workload,
+            layers=tuple(done),
+            unassigned=assignment.unassigned,
+            record_artifact=artifact,
+        )
+
+    # -- the source image --------------------------------------------------------
+
+    async def _resolve(self) -> _SourceImage:
+        root = await self.source.root()
+        descriptor, document = root.descriptor, root.document
+        platform: Platform | None = None
+        if isinstance(document, Index):
+            chosen = document.select(host_platform(), self.source.description)
+            data = await self._fetch_manifest(chosen)
+            where = f"{self.source.description} ({short_digest(chosen.digest)})"
+            document = parse_document(data, chosen.media_type, where)
+            if not isinstance(document, Manifest):
+                raise FormatError(f"{where}: index entry {chosen.digest} is not an image")
+            descriptor, platform = chosen, chosen.platform
+        where = f"{self.source.description} ({short_digest(descriptor.digest)})"
+        config = load_config(await self.source.fetch(document.config), f"{where} config")
+        if len(config_diff_ids(config)) != len(document.layers):
+            raise FormatError(
+                f"{where}: config lists {len(config_diff_ids(config))} diff_ids for "
+                f"{len(document.layers)} layers"
+            )
+        if platform is None:
+            platform = Platform(
+                str(config.get("os") or "linux"),
+                str(config.get("architecture") or host_platform().architecture),
+                str(config.get("variant") or ""),
+            )
+        self.progress.line(
+            f"{where}: {len(document.layers)} layer(s), "
+            f"{human_size(sum(layer.size for layer in document.layers))}, {platform}"
+        )
+        return _SourceImage(descriptor, document, config, platform, where)
+
+    async def _fetch_manifest(self, descriptor: Descriptor) -> bytes:
+        if isinstance(self.source, RegistrySource):
+            # Registries serve manifests from the manifests endpoint only.
+            pinned = self.source.ref.with_digest(descriptor.digest)
+            fetched = await self.source.client.get_manifest(pinned)
+            return fetched.data
+        return await self.source.fetch(descriptor)
+
+    async def _probe(self, layer: _Layer) -> None:
+        layer.probe = await probe_layer(self.source, layer.descriptor, self._where(layer))
+
+    async def _prepare_tar(self, layer: _Layer) -> None:
+        """Download the blob (verified) and keep its uncompressed tar."""
+        if layer.tar is not None:
+            return
+        blob = self.workdir / f"blob-{layer.position}"
+        tar = self.workdir / f"tar-{layer.position}"
+        async with self.transfers:
+            await self.source.download(layer.descriptor, blob)
+
+        def decompress() -> None:
+            with blob.open("rb") as raw, tar.open("wb") as out:
+                shutil.copyfileobj(decompressed_stream(raw), out, 1 << 20)
+
+        try:
+            await trio.to_thread.run_sync(decompress)
+        finally:
+            blob.unlink(missing_ok=True)
+        layer.tar = tar
+
+    async def _unpack_for_mount(self, state_dir: Path, layer: _Layer) -> None:
+        assert layer.tar is not None
+        async with self.transfers:
+            await unpack_verified_tar(layer.tar, layer.descriptor, unpacked_root(state_dir))
+
+    def _contents(self, layer: _Layer) -> TarLayerContents:
+        if layer.probe is not None and layer.probe.opened is not None:
+            return TarLayerContents.from_toc(decode_toc_json(layer.probe.opened.toc_json))
+        assert layer.tar is not None
+        with layer.tar.open("rb") as stream:
+            return TarLayerContents.from_tar(stream, self._where(layer))
+
+    def _where(self, layer: _Layer) -> str:
+        return f"layer {layer.position + 1} ({short_digest(layer.descriptor.digest)})"
+
+    # -- the workload -------------------------------------------------------------
+
+    def _paths_from_record(
+        self, path: Path, image: _SourceImage
+    ) -> tuple[list[str], dict[str, ReadRanges]]:
+        entries = read_record(path)
+        others = {e.manifest_digest for e in entries if e.manifest_digest} - {
+            image.descriptor.digest
+        }
+        note = ""
+        if others:
+            note = f" (made on {', '.join(sorted(short_digest(d) for d in others))}: paths reused)"
+        paths = record_paths(entries)
+        self.progress.line(f"record from {path}: {len(paths)} file(s){note}")
+        return paths, record_read_ranges(entries)
+
+    async def _record(
+        self,
+        image: _SourceImage,
+        layers: list[_Layer],
+        state_dir: Path,
+        registry: RegistryOptions,
+        output: OutputSink | None,
+    ) -> tuple[WorkloadRecord, dict[str, ReadRanges]]:
+        """The workload's record, and by path the places it read of big files (known
+        only when the image is mounted lazily)."""
+        options = self.request.workload
+        workspace = state_dir / "containers" / ("lazybuild-optimize-" + secrets.token_hex(6))
+        rootfs, upper, work = (workspace / name for name in ("rootfs", "upper", "work"))
+        for directory in (rootfs, upper, work):
+            directory.mkdir(parents=True)
+        try:
+            mounting = self._mounted(image, layers, state_dir, registry, workspace)
+            async with mounting as (config, service):
+                mark = None if service is None else await service.mark_reads()
+                what = " ".join(options.command) if options.command else "the image's command"
+                self.progress.line(
+                    f"workload: running {what} (timeout {options.timeout:g}s, "
+                    f"network {options.network}"
+                    + (f", until output matches {options.ready.pattern!r}" if options.ready else "")
+                    + ")"
+                )
+                record = await record_workload(
+                    rootfs,
+                    config,
+                    command=options.command,
+                    env=options.env,
+                    timeout=options.timeout,
+                    ready=options.ready,
+                    network=options.network,
+                    scratch_dir=workspace / "scratch",
+                    output=output,
+                )
+                ranges = {}
+                if service is not None and mark is not None:
+                    ranges = await service.ranges_since(mark)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_remove_workspace, workspace)
+        self._report_workload(record)
+        return record, ranges
+
+    @asynccontextmanager
+    async def _mounted(
+        self,
+        image: _SourceImage,
+        layers: list[_Layer],
+        state_dir: Path,
+        registry: RegistryOptions,
+        workspace: Path,
+    ) -> AsyncIterator[tuple[dict[str, Any], LazyMountService | None]]:
+        """The image's root filesystem at ``workspace/rootfs``, writable (into ``upper``),
+        and the lazy filesystem serving it (None for a layout, unpacked locally)."""
+        rootfs, upper, work = (workspace / name for name in ("rootfs", "upper", "work"))
+        if isinstance(self.source, RegistrySource):
+            pinned = self.source.ref.with_digest(image.descriptor.digest)
+            async with mounted_image(
+                str(pinned),
+                rootfs,
+                state_dir=state_dir,
+                registry=registry,
+                progress=self.progress,
+                upper=upper,
+                work=work,
+                background_fetch=False,
+            ) as mounted:
+                yield mounted.config, mounted.service
+            return
+        lowers = []
+        for layer in layers:
+            assert layer.tar is not None
+            lower = workspace / "lowers" / str(layer.position)
+            lower.mkdir(parents=True)
+            await trio.to_thread.run_sync(extract_tar_file, layer.tar, lower, self._where(layer))
+            lowers.append(lower)
+        self.progress.line(f"unpacked {len(lowers)} layer(s) to run the workload")
+        with local_overlays_recorded(state_dir, workspace.name):
+            register_overlay(state_dir, workspace.name, rootfs)
+            await trio.to_thread.run_sync(mount_overlay, rootfs, lowers[::-1], upper, work)
+            try:
+                yield image.config, None
+            finally:
+                with trio.CancelScope(shield=True):
+                    if is_mounted(rootfs):
+                        await trio.to_thread.run_sync(lambda: unmount(rootfs, lazy=True))
+
+    def _report_workload(self, record: WorkloadRecord) -> None:
+        outcome = record.outcome
+        files = f"{len(record.files)} file(s) read"
+        if outcome.succeeded:
+            self.progress.line(f"workload {outcome.describe()}: {files}")
+        else:
+            self.progress.line(
+                f"warning: workload {outcome.describe()}; the image is written with what it "
+                f"read until then: {files}"
+            )
+        if record.lost_events:
+            self.progress.line(
+                "warning: the kernel dropped file access events; the record may miss files"
+            )
+
+    def _report_assignment(self, assignment: LayerAssignment, recorded: int) -> None:
+        if assignment.unassigned:
+            names = ", ".join(assignment.unassigned[:3])
+            more = ", ..." if len(assignment.unassigned) > 3 else ""
+            self.progress.line(
+                f"{len(assignment.unassigned)} of {recorded} recorded file(s) are in no layer "
+                f"(written by the workload, or deleted by an upper layer): {names}{more}"
+            )
+
+    # -- the layers ---------------------------------------------------------------
+
+    async def _optimize_layer(
+        self, layer: _Layer, wanted: Sequence[str], read_in_places: Sequence[str], count: int
+    ) -> OptimizedLayer:
+        """``layer`` with ``wanted`` first; ``read_in_places`` are its files too big to
+        prefetch whole that the workload read, which the rewrite cuts finer."""
+        started = time.monotonic()
+        where = f"layer {layer.position + 1}/{count} ({short_digest(layer.descriptor.digest)})"
+        plan = f"{len(wanted)} prioritized file(s)" if wanted else "nothing read: no prefetch"
+        if layer.is_estargz and _laid_out_as(layer, wanted, read_in_places):
+            result, transfer = await self._keep(layer)
+            self.progress.line(f"{where}: eStargz already laid out so ({plan}), kept")
+            return OptimizedLayer(
+                layer.descriptor,
+                result,
+                layer.diff_id,
+                tuple(wanted),
+                rewritten=False,
+                transfer=transfer,
+            )
+        await self._prepare_tar(layer)
+        assert layer.tar is not None
+        async with self.compressor:
+            written = await trio.to_thread.run_sync(self._write, layer, list(wanted))
+        layer.tar.unlink(missing_ok=True)
+        if written.missing_prioritized:  # cannot happen: paths come from the layer's entries
+            self.progress.line(f"{where}: {len(written.missing_prioritized)} file(s) not found")
+        result = estargz_layer_descriptor(written)
+        out = self._output_path(written.digest)
+        async with self.transfers:
+            transfer = await self.target.put_blob(result, out)
+        out.unlink(missing_ok=True)
+        assert layer.probe is not None
+        self.progress.line(
+            f"{where}: {layer.probe.format.value} {human_size(layer.descriptor.size)} -> eStargz "
+            f"{short_digest(written.digest)} {human_size(written.size)}, {plan} "
+            f"in {time.monotonic() - started:.1f}s"
+        )
+        return OptimizedLayer(
+            layer.descriptor,
+            result,
+            written.diff_id,
+            tuple(wanted),
+            rewritten=True,
+            transfer=transfer,
+        )
+
+    def _write(self, layer: _Layer, wanted: list[str]) -> WrittenLayer:
+        assert layer.tar is not None
+        options: dict[str, Any] = {
+            "chunk_size": self.request.chunk_size,
+            "prioritized_files": wanted or None,
+            "allow_missing_prioritized": True,
+            "big_file_chunk_size": min(BIG_FILE_CHUNK_SIZE, self.request.chunk_size),
+        }
+        if self.request.compression_level is not None:
+            options["compression_level"] = self.request.compression_level
+        staged = self.workdir / f"out-{layer.position}"
+        try:
+            with layer.tar.open("rb") as tar, staged.open("wb") as out:
+                written = write_estargz(tar, out, WriterOptions(**options))
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        staged.rename(self._output_path(written.digest))
+        return written
+
+    def _output_path(self, digest: str) -> Path:
+        return self.workdir / f"estargz-{digest.split(':', 1)[1]}"
+
+    async def _keep(self, layer: _Layer) -> tuple[Descriptor, str]:
+        probe = layer.probe
+        assert probe is not None and probe.opened is not None
+
+        async def tar_size() -> int:
+            await self._prepare_tar(layer)
+            assert layer.tar is not None
+            return layer.tar.stat().st_size
+
+        descriptor = layer.descriptor
+        result = await listed_as_estargz(descriptor, probe.opened.toc_digest, tar_size)
+        transfer = await copy_blob(
+            self.source,
+            self.target,
+            descriptor,
+            listed_as=result,
+            scratch=self.workdir / f"keep-{layer.position}",
+            transfers=self.transfers,
+        )
+        return result, transfer
+
+    # -- the image ------------------------------------------------------------------
+
+    async def _write_image(
+        self,
+        image: _SourceImage,
+        layers: list[OptimizedLayer],
+        record: bytes,
+        workload: WorkloadRecord | None,
+    ) -> tuple[Descriptor, Descriptor, Descriptor | None]:
+        config = json.loads(json.dumps(image.config))
+        config["rootfs"] = {
+            **image.config["rootfs"],
+            "type": "layers",
+            "diff_ids": [layer.diff_id for layer in layers],
+        }
+        config_bytes = encode_json(config)
+        config_descriptor = descriptor_for(mediatypes.OCI_CONFIG, config_bytes)
+        await self.target.put_blob(config_descriptor, config_bytes)
+        attach = self.request.attach_record and bool(record)
+        annotations = dict(image.manifest.annotations)
+        annotations.pop(RECORD_ANNOTATION, None)
+        if attach:
+            annotations[RECORD_ANNOTATION] = record_descriptor(record).digest
+        manifest = Manifest(
+            mediatypes.OCI_MANIFEST,
+            config_descriptor,
+            tuple(layer.result for layer in layers),
+            annotations,
+            {k: v for k, v in image.manifest.extra.items() if k not in ("subject", "artifactType")},
+        )
+        manifest_bytes = manifest.encode()
+        manifest_descriptor = descriptor_for(mediatypes.OCI_MANIFEST, manifest_bytes)
+        await self.target.put_manifest(manifest_descriptor, manifest_bytes, root=not attach)
+        if not attach:
+            self.progress.line(f"image manifest {short_digest(manifest_descriptor.digest)}")
+            return manifest_descriptor, manifest_descriptor, None
+        artifact = record_artifact(
+            record,
+            manifest_descriptor,
+            command=workload.args if workload else (),
+            outcome=workload.outcome.to_json() if workload else None,
+        )
+        for descriptor, data in artifact.blobs:
+            await self.target.put_blob(descriptor, data)
+        await self.target.put_manifest(artifact.manifest, artifact.manifest_bytes, root=False)
+        index_descriptor, index_bytes = index_with_record(
+            manifest_descriptor, image.platform, artifact
+        )
+        await self.target.put_manifest(index_descriptor, index_bytes, root=True)
+        self.progress.line(
+            f"image manifest {short_digest(manifest_descriptor.digest)} and its workload record "
+            f"{short_digest(artifact.manifest.digest)} in the index "
+            f"{short_digest(index_descriptor.digest)}"
+        )
+        return index_descriptor, manifest_descriptor, artifact.manifest
+
+    async def _each(self, layers: list[_Layer], work: Callable[[_Layer], Awaitable[None]]) -> None:
+        with one_error():  # one failed layer is the error, not a group of it
+            async with trio.open_nursery() as nursery:
+                for layer in layers:
+                    nursery.start_soon(work, layer)
+
+
+def _laid_out_as(layer: _Layer, wanted: Sequence[str], read_in_places: Sequence[str]) -> bool:
+    """Whether the eStargz layer already has exactly ``wanted`` first, then the landmark,
+    and the big files of ``read_in_places`` in chunks no larger than a rewrite's."""
+    assert layer.probe is not None and layer.probe.opened is not None
+    index = layer.probe.opened.index
+    for path in read_in_places:
+        node = index.lookup(path)
+        if node is not None and any(c.size > BIG_FILE_CHUNK_SIZE for c in node.chunks):
+            return False
+    if not wanted:
+        return index.no_prefetch
+    if index.prefetch_landmark_offset is None:
+        return False
+    first: list[str] = []
+    for entry in decode_toc_json(layer.probe.opened.toc_json).entries:
+        name = clean_name(entry.name)
+        if name == PREFETCH_LANDMARK:
+            break
+        if entry.type not in ("dir", "chunk"):
+            first.append(name)
+    return first == list(wanted)
+
+
+def _remove_workspace(workspace: Path) -> None:
+    # Never delete through a live mount (that would write whiteouts into it); stale
+    # mount cleanup takes a workspace whose root filesystem is somehow still mounted.
+    if is_mounted(workspace / "rootfs"):
+        return
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(workspace)
