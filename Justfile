@@ -6,7 +6,7 @@ venv := justfile_directory() / ".venv"
 py := venv / "bin/python"
 
 # Debian packages the tool, its tests and its benchmarks run against.
-debs := "make git erofs-utils docker-registry runc containerd stargz-snapshotter golang-github-containerd-stargz-snapshotter-dev golang-go debootstrap fuse3 libfuse3-dev pkg-config docker.io buildah iproute2 ca-certificates"
+debs := "make git openssh-client erofs-utils docker-registry runc containerd stargz-snapshotter golang-github-containerd-stargz-snapshotter-dev golang-go debootstrap fuse3 libfuse3-dev pkg-config docker.io buildah iproute2 ca-certificates"
 
 default:
     @just --list
