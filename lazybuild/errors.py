@@ -4,6 +4,10 @@ Every error a user can cause (bad input, unreachable or refusing registry, corru
 layer) is a ``LazybuildError``: the CLI prints ``str(error)`` as one line and exits
 non-zero. Anything else reaching the CLI is a bug and keeps its traceback.
 
+The top of the tree, defined here; the whole tree, every exception class of the
+package under its base with its module and meaning, is docs/errors.md (a unit test
+keeps it complete):
+
     LazybuildError
     ├── InvalidReferenceError      an image reference that does not parse
     ├── RegistryError        HTTP-level failure talking to a registry
@@ -12,8 +16,13 @@ non-zero. Anything else reaching the CLI is a bug and keeps its traceback.
     ├── DigestMismatchError  fetched bytes do not hash to the digest that named them
     ├── FormatError          a layer, TOC, footer, manifest or layout that is malformed
     ├── UsageError           a command line or option that makes no sense
-    └── LazyReadError        a read through the lazy filesystem failed (which file, which
-                             layer, what went wrong)
+    ├── LazyReadError        a read through the lazy filesystem failed (which file, which
+    │                        layer, what went wrong)
+    └── ...                  each package's own errors (docs/errors.md)
+
+The gateway contract's errors (``GatewayError``, ``FrontendError``, ``ProtocolError``)
+are outside this tree: out-of-tree frontends import only ``lazybuild.graph`` and the
+contract, and the build turns those errors into ``FrontendFailedError``.
 
 Concurrent work (trio nurseries) fails as exception groups; ``reported_error`` finds
 the one error to report in a group whose failures are all the project's errors.
