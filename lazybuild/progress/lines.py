@@ -9,6 +9,8 @@ import sys
 import time
 from typing import TextIO
 
+from lazybuild.progress.transfer import ACTIVE, TerminalView
+
 
 def human_size(size: int) -> str:
     value = float(size)
@@ -34,6 +36,12 @@ class Progress:
         if self.quiet:
             return
         elapsed = time.monotonic() - self.started
+        text = f"[{elapsed:6.1f}s] {message}"
+        board = ACTIVE.get()
+        if self._stream is None and isinstance(board, TerminalView):
+            # Above the transfers' live lines, which a plain write would break.
+            board.message(text)
+            return
         stream = self._stream or sys.stderr
-        stream.write(f"[{elapsed:6.1f}s] {message}\n")
+        stream.write(f"{text}\n")
         stream.flush()
