@@ -42,6 +42,7 @@ async def run_convert(args: argparse.Namespace) -> int:
     from lazybuild.image.convert import ConvertOptions, convert_image
     from lazybuild.image.store import open_source, open_target
     from lazybuild.progress.lines import Progress, human_size
+    from lazybuild.progress.transfer import reporting, terminal_view
 
     progress = Progress(quiet=args.quiet)
     options = ConvertOptions(
@@ -51,11 +52,13 @@ async def run_convert(args: argparse.Namespace) -> int:
         tmpdir=args.tmpdir,
     )
     registry = registry_options(args)
-    async with registry.client() as client:
-        source = open_source(args.source, client)
-        target = open_target(args.destination, client, source)
-        progress.line(f"converting {source.description} -> {target.description}")
-        result = await convert_image(source, target, options, progress)
+    # Downloads and uploads show bytes, rate and ETA on a terminal (nothing elsewhere).
+    with reporting(terminal_view(quiet=args.quiet)):
+        async with registry.client() as client:
+            source = open_source(args.source, client)
+            target = open_target(args.destination, client, source)
+            progress.line(f"converting {source.description} -> {target.description}")
+            result = await convert_image(source, target, options, progress)
     converted = [o for o in result.layers if o.converted]
     before = sum(o.source.size for o in converted)
     after = sum(o.result.size for o in converted)

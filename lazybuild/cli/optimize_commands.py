@@ -145,6 +145,7 @@ async def run_optimize(args: argparse.Namespace) -> int:
     from lazybuild.errors import UsageError
     from lazybuild.image.optimize import OptimizeRequest, optimize_image
     from lazybuild.progress.lines import Progress
+    from lazybuild.progress.transfer import reporting, terminal_view
 
     if args.record_in is not None and args.workload_cmd is not None:
         raise UsageError("--record-in and --workload-cmd exclude each other")
@@ -164,13 +165,15 @@ async def run_optimize(args: argparse.Namespace) -> int:
     def show(stream: str, line: str) -> None:
         progress.line(f"workload {stream}: {line}")
 
-    result = await optimize_image(
-        request,
-        state_dir=state_dir(args),
-        registry=registry_options(args),
-        progress=progress,
-        output=show,
-    )
+    # Downloads and uploads show bytes, rate and ETA on a terminal (nothing elsewhere).
+    with reporting(terminal_view(quiet=args.quiet)):
+        result = await optimize_image(
+            request,
+            state_dir=state_dir(args),
+            registry=registry_options(args),
+            progress=progress,
+            output=show,
+        )
     rewritten = sum(1 for layer in result.layers if layer.rewritten)
     prioritized = sum(len(layer.prioritized) for layer in result.layers)
     summary = (

@@ -14,6 +14,7 @@ from an earlier one instead of uploading them again.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import trio
@@ -24,6 +25,7 @@ from lazybuild.exporter.image import AssembledImage
 from lazybuild.oci.localblob import layout_of
 from lazybuild.oci.platform import Platform
 from lazybuild.profile.artifact import index_with_record, record_artifact
+from lazybuild.progress import transfer
 from lazybuild.progress.lines import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
@@ -74,24 +76,34 @@ async def push_image(
     name gets an index of the image and its workload record artifact."""
     reports = []
     pushed: list[Reference] = []
-    for name in names:
-        ref = Reference.parse(name)
-        progress(f"pushing {ref}")
-        earlier = tuple(r for r in pushed if r.registry == ref.registry)
-        report = await _push_one(
-            image,
-            layers,
-            ref,
-            earlier=earlier,
-            registry=registry,
-            blobs=blobs,
-            progress=progress,
-            record=record if ref.digest is None else None,
-        )
-        progress(f"pushed {ref}@{report.manifest_digest} ({report.summary()})")
-        reports.append(report)
-        pushed.append(ref)
+    with _transfers_said(progress):
+        for name in names:
+            ref = Reference.parse(name)
+            progress(f"pushing {ref}")
+            earlier = tuple(r for r in pushed if r.registry == ref.registry)
+            report = await _push_one(
+                image,
+                layers,
+                ref,
+                earlier=earlier,
+                registry=registry,
+                blobs=blobs,
+                progress=progress,
+                record=record if ref.digest is None else None,
+            )
+            progress(f"pushed {ref}@{report.manifest_digest} ({report.summary()})")
+            reports.append(report)
+            pushed.append(ref)
     return reports
+
+
+def _transfers_said(progress: Callable[[str], None]) -> AbstractContextManager[object]:
+    """Long uploads (and copied base layers' downloads) said through ``progress`` in whole
+    lines, now and then and when done; unless the command shows transfers already. Not a
+    live view of our own: the build's display owns the terminal."""
+    if transfer.active() is not None:
+        return nullcontext()
+    return transfer.reporting(transfer.LineReport(progress))
 
 
 async def _push_one(

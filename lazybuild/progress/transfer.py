@@ -103,6 +103,13 @@ class Transfer:
         """The transfer is over: done (``ok``) or failed (said elsewhere, by its error)."""
         self.board.finished(self, ok=ok)
 
+    def sample(self, now: float) -> None:
+        """Remember how far it was at ``now`` (at a redraw), for the rate."""
+        self.samples.append((now, self.done))
+        # The newest sample at least RATE_WINDOW old stays: the rate needs a start.
+        while len(self.samples) > 1 and now - self.samples[1][0] >= RATE_WINDOW:
+            self.samples.popleft()
+
     def rate(self, now: float) -> float | None:
         """Bytes per second over the last ``RATE_WINDOW`` seconds; None until measurable."""
         if self.samples:
@@ -268,9 +275,7 @@ class TerminalView(TransferBoard):
         for transfer in live[: self.max_rows]:
             transfer.shown = True
             rows.append(row(transfer, now)[:room])
-            transfer.samples.append((now, transfer.done))
-            while transfer.samples and now - transfer.samples[0][0] > RATE_WINDOW:
-                transfer.samples.popleft()
+            transfer.sample(now)
         if len(live) > self.max_rows:
             rows.append(f"... and {len(live) - self.max_rows} more"[:room])
         out.extend(f"{text}\n" for text in rows)
@@ -308,10 +313,8 @@ class LineReport(TransferBoard):
             if now - said >= self.every:
                 self._said[id(transfer)] = now
                 transfer.shown = True
-                transfer.samples.append((now, transfer.done))
-                while transfer.samples and now - transfer.samples[0][0] > RATE_WINDOW:
-                    transfer.samples.popleft()
                 self._say(row(transfer, now))
+                transfer.sample(now)
 
     def _ended(self, transfer: Transfer, now: float, *, ok: bool) -> None:
         self._said.pop(id(transfer), None)
