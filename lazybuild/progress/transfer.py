@@ -112,9 +112,8 @@ class Transfer:
 
     def rate(self, now: float) -> float | None:
         """Bytes per second over the last ``RATE_WINDOW`` seconds; None until measurable."""
-        if self.samples:
-            then, before = self.samples[0]
-        else:
+        then, before = self.samples[0] if self.samples else (self.started, 0)
+        if now - then < 0.2:  # too recent to measure by: since the start instead
             then, before = self.started, 0
         span = now - then
         if span < 0.2:
