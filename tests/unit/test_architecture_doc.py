@@ -41,7 +41,10 @@ def package_entries() -> list[str]:
 def test_every_entry_of_the_package_has_one_row_in_order() -> None:
     rows = [path for path, _ in table_rows(DOC.read_text())]
     ours = [path.removeprefix("lazybuild/") for path in rows if path.startswith("lazybuild/")]
-    assert ours == package_entries()
+    entries = package_entries()
+    assert sorted(set(entries) - set(ours)) == [], "entries of lazybuild/ without a row"
+    assert sorted(set(ours) - set(entries)) == [], "rows that are no entry of lazybuild/"
+    assert ours == entries, "rows out of sorted order, or a row twice"
 
 
 def test_every_row_names_a_path_that_exists() -> None:
