@@ -21,6 +21,7 @@ from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.digest import sha256_digest, validate_digest, verify_digest
 from lazybuild.oci.manifest import Index, Manifest, load_config, parse_document
 from lazybuild.oci.platform import Platform
+from lazybuild.progress import transfer as progress
 from lazybuild.registry.auth import pull_scope
 from lazybuild.registry.blob import BlobEndpoint, RangeModes, RemoteBlob, iter_verified_blob
 from lazybuild.registry.credentials import DockerCredentialStore
@@ -210,8 +211,19 @@ class RegistryClient:
         ``contextlib.aclosing`` when you may stop early, so the connection is released.
         """
         endpoint = BlobEndpoint(self._session, ref, descriptor.digest)
-        async for piece in iter_verified_blob(endpoint, descriptor, self.retry_policy.max_retries):
-            yield piece
+        # Shown on the command's transfer board, if it has one (None otherwise).
+        transfer = progress.begin(descriptor.digest, descriptor.size, "downloading")
+        verified = False
+        try:
+            retries = self.retry_policy.max_retries
+            async for piece in iter_verified_blob(endpoint, descriptor, retries):
+                if transfer is not None:
+                    transfer.advance(len(piece))
+                yield piece
+            verified = True
+        finally:
+            if transfer is not None:
+                transfer.end(ok=verified)
 
     def open_blob(self, ref: Reference, descriptor: Descriptor) -> RemoteBlob:
         """Random access to a blob for lazy reads (no request until the first read)."""

@@ -25,6 +25,7 @@ import trio
 from lazybuild.errors import AuthError, DigestMismatchError, RegistryError
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.digest import new_hasher, sha256_digest, verify_digest
+from lazybuild.progress import transfer as progress
 from lazybuild.registry.auth import pull_scope, push_scope
 from lazybuild.registry.reference import Reference
 from lazybuild.registry.retry import Retry
@@ -103,15 +104,41 @@ class BlobPusher:
             mounted, upload_url = await self._try_mount(ref, descriptor.digest, candidate)
             if mounted:
                 return "mounted"
+        # Shown on the command's transfer board, if it has one (a no-op otherwise).
+        transfer = progress.begin(descriptor.digest, descriptor.size, "pushing")
+        try:
+            outcome = await self._upload(
+                ref, descriptor, source, whole=whole, upload_url=upload_url, transfer=transfer
+            )
+        except BaseException:
+            if transfer is not None:
+                transfer.end(ok=False)
+            raise
+        if transfer is not None:
+            transfer.seek(descriptor.size)
+            transfer.end()
+        return outcome
+
+    async def _upload(
+        self,
+        ref: Reference,
+        descriptor: Descriptor,
+        source: Path | bytes,
+        *,
+        whole: bytes | None,
+        upload_url: httpx.URL | None,
+        transfer: progress.Transfer | None,
+    ) -> str:
+        """Upload, started over on failure (see the module docstring); "uploaded"."""
         attempt = 1
         while True:
             try:
                 if upload_url is None:
                     upload_url = await self._start_upload(ref)
                 if whole is not None:
-                    await self._finish(ref, descriptor, upload_url, whole)
+                    await self._finish(ref, descriptor, upload_url, whole, transfer)
                 else:
-                    await self._upload_chunked(ref, descriptor, source, upload_url)
+                    await self._upload_chunked(ref, descriptor, source, upload_url, transfer)
                 return "uploaded"
             except AuthError:
                 raise
@@ -188,7 +215,12 @@ class BlobPusher:
         return self._location(ref, response)
 
     async def _upload_chunked(
-        self, ref: Reference, descriptor: Descriptor, source: Path | bytes, url: httpx.URL
+        self,
+        ref: Reference,
+        descriptor: Descriptor,
+        source: Path | bytes,
+        url: httpx.URL,
+        transfer: progress.Transfer | None = None,
     ) -> None:
         hasher = new_hasher(descriptor.digest)
         offset = 0
@@ -203,8 +235,12 @@ class BlobPusher:
                 expect={202},
                 what=f"upload blob {descriptor.digest} bytes {offset}-{end}",
                 # Distribution's Content-Range for uploads has no "bytes " unit.
-                headers={**_OCTET_STREAM, "Content-Range": f"{offset}-{end}"},
-                content=chunk,
+                headers={
+                    **_OCTET_STREAM,
+                    "Content-Range": f"{offset}-{end}",
+                    **_length(chunk, transfer),
+                },
+                content=_body(chunk, transfer, offset),
                 retry=Retry.NEVER,  # the upload starts over instead
             )
             await response.aclose()
@@ -218,7 +254,12 @@ class BlobPusher:
         await self._finish(ref, descriptor, url, b"")
 
     async def _finish(
-        self, ref: Reference, descriptor: Descriptor, url: httpx.URL, data: bytes
+        self,
+        ref: Reference,
+        descriptor: Descriptor,
+        url: httpx.URL,
+        data: bytes,
+        transfer: progress.Transfer | None = None,
     ) -> None:
         response = await self.session.request(
             "PUT",
@@ -227,8 +268,8 @@ class BlobPusher:
             scopes=[push_scope(ref.repository)],
             expect={201},
             what=f"upload blob {descriptor.digest}",
-            headers=_OCTET_STREAM,
-            content=data,
+            headers={**_OCTET_STREAM, **_length(data, transfer)},
+            content=_body(data, transfer, 0),
             retry=Retry.NEVER,  # see push: the blob is looked for, the upload started over
         )
         await response.aclose()
@@ -299,6 +340,60 @@ def _check_upload_progress(response: httpx.Response, end: int, digest: str) -> N
         raise RegistryError(
             f"upload of blob {digest}: the registry has bytes {received}, expected 0-{end}"
         )
+
+
+# Slices a reported request body is sent in: the bar moves at least this often.
+_REPORT_SLICE = 256 * 1024
+
+
+class _ReportedBody:
+    """A request body that tells ``transfer`` how far it has been sent (bytes handed to
+    httpx, so the socket's buffer ahead). Iterable again: a request sent again (a retry,
+    a 401 answered) sends it from its start, and the figure goes back with it."""
+
+    def __init__(self, data: bytes, transfer: progress.Transfer, offset: int) -> None:
+        self._data = data
+        self._transfer = transfer
+        self._offset = offset  # of the body in the blob
+
+    def __aiter__(self) -> _ReportedSlices:
+        return _ReportedSlices(self._data, self._transfer, self._offset)
+
+
+class _ReportedSlices:
+    """One pass over a ``_ReportedBody`` (an iterator, not an async generator: nothing
+    to close when httpx stops early)."""
+
+    def __init__(self, data: bytes, transfer: progress.Transfer, offset: int) -> None:
+        self._view = memoryview(data)
+        self._transfer = transfer
+        self._offset = offset
+        self._sent = 0
+        transfer.seek(offset)
+
+    def __aiter__(self) -> _ReportedSlices:
+        return self
+
+    async def __anext__(self) -> bytes:
+        # Asked for the next slice: the one before is in httpx's hands.
+        self._transfer.seek(self._offset + self._sent)
+        if self._sent >= len(self._view):
+            raise StopAsyncIteration
+        piece = bytes(self._view[self._sent : self._sent + _REPORT_SLICE])
+        self._sent += len(piece)
+        return piece
+
+
+def _body(data: bytes, transfer: progress.Transfer | None, offset: int) -> bytes | _ReportedBody:
+    # Unreported (no board, or nothing to send): the bytes as they are, as before.
+    if transfer is None or not data:
+        return data
+    return _ReportedBody(data, transfer, offset)
+
+
+def _length(data: bytes, transfer: progress.Transfer | None) -> dict[str, str]:
+    # A streamed body is sent chunked unless its length is given; registries want it.
+    return {"Content-Length": str(len(data))} if transfer is not None and data else {}
 
 
 async def _chunks(source: Path | bytes, chunk_size: int) -> AsyncIterator[bytes]:

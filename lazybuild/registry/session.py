@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -89,7 +89,7 @@ class RegistrySession:
         expect: Collection[int],
         what: str,
         headers: Mapping[str, str] | None = None,
-        content: bytes | None = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
         retry: Retry = Retry.ALWAYS,
     ) -> httpx.Response:
         """Send an authenticated request; return the (streaming) response if its status is
@@ -160,7 +160,7 @@ class RegistrySession:
         *,
         headers: Mapping[str, str] | None,
         host_for_errors: str,
-        content: bytes | None = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
         authorization: str | None = None,
         retry: Retry = Retry.ALWAYS,
     ) -> httpx.Response:

@@ -1,0 +1,124 @@
+"""Transfer progress against a real Distribution registry, drawn on a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pty
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+import pytest
+import trio
+
+from lazybuild.oci import mediatypes
+from lazybuild.oci.descriptor import Descriptor
+from lazybuild.progress import transfer
+from lazybuild.progress.transfer import TerminalView, Transfer, reporting, terminal_view
+from lazybuild.registry.client import RegistryClient
+from lazybuild.registry.reference import Reference
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.root
+
+MIB = 1024 * 1024
+
+
+def descriptor(data: bytes) -> Descriptor:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    return Descriptor(mediatypes.OCI_LAYER_GZIP, digest, len(data))
+
+
+class Screen:
+    """What a terminal on the pty's other side received (drained by a thread, so the
+    writer never blocks on a full pty buffer)."""
+
+    def __init__(self, master: int) -> None:
+        self._master = master
+        self._chunks: list[bytes] = []
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self._master, 65536)
+            except OSError:  # the other side closed
+                return
+            if not data:
+                return
+            self._chunks.append(data)
+
+    def text(self) -> str:
+        self._thread.join(timeout=5)
+        return b"".join(self._chunks).decode(errors="replace")
+
+
+@contextmanager
+def pseudo_terminal() -> Iterator[tuple[TextIO, Screen]]:
+    master, slave = pty.openpty()
+    screen = Screen(master)
+    stream = open(slave, "w", encoding="utf-8", closefd=True)  # noqa: SIM115 - closed below
+    try:
+        yield stream, screen
+    finally:
+        stream.close()
+        screen.text()
+        os.close(master)
+
+
+class Watched(TerminalView):
+    """A terminal view that keeps every figure reported to it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream, interval=0.0)
+        self.figures: dict[str, list[int]] = {}
+
+    def moved(self, moving: Transfer, done: int) -> None:
+        self.figures.setdefault(moving.digest, []).append(done)
+        super().moved(moving, done)
+
+
+def test_push_and_download_reach_their_totals_on_a_terminal(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loopback is fast: show every transfer, however short.
+    monkeypatch.setattr(transfer, "SHOW_AFTER", 0.0)
+    ref = Reference.parse(f"{registry.host}/it/transferprogress:v1")
+    whole = os.urandom(3 * MIB)  # one PUT, sent in reported slices
+    chunked = os.urandom(5 * MIB)  # PATCHes of 2 MiB from a file
+    source = tmp_path / "chunked"
+    source.write_bytes(chunked)
+
+    with pseudo_terminal() as (stream, screen):
+        assert terminal_view(stream, env={}) is not None  # a pty is a terminal
+        board = Watched(stream)
+
+        async def main() -> None:
+            with reporting(board):
+                options = {"monolithic_upload_limit": 4 * MIB, "upload_chunk_size": 2 * MIB}
+                async with RegistryClient(**options) as client:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(client.push_blob, ref, descriptor(whole), whole)
+                        nursery.start_soon(client.push_blob, ref, descriptor(chunked), source)
+                    pieces = [p async for p in client.stream_blob(ref, descriptor(chunked))]
+                    assert b"".join(pieces) == chunked
+
+        trio.run(main)
+    text = screen.text()
+
+    for data in (whole, chunked):
+        figures = board.figures[descriptor(data).digest]
+        assert figures[-1] == len(data)
+        assert max(figures) == len(data)
+    whole_figures = board.figures[descriptor(whole).digest]
+    assert len(set(whole_figures)) >= 12  # 256 KiB slices: the bar moved within the PUT
+    assert board.transfers == []
+    short = descriptor(chunked).digest.split(":")[1][:12]
+    assert f"sha256:{short} pushed 5.0 MiB in" in text
+    assert f"sha256:{short} downloaded 5.0 MiB in" in text
+    assert "pushed 3.0 MiB in" in text
+    assert "\x1b[J" in text  # drawn in place
