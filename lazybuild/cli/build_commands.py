@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -128,6 +129,15 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "variable ID, else the file ID)",
     )
     build.add_argument(
+        "--ssh",
+        action="append",
+        default=[],
+        metavar="default|ID[=SOCKET|KEY[,KEY]]",
+        help="an ssh agent for RUN --mount=type=ssh (repeatable): default or ID alone is "
+        "$SSH_AUTH_SOCK's agent; a socket path forwards that agent; key files are loaded "
+        "into a private ssh-agent for the build (not with --builder)",
+    )
+    build.add_argument(
         "--label",
         action="append",
         default=[],
@@ -236,14 +246,15 @@ def build_command_filesystem(args: argparse.Namespace) -> LazyMountService:
 
 
 def check_container_flags(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
-    """The values of --add-host, --shm-size, --ulimit, --allow and BUILDKIT_PROGRESS,
-    checked (``UsageError``) before a build starts anything."""
+    """The values of --add-host, --shm-size, --ulimit, --allow, --ssh and
+    BUILDKIT_PROGRESS, checked (``UsageError``) before a build starts anything."""
     build_flags.extra_hosts(args.add_host)
     build_flags.shm_size(args.shm_size)
     build_flags.ulimits(args.ulimit)
     build_flags.entitlements(args.allow)
     build_flags.progress_mode(args.progress, environ)
     build_flags.manifest_annotations(args.annotation)
+    build_flags.ssh_sources(args.ssh, environ)
 
 
 def _base_ahead(args: argparse.Namespace) -> str | None:
@@ -277,6 +288,7 @@ async def run_build_command(args: argparse.Namespace) -> int:
 
 
 async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
+    from lazybuild.cli.build_ssh import ssh_agents
     from lazybuild.errors import UsageError
     from lazybuild.exporter import ExportResult
     from lazybuild.exporter.outputs import outputs_from_flags
@@ -337,7 +349,9 @@ async def _build(args: argparse.Namespace, filesystem: LazyMountService) -> int:
     build_flags.entitlements(args.allow)
     mode = cast(Mode, "quiet" if args.quiet else build_flags.progress_mode(args.progress, environ))
     export_result: list[ExportResult] = []
-    with BuildProgress(mode) as progress:
+    agents = build_flags.ssh_sources(args.ssh, environ)
+    with ssh_agents(agents) as sockets, BuildProgress(mode) as progress:
+        request = replace(request, ssh=sockets)
         finish = exporting_finish(
             ExportPlan(
                 outputs,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -283,3 +284,60 @@ def manifest_annotations(items: Iterable[str]) -> dict[str, str]:
                 raise UsageError(f"--annotation {item!r}: expected [TYPE:]KEY=VALUE")
         values[key] = value
     return values
+
+
+@dataclass(frozen=True)
+class SshSource:
+    """One ``--ssh`` value, resolved: an agent ``socket`` to forward, or ``keys`` (files)
+    to load into a private agent of the build's own."""
+
+    id: str
+    socket: Path | None = None
+    keys: tuple[Path, ...] = ()
+
+
+def ssh_sources(items: Iterable[str], env: Mapping[str, str]) -> tuple[SshSource, ...]:
+    """``--ssh default|ID[=SOCKET|KEY[,KEY...]]`` as buildx reads it: without paths, the
+    agent of ``$SSH_AUTH_SOCK``; one path that is a socket, that agent; else key files.
+    Every path is looked at here, so a wrong one fails before the build starts."""
+    import stat
+
+    found: dict[str, SshSource] = {}
+    for item in items:
+        agent_id, sep, paths_text = item.partition("=")
+        agent_id = agent_id.strip()
+        if not agent_id:
+            raise UsageError(f"--ssh {item!r}: expected default or ID[=SOCKET|KEY[,KEY]]")
+        if agent_id in found:
+            raise UsageError(f"--ssh: invalid duplicate ID {agent_id}")
+        paths = [path for path in paths_text.split(",") if path] if sep else []
+        if not paths:
+            socket = env.get("SSH_AUTH_SOCK", "")
+            if not socket:
+                raise UsageError(
+                    f"--ssh {agent_id}: invalid empty ssh agent socket: make sure "
+                    "SSH_AUTH_SOCK is set"
+                )
+            paths = [socket]
+        sockets: list[Path] = []
+        keys: list[Path] = []
+        for text in paths:
+            path = Path(text).expanduser()
+            try:
+                mode = path.stat().st_mode
+            except OSError as error:
+                raise UsageError(f"--ssh {agent_id}: {text}: {error.strerror}") from None
+            if stat.S_ISSOCK(mode):
+                sockets.append(path.absolute())
+            elif stat.S_ISREG(mode):
+                keys.append(path.absolute())
+            else:
+                raise UsageError(f"--ssh {agent_id}: {text} is neither a socket nor a key file")
+        if sockets and (keys or len(sockets) > 1):
+            raise UsageError(
+                f"--ssh {agent_id}: one agent socket, or key files, not both (or two sockets)"
+            )
+        found[agent_id] = SshSource(
+            agent_id, socket=sockets[0] if sockets else None, keys=tuple(keys)
+        )
+    return tuple(found.values())

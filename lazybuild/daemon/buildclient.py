@@ -92,6 +92,10 @@ def build_header(
     from lazybuild.remotecache.spec import cache_exports, cache_imports
 
     environ = dict(os.environ)
+    if args.ssh:
+        # The daemon would have to reach an agent on this machine; it is never handed a
+        # path here, and the API does not forward agents (yet).
+        raise UsageError("--ssh is not supported with --builder: build without --builder")
     build_args = build_flags.key_values(args.build_arg, "--build-arg", environ)
     context_dir = Path(args.context)  # a str when prepare_sources has not run
     if not context_dir.is_dir():

@@ -210,6 +210,7 @@ async def run_build(
             extra_hosts=request.extra_hosts,
             shm_size=request.shm_size,
             ulimits=request.ulimits,
+            ssh_agents=dict(request.ssh),
         )
         solving = _Solving(
             request, state_dir, client, resources, mounter, progress=progress, on_line=on_line

@@ -41,6 +41,9 @@ class BuildRequest:
     named_contexts: Mapping[str, str] = field(default_factory=dict)
     # --no-cache-filter: stages (by name) whose steps run whatever the cache holds.
     no_cache_filter: tuple[str, ...] = ()
+    # --ssh: the agent socket on this machine of each id, for RUN --mount=type=ssh
+    # (never part of a step's key: only the mount's id and target are).
+    ssh: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def dockerfile_path(self) -> Path:

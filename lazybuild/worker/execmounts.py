@@ -1,4 +1,5 @@
-"""The extra mounts of a RUN step: other snapshots, cache directories, tmpfs, secrets.
+"""The extra mounts of a RUN step: other snapshots, cache directories, tmpfs, secrets,
+ssh agent sockets (``sshforward``).
 
 Everything a mount needs on the host is set up inside the step's staging area or the
 persistent cache-mount directory, and torn down by the ``AsyncExitStack`` the caller
@@ -40,6 +41,7 @@ from lazybuild.worker.cachemounts import cache_mount_id, cache_mount_name
 from lazybuild.worker.layers import RemoteLayer, Snapshot
 from lazybuild.worker.layerstore import StagingArea
 from lazybuild.worker.resources import WorkerResources
+from lazybuild.worker.sshforward import forwarded_agent
 
 _LOCK_POLL_SECONDS = 0.2
 _MAX_PRIVATE_COPIES = 64
@@ -94,9 +96,40 @@ async def setup_mount(
         return MountSpec(mount.dest, "tmpfs", "tmpfs", tuple(options)), None
     if mount.kind == "secret":
         return _secret_file(mount, position, area, resources, stack), None
+    if mount.kind == "ssh":
+        return await _ssh_socket(mount, position, area, resources, stack), None
     if mount.required:
         raise MountSetupError(f"RUN --mount=type={mount.kind} is not supported")
     return None, None
+
+
+async def _ssh_socket(
+    mount: ExecMount,
+    position: int,
+    area: StagingArea,
+    resources: WorkerResources,
+    stack: AsyncExitStack,
+) -> MountSpec | None:
+    """A socket relaying to the ``--ssh`` agent of the mount's id (``sshforward``);
+    None for an optional mount whose id was not given (BuildKit skips it too)."""
+    agent_id = mount.secret_id or "default"
+    upstream = resources.ssh_agents.get(agent_id)
+    if upstream is None:
+        if not mount.required:
+            return None
+        if not resources.ssh_agents:  # BuildKit's words, without and with --ssh
+            raise MountSetupError(f'no SSH key "{agent_id}" forwarded from the client')
+        raise MountSetupError(f"unset ssh forward key {agent_id}")
+    path = await stack.enter_async_context(
+        forwarded_agent(
+            upstream,
+            area.scratch / f"ssh{position}",
+            uid=mount.uid or 0,
+            gid=mount.gid or 0,
+            mode=mount.mode if mount.mode is not None else 0o600,
+        )
+    )
+    return MountSpec(mount.dest, str(path), "bind", ("rbind", "rprivate"))
 
 
 async def _bind(

@@ -100,5 +100,7 @@ class WorkerResources:
     extra_hosts: tuple[tuple[str, str], ...] = ()
     shm_size: int | None = None
     ulimits: tuple[Ulimit, ...] = ()
+    # ``--ssh``: agent sockets by id, forwarded to RUN --mount=type=ssh (not in keys).
+    ssh_agents: Mapping[str, str] = field(default_factory=dict)
     exec_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
     file_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(4))

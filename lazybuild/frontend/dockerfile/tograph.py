@@ -657,8 +657,10 @@ class _Converter:
                 uid=mount.uid if mount.uid is not None else 0,
                 gid=mount.gid if mount.gid is not None else 0,
             )
+        # As BuildKit's llb: N counts the step's ssh mounts, not all its mounts.
+        ssh_index = sum(1 for earlier in ins.mounts[:index] if earlier.type == "ssh")
         return RunMount(
-            dest=dest(f"/run/buildkit/ssh_agent.{index}"),
+            dest=dest(f"/run/buildkit/ssh_agent.{ssh_index}"),
             kind="ssh",
             secret_id=mount.id or "default",
             required=mount.required,

@@ -38,6 +38,7 @@ CARRIED_BY = {
     "ulimits": "ulimits",
     "no_cache_filter": "no_cache_filter",
     "named_contexts": "named_contexts",  # local ones' content as NamedContextChunks
+    "ssh": "(refused with --builder: the daemon never opens a client's path)",
 }
 
 
@@ -142,6 +143,7 @@ def test_what_a_builder_cannot_do_yet_is_one_line(tmp_path: Path) -> None:
     for flags, expected in (
         (["-o", "type=oci,tar=false"], "an OCI layout directory cannot go to standard output"),
         (["--cache-to", "type=local"], "type=local needs dest=DIR"),
+        (["--ssh", "default"], "--ssh is not supported with --builder"),
     ):
         args = build_parser().parse_args(
             ["build", "--builder", "unix:///run/x.sock", *flags, str(context)]

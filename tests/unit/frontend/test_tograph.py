@@ -170,6 +170,32 @@ def test_run_mounts() -> None:
     assert isinstance(inputs[0], ImageSource)
 
 
+def test_ssh_mounts_are_numbered_among_ssh_mounts_and_the_first_is_the_agent() -> None:
+    # BuildKit's llb: /run/buildkit/ssh_agent.N counts the step's ssh mounts only, and
+    # SSH_AUTH_SOCK names the first one unless the stage set it.
+    result = _convert(
+        "FROM debian\n"
+        "RUN --mount=type=tmpfs,target=/t --mount=type=ssh,id=git,uid=7,gid=8,mode=0660 "
+        "--mount=type=ssh,target=/agent --mount=type=ssh,required=true true\n"
+    )
+    (run,) = _of(result.definition, Exec)
+    _, _, git, named, third = run.mounts
+    assert (git.dest, git.secret_id, git.uid, git.gid, git.mode, git.required) == (
+        "/run/buildkit/ssh_agent.0",
+        "git",
+        7,
+        8,
+        0o660,
+        False,
+    )
+    assert (named.dest, named.secret_id) == ("/agent", "default")
+    assert (third.dest, third.required) == ("/run/buildkit/ssh_agent.2", True)
+    assert "SSH_AUTH_SOCK=/run/buildkit/ssh_agent.0" in run.env
+    preset = _convert("FROM debian\nENV SSH_AUTH_SOCK=/mine\nRUN --mount=type=ssh true\n")
+    (run,) = _of(preset.definition, Exec)
+    assert [e for e in run.env if e.startswith("SSH_AUTH_SOCK=")] == ["SSH_AUTH_SOCK=/mine"]
+
+
 def test_copy_destination_rules() -> None:
     result = _convert(
         "FROM debian\nWORKDIR /app\nCOPY a b/\nCOPY a b\nCOPY a .\nCOPY x y /abs/\n"
