@@ -236,7 +236,7 @@ class TerminalView(TransferBoard):
             self._draw(now)
 
     def _ended(self, transfer: Transfer, now: float, *, ok: bool) -> None:
-        if ok and transfer.shown:
+        if ok and _is_long(transfer, now):  # long, though maybe done between two redraws
             self._above.append(ended_row(transfer, now))
         if self._above or transfer.shown:
             self._draw(now)  # at once: a finished line must not linger as live

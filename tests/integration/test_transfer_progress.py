@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pty
+import re
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,12 +16,15 @@ from typing import TextIO
 import pytest
 import trio
 
+from lazybuild.cli.main import main
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.layout import OciLayout
 from lazybuild.progress import transfer
 from lazybuild.progress.transfer import TerminalView, Transfer, reporting, terminal_view
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
+from tests.support.imagebuild import write_image, write_layer
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.root
@@ -122,3 +127,40 @@ def test_push_and_download_reach_their_totals_on_a_terminal(
     assert f"sha256:{short} downloaded 5.0 MiB in" in text
     assert "pushed 3.0 MiB in" in text
     assert "\x1b[J" in text  # drawn in place
+
+
+def _image_layout(directory: Path) -> Path:
+    """An OCI layout whose one plain gzip layer holds 3 MiB that do not compress."""
+    layout = OciLayout.create(directory)
+    tree = directory.parent / "tree"
+    tree.mkdir()
+    (tree / "noise").write_bytes(os.urandom(3 * MIB))
+    write_image(layout, [write_layer(layout, tree, compresslevel=1)])
+    return directory
+
+
+def test_convert_shows_its_upload_on_a_terminal_only(
+    registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(transfer, "SHOW_AFTER", 0.0)
+    monkeypatch.delenv("BUILDKIT_PROGRESS", raising=False)
+    monkeypatch.delenv("TERM", raising=False)
+    source = f"oci:{_image_layout(tmp_path / 'layout')}"
+    with pseudo_terminal() as (stream, screen):
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert main(["convert", source, f"{registry.host}/it/transferconvert:tty"]) == 0
+        monkeypatch.undo()
+    text = screen.text()
+    assert re.search(r"sha256:[0-9a-f]{12} pushed 3\.0 MiB in", text)
+    assert "] converting oci:" in text and "] done: 1 layer(s) converted" in text
+
+    # Not a terminal: the progress lines only, no transfer lines, no escapes.
+    capsys.readouterr()
+    monkeypatch.setattr(transfer, "SHOW_AFTER", 0.0)
+    assert main(["convert", source, f"{registry.host}/it/transferconvert:plain"]) == 0
+    err = capsys.readouterr().err
+    assert "] done: 1 layer(s) converted" in err
+    assert "pushed" not in err and "\x1b" not in err
