@@ -11,7 +11,8 @@ board with ``reporting(...)``:
 - ``LineReport``: occasional one-line messages through a callback, for a display that
   owns the terminal already (the build's).
 
-Without a board, the registry client's only cost is one ``ACTIVE.get()`` per blob.
+Without a board (not a terminal, ``-q``), the registry client's cost is one
+``ACTIVE.get()`` per blob and one ``is None`` per piece downloaded: nothing measurable.
 Every board method is synchronous, cheap and thread-safe (a lock), so tasks and
 threads may report alike; redraws are throttled to ``interval``.
 """
@@ -54,7 +55,7 @@ def binary_size(size: float) -> str:
     """``12.3 MiB``: binary units, as docker's transfer bars."""
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "TiB":
+        if abs(value) < 1024:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
