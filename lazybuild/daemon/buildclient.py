@@ -234,11 +234,13 @@ def write_cache_tar(src: Path, out: IO[bytes]) -> bool:
                 for d in described
                 if isinstance(d, dict) and _is_digest(d.get("digest"))
             ]
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    from lazybuild.untar.writer import TarWriter
+
+    with TarWriter(out) as tar:
         for directory in ("blobs", "blobs/sha256"):
             member = tarfile.TarInfo(directory)
             member.type, member.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(member)
+            tar.add(member)
         for name in dict.fromkeys(names):
             try:
                 file = (src / name).open("rb")
@@ -248,7 +250,7 @@ def write_cache_tar(src: Path, out: IO[bytes]) -> bool:
                 member = tarfile.TarInfo(name)
                 member.size = os.fstat(file.fileno()).st_size
                 member.mode = 0o644
-                tar.addfile(member, file)
+                tar.add(member, file)
     return True
 
 
@@ -294,31 +296,28 @@ def write_context_tar(context_dir: Path, dockerfile: Path | None, out: IO[bytes]
     """The context as the build sees it (``.dockerignore`` applied) as a PAX tar."""
     from lazybuild.context.dockerignore import load_dockerignore
     from lazybuild.context.listing import BuildContext
+    from lazybuild.untar.writer import TarWriter, stat_header
 
     context = BuildContext(context_dir, load_dockerignore(context_dir, dockerfile))
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    with TarWriter(out) as tar:
         for entry in context.files():
+            if entry.type not in ("dir", "symlink", "file"):
+                continue  # devices, fifos and sockets: a context transfer sends none
             path = context.root / entry.path
             info = path.lstat()
-            member = tarfile.TarInfo(entry.path)
-            member.mode = info.st_mode & 0o7777
-            member.uid = member.gid = 0
-            member.mtime = info.st_mtime_ns // 1_000_000_000
-            # Exactly, to the nanosecond: a float would round it.
             seconds, nanos = divmod(info.st_mtime_ns, 1_000_000_000)
+            member = stat_header(
+                entry.path, info, mtime=seconds, linkname=entry.linkname, owner=(0, 0)
+            )
+            if member is None:
+                continue
+            # Exactly, to the nanosecond: a float would round it.
             member.pax_headers = {"mtime": f"{seconds}.{nanos:09d}"}
-            if entry.type == "dir":
-                member.type = tarfile.DIRTYPE
-                tar.addfile(member)
-            elif entry.type == "symlink":
-                member.type = tarfile.SYMTYPE
-                member.linkname = entry.linkname
-                tar.addfile(member)
-            elif entry.type == "file":
-                member.size = info.st_size
+            if member.type == tarfile.REGTYPE:
                 with path.open("rb") as file:
-                    tar.addfile(member, file)
-            # Devices, fifos and sockets: a context transfer sends none.
+                    tar.add(member, file)
+            else:
+                tar.add(member)
 
 
 def _requests(
@@ -450,12 +449,11 @@ class _Outputs:
 
 
 def _unpack_directory(tar: IO[bytes], dest: Path) -> None:
-    from lazybuild.untar.extract import archive_policy, extract
+    from lazybuild.untar.extract import archive_policy, caller_owner, extract
 
     dest.mkdir(parents=True, exist_ok=True)
     tar.seek(0)
-    owner = None if os.geteuid() == 0 else (os.getuid(), os.getgid())
-    extract(cast(BinaryIO, tar), dest, archive_policy(owner), f"the output for {dest}")
+    extract(cast(BinaryIO, tar), dest, archive_policy(caller_owner()), f"the output for {dest}")
 
 
 def _merge_cache(tar: IO[bytes], dest: Path) -> None:
@@ -466,7 +464,7 @@ def _merge_cache(tar: IO[bytes], dest: Path) -> None:
     names. Unpacked with ``untar`` in the layout's staging directory (its filesystem,
     so blobs are renamed into place, and where a local export stages its blobs)."""
     from lazybuild.oci.layout import OciLayout
-    from lazybuild.untar.extract import archive_policy, extract
+    from lazybuild.untar.extract import archive_policy, caller_owner, extract
 
     layout = OciLayout.create(dest)
     staging = dest / "blobs" / ".staging"
@@ -474,9 +472,8 @@ def _merge_cache(tar: IO[bytes], dest: Path) -> None:
     received = Path(tempfile.mkdtemp(prefix="received-", dir=staging))
     try:
         tar.seek(0)
-        owner = None if os.geteuid() == 0 else (os.getuid(), os.getgid())
         where = f"the cache exported for {dest}"
-        extract(cast(BinaryIO, tar), received, archive_policy(owner), where)
+        extract(cast(BinaryIO, tar), received, archive_policy(caller_owner()), where)
         cache = OciLayout.open(received).resolve(LOCAL_CACHE_TAG)
         blobs = received / "blobs" / "sha256"
         for blob in sorted(blobs.iterdir()) if blobs.is_dir() else ():

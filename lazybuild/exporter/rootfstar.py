@@ -11,17 +11,15 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import tarfile
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from lazybuild.errors import LazybuildError, UsageError
+from lazybuild.untar.writer import TarWriter, depth_first, read_xattrs, stat_header
 
 __all__ = ["RootfsTarError", "TarStats", "write_rootfs_tar", "write_rootfs_tar_to"]
 
-_SKIPPED_XATTR_PREFIXES = ("trusted.overlay.",)
 STDOUT = "-"
 
 
@@ -67,76 +65,45 @@ def write_rootfs_tar_to(root: Path, dest: str) -> TarStats:
 
 def write_rootfs_tar(root: Path, out: BinaryIO) -> TarStats:
     stats = TarStats()
-    links: dict[tuple[int, int], str] = {}
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
-        # Depth first in name order, as a walk of the tree lists it (a directory's
-        # entries right after it).
-        stack: list[tuple[Path, str, Iterator[str]]] = [(root, "", iter(sorted(_list(root))))]
-        while stack:
-            directory, prefix, entries = stack[-1]
-            entry = next(entries, None)
-            if entry is None:
-                stack.pop()
-                continue
-            path, name = directory / entry, f"{prefix}{entry}"
+    # Depth first in name order, as a walk of the tree lists it (a directory's entries
+    # right after it).
+    with TarWriter(out) as archive:
+
+        def visit(item: tuple[Path, str]) -> list[tuple[Path, str]] | None:
+            path, name = item
             try:
-                is_dir = _add(archive, path, name, links, stats)
+                is_dir = _add(archive, path, name, stats)
             except OSError as error:
                 raise RootfsTarError(
                     f"cannot add {path} to the tar: {error.strerror or error}"
                 ) from None
-            if is_dir:
-                stack.append((path, f"{name}/", iter(sorted(_list(path)))))
+            return _entries(path, f"{name}/") if is_dir else None
+
+        depth_first(_entries(root, ""), visit)
     return stats
 
 
-def _add(
-    archive: tarfile.TarFile,
-    path: Path,
-    name: str,
-    links: dict[tuple[int, int], str],
-    stats: TarStats,
-) -> bool:
+def _entries(directory: Path, prefix: str) -> list[tuple[Path, str]]:
+    return [(directory / entry, f"{prefix}{entry}") for entry in sorted(_list(directory))]
+
+
+def _add(archive: TarWriter, path: Path, name: str, stats: TarStats) -> bool:
     info = os.lstat(path)
     mode = info.st_mode
-    if stat.S_ISSOCK(mode):
+    linkname = os.readlink(path) if stat.S_ISLNK(mode) else ""
+    xattrs = read_xattrs(path, skip_unreadable=True)
+    member = stat_header(name, info, mtime=info.st_mtime, linkname=linkname, xattrs=xattrs)
+    if member is None:  # a socket
         return False
-    member = tarfile.TarInfo(name)
-    member.mode = stat.S_IMODE(mode)
-    member.uid, member.gid = info.st_uid, info.st_gid
-    member.uname = member.gname = ""
-    member.mtime = info.st_mtime
-    xattrs = _xattrs(path)
-    if xattrs:
-        member.pax_headers = {f"SCHILY.xattr.{key}": value for key, value in xattrs.items()}
-    key = (info.st_dev, info.st_ino)
-    if stat.S_ISREG(mode) and info.st_nlink > 1 and key in links:
-        member.type, member.linkname = tarfile.LNKTYPE, links[key]
-        archive.addfile(member)
+    if archive.link_to_earlier(member, info):
         stats.entries += 1
         return False
-    if stat.S_ISDIR(mode):
-        member.type, member.name = tarfile.DIRTYPE, f"{name}/"
-        archive.addfile(member)
-    elif stat.S_ISLNK(mode):
-        member.type, member.linkname = tarfile.SYMTYPE, os.readlink(path)
-        archive.addfile(member)
-    elif stat.S_ISREG(mode):
-        if info.st_nlink > 1:
-            links[key] = name
-        member.size = info.st_size
+    if stat.S_ISREG(mode):
         with open(path, "rb", opener=_nofollow) as data:
-            archive.addfile(member, data)
+            archive.add(member, data)
         stats.bytes += info.st_size
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        member.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-        member.devmajor, member.devminor = os.major(info.st_rdev), os.minor(info.st_rdev)
-        archive.addfile(member)
-    elif stat.S_ISFIFO(mode):
-        member.type = tarfile.FIFOTYPE
-        archive.addfile(member)
     else:
-        return False
+        archive.add(member)
     stats.entries += 1
     return stat.S_ISDIR(mode)
 
@@ -150,21 +117,3 @@ def _list(directory: Path) -> list[str]:
         return os.listdir(directory)
     except OSError as error:
         raise RootfsTarError(f"cannot list {directory}: {error.strerror or error}") from None
-
-
-def _xattrs(path: Path) -> dict[str, str]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
-    values: dict[str, str] = {}
-    for key in sorted(names):
-        if key.startswith(_SKIPPED_XATTR_PREFIXES):
-            continue
-        try:
-            raw = os.getxattr(path, key, follow_symlinks=False)
-        except OSError:
-            continue
-        # tarfile encodes PAX values as UTF-8; surrogateescape keeps binary values whole.
-        values[key] = raw.decode("utf-8", "surrogateescape")
-    return values

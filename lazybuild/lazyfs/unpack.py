@@ -22,7 +22,6 @@ import re
 import secrets
 import shutil
 import time
-import zlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 import trio
-import zstandard
 
 from lazybuild.errors import FormatError
 from lazybuild.estargz.layerformat import decompressed_stream
@@ -178,11 +176,9 @@ def extract_tar_file(tar: Path, dest: Path, where: str) -> None:
 
 
 def extract_layer_stream(stream: BinaryIO, partial: Path, where: str) -> None:
-    """(worker thread) A layer's tar, extracted in overlay form."""
-    try:
-        extract(stream, partial, _LAYER_POLICY, f"{where}: cannot unpack")
-    except (EOFError, zlib.error, zstandard.ZstdError) as exc:
-        raise FormatError(f"{where}: cannot unpack: {exc}") from None
+    """(worker thread) A layer's tar, extracted in overlay form (a stream that does not
+    decompress is a ``FormatError`` too)."""
+    extract(stream, partial, _LAYER_POLICY, f"{where}: cannot unpack")
 
 
 class _ChannelReader(io.RawIOBase):

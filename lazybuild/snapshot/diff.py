@@ -33,23 +33,21 @@ directories) cannot be turned into a layer on their own and are refused.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from lazybuild.errors import LazybuildError
+from lazybuild.untar.writer import TarWriter, depth_first, read_xattrs, stat_header
 
 __all__ = ["DiffError", "write_upper_as_tar"]
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 
-_OVERLAY_XATTR_PREFIX = "trusted.overlay."
 _OPAQUE_XATTR = "trusted.overlay.opaque"
 _WHITEOUT_XATTR = "trusted.overlay.whiteout"
 _METACOPY_XATTR = "trusted.overlay.metacopy"
@@ -81,19 +79,14 @@ def write_upper_as_tar(upper: Path, out: BinaryIO, *, source_date_epoch: int | N
         raise DiffError(f"cannot read upper directory {upper}: {exc.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
         raise DiffError(f"upper directory {upper} is not a directory")
-    writer = _Writer(upper, source_date_epoch)
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        writer.tar = tar
-        writer.write_tree(upper)
+    with TarWriter(out, link_xattrs=False) as tar:
+        _Writer(tar, source_date_epoch).write_tree(upper)
 
 
 class _Writer:
-    def __init__(self, upper: Path, epoch: int | None) -> None:
-        self.upper = upper
+    def __init__(self, tar: TarWriter, epoch: int | None) -> None:
+        self.tar = tar
         self.epoch = epoch
-        self.tar: tarfile.TarFile | None = None
-        # (st_dev, st_ino) of a regular file with several names → its first tar name.
-        self.first_names: dict[tuple[int, int], str] = {}
 
     def _mtime(self, info: os.stat_result) -> int:
         mtime = int(info.st_mtime)
@@ -101,25 +94,22 @@ class _Writer:
             return self.epoch
         return mtime
 
-    def _add(self, member: tarfile.TarInfo, content: BinaryIO | None = None) -> None:
-        assert self.tar is not None
-        self.tar.addfile(member, content)
-
     def write_tree(self, upper: Path) -> None:
         """Write every entry under ``upper``, depth first, each directory's children in
-        name order right after it (iteratively: depth is not bounded by recursion)."""
-        stack: list[Iterator[tuple[_Child, str]]] = [self._named_children(upper, "")]
-        while stack:
-            item = next(stack[-1], None)
-            if item is None:
-                stack.pop()
-                continue
-            child, name = item
-            if self._write_entry(child, name):
-                stack.append(self._named_children(child.path, name + "/"))
+        name order right after it."""
 
-    def _named_children(self, directory: Path, prefix: str) -> Iterator[tuple[_Child, str]]:
-        return iter([(child, prefix + child.tar_name) for child in self._children(directory)])
+        def visit(item: tuple[_Child, str]) -> list[tuple[_Child, str]] | None:
+            child, name = item
+            return (
+                self._named_children(child.path, name + "/")
+                if self._write_entry(child, name)
+                else None
+            )
+
+        depth_first(self._named_children(upper, ""), visit)
+
+    def _named_children(self, directory: Path, prefix: str) -> list[tuple[_Child, str]]:
+        return [(child, prefix + child.tar_name) for child in self._children(directory)]
 
     def _children(self, directory: Path) -> list[_Child]:
         try:
@@ -149,7 +139,7 @@ class _Writer:
         """Write one entry; whether it is a directory whose children come next."""
         path, info, xattrs = child.path, child.info, child.xattrs
         if child.whiteout:
-            self._add(_marker(name, self._mtime(info)))
+            self.tar.add(_marker(name, self._mtime(info)))
             return False
         for refused in (_METACOPY_XATTR, _REDIRECT_XATTR):
             if refused in xattrs:
@@ -157,59 +147,23 @@ class _Writer:
                     f"cannot write {path} to a layer: it carries {refused}, so its "
                     "content depends on the lower layers (mount without metacopy/redirect_dir)"
                 )
-        member = tarfile.TarInfo(name)
-        member.mode = stat.S_IMODE(info.st_mode)
-        member.uid = info.st_uid
-        member.gid = info.st_gid
-        member.uname = ""
-        member.gname = ""
-        member.mtime = self._mtime(info)
-        member.pax_headers = {
-            "SCHILY.xattr." + key: value.decode("utf-8", "surrogateescape")
-            for key, value in sorted(xattrs.items())
-            if not key.startswith(_OVERLAY_XATTR_PREFIX)
-        }
-        mode = info.st_mode
-        if stat.S_ISDIR(mode):
-            member.type = tarfile.DIRTYPE
-            self._add(member)
-            if xattrs.get(_OPAQUE_XATTR) == b"y":
-                self._add(_marker(name + "/" + OPAQUE_MARKER, member.mtime))
-            return True
-        elif stat.S_ISREG(mode):
-            self._write_file(path, info, member)
-        elif stat.S_ISLNK(mode):
-            member.type = tarfile.SYMTYPE
-            try:
-                member.linkname = os.readlink(path)
-            except OSError as exc:
-                raise DiffError(f"cannot read symlink {path}: {exc.strerror}") from None
-            self._add(member)
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            member.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-            member.devmajor = os.major(info.st_rdev)
-            member.devminor = os.minor(info.st_rdev)
-            self._add(member)
-        elif stat.S_ISFIFO(mode):
-            member.type = tarfile.FIFOTYPE
-            self._add(member)
-        else:
+        linkname = _readlink(path) if stat.S_ISLNK(info.st_mode) else ""
+        mtime = self._mtime(info)
+        member = stat_header(name, info, mtime=mtime, linkname=linkname, xattrs=xattrs)
+        if member is None:
             raise DiffError(f"cannot write {path} to a layer: unsupported file type")
+        if stat.S_ISREG(info.st_mode):
+            if not self.tar.link_to_earlier(member, info):
+                self._write_file(path, info, member)
+            return False
+        self.tar.add(member)
+        if stat.S_ISDIR(info.st_mode):
+            if xattrs.get(_OPAQUE_XATTR) == b"y":
+                self.tar.add(_marker(name + "/" + OPAQUE_MARKER, mtime))
+            return True
         return False
 
     def _write_file(self, path: Path, info: os.stat_result, member: tarfile.TarInfo) -> None:
-        if info.st_nlink > 1:
-            key = (info.st_dev, info.st_ino)
-            first = self.first_names.get(key)
-            if first is not None:
-                member.type = tarfile.LNKTYPE
-                member.linkname = first
-                member.pax_headers = {}
-                self._add(member)
-                return
-            self.first_names[key] = member.name
-        member.type = tarfile.REGTYPE
-        member.size = info.st_size
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
@@ -219,7 +173,7 @@ class _Writer:
             if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
                 raise DiffError(f"cannot read {path}: it changed while the layer was written")
             try:
-                self._add(member, content)
+                self.tar.add(member, content)
             except OSError as exc:
                 # tarfile raises a bare OSError when the file shrinks under it.
                 reason = exc.strerror or str(exc)
@@ -243,13 +197,17 @@ def _lstat(path: Path) -> os.stat_result:
         raise DiffError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError as exc:
+        raise DiffError(f"cannot read symlink {path}: {exc.strerror}") from None
+
+
 def _xattrs(path: Path) -> dict[str, bytes]:
     try:
-        names = os.listxattr(path, follow_symlinks=False)
-        return {key: os.getxattr(path, key, follow_symlinks=False) for key in names}
+        return read_xattrs(path)
     except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return {}
         raise DiffError(f"cannot read xattrs of {path}: {exc.strerror}") from None
 
 

@@ -34,6 +34,7 @@ from typing import BinaryIO
 
 from lazybuild.errors import FormatError
 from lazybuild.untar import tarreader as tr
+from lazybuild.untar.compression import DECODE_ERRORS
 from lazybuild.untar.rootdir import RootDir, proc_path
 from lazybuild.untar.tarreader import TarEntry, TarReader
 
@@ -73,6 +74,20 @@ def archive_policy(owner: Owner | None) -> Policy:
     return Policy(follow_symlinks=True, overlay_whiteouts=False, owner=owner)
 
 
+def caller_owner() -> Owner | None:
+    """The owner to impose on what is unpacked for this process's user: none as root
+    (the archive's owners are kept), else this process's own."""
+    return None if os.geteuid() == 0 else (os.getuid(), os.getgid())
+
+
+class DamagedArchiveError(FormatError):
+    """A stream that did not decompress: ``where``, then the decoder's ``reason``."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.reason = reason
+
+
 def set_xattr(
     path: str | os.PathLike[str],
     name: str,
@@ -105,7 +120,8 @@ def extract(stream: BinaryIO, dest: Path, policy: Policy, where: str) -> None:
     """Extract the uncompressed tar ``stream`` into the existing directory ``dest``.
 
     Raises :class:`FormatError` naming ``where`` and the entry for a malformed archive,
-    an entry that would leave ``dest``, or an entry that cannot be created.
+    an entry that would leave ``dest``, or an entry that cannot be created; a
+    :class:`DamagedArchiveError` when ``stream`` fails to decompress.
     """
     with RootDir(dest, follow_symlinks=policy.follow_symlinks) as root:
         extractor = _Extractor(root, policy)
@@ -121,6 +137,8 @@ def extract(stream: BinaryIO, dest: Path, policy: Policy, where: str) -> None:
             raise FormatError(f"{where}: {_about(name)}{error}") from None
         except RecursionError:
             raise FormatError(f"{where}: {_about(name)}a directory tree too deep") from None
+        except DECODE_ERRORS as error:
+            raise DamagedArchiveError(where, str(error)) from None
         except OSError as error:
             message = f"{where}: {_about(name)}{_os_error(error)}"
             if error.errno in _HOST_ERRNOS:
