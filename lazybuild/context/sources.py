@@ -15,9 +15,6 @@ line, and the temporary directory goes with them.
 from __future__ import annotations
 
 import argparse
-import bz2
-import gzip
-import lzma
 import os
 import re
 import shutil
@@ -25,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,38 +284,20 @@ class _Bounded:
 
 
 def _extract(archive: Path, dest: Path) -> None:
-    import zstandard
-
     from lazybuild.errors import FormatError
-    from lazybuild.untar.extract import archive_policy, extract
+    from lazybuild.untar.compression import decompressed
+    from lazybuild.untar.extract import DamagedArchiveError, archive_policy, extract
 
-    decode_errors = (EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError)
-    with archive.open("rb") as raw:
-        head = raw.read(6)
-        raw.seek(0)
-        stream: BinaryIO
-        if head.startswith(_GZIP_MAGIC):
-            stream = cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
-        elif head.startswith(_BZIP2_MAGIC):
-            stream = cast(BinaryIO, bz2.BZ2File(raw, mode="rb"))
-        elif head.startswith(_XZ_MAGIC):
-            stream = cast(BinaryIO, lzma.LZMAFile(raw, mode="rb"))  # noqa: SIM115 (closed with raw)
-        elif head.startswith(_ZSTD_MAGIC):
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            stream = cast(BinaryIO, reader)
-        else:
-            stream = raw
+    with archive.open("rb") as raw, decompressed(raw) as stream:
         bounded = cast(BinaryIO, _Bounded(stream, MAX_CONTEXT_BYTES))
         try:
             extract(bounded, dest, archive_policy(None), "the context on standard input")
+        except DamagedArchiveError as error:
+            raise ContextSourceError(
+                f"the context on standard input is not a readable archive: {error.reason}"
+            ) from None
         except FormatError as error:
             raise ContextSourceError(str(error)) from None
-        except (OSError, *decode_errors) as error:
-            if isinstance(error, OSError) and error.errno is not None:
-                raise
-            raise ContextSourceError(
-                f"the context on standard input is not a readable archive: {error}"
-            ) from None
 
 
 # -- git ---------------------------------------------------------------------------------
