@@ -46,9 +46,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--build-context",
         action="append",
         default=[],
-        metavar="NAME=DIR|NAME=docker-image://REF",
+        metavar="NAME=DIR|NAME=docker-image://REF|NAME=oci-layout://DIR[:TAG][@DIGEST]",
         help="a named context: FROM NAME, COPY --from=NAME and RUN --mount from=NAME get "
-        "it instead of the image or stage of that name (repeatable)",
+        "it instead of the image or stage of that name (repeatable); oci-layout:// is an "
+        "OCI layout directory's image, whose layers must be eStargz",
     )
     build.add_argument(
         "-t",

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -33,10 +33,12 @@ __all__ = [
     "STDIN",
     "ContextSourceError",
     "GitRef",
+    "OciLayoutContext",
     "cleanup_sources",
     "is_git_url",
     "named_contexts",
     "parse_git_ref",
+    "parse_oci_layout",
     "prepare_sources",
 ]
 
@@ -146,11 +148,53 @@ def _keep_git_dir(build_args: list[str]) -> bool:
 # -- --build-context --------------------------------------------------------------------
 
 IMAGE_SCHEME = "docker-image://"
+OCI_LAYOUT_SCHEME = "oci-layout://"
+
+
+@dataclass(frozen=True)
+class OciLayoutContext:
+    """``oci-layout://DIR[:TAG][@DIGEST]``: an image of an OCI layout directory."""
+
+    directory: Path
+    tag: str | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        tag = f":{self.tag}" if self.tag else ""
+        digest = f"@{self.digest}" if self.digest else ""
+        return f"{OCI_LAYOUT_SCHEME}{self.directory}{tag}{digest}"
+
+
+def parse_oci_layout(value: str) -> OciLayoutContext:
+    """buildx's ``oci-layout://`` value: the directory, then ``:TAG`` (the name after the
+    last ``:`` that holds no ``/``), then ``@sha256:...``; ``UsageError`` when malformed."""
+    from lazybuild.errors import FormatError
+    from lazybuild.oci.digest import validate_digest
+
+    rest = value.removeprefix(OCI_LAYOUT_SCHEME)
+    digest: str | None = None
+    head, at, tail = rest.rpartition("@")
+    if at and tail.startswith("sha256:"):
+        try:
+            digest = validate_digest(tail)
+        except FormatError as error:
+            raise UsageError(f"{value}: {error}") from None
+        rest = head
+    tag: str | None = None
+    head, colon, tail = rest.rpartition(":")
+    if colon and "/" not in tail:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tail):
+            raise UsageError(f"{value}: {tail!r} is not a tag")
+        rest, tag = head, tail
+    if not rest:
+        raise UsageError(f"{value}: no directory (oci-layout://DIR[:TAG][@sha256:...])")
+    return OciLayoutContext(Path(rest).expanduser(), tag, digest)
 
 
 def named_contexts(items: list[str]) -> dict[str, str]:
-    """``--build-context NAME=VALUE`` values: a directory (made absolute) or
-    ``docker-image://REF``, by name; ``UsageError`` (one line) for anything else."""
+    """``--build-context NAME=VALUE`` values: a directory (made absolute),
+    ``docker-image://REF`` or ``oci-layout://DIR[:TAG][@DIGEST]`` (its directory made
+    absolute), by name; ``UsageError`` (one line) for anything else."""
     from lazybuild.errors import InvalidReferenceError
     from lazybuild.registry.reference import Reference
 
@@ -170,11 +214,23 @@ def named_contexts(items: list[str]) -> dict[str, str]:
                 raise UsageError(f"--build-context {name}: {error}") from None
             found[name] = value
             continue
+        if value.startswith(OCI_LAYOUT_SCHEME):
+            try:
+                layout = parse_oci_layout(value)
+            except UsageError as error:
+                raise UsageError(f"--build-context {name}: {error}") from None
+            if not (layout.directory / "index.json").is_file():
+                raise UsageError(
+                    f"--build-context {name}: {layout.directory} is not an OCI layout "
+                    "directory (no index.json)"
+                )
+            found[name] = str(replace(layout, directory=layout.directory.resolve()))
+            continue
         if "://" in value or is_git_url(value):
             scheme = value.split("://", 1)[0] if "://" in value else "git"
             raise UsageError(
-                f"--build-context {name}: {scheme} sources are not supported (a directory "
-                "or docker-image://REF)"
+                f"--build-context {name}: {scheme} sources are not supported (a directory, "
+                "docker-image://REF or oci-layout://DIR)"
             )
         directory = Path(value).expanduser()
         if not directory.is_dir():

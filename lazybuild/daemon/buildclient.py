@@ -80,7 +80,7 @@ def build_header(
     from lazybuild.api.control.v1 import control_pb2
     from lazybuild.cli import build_flags
     from lazybuild.context.dockerignore import find_dockerignore
-    from lazybuild.context.sources import IMAGE_SCHEME, named_contexts
+    from lazybuild.context.sources import IMAGE_SCHEME, OCI_LAYOUT_SCHEME, named_contexts
     from lazybuild.exporter.outputs import (
         DockerOutput,
         ImageOutput,
@@ -171,6 +171,10 @@ def build_header(
     if epoch is not None:
         header.source_date_epoch = epoch
     for name, value in named_contexts(args.build_context).items():
+        if value.startswith(OCI_LAYOUT_SCHEME):
+            raise UsageError(
+                f"--build-context {name}=oci-layout:// is not supported with --builder yet"
+            )
         header.named_contexts[name] = value if value.startswith(IMAGE_SCHEME) else "local"
     ignore_file = find_dockerignore(context_dir, dockerfile)
     if ignore_file is not None:

@@ -287,13 +287,14 @@ async def run_build(
 _CONTEXT = "context"
 _NAMED_CONTEXT_PREFIX = "context:"  # + the --build-context name: its local source
 _IMAGE_SCHEME = "docker-image://"
+_OCI_LAYOUT_SCHEME = "oci-layout://"
 
 
 def _named_local_contexts(request: BuildRequest, state_dir: Path) -> dict[str, BuildContext]:
     """The --build-context directories as local sources, each with its own .dockerignore."""
     found: dict[str, BuildContext] = {}
     for name, value in request.named_contexts.items():
-        if value.startswith(_IMAGE_SCHEME):
+        if value.startswith((_IMAGE_SCHEME, _OCI_LAYOUT_SCHEME)):
             continue
         directory = Path(value)
         ignore_file = find_dockerignore(directory)
@@ -307,10 +308,17 @@ def _named_local_contexts(request: BuildRequest, state_dir: Path) -> dict[str, B
 
 
 def _named_contexts(request: BuildRequest) -> dict[str, str]:
-    return {
-        name: value if value.startswith(_IMAGE_SCHEME) else f"local:{_NAMED_CONTEXT_PREFIX}{name}"
-        for name, value in request.named_contexts.items()
-    }
+    found: dict[str, str] = {}
+    for name, value in request.named_contexts.items():
+        if value.startswith(_IMAGE_SCHEME):
+            found[name] = value
+        elif value.startswith(_OCI_LAYOUT_SCHEME):
+            # An image to the frontend, whose reference the build's ImageResolver reads
+            # from the layout (worker.layoutimage).
+            found[name] = _IMAGE_SCHEME + value
+        else:
+            found[name] = f"local:{_NAMED_CONTEXT_PREFIX}{name}"
+    return found
 
 
 def _read_source(path: Path) -> bytes:

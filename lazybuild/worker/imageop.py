@@ -14,6 +14,7 @@ from lazybuild.oci.platform import Platform
 from lazybuild.registry.client import ResolvedImage
 from lazybuild.solver import CacheMap, Job, Result
 from lazybuild.worker.layers import RemoteLayer, Snapshot
+from lazybuild.worker.layoutimage import LayoutImage
 from lazybuild.worker.opbase import no_slot
 from lazybuild.worker.resources import ImageResolveError, WorkerResources
 
@@ -25,8 +26,10 @@ def image_layers(image: ResolvedImage) -> tuple[RemoteLayer, ...]:
         raise ImageResolveError(
             f"{image.ref}: its config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
         )
+    # An OCI layout's layers are opened from the layout (``worker.layoutimage``).
+    source = image.source if isinstance(image, LayoutImage) else str(image.ref)
     return tuple(
-        RemoteLayer(descriptor, str(image.ref), str(diff_id))
+        RemoteLayer(descriptor, source, str(diff_id))
         for descriptor, diff_id in zip(layers, diff_ids, strict=True)
     )
 

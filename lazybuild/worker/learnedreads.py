@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lazybuild.oci.localblob import layout_of
 from lazybuild.registry.reference import Reference
 from lazybuild.state.atomicfile import write_atomic
 from lazybuild.worker.layers import Snapshot
@@ -52,10 +53,15 @@ def step_key(args: Sequence[str], cwd: str, snapshot: Snapshot) -> str | None:
     if not layers:
         return None
     # Repositories, not digests: a rebuilt base image is read the same way.
-    images = sorted({Reference.parse(layer.source).name for layer in layers})
+    images = sorted({_repository(layer.source) for layer in layers})
     shape = {"version": _VERSION, "images": images, "layers": len(layers)}
     payload = json.dumps({**shape, "args": list(args), "cwd": cwd}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _repository(source: str) -> str:
+    layout = layout_of(source)  # an OCI layout's image (--build-context oci-layout://)
+    return str(layout) if layout is not None else Reference.parse(source).name
 
 
 class LearnedReads:

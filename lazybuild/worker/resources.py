@@ -18,6 +18,7 @@ from lazybuild.registry.reference import Reference
 from lazybuild.worker.cachemounts import CacheMounts
 from lazybuild.worker.imagerecords import ImageRecords
 from lazybuild.worker.layerstore import LayerStore
+from lazybuild.worker.layoutimage import OCI_LAYOUT_SCHEME, resolve_layout_image
 from lazybuild.worker.learnedreads import LearnedReads
 from lazybuild.worker.rootfs import LayerMounter
 
@@ -56,6 +57,8 @@ class ImageResolver:
             return self._resolved[ref]
 
     async def _resolve(self, ref: str) -> ResolvedImage:
+        if ref.startswith(OCI_LAYOUT_SCHEME):  # a --build-context oci-layout://, never recorded
+            return await trio.to_thread.run_sync(resolve_layout_image, ref, self.platform)
         records = self._records
         if records is not None and not self._pull:
             recorded = await trio.to_thread.run_sync(records.load, ref, self.platform)

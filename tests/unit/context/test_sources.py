@@ -244,7 +244,10 @@ def test_named_contexts_are_directories_or_images(tmp_path: Path) -> None:
         ("src=", "expected NAME=VALUE"),
         (f"src={tmp_path / 'missing'}", "is not a directory"),
         ("base=docker-image://a b", "invalid image reference"),
-        ("base=oci-layout:///some/layout:tag", "oci-layout sources are not supported"),
+        ("base=oci-layout:///some/layout:tag", "is not an OCI layout directory"),
+        ("base=oci-layout://:tag", "no directory"),
+        ("base=oci-layout:///x:a+b", "is not a tag"),
+        ("base=oci-layout:///x@sha256:abc", "not a tag|digest"),
         ("src=https://host/repo.git", "https sources are not supported"),
     ]:
         with pytest.raises(UsageError, match=message) as caught:
@@ -252,6 +255,35 @@ def test_named_contexts_are_directories_or_images(tmp_path: Path) -> None:
         assert "\n" not in str(caught.value)
     with pytest.raises(UsageError, match="given twice"):
         named_contexts([f"a={tmp_path}", "a=docker-image://x"])
+
+
+def test_an_oci_layout_context_is_buildxs_syntax(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazybuild.context.sources import OciLayoutContext, named_contexts, parse_oci_layout
+
+    digest = "sha256:" + "a" * 64
+    assert parse_oci_layout("oci-layout:///l") == OciLayoutContext(Path("/l"))
+    assert parse_oci_layout("oci-layout:///l:v1") == OciLayoutContext(Path("/l"), "v1")
+    assert parse_oci_layout(f"oci-layout:///l:v1@{digest}") == OciLayoutContext(
+        Path("/l"), "v1", digest
+    )
+    assert parse_oci_layout(f"oci-layout:///l@{digest}") == OciLayoutContext(
+        Path("/l"), None, digest
+    )
+    # A colon in a directory name is not a tag.
+    assert parse_oci_layout("oci-layout:///a:b/l") == OciLayoutContext(Path("/a:b/l"))
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    monkeypatch.chdir(tmp_path)
+    assert named_contexts(
+        ["base=oci-layout://layout:v1", f"pinned=oci-layout://layout@{digest}"]
+    ) == {
+        "base": f"oci-layout://{layout.resolve()}:v1",
+        "pinned": f"oci-layout://{layout.resolve()}@{digest}",
+    }
 
 
 def test_a_git_context_is_bounded_while_git_writes_it(
