@@ -41,7 +41,13 @@ from lazybuild.registry.ranges import (
     single_part,
 )
 from lazybuild.registry.reference import Reference
-from lazybuild.registry.session import REDIRECT_STATUSES, RegistrySession, error_for, same_origin
+from lazybuild.registry.session import (
+    REDIRECT_STATUSES,
+    RegistrySession,
+    body_pieces,
+    error_for,
+    same_origin,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -190,6 +196,7 @@ async def iter_verified_blob(
         if received:
             headers["Range"] = f"bytes={received}-"
         response = await endpoint.get(headers)
+        received_pieces = body_pieces(response)
         try:
             skip = 0
             if response.status_code == 206:
@@ -200,7 +207,7 @@ async def iter_verified_blob(
                     )
             elif received:
                 skip = received  # the server ignored Range and starts from byte 0 again
-            async for received_piece in response.aiter_bytes():
+            async for received_piece in received_pieces:
                 endpoint.bytes_received += len(received_piece)
                 piece = received_piece
                 if skip:
@@ -219,6 +226,7 @@ async def iter_verified_blob(
             await trio.sleep(backoff * 2 ** (failures - 1))
             continue
         finally:
+            await received_pieces.aclose()
             await response.aclose()
         break
     if received != size:
@@ -330,6 +338,7 @@ class RemoteBlob:
         where = self._endpoint.where
         headers = {**_NO_TRANSFORM, "Range": range_header(spans)}
         response = await self._endpoint.get(headers, also_expect={400})
+        pieces = body_pieces(response)
         try:
             if response.status_code == 400:
                 return None
@@ -337,11 +346,11 @@ class RemoteBlob:
                 self._modes.use_single_ranges(
                     self._endpoint.ref.registry, "multi-range request answered with the blob"
                 )
-                return await self._spans_of_whole_blob(response, spans)
+                return await self._spans_of_whole_blob(response, pieces, spans)
             # Parts may be merged into one, but never hold more than the spans' extent.
             limit = spans[-1][1] - spans[0][0] + MULTIPART_OVERHEAD * len(spans)
             body = bytearray()
-            async for piece in response.aiter_bytes():
+            async for piece in pieces:
                 self._endpoint.bytes_received += len(piece)
                 body.extend(piece)
                 if len(body) > limit:
@@ -351,6 +360,7 @@ class RemoteBlob:
                 f"{where}: multi-range answer for {len(spans)} range(s) broke off: {exc}"
             ) from exc
         finally:
+            await pieces.aclose()
             await response.aclose()
         boundary = multipart_boundary(response.headers.get("content-type", ""))
         if boundary is not None:
@@ -362,7 +372,10 @@ class RemoteBlob:
         return parts
 
     async def _spans_of_whole_blob(
-        self, response: httpx.Response, spans: Sequence[tuple[int, int]]
+        self,
+        response: httpx.Response,
+        pieces: AsyncIterator[bytes],
+        spans: Sequence[tuple[int, int]],
     ) -> list[Part]:
         """Keep only the spans of a 200 answer, and stop reading after the last one."""
         announced = response.headers.get("content-length")
@@ -371,7 +384,7 @@ class RemoteBlob:
         last_needed = max(stop for _, stop in spans)
         buffers = [bytearray() for _ in spans]
         position = 0
-        async for piece in response.aiter_bytes():
+        async for piece in pieces:
             self._endpoint.bytes_received += len(piece)
             piece_stop = position + len(piece)
             for (start, stop), buffer in zip(spans, buffers, strict=True):
@@ -397,6 +410,7 @@ class RemoteBlob:
         where = self._endpoint.where
         headers = {**_NO_TRANSFORM, "Range": range_header([(start, stop)])}
         response = await self._endpoint.get(headers)
+        pieces = body_pieces(response)
         header: str | None = None
         end = stop
         position = first = start
@@ -417,7 +431,7 @@ class RemoteBlob:
                 if announced is not None and announced.isdigit():
                     self._check_total(int(announced))
                 position, end = 0, stop  # the rest of the blob is not needed
-            async for piece in response.aiter_bytes():
+            async for piece in pieces:
                 self._endpoint.bytes_received += len(piece)
                 lo, hi = max(start, position), min(stop, position + len(piece))
                 if lo < hi:
@@ -430,6 +444,7 @@ class RemoteBlob:
                 f"{where}: reading bytes {start}-{stop - 1} broke off at byte {position}: {exc}"
             ) from exc
         finally:
+            await pieces.aclose()
             await response.aclose()
         if response.status_code == 206 and position != end:
             # A complete answer that holds less than it announces: a registry that lies,

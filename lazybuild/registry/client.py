@@ -8,6 +8,7 @@ and are verified one level up (eStargz chunk digests).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,7 +35,7 @@ from lazybuild.registry.push import (
 )
 from lazybuild.registry.reference import Reference
 from lazybuild.registry.retry import RetryPolicy
-from lazybuild.registry.session import RegistrySession
+from lazybuild.registry.session import RegistrySession, body_pieces
 from lazybuild.registry.tlscontext import shared_ssl_context
 
 # Content types that say nothing about which manifest schema a body is.
@@ -261,9 +262,10 @@ def _kind_of(descriptor: Descriptor) -> str:
 async def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
     chunks: list[bytes] = []
     total = 0
-    async for chunk in response.aiter_bytes():
-        total += len(chunk)
-        if total > limit:
-            raise FormatError(f"{what} is larger than {limit} bytes")
-        chunks.append(chunk)
+    async with aclosing(body_pieces(response)) as pieces:
+        async for chunk in pieces:
+            total += len(chunk)
+            if total > limit:
+                raise FormatError(f"{what} is larger than {limit} bytes")
+            chunks.append(chunk)
     return b"".join(chunks)

@@ -16,7 +16,8 @@ credentials (see ``session``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from pathlib import Path
 
 import httpx
@@ -224,29 +225,30 @@ class BlobPusher:
     ) -> None:
         hasher = new_hasher(descriptor.digest)
         offset = 0
-        async for chunk in _chunks(source, self.chunk_size):
-            hasher.update(chunk)
-            end = offset + len(chunk) - 1
-            response = await self.session.request(
-                "PATCH",
-                ref,
-                url,
-                scopes=[push_scope(ref.repository)],
-                expect={202},
-                what=f"upload blob {descriptor.digest} bytes {offset}-{end}",
-                # Distribution's Content-Range for uploads has no "bytes " unit.
-                headers={
-                    **_OCTET_STREAM,
-                    "Content-Range": f"{offset}-{end}",
-                    **_length(chunk, transfer),
-                },
-                content=_body(chunk, transfer, offset),
-                retry=Retry.NEVER,  # the upload starts over instead
-            )
-            await response.aclose()
-            _check_upload_progress(response, end, descriptor.digest)
-            url = self._location(ref, response)
-            offset = end + 1
+        async with aclosing(_chunks(source, self.chunk_size)) as chunks:
+            async for chunk in chunks:
+                hasher.update(chunk)
+                end = offset + len(chunk) - 1
+                response = await self.session.request(
+                    "PATCH",
+                    ref,
+                    url,
+                    scopes=[push_scope(ref.repository)],
+                    expect={202},
+                    what=f"upload blob {descriptor.digest} bytes {offset}-{end}",
+                    # Distribution's Content-Range for uploads has no "bytes " unit.
+                    headers={
+                        **_OCTET_STREAM,
+                        "Content-Range": f"{offset}-{end}",
+                        **_length(chunk, transfer),
+                    },
+                    content=_body(chunk, transfer, offset),
+                    retry=Retry.NEVER,  # the upload starts over instead
+                )
+                await response.aclose()
+                _check_upload_progress(response, end, descriptor.digest)
+                url = self._location(ref, response)
+                offset = end + 1
         actual = f"{descriptor.digest.split(':', 1)[0]}:{hasher.hexdigest()}"
         if actual != descriptor.digest:
             await self._cancel(ref, url)
@@ -396,7 +398,7 @@ def _length(data: bytes, transfer: progress.Transfer | None) -> dict[str, str]:
     return {"Content-Length": str(len(data))} if transfer is not None and data else {}
 
 
-async def _chunks(source: Path | bytes, chunk_size: int) -> AsyncIterator[bytes]:
+async def _chunks(source: Path | bytes, chunk_size: int) -> AsyncGenerator[bytes, None]:
     if isinstance(source, bytes):
         for start in range(0, len(source), chunk_size):
             yield source[start : start + chunk_size]

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import AsyncIterable, Collection, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterable, Collection, Iterable, Mapping, Sequence
+from contextlib import aclosing
+from typing import Any, cast
 
 import httpx
 
@@ -195,6 +196,14 @@ class RegistrySession:
         return response, body
 
 
+def body_pieces(
+    response: httpx.Response, chunk_size: int | None = None
+) -> AsyncGenerator[bytes, None]:
+    """``response.aiter_bytes()`` as the generator it is, to close (``aclose``, ``aclosing``)
+    when reading stops early: left to the garbage collector, trio warns about it."""
+    return cast(AsyncGenerator[bytes, None], response.aiter_bytes(chunk_size))
+
+
 async def read_bounded(response: httpx.Response, limit: int) -> bytes | None:
     """The body of a streaming ``response``, or None when it is longer than ``limit``
     (then no more than about ``limit`` bytes were read). Does not close it."""
@@ -203,11 +212,12 @@ async def read_bounded(response: httpx.Response, limit: int) -> bytes | None:
         return None
     chunks: list[bytes] = []
     total = 0
-    async for chunk in response.aiter_bytes():
-        total += len(chunk)
-        if total > limit:
-            return None
-        chunks.append(chunk)
+    async with aclosing(body_pieces(response)) as pieces:
+        async for chunk in pieces:
+            total += len(chunk)
+            if total > limit:
+                return None
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
@@ -228,14 +238,16 @@ def describe_error_body(body: bytes) -> str:
 async def error_for(response: httpx.Response, registry: str, what: str) -> RegistryError:
     """The error for an unexpected answer to ``what`` (e.g. "GET manifest x:y")."""
     body = b""
+    pieces = body_pieces(response)
     try:
-        async for chunk in response.aiter_bytes():
+        async for chunk in pieces:
             body += chunk[: MAX_ERROR_BODY - len(body)]
             if len(body) >= MAX_ERROR_BODY:
                 break  # enough for a message: the rest is not read
     except httpx.HTTPError:
         pass
     finally:
+        await pieces.aclose()
         await response.aclose()
     detail = describe_error_body(body)
     status = f"{response.status_code} {response.reason_phrase}".strip()

@@ -31,6 +31,7 @@ def shared_ssl_context() -> ssl.SSLContext:
 def _has_hashed_certificates(directory: Path) -> bool:
     """Whether ``directory`` holds the ``<subject hash>.0`` links OpenSSL looks up."""
     try:
-        return any(entry.name.endswith(".0") for entry in os.scandir(directory))
+        with os.scandir(directory) as entries:
+            return any(entry.name.endswith(".0") for entry in entries)
     except OSError:
         return False

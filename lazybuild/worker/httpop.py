@@ -12,7 +12,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import trio
 
 from lazybuild.errors import LazybuildError
 from lazybuild.graph.ops import HttpSource
+from lazybuild.registry.session import body_pieces
 from lazybuild.solver import CacheMap, Job, Result
 from lazybuild.worker.layers import Snapshot
 from lazybuild.worker.opbase import op_digest, slot
@@ -94,9 +95,10 @@ class HttpSourceOp:
                     if response.status_code != 200:
                         raise DownloadError(f"ADD {url}: HTTP {response.status_code}")
                     modified = response.headers.get("last-modified")
-                    async for piece in response.aiter_bytes(_PIECE):
-                        hasher.update(piece)
-                        await trio.to_thread.run_sync(file.write, piece)
+                    async with aclosing(body_pieces(response, _PIECE)) as pieces:
+                        async for piece in pieces:
+                            hasher.update(piece)
+                            await trio.to_thread.run_sync(file.write, piece)
         except httpx.HTTPError as error:
             path.unlink(missing_ok=True)
             raise DownloadError(f"ADD {url}: {error}") from None

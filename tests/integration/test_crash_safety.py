@@ -362,6 +362,8 @@ def test_secrets_are_never_on_disk(base_image: str, state: Path, tmp_path: Path)
         if process.poll() is None:
             process.kill()
             process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
     assert files_holding(state, secret) == []
     assert len(secret_tmpfs_mounts(state)) == 1  # in memory, until the next command
     lazybuild(state, "run", base_image, "true")

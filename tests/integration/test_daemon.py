@@ -56,6 +56,7 @@ class Daemon:
             with self._changed:
                 self.log.append(line)
                 self._changed.notify_all()
+        self.process.stderr.close()
         with self._changed:
             self._changed.notify_all()
 

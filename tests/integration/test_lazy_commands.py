@@ -83,6 +83,8 @@ def lazybuild_mount(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 def convert(source: str, destination: str) -> None:
@@ -359,6 +361,8 @@ def _sleeping_run(state: Path, image: str, tag: int) -> Iterator[tuple[subproces
         if process.poll() is None:
             process.kill()
             process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 def _filesystem_of(state: Path) -> tuple[Path, int]:

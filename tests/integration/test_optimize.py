@@ -678,6 +678,8 @@ def test_a_killed_optimize_leaves_nothing_once_the_next_command_runs(
         if process.poll() is None:
             process.kill()
             process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
     assert procs.mounts_under(state), "the killed run left no overlay to clean up"
     du = subprocess.run(
         [sys.executable, "-m", "lazybuild", "--state-dir", str(state), "du"],

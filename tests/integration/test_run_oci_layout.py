@@ -86,7 +86,10 @@ def test_run_and_mount_serve_estargz_layers_lazily(estargz_layout: Path, tmp_pat
         assert sorted(p.name for p in (target / "opt/data").iterdir()) == ["new.txt"]
     finally:
         _lazybuild(state, "umount", str(target))
-        assert process.wait(timeout=60) == 0
+        status = process.wait(timeout=60)
+        if process.stderr is not None:
+            process.stderr.close()
+        assert status == 0
 
 
 def test_a_corrupt_layout_blob_is_refused(tiny_image_layout: Path, tmp_path: Path) -> None:

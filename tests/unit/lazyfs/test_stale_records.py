@@ -35,3 +35,5 @@ def test_a_starting_filesystem_of_another_live_command_is_not_a_recycled_pid() -
             os.kill(child, signal.SIGKILL)
         owner.kill()
         owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()
