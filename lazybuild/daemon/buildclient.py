@@ -39,6 +39,7 @@ from lazybuild.errors import LazybuildError, UsageError
 if TYPE_CHECKING:
     from lazybuild.api.control.v1 import control_pb2
     from lazybuild.api.control.v1.control_pb2_grpc import ControlStub
+    from lazybuild.context.sources import OciLayoutContext
     from lazybuild.exporter.outputs import OutputSpec
     from lazybuild.progress.buildview import BuildProgress
 
@@ -80,7 +81,12 @@ def build_header(
     from lazybuild.api.control.v1 import control_pb2
     from lazybuild.cli import build_flags
     from lazybuild.context.dockerignore import find_dockerignore
-    from lazybuild.context.sources import IMAGE_SCHEME, OCI_LAYOUT_SCHEME, named_contexts
+    from lazybuild.context.sources import (
+        IMAGE_SCHEME,
+        OCI_LAYOUT_SCHEME,
+        named_contexts,
+        parse_oci_layout,
+    )
     from lazybuild.exporter.outputs import (
         DockerOutput,
         ImageOutput,
@@ -172,10 +178,13 @@ def build_header(
         header.source_date_epoch = epoch
     for name, value in named_contexts(args.build_context).items():
         if value.startswith(OCI_LAYOUT_SCHEME):
-            raise UsageError(
-                f"--build-context {name}=oci-layout:// is not supported with --builder yet"
-            )
-        header.named_contexts[name] = value if value.startswith(IMAGE_SCHEME) else "local"
+            # The layout's blobs travel after the context (``write_layout_tar``); the
+            # header keeps the tag and digest, never the client's directory.
+            header.named_contexts[name] = layout_marker(parse_oci_layout(value))
+        elif value.startswith(IMAGE_SCHEME):
+            header.named_contexts[name] = value
+        else:
+            header.named_contexts[name] = "local"
     ignore_file = find_dockerignore(context_dir, dockerfile)
     if ignore_file is not None:
         header.dockerignore = ignore_file.read_bytes()
@@ -238,6 +247,57 @@ def write_cache_tar(src: Path, out: IO[bytes]) -> bool:
                 for d in described
                 if isinstance(d, dict) and _is_digest(d.get("digest"))
             ]
+    _write_layout_files(src, names, out)
+    return True
+
+
+def layout_marker(layout: OciLayoutContext) -> str:
+    """An ``oci-layout://`` named context as the header names it: its tag and digest,
+    without the client's directory (the daemon unpacks the layout's blobs in its own)."""
+    tag = f":{layout.tag}" if layout.tag else ""
+    digest = f"@{layout.digest}" if layout.digest else ""
+    return f"oci-layout://{tag}{digest}"
+
+
+def write_layout_tar(layout: OciLayoutContext, out: IO[bytes]) -> None:
+    """An ``oci-layout://`` named context as a tar of what the build reads of it: the
+    marker, index.json, the image its digest or tag names and, under an index, the
+    manifests it lists, their configs and layers (not the layout's other images). The
+    daemon checks every blob against its digest as it reads it."""
+    from lazybuild.oci.layout import OciLayout
+
+    src = layout.directory
+    root = layout.digest
+    if root is None:
+        try:
+            root = OciLayout.open(src).resolve(layout.tag).digest
+        except LazybuildError as error:
+            raise UsageError(f"{layout}: {error}") from None
+    names = ["oci-layout", "index.json"]
+    pending, seen = [root], set()
+    while pending:
+        digest = pending.pop()
+        if digest in seen or not _is_digest(digest):
+            continue
+        seen.add(digest)
+        names.append(_blob_name(digest))
+        document = _json_file(src / _blob_name(digest), MAX_MANIFEST_SIZE)
+        if not isinstance(document, dict):
+            continue
+        for child in _list(document.get("manifests")):  # an index: each platform's
+            if isinstance(child, dict) and isinstance(child.get("digest"), str):
+                pending.append(child["digest"])
+        described = [document.get("config"), *_list(document.get("layers"))]
+        names += [
+            _blob_name(d["digest"])
+            for d in described
+            if isinstance(d, dict) and _is_digest(d.get("digest"))
+        ]
+    _write_layout_files(src, names, out)
+
+
+def _write_layout_files(src: Path, names: list[str], out: IO[bytes]) -> None:
+    """The files ``names`` of the layout ``src`` (those missing left out) as a tar."""
     from lazybuild.untar.writer import TarWriter
 
     with TarWriter(out) as tar:
@@ -255,7 +315,6 @@ def write_cache_tar(src: Path, out: IO[bytes]) -> bool:
                 member.size = os.fstat(file.fileno()).st_size
                 member.mode = 0o644
                 tar.add(member, file)
-    return True
 
 
 def _is_digest(value: object) -> bool:
@@ -587,7 +646,12 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
     import grpc
 
     from lazybuild.cli import build_flags
-    from lazybuild.context.sources import IMAGE_SCHEME, named_contexts
+    from lazybuild.context.sources import (
+        IMAGE_SCHEME,
+        OCI_LAYOUT_SCHEME,
+        named_contexts,
+        parse_oci_layout,
+    )
     from lazybuild.daemon.client import BuilderError, control_stub, describe_rpc_error
     from lazybuild.progress.buildview import BuildProgress, Mode
     from lazybuild.remotecache.spec import cache_exports, cache_imports
@@ -609,7 +673,10 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
         write_context_tar(context_dir, dockerfile, tar)
         named: dict[str, IO[bytes]] = {}
         for name, value in named_contexts(args.build_context).items():
-            if not value.startswith(IMAGE_SCHEME):
+            if value.startswith(OCI_LAYOUT_SCHEME):
+                named[name] = stack.enter_context(tempfile.TemporaryFile())
+                write_layout_tar(parse_oci_layout(value), named[name])
+            elif not value.startswith(IMAGE_SCHEME):
                 # Its own .dockerignore applies, as to a local build's named context.
                 named[name] = stack.enter_context(tempfile.TemporaryFile())
                 write_context_tar(Path(value), None, named[name])

@@ -4,7 +4,9 @@ bounds, and unpacked there with the one tar extractor (``untar``, its archive po
 every entry root-owned, symlinks resolved inside the root, nothing outside it).
 
 A local cache's directory is named by the client and lives on the client's machine:
-the daemon never reads a path the header names, only what the call carries.
+the daemon never reads a path the header names, only what the call carries. So does an
+``oci-layout://`` named context: the header keeps its tag and digest, its blobs come
+as a tar like a local cache's, unpacked as files and directories only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from lazybuild.api.control.v1 import control_pb2
 from lazybuild.errors import FormatError, UsageError
 
 CONTEXT_TAR = "context.tar"
+OCI_LAYOUT_MARKER = "oci-layout://"
 
 
 class BuildRequestError(UsageError):
@@ -75,7 +78,7 @@ def receive(
                 if named not in named_tars:
                     if named_tars and named < max(named_tars):
                         raise BuildRequestError("a build sends each named context in one piece")
-                    if header.named_contexts.get(named) != "local":
+                    if not _sent_as_files(header.named_contexts.get(named, "")):
                         raise BuildRequestError(
                             f"a build sent named context {named[:100]!r}, which it did not name "
                             "as a local one"
@@ -119,14 +122,16 @@ def receive(
         tar_path.unlink()
     named_dirs: dict[str, Path] = {}
     for named, value in sorted(header.named_contexts.items()):
-        if value == "local":
+        if _sent_as_files(value):
             # One sent empty (an empty directory) sends no chunk at all.
             named_dirs[named] = workdir / f"named-context-{len(named_dirs)}"
             named_dirs[named].mkdir()
             named_tar = named_tars.get(named)
             if named_tar is not None:
                 where = f"the build context {named[:100]!r}"
-                _unpack(named_tar, named_dirs[named], where, _CONTEXT_KINDS)
+                # A layout's blobs are read by the daemon as root: files only, as a cache's.
+                kinds = _CONTEXT_KINDS if value == "local" else _CACHE_KINDS
+                _unpack(named_tar, named_dirs[named], where, kinds)
                 named_tar.unlink()
         elif not value.startswith("docker-image://"):
             raise BuildRequestError(f"named context {named[:100]!r}: {value[:100]!r} is not one")
@@ -145,6 +150,21 @@ def receive(
         # the client, whichever file it came from).
         dockerfile.with_name(f"{name}.dockerignore").write_bytes(header.dockerignore)
     return ReceivedBuild(header, context_dir, dockerfile, named_dirs)
+
+
+def layout_marker_of(value: str) -> str | None:
+    """For a named context the header gives as ``oci-layout://[:TAG][@DIGEST]`` (its
+    layout sent as files, ``buildclient.layout_marker``), the tag and digest part; None
+    for any other value. A value naming a directory is none: the daemon never reads a
+    path of the client's machine."""
+    if not value.startswith(OCI_LAYOUT_MARKER):
+        return None
+    rest = value.removeprefix(OCI_LAYOUT_MARKER)
+    return rest if rest == "" or rest[0] in ":@" else None
+
+
+def _sent_as_files(value: str) -> bool:
+    return value == "local" or layout_marker_of(value) is not None
 
 
 def _check_local_import(header: control_pb2.BuildHeader, index: int) -> None:

@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO, cast
 
 from lazybuild.api.control.v1 import control_pb2
-from lazybuild.daemon.buildcontext import ReceivedBuild, cache_export_dir, cache_import_dir
+from lazybuild.daemon.buildcontext import (
+    ReceivedBuild,
+    cache_export_dir,
+    cache_import_dir,
+    layout_marker_of,
+)
 from lazybuild.errors import UsageError
 from lazybuild.registry.options import RegistryOptions
 
@@ -255,6 +260,17 @@ def _network(value: str) -> Literal["default", "host", "none"]:
     return cast(Literal["default", "host", "none"], value or "default")
 
 
+def _named_context(name: str, value: str, received: ReceivedBuild) -> str:
+    """A named context as the build takes it: a local one, or an OCI layout, where the
+    daemon put what the client sent; an image as named (checked on use)."""
+    if value == "local":
+        return str(received.named_contexts[name])
+    marker = layout_marker_of(value)
+    if marker is not None:
+        return f"oci-layout://{received.named_contexts[name]}{marker}"
+    return value
+
+
 async def run_job(
     received: ReceivedBuild,
     *,
@@ -272,11 +288,19 @@ async def run_job(
 
     kept = kept_imports(state_dir)
     placed: dict[int, Path] = {}
+    layouts: dict[str, Path] = {}
     try:
         for index in range(len(received.header.cache_from)):
             sent = cache_import_dir(workdir, index)
             if sent.is_dir():
                 placed[index] = await trio.to_thread.run_sync(kept.place, sent)
+        # An oci-layout:// context's layers are opened from its layout by the shared
+        # filesystem process: kept as long as a local cache's.
+        for name, value in received.header.named_contexts.items():
+            if layout_marker_of(value) is not None:
+                sent = received.named_contexts[name]
+                layouts[name] = await trio.to_thread.run_sync(kept.place, sent)
+        received = replace(received, named_contexts={**received.named_contexts, **layouts})
         return await _build(
             received,
             placed,
@@ -289,7 +313,9 @@ async def run_job(
     finally:
         holder = filesystem.service if filesystem is not None else None
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(kept.release, placed.values(), holder)
+            await trio.to_thread.run_sync(
+                kept.release, [*placed.values(), *layouts.values()], holder
+            )
 
 
 async def _build(
@@ -317,7 +343,7 @@ async def _build(
     request = BuildRequest(
         # A local one as the daemon received it; an image as named (checked on use).
         named_contexts={
-            name: str(received.named_contexts[name]) if value == "local" else value
+            name: _named_context(name, value, received)
             for name, value in header.named_contexts.items()
         },
         context_dir=received.context_dir,

@@ -125,3 +125,38 @@ def test_what_cannot_be_a_base_is_one_line(
         if not lines:
             pytest.fail(f"{value}: {result.stderr}")
     assert_nothing_left(state)
+
+
+def test_through_the_daemon_the_layout_travels_as_its_blobs(
+    esgz_layout: Path, tmp_path: Path
+) -> None:
+    """The daemon never opens the client's directory: the client sends the blobs the
+    image needs after the context, the daemon unpacks and keeps them as a local
+    cache's, and builds from its own copy."""
+    from tests.integration.test_daemon_build import Daemons
+
+    daemons = Daemons(tmp_path)
+    try:
+        daemons.start()
+        context = write_context(tmp_path / "ctx", DOCKERFILE)
+        for attempt in ("cold", "warm"):
+            out = tmp_path / f"out-{attempt}"
+            result = lazybuild(
+                tmp_path / "client-state",
+                "build",
+                "--progress=plain",
+                "--builder",
+                daemons.address,
+                "--build-context",
+                f"base=oci-layout://{esgz_layout}:py",
+                "-o",
+                f"type=local,dest={out}",
+                str(context),
+            )
+            assert (out / "ran.txt").read_text() == "ran on the layout image\n"
+            assert (out / "debian_version").read_text().startswith("12")
+            if attempt == "warm":
+                assert "CACHED" in result.stderr, result.stderr
+            assert str(esgz_layout) not in result.stderr
+    finally:
+        daemons.stop_all()

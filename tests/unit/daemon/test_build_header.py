@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -209,3 +210,62 @@ def test_local_caches_travel_by_their_absolute_paths(
     ]
     out = tmp_path / "out"
     assert list(header.cache_to) == [f'type=local,dest={out},mode=max,"cache-mounts=a,b"']
+
+
+def test_an_oci_layout_context_names_no_client_path(tmp_path: Path) -> None:
+    from lazybuild.context.sources import parse_oci_layout
+    from lazybuild.daemon.buildclient import write_layout_tar
+
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+    def blob(data: bytes) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(data).hexdigest()
+        (layout / "blobs" / "sha256" / digest).write_bytes(data)
+        return "sha256:" + digest
+
+    config = blob(b"{}")
+    layer = blob(b"layer")
+    other = blob(b"another image's blob")
+    manifest = blob(
+        (
+            '{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", '
+            f'"config": {{"digest": "{config}", "size": 2}}, '
+            f'"layers": [{{"digest": "{layer}", "size": 5}}]}}'
+        ).encode()
+    )
+    entry = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest,
+        "size": 1,
+        "annotations": {"org.opencontainers.image.ref.name": "v1"},
+    }
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+    context = _context(tmp_path)
+    args = build_parser().parse_args(
+        [
+            "build",
+            "--builder",
+            "unix:///run/x.sock",
+            "--build-context",
+            f"base=oci-layout://{layout}:v1",
+            str(context),
+        ]
+    )
+    header, _, _ = build_header(args)
+    assert dict(header.named_contexts) == {"base": "oci-layout://:v1"}
+    sent = io.BytesIO()
+    write_layout_tar(parse_oci_layout(f"oci-layout://{layout}:v1"), sent)
+    with tarfile.open(fileobj=io.BytesIO(sent.getvalue())) as tar:
+        names = set(tar.getnames())
+    assert names == {
+        "blobs",
+        "blobs/sha256",
+        "oci-layout",
+        "index.json",
+        *(f"blobs/sha256/{d.removeprefix('sha256:')}" for d in (manifest, config, layer)),
+    }
+    assert f"blobs/sha256/{other.removeprefix('sha256:')}" not in names

@@ -56,6 +56,9 @@ def test_local_named_contexts_arrive_as_directories(tmp_path: Path) -> None:
         ({"docs": "https://x"}, [], "is not one"),
         ({"a": "local", "b": "local"}, [("b", b"x"), ("a", b"x")], "in one piece"),
         ({"docs": "local"}, [("docs", _tar({"../out": b"x"}))], "docs"),
+        # A layout named by the client's path is refused: the daemon reads none.
+        ({"base": "oci-layout:///home/u/layout:v1"}, [], "is not one"),
+        ({"base": "oci-layout:///home/u/layout"}, [("base", b"x")], "did not name"),
     ],
 )
 def test_bad_named_contexts_refuse_the_call(
@@ -72,3 +75,24 @@ def test_named_contexts_count_towards_the_bound(tmp_path: Path) -> None:
     big = _tar({"big": b"x" * 4096})
     with pytest.raises(BuildRequestError, match="larger than the daemon takes"):
         receive(_requests({"docs": "local"}, [("docs", big)]), tmp_path, 4096)
+
+
+def test_an_oci_layout_arrives_as_files_only(tmp_path: Path) -> None:
+    blob = b'{"schemaVersion": 2}'
+    data = _tar({"oci-layout": b"{}", "index.json": b"{}", "blobs/sha256/ab": blob})
+    got = receive(_requests({"base": "oci-layout://:v1"}, [("base", data)]), tmp_path, 1 << 20)
+    assert (got.named_contexts["base"] / "blobs" / "sha256" / "ab").read_bytes() == blob
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        link = tarfile.TarInfo("blobs")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc"
+        archive.addfile(link)
+    work = tmp_path / "again"
+    work.mkdir()
+    with pytest.raises(BuildRequestError, match="is a symlink"):
+        receive(
+            _requests({"base": "oci-layout://@sha256:" + "a" * 64}, [("base", out.getvalue())]),
+            work,
+            1 << 20,
+        )

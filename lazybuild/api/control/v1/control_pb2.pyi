@@ -381,7 +381,9 @@ class BuildHeader(_message.Message):
     @_builtins.property
     def named_contexts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """--build-context, by name: "docker-image://REF", or "local": a directory of the
-        client's, which follows the context as NamedContextChunks.
+        client's, which follows the context as NamedContextChunks, or
+        "oci-layout://[:TAG][@DIGEST]": an OCI layout of the client's (never its path),
+        whose marker, index.json and the blobs of the image follow likewise.
         """
 
     @_builtins.property
