@@ -48,11 +48,13 @@ venv:
     # start where the environment sets PYTHONDONTWRITEBYTECODE. Only changed files are redone.
     "{{py}}" -m compileall -q -j 0 lazybuild frontends >/dev/null
 
-# ruff and mypy --strict on the package (needs only the virtualenv).
+# ruff and mypy --strict on the package, the benchmarks, the examples and the frontends
+# (needs only the virtualenv).
 check: venv
     {{venv}}/bin/ruff check lazybuild frontends tests bench examples
-    {{venv}}/bin/ruff format --check lazybuild
+    {{venv}}/bin/ruff format --check lazybuild frontends bench examples
     {{venv}}/bin/mypy --strict lazybuild
+    {{venv}}/bin/mypy --strict bench examples
     MYPYPATH=frontends/gomodule {{venv}}/bin/mypy --strict -p lazybuild_gomodule
 
 # Regenerate the Python of the daemon's API from its .proto files (checked in; a unit test
@@ -62,8 +64,8 @@ proto: venv
 
 # Format the code.
 fmt: venv
-    {{venv}}/bin/ruff format lazybuild tests bench frontends
-    {{venv}}/bin/ruff check --fix lazybuild tests bench frontends
+    {{venv}}/bin/ruff format lazybuild tests bench frontends examples
+    {{venv}}/bin/ruff check --fix lazybuild tests bench frontends examples
 
 # Static checks, then unit, integration and end-to-end tests against real parts.
 test *ARGS: setup check
