@@ -1,4 +1,5 @@
-"""Fuzzing tar streams: the bounded reader and the extractor, under both policies.
+"""Fuzzing tar streams: the bounded reader and the extractor, under both policies, and
+``ADD``'s archives (a tar compressed or not, recognised by its bytes, then damaged).
 
 Beyond the common invariant (a LazybuildError or success, in bounded time and memory),
 the extractor must leave a canary tree next to its root exactly as it was, whatever
@@ -7,17 +8,23 @@ the bytes say, and the reader's data pieces must stay inside the entry's size.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import given
+from hypothesis import strategies as st
 
 from lazybuild.untar.extract import Policy, archive_policy, extract, layer_policy
 from lazybuild.untar.tarreader import TarReader
-from tests.fuzz.fuzzkit import bytes_like, holds_invariant
+from lazybuild.worker.archive import extract_tar, is_tar_archive
+from tests.fuzz.fuzzkit import bytes_like, holds_invariant, mutated
 from tests.unit.untar.hostile import Canary
 
 pytestmark = pytest.mark.timeout(300)
@@ -60,3 +67,39 @@ def _extract_beside_a_canary(data: bytes, policy: Policy) -> None:
 @given(data=bytes_like("tar", max_size=8192))
 def test_extract(policy: str, data: bytes) -> None:
     _extract_beside_a_canary(data, POLICIES[policy])
+
+
+COMPRESSIONS = {
+    "gzip": lambda data: gzip.compress(data, mtime=0),
+    "bzip2": bz2.compress,
+    "xz": lambda data: lzma.compress(data, format=lzma.FORMAT_XZ),
+    "zstd": lambda data: zstandard.ZstdCompressor().compress(data),
+}
+
+
+@st.composite
+def _damaged_archive(draw: st.DrawFn) -> bytes:
+    compressed = COMPRESSIONS[draw(st.sampled_from(sorted(COMPRESSIONS)))]
+    data = compressed(draw(bytes_like("tar", max_size=8192)))
+    return draw(st.just(data) | mutated(data, max_mutations=3))
+
+
+def _add_beside_a_canary(data: bytes) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="lazybuild-fuzz-"))
+    try:
+        canary = Canary.plant(scratch / "outside")
+        archive = scratch / "archive"
+        archive.write_bytes(data)
+        root = scratch / "root"
+        root.mkdir()
+        if holds_invariant(lambda: is_tar_archive(archive)):
+            holds_invariant(lambda: extract_tar(archive, root, owner=None))
+        canary.assert_untouched()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.mark.root
+@given(data=_damaged_archive())
+def test_add_archive(data: bytes) -> None:
+    _add_beside_a_canary(data)
