@@ -3,29 +3,26 @@
 A socket (``$SSH_AUTH_SOCK`` for ``default``, or one named) is forwarded as it is. Key
 files are loaded into a private ``ssh-agent`` started here, on a socket in a temporary
 directory of its own; it is killed and the directory removed when the build ends, also
-when it fails or is interrupted, and it dies with this process if that is killed
-(``PR_SET_PDEATHSIG``), so no agent holding the keys outlives the build. ``ssh-add``
+when it fails or is interrupted, and a watchdog kills it when this process is killed
+(``_watchdog``), so no agent holding the keys outlives the build. ``ssh-add``
 asks for a key's passphrase on the terminal, as buildx does.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import socket as sockets
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from lazybuild.cli.build_flags import SshSource
 from lazybuild.errors import UsageError
 
-_PR_SET_PDEATHSIG = 1
 _AGENT_START_SECONDS = 10.0
 _AGENT_STOP_SECONDS = 5.0
 
@@ -55,30 +52,35 @@ def private_agent(agent_id: str, keys: Iterable[Path]) -> Iterator[str]:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                preexec_fn=_dies_with_parent(),  # noqa: PLW1509 - only a prctl call
             )
         except OSError as error:
             why = error.strerror
             raise UsageError(f"--ssh {agent_id}: cannot start ssh-agent: {why}") from None
+        watchdog = _watchdog(process.pid, directory)
         try:
             _wait_for_socket(agent_id, process, socket)
             _add_keys(agent_id, socket, keys)
             yield socket
         finally:
-            _stop(process)
+            _stop(process, watchdog)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _dies_with_parent() -> Callable[[], None]:
-    """A ``preexec_fn``: the child gets SIGTERM when this thread's process dies (the
-    ctypes function is looked up before the fork, so the child only calls it)."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def apply() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return apply
+def _watchdog(pid: int, directory: str) -> subprocess.Popen[bytes]:
+    """A shell that kills the agent ``pid`` and removes ``directory`` once its standard
+    input, a pipe only this process writes, ends: when this process ends however it
+    ends, SIGKILL included. (ssh-agent is set-group-id on Debian, which clears a
+    parent-death signal, so the agent cannot be tied to this process directly.) In a
+    session of its own, so that Ctrl-C on the terminal does not end it first."""
+    script = 'read -r _; kill -TERM "$1" 2>/dev/null; rm -rf -- "$2"'
+    return subprocess.Popen(
+        ["sh", "-c", script, "sh", str(pid), directory],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _wait_for_socket(agent_id: str, process: subprocess.Popen[bytes], socket: str) -> None:
@@ -122,13 +124,22 @@ def _add_keys(agent_id: str, socket: str, keys: Iterable[Path]) -> None:
             )
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes], watchdog: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()
-        try:
-            process.wait(_AGENT_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    # The watchdog kills the agent too; it ends before the agent is reaped, so its pid
+    # cannot have been reused by then.
+    if watchdog.stdin is not None:
+        watchdog.stdin.close()
+    try:
+        watchdog.wait(_AGENT_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+        watchdog.wait()
+    try:
+        process.wait(_AGENT_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
     if process.stderr is not None:
         process.stderr.close()

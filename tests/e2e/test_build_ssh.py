@@ -7,8 +7,11 @@ python3 (no ssh client in it): ``agent.py`` asks the agent for its identities.""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,4 +200,73 @@ def test_a_mount_whose_id_was_not_given_is_skipped_or_fails_as_buildkit_says(
         )
         assert failed.returncode == 1
         assert "Dockerfile:3" in failed.stderr and message in failed.stderr, failed.stderr
+    assert_nothing_left(state)
+
+
+def _agents_holding(sock_dir_prefix: str) -> list[str]:
+    """Running ssh-agent processes whose socket lies in a private agent's directory."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"ssh-agent") and sock_dir_prefix.encode() in b" ".join(argv):
+            found.append(proc.name)
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_build_takes_its_private_agent_down(
+    signum: int, base_image: str, tmp_path: Path
+) -> None:
+    """Ctrl-C (or SIGTERM) while a step holds the agent: the build stops, the agent
+    holding the key is killed and its socket directory removed."""
+    state = tmp_path / "state"
+    context = write_context(
+        tmp_path / "ctx",
+        "ARG BASE\nFROM ${BASE}\n"
+        'RUN --mount=type=ssh test -S "$SSH_AUTH_SOCK" && echo agent-is-up && sleep 300\n',
+    )
+    before = set(_private_agents_left())
+    build = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lazybuild",
+            "--state-dir",
+            str(state),
+            "build",
+            "--progress=plain",
+            "--build-arg",
+            f"BASE={base_image}",
+            "--ssh",
+            f"default={_key(tmp_path, 'k')}",
+            str(context),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert build.stderr is not None
+        seen = ""
+        deadline = time.monotonic() + 300
+        while "agent-is-up" not in seen:
+            line = build.stderr.readline()
+            assert line, seen
+            seen += line
+            assert time.monotonic() < deadline, seen
+        (private,) = set(_private_agents_left()) - before
+        assert _agents_holding(str(private))
+        build.send_signal(signum)
+        build.communicate(timeout=120)
+        assert build.returncode != 0
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+    assert set(_private_agents_left()) == before
+    assert not _agents_holding(str(private))
     assert_nothing_left(state)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,3 +122,36 @@ def test_a_socket_is_forwarded_as_it_is(tmp_path: Path, agent_socket: socket.soc
     with ssh_agents([SshSource("default", socket=sock)]) as agents:
         assert agents == {"default": str(sock)}
     assert sock.exists()
+
+
+def _live_agents_in(directory: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"ssh-agent" in argv and directory.encode() in argv and state != "Z":
+            found.append(proc.name)
+    return found
+
+
+def test_a_killed_build_leaves_no_agent_holding_its_keys(key: Path) -> None:
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from lazybuild.cli.build_ssh import private_agent\n"
+        "with private_agent('x', [Path(sys.argv[1])]) as sock:\n"
+        "    print(sock, flush=True)\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(key)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == -9, done.stderr
+    directory = str(Path(done.stdout.strip()).parent)
+    deadline = time.monotonic() + 10
+    while _live_agents_in(directory) or Path(directory).exists():
+        assert time.monotonic() < deadline, _live_agents_in(directory)
+        time.sleep(0.05)
