@@ -12,16 +12,13 @@ the bytes, so a rebuild with the same profile downloads and compresses nothing.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import BinaryIO
 
 import trio
 
-from lazybuild.errors import one_error
-from lazybuild.estargz.layerformat import decompressed_stream
 from lazybuild.estargz.toc import BIG_FILE_CHUNK_SIZE
 from lazybuild.estargz.writer import WriterOptions
 from lazybuild.exporter.layerblobs import (
@@ -30,6 +27,8 @@ from lazybuild.exporter.layerblobs import (
     cached_blob_or_none,
     writer_fingerprint,
 )
+from lazybuild.image.layerrewrite import decompress_blob, each
+from lazybuild.image.store import RegistrySource
 from lazybuild.progress.lines import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
@@ -73,7 +72,7 @@ async def rewritten_base_blobs(
                     await _download(registry, layer, staged, progress)
                 async with compressions:
                     blob = await trio.to_thread.run_sync(
-                        cached_blob, store, name, _decompressing_into(staged), chosen
+                        cached_blob, store, name, partial(decompress_blob, staged), chosen
                     )
             finally:
                 staged.unlink(missing_ok=True)
@@ -84,24 +83,13 @@ async def rewritten_base_blobs(
             f"({human_size(blob.descriptor.size)}), {what}"
         )
 
-    with one_error():  # one failed layer is the error, not a group of it
-        async with trio.open_nursery() as nursery:
-            for layer in unique.values():
-                nursery.start_soon(one, layer)
+    await each(unique.values(), one)
     return blobs
 
 
 def _cache_name(digest: str, options: WriterOptions) -> str:
     # Base layers keep their own mtimes: SOURCE_DATE_EPOCH applies to new layers only.
     return f"base-{digest.split(':', 1)[1]}-{writer_fingerprint(options, None)}"
-
-
-def _decompressing_into(blob: Path) -> Callable[[BinaryIO], None]:
-    def fill(tar: BinaryIO) -> None:
-        with blob.open("rb") as raw:
-            shutil.copyfileobj(decompressed_stream(raw), tar, 1 << 20)
-
-    return fill
 
 
 async def _download(
@@ -113,8 +101,6 @@ async def _download(
         f"downloading base layer {short_digest(descriptor.digest)} "
         f"({human_size(descriptor.size)}) from {source.name} to optimize it"
     )
-    async with await trio.open_file(dest, "wb") as out:
-        # stream_blob checks the digest after the last piece and raises on a mismatch;
-        # the caller then removes the file, so unverified bytes are never compressed.
-        async for piece in registry.stream_blob(source, descriptor):
-            await out.write(piece)
+    # The download checks the digest after the last piece and raises on a mismatch; the
+    # caller then removes the file, so unverified bytes are never compressed.
+    await RegistrySource(registry, source).download(descriptor, dest)

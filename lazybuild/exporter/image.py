@@ -17,7 +17,6 @@ and a warning says so.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lazybuild.oci import mediatypes
-from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.descriptor import Descriptor, descriptor_for
 from lazybuild.oci.manifest import Manifest, encode_json
 from lazybuild.oci.platform import Platform
 
@@ -182,7 +181,7 @@ def assemble_image(
         if key not in config and key not in _OWN_KEYS:
             config[key] = value
     config_bytes = encode_json(config)
-    config_descriptor = _descriptor_for(mediatypes.OCI_CONFIG, config_bytes)
+    config_descriptor = descriptor_for(mediatypes.OCI_CONFIG, config_bytes)
     manifest = Manifest(
         mediatypes.OCI_MANIFEST,
         config_descriptor,
@@ -195,11 +194,7 @@ def assemble_image(
         config_bytes=config_bytes,
         config_descriptor=config_descriptor,
         manifest_bytes=manifest_bytes,
-        manifest_descriptor=_descriptor_for(mediatypes.OCI_MANIFEST, manifest_bytes),
+        manifest_descriptor=descriptor_for(mediatypes.OCI_MANIFEST, manifest_bytes),
         layers=tuple(layers),
         warnings=(warning,) if warning else (),
     )
-
-
-def _descriptor_for(media_type: str, data: bytes) -> Descriptor:
-    return Descriptor(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))

@@ -34,9 +34,9 @@ from typing import Any, BinaryIO
 
 import trio
 
-from lazybuild.errors import LazybuildError, one_error
-from lazybuild.estargz.writer import WriterOptions, WrittenLayer, write_estargz
-from lazybuild.image.convert import estargz_layer_descriptor
+from lazybuild.errors import LazybuildError
+from lazybuild.estargz.writer import WriterOptions, WrittenLayer
+from lazybuild.image.layerrewrite import each, estargz_layer_descriptor, write_estargz_file
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.snapshot.diff import write_upper_as_tar
 from lazybuild.state.atomicfile import write_atomic
@@ -129,10 +129,7 @@ async def local_layer_blobs(
         if on_done is not None:
             on_done(layer, blob)
 
-    with one_error():  # one failed layer is the error, not a group of it
-        async with trio.open_nursery() as nursery:
-            for layer in unique.values():
-                nursery.start_soon(one, layer)
+    await each(unique.values(), one)
     return blobs
 
 
@@ -185,10 +182,7 @@ def _write_blob(
         with tar_path.open("w+b") as tar:
             fill_tar(tar)
             tar.seek(0)
-            with staged.open("wb") as out:
-                written = write_estargz(tar, out, options)
-                out.flush()
-                os.fsync(out.fileno())
+            written = write_estargz_file(tar, staged, options, durable=True)
         os.replace(staged, blob_path)
     finally:
         tar_path.unlink(missing_ok=True)

@@ -9,55 +9,29 @@ throughout (Docker media types drop those annotations in some tools).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import trio
 
-from lazybuild.errors import FormatError, one_error
+from lazybuild.errors import FormatError
 from lazybuild.estargz.layerformat import LayerFormat, decompressed_stream
-from lazybuild.estargz.writer import WriterOptions, WrittenLayer, write_estargz
-from lazybuild.image.layerprobe import LayerProbe, probe_layer
-from lazybuild.image.store import (
-    ImageSource,
-    ImageTarget,
-    RootDocument,
-    copy_blob,
-    listed_as_estargz,
-)
+from lazybuild.image.layerprobe import probe_layer
+from lazybuild.image.layerrewrite import LayerRewriter, each, writer_options
+from lazybuild.image.manifestrewrite import fetch_child, put_document, put_image, source_config
+from lazybuild.image.store import ImageSource, ImageTarget
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
-from lazybuild.oci.manifest import Index, Manifest, config_diff_ids, encode_json, load_config
+from lazybuild.oci.manifest import Index, Manifest
 from lazybuild.oci.platform import Platform
 from lazybuild.progress.lines import Progress, human_size, short_digest
-
-# Downloads and uploads overlap; compression already uses every core inside the writer.
-_TRANSFER_CONCURRENCY = 4
-
-
-def estargz_layer_descriptor(written: WrittenLayer) -> Descriptor:
-    """The descriptor of a layer lazybuild wrote as eStargz: OCI gzip media type, with
-    the TOC digest and uncompressed size annotations lazy pullers look for, and
-    lazybuild's own hints where the TOC and the prefetch region are."""
-    annotations = {
-        mediatypes.TOC_DIGEST_ANNOTATION: written.toc_digest,
-        mediatypes.UNCOMPRESSED_SIZE_ANNOTATION: str(written.uncompressed_size),
-        mediatypes.TOC_OFFSET_ANNOTATION: str(written.toc_offset),
-    }
-    if written.prefetch_region_size:
-        annotations[mediatypes.PREFETCH_REGION_ANNOTATION] = str(written.prefetch_region_size)
-    # Sorted, as a descriptor read back from the layer cache's sidecar is: the same
-    # layer must make the same manifest bytes whether it was written now or reused.
-    return Descriptor(
-        mediatypes.OCI_LAYER_GZIP, written.digest, written.size, dict(sorted(annotations.items()))
-    )
 
 
 @dataclass(frozen=True)
@@ -94,36 +68,28 @@ async def convert_image(
 ) -> ConvertResult:
     root = await source.root()
     with tempfile.TemporaryDirectory(prefix="lazybuild-convert-", dir=options.tmpdir) as tmp:
-        converter = _Converter(source, target, options, progress, Path(tmp))
+        converter = _Converter(LayerRewriter(source, target, Path(tmp)), options, progress)
         if isinstance(root.document, Manifest):
-            descriptor = await converter.convert_manifest(root, is_root=True)
+            descriptor = await converter.convert_manifest(
+                root.descriptor, root.document, is_root=True
+            )
         else:
-            descriptor = await converter.convert_index(root, root.document)
+            descriptor = await converter.convert_index(root.document)
     return ConvertResult(descriptor, tuple(converter.outcomes))
 
 
 class _Converter:
-    def __init__(
-        self,
-        source: ImageSource,
-        target: ImageTarget,
-        options: ConvertOptions,
-        progress: Progress,
-        workdir: Path,
-    ) -> None:
-        self.source = source
-        self.target = target
+    def __init__(self, layers: LayerRewriter, options: ConvertOptions, progress: Progress) -> None:
+        self.layers = layers
+        self.source = layers.source
         self.options = options
         self.progress = progress
-        self.workdir = workdir
         self.outcomes: list[LayerOutcome] = []
-        self.transfers = trio.CapacityLimiter(_TRANSFER_CONCURRENCY)
-        self.compressor = trio.CapacityLimiter(1)
         # A layer listed twice (in one manifest or across platforms) is converted once.
         self._layer_locks: dict[str, trio.Lock] = {}
         self._converted_layers: dict[str, LayerOutcome] = {}
 
-    async def convert_index(self, root: RootDocument, index: Index) -> Descriptor:
+    async def convert_index(self, index: Index) -> Descriptor:
         entries: list[Descriptor] = []
         for entry in index.manifests:
             if not mediatypes.is_manifest(entry.media_type) or entry.platform is None:
@@ -139,10 +105,14 @@ class _Converter:
                 entry.platform
             ):
                 continue
-            data = await self.source.fetch(entry)
-            child = RootDocument(entry, data, _as_manifest(data, entry, self.source.description))
+            manifest = await fetch_child(self.source, entry)
+            if not isinstance(manifest, Manifest):
+                raise FormatError(
+                    f"{self.source.description}: index entry {entry.digest} is not an image "
+                    "manifest"
+                )
             self.progress.line(f"platform {entry.platform}")
-            converted = await self.convert_manifest(child, is_root=False)
+            converted = await self.convert_manifest(entry, manifest, is_root=False)
             entries.append(
                 Descriptor(
                     converted.media_type,
@@ -155,22 +125,15 @@ class _Converter:
         if not entries:
             raise FormatError(f"{self.source.description}: no image manifest to convert")
         new_index = Index(mediatypes.OCI_INDEX, tuple(entries), index.annotations, index.extra)
-        data = new_index.encode()
-        descriptor = _descriptor_for(mediatypes.OCI_INDEX, data)
-        await self.target.put_manifest(descriptor, data, root=True)
-        return descriptor
+        return await put_document(
+            self.layers.target, mediatypes.OCI_INDEX, new_index.encode(), root=True
+        )
 
-    async def convert_manifest(self, root: RootDocument, *, is_root: bool) -> Descriptor:
-        manifest = root.document
-        assert isinstance(manifest, Manifest)
-        where = f"{self.source.description} ({short_digest(root.descriptor.digest)})"
-        config_bytes = await self.source.fetch(manifest.config)
-        config = load_config(config_bytes, f"{where} config")
-        diff_ids = config_diff_ids(config)
-        if len(diff_ids) != len(manifest.layers):
-            raise FormatError(
-                f"{where}: config lists {len(diff_ids)} diff_ids for {len(manifest.layers)} layers"
-            )
+    async def convert_manifest(
+        self, descriptor: Descriptor, manifest: Manifest, *, is_root: bool
+    ) -> Descriptor:
+        where = f"{self.source.description} ({short_digest(descriptor.digest)})"
+        config, diff_ids = await source_config(self.source, manifest, where)
         outcomes: list[LayerOutcome | None] = [None] * len(manifest.layers)
 
         async def convert_one(position: int) -> None:
@@ -178,28 +141,18 @@ class _Converter:
                 manifest.layers[position], diff_ids[position], f"{where} layer {position + 1}"
             )
 
-        with one_error():  # one failed layer is the error, not a group of it
-            async with trio.open_nursery() as nursery:
-                for position in range(len(manifest.layers)):
-                    nursery.start_soon(convert_one, position)
+        await each(range(len(manifest.layers)), convert_one)
         done = [o for o in outcomes if o is not None]
         self.outcomes.extend(o for o in done if o not in self.outcomes)
-
-        new_config = _rewrite_config(config, [o.diff_id for o in done])
-        new_config_bytes = encode_json(new_config)
-        config_descriptor = _descriptor_for(mediatypes.OCI_CONFIG, new_config_bytes)
-        await self.target.put_blob(config_descriptor, new_config_bytes)
-        new_manifest = Manifest(
-            mediatypes.OCI_MANIFEST,
-            config_descriptor,
-            tuple(o.result for o in done),
-            manifest.annotations,
-            manifest.extra,
+        return await put_image(
+            self.layers.target,
+            config,
+            [o.result for o in done],
+            [o.diff_id for o in done],
+            annotations=manifest.annotations,
+            extra=manifest.extra,
+            root=is_root,
         )
-        data = new_manifest.encode()
-        descriptor = _descriptor_for(mediatypes.OCI_MANIFEST, data)
-        await self.target.put_manifest(descriptor, data, root=is_root)
-        return descriptor
 
     async def _convert_layer_once(
         self, layer: Descriptor, diff_id: str, where: str
@@ -214,8 +167,11 @@ class _Converter:
     async def _convert_layer(self, layer: Descriptor, diff_id: str, where: str) -> LayerOutcome:
         started = time.monotonic()
         probe = await probe_layer(self.source, layer, where)
+        name = f"{short_digest(layer.digest)}-{id(probe)}"
         if probe.format is LayerFormat.ESTARGZ:
-            result, transfer = await self._keep_estargz(probe, where)
+            result, transfer = await self.layers.keep(
+                probe, partial(self._uncompressed_size, layer), name
+            )
             outcome = LayerOutcome(
                 layer,
                 probe.format,
@@ -230,20 +186,19 @@ class _Converter:
                 f"({human_size(layer.size)})"
             )
             return outcome
-        raw = self.workdir / f"src-{short_digest(layer.digest)}-{id(probe)}"
-        async with self.transfers:
-            await self.source.download(layer, raw)
-        async with self.compressor:
-            try:
-                written = await trio.to_thread.run_sync(self._write_estargz, raw, probe)
-            except FormatError as exc:
-                raise FormatError(f"{where}: {exc}") from None
+        raw = self.layers.workdir / f"src-{name}"
+        await self.layers.download(layer, raw)
+        options = replace(
+            writer_options(self.options.chunk_size, self.options.compression_level),
+            workers=self.options.workers,
+        )
+        try:
+            # The writer reads the decompressed stream as it goes: no tar file on disk.
+            written = await self.layers.write(partial(_decompressed, raw), options, name)
+        except FormatError as exc:
+            raise FormatError(f"{where}: {exc}") from None
         raw.unlink()
-        result = estargz_layer_descriptor(written)
-        out = self._output_path(written.digest)
-        async with self.transfers:
-            transfer = await self.target.put_blob(result, out)
-        out.unlink()
+        result, transfer = await self.layers.upload(written)
         seconds = time.monotonic() - started
         self.progress.line(
             f"{where}: {short_digest(layer.digest)} {probe.format.value} "
@@ -260,50 +215,13 @@ class _Converter:
             seconds=seconds,
         )
 
-    def _write_estargz(self, raw: Path, probe: LayerProbe) -> WrittenLayer:
-        options: dict[str, Any] = {"chunk_size": self.options.chunk_size}
-        if self.options.compression_level is not None:
-            options["compression_level"] = self.options.compression_level
-        options["workers"] = self.options.workers
-        staged = self.workdir / f"out-{id(probe)}"
-        try:
-            with raw.open("rb") as compressed, staged.open("wb") as out:
-                stream = decompressed_stream(compressed)
-                written = write_estargz(stream, out, WriterOptions(**options))
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
-        staged.rename(self._output_path(written.digest))
-        return written
-
-    def _output_path(self, digest: str) -> Path:
-        return self.workdir / f"estargz-{digest.split(':', 1)[1]}"
-
-    async def _keep_estargz(self, probe: LayerProbe, where: str) -> tuple[Descriptor, str]:
-        layer = probe.descriptor
-        assert probe.opened is not None
-        result = await listed_as_estargz(
-            layer, probe.opened.toc_digest, partial(self._uncompressed_size, layer, where)
-        )
-        transfer = await copy_blob(
-            self.source,
-            self.target,
-            layer,
-            listed_as=result,
-            scratch=self.workdir / f"keep-{short_digest(layer.digest)}-{id(probe)}",
-            transfers=self.transfers,
-        )
-        return result, transfer
-
-    async def _uncompressed_size(self, layer: Descriptor, where: str) -> int:
-        raw = self.workdir / f"size-{short_digest(layer.digest)}"
-        async with self.transfers:
-            await self.source.download(layer, raw)
+    async def _uncompressed_size(self, layer: Descriptor) -> int:
+        raw = self.layers.workdir / f"size-{short_digest(layer.digest)}"
+        await self.layers.download(layer, raw)
 
         def count() -> int:
             total = 0
-            with raw.open("rb") as compressed:
-                stream = decompressed_stream(compressed)
+            with _decompressed(raw) as stream:
                 while piece := stream.read(1 << 20):
                     total += len(piece)
             return total
@@ -314,21 +232,8 @@ class _Converter:
             raw.unlink(missing_ok=True)
 
 
-def _as_manifest(data: bytes, entry: Descriptor, where: str) -> Manifest:
-    from lazybuild.oci.manifest import parse_document
-
-    document = parse_document(data, entry.media_type, f"{where} ({short_digest(entry.digest)})")
-    if not isinstance(document, Manifest):
-        raise FormatError(f"{where}: index entry {entry.digest} is not an image manifest")
-    return document
-
-
-def _descriptor_for(media_type: str, data: bytes) -> Descriptor:
-    return Descriptor(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
-
-
-def _rewrite_config(config: dict[str, Any], diff_ids: list[str]) -> dict[str, Any]:
-    """The config with new diff_ids; history, env and everything else untouched."""
-    rewritten: dict[str, Any] = json.loads(json.dumps(config))
-    rewritten["rootfs"] = {**config["rootfs"], "type": "layers", "diff_ids": diff_ids}
-    return rewritten
+@contextmanager
+def _decompressed(blob: Path) -> Iterator[BinaryIO]:
+    """The layer blob's uncompressed tar, as a stream."""
+    with blob.open("rb") as compressed:
+        yield decompressed_stream(compressed)

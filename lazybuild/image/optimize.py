@@ -23,36 +23,32 @@ command: its outcome is reported and the image is written with what it read.
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from lazybuild.errors import FormatError, UsageError, one_error
+from lazybuild.errors import FormatError, UsageError
 from lazybuild.estargz.index import clean_name
-from lazybuild.estargz.layerformat import LayerFormat, decompressed_stream
+from lazybuild.estargz.layerformat import LayerFormat
 from lazybuild.estargz.toc import BIG_FILE_CHUNK_SIZE, PREFETCH_LANDMARK, decode_toc_json
-from lazybuild.estargz.writer import DEFAULT_CHUNK_SIZE, WriterOptions, WrittenLayer, write_estargz
-from lazybuild.executor.spec import Network
-from lazybuild.image.convert import estargz_layer_descriptor
+from lazybuild.estargz.writer import DEFAULT_CHUNK_SIZE
 from lazybuild.image.layerprobe import LayerProbe, probe_layer
+from lazybuild.image.layerrewrite import LayerRewriter, each, writer_options
+from lazybuild.image.manifestrewrite import fetch_child, put_image, source_config
 from lazybuild.image.store import (
     ImageSource,
     ImageTarget,
     LayoutSource,
     RegistrySource,
-    copy_blob,
-    listed_as_estargz,
     open_source,
     open_target,
 )
@@ -64,20 +60,11 @@ from lazybuild.lazyfs.unpack import (
     unpack_verified_tar,
     unpacked_root,
 )
-from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
-from lazybuild.oci.manifest import (
-    Index,
-    Manifest,
-    config_diff_ids,
-    encode_json,
-    load_config,
-    parse_document,
-)
+from lazybuild.oci.manifest import Index, Manifest
 from lazybuild.oci.platform import Platform, host_platform
 from lazybuild.profile.artifact import (
     RECORD_ANNOTATION,
-    descriptor_for,
     index_with_record,
     record_artifact,
     record_descriptor,
@@ -85,40 +72,29 @@ from lazybuild.profile.artifact import (
 from lazybuild.profile.layers import (
     LayerAssignment,
     TarLayerContents,
-    assign_to_layers,
     left_out_note,
-    prefetchable,
+    plan_layers,
 )
-from lazybuild.profile.record import (
-    ReadRanges,
-    RecordEntry,
-    encode_record,
-    read_record,
-    record_paths,
-    record_read_ranges,
-    write_record,
+from lazybuild.profile.record import RecordEntry, encode_record, write_record
+from lazybuild.profile.recording import (
+    RecordedReads,
+    WorkloadOptions,
+    reads_from_record,
+    record_reads,
 )
-from lazybuild.profile.workload import (
-    DEFAULT_TIMEOUT,
-    OutputSink,
-    WorkloadRecord,
-    record_workload,
-)
+from lazybuild.profile.workload import OutputSink, WorkloadRecord
 from lazybuild.progress.lines import Progress, human_size, short_digest
 from lazybuild.registry.options import RegistryOptions
 from lazybuild.run.imagemount import mounted_image
 from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
 
-_TRANSFER_CONCURRENCY = 4
-
-
-@dataclass(frozen=True)
-class WorkloadOptions:
-    command: tuple[str, ...] | None = None  # None: the image's entrypoint and cmd
-    env: tuple[str, ...] = ()
-    timeout: float = DEFAULT_TIMEOUT
-    ready: re.Pattern[str] | None = None
-    network: Network = "none"
+__all__ = [
+    "OptimizeRequest",
+    "OptimizeResult",
+    "OptimizedLayer",
+    "WorkloadOptions",
+    "optimize_image",
+]
 
 
 @dataclass(frozen=True)
@@ -175,6 +151,7 @@ class _SourceImage:
     descriptor: Descriptor
     manifest: Manifest
     config: dict[str, Any]
+    diff_ids: list[str]
     platform: Platform
     where: str
 
@@ -194,26 +171,17 @@ async def optimize_image(
         target = open_target(request.destination, client, source)
         progress.line(f"optimizing {source.description} -> {target.description}")
         with tempfile.TemporaryDirectory(prefix="lazybuild-optimize-", dir=request.tmpdir) as tmp:
-            job = _Optimizer(request, source, target, Path(tmp), progress)
+            job = _Optimizer(request, LayerRewriter(source, target, Path(tmp)), progress)
             return await job.run(state_dir, registry, output)
 
 
 class _Optimizer:
-    def __init__(
-        self,
-        request: OptimizeRequest,
-        source: ImageSource,
-        target: ImageTarget,
-        workdir: Path,
-        progress: Progress,
-    ) -> None:
+    def __init__(self, request: OptimizeRequest, layers: LayerRewriter, progress: Progress) -> None:
         self.request = request
-        self.source = source
-        self.target = target
-        self.workdir = workdir
+        self.layers = layers
+        self.source: ImageSource = layers.source
+        self.target: ImageTarget = layers.target
         self.progress = progress
-        self.transfers = trio.CapacityLimiter(_TRANSFER_CONCURRENCY)
-        self.compressor = trio.CapacityLimiter(1)
 
     async def run(
         self, state_dir: Path, registry: RegistryOptions, output: OutputSink | None
@@ -222,53 +190,48 @@ class _Optimizer:
         layers = [
             _Layer(i, descriptor, diff_id)
             for i, (descriptor, diff_id) in enumerate(
-                zip(image.manifest.layers, config_diff_ids(image.config), strict=True)
+                zip(image.manifest.layers, image.diff_ids, strict=True)
             )
         ]
-        await self._each(layers, self._probe)
+        await each(layers, self._probe)
         local = isinstance(self.source, LayoutSource)
         # Layers that are not eStargz are rewritten from their tar in any case; a layout
         # is unpacked from its tars to run the workload.
-        await self._each([la for la in layers if local or not la.is_estargz], self._prepare_tar)
-        workload: WorkloadRecord | None = None
+        await each([la for la in layers if local or not la.is_estargz], self._prepare_tar)
         if self.request.record_in is not None:
-            paths, read_ranges = self._paths_from_record(self.request.record_in, image)
+            reads = self._reads_from_record(self.request.record_in, image)
         else:
             if not local:
                 # The lazy mount that runs the workload unpacks the layers it cannot serve
                 # lazily: from the tars at hand, not by downloading those blobs again.
                 unpacked = [la for la in layers if la.tar and not is_lazy_layer(la.descriptor)]
-                await self._each(unpacked, partial(self._unpack_for_mount, state_dir))
-            workload, read_ranges = await self._record(image, layers, state_dir, registry, output)
-            paths = list(workload.files)
+                await each(unpacked, partial(self._unpack_for_mount, state_dir))
+            reads = await self._record(image, layers, state_dir, registry, output)
+        workload = reads.workload
         for layer in layers:
             layer.contents = self._contents(layer)
         contents = [la.contents for la in layers if la.contents]
-        assignment = assign_to_layers(paths, contents)
-        self._report_assignment(assignment, len(paths))
-        left_out: list[str] = []
-        prioritized = [
-            prefetchable(assignment.per_layer[position], layer_contents.size, left_out)
-            for position, layer_contents in enumerate(contents)
-        ]
-        if left_out:
-            self.progress.line(left_out_note(left_out))
-        entries = tuple(assignment.entries(image.descriptor.digest, read_ranges))
+        plan = plan_layers(reads.files, contents)
+        assignment = plan.assignment
+        self._report_assignment(assignment, len(reads.files))
+        if plan.left_out:
+            self.progress.line(left_out_note(plan.left_out))
+        entries = tuple(assignment.entries(image.descriptor.digest, reads.read_ranges))
         record = encode_record(entries)
         if self.request.record_out is not None:
             await trio.to_thread.run_sync(write_record, self.request.record_out, entries)
             self.progress.line(f"record: {len(entries)} file(s) -> {self.request.record_out}")
         outcomes: list[OptimizedLayer | None] = [None] * len(layers)
 
-        too_big = set(left_out)
+        too_big = set(plan.left_out)
 
         async def optimize_one(layer: _Layer) -> None:
             read_in_places = [p for p in assignment.per_layer[layer.position] if p in too_big]
             outcomes[layer.position] = await self._optimize_layer(
-                layer, prioritized[layer.position], read_in_places, len(layers)
+                layer, plan.first[layer.position], read_in_places, len(layers)
             )
 
-        await self._each(layers, optimize_one)
+        await each(layers, optimize_one)
         done = [o for o in outcomes if o is not None]
         root, manifest, artifact = await self._write_image(image, done, record, workload)
         return OptimizeResult(
@@ -290,19 +253,13 @@ class _Optimizer:
         platform: Platform | None = None
         if isinstance(document, Index):
             chosen = document.select(host_platform(), self.source.description)
-            data = await self._fetch_manifest(chosen)
-            where = f"{self.source.description} ({short_digest(chosen.digest)})"
-            document = parse_document(data, chosen.media_type, where)
+            document = await fetch_child(self.source, chosen)
             if not isinstance(document, Manifest):
+                where = f"{self.source.description} ({short_digest(chosen.digest)})"
                 raise FormatError(f"{where}: index entry {chosen.digest} is not an image")
             descriptor, platform = chosen, chosen.platform
         where = f"{self.source.description} ({short_digest(descriptor.digest)})"
-        config = load_config(await self.source.fetch(document.config), f"{where} config")
-        if len(config_diff_ids(config)) != len(document.layers):
-            raise FormatError(
-                f"{where}: config lists {len(config_diff_ids(config))} diff_ids for "
-                f"{len(document.layers)} layers"
-            )
+        config, diff_ids = await source_config(self.source, document, where)
         if platform is None:
             platform = Platform(
                 str(config.get("os") or "linux"),
@@ -313,41 +270,19 @@ class _Optimizer:
             f"{where}: {len(document.layers)} layer(s), "
             f"{human_size(sum(layer.size for layer in document.layers))}, {platform}"
         )
-        return _SourceImage(descriptor, document, config, platform, where)
-
-    async def _fetch_manifest(self, descriptor: Descriptor) -> bytes:
-        if isinstance(self.source, RegistrySource):
-            # Registries serve manifests from the manifests endpoint only.
-            pinned = self.source.ref.with_digest(descriptor.digest)
-            fetched = await self.source.client.get_manifest(pinned)
-            return fetched.data
-        return await self.source.fetch(descriptor)
+        return _SourceImage(descriptor, document, config, diff_ids, platform, where)
 
     async def _probe(self, layer: _Layer) -> None:
         layer.probe = await probe_layer(self.source, layer.descriptor, self._where(layer))
 
     async def _prepare_tar(self, layer: _Layer) -> None:
         """Download the blob (verified) and keep its uncompressed tar."""
-        if layer.tar is not None:
-            return
-        blob = self.workdir / f"blob-{layer.position}"
-        tar = self.workdir / f"tar-{layer.position}"
-        async with self.transfers:
-            await self.source.download(layer.descriptor, blob)
-
-        def decompress() -> None:
-            with blob.open("rb") as raw, tar.open("wb") as out:
-                shutil.copyfileobj(decompressed_stream(raw), out, 1 << 20)
-
-        try:
-            await trio.to_thread.run_sync(decompress)
-        finally:
-            blob.unlink(missing_ok=True)
-        layer.tar = tar
+        if layer.tar is None:
+            layer.tar = await self.layers.download_tar(layer.descriptor, str(layer.position))
 
     async def _unpack_for_mount(self, state_dir: Path, layer: _Layer) -> None:
         assert layer.tar is not None
-        async with self.transfers:
+        async with self.layers.transfers:
             await unpack_verified_tar(layer.tar, layer.descriptor, unpacked_root(state_dir))
 
     def _contents(self, layer: _Layer) -> TarLayerContents:
@@ -362,19 +297,14 @@ class _Optimizer:
 
     # -- the workload -------------------------------------------------------------
 
-    def _paths_from_record(
-        self, path: Path, image: _SourceImage
-    ) -> tuple[list[str], dict[str, ReadRanges]]:
-        entries = read_record(path)
-        others = {e.manifest_digest for e in entries if e.manifest_digest} - {
-            image.descriptor.digest
-        }
+    def _reads_from_record(self, path: Path, image: _SourceImage) -> RecordedReads:
+        reads = reads_from_record(path)
+        others = reads.manifests - {image.descriptor.digest}
         note = ""
         if others:
             note = f" (made on {', '.join(sorted(short_digest(d) for d in others))}: paths reused)"
-        paths = record_paths(entries)
-        self.progress.line(f"record from {path}: {len(paths)} file(s){note}")
-        return paths, record_read_ranges(entries)
+        self.progress.line(f"record from {path}: {len(reads.files)} file(s){note}")
+        return reads
 
     async def _record(
         self,
@@ -383,9 +313,9 @@ class _Optimizer:
         state_dir: Path,
         registry: RegistryOptions,
         output: OutputSink | None,
-    ) -> tuple[WorkloadRecord, dict[str, ReadRanges]]:
-        """The workload's record, and by path the places it read of big files (known
-        only when the image is mounted lazily)."""
+    ) -> RecordedReads:
+        """What the workload read: the places read of big files are known only when
+        the image is mounted lazily."""
         options = self.request.workload
         workspace = state_dir / "containers" / ("lazybuild-optimize-" + secrets.token_hex(6))
         rootfs, upper, work = (workspace / name for name in ("rootfs", "upper", "work"))
@@ -394,7 +324,6 @@ class _Optimizer:
         try:
             mounting = self._mounted(image, layers, state_dir, registry, workspace)
             async with mounting as (config, service):
-                mark = None if service is None else await service.mark_reads()
                 what = " ".join(options.command) if options.command else "the image's command"
                 self.progress.line(
                     f"workload: running {what} (timeout {options.timeout:g}s, "
@@ -402,25 +331,20 @@ class _Optimizer:
                     + (f", until output matches {options.ready.pattern!r}" if options.ready else "")
                     + ")"
                 )
-                record = await record_workload(
+                reads = await record_reads(
                     rootfs,
                     config,
-                    command=options.command,
-                    env=options.env,
-                    timeout=options.timeout,
-                    ready=options.ready,
-                    network=options.network,
+                    options,
                     scratch_dir=workspace / "scratch",
+                    reads=service,
                     output=output,
                 )
-                ranges = {}
-                if service is not None and mark is not None:
-                    ranges = await service.ranges_since(mark)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_remove_workspace, workspace)
-        self._report_workload(record)
-        return record, ranges
+        assert reads.workload is not None
+        self._report_workload(reads.workload)
+        return reads
 
     @asynccontextmanager
     async def _mounted(
@@ -512,17 +436,20 @@ class _Optimizer:
                 transfer=transfer,
             )
         await self._prepare_tar(layer)
-        assert layer.tar is not None
-        async with self.compressor:
-            written = await trio.to_thread.run_sync(self._write, layer, list(wanted))
-        layer.tar.unlink(missing_ok=True)
+        tar = layer.tar
+        assert tar is not None
+        chunk_size = self.request.chunk_size
+        options = replace(
+            writer_options(chunk_size, self.request.compression_level),
+            prioritized_files=list(wanted) or None,
+            allow_missing_prioritized=True,
+            big_file_chunk_size=min(BIG_FILE_CHUNK_SIZE, chunk_size),
+        )
+        written = await self.layers.write(lambda: tar.open("rb"), options, str(layer.position))
+        tar.unlink(missing_ok=True)
         if written.missing_prioritized:  # cannot happen: paths come from the layer's entries
             self.progress.line(f"{where}: {len(written.missing_prioritized)} file(s) not found")
-        result = estargz_layer_descriptor(written)
-        out = self._output_path(written.digest)
-        async with self.transfers:
-            transfer = await self.target.put_blob(result, out)
-        out.unlink(missing_ok=True)
+        result, transfer = await self.layers.upload(written)
         assert layer.probe is not None
         self.progress.line(
             f"{where}: {layer.probe.format.value} {human_size(layer.descriptor.size)} -> eStargz "
@@ -538,49 +465,15 @@ class _Optimizer:
             transfer=transfer,
         )
 
-    def _write(self, layer: _Layer, wanted: list[str]) -> WrittenLayer:
-        assert layer.tar is not None
-        options: dict[str, Any] = {
-            "chunk_size": self.request.chunk_size,
-            "prioritized_files": wanted or None,
-            "allow_missing_prioritized": True,
-            "big_file_chunk_size": min(BIG_FILE_CHUNK_SIZE, self.request.chunk_size),
-        }
-        if self.request.compression_level is not None:
-            options["compression_level"] = self.request.compression_level
-        staged = self.workdir / f"out-{layer.position}"
-        try:
-            with layer.tar.open("rb") as tar, staged.open("wb") as out:
-                written = write_estargz(tar, out, WriterOptions(**options))
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
-        staged.rename(self._output_path(written.digest))
-        return written
-
-    def _output_path(self, digest: str) -> Path:
-        return self.workdir / f"estargz-{digest.split(':', 1)[1]}"
-
     async def _keep(self, layer: _Layer) -> tuple[Descriptor, str]:
-        probe = layer.probe
-        assert probe is not None and probe.opened is not None
+        assert layer.probe is not None
 
         async def tar_size() -> int:
             await self._prepare_tar(layer)
             assert layer.tar is not None
             return layer.tar.stat().st_size
 
-        descriptor = layer.descriptor
-        result = await listed_as_estargz(descriptor, probe.opened.toc_digest, tar_size)
-        transfer = await copy_blob(
-            self.source,
-            self.target,
-            descriptor,
-            listed_as=result,
-            scratch=self.workdir / f"keep-{layer.position}",
-            transfers=self.transfers,
-        )
-        return result, transfer
+        return await self.layers.keep(layer.probe, tar_size, str(layer.position))
 
     # -- the image ------------------------------------------------------------------
 
@@ -591,30 +484,25 @@ class _Optimizer:
         record: bytes,
         workload: WorkloadRecord | None,
     ) -> tuple[Descriptor, Descriptor, Descriptor | None]:
-        config = json.loads(json.dumps(image.config))
-        config["rootfs"] = {
-            **image.config["rootfs"],
-            "type": "layers",
-            "diff_ids": [layer.diff_id for layer in layers],
-        }
-        config_bytes = encode_json(config)
-        config_descriptor = descriptor_for(mediatypes.OCI_CONFIG, config_bytes)
-        await self.target.put_blob(config_descriptor, config_bytes)
         attach = self.request.attach_record and bool(record)
         annotations = dict(image.manifest.annotations)
         annotations.pop(RECORD_ANNOTATION, None)
         if attach:
             annotations[RECORD_ANNOTATION] = record_descriptor(record).digest
-        manifest = Manifest(
-            mediatypes.OCI_MANIFEST,
-            config_descriptor,
-            tuple(layer.result for layer in layers),
-            annotations,
-            {k: v for k, v in image.manifest.extra.items() if k not in ("subject", "artifactType")},
+        manifest_descriptor = await put_image(
+            self.target,
+            image.config,
+            [layer.result for layer in layers],
+            [layer.diff_id for layer in layers],
+            annotations=annotations,
+            # The source's own artifact fields would make ours an artifact about it.
+            extra={
+                k: v
+                for k, v in image.manifest.extra.items()
+                if k not in ("subject", "artifactType")
+            },
+            root=not attach,
         )
-        manifest_bytes = manifest.encode()
-        manifest_descriptor = descriptor_for(mediatypes.OCI_MANIFEST, manifest_bytes)
-        await self.target.put_manifest(manifest_descriptor, manifest_bytes, root=not attach)
         if not attach:
             self.progress.line(f"image manifest {short_digest(manifest_descriptor.digest)}")
             return manifest_descriptor, manifest_descriptor, None
@@ -637,12 +525,6 @@ class _Optimizer:
             f"{short_digest(index_descriptor.digest)}"
         )
         return index_descriptor, manifest_descriptor, artifact.manifest
-
-    async def _each(self, layers: list[_Layer], work: Callable[[_Layer], Awaitable[None]]) -> None:
-        with one_error():  # one failed layer is the error, not a group of it
-            async with trio.open_nursery() as nursery:
-                for layer in layers:
-                    nursery.start_soon(work, layer)
 
 
 def _laid_out_as(layer: _Layer, wanted: Sequence[str], read_in_places: Sequence[str]) -> bool:

@@ -15,7 +15,7 @@ or hangs is reported, never fatal: the image is written with what was recorded.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,21 +25,14 @@ from lazybuild.executor.spec import Network
 from lazybuild.exporter.registrypush import WorkloadRecordAttachment
 from lazybuild.imagebuild.driver import BuildResult
 from lazybuild.oci.platform import host_platform
-from lazybuild.profile.layers import (
-    DirectoryLayerContents,
-    assign_to_layers,
-    left_out_note,
-    prefetchable,
+from lazybuild.profile.layers import DirectoryLayerContents, left_out_note, plan_layers
+from lazybuild.profile.record import encode_record, write_record
+from lazybuild.profile.recording import (
+    RecordedReads,
+    WorkloadOptions,
+    reads_from_record,
+    record_reads,
 )
-from lazybuild.profile.record import (
-    ReadRanges,
-    encode_record,
-    read_record,
-    record_paths,
-    record_read_ranges,
-    write_record,
-)
-from lazybuild.profile.workload import WorkloadRecord, record_workload
 from lazybuild.worker.layers import LocalLayer
 
 
@@ -53,6 +46,10 @@ class ProfileRequest:
     record_in: Path | None = None
     record_out: Path | None = None
     optimize_base: bool = False
+
+    @property
+    def workload(self) -> WorkloadOptions:
+        return WorkloadOptions(self.command, self.env, self.timeout, self.ready, self.network)
 
 
 @dataclass(frozen=True)
@@ -75,19 +72,16 @@ async def profile_image(
     base = snapshot.base_layers
     if not made and not (request.optimize_base and base):
         return Profile({}, None)
-    files, workload, read_ranges = await _recorded_files(result, request, line)
+    reads = await _recorded_reads(result, request, line)
     lowers = await result.mounter.lower_dirs(snapshot)
     contents = [DirectoryLayerContents(directory) for directory in reversed(lowers)]
-    assignment = assign_to_layers(files, contents)
+    plan = await trio.to_thread.run_sync(plan_layers, reads.files, contents)
+    entries = plan.assignment.entries(read_ranges=reads.read_ranges)
     if request.record_out is not None:
-        write_record(request.record_out, assignment.entries(read_ranges=read_ranges))
+        write_record(request.record_out, entries)
     chosen: dict[str, tuple[str, ...]] = {}
     base_chosen: dict[str, tuple[str, ...]] | None = {} if request.optimize_base else None
-    left_out: list[str] = []
-    for position, layer in enumerate(snapshot.layers):
-        files_here = await trio.to_thread.run_sync(
-            prefetchable, assignment.per_layer[position], contents[position].size, left_out
-        )
+    for layer, files_here in zip(snapshot.layers, plan.first, strict=True):
         if isinstance(layer, LocalLayer):
             chosen[layer.id] = files_here
         elif base_chosen is not None:
@@ -100,13 +94,14 @@ async def profile_image(
     if base_chosen is not None:
         in_base = sum(len(paths) for paths in base_chosen.values())
         summary += f", {in_base} in the {len(base)} base layer(s)"
-    if left_out:
-        summary += f"; {left_out_note(left_out)}"
+    if plan.left_out:
+        summary += f"; {left_out_note(plan.left_out)}"
     line(summary)
     attachment = None
-    if assignment.files:
+    if plan.assignment.files:
+        workload = reads.workload
         attachment = WorkloadRecordAttachment(
-            record=encode_record(assignment.entries(read_ranges=read_ranges)),
+            record=encode_record(entries),
             command=workload.args if workload else (),
             outcome=workload.outcome.to_json() if workload else None,
             platform=host_platform(),
@@ -114,41 +109,36 @@ async def profile_image(
     return Profile(chosen, attachment, base_chosen)
 
 
-async def _recorded_files(
+async def _recorded_reads(
     result: BuildResult, request: ProfileRequest, line: Callable[[str], None]
-) -> tuple[Sequence[str], WorkloadRecord | None, dict[str, ReadRanges]]:
-    """The files the workload read in order, its record, and by path the places it read
-    of files too big to prefetch whole."""
+) -> RecordedReads:
+    """What the workload read (or the record file says it read)."""
     if request.record_in is not None:
-        entries = read_record(request.record_in)
-        return record_paths(entries), None, record_read_ranges(entries)
+        return reads_from_record(request.record_in)
     config = result.config.to_oci_config()
     settings = config.get("config") or {}
     if request.command is None and not (settings.get("Entrypoint") or settings.get("Cmd")):
         line("workload profile: the image has no ENTRYPOINT or CMD; nothing to profile")
-        return (), None, {}
+        return RecordedReads((), {})
     with result.store.staging() as area:
         async with result.mounter.mounted(
             result.snapshot, area.merged, upper=area.upper, work=area.work
         ) as rootfs:
-            # fanotify names the files; where in a big file the workload read, only the
-            # lazy filesystem sees, and only for pages the kernel has not cached (the
-            # build's own steps may have read them).
-            mark = await result.mounter.mark_reads(reread_big_files=True)
-            record = await record_workload(
+            # The build's own steps may have read big files already, and the lazy
+            # filesystem sees only reads of pages the kernel has not cached.
+            reads = await record_reads(
                 rootfs,
                 config,
-                command=request.command,
-                env=request.env,
-                timeout=request.timeout,
-                ready=request.ready,
-                network=request.network,
+                request.workload,
                 scratch_dir=area.scratch,
+                reads=result.mounter,
+                reread_big_files=True,
             )
-            ranges = {} if mark is None else await result.mounter.ranges_since(mark)
+    record = reads.workload
+    assert record is not None
     verdict = "" if record.outcome.succeeded else " (not fatal: the image keeps what it read)"
     line(
         f"workload profile: {' '.join(record.args)} {record.outcome.describe()}; "
         f"it read {len(record.files)} file(s){verdict}"
     )
-    return record.files, record, ranges
+    return reads

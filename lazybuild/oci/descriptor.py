@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lazybuild.errors import FormatError
-from lazybuild.oci.digest import validate_digest
+from lazybuild.oci.digest import sha256_digest, validate_digest
 from lazybuild.oci.platform import Platform
 
 
@@ -86,3 +86,8 @@ class Descriptor:
 
     def with_annotations(self, extra: Mapping[str, str]) -> Descriptor:
         return replace(self, annotations={**self.annotations, **extra})
+
+
+def descriptor_for(media_type: str, data: bytes) -> Descriptor:
+    """The descriptor of a document or blob held in memory: its sha256 and size."""
+    return Descriptor(media_type, sha256_digest(data), len(data))

@@ -20,13 +20,12 @@ and registries cap at a few MB), so it travels as a blob of its own:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from lazybuild.oci import mediatypes
-from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.descriptor import Descriptor, descriptor_for
 from lazybuild.oci.manifest import Index, Manifest
 from lazybuild.oci.platform import Platform
 from lazybuild.profile.record import RECORD_MEDIA_TYPE
@@ -42,10 +41,6 @@ REFERENCE_TYPE = "dev.lazybuild.workload-record"
 TITLE_ANNOTATION = "org.opencontainers.image.title"
 RECORD_TITLE = "workload-record.jsonl"
 UNKNOWN_PLATFORM = Platform("unknown", "unknown")
-
-
-def descriptor_for(media_type: str, data: bytes) -> Descriptor:
-    return Descriptor(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,12 @@ class LayerContents(Protocol):
         ...
 
 
+class SizedLayerContents(LayerContents, Protocol):
+    def size(self, path: str) -> int:
+        """The size of the file at ``path`` in this layer (0 when it has none)."""
+        ...
+
+
 def _ancestors(path: str) -> list[str]:
     """Proper ancestors of ``path``, top-most first: ``a/b/c`` -> ``a``, ``a/b``."""
     parts = path.split("/")
@@ -260,3 +266,25 @@ def _top_most(path: str, layers: Sequence[LayerContents]) -> int | None:
         if visibility == "hidden":
             return None
     return None
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Recorded files by layer, and what of them each layer puts first."""
+
+    assignment: LayerAssignment
+    first: tuple[tuple[str, ...], ...]  # by layer, bottom first: what a prefetch region takes
+    left_out: tuple[str, ...]  # read but too big to prefetch whole (``prefetchable``)
+
+
+def plan_layers(paths: Iterable[str], layers: Sequence[SizedLayerContents]) -> LayerPlan:
+    """Each recorded path assigned to the layer that serves it (``assign_to_layers``),
+    and each layer's share cut to what fits a prefetch region. Blocking: a directory
+    layer is looked up on disk."""
+    assignment = assign_to_layers(paths, layers)
+    left_out: list[str] = []
+    first = tuple(
+        prefetchable(assignment.per_layer[position], layer.size, left_out)
+        for position, layer in enumerate(layers)
+    )
+    return LayerPlan(assignment, first, tuple(left_out))

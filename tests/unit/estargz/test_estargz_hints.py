@@ -8,7 +8,7 @@ import trio
 from lazybuild.estargz import FOOTER_SIZE, parse_footer
 from lazybuild.estargz.hints import prefetch_region_hint, toc_offset_hint
 from lazybuild.estargz.reader import MAX_HINTED_TAIL_BYTES, parse_layer, read_toc_region
-from lazybuild.image.convert import estargz_layer_descriptor
+from lazybuild.image.layerrewrite import estargz_layer_descriptor
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from tests.unit.estargz.esgz_helpers import (

@@ -15,7 +15,6 @@ import pytest
 import trio
 
 from lazybuild.estargz.writer import WriterOptions, write_estargz
-from lazybuild.exporter import layerblobs
 from lazybuild.exporter.layerblobs import (
     LayerBlob,
     LayerBlobError,
@@ -23,6 +22,7 @@ from lazybuild.exporter.layerblobs import (
     local_layer_blobs,
     writer_fingerprint,
 )
+from lazybuild.image import layerrewrite
 from lazybuild.oci import mediatypes
 from lazybuild.worker.layers import LocalLayer
 from lazybuild.worker.layerstore import LayerStore
@@ -57,7 +57,7 @@ def compressions(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         calls.append(str(getattr(out, "name", "")))
         return write_estargz(tar_in, out, options)
 
-    monkeypatch.setattr(layerblobs, "write_estargz", counting)
+    monkeypatch.setattr(layerrewrite, "write_estargz", counting)
     yield calls
 
 
@@ -170,7 +170,7 @@ def test_a_failed_compression_leaves_nothing_behind(
         out.write(b"half a blob")
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(layerblobs, "write_estargz", broken)
+    monkeypatch.setattr(layerrewrite, "write_estargz", broken)
     with pytest.raises(RuntimeError):
         _blob(layer, store)
     assert list(store.blobs_dir.iterdir()) == []
