@@ -4,7 +4,8 @@ Per platform manifest: every layer is probed; eStargz layers are kept byte for b
 all others are downloaded (verified), decompressed and written as eStargz. The config's
 ``rootfs.diff_ids`` follow the new layers, each new layer descriptor carries the
 ``toc.digest`` and uncompressed-size annotations, and OCI media types are used
-throughout (Docker media types drop those annotations in some tools).
+throughout (Docker media types drop those annotations in some tools). The layer and
+document work is ``layerrewrite``'s and ``manifestrewrite``'s, shared with ``optimize``.
 """
 
 from __future__ import annotations

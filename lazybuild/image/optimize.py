@@ -18,17 +18,17 @@ ctr-remote's) instead of running the workload. Only the host's platform is optim
 
 A workload that fails to start, exits non-zero, crashes or hangs does not fail the
 command: its outcome is reported and the image is written with what it read.
+
+The workload runs through ``sourceworkload`` (and ``profile.recording``, as a build's
+profiling does); layers and documents are written through ``layerrewrite`` and
+``manifestrewrite``, as ``convert`` writes them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import secrets
-import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -44,18 +44,15 @@ from lazybuild.estargz.writer import DEFAULT_CHUNK_SIZE
 from lazybuild.image.layerprobe import LayerProbe, probe_layer
 from lazybuild.image.layerrewrite import LayerRewriter, each, writer_options
 from lazybuild.image.manifestrewrite import fetch_child, put_image, source_config
+from lazybuild.image.sourceworkload import record_source_workload
 from lazybuild.image.store import (
     ImageSource,
     ImageTarget,
     LayoutSource,
-    RegistrySource,
     open_source,
     open_target,
 )
-from lazybuild.lazyfs.client import LazyMountService
-from lazybuild.lazyfs.stale import local_overlays_recorded, register_overlay
 from lazybuild.lazyfs.unpack import (
-    extract_tar_file,
     is_lazy_layer,
     unpack_verified_tar,
     unpacked_root,
@@ -80,13 +77,10 @@ from lazybuild.profile.recording import (
     RecordedReads,
     WorkloadOptions,
     reads_from_record,
-    record_reads,
 )
 from lazybuild.profile.workload import OutputSink, WorkloadRecord
 from lazybuild.progress.lines import Progress, human_size, short_digest
 from lazybuild.registry.options import RegistryOptions
-from lazybuild.run.imagemount import mounted_image
-from lazybuild.snapshot.overlay import is_mounted, mount_overlay, unmount
 
 __all__ = [
     "OptimizeRequest",
@@ -206,7 +200,17 @@ class _Optimizer:
                 # lazily: from the tars at hand, not by downloading those blobs again.
                 unpacked = [la for la in layers if la.tar and not is_lazy_layer(la.descriptor)]
                 await each(unpacked, partial(self._unpack_for_mount, state_dir))
-            reads = await self._record(image, layers, state_dir, registry, output)
+            reads = await record_source_workload(
+                self.source,
+                image.descriptor.digest,
+                image.config,
+                [(la.tar, self._where(la)) for la in layers],
+                self.request.workload,
+                state_dir=state_dir,
+                registry=registry,
+                progress=self.progress,
+                output=output,
+            )
         workload = reads.workload
         for layer in layers:
             layer.contents = self._contents(layer)
@@ -305,105 +309,6 @@ class _Optimizer:
             note = f" (made on {', '.join(sorted(short_digest(d) for d in others))}: paths reused)"
         self.progress.line(f"record from {path}: {len(reads.files)} file(s){note}")
         return reads
-
-    async def _record(
-        self,
-        image: _SourceImage,
-        layers: list[_Layer],
-        state_dir: Path,
-        registry: RegistryOptions,
-        output: OutputSink | None,
-    ) -> RecordedReads:
-        """What the workload read: the places read of big files are known only when
-        the image is mounted lazily."""
-        options = self.request.workload
-        workspace = state_dir / "containers" / ("lazybuild-optimize-" + secrets.token_hex(6))
-        rootfs, upper, work = (workspace / name for name in ("rootfs", "upper", "work"))
-        for directory in (rootfs, upper, work):
-            directory.mkdir(parents=True)
-        try:
-            mounting = self._mounted(image, layers, state_dir, registry, workspace)
-            async with mounting as (config, service):
-                what = " ".join(options.command) if options.command else "the image's command"
-                self.progress.line(
-                    f"workload: running {what} (timeout {options.timeout:g}s, "
-                    f"network {options.network}"
-                    + (f", until output matches {options.ready.pattern!r}" if options.ready else "")
-                    + ")"
-                )
-                reads = await record_reads(
-                    rootfs,
-                    config,
-                    options,
-                    scratch_dir=workspace / "scratch",
-                    reads=service,
-                    output=output,
-                )
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_remove_workspace, workspace)
-        assert reads.workload is not None
-        self._report_workload(reads.workload)
-        return reads
-
-    @asynccontextmanager
-    async def _mounted(
-        self,
-        image: _SourceImage,
-        layers: list[_Layer],
-        state_dir: Path,
-        registry: RegistryOptions,
-        workspace: Path,
-    ) -> AsyncIterator[tuple[dict[str, Any], LazyMountService | None]]:
-        """The image's root filesystem at ``workspace/rootfs``, writable (into ``upper``),
-        and the lazy filesystem serving it (None for a layout, unpacked locally)."""
-        rootfs, upper, work = (workspace / name for name in ("rootfs", "upper", "work"))
-        if isinstance(self.source, RegistrySource):
-            pinned = self.source.ref.with_digest(image.descriptor.digest)
-            async with mounted_image(
-                str(pinned),
-                rootfs,
-                state_dir=state_dir,
-                registry=registry,
-                progress=self.progress,
-                upper=upper,
-                work=work,
-                background_fetch=False,
-            ) as mounted:
-                yield mounted.config, mounted.service
-            return
-        lowers = []
-        for layer in layers:
-            assert layer.tar is not None
-            lower = workspace / "lowers" / str(layer.position)
-            lower.mkdir(parents=True)
-            await trio.to_thread.run_sync(extract_tar_file, layer.tar, lower, self._where(layer))
-            lowers.append(lower)
-        self.progress.line(f"unpacked {len(lowers)} layer(s) to run the workload")
-        with local_overlays_recorded(state_dir, workspace.name):
-            register_overlay(state_dir, workspace.name, rootfs)
-            await trio.to_thread.run_sync(mount_overlay, rootfs, lowers[::-1], upper, work)
-            try:
-                yield image.config, None
-            finally:
-                with trio.CancelScope(shield=True):
-                    if is_mounted(rootfs):
-                        await trio.to_thread.run_sync(lambda: unmount(rootfs, lazy=True))
-
-    def _report_workload(self, record: WorkloadRecord) -> None:
-        outcome = record.outcome
-        files = f"{len(record.files)} file(s) read"
-        if outcome.succeeded:
-            self.progress.line(f"workload {outcome.describe()}: {files}")
-        else:
-            self.progress.line(
-                f"warning: workload {outcome.describe()}; the image is written with what it "
-                f"read until then: {files}"
-            )
-        if record.lost_events:
-            self.progress.line(
-                "warning: the kernel dropped file access events; the record may miss files"
-            )
 
     def _report_assignment(self, assignment: LayerAssignment, recorded: int) -> None:
         if assignment.unassigned:
@@ -548,12 +453,3 @@ def _laid_out_as(layer: _Layer, wanted: Sequence[str], read_in_places: Sequence[
         if entry.type not in ("dir", "chunk"):
             first.append(name)
     return first == list(wanted)
-
-
-def _remove_workspace(workspace: Path) -> None:
-    # Never delete through a live mount (that would write whiteouts into it); stale
-    # mount cleanup takes a workspace whose root filesystem is somehow still mounted.
-    if is_mounted(workspace / "rootfs"):
-        return
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(workspace)
