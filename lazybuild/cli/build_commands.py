@@ -136,7 +136,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="default|ID[=SOCKET|KEY[,KEY]]",
         help="an ssh agent for RUN --mount=type=ssh (repeatable): default or ID alone is "
         "$SSH_AUTH_SOCK's agent; a socket path forwards that agent; key files are loaded "
-        "into a private ssh-agent for the build (not with --builder)",
+        "into a private ssh-agent for the build (with --builder, relayed from here)",
     )
     build.add_argument(
         "--label",

@@ -22,9 +22,11 @@ import hashlib
 import io
 import json
 import os
+import queue
 import re
 import secrets
 import shutil
+import socket
 import sys
 import tarfile
 import tempfile
@@ -32,7 +34,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 from lazybuild.errors import LazybuildError, UsageError
 
@@ -98,10 +100,8 @@ def build_header(
     from lazybuild.remotecache.spec import cache_exports, cache_imports
 
     environ = dict(os.environ)
-    if args.ssh:
-        # The daemon would have to reach an agent on this machine; it is never handed a
-        # path here, and the API does not forward agents (yet).
-        raise UsageError("--ssh is not supported with --builder: build without --builder")
+    # --ssh: only the ids travel; the agents stay here, reached over ForwardSsh.
+    ssh_ids = [source.id for source in build_flags.ssh_sources(args.ssh, environ)]
     build_args = build_flags.key_values(args.build_arg, "--build-arg", environ)
     context_dir = Path(args.context)  # a str when prepare_sources has not run
     if not context_dir.is_dir():
@@ -162,6 +162,7 @@ def build_header(
         ],
     )
     header.no_cache_filter.extend(build_flags.stage_names(args.no_cache_filter))
+    header.ssh_ids.extend(ssh_ids)
     build_flags.manifest_annotations(args.annotation)  # checked here, sent as given
     header.annotations.extend(args.annotation)
     shm_size = build_flags.shm_size(args.shm_size)
@@ -646,6 +647,7 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
     import grpc
 
     from lazybuild.cli import build_flags
+    from lazybuild.cli.build_ssh import ssh_agents
     from lazybuild.context.sources import (
         IMAGE_SCHEME,
         OCI_LAYOUT_SCHEME,
@@ -686,14 +688,22 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
                 cache_tar = stack.enter_context(tempfile.TemporaryFile())
                 if write_cache_tar(wanted.src, cache_tar):
                     caches[index] = cache_tar
+        # --ssh: key files go into a private agent here, as for a local build.
+        agents = stack.enter_context(ssh_agents(build_flags.ssh_sources(args.ssh, os.environ)))
         stub = stack.enter_context(control_stub(args.builder))
         call.stub, call.build_id = stub, header.build_id
         responses = stub.Build(_requests(header, tar, caches, named))
         call.responses = responses
+        forwarding = _SshForwarding(stub, header.build_id, agents) if agents else None
+        if forwarding is not None:
+            stack.callback(forwarding.stop)
         result = None
         try:
             with BuildProgress(mode) as progress:
                 for response in responses:
+                    if forwarding is not None:
+                        # The build is registered once it answers: connect the agents.
+                        forwarding.start()
                     part = response.WhichOneof("part")
                     if part == "progress_event" and mode == "rawjson":
                         # Already the very line a local build prints, timestamps and all.
@@ -724,6 +734,102 @@ def _build_through(args: argparse.Namespace, call: _Call) -> control_pb2.BuildRe
         received.commit()
         call.to_load = received.to_load
         return result
+
+
+class _SshForwarding:
+    """``--ssh`` through the daemon: the ForwardSsh call, whose channels this client
+    connects to its own agents (``sockets``: by id), a thread per connection."""
+
+    def __init__(self, stub: ControlStub, build_id: str, sockets: dict[str, str]) -> None:
+        self._stub = stub
+        self._build_id = build_id
+        self._sockets = sockets
+        self._out: queue.Queue[control_pb2.SshFrame | None] = queue.Queue()
+        self._connections: dict[int, socket.socket] = {}
+        self._lock = threading.Lock()
+        self._call: Any = None
+
+    def start(self) -> None:
+        if self._call is not None:
+            return
+        from lazybuild.api.control.v1 import control_pb2
+
+        def frames() -> Iterator[control_pb2.SshFrame]:
+            yield control_pb2.SshFrame(build_id=self._build_id)
+            while (frame := self._out.get()) is not None:
+                yield frame
+
+        self._call = self._stub.ForwardSsh(frames())
+        threading.Thread(target=self._receive, name="ssh-forward", daemon=True).start()
+
+    def stop(self) -> None:
+        self._out.put(None)
+        if self._call is not None:
+            self._call.cancel()
+        with self._lock:
+            connections = list(self._connections.values())
+            self._connections.clear()
+        for connection in connections:
+            connection.close()
+
+    def _receive(self) -> None:
+        import grpc
+
+        try:
+            for frame in self._call:
+                if frame.agent_id:
+                    self._open(frame.channel, frame.agent_id)
+                with self._lock:
+                    connection = self._connections.get(frame.channel)
+                if connection is None:
+                    continue
+                try:
+                    if frame.data:
+                        connection.sendall(frame.data)
+                    if frame.close:
+                        connection.shutdown(socket.SHUT_WR)
+                except OSError:
+                    self._close(frame.channel)
+        except grpc.RpcError:
+            pass  # the call ended (the build did, or the daemon went away)
+
+    def _open(self, channel: int, agent_id: str) -> None:
+        path = self._sockets.get(agent_id)
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if path is None:
+                raise OSError(f"no agent {agent_id!r}")
+            connection.connect(path)
+        except OSError:
+            connection.close()
+            self._send(channel=channel, close=True)
+            return
+        with self._lock:
+            self._connections[channel] = connection
+        threading.Thread(
+            target=self._pump, args=(channel, connection), name="ssh-agent", daemon=True
+        ).start()
+
+    def _pump(self, channel: int, connection: socket.socket) -> None:
+        """The agent's bytes to the daemon, then the end of them."""
+        try:
+            while data := connection.recv(1 << 16):
+                self._send(channel=channel, data=data)
+        except OSError:
+            pass
+        self._send(channel=channel, close=True)
+        self._close(channel)
+
+    def _close(self, channel: int) -> None:
+        with self._lock:
+            connection = self._connections.pop(channel, None)
+        if connection is not None:
+            connection.close()
+
+    def _send(self, **fields: object) -> None:
+        from lazybuild.api.control.v1 import control_pb2
+
+        self._out.put(control_pb2.SshFrame(**fields))  # type: ignore[arg-type]
 
 
 def _print_tail(tail: tuple[str, ...]) -> None:

@@ -11,6 +11,7 @@ docs/daemon.md).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from lazybuild.exporter.outputs import OutputSpec
     from lazybuild.lazyfs.shared import SharedFilesystem
     from lazybuild.remotecache.spec import CacheExport, CacheImport
+    from lazybuild.worker.sshforward import SshUpstream
 
 
 class _EventLines(io.TextIOBase):
@@ -260,6 +262,19 @@ def _network(value: str) -> Literal["default", "host", "none"]:
     return cast(Literal["default", "host", "none"], value or "default")
 
 
+def _ssh_agents(header: control_pb2.BuildHeader) -> dict[str, SshUpstream]:
+    """``--ssh``: each id a connection to the client's agent over its ForwardSsh call
+    (``sshrelay``), never a path of its machine."""
+    from lazybuild.daemon.sshrelay import relays
+
+    relay = relays.get(header.build_id) if header.ssh_ids else None
+    if relay is None:
+        return {}
+    return {
+        agent_id: functools.partial(relay.open_channel, agent_id) for agent_id in header.ssh_ids
+    }
+
+
 def _named_context(name: str, value: str, received: ReceivedBuild) -> str:
     """A named context as the build takes it: a local one, or an OCI layout, where the
     daemon put what the client sent; an image as named (checked on use)."""
@@ -354,6 +369,7 @@ async def _build(
         no_cache=header.no_cache,
         pull=header.pull,
         secrets=dict(header.secrets),
+        ssh=_ssh_agents(header),
         labels=dict(header.labels),
         source_date_epoch=(
             header.source_date_epoch if header.HasField("source_date_epoch") else None

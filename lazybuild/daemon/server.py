@@ -101,8 +101,9 @@ async def _running_server(config: DaemonConfig, state: DaemonState) -> AsyncIter
     """A started server on every configured address; stopped, its sockets removed, on
     the way out (calls under way get ``_STOP_GRACE_SECONDS``). The wait runs in a
     thread: calls ending meanwhile may need the trio loop."""
+    # Per running build: its Build call, a waiting one's, and a --ssh build's ForwardSsh.
     pool = ThreadPoolExecutor(
-        max_workers=2 * config.max_parallel_builds + _SPARE_THREADS,
+        max_workers=3 * config.max_parallel_builds + _SPARE_THREADS,
         thread_name_prefix="lazybuild-rpc",
     )
     server = grpc.server(pool)

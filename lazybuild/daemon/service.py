@@ -1,7 +1,8 @@
 """The ``Control`` service: each RPC runs in one of the grpc server's worker threads.
 
 ``Build`` receives the header, the context and the local caches to import in its
-thread, then has the build run on the daemon's trio loop (``builds``) and relays its
+thread (a build with ``--ssh`` also expects the client's ``ForwardSsh`` call:
+``sshrelay``), then has the build run on the daemon's trio loop (``builds``) and relays its
 progress, archive outputs, local cache exports and result; the build's private
 directory goes when the call ends, however it ends.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -28,6 +30,7 @@ from lazybuild.cli.cache_commands import measure_usage, prune_state
 from lazybuild.daemon.buildcontext import receive
 from lazybuild.daemon.buildjob import ArchiveDest
 from lazybuild.daemon.builds import Builds
+from lazybuild.daemon.sshrelay import relays as ssh_relays
 from lazybuild.errors import LazybuildError
 
 _T = TypeVar("_T")
@@ -106,11 +109,14 @@ class ControlService(control_pb2_grpc.ControlServicer):
         builds_dir.mkdir(mode=0o700, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="build-", dir=builds_dir))
         job = None
+        received = None
         try:
             received = _answering(
                 context,
                 lambda: receive(request_iterator, workdir, self.state.max_context_bytes),
             )
+            if received.header.ssh_ids:
+                ssh_relays.expect(received.header.build_id, frozenset(received.header.ssh_ids))
             job = _answering(context, lambda: builds.start(received, workdir))
             started = job
 
@@ -135,7 +141,35 @@ class ControlService(control_pb2_grpc.ControlServicer):
             if job is not None:
                 builds.cancel(job.id)
                 job.done.wait()
+            if received is not None and received.header.ssh_ids:
+                ssh_relays.forget(received.header.build_id)
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def ForwardSsh(  # noqa: N802
+        self,
+        request_iterator: Iterator[control_pb2.SshFrame],
+        context: grpc.ServicerContext,
+    ) -> Iterator[control_pb2.SshFrame]:
+        """The client's ssh agents for its build (``sshrelay``): its first frame names
+        the build; its frames are read in a thread of their own while the daemon's go
+        out from this one."""
+        first = next(request_iterator, None)
+        relay = ssh_relays.claim(first.build_id) if first is not None else None
+        if relay is None:
+            _abort(context, grpc.StatusCode.NOT_FOUND, "no build of this id waits for ssh agents")
+
+        def read() -> None:
+            try:
+                for frame in request_iterator:
+                    relay.deliver(frame)
+            except grpc.RpcError:
+                pass  # the client went away
+            finally:
+                relay.client_gone()
+
+        context.add_callback(relay.client_gone)
+        threading.Thread(target=read, name="ssh-frames", daemon=True).start()
+        yield from relay.frames_out()
 
     def Cancel(  # noqa: N802
         self, request: control_pb2.CancelRequest, context: grpc.ServicerContext

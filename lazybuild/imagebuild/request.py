@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from lazybuild.executor.spec import Ulimit
 from lazybuild.remotecache.spec import CacheImport
+
+if TYPE_CHECKING:
+    from lazybuild.worker.sshforward import SshUpstream
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,10 @@ class BuildRequest:
     named_contexts: Mapping[str, str] = field(default_factory=dict)
     # --no-cache-filter: stages (by name) whose steps run whatever the cache holds.
     no_cache_filter: tuple[str, ...] = ()
-    # --ssh: the agent socket on this machine of each id, for RUN --mount=type=ssh
-    # (never part of a step's key: only the mount's id and target are).
-    ssh: Mapping[str, str] = field(default_factory=dict)
+    # --ssh: the agent of each id, for RUN --mount=type=ssh: its socket on this
+    # machine, or (through the daemon) a connection to the client's (never part of a
+    # step's key: only the mount's id and target are).
+    ssh: Mapping[str, SshUpstream] = field(default_factory=dict)
 
     @property
     def dockerfile_path(self) -> Path:

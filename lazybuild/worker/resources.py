@@ -21,6 +21,7 @@ from lazybuild.worker.layerstore import LayerStore
 from lazybuild.worker.layoutimage import OCI_LAYOUT_SCHEME, resolve_layout_image
 from lazybuild.worker.learnedreads import LearnedReads
 from lazybuild.worker.rootfs import LayerMounter
+from lazybuild.worker.sshforward import SshUpstream
 
 
 class ImageResolveError(LazybuildError):
@@ -104,6 +105,6 @@ class WorkerResources:
     shm_size: int | None = None
     ulimits: tuple[Ulimit, ...] = ()
     # ``--ssh``: agent sockets by id, forwarded to RUN --mount=type=ssh (not in keys).
-    ssh_agents: Mapping[str, str] = field(default_factory=dict)
+    ssh_agents: Mapping[str, SshUpstream] = field(default_factory=dict)
     exec_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(2))
     file_slots: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(4))

@@ -21,15 +21,21 @@ from pathlib import Path
 
 import trio
 
+from lazybuild.errors import LazybuildError
+
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "agent.sock"
 _BACKLOG = 64
 
+# Where an agent is: its socket's path on this machine, or (a build through the daemon,
+# ``daemon.sshrelay``) a function opening a connection to the client's agent.
+SshUpstream = str | Callable[[], Awaitable[trio.abc.HalfCloseableStream]]
+
 
 @asynccontextmanager
 async def forwarded_agent(
-    upstream: str, directory: Path, *, uid: int, gid: int, mode: int
+    upstream: SshUpstream, directory: Path, *, uid: int, gid: int, mode: int
 ) -> AsyncIterator[Path]:
     """A socket in ``directory`` (new, 0700) relaying to the agent at ``upstream``."""
     directory.mkdir(mode=0o700)
@@ -53,13 +59,13 @@ async def forwarded_agent(
             nursery.cancel_scope.cancel()
 
 
-def _relay_to(upstream: str) -> Callable[[trio.SocketStream], Awaitable[None]]:
+def _relay_to(upstream: SshUpstream) -> Callable[[trio.SocketStream], Awaitable[None]]:
     async def relay(client: trio.SocketStream) -> None:
         async with client:
             try:
-                agent = await _connect(upstream)
-            except OSError as error:
-                log.warning("ssh agent %s: %s", upstream, error)
+                agent = await (_connect(upstream) if isinstance(upstream, str) else upstream())
+            except (OSError, LazybuildError) as error:
+                log.warning("ssh agent: %s", error)
                 return
             async with agent, trio.open_nursery() as nursery:
                 nursery.start_soon(_pump, client, agent)
@@ -79,7 +85,7 @@ async def _connect(path: str) -> trio.SocketStream:
     return trio.SocketStream(sock)
 
 
-async def _pump(source: trio.SocketStream, dest: trio.SocketStream) -> None:
+async def _pump(source: trio.abc.HalfCloseableStream, dest: trio.abc.HalfCloseableStream) -> None:
     """One direction of a connection; the other side is told of its end (half close)."""
     try:
         async for data in source:

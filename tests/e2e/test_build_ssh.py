@@ -270,3 +270,62 @@ def test_an_interrupted_build_takes_its_private_agent_down(
     assert set(_private_agents_left()) == before
     assert not _agents_holding(str(private))
     assert_nothing_left(state)
+
+
+def test_through_the_daemon_the_clients_agents_are_relayed(
+    base_image: str, user_agent: str, tmp_path: Path
+) -> None:
+    """``--builder``: the daemon opens no path of the client's; each connection a step
+    makes to its agent socket travels over the client's ForwardSsh call to the client,
+    which connects to its own agents (a running one, and a private one of key files)."""
+    from tests.integration.test_daemon_build import Daemons
+
+    daemons = Daemons(tmp_path)
+    try:
+        daemons.start()
+        context = write_context(tmp_path / "ctx", DOCKERFILE, {"agent.py": AGENT_PY})
+        out = tmp_path / "out"
+        before = set(_private_agents_left())
+        result = lazybuild(
+            tmp_path / "client-state",
+            "build",
+            "--progress=plain",
+            "--builder",
+            daemons.address,
+            "--build-arg",
+            f"BASE={base_image}",
+            "--ssh",
+            "default",
+            "--ssh",
+            f"deploy={_key(tmp_path, 'deploy-key')}",
+            "-o",
+            f"type=local,dest={out}",
+            str(context),
+            env={**os.environ, "SSH_AUTH_SOCK": user_agent},
+        )
+        assert (out / "keys").read_text().split() == ["user-key"], result.stderr
+        assert (out / "deploy").read_text().strip() == "640 1000 socket"
+        assert set(_private_agents_left()) == before
+
+        # A required mount whose id the client did not forward fails as locally.
+        required = write_context(
+            tmp_path / "required",
+            "ARG BASE\nFROM ${BASE}\nRUN --mount=type=ssh,id=git,required=true true\n",
+        )
+        failed = lazybuild(
+            tmp_path / "client-state",
+            "build",
+            "--builder",
+            daemons.address,
+            "--build-arg",
+            f"BASE={base_image}",
+            "--ssh",
+            "default",
+            str(required),
+            env={**os.environ, "SSH_AUTH_SOCK": user_agent},
+            check=False,
+        )
+        assert failed.returncode == 1
+        assert "unset ssh forward key git" in failed.stderr, failed.stderr
+    finally:
+        daemons.stop_all()

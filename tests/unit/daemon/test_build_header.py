@@ -39,7 +39,7 @@ CARRIED_BY = {
     "ulimits": "ulimits",
     "no_cache_filter": "no_cache_filter",
     "named_contexts": "named_contexts",  # local ones' content as NamedContextChunks
-    "ssh": "(refused with --builder: the daemon never opens a client's path)",
+    "ssh": "ssh_ids",  # the agents stay with the client, relayed over ForwardSsh
 }
 
 
@@ -144,7 +144,7 @@ def test_what_a_builder_cannot_do_yet_is_one_line(tmp_path: Path) -> None:
     for flags, expected in (
         (["-o", "type=oci,tar=false"], "an OCI layout directory cannot go to standard output"),
         (["--cache-to", "type=local"], "type=local needs dest=DIR"),
-        (["--ssh", "default"], "--ssh is not supported with --builder"),
+        (["--ssh", "x=/nonexistent"], "--ssh x: /nonexistent: No such file"),
     ):
         args = build_parser().parse_args(
             ["build", "--builder", "unix:///run/x.sock", *flags, str(context)]
@@ -269,3 +269,21 @@ def test_an_oci_layout_context_names_no_client_path(tmp_path: Path) -> None:
         *(f"blobs/sha256/{d.removeprefix('sha256:')}" for d in (manifest, config, layer)),
     }
     assert f"blobs/sha256/{other.removeprefix('sha256:')}" not in names
+
+
+def test_ssh_agents_travel_as_ids_only(tmp_path: Path) -> None:
+    key = tmp_path / "deploy_key"
+    key.write_text("a key\n")
+    args = build_parser().parse_args(
+        [
+            "build",
+            "--builder",
+            "unix:///run/x.sock",
+            "--ssh",
+            f"deploy={key}",
+            str(_context(tmp_path)),
+        ]
+    )
+    header, _, _ = build_header(args)
+    assert list(header.ssh_ids) == ["deploy"]
+    assert str(key).encode() not in header.SerializeToString()

@@ -23,6 +23,40 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class SshFrame(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUILD_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    build_id: _builtins.str
+    """the client's first frame only"""
+    channel: _builtins.int
+    agent_id: _builtins.str
+    """opening a channel (from the daemon)"""
+    data: _builtins.bytes
+    close: _builtins.bool
+    """the sender's side of the channel is done"""
+    def __init__(
+        self,
+        *,
+        build_id: _builtins.str = ...,
+        channel: _builtins.int = ...,
+        agent_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        close: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "build_id", b"build_id", "channel", b"channel", "close", b"close", "data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SshFrame: _TypeAlias = SshFrame  # noqa: Y015
+
+@_typing.final
 class InfoRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -327,6 +361,7 @@ class BuildHeader(_message.Message):
     SHM_SIZE_FIELD_NUMBER: _builtins.int
     ULIMITS_FIELD_NUMBER: _builtins.int
     NAMED_CONTEXTS_FIELD_NUMBER: _builtins.int
+    SSH_IDS_FIELD_NUMBER: _builtins.int
     NO_CACHE_FILTER_FIELD_NUMBER: _builtins.int
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     build_id: _builtins.str
@@ -387,6 +422,10 @@ class BuildHeader(_message.Message):
         """
 
     @_builtins.property
+    def ssh_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """build --ssh: the ids of the agents the client forwards over ForwardSsh."""
+
+    @_builtins.property
     def no_cache_filter(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """--no-cache-filter: the stages whose steps ignore the cache."""
 
@@ -419,12 +458,13 @@ class BuildHeader(_message.Message):
         shm_size: _builtins.int | None = ...,
         ulimits: _abc.Iterable[Global___Ulimit] | None = ...,
         named_contexts: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        ssh_ids: _abc.Iterable[_builtins.str] | None = ...,
         no_cache_filter: _abc.Iterable[_builtins.str] | None = ...,
         annotations: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore", "_shm_size", b"_shm_size", "_source_date_epoch", b"_source_date_epoch", "dockerignore", b"dockerignore", "profiling", b"profiling", "shm_size", b"shm_size", "source_date_epoch", b"source_date_epoch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore", "_shm_size", b"_shm_size", "_source_date_epoch", b"_source_date_epoch", "annotations", b"annotations", "assemble", b"assemble", "build_args", b"build_args", "build_id", b"build_id", "cache_from", b"cache_from", "cache_to", b"cache_to", "dockerfile", b"dockerfile", "dockerfile_name", b"dockerfile_name", "dockerignore", b"dockerignore", "extra_hosts", b"extra_hosts", "labels", b"labels", "named_contexts", b"named_contexts", "network", b"network", "no_cache", b"no_cache", "no_cache_filter", b"no_cache_filter", "outputs", b"outputs", "platform", b"platform", "profiling", b"profiling", "pull", b"pull", "secrets", b"secrets", "shm_size", b"shm_size", "source_date_epoch", b"source_date_epoch", "target", b"target", "ulimits", b"ulimits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore", "_shm_size", b"_shm_size", "_source_date_epoch", b"_source_date_epoch", "annotations", b"annotations", "assemble", b"assemble", "build_args", b"build_args", "build_id", b"build_id", "cache_from", b"cache_from", "cache_to", b"cache_to", "dockerfile", b"dockerfile", "dockerfile_name", b"dockerfile_name", "dockerignore", b"dockerignore", "extra_hosts", b"extra_hosts", "labels", b"labels", "named_contexts", b"named_contexts", "network", b"network", "no_cache", b"no_cache", "no_cache_filter", b"no_cache_filter", "outputs", b"outputs", "platform", b"platform", "profiling", b"profiling", "pull", b"pull", "secrets", b"secrets", "shm_size", b"shm_size", "source_date_epoch", b"source_date_epoch", "ssh_ids", b"ssh_ids", "target", b"target", "ulimits", b"ulimits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dockerignore: _TypeAlias = _typing.Literal["dockerignore"]  # noqa: Y015
     _WhichOneofArgType__dockerignore: _TypeAlias = _typing.Literal["_dockerignore", b"_dockerignore"]  # noqa: Y015

@@ -59,6 +59,11 @@ class ControlStub:
                 request_serializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.CancelRequest.SerializeToString,
                 response_deserializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.CancelResponse.FromString,
                 _registered_method=True)
+        self.ForwardSsh = channel.stream_stream(
+                '/lazybuild.api.control.v1.Control/ForwardSsh',
+                request_serializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.SshFrame.SerializeToString,
+                response_deserializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.SshFrame.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -104,6 +109,17 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardSsh(self, request_iterator, context):
+        """build --ssh: the client's ssh agents, for the RUN --mount=type=ssh steps of the
+        build its first frame names (BuildHeader.build_id, with ssh_ids). Each connection a
+        step makes is a channel the daemon opens (agent_id set); its bytes go both ways
+        in frames until either side closes it. The daemon never opens a path of the
+        client's: the client connects to its own agents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +147,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.CancelRequest.FromString,
                     response_serializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.CancelResponse.SerializeToString,
+            ),
+            'ForwardSsh': grpc.stream_stream_rpc_method_handler(
+                    servicer.ForwardSsh,
+                    request_deserializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.SshFrame.FromString,
+                    response_serializer=lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.SshFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +289,33 @@ class Control:
             '/lazybuild.api.control.v1.Control/Cancel',
             lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.CancelRequest.SerializeToString,
             lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.CancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardSsh(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/lazybuild.api.control.v1.Control/ForwardSsh',
+            lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.SshFrame.SerializeToString,
+            lazybuild_dot_api_dot_control_dot_v1_dot_control__pb2.SshFrame.FromString,
             options,
             channel_credentials,
             insecure,

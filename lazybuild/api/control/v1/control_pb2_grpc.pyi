@@ -52,6 +52,13 @@ class ControlStub:
     """Cancels a running build (its containers and mounts come down); the build's own
     call then ends with CANCELLED.
     """
+    ForwardSsh: _grpc.StreamStreamMultiCallable[_control_pb2.SshFrame, _control_pb2.SshFrame]
+    """build --ssh: the client's ssh agents, for the RUN --mount=type=ssh steps of the
+    build its first frame names (BuildHeader.build_id, with ssh_ids). Each connection a
+    step makes is a channel the daemon opens (agent_id set); its bytes go both ways
+    in frames until either side closes it. The daemon never opens a path of the
+    client's: the client connects to its own agents.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -72,6 +79,13 @@ class ControlAsyncStub(ControlStub):
     Cancel: _aio.UnaryUnaryMultiCallable[_control_pb2.CancelRequest, _control_pb2.CancelResponse]  # type: ignore[assignment]
     """Cancels a running build (its containers and mounts come down); the build's own
     call then ends with CANCELLED.
+    """
+    ForwardSsh: _aio.StreamStreamMultiCallable[_control_pb2.SshFrame, _control_pb2.SshFrame]  # type: ignore[assignment]
+    """build --ssh: the client's ssh agents, for the RUN --mount=type=ssh steps of the
+    build its first frame names (BuildHeader.build_id, with ssh_ids). Each connection a
+    step makes is a channel the daemon opens (agent_id set); its bytes go both ways
+    in frames until either side closes it. The daemon never opens a path of the
+    client's: the client connects to its own agents.
     """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -120,6 +134,19 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_control_pb2.CancelResponse, _abc.Awaitable[_control_pb2.CancelResponse]]:
         """Cancels a running build (its containers and mounts come down); the build's own
         call then ends with CANCELLED.
+        """
+
+    @_abc_1.abstractmethod
+    def ForwardSsh(
+        self,
+        request_iterator: _MaybeAsyncIterator[_control_pb2.SshFrame],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.SshFrame], _abc.AsyncIterator[_control_pb2.SshFrame]]:
+        """build --ssh: the client's ssh agents, for the RUN --mount=type=ssh steps of the
+        build its first frame names (BuildHeader.build_id, with ssh_ids). Each connection a
+        step makes is a channel the daemon opens (agent_id set); its bytes go both ways
+        in frames until either side closes it. The daemon never opens a path of the
+        client's: the client connects to its own agents.
         """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
