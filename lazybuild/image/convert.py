@@ -25,7 +25,7 @@ import trio
 from lazybuild.errors import FormatError
 from lazybuild.estargz.layerformat import LayerFormat, decompressed_stream
 from lazybuild.image.layerprobe import probe_layer
-from lazybuild.image.layerrewrite import LayerRewriter, each, writer_options
+from lazybuild.image.layerrewrite import LayerRewriter, RewrittenLayer, each, writer_options
 from lazybuild.image.manifestrewrite import fetch_child, put_document, put_image, source_config
 from lazybuild.image.store import ImageSource, ImageTarget
 from lazybuild.oci import mediatypes
@@ -45,13 +45,9 @@ class ConvertOptions:
 
 
 @dataclass(frozen=True)
-class LayerOutcome:
-    source: Descriptor
+class LayerOutcome(RewrittenLayer):
     source_format: LayerFormat
-    result: Descriptor
-    diff_id: str
-    converted: bool
-    transfer: str  # what the target did with the blob: "exists", "mounted" or "uploaded"
+    converted: bool  # False: eStargz already, kept
     seconds: float
 
 
@@ -175,11 +171,11 @@ class _Converter:
             )
             outcome = LayerOutcome(
                 layer,
-                probe.format,
                 result,
                 diff_id,
+                transfer,
+                source_format=probe.format,
                 converted=False,
-                transfer=transfer,
                 seconds=0.0,
             )
             self.progress.line(
@@ -208,11 +204,11 @@ class _Converter:
         )
         return LayerOutcome(
             layer,
-            probe.format,
             result,
             written.diff_id,
+            transfer,
+            source_format=probe.format,
             converted=True,
-            transfer=transfer,
             seconds=seconds,
         )
 

@@ -13,7 +13,7 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -29,6 +29,7 @@ from lazybuild.oci.descriptor import Descriptor
 
 __all__ = [
     "LayerRewriter",
+    "RewrittenLayer",
     "decompress_blob",
     "each",
     "estargz_layer_descriptor",
@@ -41,6 +42,18 @@ TRANSFER_CONCURRENCY = 4
 _COPY_PIECE = 1 << 20
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RewrittenLayer:
+    """A layer of a rewritten image: the source's blob, how the new manifest lists the
+    result (the same blob, kept, or a new one), its diff_id, and what the target did
+    with the blob: exists, mounted or uploaded."""
+
+    source: Descriptor
+    result: Descriptor
+    diff_id: str
+    transfer: str
 
 
 def estargz_layer_descriptor(written: WrittenLayer) -> Descriptor:

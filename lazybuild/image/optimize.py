@@ -42,7 +42,7 @@ from lazybuild.estargz.layerformat import LayerFormat
 from lazybuild.estargz.toc import BIG_FILE_CHUNK_SIZE, PREFETCH_LANDMARK, decode_toc_json
 from lazybuild.estargz.writer import DEFAULT_CHUNK_SIZE
 from lazybuild.image.layerprobe import LayerProbe, probe_layer
-from lazybuild.image.layerrewrite import LayerRewriter, each, writer_options
+from lazybuild.image.layerrewrite import LayerRewriter, RewrittenLayer, each, writer_options
 from lazybuild.image.manifestrewrite import fetch_child, put_image, source_config
 from lazybuild.image.sourceworkload import record_source_workload
 from lazybuild.image.store import (
@@ -105,13 +105,9 @@ class OptimizeRequest:
 
 
 @dataclass(frozen=True)
-class OptimizedLayer:
-    source: Descriptor
-    result: Descriptor
-    diff_id: str
+class OptimizedLayer(RewrittenLayer):
     prioritized: tuple[str, ...]  # the recorded files it serves, in access order
     rewritten: bool  # False: an eStargz layer already laid out this way, kept
-    transfer: str  # what the target did with the blob: exists, mounted or uploaded
 
 
 @dataclass(frozen=True)
@@ -336,9 +332,9 @@ class _Optimizer:
                 layer.descriptor,
                 result,
                 layer.diff_id,
-                tuple(wanted),
+                transfer,
+                prioritized=tuple(wanted),
                 rewritten=False,
-                transfer=transfer,
             )
         await self._prepare_tar(layer)
         tar = layer.tar
@@ -365,9 +361,9 @@ class _Optimizer:
             layer.descriptor,
             result,
             written.diff_id,
-            tuple(wanted),
+            transfer,
+            prioritized=tuple(wanted),
             rewritten=True,
-            transfer=transfer,
         )
 
     async def _keep(self, layer: _Layer) -> tuple[Descriptor, str]:
