@@ -51,12 +51,15 @@ async def forwarded_agent(
         listening.close()
         raise
     listener = trio.SocketListener(listening)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, _relay_to(upstream), [listener])
-        try:
-            yield path
-        finally:
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, _relay_to(upstream), [listener])
+            try:
+                yield path
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        listening.close()  # serve_listeners leaves it open; no await: maybe cancelled
 
 
 def _relay_to(upstream: SshUpstream) -> Callable[[trio.SocketStream], Awaitable[None]]:
