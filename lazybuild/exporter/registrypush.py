@@ -14,7 +14,6 @@ from an earlier one instead of uploading them again.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import trio
@@ -76,7 +75,9 @@ async def push_image(
     name gets an index of the image and its workload record artifact."""
     reports = []
     pushed: list[Reference] = []
-    with _transfers_said(progress):
+    # Long uploads said as lines, unless the command shows transfers already: not a live
+    # view of our own, the build's display owns the terminal.
+    with transfer.lines_unless_shown(progress):
         for name in names:
             ref = Reference.parse(name)
             progress(f"pushing {ref}")
@@ -95,15 +96,6 @@ async def push_image(
             reports.append(report)
             pushed.append(ref)
     return reports
-
-
-def _transfers_said(progress: Callable[[str], None]) -> AbstractContextManager[object]:
-    """Long uploads (and copied base layers' downloads) said through ``progress`` in whole
-    lines, now and then and when done; unless the command shows transfers already. Not a
-    live view of our own: the build's display owns the terminal."""
-    if transfer.active() is not None:
-        return nullcontext()
-    return transfer.reporting(transfer.LineReport(progress))
 
 
 async def _push_one(

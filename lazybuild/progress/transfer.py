@@ -24,8 +24,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -33,11 +33,14 @@ from typing import TextIO
 __all__ = [
     "ACTIVE",
     "LineReport",
+    "Mirror",
     "TerminalView",
     "Transfer",
     "TransferBoard",
     "active",
     "begin",
+    "figures",
+    "lines_unless_shown",
     "reporting",
     "terminal_view",
 ]
@@ -136,8 +139,10 @@ class TransferBoard:
         self.transfers: list[Transfer] = []
         self._lock = threading.Lock()
 
-    def begin(self, digest: str, total: int | None, verb: str) -> Transfer:
-        transfer = Transfer(self, digest, total, verb, self.clock())
+    def begin(self, digest: str, total: int | None, verb: str, *, ago: float = 0.0) -> Transfer:
+        """A transfer now under way; ``ago``: it started that many seconds ago (one
+        another process reports)."""
+        transfer = Transfer(self, digest, total, verb, self.clock() - max(ago, 0.0))
         with self._lock:
             self.transfers.append(transfer)
         return transfer
@@ -187,17 +192,22 @@ def _is_long(transfer: Transfer, now: float) -> bool:
     return transfer.shown or now - transfer.started >= SHOW_AFTER
 
 
-def row(transfer: Transfer, now: float) -> str:
-    """``sha256:0123456789ab pushing  12.3 MiB / 40.1 MiB  5.2 MiB/s  ETA 5s``"""
+def figures(transfer: Transfer, now: float) -> str:
+    """``12.3 MiB / 40.1 MiB  5.2 MiB/s  ETA 5s`` (what is not known yet left out)."""
     amount = binary_size(transfer.done)
     if transfer.total is not None:
         amount += f" / {binary_size(transfer.total)}"
     rate = transfer.rate(now)
     eta = transfer.eta(now)
-    parts = [f"{blob_label(transfer.digest)} {transfer.verb:<11} {amount}"]
+    parts = [amount]
     parts.append(f"{binary_size(rate)}/s" if rate is not None else "")
     parts.append(f"ETA {duration(eta)}" if eta is not None else "")
     return "  ".join(part for part in parts if part)
+
+
+def row(transfer: Transfer, now: float) -> str:
+    """``sha256:0123456789ab pushing  12.3 MiB / 40.1 MiB  5.2 MiB/s  ETA 5s``"""
+    return f"{blob_label(transfer.digest)} {transfer.verb:<11} {figures(transfer, now)}"
 
 
 def ended_row(transfer: Transfer, now: float) -> str:
@@ -325,6 +335,47 @@ class LineReport(TransferBoard):
         self._say(text)
 
 
+class Mirror:
+    """Transfers another process makes (the filesystem process's whole-layer downloads),
+    as it reports them when asked, shown as transfers of ``board``. Call ``update`` with
+    each report (polled); ``close`` when no more reports will come."""
+
+    def __init__(self, board: TransferBoard, verb: str = "downloading") -> None:
+        self.board = board
+        self.verb = verb
+        self._shown: dict[str, Transfer] = {}
+
+    def update(
+        self,
+        in_flight: Iterable[tuple[str, int, int | None, float]],
+        finished: Container[str] = (),
+    ) -> None:
+        """``in_flight``: (digest, bytes done, total, seconds since it began) of each
+        transfer under way; one reported before and gone now ended well if its digest
+        is in ``finished`` (then it is shown reaching its total), else it failed."""
+        seen = set()
+        for digest, done, total, seconds in in_flight:
+            seen.add(digest)
+            shown = self._shown.get(digest)
+            if shown is None:
+                shown = self.board.begin(digest, total, self.verb, ago=seconds)
+                self._shown[digest] = shown
+            shown.seek(done)
+        for digest in [digest for digest in self._shown if digest not in seen]:
+            self._end(digest, ok=digest in finished)
+
+    def close(self, finished: Container[str] = ()) -> None:
+        """No more reports: every transfer still shown ends (well if in ``finished``)."""
+        for digest in list(self._shown):
+            self._end(digest, ok=digest in finished)
+
+    def _end(self, digest: str, *, ok: bool) -> None:
+        shown = self._shown.pop(digest)
+        if ok and shown.total is not None:
+            shown.seek(shown.total)
+        shown.end(ok=ok)
+
+
 ACTIVE: ContextVar[TransferBoard | None] = ContextVar("lazybuild_transfer_board", default=None)
 
 
@@ -348,6 +399,15 @@ def reporting(board: TransferBoard | None) -> Iterator[TransferBoard | None]:
         ACTIVE.reset(token)
         if board is not None:
             board.close()
+
+
+def lines_unless_shown(say: Callable[[str], None]) -> AbstractContextManager[object]:
+    """Long transfers said through ``say`` in whole lines (``LineReport``) inside the
+    block, unless the command shows transfers already (a board is active). For work
+    inside a display that owns the terminal (a build's pushes and cache uploads)."""
+    if ACTIVE.get() is not None:
+        return nullcontext()
+    return reporting(LineReport(say))
 
 
 def wants_live_view(

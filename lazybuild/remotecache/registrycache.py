@@ -32,6 +32,7 @@ from lazybuild.oci.digest import sha256_digest
 from lazybuild.oci.layout import OciLayout
 from lazybuild.oci.localblob import layout_of, layout_source
 from lazybuild.oci.manifest import Index, Manifest, parse_document
+from lazybuild.progress import transfer
 from lazybuild.progress.lines import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
@@ -145,7 +146,9 @@ async def export_cache(
     if export.ref is not None:
         uploads: list[tuple[Descriptor, bytes | Path]] = [(config_descriptor, config)]
         uploads += [(layer.descriptor, paths[layer.descriptor.digest]) for layer in own]
-        digest = await _push(export.ref, registry, uploads, data)
+        # Long uploads said as lines, as an image push says them (transfer.lines_unless_shown).
+        with transfer.lines_unless_shown(progress):
+            digest = await _push(export.ref, registry, uploads, data)
     else:
         assert export.dest is not None
         files = [paths[layer.descriptor.digest] for layer in own]

@@ -284,3 +284,50 @@ def test_line_report_says_long_transfers_now_and_then() -> None:
     assert " ".join(said[0].split()[:7]) == "sha256:0123456789ab pushing 20.0 MiB / 100.0 MiB"
     assert "ETA" in said[1]
     assert said[2] == "sha256:0123456789ab pushed 100.0 MiB in 25.0s (4.0 MiB/s)"
+
+
+def test_a_mirror_shows_another_process_transfers_as_reported() -> None:
+    stream, clock = FakeTerminal(), Clock()
+    board = view(stream, clock)
+    mirror = transfer.Mirror(board)
+    # First seen 2 s into the download: its rate counts from its start, not from now.
+    mirror.update([(DIGEST, 4 * MIB, 40 * MIB, 2.0)])
+    (row,) = last_screen(stream)
+    assert row.startswith("sha256:0123456789ab downloading 4.0 MiB / 40.0 MiB")
+    assert "2.0 MiB/s" in row
+    assert row.endswith("ETA 18s")
+    clock.now += 1.0
+    mirror.update([(DIGEST, 8 * MIB, 40 * MIB, 3.0), (OTHER, 0, 10 * MIB, 0.0)])
+    assert last_screen(stream)[0].startswith("sha256:0123456789ab downloading 8.0 MiB / 40.0")
+    clock.now += 1.0
+    # Gone from the report: the first one ended well (its layer is there), at its total;
+    # the other failed, and leaves without a line.
+    mirror.update([], finished={DIGEST})
+    assert "sha256:0123456789ab downloaded 40.0 MiB in 4.0s (10.0 MiB/s)\n" in stream.getvalue()
+    assert board.transfers == []
+    assert last_screen(stream) == []  # nothing left live
+    mirror.close()
+    board.close()
+    assert "fedcba987654 downloaded" not in stream.getvalue()
+
+
+def test_a_closed_mirror_ends_what_it_still_shows() -> None:
+    stream, clock = FakeTerminal(), Clock()
+    board = view(stream, clock)
+    mirror = transfer.Mirror(board)
+    mirror.update([(DIGEST, MIB, 2 * MIB, 1.0), (OTHER, MIB, 2 * MIB, 1.0)])
+    clock.now += 1.0
+    mirror.close(finished={OTHER})
+    assert board.transfers == []
+    assert last_screen(stream) == ["sha256:fedcba987654 downloaded 2.0 MiB in 2.0s (1.0 MiB/s)"]
+
+
+def test_lines_unless_shown_says_lines_only_without_a_board() -> None:
+    said: list[str] = []
+    with transfer.lines_unless_shown(said.append):
+        board = transfer.active()
+        assert isinstance(board, LineReport)
+    assert transfer.active() is None
+    mine = LineReport(said.append)
+    with reporting(mine), transfer.lines_unless_shown(said.append):
+        assert transfer.active() is mine
