@@ -105,6 +105,7 @@ async def run_mount(args: argparse.Namespace) -> int:
 
     from lazybuild.lazyfs.client import FilesystemServiceError
     from lazybuild.progress.lines import Progress
+    from lazybuild.progress.transfer import reporting, terminal_view
     from lazybuild.run.imagemount import mounted_image
     from lazybuild.snapshot.overlay import is_mounted
 
@@ -119,7 +120,11 @@ async def run_mount(args: argparse.Namespace) -> int:
     # cancels it (and everything is unmounted); once it is up, one ends it cleanly.
     is_up = False
     stop = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # Whole-layer downloads (layers that are not eStargz) are redrawn on a terminal.
+    with (
+        reporting(terminal_view(quiet=args.quiet)),
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+    ):
         async with trio.open_nursery() as nursery:
 
             async def until_signal() -> None:
@@ -223,6 +228,7 @@ async def run_run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace, service: LazyMountService) -> int:
     from lazybuild.progress.lines import Progress
+    from lazybuild.progress.transfer import reporting, terminal_view
     from lazybuild.run.container import RunRequest, run_image
 
     request = RunRequest(
@@ -235,12 +241,14 @@ async def _run(args: argparse.Namespace, service: LazyMountService) -> int:
         network=args.network,
         hostname=args.hostname,
     )
-    outcome = await run_image(
-        request,
-        state_dir=state_dir(args),
-        registry=registry_options(args),
-        progress=Progress(quiet=args.quiet),
-        service=service,
-    )
+    # Whole-layer downloads (layers that are not eStargz) are redrawn on a terminal.
+    with reporting(terminal_view(quiet=args.quiet)):
+        outcome = await run_image(
+            request,
+            state_dir=state_dir(args),
+            registry=registry_options(args),
+            progress=Progress(quiet=args.quiet),
+            service=service,
+        )
     _finish_report(args, outcome.report)
     return outcome.exit_code

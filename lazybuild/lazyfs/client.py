@@ -108,6 +108,40 @@ class LayerFetch:
 
 
 @dataclass(frozen=True)
+class LayerDownload:
+    """A whole-layer download under way in the filesystem process (a layer that is not
+    eStargz, being unpacked): bytes so far, of ``total``, for ``seconds`` now."""
+
+    digest: str
+    done: int
+    total: int | None
+    seconds: float
+
+    @classmethod
+    def from_json(cls, data: Any) -> LayerDownload | None:
+        """From a ``stats`` reply's ``downloads`` entry; None for a malformed one."""
+        if not isinstance(data, dict):
+            return None
+        digest, done, total = data.get("digest"), data.get("done"), data.get("total")
+        seconds = data.get("seconds", 0.0)
+        if not isinstance(digest, str) or not isinstance(done, int):
+            return None
+        if total is not None and not isinstance(total, int):
+            return None
+        if not isinstance(seconds, int | float):
+            return None
+        return cls(digest, done, total, float(seconds))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "done": self.done,
+            "total": self.total,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
 class ReadFailure:
     """A read the lazy filesystem answered with EIO: which file of which layer, and why."""
 
@@ -150,6 +184,8 @@ class FetchReport:
     layers: tuple[LayerFetch, ...]
     # Reads answered with EIO (the workload saw "input/output error"), first per file.
     failures: tuple[ReadFailure, ...] = ()
+    # Whole-layer downloads under way when the report was made (not in ``layers`` yet).
+    downloads: tuple[LayerDownload, ...] = ()
 
     @property
     def bytes_fetched(self) -> int:
@@ -176,6 +212,8 @@ class FetchReport:
                 for failure in self.failures
                 if failure.layer in layers and failure not in known_failures
             ),
+            # Under way now, so nobody's before: a layer being added is not in ``layers``.
+            self.downloads,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -513,7 +551,15 @@ class LazyMountService:
             if (failure := ReadFailure.from_json(entry)) is not None
         )
         self.read_failures = failures
-        return FetchReport(tuple(LayerFetch.from_json(entry) for entry in layers), failures)
+        listed = reply.get("downloads", [])
+        downloads = tuple(
+            download
+            for entry in (listed if isinstance(listed, list) else [])
+            if (download := LayerDownload.from_json(entry)) is not None
+        )
+        return FetchReport(
+            tuple(LayerFetch.from_json(entry) for entry in layers), failures, downloads
+        )
 
     def register_overlay(self, path: Path) -> None:
         """Record an overlay stacked on this mount, so a crash cleanup unmounts it first."""

@@ -40,6 +40,7 @@ from lazybuild.oci.layout import OciLayout
 from lazybuild.oci.localblob import LocalBlob, layout_of
 from lazybuild.oci.mediatypes import TOC_DIGEST_ANNOTATION
 from lazybuild.profile.published import PrefetchPlan, prefetch_plan, published_record
+from lazybuild.progress import transfer
 from lazybuild.registry.blob import RandomAccessBlob
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
@@ -106,6 +107,9 @@ class LayerSource:
         # The big files of whole-image layers whose pages were dropped, for
         # ``note_big_file_reads``.
         self._big_files_dropped: list[_BigFile] = []
+        # Whole-layer downloads under way (layers being unpacked), for ``stats``: the
+        # registry client reports its whole-blob downloads to it (a list and a lock).
+        self._downloads = transfer.TransferBoard()
 
     async def add(self, ref_text: str, descriptor_json: dict[str, Any]) -> control.LayerAdded:
         """Add a layer of the image ``ref_text``: a registry reference, or an OCI layout
@@ -120,7 +124,9 @@ class LayerSource:
                 done = self._pending[digest] = trio.Event()
                 self._index_ready.setdefault(digest, trio.Event())
                 try:
-                    self._mounted[digest] = await self._open(ref, ref_text, descriptor)
+                    # Whole-blob downloads (an unpacked layer's) report to the board.
+                    with transfer.reporting(self._downloads):
+                        self._mounted[digest] = await self._open(ref, ref_text, descriptor)
                 finally:
                     del self._pending[digest]
                     self._indexed.pop(digest, None)
@@ -229,6 +235,19 @@ class LayerSource:
             elif mounted.unpacked is not None:
                 report.append(_unpacked_stats(mounted.unpacked))
         return report
+
+    def downloads(self) -> list[dict[str, Any]]:
+        """The whole-layer downloads under way: digest, bytes done, total, seconds."""
+        now = self._downloads.clock()
+        return [
+            {
+                "digest": download.digest,
+                "done": download.done,
+                "total": download.total,
+                "seconds": round(now - download.started, 3),
+            }
+            for download in list(self._downloads.transfers)
+        ]
 
     async def _open(self, ref: Reference | Path, image: str, descriptor: Descriptor) -> _Mounted:
         digest_hex = descriptor.digest.partition(":")[2]
@@ -568,13 +587,17 @@ class ControlServer:
         stop: trio.CancelScope,
         reads: ReadRecorder | None = None,
         read_failures: Callable[[], list[dict[str, str]]] | None = None,
+        downloads: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         """``read_failures``: the reads the mount answered with EIO (``stats`` reports
-        them, so the owner can say which file of which layer failed, and why)."""
+        them, so the owner can say which file of which layer failed, and why).
+        ``downloads``: the whole-layer downloads under way (``stats`` reports them, so
+        the owner can show their progress)."""
         self._layers = layers
         self._stop = stop
         self._reads = reads or ReadRecorder()
         self._read_failures = read_failures or list
+        self._downloads = downloads or list
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection. Never raises: an error here would end the whole service."""
@@ -604,7 +627,11 @@ class ControlServer:
                 added = await self._layers.add(request.ref, request.descriptor)
                 return control.ok(path=added.path, mode=added.mode, digest=added.digest)
             if isinstance(request, control.Stats):
-                return control.ok(layers=self._layers.stats(), failures=self._read_failures())
+                return control.ok(
+                    layers=self._layers.stats(),
+                    failures=self._read_failures(),
+                    downloads=self._downloads(),
+                )
             if isinstance(request, control.FetchAll):
                 await self._layers.fetch_all(request.digests)
                 return control.ok()
@@ -792,7 +819,9 @@ async def serve(options: ServiceOptions, client: RegistryClient, ahead: ImageAhe
                     )
                 )
             nursery.start_soon(run_fuse, stop)
-            control_server = ControlServer(layers, stop, reads, filesystem.read_failures)
+            control_server = ControlServer(
+                layers, stop, reads, filesystem.read_failures, layers.downloads
+            )
             await nursery.start(serve_control, options.control, control_server)
             await nursery.start(stop_on_signals, stop)
             if options.owner_pid is not None:

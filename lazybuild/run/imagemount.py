@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
-from lazybuild.errors import DigestMismatchError, FormatError, LazybuildError
+from lazybuild.errors import DigestMismatchError, FormatError, LazybuildError, one_error
 from lazybuild.lazyfs.client import FetchReport, LayerMount, LazyMountService
 from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.lazyfs.unpack import is_lazy_layer
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.platform import host_platform
 from lazybuild.profile.published import prefetch_plan, published_record
+from lazybuild.progress import transfer
 from lazybuild.progress.lines import Progress, human_size, short_digest
 from lazybuild.registry.client import RegistryClient, ResolvedImage
 from lazybuild.registry.options import RegistryOptions
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
     from lazybuild.oci.layout import OciLayout
 
 log = logging.getLogger(__name__)
+
+# How often the filesystem process is asked how its whole-layer downloads are going,
+# while layers are added and a transfer board shows them.
+_DOWNLOADS_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -111,13 +116,51 @@ async def mounted_image(
         if prefetch_record:
             recorded.start()
         try:
-            layers = await service.add_image(resolved.ref, list(resolved.manifest.layers))
+            layers = await _adding_shown(
+                service,
+                lambda: service.add_image(resolved.ref, list(resolved.manifest.layers)),
+            )
             recorded.layers_added.set()
             _report_layers(layers, progress)
             async with _stacked(target, service, layers, upper, work):
                 yield MountedImage(resolved.ref, resolved.config, layers, target, service)
         finally:
             recorded.cancel()
+
+
+async def _adding_shown(
+    service: LazyMountService, adding: Callable[[], Awaitable[list[LayerMount]]]
+) -> list[LayerMount]:
+    """``adding()`` (the image's layers being added), with the filesystem process's
+    whole-layer downloads (layers that are not eStargz) shown on the command's transfer
+    board while it runs, asked for every ``_DOWNLOADS_POLL_SECONDS``. Without a board
+    (not a terminal, ``-q``), just ``adding()``: nothing is asked."""
+    board = transfer.active()
+    if board is None:
+        return await adding()
+    mirror = transfer.Mirror(board)
+
+    async def poll() -> None:
+        while True:
+            try:
+                report = await service.stats()
+            except LazybuildError:
+                pass  # the add says what went wrong
+            else:
+                in_flight = [(d.digest, d.done, d.total, d.seconds) for d in report.downloads]
+                mirror.update(in_flight, finished={layer.digest for layer in report.layers})
+            await trio.sleep(_DOWNLOADS_POLL_SECONDS)
+
+    added: list[LayerMount] = []
+    try:
+        with one_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll)
+                added = await adding()
+                nursery.cancel_scope.cancel()
+    finally:
+        mirror.close(finished={layer.digest for layer in added})
+    return added
 
 
 @asynccontextmanager
