@@ -607,7 +607,13 @@ def _render(progress: BuildProgress, line: str) -> None:
     elif kind == "message":
         progress.line(event["data"])
     elif kind == "fetch":
-        progress.fetch_status(event["image"], event["fetched"], event["total"])
+        downloading = event.get("downloading")  # [done, total] of whole-layer downloads
+        progress.fetch_status(
+            event["image"],
+            event["fetched"],
+            event["total"],
+            (int(downloading[0]), int(downloading[1])) if downloading else None,
+        )
 
 
 class _Cancellable(Protocol):

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -102,6 +103,20 @@ class BuildResult:
 Finish = Callable[[BuildResult], Awaitable[None]]
 
 
+class FetchHook(Protocol):
+    """``BuildProgress.fetch_status``: an image's bytes fetched, of its size, and its
+    whole-layer downloads under way (bytes done, total), if any."""
+
+    def __call__(
+        self,
+        image: str,
+        fetched: int,
+        size: int | None,
+        downloading: tuple[int, int] | None,
+        /,
+    ) -> None: ...
+
+
 @dataclass(frozen=True)
 class BuildOutcome:
     config: ImageConfig
@@ -133,14 +148,15 @@ async def run_build(
     progress: ProgressWriter | None,
     finish: Finish,
     on_line: Callable[[str], None] = lambda text: None,
-    on_fetch: Callable[[str, int, int], None] | None = None,
+    on_fetch: FetchHook | None = None,
     filesystem: LazyMountService | None = None,
     shared_filesystem: SharedFilesystem | None = None,
 ) -> BuildOutcome:
     """Build ``request``; ``finish`` exports the result before the mounts come down.
 
-    ``on_fetch(image, fetched, size)`` hears, about once a second, how much of each
-    lazily mounted base image has been fetched. ``filesystem`` is a lazy filesystem
+    ``on_fetch(image, fetched, size, downloading)`` hears, about once a second, how
+    much of each lazily mounted base image has been fetched (``downloading``: bytes done
+    and total of its whole-layer downloads under way, or None). ``filesystem`` is a lazy filesystem
     the caller spawned already (``build_filesystem``); the build stops it at the end.
     ``shared_filesystem`` (a daemon's) lends one that outlives the build instead."""
     if filesystem is not None and shared_filesystem is not None:
@@ -458,15 +474,25 @@ def _touched_learned(learned: LearnedReads) -> dict[str, list[list[str]]]:
     return found
 
 
-async def _report_fetches(mounter: LayerMounter, on_fetch: Callable[[str, int, int], None]) -> None:
+async def _report_fetches(mounter: LayerMounter, on_fetch: FetchHook) -> None:
+    """Each base image's figures, once per ``_FETCH_POLL_SECONDS``; its whole-layer
+    downloads under way (layers that are not eStargz) counted in, and given apart."""
     while True:
         await trio.sleep(_FETCH_POLL_SECONDS)
         try:
-            totals = await mounter.fetch_by_image()
+            report = await mounter.fetch_report()
+            if report is None:
+                continue
+            totals = await mounter.fetch_by_image(report)
         except LazybuildError:
             continue  # the filesystem is starting or stopping: next time
-        for image, (fetched, size) in sorted(totals.items()):
-            on_fetch(image, fetched, size)
+        downloads = mounter.downloads_by_image(report)
+        for image in sorted(totals.keys() | downloads.keys()):
+            fetched, size = totals.get(image, (0, 0))
+            downloading = downloads.get(image)
+            if downloading is not None:
+                fetched, size = fetched + downloading[0], size + downloading[1]
+            on_fetch(image, fetched, size, downloading)
 
 
 @contextlib.contextmanager

@@ -71,10 +71,10 @@ class LayerMounter:
     def service(self) -> LazyMountService | None:
         return self._service
 
-    async def fetch_by_image(self) -> dict[str, tuple[int, int]]:
+    async def fetch_by_image(self, report: FetchReport | None = None) -> dict[str, tuple[int, int]]:
         """Bytes fetched so far and total size, per base image (by reference), over the
-        layers mounted so far."""
-        report = await self.fetch_report()
+        layers mounted so far (in ``report``, else one asked for now)."""
+        report = report if report is not None else await self.fetch_report()
         if report is None:
             return {}
         totals: dict[str, tuple[int, int]] = {}
@@ -82,6 +82,18 @@ class LayerMounter:
             image = self._sources.get(layer.digest, layer.digest)
             fetched, size = totals.get(image, (0, 0))
             totals[image] = (fetched + layer.bytes_fetched, size + layer.size)
+        return totals
+
+    def downloads_by_image(self, report: FetchReport) -> dict[str, tuple[int, int]]:
+        """The whole-layer downloads under way in ``report`` (layers that are not
+        eStargz, being added), per base image of this build: bytes done and total."""
+        totals: dict[str, tuple[int, int]] = {}
+        for download in report.downloads:
+            image = self._sources.get(download.digest)
+            if image is None:
+                continue  # another build's, in a shared process
+            done, total = totals.get(image, (0, 0))
+            totals[image] = (done + download.done, total + (download.total or 0))
         return totals
 
     async def fetch_report(self) -> FetchReport | None:
@@ -127,9 +139,10 @@ class LayerMounter:
                 service = await self._started_service()
                 source = layer.source
                 named = source if layout_of(source) is not None else Reference.parse(source)
+                # Named before the add, so that its download (if any) is shown as the image's.
+                self._sources[digest] = layer.source.split("@", 1)[0]
                 mount = await service.add_layer(named, layer.descriptor)
                 self._layers[digest] = mount
-                self._sources[digest] = layer.source.split("@", 1)[0]
                 if mount.mode == "unpacked":
                     self._on_unpacked(
                         f"layer {short_digest(digest)} of {layer.source} is not eStargz: "

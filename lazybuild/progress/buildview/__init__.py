@@ -32,6 +32,7 @@ from lazybuild.progress.buildview._rawjson import RawJson
 from lazybuild.progress.buildview._tty import Tty
 from lazybuild.progress.lines import Progress
 from lazybuild.progress.modes import MODES, Mode
+from lazybuild.progress.transfer import Transfer, TransferBoard
 from lazybuild.solver.progress import (
     ProgressEvent,
     VertexCompleted,
@@ -70,6 +71,9 @@ class BuildProgress:
         self.mode: Mode = mode
         self.clock = clock
         self._board = Board(tail_lines, clock())
+        # Per image, its whole-layer downloads (``fetch_status``): rate and ETA.
+        self._download_board = TransferBoard(clock)
+        self._downloads: dict[str, Transfer] = {}
         self._phases = 0
         self._renderer: Renderer
         if self.mode == "tty":
@@ -152,12 +156,40 @@ class BuildProgress:
         """Shows a message that belongs to no step (``resolving image ...``)."""
         self._renderer.message(message, self.clock())
 
-    def fetch_status(self, image: str, fetched_bytes: int, total_bytes: int | None) -> None:
+    def fetch_status(
+        self,
+        image: str,
+        fetched_bytes: int,
+        total_bytes: int | None,
+        downloading: tuple[int, int] | None = None,
+    ) -> None:
         """Bytes of a lazily mounted image fetched so far, of ``total_bytes`` (its size);
-        the live view is redrawn if that is due (as ``tick``)."""
-        fetch = self._board.fetches[image] = Fetch(image, fetched_bytes, total_bytes)
+        ``downloading``: bytes done and total of its whole-layer downloads under way
+        (layers that are not eStargz; counted in the figures before), shown with their
+        rate and ETA. The live view is redrawn if that is due (as ``tick``)."""
+        fetch = self._board.fetches[image] = Fetch(
+            image, fetched_bytes, total_bytes, self._download(image, downloading)
+        )
         self._renderer.fetch(fetch)
         self._renderer.tick()
+
+    def _download(self, image: str, downloading: tuple[int, int] | None) -> Transfer | None:
+        """The image's downloads as one transfer, its rate measured over the updates."""
+        download = self._downloads.get(image)
+        if downloading is None:
+            if download is not None:
+                del self._downloads[image]
+                download.end()
+            return None
+        done, total = downloading
+        if download is None:
+            download = self._downloads[image] = self._download_board.begin(
+                image, total, "downloading"
+            )
+        download.total = total
+        download.seek(done)
+        download.sample(self.clock())
+        return download
 
     def tick(self) -> None:
         """Redraws the live view if it is due (tty); does nothing in the other modes."""

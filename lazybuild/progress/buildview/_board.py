@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from lazybuild.progress.lines import human_size, short_digest
+from lazybuild.progress.transfer import Transfer, duration
 from lazybuild.solver.progress import VertexCompleted, VertexLog, VertexStarted, VertexStatus
 
 # A line longer than this without a newline is cut into lines of this size.
@@ -61,6 +62,9 @@ class Fetch:
     image: str
     fetched: int
     total: int | None
+    # The image's whole-layer downloads under way (layers that are not eStargz), as one
+    # transfer: bytes, rate and ETA. None when there are none.
+    download: Transfer | None = None
 
 
 Line = tuple[str, float]  # an output line and when it began
@@ -131,6 +135,25 @@ def fetch_text(fetch: Fetch) -> str:
         if fetch.total:
             text += f" ({100 * fetch.fetched / fetch.total:.1f}%)"
     return text
+
+
+def download_text(fetch: Fetch, now: float) -> str:
+    """``downloading 5.0 MB / 40.0 MB, 2.5 MB/s, ETA 14s``: the image's whole-layer
+    downloads under way (what is not known yet left out); empty without any."""
+    download = fetch.download
+    if download is None:
+        return ""
+    # As of the last report: between two, the bytes would stand still while time runs.
+    if download.samples:
+        now = download.samples[-1][0]
+    parts = [f"downloading {amount(download.done, download.total)}"]
+    rate = download.rate(now)
+    if rate is not None:
+        parts.append(f"{human_size(int(rate))}/s")
+    eta = download.eta(now)
+    if eta is not None:
+        parts.append(f"ETA {duration(eta)}")
+    return ", ".join(parts)
 
 
 def one_line(text: str) -> str:

@@ -13,6 +13,7 @@ from lazybuild.progress.buildview._board import (
     Status,
     Vertex,
     amount,
+    download_text,
     fetch_text,
     one_line,
 )
@@ -92,7 +93,9 @@ class Plain(Renderer):
         ):
             return
         self._fetch_printed[fetch.image] = (values, now)
-        self.message(f"lazy {fetch.image}: fetched {fetch_text(fetch)}", now)
+        downloading = download_text(fetch, now)
+        text = f"lazy {fetch.image}: fetched {fetch_text(fetch)}"
+        self.message(text + (f"; {downloading}" if downloading else ""), now)
 
     def close(self) -> None:
         for vertex in self.board.running():

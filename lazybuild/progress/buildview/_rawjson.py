@@ -17,7 +17,7 @@ class RawJson(Renderer):
     def __init__(self, stream: TextIO, board: Board, clock: Callable[[], float]) -> None:
         super().__init__(stream, board, clock)
         self._decoders: dict[tuple[str, str], codecs.IncrementalDecoder] = {}
-        self._fetch_sent: dict[str, tuple[int, int | None]] = {}
+        self._fetch_sent: dict[str, tuple[int, int | None, list[int | None] | None]] = {}
 
     def _emit(self, **fields: object) -> None:
         self.write(json.dumps(fields) + "\n")
@@ -75,13 +75,18 @@ class RawJson(Renderer):
         self._emit(type="message", data=text, timestamp=timestamp)
 
     def fetch(self, fetch: Fetch) -> None:
-        values = (fetch.fetched, fetch.total)
+        download = fetch.download
+        downloading = None if download is None else [download.done, download.total]
+        values = (fetch.fetched, fetch.total, downloading)
         if self._fetch_sent.get(fetch.image) != values:
             self._fetch_sent[fetch.image] = values
+            # ``downloading`` ([bytes done, total] of whole-layer downloads) only when some are.
+            extra = {} if downloading is None else {"downloading": downloading}
             self._emit(
                 type="fetch",
                 image=fetch.image,
                 fetched=fetch.fetched,
                 total=fetch.total,
                 timestamp=self.clock(),
+                **extra,
             )

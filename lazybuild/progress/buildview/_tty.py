@@ -17,6 +17,7 @@ from lazybuild.progress.buildview._board import (
     Status,
     Vertex,
     amount,
+    download_text,
     fetch_text,
 )
 from lazybuild.solver.progress import VertexCompleted, VertexLog, VertexStarted, VertexStatus
@@ -158,7 +159,7 @@ class Tty(Renderer):
                         _row(f" => => # {line}", "", width) for line in vertex.tail()[-logs:]
                     )
             rows.extend(
-                _row(f" => lazy {fetch.image}", fetch_text(fetch), width)
+                _row(f" => lazy {fetch.image}", _fetch_figures(fetch, now), width)
                 for fetch in self.board.fetches.values()
             )
             if len(rows) <= max_rows:
@@ -179,3 +180,9 @@ class Tty(Renderer):
             for fetch in self.board.fetches.values()
         )
         return rows
+
+
+def _fetch_figures(fetch: Fetch, now: float) -> str:
+    """``12.0 MB / 40.0 MB (30.0%)``, then its whole-layer downloads' bytes and ETA."""
+    downloading = download_text(fetch, now)
+    return fetch_text(fetch) + (f"  {downloading}" if downloading else "")

@@ -391,3 +391,47 @@ def test_shows_a_real_solve_and_keeps_the_failing_steps_output() -> None:
         "#1 base\n#1 T pulling\n#1 DONE Ts\n"
         "\n#2 make\n#2 T cc main.c\n#2 T error: no such file\n#2 ERROR: exit code: 1\n"
     )
+
+
+def test_tty_fetch_rows_show_whole_layer_downloads_with_their_eta() -> None:
+    progress, stream, clock = display("tty", terminal_size=(120, 30))
+    progress.fetch_status("docker.io/library/debian", 0, 50_000_000, (0, 50_000_000))
+    for done_bytes in (5_000_000, 10_000_000):
+        clock.now += 1
+        progress.fetch_status(
+            "docker.io/library/debian", done_bytes, 50_000_000, (done_bytes, 50_000_000)
+        )
+    clock.now += 1
+    progress.tick()
+    view = stream.getvalue().rsplit("\x1b[J", 1)[-1].splitlines()
+    assert view[-1].startswith(" => lazy docker.io/library/debian")
+    assert view[-1].endswith(
+        "10.0 MB / 50.0 MB (20.0%)  downloading 10.0 MB / 50.0 MB, 5.0 MB/s, ETA 8s"
+    )
+    # Done: the layer is counted as fetched, and the download figures leave the row.
+    clock.now += 1
+    progress.fetch_status("docker.io/library/debian", 50_000_000, 50_000_000, None)
+    clock.now += 1
+    progress.tick()
+    view = stream.getvalue().rsplit("\x1b[J", 1)[-1].splitlines()
+    assert view[-1].endswith("50.0 MB / 50.0 MB (100.0%)")
+    progress.close()
+
+
+def test_plain_and_rawjson_fetch_lines_carry_the_downloads() -> None:
+    progress, stream, clock = display("plain")
+    progress.fetch_status("img", 0, 4_000_000, (0, 4_000_000))
+    clock.now += 10
+    progress.fetch_status("img", 2_000_000, 4_000_000, (2_000_000, 4_000_000))
+    progress.close()
+    assert stream.getvalue().splitlines() == [
+        "lazy img: fetched 0 B / 4.0 MB (0.0%); downloading 0 B / 4.0 MB",
+        "lazy img: fetched 2.0 MB / 4.0 MB (50.0%); "
+        "downloading 2.0 MB / 4.0 MB, 200.0 KB/s, ETA 10s",
+    ]
+    progress, stream, clock = display("rawjson")
+    progress.fetch_status("img", 1, 2, (1, 2))
+    progress.fetch_status("img", 2, 2, None)
+    objects = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [o.get("downloading") for o in objects] == [[1, 2], None]
+    assert "downloading" not in objects[1]
