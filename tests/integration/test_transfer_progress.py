@@ -6,9 +6,11 @@ import hashlib
 import os
 import pty
 import re
+import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -25,7 +27,9 @@ from lazybuild.progress.transfer import TerminalView, Transfer, reporting, termi
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 from tests.support.imagebuild import write_image, write_layer
+from tests.support.push import push_oci_layout
 from tests.support.registry import Registry
+from tests.support.wanproxy import WanProxy
 
 pytestmark = pytest.mark.root
 
@@ -164,3 +168,74 @@ def test_convert_shows_its_upload_on_a_terminal_only(
     err = capsys.readouterr().err
     assert "] done: 1 layer(s) converted" in err
     assert "pushed" not in err and "\x1b" not in err
+
+
+def _lazybuild(state: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "lazybuild", "--state-dir", str(state), *args]
+
+
+def _mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as mountinfo:
+        return any(line.split()[4] == str(path) for line in mountinfo)
+
+
+def _mount_and_unmount(state: Path, image: str, target: Path, stderr: int) -> int:
+    """``lazybuild mount`` with ``stderr``, until the mount is up; then ``umount``."""
+    target.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "BUILDKIT_PROGRESS"}
+    env["TERM"] = "xterm"
+    process = subprocess.Popen(
+        _lazybuild(state, "mount", "--no-background-fetch", image, str(target)),
+        stderr=stderr,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _mounted(target):
+            assert process.poll() is None and time.monotonic() < deadline, "no mount"
+            time.sleep(0.1)
+    finally:
+        if _mounted(target):
+            subprocess.run(_lazybuild(state, "umount", str(target)), check=False)
+        code = process.wait(timeout=60)
+        subprocess.run(_lazybuild(state, "prune"), check=False, capture_output=True)
+    return code
+
+
+def test_mount_shows_a_whole_layer_download_on_a_terminal_only(
+    registry: Registry,
+    wan_proxy: Callable[..., WanProxy],
+    tmp_path: Path,
+) -> None:
+    """A plain gzip layer is downloaded whole by the filesystem process: on a terminal
+    its bytes are redrawn until they reach the total; captured, nothing of it is said."""
+    push_oci_layout(_image_layout(tmp_path / "layout"), registry.host, "it/wholedownload", "gz")
+    # 3 MiB at 2 MB/s: a download long enough to be shown, polled a few times.
+    proxy = wan_proxy(registry.host, latency=0.005, bandwidth_bits=16e6)
+    image = f"{proxy.host}/it/wholedownload:gz"
+
+    master, slave = pty.openpty()
+    screen = Screen(master)
+    try:
+        code = _mount_and_unmount(tmp_path / "tty-state", image, tmp_path / "tty", slave)
+    finally:
+        os.close(slave)
+    text = screen.text()
+    os.close(master)
+    assert code == 0, text
+    label = r"sha256:[0-9a-f]{12}"
+    assert re.search(rf"{label} downloading +[0-9.]+ (KiB|MiB) / 3\.0 MiB", text), text
+    assert re.search(rf"{label} downloaded 3\.0 MiB in [0-9.]+s", text), text
+    assert "] mounted " in text and "\x1b[J" in text
+
+    # Not a terminal: the progress lines only, nothing of the download, no escapes.
+    captured = tmp_path / "stderr.txt"
+    with captured.open("wb") as stderr:
+        code = _mount_and_unmount(
+            tmp_path / "plain-state", image, tmp_path / "plain", stderr.fileno()
+        )
+    err = captured.read_text()
+    assert code == 0, err
+    assert "] mounted " in err
+    assert " downloading " not in err and " downloaded 3.0 MiB" not in err
+    assert "\x1b" not in err
