@@ -21,7 +21,7 @@ import trio
 
 from lazybuild.cache.chunkcache import ChunkCache
 from lazybuild.erofs import ErofsLayout, UnrepresentableError
-from lazybuild.errors import FormatError, LazybuildError, one_error, reported_error
+from lazybuild.errors import LazybuildError, one_error, reported_error
 from lazybuild.estargz.toc import PREFETCH_FILE_MAX_BYTES
 from lazybuild.lazyfs import control
 from lazybuild.lazyfs.erofsmount import ErofsMount, mount_erofs, unmount_erofs
@@ -33,7 +33,13 @@ from lazybuild.lazyfs.pagesread import resident_ranges
 from lazybuild.lazyfs.priority import ForegroundGate
 from lazybuild.lazyfs.readrecorder import ReadRecorder
 from lazybuild.lazyfs.service import ImageAhead, ServiceOptions
-from lazybuild.lazyfs.unpack import UnpackedLayer, is_lazy_layer, unpack_layer, unpacked_root
+from lazybuild.lazyfs.unpack import (
+    UnpackedLayer,
+    is_lazy_layer,
+    unpack_blob_file,
+    unpack_layer,
+    unpacked_root,
+)
 from lazybuild.lazyfs.whole_images import find_whole_image, write_whole_image
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.layout import OciLayout
@@ -434,17 +440,26 @@ class LayerSource:
         self._filesystem.remove_image(name)
 
     async def _unpack(self, ref: Reference | Path, descriptor: Descriptor) -> _Mounted:
-        if not isinstance(ref, Reference):
-            raise FormatError(
-                f"layer {descriptor.digest} of the layout {ref} can only be mounted lazily "
-                "(eStargz that an EROFS image can hold)"
+        root = unpacked_root(self._state_dir)
+        if isinstance(ref, Reference):
+            log.info(
+                "layer %s (%s) is not eStargz with a TOC digest: downloading and unpacking it",
+                descriptor.digest,
+                descriptor.media_type,
             )
-        log.info(
-            "layer %s (%s) is not eStargz with a TOC digest: downloading and unpacking it",
-            descriptor.digest,
-            descriptor.media_type,
-        )
-        unpacked = await unpack_layer(self._client, ref, descriptor, unpacked_root(self._state_dir))
+            unpacked = await unpack_layer(self._client, ref, descriptor, root)
+        else:
+            # A layout's blob: read whole, verified as it is read, and kept by digest
+            # where downloaded layers are.
+            log.info(
+                "layer %s (%s) of the layout %s is not eStargz with a TOC digest: unpacking it",
+                descriptor.digest,
+                descriptor.media_type,
+                ref,
+            )
+            blob = OciLayout(ref).blob_path(descriptor.digest)
+            what = f"{ref}: blob {descriptor.digest}"
+            unpacked = await unpack_blob_file(blob, descriptor, root, what)
         added = control.LayerAdded(
             path=str(unpacked.path), mode="unpacked", digest=descriptor.digest
         )

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
+import os
 import re
 import secrets
 import shutil
@@ -30,11 +32,12 @@ from typing import BinaryIO, cast
 
 import trio
 
-from lazybuild.errors import FormatError
+from lazybuild.errors import DigestMismatchError, FormatError, NotFoundError
 from lazybuild.estargz.layerformat import decompressed_stream
 from lazybuild.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
+from lazybuild.oci.digest import new_hasher
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 from lazybuild.state.processes import ProcessId, owner_alive
@@ -91,6 +94,19 @@ async def unpack_verified_tar(tar: Path, descriptor: Descriptor, dest_root: Path
 
     async def fill(partial: Path) -> None:
         await trio.to_thread.run_sync(extract_tar_file, tar, partial, where)
+
+    return await _unpacked(descriptor, dest_root, fill)
+
+
+async def unpack_blob_file(
+    blob: Path, descriptor: Descriptor, dest_root: Path, what: str
+) -> UnpackedLayer:
+    """The layer ``descriptor`` names, unpacked from the blob file ``blob`` (an OCI
+    layout's, ``what`` in messages): hashed as it is read, and kept only when its bytes
+    are the descriptor's, as a downloaded layer is (the file is nobody's word either)."""
+
+    async def fill(partial: Path) -> None:
+        await trio.to_thread.run_sync(_extract_blob_file, blob, descriptor, partial, what)
 
     return await _unpacked(descriptor, dest_root, fill)
 
@@ -167,6 +183,56 @@ def _extract_from_channel(
     # Read to the end so the whole blob passes through the digest check.
     while stream.read(_DRAIN_BLOCK):
         pass
+
+
+def _extract_blob_file(blob: Path, descriptor: Descriptor, partial: Path, what: str) -> None:
+    """(worker thread) A blob file decompressed and extracted into ``partial``, all of it
+    hashed; a mismatch explains any extraction error that came with it."""
+    hasher = new_hasher(descriptor.digest)
+    failure: Exception | None = None
+    try:
+        opened = blob.open("rb")
+    except FileNotFoundError:
+        raise NotFoundError(f"{what} is missing") from None
+    with opened as file:
+        size = os.fstat(file.fileno()).st_size
+        if size != descriptor.size:
+            raise FormatError(f"{what} is {size} bytes, its descriptor says {descriptor.size}")
+        raw = io.BufferedReader(_HashingReader(file, hasher), _DRAIN_BLOCK)
+        try:
+            _extract_all(decompressed_stream(raw), partial, f"layer {descriptor.digest}")
+        except Exception as exc:
+            failure = exc
+        while raw.read(_DRAIN_BLOCK):  # a trailer, or what did not decompress
+            pass
+    actual = f"{descriptor.digest.partition(':')[0]}:{hasher.hexdigest()}"
+    if actual != descriptor.digest:
+        raise DigestMismatchError(f"{what} is corrupt (hashes to {actual})")
+    if failure is not None:
+        raise failure
+
+
+def _extract_all(stream: BinaryIO, partial: Path, where: str) -> None:
+    extract_layer_stream(stream, partial, where)
+    while stream.read(_DRAIN_BLOCK):
+        pass
+
+
+class _HashingReader(io.RawIOBase):
+    """A file's bytes, hashed as they are read (for a worker thread)."""
+
+    def __init__(self, file: BinaryIO, hasher: hashlib._Hash) -> None:
+        self._file = file
+        self._hasher = hasher
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._file.read(len(target))
+        self._hasher.update(data)
+        target[: len(data)] = data
+        return len(data)
 
 
 def extract_tar_file(tar: Path, dest: Path, where: str) -> None:

@@ -7,33 +7,43 @@ against their digests (``OciLayout.read_blob``); a ``@DIGEST`` names the manifes
 index to use, else ``:TAG`` (or the layout's only image, or ``latest``) picks an entry
 of ``index.json``, and an index gives the host platform's manifest. The layers stay in
 the layout: their source is ``oci-layout:DIR@DIGEST`` (``oci.localblob``), which the
-lazy filesystem reads as it reads a registry's blobs, every chunk checked against the
-TOC the manifest's descriptor names. So the layers must be eStargz with a TOC digest
-(what lazybuild writes); others are refused when the image is resolved.
+filesystem process opens as it opens a registry's layers. eStargz layers with a TOC
+digest (what lazybuild writes) are mounted lazily, every chunk checked against the TOC
+the manifest's descriptor names; other layers (gzip, zstd or uncompressed tars, what
+``docker buildx build -o type=oci`` writes) are read whole, hashed as they are read,
+unpacked and kept by digest as a registry's non-eStargz layers are
+(``lazyfs.unpack.unpack_blob_file``). Here only each layer's size is checked.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lazybuild.errors import FormatError, LazybuildError, NotFoundError
-from lazybuild.lazyfs.unpack import is_lazy_layer
 from lazybuild.oci.layout import OciLayout
-from lazybuild.oci.localblob import layout_source
+from lazybuild.oci.localblob import layout_of, layout_source
 from lazybuild.oci.manifest import Index, Manifest, load_config, parse_document
 from lazybuild.oci.platform import Platform
 from lazybuild.registry.client import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, ResolvedImage
 from lazybuild.registry.reference import Reference
+from lazybuild.worker.layers import Layer, RemoteLayer, Snapshot
 
-__all__ = ["OCI_LAYOUT_SCHEME", "LayoutImage", "LayoutImageError", "resolve_layout_image"]
+__all__ = [
+    "OCI_LAYOUT_SCHEME",
+    "LayoutImage",
+    "LayoutImageError",
+    "rehome_layout_layers",
+    "resolve_layout_image",
+]
 
 OCI_LAYOUT_SCHEME = "oci-layout://"
 
 
 class LayoutImageError(LazybuildError):
-    """An OCI layout's image that cannot be a base image (missing, malformed, not lazy)."""
+    """An OCI layout's image that cannot be a base image (missing or malformed)."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +83,6 @@ def resolve_layout_image(ref: str, platform: Platform) -> LayoutImage:
         config_bytes = layout.read_blob(manifest.config.digest, manifest.config.size)
         config = load_config(config_bytes, f"config {manifest.config.digest} of {name}")
         for layer in manifest.layers:
-            if not is_lazy_layer(layer):
-                raise LayoutImageError(
-                    f"{name}: layer {layer.digest} ({layer.media_type}) is not eStargz with a "
-                    "TOC digest: a layout's layers are only mounted lazily (make one with "
-                    "lazybuild convert oci:DIR oci:NEWDIR)"
-                )
             actual = _blob_size(layout, layer.digest)
             if actual != layer.size:
                 raise LayoutImageError(
@@ -98,6 +102,29 @@ def resolve_layout_image(ref: str, platform: Platform) -> LayoutImage:
         config_bytes=config_bytes,
         source=layout_source(wanted.directory, digest),
     )
+
+
+def rehome_layout_layers(snapshot: Snapshot, sources: Mapping[str, str]) -> Snapshot:
+    """A cached snapshot whose base layers came from an OCI layout, as this build opens
+    them: a record names the layout directory of the build that made it (through the
+    daemon, a copy since removed; locally, a directory since changed or gone, or
+    another layout of the same image), but the step's key is the manifest's digest, so
+    the layers of manifest M come from the layout this build resolved M from
+    (``sources``: manifest digest -> layer source)."""
+    if not sources:
+        return snapshot
+    layers: list[Layer] = []
+    for layer in snapshot.layers:
+        if (
+            isinstance(layer, RemoteLayer)
+            and not layer.from_cache
+            and layout_of(layer.source) is not None
+        ):
+            current = sources.get(layer.source.rpartition("@")[2], layer.source)
+            layers.append(replace(layer, source=current))
+        else:
+            layers.append(layer)
+    return Snapshot(tuple(layers))
 
 
 def _blob_size(layout: OciLayout, digest: str) -> int:

@@ -18,7 +18,7 @@ from lazybuild.registry.reference import Reference
 from lazybuild.worker.cachemounts import CacheMounts
 from lazybuild.worker.imagerecords import ImageRecords
 from lazybuild.worker.layerstore import LayerStore
-from lazybuild.worker.layoutimage import OCI_LAYOUT_SCHEME, resolve_layout_image
+from lazybuild.worker.layoutimage import OCI_LAYOUT_SCHEME, LayoutImage, resolve_layout_image
 from lazybuild.worker.learnedreads import LearnedReads
 from lazybuild.worker.rootfs import LayerMounter
 from lazybuild.worker.sshforward import SshUpstream
@@ -72,6 +72,15 @@ class ImageResolver:
 
     def resolved(self, ref: str) -> ResolvedImage | None:
         return self._resolved.get(ref)
+
+    def layout_sources(self) -> dict[str, str]:
+        """The layer sources of the OCI layout images resolved so far, by manifest
+        digest (``layoutimage.rehome_layout_layers``)."""
+        return {
+            image.manifest_digest: image.source
+            for image in self._resolved.values()
+            if isinstance(image, LayoutImage)
+        }
 
 
 @dataclass

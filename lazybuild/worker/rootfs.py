@@ -45,7 +45,7 @@ class LayerMounter:
 
     ``filesystem`` gives the lazy filesystem process, kept until ``stack`` (the
     build's) closes. ``on_unpacked`` hears of base layers that are not eStargz and were
-    downloaded whole (never silent).
+    downloaded (or read from a layout) whole (never silent).
     """
 
     def __init__(
@@ -138,15 +138,17 @@ class LayerMounter:
             try:
                 service = await self._started_service()
                 source = layer.source
-                named = source if layout_of(source) is not None else Reference.parse(source)
+                layout = layout_of(source)
+                named = source if layout is not None else Reference.parse(source)
                 # Named before the add, so that its download (if any) is shown as the image's.
                 self._sources[digest] = layer.source.split("@", 1)[0]
                 mount = await service.add_layer(named, layer.descriptor)
                 self._layers[digest] = mount
                 if mount.mode == "unpacked":
+                    how = "downloaded whole" if layout is None else "read whole and unpacked"
+                    where = source if layout is None else f"the layout {layout}"
                     self._on_unpacked(
-                        f"layer {short_digest(digest)} of {layer.source} is not eStargz: "
-                        "downloaded whole"
+                        f"layer {short_digest(digest)} of {where} is not eStargz: {how}"
                     )
             finally:
                 self._adding.pop(digest).set()

@@ -13,6 +13,7 @@ from lazybuild.worker.fileop import FileOp
 from lazybuild.worker.httpop import HttpSourceOp
 from lazybuild.worker.imageop import ImageSourceOp
 from lazybuild.worker.layers import LocalLayer, Snapshot
+from lazybuild.worker.layoutimage import rehome_layout_layers
 from lazybuild.worker.localop import LocalSourceOp
 from lazybuild.worker.resources import WorkerResources
 from lazybuild.worker.stackops import DiffOp, MergeOp
@@ -63,6 +64,8 @@ class Worker:
             snapshot = Snapshot.from_id(record.result_id)
         except (FormatError, KeyError):
             return None
+        # Base layers of an OCI layout: from this build's layout of the same image.
+        snapshot = rehome_layout_layers(snapshot, self.resources.images.layout_sources())
         for layer in snapshot.layers:
             if isinstance(layer, LocalLayer) and not self.resources.store.has(layer):
                 return None

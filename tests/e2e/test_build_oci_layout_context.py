@@ -1,19 +1,25 @@
 """``--build-context NAME=oci-layout://DIR[:TAG][@sha256:...]`` as buildx takes it: an
 OCI layout directory's image as ``FROM NAME`` and ``COPY --from=NAME``, its layers
 mounted lazily from the layout's blobs, manifest and config checked by digest. The
-layouts are written by lazybuild itself (``convert ... oci:DIR``, ``-o type=oci``)."""
+layouts are written by lazybuild itself (``convert ... oci:DIR``, ``-o type=oci``), or,
+for layers that are not eStargz (read whole, verified, unpacked and kept by digest),
+assembled from a debootstrap root filesystem with plain gzip layers, some recompressed
+with zstd or left uncompressed."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from lazybuild.cli.main import main
 from tests.e2e.buildsupport import assert_nothing_left, lazybuild, write_context
-from tests.support.imagebuild import cached_rootfs_image
+from tests.support.imagebuild import cached_rootfs_image, copy_layout
 
 DOCKERFILE = """\
 FROM base AS built
@@ -32,6 +38,49 @@ def esgz_layout(python_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -
     source = cached_rootfs_image(python_rootfs)
     assert main(["-q", "convert", f"oci:{source}", f"oci:{layout}:py"]) == 0
     return layout
+
+
+@pytest.fixture(scope="module")
+def mixed_layout(python_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python image's plain layout (three gzip layers, not eStargz), its second layer
+    recompressed with zstd and its third left uncompressed, tagged ``mixed``: the
+    layers other tools write (buildx's ``-o type=oci``, ``buildah push oci:``)."""
+    layout = copy_layout(
+        cached_rootfs_image(python_rootfs), tmp_path_factory.mktemp("layout") / "mixed"
+    )
+    index = json.loads((layout / "index.json").read_text())
+    (entry,) = index["manifests"]
+    manifest = json.loads(_blob(layout, entry["digest"]).read_bytes())
+    first, second, third = manifest["layers"]
+    tar = gzip.decompress(_blob(layout, second["digest"]).read_bytes())
+    manifest["layers"][1] = _add_blob(layout, zstandard.ZstdCompressor().compress(tar), "tar+zstd")
+    tar = gzip.decompress(_blob(layout, third["digest"]).read_bytes())
+    manifest["layers"][2] = _add_blob(layout, tar, "tar")
+    assert first["mediaType"].endswith("tar+gzip")
+    written = _add_blob(layout, json.dumps(manifest).encode(), "")
+    entry.update(
+        digest=written["digest"],
+        size=written["size"],
+        annotations={"org.opencontainers.image.ref.name": "mixed"},
+    )
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.split(":")[1]
+
+
+def _add_blob(layout: Path, data: bytes, kind: str) -> dict[str, object]:
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    _blob(layout, digest).write_bytes(data)
+    media_type = f"application/vnd.oci.image.layer.v1.{kind}"
+    return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+
+def _layer_digests(layout: Path, tag: str) -> list[str]:
+    manifest = json.loads(_blob(layout, _manifest_digest(layout, tag)).read_bytes())
+    return [layer["digest"] for layer in manifest["layers"]]
 
 
 def _manifest_digest(layout: Path, tag: str) -> str:
@@ -98,9 +147,7 @@ def test_a_layout_written_by_a_build_is_a_base_for_the_next(
     assert_nothing_left(state)
 
 
-def test_what_cannot_be_a_base_is_one_line(
-    esgz_layout: Path, python_rootfs: Path, tmp_path: Path
-) -> None:
+def test_what_cannot_be_a_base_is_one_line(esgz_layout: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     context = write_context(tmp_path / "ctx", "FROM base\nRUN true\n")
     tampered = tmp_path / "tampered"
@@ -111,7 +158,6 @@ def test_what_cannot_be_a_base_is_one_line(
     config = tampered / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]
     config.write_bytes(config.read_bytes().replace(b'"Env"', b'"Enx"'))
     cases = {
-        f"oci-layout://{cached_rootfs_image(python_rootfs)}": "is not eStargz with a TOC digest",
         f"oci-layout://{esgz_layout}:nope": "no image tagged 'nope'",
         f"oci-layout://{tampered}:py": f"{tampered}: blob sha256:",
         f"oci-layout://{tmp_path}": "is not an OCI layout directory",
@@ -125,6 +171,88 @@ def test_what_cannot_be_a_base_is_one_line(
         if not lines:
             pytest.fail(f"{value}: {result.stderr}")
     assert_nothing_left(state)
+
+
+def test_layers_that_are_not_estargz_are_read_whole_verified_and_kept(
+    python_rootfs: Path, mixed_layout: Path, tmp_path: Path
+) -> None:
+    """gzip, zstd and uncompressed layers (what buildx's ``-o type=oci`` writes), as
+    FROM and COPY --from: each read whole from the layout, hashed as it is read,
+    unpacked and kept by digest as a registry's non-eStargz layers are."""
+    state = tmp_path / "state"
+    context = write_context(tmp_path / "ctx", DOCKERFILE)
+    plain = cached_rootfs_image(python_rootfs)  # three gzip layers, tagged latest
+    for value, layers in (
+        (f"oci-layout://{plain}", _layer_digests(plain, "latest")),
+        (f"oci-layout://{mixed_layout}:mixed", _layer_digests(mixed_layout, "mixed")),
+    ):
+        out = tmp_path / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        result = lazybuild(
+            state,
+            "build",
+            "--progress=plain",
+            "--build-context",
+            f"base={value}",
+            "-o",
+            f"type=local,dest={out}",
+            str(context),
+        )
+        assert (out / "ran.txt").read_text() == "ran on the layout image\n"
+        assert (out / "debian_version").read_text().startswith("12")
+        assert "is not eStargz: read whole and unpacked" in result.stderr, result.stderr
+        for digest in layers:
+            assert (state / "unpacked" / digest.split(":")[1]).is_dir(), digest
+    # Kept by digest: a layer unpacked once is not read again (here its file has been
+    # overwritten since, which a second read would refuse).
+    copy = tmp_path / "copy"
+    shutil.copytree(mixed_layout, copy)
+    for digest in _layer_digests(copy, "mixed"):
+        blob = _blob(copy, digest)
+        blob.write_bytes(bytes(blob.stat().st_size))
+    out = tmp_path / "out-again"
+    lazybuild(
+        state,
+        "build",
+        "--no-cache",
+        "--build-context",
+        f"base=oci-layout://{copy}:mixed",
+        "-o",
+        f"type=local,dest={out}",
+        str(context),
+    )
+    assert (out / "ran.txt").read_text() == "ran on the layout image\n"
+    assert_nothing_left(state)
+
+
+def test_a_tampered_layer_is_refused_in_one_line_and_nothing_is_kept(
+    mixed_layout: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    context = write_context(tmp_path / "ctx", "FROM base\nRUN true\n")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(mixed_layout, tampered)  # copies: the fixture's blobs stay as they are
+    digest = _layer_digests(tampered, "mixed")[1]
+    blob = _blob(tampered, digest)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(data)
+    result = lazybuild(
+        state,
+        "build",
+        "--build-context",
+        f"base=oci-layout://{tampered}:mixed",
+        str(context),
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    message = f"{tampered}: blob {digest} is corrupt (hashes to sha256:"
+    assert [line for line in result.stderr.splitlines() if message in line], result.stderr
+    assert "Traceback" not in result.stderr
+    assert_nothing_left(state)
+    unpacked = state / "unpacked"
+    assert not (unpacked / digest.split(":")[1]).exists()
+    assert [p.name for p in unpacked.iterdir() if p.name.startswith(".")] == []
 
 
 def test_through_the_daemon_the_layout_travels_as_its_blobs(
@@ -158,5 +286,66 @@ def test_through_the_daemon_the_layout_travels_as_its_blobs(
             if attempt == "warm":
                 assert "CACHED" in result.stderr, result.stderr
             assert str(esgz_layout) not in result.stderr
+    finally:
+        daemons.stop_all()
+
+
+def test_through_the_daemon_layers_that_are_not_estargz_are_unpacked(
+    mixed_layout: Path, tmp_path: Path
+) -> None:
+    """The layout's gzip, zstd and uncompressed blobs travel to the daemon as its
+    eStargz ones do; its filesystem process reads them whole, verified, and keeps them
+    unpacked; a tampered blob is refused in one line (before the layer is kept: once
+    it is, its digest is all a build needs)."""
+    from tests.integration.test_daemon_build import Daemons
+
+    daemons = Daemons(tmp_path)
+    try:
+        daemons.start()
+        context = write_context(tmp_path / "ctx", DOCKERFILE)
+        # First, while the daemon has unpacked none of its layers.
+        tampered = tmp_path / "tampered"
+        shutil.copytree(mixed_layout, tampered)
+        digest = _layer_digests(tampered, "mixed")[2]
+        blob = _blob(tampered, digest)
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        blob.write_bytes(data)
+        result = lazybuild(
+            tmp_path / "client-state",
+            "build",
+            "--builder",
+            daemons.address,
+            "--no-cache",
+            "--build-context",
+            f"base=oci-layout://{tampered}:mixed",
+            "-o",
+            f"type=local,dest={tmp_path / 'out-tampered'}",
+            str(context),
+            check=False,
+        )
+        assert result.returncode == 1, result.stderr
+        message = f"blob {digest} is corrupt (hashes to sha256:"
+        assert [line for line in result.stderr.splitlines() if message in line], result.stderr
+        assert "Traceback" not in result.stderr
+        for attempt in ("cold", "warm"):
+            out = tmp_path / f"out-{attempt}"
+            result = lazybuild(
+                tmp_path / "client-state",
+                "build",
+                "--progress=plain",
+                "--builder",
+                daemons.address,
+                "--build-context",
+                f"base=oci-layout://{mixed_layout}:mixed",
+                "-o",
+                f"type=local,dest={out}",
+                str(context),
+            )
+            assert (out / "ran.txt").read_text() == "ran on the layout image\n"
+            assert (out / "debian_version").read_text().startswith("12")
+            if attempt == "warm":
+                assert "CACHED" in result.stderr, result.stderr
+            assert str(mixed_layout) not in result.stderr
     finally:
         daemons.stop_all()

@@ -13,9 +13,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from lazybuild.errors import DigestMismatchError, FormatError
+from lazybuild.errors import DigestMismatchError, FormatError, NotFoundError
 from lazybuild.estargz import WriterOptions, write_estargz
-from lazybuild.lazyfs.unpack import UnpackedLayer, extract_layer_stream, unpack_layer
+from lazybuild.lazyfs.unpack import (
+    UnpackedLayer,
+    extract_layer_stream,
+    unpack_blob_file,
+    unpack_layer,
+)
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.platform import Platform
@@ -146,6 +151,48 @@ def test_corrupt_blob_is_refused_and_leaves_nothing(registry: Registry, tmp_path
     with pytest.raises(DigestMismatchError):
         trio.run(unpack)
     assert os.listdir(tmp_path / "layers") == []
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_a_layout_blob_file_is_unpacked_verified(compression: str, tmp_path: Path) -> None:
+    """An OCI layout's blob (``unpack_blob_file``): hashed as it is read, kept under its
+    digest only when it matches; a tampered file (even one that still extracts), one of
+    another size or a missing one is refused and leaves nothing."""
+    import gzip
+
+    import zstandard
+
+    payload = os.urandom(3000)
+    tar = _tar([(_info("app/", tarfile.DIRTYPE), b""), (_info("app/data.txt"), payload)])
+    blob = {
+        "gzip": gzip.compress,
+        "zstd": zstandard.ZstdCompressor().compress,
+        "none": bytes,
+    }[compression](tar)
+    descriptor = Descriptor(mediatypes.OCI_LAYER_TAR, "sha256:" + _sha(blob), len(blob))
+    dest = tmp_path / "layers"
+
+    def unpack(data: bytes | None) -> UnpackedLayer:
+        path = tmp_path / "blob"
+        path.unlink(missing_ok=True)
+        if data is not None:
+            path.write_bytes(data)
+        return trio.run(unpack_blob_file, path, descriptor, dest, "the blob")
+
+    damaged = bytearray(blob)
+    damaged[len(damaged) // 2] ^= 0xFF
+    with pytest.raises(DigestMismatchError, match=r"^the blob is corrupt \(hashes to sha256:"):
+        unpack(bytes(damaged))
+    with pytest.raises(FormatError, match="is 1 bytes, its descriptor says"):
+        unpack(b"x")
+    with pytest.raises(NotFoundError, match="the blob is missing"):
+        unpack(None)
+    assert os.listdir(dest) == []
+    result = unpack(blob)
+    assert result.path == dest / _sha(blob) and not result.reused
+    assert (result.path / "app" / "data.txt").read_bytes() == payload
+    assert os.listdir(dest) == [_sha(blob)]
+    assert unpack(None).reused  # kept by digest: the file is not read again
 
 
 def _sha(data: bytes) -> str:
