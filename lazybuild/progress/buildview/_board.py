@@ -138,15 +138,15 @@ def fetch_text(fetch: Fetch) -> str:
 
 
 def download_text(fetch: Fetch, now: float) -> str:
-    """``downloading 5.0 MB / 40.0 MB, 2.5 MB/s, ETA 14s``: the image's whole-layer
-    downloads under way (what is not known yet left out); empty without any."""
+    """``5.0 MB / 40.0 MB, 2.5 MB/s, ETA 14s``: the image's whole-layer downloads under
+    way (what is not known yet left out); empty without any."""
     download = fetch.download
     if download is None:
         return ""
     # As of the last report: between two, the bytes would stand still while time runs.
     if download.samples:
         now = download.samples[-1][0]
-    parts = [f"downloading {amount(download.done, download.total)}"]
+    parts = [amount(download.done, download.total) or "0 B"]
     rate = download.rate(now)
     if rate is not None:
         parts.append(f"{human_size(int(rate))}/s")

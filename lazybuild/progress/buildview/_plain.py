@@ -95,7 +95,7 @@ class Plain(Renderer):
         self._fetch_printed[fetch.image] = (values, now)
         downloading = download_text(fetch, now)
         text = f"lazy {fetch.image}: fetched {fetch_text(fetch)}"
-        self.message(text + (f"; {downloading}" if downloading else ""), now)
+        self.message(text + (f"; downloading {downloading}" if downloading else ""), now)
 
     def close(self) -> None:
         for vertex in self.board.running():

@@ -158,10 +158,11 @@ class Tty(Renderer):
                     rows.extend(
                         _row(f" => => # {line}", "", width) for line in vertex.tail()[-logs:]
                     )
-            rows.extend(
-                _row(f" => lazy {fetch.image}", _fetch_figures(fetch, now), width)
-                for fetch in self.board.fetches.values()
-            )
+            for fetch in self.board.fetches.values():
+                rows.append(_row(f" => lazy {fetch.image}", fetch_text(fetch), width))
+                downloading = download_text(fetch, now)
+                if downloading:  # layers that are not eStargz, downloaded whole
+                    rows.append(_row(" => => downloading whole layers", downloading, width))
             if len(rows) <= max_rows:
                 return rows
         return [*rows[: max_rows - 1], _row(f" => ... {len(rows) - max_rows + 1} more", "", width)]
@@ -180,9 +181,3 @@ class Tty(Renderer):
             for fetch in self.board.fetches.values()
         )
         return rows
-
-
-def _fetch_figures(fetch: Fetch, now: float) -> str:
-    """``12.0 MB / 40.0 MB (30.0%)``, then its whole-layer downloads' bytes and ETA."""
-    downloading = download_text(fetch, now)
-    return fetch_text(fetch) + (f"  {downloading}" if downloading else "")

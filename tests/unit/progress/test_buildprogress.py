@@ -394,27 +394,27 @@ def test_shows_a_real_solve_and_keeps_the_failing_steps_output() -> None:
 
 
 def test_tty_fetch_rows_show_whole_layer_downloads_with_their_eta() -> None:
-    progress, stream, clock = display("tty", terminal_size=(120, 30))
-    progress.fetch_status("docker.io/library/debian", 0, 50_000_000, (0, 50_000_000))
+    progress, stream, clock = display("tty", terminal_size=(80, 30))
+    image = "docker.io/library/debian"
+    progress.fetch_status(image, 0, 50_000_000, (0, 50_000_000))
     for done_bytes in (5_000_000, 10_000_000):
         clock.now += 1
-        progress.fetch_status(
-            "docker.io/library/debian", done_bytes, 50_000_000, (done_bytes, 50_000_000)
-        )
+        progress.fetch_status(image, done_bytes, 50_000_000, (done_bytes, 50_000_000))
     clock.now += 1
     progress.tick()
     view = stream.getvalue().rsplit("\x1b[J", 1)[-1].splitlines()
-    assert view[-1].startswith(" => lazy docker.io/library/debian")
-    assert view[-1].endswith(
-        "10.0 MB / 50.0 MB (20.0%)  downloading 10.0 MB / 50.0 MB, 5.0 MB/s, ETA 8s"
-    )
-    # Done: the layer is counted as fetched, and the download figures leave the row.
+    assert view[-2:] == [
+        row(f" => lazy {image}", "10.0 MB / 50.0 MB (20.0%)", 80),
+        # As of the last report (not of the redraw): the bytes came in at 5 MB/s.
+        row(" => => downloading whole layers", "10.0 MB / 50.0 MB, 5.0 MB/s, ETA 8s", 80),
+    ]
+    # Done: the layer is counted as fetched, and the download's row goes.
     clock.now += 1
-    progress.fetch_status("docker.io/library/debian", 50_000_000, 50_000_000, None)
+    progress.fetch_status(image, 50_000_000, 50_000_000, None)
     clock.now += 1
     progress.tick()
     view = stream.getvalue().rsplit("\x1b[J", 1)[-1].splitlines()
-    assert view[-1].endswith("50.0 MB / 50.0 MB (100.0%)")
+    assert view[-1] == row(f" => lazy {image}", "50.0 MB / 50.0 MB (100.0%)", 80)
     progress.close()
 
 
