@@ -28,7 +28,9 @@ from lazybuild.exporter.layerblobs import (
     writer_fingerprint,
 )
 from lazybuild.image.layerrewrite import decompress_blob, each
-from lazybuild.image.store import RegistrySource
+from lazybuild.image.store import LayoutSource, RegistrySource
+from lazybuild.oci.layout import OciLayout
+from lazybuild.oci.localblob import layout_of
 from lazybuild.progress.lines import human_size, short_digest
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
@@ -96,6 +98,15 @@ async def _download(
     registry: RegistryClient, layer: RemoteLayer, dest: Path, progress: Callable[[str], None]
 ) -> None:
     descriptor = layer.descriptor
+    layout = layout_of(layer.source)
+    if layout is not None:  # a base image of an oci-layout:// context
+        progress(
+            f"reading base layer {short_digest(descriptor.digest)} "
+            f"({human_size(descriptor.size)}) from the layout {layout} to optimize it"
+        )
+        # Copied while hashed: a blob that does not match is refused, the file removed.
+        await LayoutSource(OciLayout(layout), None).download(descriptor, dest)
+        return
     source = Reference.parse(layer.source)
     progress(
         f"downloading base layer {short_digest(descriptor.digest)} "

@@ -225,6 +225,52 @@ def test_layers_that_are_not_estargz_are_read_whole_verified_and_kept(
     assert_nothing_left(state)
 
 
+def test_a_build_on_plain_layers_exports_a_layout_the_next_build_takes(
+    python_rootfs: Path, tmp_path: Path
+) -> None:
+    """``-o type=oci`` over a plain layout's image keeps its gzip layers as they are
+    (so the next build's layout mixes them with eStargz), and ``--optimize-base``
+    reads them from the layout, verified, and writes them as eStargz."""
+    state = tmp_path / "state"
+    plain = cached_rootfs_image(python_rootfs)
+    first = write_context(tmp_path / "first", "FROM base\nRUN echo first > /first.txt\n")
+    built, optimized = tmp_path / "built", tmp_path / "optimized"
+    for dest, flags in ((built, ()), (optimized, ("--optimize-base",))):
+        lazybuild(
+            state,
+            "build",
+            *flags,
+            "--build-context",
+            f"base=oci-layout://{plain}",
+            "-t",
+            "example.invalid/first:1",
+            "-o",
+            f"type=oci,dest={dest},tar=false",
+            str(first),
+        )
+    kinds = [
+        "estargz" in json.dumps(layer)
+        for layer in json.loads(_blob(built, _manifest_digest(built, "1")).read_bytes())["layers"]
+    ]
+    assert kinds == [False, False, False, True]
+    layers = json.loads(_blob(optimized, _manifest_digest(optimized, "1")).read_bytes())
+    assert all("estargz" in json.dumps(layer) for layer in layers["layers"])
+    second = write_context(tmp_path / "second", "FROM first\nRUN cat /first.txt > /second.txt\n")
+    for layout in (built, optimized):
+        out = tmp_path / f"out-{layout.name}"
+        lazybuild(
+            state,
+            "build",
+            "--build-context",
+            f"first=oci-layout://{layout}",
+            "-o",
+            f"type=local,dest={out}",
+            str(second),
+        )
+        assert (out / "second.txt").read_text() == "first\n"
+    assert_nothing_left(state)
+
+
 def test_a_tampered_layer_is_refused_in_one_line_and_nothing_is_kept(
     mixed_layout: Path, tmp_path: Path
 ) -> None:
