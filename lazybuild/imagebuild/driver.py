@@ -291,6 +291,9 @@ async def run_build(
                 )
             )
         report = await mounter.fetch_report()
+        if on_fetch is not None and report is not None:
+            # The last figures, not the last poll's: a download done since is shown done.
+            await _fetches_heard(mounter, on_fetch, report)
         warm_ups.cancel_scope.cancel()
     inputs_read = [source_path]
     if ignore_file is not None:
@@ -475,24 +478,28 @@ def _touched_learned(learned: LearnedReads) -> dict[str, list[list[str]]]:
 
 
 async def _report_fetches(mounter: LayerMounter, on_fetch: FetchHook) -> None:
-    """Each base image's figures, once per ``_FETCH_POLL_SECONDS``; its whole-layer
-    downloads under way (layers that are not eStargz) counted in, and given apart."""
+    """Each base image's figures, once per ``_FETCH_POLL_SECONDS``."""
     while True:
         await trio.sleep(_FETCH_POLL_SECONDS)
         try:
             report = await mounter.fetch_report()
-            if report is None:
-                continue
-            totals = await mounter.fetch_by_image(report)
+            if report is not None:
+                await _fetches_heard(mounter, on_fetch, report)
         except LazybuildError:
             continue  # the filesystem is starting or stopping: next time
-        downloads = mounter.downloads_by_image(report)
-        for image in sorted(totals.keys() | downloads.keys()):
-            fetched, size = totals.get(image, (0, 0))
-            downloading = downloads.get(image)
-            if downloading is not None:
-                fetched, size = fetched + downloading[0], size + downloading[1]
-            on_fetch(image, fetched, size, downloading)
+
+
+async def _fetches_heard(mounter: LayerMounter, on_fetch: FetchHook, report: FetchReport) -> None:
+    """``report`` per base image, its whole-layer downloads under way (layers that are
+    not eStargz) counted in, and given apart."""
+    totals = await mounter.fetch_by_image(report)
+    downloads = mounter.downloads_by_image(report)
+    for image in sorted(totals.keys() | downloads.keys()):
+        fetched, size = totals.get(image, (0, 0))
+        downloading = downloads.get(image)
+        if downloading is not None:
+            fetched, size = fetched + downloading[0], size + downloading[1]
+        on_fetch(image, fetched, size, downloading)
 
 
 @contextlib.contextmanager

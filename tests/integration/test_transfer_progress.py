@@ -26,6 +26,7 @@ from lazybuild.progress import transfer
 from lazybuild.progress.transfer import TerminalView, Transfer, reporting, terminal_view
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
+from tests.e2e.buildsupport import lazybuild, rawjson_events, write_context
 from tests.support.imagebuild import write_image, write_layer
 from tests.support.push import push_oci_layout
 from tests.support.registry import Registry
@@ -239,3 +240,33 @@ def test_mount_shows_a_whole_layer_download_on_a_terminal_only(
     assert "] mounted " in err
     assert " downloading " not in err and " downloaded 3.0 MiB" not in err
     assert "\x1b" not in err
+
+
+def test_a_build_shows_its_base_image_whole_layer_download(
+    registry: Registry,
+    wan_proxy: Callable[..., WanProxy],
+    tmp_path: Path,
+) -> None:
+    """A base image layer that is not eStargz, downloaded whole while the build runs:
+    the build's fetch events carry the download's bytes until it is done."""
+    push_oci_layout(_image_layout(tmp_path / "layout"), registry.host, "it/wholebuild", "gz")
+    # 3 MiB at 1 MB/s: the build's display asks once a second, and sees it under way.
+    proxy = wan_proxy(registry.host, latency=0.005, bandwidth_bits=8e6)
+    context = write_context(tmp_path / "context", f"FROM {proxy.host}/it/wholebuild:gz\n")
+    result = lazybuild(
+        tmp_path / "state",
+        "build",
+        "--progress=rawjson",
+        "--no-optimize",
+        "-o",
+        f"type=local,dest={tmp_path / 'out'}",
+        str(context),
+    )
+    fetches = [event for event in rawjson_events(result.stderr) if event["type"] == "fetch"]
+    downloading = [event["downloading"] for event in fetches if "downloading" in event]
+    assert downloading, result.stderr
+    total = downloading[0][1]
+    assert all(done <= total for done, _ in downloading) and 3 * MIB < total < 4 * MIB
+    # Done: counted as fetched, the download figures gone.
+    assert "downloading" not in fetches[-1] and fetches[-1]["fetched"] == total
+    assert (tmp_path / "out" / "noise").stat().st_size == 3 * MIB

@@ -435,3 +435,19 @@ def test_plain_and_rawjson_fetch_lines_carry_the_downloads() -> None:
     objects = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [o.get("downloading") for o in objects] == [[1, 2], None]
     assert "downloading" not in objects[1]
+
+
+def test_a_daemon_s_fetch_events_carry_the_downloads_to_the_client_display() -> None:
+    from lazybuild.daemon.buildclient import _render
+
+    daemon, sent, _ = display("rawjson")
+    daemon.fetch_status("img", 1_000_000, 4_000_000, (1_000_000, 4_000_000))
+    daemon.fetch_status("img", 4_000_000, 4_000_000, None)
+    client, shown, _ = display("plain")
+    for line in sent.getvalue().splitlines():
+        _render(client, line)
+    client.close()
+    assert shown.getvalue().splitlines() == [
+        "lazy img: fetched 1.0 MB / 4.0 MB (25.0%); downloading 1.0 MB / 4.0 MB",
+        "lazy img: fetched 4.0 MB / 4.0 MB (100.0%)",
+    ]
