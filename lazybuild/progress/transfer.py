@@ -11,6 +11,9 @@ board with ``reporting(...)``:
 - ``LineReport``: occasional one-line messages through a callback, for a display that
   owns the terminal already (the build's).
 
+``Mirror`` puts on a board the transfers another process makes (the filesystem
+process's whole-layer downloads, which its ``stats`` lists), as they are polled.
+
 Without a board (not a terminal, ``-q``), the registry client's cost is one
 ``ACTIVE.get()`` per blob and one ``is None`` per piece downloaded: nothing measurable.
 Every board method is synchronous, cheap and thread-safe (a lock), so tasks and
