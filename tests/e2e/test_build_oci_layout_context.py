@@ -271,6 +271,35 @@ def test_a_build_on_plain_layers_exports_a_layout_the_next_build_takes(
     assert_nothing_left(state)
 
 
+def test_cached_steps_read_the_layout_given_now(mixed_layout: Path, tmp_path: Path) -> None:
+    """A step's key is the manifest's digest, not the directory: after the layout a
+    build used is moved away, the next build's hits open the layers from the layout it
+    was given (a cache record names the directory of the build that made it)."""
+    state = tmp_path / "state"
+    # The output holds the base image's files, so its layers are opened again.
+    context = write_context(tmp_path / "ctx", "FROM base\nRUN echo ran > /ran.txt\n")
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    shutil.copytree(mixed_layout, first)
+    lazybuild(state, "build", "--build-context", f"base=oci-layout://{first}:mixed", str(context))
+    first.rename(moved)
+    shutil.rmtree(state / "unpacked")  # so the layers are read from a layout again
+    out = tmp_path / "out"
+    result = lazybuild(
+        state,
+        "build",
+        "--progress=plain",
+        "--build-context",
+        f"base=oci-layout://{moved}:mixed",
+        "-o",
+        f"type=local,dest={out}",
+        str(context),
+    )
+    assert "CACHED" in result.stderr, result.stderr
+    assert (out / "ran.txt").read_text() == "ran\n"
+    assert (out / "etc" / "debian_version").read_text().startswith("12")
+    assert_nothing_left(state)
+
+
 def test_a_tampered_layer_is_refused_in_one_line_and_nothing_is_kept(
     mixed_layout: Path, tmp_path: Path
 ) -> None:
