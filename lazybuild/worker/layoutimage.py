@@ -13,6 +13,9 @@ the manifest's descriptor names; other layers (gzip, zstd or uncompressed tars, 
 ``docker buildx build -o type=oci`` writes) are read whole, hashed as they are read,
 unpacked and kept by digest as a registry's non-eStargz layers are
 (``lazyfs.unpack.unpack_blob_file``). Here only each layer's size is checked.
+
+A step's key is the manifest's digest, not the directory, so a cache hit's layers are
+opened from the layout this build gave for that manifest (``rehome_layout_layers``).
 """
 
 from __future__ import annotations
