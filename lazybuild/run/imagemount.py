@@ -9,17 +9,16 @@ command (``lazyfs.stale``).
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from lazybuild.errors import DigestMismatchError, FormatError, LazybuildError, one_error
+from lazybuild.errors import LazybuildError, one_error
 from lazybuild.lazyfs.client import FetchReport, LayerMount, LazyMountService
 from lazybuild.lazyfs.stale import cleanup_stale_mounts
 from lazybuild.lazyfs.unpack import is_lazy_layer
@@ -252,65 +251,15 @@ async def _layout_image(
 
 async def _unpack_from_layout(layout: OciLayout, layer: Descriptor, state_dir: Path) -> LayerMount:
     """A layer that is not lazy eStargz, unpacked where the filesystem process keeps the
-    registry layers it unpacks (so ``du`` and ``prune`` see it): decompressed to a
-    scratch tar while its digest is checked, then extracted in overlay form."""
-    import tempfile
-
-    from lazybuild.lazyfs.unpack import unpack_verified_tar, unpacked_root
+    layers it unpacks (so ``du`` and ``prune`` see it), hashed as it is read, as a
+    build's ``oci-layout://`` context's layers are."""
+    from lazybuild.lazyfs.unpack import unpack_blob_file, unpacked_root
 
     root = unpacked_root(state_dir)
     root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".layout-") as scratch:
-        tar = Path(scratch) / "layer.tar"
-        await trio.to_thread.run_sync(_decompress_verified, layout, layer, tar)
-        unpacked = await unpack_verified_tar(tar, layer, root)
+    blob = layout.blob_path(layer.digest)
+    unpacked = await unpack_blob_file(blob, layer, root, f"{layout.root}: blob {layer.digest}")
     return LayerMount(path=unpacked.path, mode="unpacked", digest=layer.digest)
-
-
-def _decompress_verified(layout: OciLayout, layer: Descriptor, tar: Path) -> None:
-    """(worker thread) The blob decompressed into ``tar``; a blob whose bytes do not
-    hash to its digest is refused."""
-    import zlib
-
-    import zstandard
-
-    from lazybuild.estargz.layerformat import decompressed_stream
-    from lazybuild.oci.digest import new_hasher
-
-    hasher = new_hasher(layer.digest)
-
-    class _Hashing(io.RawIOBase):
-        def __init__(self, raw: BinaryIO) -> None:
-            self.raw = raw
-
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, buffer: Any) -> int:
-            count = int(self.raw.readinto(buffer))  # type: ignore[attr-defined]
-            hasher.update(memoryview(buffer)[:count])
-            return count
-
-    failure: Exception | None = None
-    with layout.open_blob(layer.digest) as blob, tar.open("wb") as out:
-        buffered = io.BufferedReader(_Hashing(blob), 1 << 20)
-        try:
-            stream = decompressed_stream(buffered)
-            while piece := stream.read(1 << 20):
-                out.write(piece)
-        except (LazybuildError, EOFError, zlib.error, zstandard.ZstdError) as exc:
-            failure = exc  # a corrupt blob is said as such, once its digest is known
-        # The rest (a compressor's trailer, or all of a blob that did not decompress) is
-        # hashed too.
-        while buffered.read(1 << 20):
-            pass
-    actual = f"{layer.digest.split(':', 1)[0]}:{hasher.hexdigest()}"
-    if actual != layer.digest:
-        raise DigestMismatchError(
-            f"{layout.root}: blob {layer.digest} is corrupt (hashes to {actual})"
-        )
-    if failure is not None:
-        raise FormatError(f"layer {layer.digest} of {layout.root}: cannot unpack: {failure}")
 
 
 class _RecordedFiles:
