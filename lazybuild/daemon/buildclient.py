@@ -240,14 +240,7 @@ def write_cache_tar(src: Path, out: IO[bytes]) -> bool:
     manifest_digest = _tagged_digest(src / "index.json", LOCAL_CACHE_TAG)
     if manifest_digest is not None:
         names.append(_blob_name(manifest_digest))
-        manifest = _json_file(src / _blob_name(manifest_digest), MAX_MANIFEST_SIZE)
-        if isinstance(manifest, dict):
-            described = [manifest.get("config"), *_list(manifest.get("layers"))]
-            names += [
-                _blob_name(d["digest"])
-                for d in described
-                if isinstance(d, dict) and _is_digest(d.get("digest"))
-            ]
+        names += _described_blobs(_json_file(src / _blob_name(manifest_digest), MAX_MANIFEST_SIZE))
     _write_layout_files(src, names, out)
     return True
 
@@ -288,13 +281,20 @@ def write_layout_tar(layout: OciLayoutContext, out: IO[bytes]) -> None:
         for child in _list(document.get("manifests")):  # an index: each platform's
             if isinstance(child, dict) and isinstance(child.get("digest"), str):
                 pending.append(child["digest"])
-        described = [document.get("config"), *_list(document.get("layers"))]
-        names += [
-            _blob_name(d["digest"])
-            for d in described
-            if isinstance(d, dict) and _is_digest(d.get("digest"))
-        ]
+        names += _described_blobs(document)
     _write_layout_files(src, names, out)
+
+
+def _described_blobs(manifest: object) -> list[str]:
+    """The blob names of a manifest's config and layers (none for what is not one)."""
+    if not isinstance(manifest, dict):
+        return []
+    described = [manifest.get("config"), *_list(manifest.get("layers"))]
+    return [
+        _blob_name(d["digest"])
+        for d in described
+        if isinstance(d, dict) and _is_digest(d.get("digest"))
+    ]
 
 
 def _write_layout_files(src: Path, names: list[str], out: IO[bytes]) -> None:
