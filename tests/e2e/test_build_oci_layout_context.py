@@ -342,25 +342,7 @@ def test_through_the_daemon_the_layout_travels_as_its_blobs(
     try:
         daemons.start()
         context = write_context(tmp_path / "ctx", DOCKERFILE)
-        for attempt in ("cold", "warm"):
-            out = tmp_path / f"out-{attempt}"
-            result = lazybuild(
-                tmp_path / "client-state",
-                "build",
-                "--progress=plain",
-                "--builder",
-                daemons.address,
-                "--build-context",
-                f"base=oci-layout://{esgz_layout}:py",
-                "-o",
-                f"type=local,dest={out}",
-                str(context),
-            )
-            assert (out / "ran.txt").read_text() == "ran on the layout image\n"
-            assert (out / "debian_version").read_text().startswith("12")
-            if attempt == "warm":
-                assert "CACHED" in result.stderr, result.stderr
-            assert str(esgz_layout) not in result.stderr
+        _build_cold_then_warm(daemons.address, esgz_layout, "py", context, tmp_path)
     finally:
         daemons.stop_all()
 
@@ -403,24 +385,32 @@ def test_through_the_daemon_layers_that_are_not_estargz_are_unpacked(
         message = f"blob {digest} is corrupt (hashes to sha256:"
         assert [line for line in result.stderr.splitlines() if message in line], result.stderr
         assert "Traceback" not in result.stderr
-        for attempt in ("cold", "warm"):
-            out = tmp_path / f"out-{attempt}"
-            result = lazybuild(
-                tmp_path / "client-state",
-                "build",
-                "--progress=plain",
-                "--builder",
-                daemons.address,
-                "--build-context",
-                f"base=oci-layout://{mixed_layout}:mixed",
-                "-o",
-                f"type=local,dest={out}",
-                str(context),
-            )
-            assert (out / "ran.txt").read_text() == "ran on the layout image\n"
-            assert (out / "debian_version").read_text().startswith("12")
-            if attempt == "warm":
-                assert "CACHED" in result.stderr, result.stderr
-            assert str(mixed_layout) not in result.stderr
+        _build_cold_then_warm(daemons.address, mixed_layout, "mixed", context, tmp_path)
     finally:
         daemons.stop_all()
+
+
+def _build_cold_then_warm(
+    address: str, layout: Path, tag: str, context: Path, tmp_path: Path
+) -> None:
+    """Two builds through the daemon on the layout's image: the second is a cache hit,
+    and neither names the client's directory (the daemon builds from its own copy)."""
+    for attempt in ("cold", "warm"):
+        out = tmp_path / f"out-{attempt}"
+        result = lazybuild(
+            tmp_path / "client-state",
+            "build",
+            "--progress=plain",
+            "--builder",
+            address,
+            "--build-context",
+            f"base=oci-layout://{layout}:{tag}",
+            "-o",
+            f"type=local,dest={out}",
+            str(context),
+        )
+        assert (out / "ran.txt").read_text() == "ran on the layout image\n"
+        assert (out / "debian_version").read_text().startswith("12")
+        if attempt == "warm":
+            assert "CACHED" in result.stderr, result.stderr
+        assert str(layout) not in result.stderr
