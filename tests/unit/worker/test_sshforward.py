@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import stat
 from pathlib import Path
@@ -66,6 +67,41 @@ def test_each_connection_is_relayed_to_the_agent_with_the_mounts_owner_and_mode(
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_cancelled_step_ends_its_relays_and_closes_its_socket_at_once(tmp_path: Path) -> None:
+    """A step cancelled (as a Ctrl-C cancels a build) while a connection through its
+    socket is open: the relay ends at once, the step's side sees the end, and nothing
+    listens any more; the socket's directory goes with the staging area, unhindered."""
+    agent = tmp_path / "agent.sock"
+    area = tmp_path / "area"
+    area.mkdir()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_echo_agent, await _listening(agent))
+            client: trio.SocketStream | None = None
+            with trio.fail_after(10), trio.CancelScope() as step:
+                async with forwarded_agent(
+                    str(agent), area / "ssh1", uid=os.getuid(), gid=os.getgid(), mode=0o600
+                ) as path:
+                    client = await _connect(str(path))
+                    await client.send_all(b"hello")
+                    assert await client.receive_some(100) == b"agent:hello"
+                    step.cancel()
+                    await trio.sleep_forever()
+            assert step.cancelled_caught
+            assert client is not None
+            with trio.fail_after(10):
+                assert await client.receive_some(100) == b""  # the relay hung up
+            await client.aclose()
+            with pytest.raises(OSError):
+                await _ask(path, b"again")
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    shutil.rmtree(area)
+    assert not area.exists()
 
 
 def _mount(**fields: object) -> ExecMount:
