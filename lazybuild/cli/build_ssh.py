@@ -56,7 +56,14 @@ def private_agent(agent_id: str, keys: Iterable[Path]) -> Iterator[str]:
         except OSError as error:
             why = error.strerror
             raise UsageError(f"--ssh {agent_id}: cannot start ssh-agent: {why}") from None
-        watchdog = _watchdog(process.pid, directory)
+        try:
+            watchdog = _watchdog(process.pid, directory)
+        except BaseException:  # no watchdog (fork failed, or interrupted): no agent either
+            process.kill()
+            process.wait()
+            if process.stderr is not None:
+                process.stderr.close()
+            raise
         try:
             _wait_for_socket(agent_id, process, socket)
             _add_keys(agent_id, socket, keys)

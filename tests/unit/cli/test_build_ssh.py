@@ -155,3 +155,27 @@ def test_a_killed_build_leaves_no_agent_holding_its_keys(key: Path) -> None:
     while _live_agents_in(directory) or Path(directory).exists():
         assert time.monotonic() < deadline, _live_agents_in(directory)
         time.sleep(0.05)
+
+
+def test_an_agent_whose_watchdog_cannot_start_is_not_left(
+    key: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazybuild.cli import build_ssh
+
+    started: list[str] = []
+    real_mkdtemp = build_ssh.tempfile.mkdtemp
+
+    def mkdtemp(prefix: str) -> str:
+        started.append(real_mkdtemp(prefix=prefix))
+        return started[-1]
+
+    def no_watchdog(pid: int, directory: str) -> subprocess.Popen[bytes]:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(build_ssh.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(build_ssh, "_watchdog", no_watchdog)
+    with pytest.raises(OSError), private_agent("x", [key]):
+        pass
+    (directory,) = started
+    assert _live_agents_in(directory) == []
+    assert not Path(directory).exists()
