@@ -42,12 +42,17 @@ async def _run_command(args: argparse.Namespace) -> int:
 
 
 async def _run_with_cleanup(args: argparse.Namespace) -> int:
-    """Clean up after killed runs, then run the command; SIGTERM interrupts it the way
-    Ctrl-C does, so cleanup runs.
+    """Clean up after killed runs, then run the command; Ctrl-C (SIGINT) and SIGTERM
+    interrupt it as a cancellation, so its cleanup runs.
 
-    The receiver is open before the clean-up starts, so a SIGTERM during it lets it
-    finish and then interrupts. Commands that want signals for themselves (``mount``,
-    ``run``) open their own receivers, which take precedence while they are open.
+    Both arrive through a receiver, never as a KeyboardInterrupt raised at whatever line
+    the main thread is on: one raised between making a staging area's directories and
+    entering the ``try`` that removes them left the area behind. A second Ctrl-C, while
+    the command cleans up, is a KeyboardInterrupt as before, so a stuck cleanup can be
+    forced. The receiver is open before the clean-up after killed runs starts, so a
+    signal during it lets it finish and then interrupts. Commands that want signals for
+    themselves (``mount``, ``run``) open their own receivers, which take precedence
+    while they are open.
     """
     if threading.current_thread() is not threading.main_thread():
         _clean_up_after_killed_runs(args)
@@ -55,17 +60,18 @@ async def _run_with_cleanup(args: argparse.Namespace) -> int:
         return exit_code
     import trio
 
-    with trio.open_signal_receiver(signal.SIGTERM) as terminations:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as interruptions:
         if _termination.requested:
             raise KeyboardInterrupt
         _clean_up_after_killed_runs(args)
         async with trio.open_nursery() as nursery:
 
-            async def until_terminated() -> None:
-                async for _ in terminations:
+            async def until_interrupted() -> None:
+                async for _ in interruptions:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
                     raise KeyboardInterrupt
 
-            nursery.start_soon(until_terminated)
+            nursery.start_soon(until_interrupted)
             exit_code = await args.run(args)
             nursery.cancel_scope.cancel()
     return exit_code

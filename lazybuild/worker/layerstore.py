@@ -76,9 +76,9 @@ class LayerStore:
         # Named by this process (pid and start time), so cleanup can tell a killed
         # build's areas from a live one's, even once its pid is reused.
         area = StagingArea(self.staging_dir / f"{ProcessId.current().tag}-{secrets.token_hex(8)}")
-        for directory in (area.upper, area.work, area.merged, area.scratch):
-            directory.mkdir(parents=True)
         try:
+            for directory in (area.upper, area.work, area.merged, area.scratch):
+                directory.mkdir(parents=True)
             yield area
         finally:
             _remove_tree(area.root)
