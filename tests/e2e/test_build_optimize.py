@@ -37,7 +37,7 @@ def base_image(registry: Registry, debian_image: str) -> str:
 
 
 def _entries_before_landmark(blob: Path) -> list[str] | None:
-    names = []
+    names: list[str] = []
     with tarfile.open(blob, "r:gz") as tar:
         for member in tar:
             if member.name == ".prefetch.landmark":
@@ -251,6 +251,7 @@ def test_a_run_prefetches_the_base_files_the_published_record_lists(
     assert f"prefetching {len(record)} file(s) the image's workload read" in stderr
     assert "prefetching" not in runs["plain"][0]
     for index in in_base:
+        assert index is not None
         # The TOC (one or two reads) and one prefetch request; nothing on demand.
         assert layers[index]["requests"] <= 3, (index, layers[index])
     assert sum(layer["requests"] for layer in layers) <= sum(

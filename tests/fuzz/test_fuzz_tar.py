@@ -14,6 +14,7 @@ import io
 import lzma
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def test_extract(policy: str, data: bytes) -> None:
     _extract_beside_a_canary(data, POLICIES[policy])
 
 
-COMPRESSIONS = {
+COMPRESSIONS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": lambda data: gzip.compress(data, mtime=0),
     "bzip2": bz2.compress,
     "xz": lambda data: lzma.compress(data, format=lzma.FORMAT_XZ),

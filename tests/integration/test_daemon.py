@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,8 +100,11 @@ def socket_dir() -> Iterator[Path]:
         subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
+StartDaemon = Callable[..., Daemon]
+
+
 @pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[object]:
+def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
     started: list[Daemon] = []
 
     def start(
@@ -135,7 +138,9 @@ def _stub(channel: grpc.Channel) -> ControlStub:
     return ControlStub(channel)
 
 
-def test_info_disk_usage_and_prune_over_the_unix_socket(start_daemon, socket_dir: Path) -> None:
+def test_info_disk_usage_and_prune_over_the_unix_socket(
+    start_daemon: StartDaemon, socket_dir: Path
+) -> None:
     sock = socket_dir / "lazybuild.sock"
     daemon: Daemon = start_daemon("--addr", f"unix://{sock}")
     # Something for du to count and prune to free.
@@ -187,7 +192,9 @@ def test_info_disk_usage_and_prune_over_the_unix_socket(start_daemon, socket_dir
     assert status == 0, log
 
 
-def test_the_socket_is_root_s_0660_and_refuses_others(start_daemon, socket_dir: Path) -> None:
+def test_the_socket_is_root_s_0660_and_refuses_others(
+    start_daemon: StartDaemon, socket_dir: Path
+) -> None:
     sock = socket_dir / "lazybuild.sock"
     daemon: Daemon = start_daemon("--addr", f"unix://{sock}")
     info = sock.stat()
@@ -223,7 +230,9 @@ def test_the_socket_is_root_s_0660_and_refuses_others(start_daemon, socket_dir: 
     assert allowed.stdout.startswith(f"state directory  {daemon.state_dir}\n")
 
 
-def test_sigterm_stops_cleanly_and_leaves_no_socket(start_daemon, socket_dir: Path) -> None:
+def test_sigterm_stops_cleanly_and_leaves_no_socket(
+    start_daemon: StartDaemon, socket_dir: Path
+) -> None:
     sock = socket_dir / "lazybuild.sock"
     daemon: Daemon = start_daemon("--addr", f"unix://{sock}")
     status, log = daemon.stop(signal.SIGTERM)
@@ -236,7 +245,9 @@ def test_sigterm_stops_cleanly_and_leaves_no_socket(start_daemon, socket_dir: Pa
     assert not sock.exists()
 
 
-def test_one_daemon_per_state_directory_and_per_socket(start_daemon, socket_dir: Path) -> None:
+def test_one_daemon_per_state_directory_and_per_socket(
+    start_daemon: StartDaemon, socket_dir: Path
+) -> None:
     sock = socket_dir / "lazybuild.sock"
     first: Daemon = start_daemon("--addr", f"unix://{sock}")
     second: Daemon = start_daemon("--addr", f"unix://{socket_dir / 'other.sock'}", ready=False)
@@ -258,7 +269,9 @@ def test_one_daemon_per_state_directory_and_per_socket(start_daemon, socket_dir:
         assert _stub(channel).Info(control_pb2.InfoRequest(), timeout=30).pid == first.process.pid
 
 
-def test_a_sigkilled_daemon_is_cleaned_up_after_on_restart(start_daemon, socket_dir: Path) -> None:
+def test_a_sigkilled_daemon_is_cleaned_up_after_on_restart(
+    start_daemon: StartDaemon, socket_dir: Path
+) -> None:
     sock = socket_dir / "lazybuild.sock"
     daemon: Daemon = start_daemon("--addr", f"unix://{sock}")
     daemon.stop(signal.SIGKILL)
@@ -379,7 +392,7 @@ def _tls_info(port: int, pki: Pki, cert: Path | None, key: Path | None) -> contr
 
 
 def test_tcp_needs_a_client_certificate_from_the_ca(
-    start_daemon, socket_dir: Path, pki: Pki
+    start_daemon: StartDaemon, socket_dir: Path, pki: Pki
 ) -> None:
     daemon: Daemon = start_daemon(
         "--addr",
@@ -424,7 +437,7 @@ def test_tcp_needs_a_client_certificate_from_the_ca(
     assert status == 0, log
 
 
-def test_tcp_without_tls_is_refused_by_the_config(start_daemon) -> None:
+def test_tcp_without_tls_is_refused_by_the_config(start_daemon: StartDaemon) -> None:
     daemon: Daemon = start_daemon("--addr", "tcp://127.0.0.1:0", ready=False)
     status, err = daemon.exited()
     assert status == 1
@@ -435,7 +448,7 @@ def test_tcp_without_tls_is_refused_by_the_config(start_daemon) -> None:
 
 
 def test_a_context_over_the_daemon_s_bound_is_refused_in_one_line(
-    start_daemon, socket_dir: Path, tmp_path: Path
+    start_daemon: StartDaemon, socket_dir: Path, tmp_path: Path
 ) -> None:
     sock = socket_dir / "lazybuild.sock"
     config = tmp_path / "lazybuild.toml"
@@ -464,7 +477,7 @@ def test_a_context_over_the_daemon_s_bound_is_refused_in_one_line(
 
 
 def test_it_tells_systemd_when_it_is_ready_and_when_it_stops(
-    start_daemon, socket_dir: Path
+    start_daemon: StartDaemon, socket_dir: Path
 ) -> None:
     notify_path = socket_dir / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:

@@ -12,7 +12,9 @@ import hashlib
 import io
 import random
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,7 +81,7 @@ def _expected_hashes(members: list[Member]) -> dict[str, str]:
     return expected
 
 
-SCENARIOS = {
+SCENARIOS: dict[str, tuple[Callable[[], list[Member]], dict[str, Any]]] = {
     "rich-small-chunks": (rich_members, {"chunk_size": 64 << 10}),
     "rich-prioritized": (
         rich_members,
@@ -106,7 +108,7 @@ def test_lazybuild_blob_passes_reference_checker(
     members = make_members()
     blob_path = tmp_path / "layer.esgz"
     with blob_path.open("wb") as out:
-        written = write_estargz(io.BytesIO(make_tar(members)), out, WriterOptions(**options))  # type: ignore[arg-type]
+        written = write_estargz(io.BytesIO(make_tar(members)), out, WriterOptions(**options))
     report = run_go_checker(checker, blob_path, written.toc_digest)
     assert report["toc_digest"] == written.toc_digest
     hashes = {k: v for k, v in report["file_sha256"].items() if k not in LANDMARKS}
@@ -162,7 +164,7 @@ def test_reference_blob_opens_in_lazybuild(
     # user/group name bookkeeping of its parallel builder, and sub-second mtimes: the
     # reference rounds them, lazybuild truncates them as stat shows Docker's unpacked file.
     _, ours = write_estargz_bytes(tar, prioritized)
-    strip = {"offset": 0, "user_name": "", "group_name": ""}
+    strip: dict[str, Any] = {"offset": 0, "user_name": "", "group_name": ""}
     theirs = [dataclasses.replace(e, **strip) for e in decode_toc_json(layer.toc_json).entries]
     mine = [dataclasses.replace(e, **strip) for e in decode_toc_json(ours).entries]
     rounded = {e.name: e.modtime for e in theirs if e.name == "half-second"}

@@ -210,8 +210,9 @@ def test_a_chunked_upload_broken_mid_way_starts_over(proxy: FaultProxy, registry
     proxy.add(drop(method="PATCH", path="/blobs/uploads/"))
 
     async def body() -> None:
-        options = {"monolithic_upload_limit": 1000, "upload_chunk_size": 128 * 1024}
-        async with RegistryClient(**options) as client:
+        async with RegistryClient(
+            monolithic_upload_limit=1000, upload_chunk_size=128 * 1024
+        ) as client:
             assert await client.push_blob(ref, descriptor, data) == "uploaded"
 
     trio.run(body)

@@ -109,8 +109,9 @@ def test_push_and_download_reach_their_totals_on_a_terminal(
 
         async def main() -> None:
             with reporting(board):
-                options = {"monolithic_upload_limit": 4 * MIB, "upload_chunk_size": 2 * MIB}
-                async with RegistryClient(**options) as client:
+                async with RegistryClient(
+                    monolithic_upload_limit=4 * MIB, upload_chunk_size=2 * MIB
+                ) as client:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(client.push_blob, ref, descriptor(whole), whole)
                         nursery.start_soon(client.push_blob, ref, descriptor(chunked), source)

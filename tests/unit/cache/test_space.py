@@ -25,7 +25,7 @@ def test_no_space_is_found_inside_groups_and_causes(tmp_path: Path) -> None:
     assert not is_no_space(OSError(errno.EIO, "I/O error"))
     assert is_no_space(CacheStoreFullError("full"), within=tmp_path)
     full = sqlite3.OperationalError("database or disk is full")
-    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL
     assert is_no_space(full)
 
 

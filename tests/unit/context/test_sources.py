@@ -10,7 +10,7 @@ import io
 import lzma
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -100,7 +100,7 @@ _FILES = {"Dockerfile": b"FROM scratch\nCOPY . /\n", "sub/a.txt": b"a\n", "alt.d
     ids=["plain", "gzip", "bzip2", "xz"],
 )
 def test_a_tar_on_stdin_is_the_context(
-    compress, scratch_tmp: Path, monkeypatch: pytest.MonkeyPatch
+    compress: Callable[[bytes], bytes], scratch_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _stdin(monkeypatch, compress(_context_tar(_FILES)))
     args = _args("-")

@@ -58,7 +58,7 @@ def test_toc_outside_the_tail_needs_read_at(layer_blob) -> None:  # type: ignore
 
     def read_at(offset: int, length: int) -> bytes:
         calls.append((offset, length))
-        return blob[offset : offset + length]
+        return bytes(blob[offset : offset + length])
 
     layer = parse_layer(tail, len(blob) - FOOTER_SIZE, len(blob), digest, read_at)
     assert calls == [(layer.toc_offset, len(blob) - FOOTER_SIZE - layer.toc_offset)]

@@ -53,7 +53,7 @@ def test_the_stdio_client_of_frontend_images_needs_no_more_than_the_contract() -
 def test_the_gomodule_frontend_imports_only_the_graph_and_the_gateway() -> None:
     sources = sorted((FRONTENDS / "gomodule").rglob("*.py"))
     assert sources
-    imported = set()
+    imported: set[str] = set()
     for source in sources:
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Import):

@@ -32,7 +32,8 @@ def _plan(dockerfile: str, images: Mapping[str, dict[str, Any]], asked: list[str
         asked.append(ref)
         if ref not in images:
             raise NotFoundError(f"registry.example: {ref}: manifest unknown")
-        return json.loads(json.dumps(images[ref]))
+        copied: Mapping[str, Any] = json.loads(json.dumps(images[ref]))
+        return copied
 
     async def main() -> Any:
         return await build_graph(

@@ -116,7 +116,7 @@ def read_image(fs: LazyFilesystem, name: str) -> bytes:
         entry = await fs.lookup(ROOT_INODE, f"{name}.erofs".encode(), CTX)
         info = await fs.open(entry.st_ino, os.O_RDONLY, CTX)
         assert info.direct_io  # EROFS caches the files' pages, not the image's
-        parts = []
+        parts: list[bytes] = []
         while part := await fs.read(info.fh, sum(map(len, parts)), KERNEL_READ):
             parts.append(part)
         await fs.release(info.fh)

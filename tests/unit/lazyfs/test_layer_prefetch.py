@@ -46,7 +46,7 @@ def test_prefetch_fetches_the_prioritized_region_in_order_without_waiting(
         async with trio.open_nursery() as nursery:
             for node in nodes:
                 assert node is not None
-                nursery.start_soon(lambda n=node: _append(got, layer.read(n, 0, n.size)))
+                nursery.start_soon(_append, got, layer.read(node, 0, node.size))
             await trio.testing.wait_all_tasks_blocked()
             assert blob.requests == 1  # the first batch only: one at a time here
             blob.hold.set()

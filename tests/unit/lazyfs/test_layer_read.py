@@ -17,12 +17,12 @@ from lazybuild.estargz.index import Node
 from lazybuild.lazyfs import miss_readahead, prefetch
 from lazybuild.lazyfs.fetchtrace import TOC_LABEL
 from lazybuild.lazyfs.layer import LazyLayer
+from tests.unit.estargz.esgz_helpers import pseudo_random
 from tests.unit.lazyfs.test_layer_fakes import (
     CHUNK,
     MemoryBlob,
     build_layer,
     open_layer,
-    pseudo_random,
 )
 
 

@@ -53,6 +53,7 @@ def test_the_first_file_of_a_stalled_region_is_served(tmp_path: Path, *, hints: 
             assert await layer.read(node, 0, node.size) == built.files[path]
         assert blob.requests == requests  # the rest came with the same request
         landmark = layer.index.prefetch_landmark_offset
+        assert landmark is not None
         region_requests = [spans for spans in blob.requested if sum(spans[-1]) <= landmark]
         assert len(region_requests) == 1
 

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from lazybuild.errors import AuthError
-from lazybuild.registry.auth import Challenge, TokenCache, merge_scopes, parse_www_authenticate
+from lazybuild.registry.auth import (
+    Challenge,
+    TokenCache,
+    TokenKey,
+    merge_scopes,
+    parse_www_authenticate,
+)
 from lazybuild.registry.client import RegistryClient
 from lazybuild.registry.reference import Reference
 
@@ -83,7 +89,7 @@ def test_merge_scopes() -> None:
 def test_token_cache_expires() -> None:
     now = [100.0]
     cache = TokenCache(clock=lambda: now[0])
-    key = ("realm", "service", "repository:a:pull")
+    key = TokenKey("registry", "realm", "service", "repository:a:pull", "")
     cache.put(key, "t1", expires_in=60)
     assert cache.get(key) == "t1"
     now[0] += 56  # renewed a little before the registry would reject it

@@ -127,7 +127,7 @@ def system_capath(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
     real = ssl.get_default_verify_paths()
 
     def verify_paths() -> ssl.DefaultVerifyPaths:
-        return real._replace(capath=str(chosen[0]))  # type: ignore[attr-defined,no-any-return]
+        return real._replace(capath=str(chosen[0]))
 
     monkeypatch.setattr(ssl, "get_default_verify_paths", verify_paths)
     tlscontext.shared_ssl_context.cache_clear()

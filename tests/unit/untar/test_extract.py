@@ -207,10 +207,10 @@ def test_sparse_members_keep_their_holes(tmp_path: Path, dest: Path) -> None:
         target.mkdir()
         with archive.open("rb") as stream:
             extract(stream, target, LAYER, "sparse")
-        out = target / "sparse"
-        assert out.stat().st_size == 1 << 30
-        assert out.stat().st_blocks * 512 < 1 << 20, f"{fmt}: holes were written out"
-        with out.open("rb") as data:
+        extracted = target / "sparse"
+        assert extracted.stat().st_size == 1 << 30
+        assert extracted.stat().st_blocks * 512 < 1 << 20, f"{fmt}: holes were written out"
+        with extracted.open("rb") as data:
             data.seek(5 << 20)
             assert data.read(6) == b"middle"
             data.seek((1 << 30) - 3)
