@@ -48,14 +48,15 @@ venv:
     # start where the environment sets PYTHONDONTWRITEBYTECODE. Only changed files are redone.
     "{{py}}" -m compileall -q -j 0 lazybuild frontends >/dev/null
 
-# ruff and mypy --strict on the package, the benchmarks, the examples and the frontends
-# (needs only the virtualenv).
+# ruff and mypy --strict on the package, the benchmarks, the examples, the frontends and
+# the tests (needs only the virtualenv).
 check: venv
     {{venv}}/bin/ruff check lazybuild frontends tests bench examples
     {{venv}}/bin/ruff format --check lazybuild frontends bench examples
     {{venv}}/bin/mypy --strict lazybuild
     {{venv}}/bin/mypy --strict bench examples
     MYPYPATH=frontends/gomodule {{venv}}/bin/mypy --strict -p lazybuild_gomodule
+    MYPYPATH=frontends/gomodule {{venv}}/bin/mypy --strict tests
 
 # Regenerate the Python of the daemon's API from its .proto files (checked in; a unit test
 # fails when they are out of sync).

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -164,11 +165,12 @@ def test_a_layout_blob_file_is_unpacked_verified(compression: str, tmp_path: Pat
 
     payload = os.urandom(3000)
     tar = _tar([(_info("app/", tarfile.DIRTYPE), b""), (_info("app/data.txt"), payload)])
-    blob = {
+    compressors: dict[str, Callable[[bytes], bytes]] = {
         "gzip": gzip.compress,
         "zstd": zstandard.ZstdCompressor().compress,
         "none": bytes,
-    }[compression](tar)
+    }
+    blob = compressors[compression](tar)
     descriptor = Descriptor(mediatypes.OCI_LAYER_TAR, "sha256:" + _sha(blob), len(blob))
     dest = tmp_path / "layers"
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,7 +164,7 @@ def test_an_agent_whose_watchdog_cannot_start_is_not_left(
     from lazybuild.cli import build_ssh
 
     started: list[str] = []
-    real_mkdtemp = build_ssh.tempfile.mkdtemp
+    real_mkdtemp = tempfile.mkdtemp
 
     def mkdtemp(prefix: str) -> str:
         started.append(real_mkdtemp(prefix=prefix))
@@ -172,7 +173,7 @@ def test_an_agent_whose_watchdog_cannot_start_is_not_left(
     def no_watchdog(pid: int, directory: str) -> subprocess.Popen[bytes]:
         raise OSError(11, "Resource temporarily unavailable")
 
-    monkeypatch.setattr(build_ssh.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     monkeypatch.setattr(build_ssh, "_watchdog", no_watchdog)
     with pytest.raises(OSError), private_agent("x", [key]):
         pass

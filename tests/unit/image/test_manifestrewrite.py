@@ -31,6 +31,12 @@ class _Target:
     def __init__(self) -> None:
         self.puts: list[tuple[str, Descriptor, bytes, bool | None]] = []
 
+    async def has_blob(self, descriptor: Descriptor) -> bool:
+        return False  # put_image puts what it is given: it never asks
+
+    async def mount_blob(self, descriptor: Descriptor) -> bool:
+        return False
+
     async def put_blob(self, descriptor: Descriptor, source: Path | bytes) -> str:
         assert isinstance(source, bytes)
         self.puts.append(("blob", descriptor, source, None))

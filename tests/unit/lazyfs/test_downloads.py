@@ -12,7 +12,13 @@ import trio
 import trio.testing
 
 from lazybuild.lazyfs import control
-from lazybuild.lazyfs.client import FetchReport, LayerDownload, LayerFetch, LazyMountService
+from lazybuild.lazyfs.client import (
+    FetchReport,
+    LayerDownload,
+    LayerFetch,
+    LayerMount,
+    LazyMountService,
+)
 from lazybuild.lazyfs.server import ControlServer, LayerSource
 from lazybuild.progress import transfer
 from lazybuild.progress.transfer import TerminalView
@@ -140,13 +146,13 @@ class FakeService:
 def test_run_and_mount_show_the_downloads_while_layers_are_added() -> None:
     stream = FakeTerminal()
     service = FakeService([MIB, 4 * MIB])
-    mount = imagemount.LayerMount(Path("/u"), "unpacked", DIGEST)
+    mount = LayerMount(Path("/u"), "unpacked", DIGEST)
 
-    async def adding() -> list[imagemount.LayerMount]:
+    async def adding() -> list[LayerMount]:
         await trio.sleep(imagemount._DOWNLOADS_POLL_SECONDS * 2.5)
         return [mount]
 
-    async def main() -> list[imagemount.LayerMount]:
+    async def main() -> list[LayerMount]:
         with transfer.reporting(TerminalView(stream, width=120)):
             return await imagemount._adding_shown(cast(Any, service), adding)
 
@@ -160,7 +166,7 @@ def test_run_and_mount_show_the_downloads_while_layers_are_added() -> None:
 def test_without_a_board_nothing_is_asked() -> None:
     service = FakeService([MIB])
 
-    async def adding() -> list[imagemount.LayerMount]:
+    async def adding() -> list[LayerMount]:
         await trio.sleep(0.01)
         return []
 

@@ -24,9 +24,9 @@ class Recording(TransferBoard):
         self.figures: dict[str, list[int]] = {}
         self.outcomes: dict[str, bool] = {}
 
-    def begin(self, digest: str, total: int | None, verb: str) -> Transfer:
+    def begin(self, digest: str, total: int | None, verb: str, *, ago: float = 0.0) -> Transfer:
         self.figures[f"{verb} {digest}"] = []
-        return super().begin(digest, total, verb)
+        return super().begin(digest, total, verb, ago=ago)
 
     def moved(self, transfer: Transfer, done: int) -> None:
         self.figures[f"{transfer.verb} {transfer.digest}"].append(done)

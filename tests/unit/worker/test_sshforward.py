@@ -125,9 +125,9 @@ def test_a_required_mount_without_its_agent_fails_in_buildkits_words(
             await _ssh_socket(
                 _mount(secret_id="default", required=True),
                 1,
-                None,
-                resources,
-                stack,  # type: ignore[arg-type]
+                None,  # type: ignore[arg-type]
+                resources,  # type: ignore[arg-type]
+                stack,
             )
 
     with pytest.raises(MountSetupError, match=message):
@@ -140,9 +140,9 @@ def test_an_optional_mount_without_its_agent_is_skipped() -> None:
             spec = await _ssh_socket(
                 _mount(secret_id="git"),
                 1,
-                None,
-                _Resources({"default": "/x"}),
-                stack,  # type: ignore[arg-type]
+                None,  # type: ignore[arg-type]
+                _Resources({"default": "/x"}),  # type: ignore[arg-type]
+                stack,
             )
             assert spec is None
 
