@@ -52,7 +52,7 @@ venv:
 # the tests (needs only the virtualenv).
 check: venv
     {{venv}}/bin/ruff check lazybuild frontends tests bench examples
-    {{venv}}/bin/ruff format --check lazybuild frontends bench examples
+    {{venv}}/bin/ruff format --check lazybuild frontends tests bench examples
     {{venv}}/bin/mypy --strict lazybuild
     {{venv}}/bin/mypy --strict bench examples
     MYPYPATH=frontends/gomodule {{venv}}/bin/mypy --strict -p lazybuild_gomodule
