@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,10 +112,12 @@ class BlobFiles:
         final = self._scratch / f"remote-{hex_digest}"
         partial = self._scratch / f"remote-{hex_digest}.partial"
         try:
-            async with await trio.open_file(partial, "wb") as out:
+            pieces = self._registry.stream_blob(source, descriptor)
+            # Closed at once when a write fails, so its connection is released.
+            async with await trio.open_file(partial, "wb") as out, aclosing(pieces):
                 # stream_blob checks the digest after the last piece and raises on a
                 # mismatch, so a bad blob never gets its final name.
-                async for piece in self._registry.stream_blob(source, descriptor):
+                async for piece in pieces:
                     await out.write(piece)
             os.replace(partial, final)
         finally:

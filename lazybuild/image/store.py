@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -135,8 +136,10 @@ class RegistrySource:
 
     async def download(self, descriptor: Descriptor, dest: Path) -> None:
         """Stream the blob to ``dest``, a staging file the caller discards if this raises."""
-        async with await trio.open_file(dest, "wb") as out:
-            async for piece in self.client.stream_blob(self.ref, descriptor):
+        pieces = self.client.stream_blob(self.ref, descriptor)
+        # Closed at once when a write fails, so its connection is released.
+        async with await trio.open_file(dest, "wb") as out, aclosing(pieces):
+            async for piece in pieces:
                 await out.write(piece)
 
     async def read_range(self, descriptor: Descriptor, offset: int, length: int) -> bytes:

@@ -24,11 +24,11 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 import trio
 
@@ -151,8 +151,7 @@ async def _download_and_extract(
         async with send:
             try:
                 # stream_blob is an async generator: close it so the connection is released.
-                stream = cast(AsyncGenerator[bytes, None], client.stream_blob(ref, descriptor))
-                async with aclosing(stream) as pieces:
+                async with aclosing(client.stream_blob(ref, descriptor)) as pieces:
                     async for piece in pieces:
                         await send.send(piece)
             except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -7,7 +7,7 @@ and are verified one level up (eStargz chunk digests).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,7 +204,9 @@ class RegistryClient:
         pieces = [piece async for piece in self.stream_blob(ref, descriptor)]
         return b"".join(pieces)
 
-    async def stream_blob(self, ref: Reference, descriptor: Descriptor) -> AsyncIterator[bytes]:
+    async def stream_blob(
+        self, ref: Reference, descriptor: Descriptor
+    ) -> AsyncGenerator[bytes, None]:
         """The whole blob in pieces. The digest is checked after the last piece, which raises
         DigestMismatchError if it is wrong: callers must not commit data before the end.
 
