@@ -12,11 +12,18 @@ An ``SshRelay`` joins the two worlds of one build: the call's grpc threads (fram
 frames out) and the build on the daemon's trio loop (``open_channel``, a trio stream).
 A call attaches by the build's id, the capability the client alone was given with the
 build (as ``Cancel`` takes it); a second call for the same build is refused.
+
+Both sides' bytes come from outside (the client's frames, and whatever a RUN step writes
+to its socket), so what the relay holds is bounded: at most ``_MAX_CHANNELS`` channels
+at once, ``_CHANNEL_PIECES`` pieces of ``_FRAME_BYTES`` waiting per channel for the step
+(the call's reading thread waits for room, which holds the client back through grpc's
+flow control), and ``_OUTGOING_FRAMES`` data frames waiting for the client (a step's
+``send_all`` waits for room).
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -34,10 +41,15 @@ __all__ = ["SshRelay", "SshRelayError", "SshRelays", "relays"]
 # How long a step waits for the client's ForwardSsh call (it starts with the build).
 ATTACH_SECONDS = 60.0
 _FRAME_BYTES = 256 << 10
+_MAX_CHANNELS = 64
+_CHANNEL_PIECES = 4
+_OUTGOING_FRAMES = 16
 
 
 # A channel's bytes from the client, and the trio loop they are handed to.
 _Receiver = tuple[trio.MemorySendChannel[bytes], trio.lowlevel.TrioToken]
+# A frame for the client, and the loop whose room a data frame takes (None: no room).
+_Outgoing = tuple["control_pb2.SshFrame", trio.lowlevel.TrioToken | None]
 
 
 class SshRelayError(LazybuildError):
@@ -52,11 +64,11 @@ class SshRelay:
         self._attached = threading.Event()
         self._claimed = False
         self._gone = False  # the client's call ended, or the build did
-        self._outgoing: queue.Queue[control_pb2.SshFrame | None] = queue.Queue()
-        self._channels: dict[
-            int, tuple[trio.MemorySendChannel[bytes], trio.lowlevel.TrioToken]
-        ] = {}
+        # A frame, and for a data frame the room it takes until the client has it.
+        self._outgoing: queue.Queue[_Outgoing | None] = queue.Queue()
+        self._channels: dict[int, _Receiver] = {}
         self._next_channel = 1
+        self._room = trio.Semaphore(_OUTGOING_FRAMES)  # acquired on the build's loop
 
     # -- the client's call (a grpc worker thread) -------------------------------------
 
@@ -70,8 +82,12 @@ class SshRelay:
 
     def frames_out(self) -> Iterator[control_pb2.SshFrame]:
         """The frames for the client, until the build or the call ends."""
-        while (frame := self._outgoing.get()) is not None:
+        while (outgoing := self._outgoing.get()) is not None:
+            frame, token = outgoing
             yield frame
+            if token is not None:  # the client asked for the next: this one is sent
+                with contextlib.suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(self._room.release, trio_token=token)
 
     def deliver(self, frame: control_pb2.SshFrame) -> None:
         """A frame from the client: bytes of a channel, or its end."""
@@ -81,8 +97,11 @@ class SshRelay:
             return  # a channel the build already closed
         send, token = found
         try:
-            if frame.data:
-                trio.from_thread.run_sync(send.send_nowait, bytes(frame.data), trio_token=token)
+            data = bytes(frame.data)
+            for start in range(0, len(data), _FRAME_BYTES):
+                # Waits while the channel is full: the step reads slower than the client.
+                piece = data[start : start + _FRAME_BYTES]
+                trio.from_thread.run(send.send, piece, trio_token=token)
             if frame.close:
                 trio.from_thread.run_sync(send.close, trio_token=token)
         except (trio.RunFinishedError, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -105,9 +124,13 @@ class SshRelay:
                     f"ssh agent {agent_id!r}: the client's agents are not connected to the "
                     "daemon (its ForwardSsh call is missing or ended)"
                 )
+            if len(self._channels) >= _MAX_CHANNELS:
+                raise SshRelayError(
+                    f"ssh agent {agent_id!r}: {_MAX_CHANNELS} connections to it are open already"
+                )
             channel = self._next_channel
             self._next_channel += 1
-            send, receive = trio.open_memory_channel[bytes](math.inf)
+            send, receive = trio.open_memory_channel[bytes](_CHANNEL_PIECES)
             self._channels[channel] = (send, trio.lowlevel.current_trio_token())
         self._put(channel=channel, agent_id=agent_id)
         return _Channel(self, channel, receive)
@@ -121,7 +144,15 @@ class SshRelay:
     def _put(self, **fields: object) -> None:
         from lazybuild.api.control.v1 import control_pb2
 
-        self._outgoing.put(control_pb2.SshFrame(**fields))  # type: ignore[arg-type]
+        self._outgoing.put((control_pb2.SshFrame(**fields), None))  # type: ignore[arg-type]
+
+    async def _put_data(self, channel: int, data: bytes) -> None:
+        """A data frame for the client, once fewer than ``_OUTGOING_FRAMES`` wait."""
+        from lazybuild.api.control.v1 import control_pb2
+
+        await self._room.acquire()
+        frame = control_pb2.SshFrame(channel=channel, data=data)
+        self._outgoing.put((frame, trio.lowlevel.current_trio_token()))
 
     def _forget(self, channel: int) -> None:
         with self._lock:
@@ -161,7 +192,7 @@ class _Channel(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("the channel's sending side is closed")
         view = bytes(data)
         for start in range(0, len(view), _FRAME_BYTES):
-            self._relay._put(channel=self._channel, data=view[start : start + _FRAME_BYTES])
+            await self._relay._put_data(self._channel, view[start : start + _FRAME_BYTES])
         await trio.lowlevel.checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
