@@ -15,6 +15,7 @@ from lazybuild.exporter.image import AssembledImage, assemble_image
 from lazybuild.oci import mediatypes
 from lazybuild.oci.descriptor import Descriptor
 from lazybuild.oci.platform import Platform
+from lazybuild.progress import transfer
 from lazybuild.registry.reference import Reference
 from lazybuild.worker.layers import RemoteLayer
 
@@ -125,3 +126,22 @@ class FakeRegistry:
         data = self.blobs[(ref.name, descriptor.digest)]
         yield data[:10]
         yield data[10:]
+
+
+class ReportingRegistry(FakeRegistry):
+    """Uploads reported to the active transfer board, as the real client reports them."""
+
+    async def push_blob(
+        self,
+        ref: Reference,
+        descriptor: Descriptor,
+        source: Path | bytes,
+        mount_from: list[Reference] = [],  # noqa: B006
+    ) -> str:
+        outcome = await super().push_blob(ref, descriptor, source, mount_from)
+        moving = transfer.begin(descriptor.digest, descriptor.size, "pushing")
+        if outcome == "uploaded" and moving is not None:
+            moving.seek(descriptor.size)
+        if moving is not None:
+            moving.end(ok=outcome == "uploaded")
+        return outcome

@@ -10,11 +10,9 @@ import trio
 
 from lazybuild.exporter.content import BlobFiles
 from lazybuild.exporter.registrypush import PushReport, push_image
-from lazybuild.oci.descriptor import Descriptor
 from lazybuild.progress import transfer
 from lazybuild.registry.client import RegistryClient
-from lazybuild.registry.reference import Reference
-from tests.unit.exporter.helpers import FakeRegistry, SmallImage, small_image
+from tests.unit.exporter.helpers import FakeRegistry, ReportingRegistry, SmallImage, small_image
 
 SOURCE = "r.example/base@sha256:" + "a" * 64
 
@@ -87,31 +85,12 @@ def test_later_names_mount_local_layers_from_earlier_ones(tmp_path: Path) -> Non
     ]
 
 
-class _ReportingRegistry(FakeRegistry):
-    """Uploads reported to the active transfer board, as the real client reports them."""
-
-    async def push_blob(
-        self,
-        ref: Reference,
-        descriptor: Descriptor,
-        source: Path | bytes,
-        mount_from: list[Reference] = [],  # noqa: B006
-    ) -> str:
-        outcome = await super().push_blob(ref, descriptor, source, mount_from)
-        moving = transfer.begin(descriptor.digest, descriptor.size, "pushing")
-        if outcome == "uploaded" and moving is not None:
-            moving.seek(descriptor.size)
-        if moving is not None:
-            moving.end(ok=outcome == "uploaded")
-        return outcome
-
-
 def test_long_uploads_are_said_in_the_build_display_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(transfer, "SHOW_AFTER", 0.0)  # every upload counts as long
     image = small_image(tmp_path, SOURCE)
-    registry = _ReportingRegistry()
+    registry = ReportingRegistry()
     registry.put("r.example/base", image.blobs[image.layers[0].descriptor.digest])
     _, lines = _push(image, registry, ["r.example/app:1"], tmp_path)
     local = image.layers[1].descriptor
@@ -125,7 +104,7 @@ def test_a_board_the_command_installed_is_kept(
 ) -> None:
     monkeypatch.setattr(transfer, "SHOW_AFTER", 0.0)
     image = small_image(tmp_path, SOURCE)
-    registry = _ReportingRegistry()
+    registry = ReportingRegistry()
     registry.put("r.example/base", image.blobs[image.layers[0].descriptor.digest])
     said: list[str] = []
     with transfer.reporting(transfer.LineReport(said.append)):

@@ -9,34 +9,11 @@ import pytest
 import trio
 
 from lazybuild.estargz.writer import WriterOptions
-from lazybuild.oci.descriptor import Descriptor
 from lazybuild.progress import transfer
-from lazybuild.registry.reference import Reference
 from lazybuild.remotecache.registrycache import export_cache
 from lazybuild.remotecache.spec import cache_exports
 from lazybuild.worker.layerstore import LayerStore
-from tests.unit.exporter.helpers import FakeRegistry
-
-
-class _ReportingRegistry(FakeRegistry):
-    """Uploads reported to the active transfer board, as the real client reports them."""
-
-    async def push_blob(
-        self,
-        ref: Reference,
-        descriptor: Descriptor,
-        source: Path | bytes,
-        mount_from: list[Reference] = [],  # noqa: B006
-    ) -> str:
-        moving = transfer.begin(descriptor.digest, descriptor.size, "pushing")
-        outcome = await super().push_blob(ref, descriptor, source, mount_from)
-        if moving is not None:
-            moving.seek(descriptor.size)
-            moving.end(ok=outcome == "uploaded")
-        return outcome
-
-    async def push_manifest(self, ref: Reference, data: bytes, media_type: str) -> str:
-        return "sha256:" + "0" * 64
+from tests.unit.exporter.helpers import FakeRegistry, ReportingRegistry
 
 
 def _export(tmp_path: Path, registry: FakeRegistry) -> list[str]:
@@ -61,7 +38,7 @@ def test_long_cache_uploads_are_said_in_the_display_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(transfer, "SHOW_AFTER", 0.0)  # every upload counts as long
-    lines = _export(tmp_path, _ReportingRegistry())
+    lines = _export(tmp_path, ReportingRegistry())
     assert any(" pushed " in line for line in lines)  # the cache document, uploaded
     assert lines[-1].startswith("cache exported to ")
     assert transfer.active() is None
@@ -73,6 +50,6 @@ def test_a_board_the_command_installed_is_kept(
     monkeypatch.setattr(transfer, "SHOW_AFTER", 0.0)
     said: list[str] = []
     with transfer.reporting(transfer.LineReport(said.append)):
-        lines = _export(tmp_path, _ReportingRegistry())
+        lines = _export(tmp_path, ReportingRegistry())
     assert not any(" pushed " in line for line in lines)
     assert any(" pushed " in line for line in said)
