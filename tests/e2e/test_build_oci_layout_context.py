@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -98,20 +99,7 @@ def test_from_and_copy_from_an_oci_layout_context(esgz_layout: Path, tmp_path: P
     context = write_context(tmp_path / "ctx", DOCKERFILE)
     digest = _manifest_digest(esgz_layout, "py")
     for value in (f"oci-layout://{esgz_layout}:py", f"oci-layout://{esgz_layout}@{digest}"):
-        out = tmp_path / "out"
-        shutil.rmtree(out, ignore_errors=True)
-        lazybuild(
-            state,
-            "build",
-            "--progress=plain",
-            "--build-context",
-            f"base={value}",
-            "-o",
-            f"type=local,dest={out}",
-            str(context),
-        )
-        assert (out / "ran.txt").read_text() == "ran on the layout image\n"
-        assert (out / "debian_version").read_text().startswith("12")
+        _build_on(state, value, context, tmp_path / "out")
     assert_nothing_left(state)
 
 
@@ -186,20 +174,7 @@ def test_layers_that_are_not_estargz_are_read_whole_verified_and_kept(
         (f"oci-layout://{plain}", _layer_digests(plain, "latest")),
         (f"oci-layout://{mixed_layout}:mixed", _layer_digests(mixed_layout, "mixed")),
     ):
-        out = tmp_path / "out"
-        shutil.rmtree(out, ignore_errors=True)
-        result = lazybuild(
-            state,
-            "build",
-            "--progress=plain",
-            "--build-context",
-            f"base={value}",
-            "-o",
-            f"type=local,dest={out}",
-            str(context),
-        )
-        assert (out / "ran.txt").read_text() == "ran on the layout image\n"
-        assert (out / "debian_version").read_text().startswith("12")
+        result = _build_on(state, value, context, tmp_path / "out")
         assert "is not eStargz: read whole and unpacked" in result.stderr, result.stderr
         for digest in layers:
             assert (state / "unpacked" / digest.split(":")[1]).is_dir(), digest
@@ -210,18 +185,7 @@ def test_layers_that_are_not_estargz_are_read_whole_verified_and_kept(
     for digest in _layer_digests(copy, "mixed"):
         blob = _blob(copy, digest)
         blob.write_bytes(bytes(blob.stat().st_size))
-    out = tmp_path / "out-again"
-    lazybuild(
-        state,
-        "build",
-        "--no-cache",
-        "--build-context",
-        f"base=oci-layout://{copy}:mixed",
-        "-o",
-        f"type=local,dest={out}",
-        str(context),
-    )
-    assert (out / "ran.txt").read_text() == "ran on the layout image\n"
+    _build_on(state, f"oci-layout://{copy}:mixed", context, tmp_path / "out-again", "--no-cache")
     assert_nothing_left(state)
 
 
@@ -396,21 +360,36 @@ def _build_cold_then_warm(
     """Two builds through the daemon on the layout's image: the second is a cache hit,
     and neither names the client's directory (the daemon builds from its own copy)."""
     for attempt in ("cold", "warm"):
-        out = tmp_path / f"out-{attempt}"
-        result = lazybuild(
+        result = _build_on(
             tmp_path / "client-state",
-            "build",
-            "--progress=plain",
+            f"oci-layout://{layout}:{tag}",
+            context,
+            tmp_path / f"out-{attempt}",
             "--builder",
             address,
-            "--build-context",
-            f"base=oci-layout://{layout}:{tag}",
-            "-o",
-            f"type=local,dest={out}",
-            str(context),
         )
-        assert (out / "ran.txt").read_text() == "ran on the layout image\n"
-        assert (out / "debian_version").read_text().startswith("12")
         if attempt == "warm":
             assert "CACHED" in result.stderr, result.stderr
         assert str(layout) not in result.stderr
+
+
+def _build_on(
+    state: Path, base: str, context: Path, out: Path, *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """``DOCKERFILE`` built on the named context ``base`` into ``out``, checked: its RUN
+    step ran on the layout's Debian image."""
+    shutil.rmtree(out, ignore_errors=True)
+    result = lazybuild(
+        state,
+        "build",
+        "--progress=plain",
+        *flags,
+        "--build-context",
+        f"base={base}",
+        "-o",
+        f"type=local,dest={out}",
+        str(context),
+    )
+    assert (out / "ran.txt").read_text() == "ran on the layout image\n"
+    assert (out / "debian_version").read_text().startswith("12")
+    return result
